@@ -1,0 +1,1 @@
+//! Pair data (issue 4).

@@ -1,0 +1,3 @@
+//! One file per architecture, each a config struct plus plain forward code.
+
+pub mod llama;

@@ -1,0 +1,76 @@
+//! Reading Hugging Face `config.json` files: typed fields with errors that name the file and key.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+use crate::layers::RopeScaling;
+
+/// A parsed `config.json` with typed accessors.
+pub struct HfConfig<'a> {
+    /// The file, for messages.
+    pub path: &'a Path,
+    /// The JSON object.
+    pub json: &'a Value,
+}
+
+impl<'a> HfConfig<'a> {
+    /// An unsigned integer field.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| ModelError::config(self.path, format!("missing `{key}`")))
+    }
+    /// An optional unsigned integer field (absent or null → None).
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                ModelError::config(self.path, format!("`{key}` should be a non-negative integer, found {v}"))
+            }),
+        }
+    }
+    /// A float field with a default.
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be a number, found {v}"))),
+        }
+    }
+    /// A bool field with a default.
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be true or false, found {v}"))),
+        }
+    }
+    /// A string field with a default.
+    pub fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be a string, found {v}"))),
+        }
+    }
+
+    /// `rope_scaling` (`linear` or `llama3`; absent or null means none).
+    pub fn rope_scaling(&self) -> Result<Option<RopeScaling>> {
+        let Some(v) = self.json.get("rope_scaling").filter(|v| !v.is_null()) else { return Ok(None) };
+        let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("");
+        let num = |k: &str| {
+            v.get(k).and_then(Value::as_f64).ok_or_else(|| ModelError::config(self.path, format!("rope_scaling.{k} missing or not a number")))
+        };
+        match kind {
+            "default" => Ok(None),
+            "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+            "llama3" => Ok(Some(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            })),
+            other => Err(ModelError::config(
+                self.path,
+                format!("rope_scaling type `{other}` is not supported (supported: linear, llama3)"),
+            )),
+        }
+    }
+}

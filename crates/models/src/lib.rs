@@ -1,0 +1,22 @@
+//! Frozen models with named intervention sites, and their loaders.
+//!
+//! Every architecture is written in burn, generic over the backend, and implements
+//! [`model::Transformer`]: a forward that calls [`hooks::Hooks`] at each [`site::Site`], plus the
+//! two halves ([`model::run_to`], [`model::resume`]) that let a trainer cache the frozen part.
+//! Weights come from Hugging Face folders (safetensors), hub ids, or GGUF files.
+
+pub mod arch;
+pub mod config;
+pub mod error;
+pub mod hooks;
+pub mod layers;
+pub mod model;
+pub mod site;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use hooks::{gather_positions, scatter_positions, Capture, FnHook, Hooks, NoHooks, Replace};
+pub use model::{forward, resume, run_to, Checkpoint, Input, Transformer};
+pub use site::{Component, Site, SiteInfo};
+pub use tokenizer::TextTokenizer;

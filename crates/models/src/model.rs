@@ -1,0 +1,252 @@
+//! What every transformer offers: the forward with hooks, and its two halves (run to a site;
+//! go on from a site) that let a trainer cache the frozen part of the computation.
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::hooks::{hook, Hooks, NoHooks};
+use crate::layers::{attention_bias, positions_from_mask, Rotary};
+use crate::site::{Component, Site, SiteInfo};
+
+/// A padded batch of token ids.
+#[derive(Debug, Clone)]
+pub struct Input<B: Backend> {
+    /// `[batch, seq]` token ids.
+    pub ids: Tensor<B, 2, Int>,
+    /// `[batch, seq]`, 1 for real tokens, 0 for padding.
+    pub mask: Tensor<B, 2, Int>,
+    /// `[batch, seq]` segment ids (BERT); zeros when absent.
+    pub token_types: Option<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> Input<B> {
+    /// Equal-length rows of ids, no padding.
+    pub fn from_ids(rows: &[Vec<u32>], device: &B::Device) -> Self {
+        let batch = rows.len();
+        let seq = rows.first().map_or(0, Vec::len);
+        assert!(rows.iter().all(|r| r.len() == seq), "Input::from_ids needs equal-length rows; use `padded`");
+        let flat: Vec<i64> = rows.iter().flatten().map(|&i| i as i64).collect();
+        let ids = Tensor::<B, 1, Int>::from_ints(flat.as_slice(), device).reshape([batch, seq]);
+        let mask = Tensor::ones([batch, seq], device);
+        Input { ids, mask, token_types: None }
+    }
+
+    /// Rows of different lengths, padded with `pad_id` on the right (`left = false`) or left.
+    pub fn padded(rows: &[Vec<u32>], pad_id: u32, left: bool, device: &B::Device) -> Self {
+        let batch = rows.len();
+        let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(batch * seq);
+        let mut mask = Vec::with_capacity(batch * seq);
+        for r in rows {
+            let pad = seq - r.len();
+            let (ids_row, mask_row): (Vec<i64>, Vec<i64>) = if left {
+                (std::iter::repeat_n(pad_id as i64, pad).chain(r.iter().map(|&i| i as i64)).collect(),
+                 std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, r.len())).collect())
+            } else {
+                (r.iter().map(|&i| i as i64).chain(std::iter::repeat_n(pad_id as i64, pad)).collect(),
+                 std::iter::repeat_n(1, r.len()).chain(std::iter::repeat_n(0, pad)).collect())
+            };
+            ids.extend(ids_row);
+            mask.extend(mask_row);
+        }
+        Input {
+            ids: Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).reshape([batch, seq]),
+            mask: Tensor::<B, 1, Int>::from_ints(mask.as_slice(), device).reshape([batch, seq]),
+            token_types: None,
+        }
+    }
+
+    /// `[batch, seq]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.ids.dims()
+    }
+}
+
+/// Per-batch tensors every block needs: the attention bias and, for rotary models, the angles.
+#[derive(Debug, Clone)]
+pub struct Context<B: Backend> {
+    /// `[batch, 1, seq, seq]` additive attention bias.
+    pub bias: Tensor<B, 4>,
+    /// Rotary angles for the batch's positions, if the model uses them.
+    pub rotary: Option<Rotary<B>>,
+}
+
+impl<B: Backend> Context<B> {
+    /// Bias from the input's mask, and rotary angles when `inv_freq` is given.
+    pub fn new(input: &Input<B>, causal: bool, inv_freq: Option<&[f32]>) -> Self {
+        let rotary = inv_freq.map(|f| Rotary::new(positions_from_mask(input.mask.clone()), f));
+        Context { bias: attention_bias(input.mask.clone(), causal), rotary }
+    }
+}
+
+/// One transformer architecture, written as embeddings → blocks → final norm → head.
+/// The driver functions below ([`forward`], [`run_to`], [`resume`]) are shared by all.
+pub trait Transformer<B: Backend> {
+    /// Architecture name (`llama`, `gpt2`, …), for messages.
+    fn arch(&self) -> &'static str;
+    /// Number of blocks.
+    fn n_layers(&self) -> usize;
+    /// Residual stream width.
+    fn width(&self) -> usize;
+    /// Every site inside block `layer` except `block_input`/`block_output`, with its shape facts.
+    fn block_sites(&self, layer: usize) -> Vec<SiteInfo>;
+    /// The embeddings of a batch (token, plus position / token type where the model has them).
+    fn embed(&self, input: &Input<B>) -> Tensor<B, 3>;
+    /// The per-batch context (attention bias, rotary angles).
+    fn context(&self, input: &Input<B>) -> Context<B>;
+    /// Block `layer` on residual stream `x`, calling `hooks` at its inner sites.
+    fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3>;
+    /// The final norm applied to the last block's output (identity for post-LN encoders).
+    fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3>;
+    /// Next-token logits from final hidden states, for language models; `None` for encoders.
+    fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>>;
+
+    /// Every site of the model, embeddings first, then each layer's in a fixed order.
+    fn sites(&self) -> Vec<SiteInfo> {
+        let w = self.width();
+        let mut all = vec![SiteInfo { site: Site::new(0, Component::Embeddings), width: w, heads: 1 }];
+        for l in 0..self.n_layers() {
+            all.push(SiteInfo { site: Site::new(l, Component::BlockInput), width: w, heads: 1 });
+            all.extend(self.block_sites(l));
+            all.push(SiteInfo { site: Site::new(l, Component::BlockOutput), width: w, heads: 1 });
+        }
+        all
+    }
+
+    /// Shape facts of `site`, or an error listing the valid sites.
+    fn site_info(&self, site: Site) -> Result<SiteInfo> {
+        let all = self.sites();
+        all.iter().find(|i| i.site == site).copied().ok_or_else(|| {
+            let components: Vec<String> = {
+                let mut c: Vec<&str> = all.iter().map(|i| i.site.component.name()).collect();
+                c.sort();
+                c.dedup();
+                c.into_iter().map(str::to_string).collect()
+            };
+            ModelError::UnknownSite {
+                site: site.to_string(),
+                arch: self.arch().to_string(),
+                valid: format!("layers 0..{} with components {}", self.n_layers(), components.join(", ")),
+            }
+        })
+    }
+}
+
+/// The full forward: final hidden states `[batch, seq, width]` (after the final norm).
+/// Logits come from [`Transformer::head`], on all positions or only on those scored.
+pub fn forward<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
+    let ctx = model.context(input);
+    let x = hook(hooks, Site::new(0, Component::Embeddings), model.embed(input));
+    let x = run_blocks(model, x, &ctx, 0, true, hooks);
+    model.final_norm(x)
+}
+
+/// Blocks `from..` on `x`, with `block_input` hooks (if `hook_first_input`) and `block_output` hooks.
+fn run_blocks<B: Backend, M: Transformer<B> + ?Sized>(
+    model: &M,
+    mut x: Tensor<B, 3>,
+    ctx: &Context<B>,
+    from: usize,
+    hook_first_input: bool,
+    hooks: &mut dyn Hooks<B>,
+) -> Tensor<B, 3> {
+    for l in from..model.n_layers() {
+        if l != from || hook_first_input {
+            x = hook(hooks, Site::new(l, Component::BlockInput), x);
+        }
+        x = model.block(l, x, ctx, hooks);
+        x = hook(hooks, Site::new(l, Component::BlockOutput), x);
+    }
+    x
+}
+
+/// The state of a forward stopped at a site: the activation there and what is needed to go on.
+#[derive(Debug, Clone)]
+pub struct Checkpoint<B: Backend> {
+    /// Where the run stopped.
+    pub site: Site,
+    /// The activation at the site, `[batch, seq, width]`.
+    pub activation: Tensor<B, 3>,
+    /// For sites inside a block: the residual stream entering that block (from which the block's
+    /// other activations — keys and values of every position included — are recomputed).
+    pub block_input: Option<Tensor<B, 3>>,
+    /// The batch (its mask and positions are needed downstream).
+    pub input: Input<B>,
+}
+
+/// Runs `input` up to `site` and returns the activation there with what is needed to go on.
+pub fn run_to<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B>, site: Site) -> Result<Checkpoint<B>> {
+    model.site_info(site)?;
+    let ctx = model.context(input);
+    let mut x = model.embed(input);
+    let done = |activation, block_input| Checkpoint { site, activation, block_input, input: input.clone() };
+    if site.component == Component::Embeddings {
+        return Ok(done(x, None));
+    }
+    for l in 0..site.layer {
+        x = model.block(l, x, &ctx, &mut NoHooks);
+    }
+    Ok(match site.component {
+        Component::BlockInput => done(x, None),
+        Component::BlockOutput => done(model.block(site.layer, x, &ctx, &mut NoHooks), None),
+        _ => {
+            let mut grab = crate::hooks::Capture::new([site]);
+            model.block(site.layer, x.clone(), &ctx, &mut grab);
+            let act = grab.get(site).expect("every listed block site is visited by its block");
+            done(act, Some(x))
+        }
+    })
+}
+
+/// Goes on from a checkpoint with `activation` (possibly changed) in place of the one there,
+/// calling `hooks` at every later site. Returns the final hidden states, as [`forward`] does.
+pub fn resume<B: Backend, M: Transformer<B> + ?Sized>(
+    model: &M,
+    checkpoint: &Checkpoint<B>,
+    activation: Tensor<B, 3>,
+    hooks: &mut dyn Hooks<B>,
+) -> Result<Tensor<B, 3>> {
+    let site = checkpoint.site;
+    let expected = checkpoint.activation.dims();
+    if activation.dims() != expected {
+        return Err(ModelError::ActivationShape {
+            site: site.to_string(),
+            found: activation.dims().to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    let ctx = model.context(&checkpoint.input);
+    let x = match site.component {
+        Component::Embeddings => run_blocks(model, activation, &ctx, 0, true, hooks),
+        Component::BlockInput => run_blocks(model, activation, &ctx, site.layer, false, hooks),
+        Component::BlockOutput => run_blocks(model, activation, &ctx, site.layer + 1, true, hooks),
+        _ => {
+            let block_input = checkpoint.block_input.clone().expect("run_to keeps the block input for inner sites");
+            let mut overlay = Overlay { site, activation: Some(activation), rest: hooks };
+            let x = model.block(site.layer, block_input, &ctx, &mut overlay);
+            let x = hook(overlay.rest, Site::new(site.layer, Component::BlockOutput), x);
+            run_blocks(model, x, &ctx, site.layer + 1, true, overlay.rest)
+        }
+    };
+    Ok(model.final_norm(x))
+}
+
+/// Puts a given activation at one site and defers every other site to the caller's hooks.
+struct Overlay<'a, B: Backend> {
+    site: Site,
+    activation: Option<Tensor<B, 3>>,
+    rest: &'a mut dyn Hooks<B>,
+}
+
+impl<B: Backend> Hooks<B> for Overlay<'_, B> {
+    fn wants(&self, site: Site) -> bool {
+        site == self.site || self.rest.wants(site)
+    }
+    fn at(&mut self, site: Site, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        if site == self.site {
+            self.activation.take().unwrap_or(h)
+        } else {
+            self.rest.at(site, h)
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Tokenizers: a Hugging Face `tokenizer.json`, or one rebuilt from a GGUF file's
+//! `tokenizer.ggml.*` metadata (byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre` names).
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use crate::error::{ModelError, Result};
+use crate::weights::gguf::GgufFile;
+
+/// A text ↔ token-id mapping for one model.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    /// Id used to pad batches (the pad token, else EOS, else 0).
+    pub pad_id: u32,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TextTokenizer({}, vocab {})", self.path.display(), self.vocab_size())
+    }
+}
+
+/// `tokenizer.ggml.pre` values this crate knows how to rebuild.
+pub const GGUF_PRE_TOKENIZERS: &str = "smollm, gpt2, default";
+
+impl TextTokenizer {
+    /// Loads a Hugging Face `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
+        let pad_id = ["[PAD]", "<pad>", "<|endoftext|>", "</s>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
+        Ok(TextTokenizer { inner, path: path.to_path_buf(), pad_id })
+    }
+
+    /// Rebuilds the tokenizer a GGUF file describes.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = file.path().to_path_buf();
+        let err = |reason: String| ModelError::Tokenizer { path: path.clone(), reason };
+        let model = file.meta_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(err(format!("tokenizer.ggml.model `{model}` is not supported (only `gpt2`, byte-level BPE)")));
+        }
+        let tokens = file.meta_strings("tokenizer.ggml.tokens")?;
+        let merges = file.meta_strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = match file.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+            Some(a) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let vocab: ahash_compat::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| err(format!("merge {i} (`{m}`) is not two tokens separated by a space")))
+            })
+            .collect::<Result<_>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .fuse_unk(false)
+            .build()
+            .map_err(|e| err(format!("cannot build BPE: {e}")))?;
+        let pre = file.metadata.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+        let pre_tokenizer = match pre {
+            "smollm" => Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level]),
+            "gpt2" | "default" => Sequence::new(vec![byte_level]),
+            other => {
+                return Err(err(format!(
+                    "tokenizer.ggml.pre `{other}` is not supported; supported: {GGUF_PRE_TOKENIZERS}"
+                )));
+            }
+        };
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevel::new(false, true, true)));
+        // Control tokens (type 3) are special: matched whole in text, never split.
+        let specials: Vec<AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == 3)
+            .filter_map(|(i, _)| tokens.get(i))
+            .map(|t| AddedToken::from(t.clone(), true).normalized(false))
+            .collect();
+        inner.add_special_tokens(&specials);
+        let id = |key: &str| file.metadata.get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
+        let add_bos = file.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        if add_bos {
+            let bos = id("tokenizer.ggml.bos_token_id")
+                .ok_or_else(|| err("add_bos_token is true but tokenizer.ggml.bos_token_id is missing".into()))?;
+            let bos_text = tokens.get(bos as usize).cloned().ok_or_else(|| err(format!("bos id {bos} is past the vocabulary")))?;
+            let template_err = |e: String| err(format!("BOS template: {e}"));
+            let mut builder = TemplateProcessing::builder();
+            builder.try_single(format!("{bos_text} $A")).map_err(template_err)?;
+            builder.try_pair(format!("{bos_text} $A $B")).map_err(template_err)?;
+            builder.special_tokens(vec![(bos_text.clone(), bos)]);
+            let template = builder.build().map_err(|e| template_err(e.to_string()))?;
+            inner.with_post_processor(Some(template));
+        }
+        let pad_id = id("tokenizer.ggml.padding_token_id").or(id("tokenizer.ggml.eos_token_id")).unwrap_or(0);
+        Ok(TextTokenizer { inner, path, pad_id })
+    }
+
+    /// Token ids of `text`, with the model's special tokens (BOS, [CLS]/[SEP]) where it adds them.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("encoding {text:?}: {e}") })
+    }
+
+    /// Text of `ids` (special tokens kept).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("decoding {ids:?}: {e}") })
+    }
+
+    /// Number of tokens (with added tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The underlying `tokenizers` object, for offsets and other details.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+mod ahash_compat {
+    /// The map type `BPE::vocab_and_merges` takes.
+    pub type Vocab = tokenizers::models::bpe::Vocab;
+}

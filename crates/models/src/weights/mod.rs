@@ -1,0 +1,123 @@
+//! Weight files: a common interface over safetensors folders and GGUF files, and the typed
+//! loader the architectures use to build their layers from it.
+
+pub mod dequant;
+pub mod gguf;
+pub mod safetensors_folder;
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::error::{ModelError, Result};
+use crate::layers::{Embedding, LayerNorm, Linear, RmsNorm};
+
+/// A set of named tensors, each readable as f32 in PyTorch's (row-major, `[out, in]`) layout.
+pub trait WeightSource {
+    /// The file (or folder) the tensors come from, for error messages.
+    fn path(&self) -> &Path;
+    /// The shape of `name`, if present.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The values of `name` as f32, row-major, with its shape.
+    fn read(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)>;
+}
+
+/// Builds burn tensors and layers from a [`WeightSource`], checking every shape against the config.
+pub struct Loader<'a, B: Backend> {
+    source: &'a dyn WeightSource,
+    device: B::Device,
+}
+
+impl<'a, B: Backend> Loader<'a, B> {
+    /// A loader reading from `source` onto `device`.
+    pub fn new(source: &'a dyn WeightSource, device: &B::Device) -> Self {
+        Loader { source, device: device.clone() }
+    }
+
+    /// Whether the source holds `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.source.shape(name).is_some()
+    }
+
+    /// The file the weights come from.
+    pub fn path(&self) -> &Path {
+        self.source.path()
+    }
+
+    /// Reads `name` and checks it has shape `expected`.
+    pub fn values(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let found = self.source.shape(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.source.path().to_path_buf(),
+            tensor: name.to_string(),
+        })?;
+        if found != expected {
+            return Err(ModelError::WrongShape {
+                path: self.source.path().to_path_buf(),
+                tensor: name.to_string(),
+                found,
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(self.source.read(name)?.0)
+    }
+
+    /// A tensor of rank `D` with the expected shape.
+    pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<B, D>> {
+        let values = self.values(name, &expected)?;
+        Ok(Tensor::from_data(TensorData::new(values, expected), &self.device))
+    }
+
+    /// A frozen parameter from a tensor.
+    pub fn param<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Param<Tensor<B, D>>> {
+        Ok(Param::from_tensor(self.tensor(name, expected)?).set_require_grad(false))
+    }
+
+    /// A PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
+    pub fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
+        let w = self.values(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let weight = Tensor::from_data(TensorData::new(transpose(&w, d_out, d_in), [d_in, d_out]), &self.device);
+        self.linear_from(prefix, weight, d_out, bias)
+    }
+
+    /// A GPT-2 `Conv1D` (`{prefix}.weight` already `[in, out]`, `{prefix}.bias`).
+    pub fn conv1d(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
+        let weight = self.tensor(&format!("{prefix}.weight"), [d_in, d_out])?;
+        self.linear_from(prefix, weight, d_out, true)
+    }
+
+    fn linear_from(&self, prefix: &str, weight: Tensor<B, 2>, d_out: usize, bias: bool) -> Result<Linear<B>> {
+        let bias = if bias { Some(self.param(&format!("{prefix}.bias"), [d_out])?) } else { None };
+        Ok(Linear { weight: Param::from_tensor(weight).set_require_grad(false), bias })
+    }
+
+    /// An embedding table `{name}` of shape `[rows, width]`.
+    pub fn embedding(&self, name: &str, rows: usize, width: usize) -> Result<Embedding<B>> {
+        Ok(Embedding { weight: self.param(name, [rows, width])? })
+    }
+
+    /// An RMSNorm with weight `{name}`.
+    pub fn rms_norm(&self, name: &str, width: usize, eps: f64) -> Result<RmsNorm<B>> {
+        Ok(RmsNorm { gamma: self.param(name, [width])?, eps })
+    }
+
+    /// A LayerNorm `{prefix}.{gamma_name}` / `{prefix}.{beta_name}`.
+    pub fn layer_norm(&self, prefix: &str, names: (&str, &str), width: usize, eps: f64) -> Result<LayerNorm<B>> {
+        Ok(LayerNorm {
+            gamma: self.param(&format!("{prefix}.{}", names.0), [width])?,
+            beta: self.param(&format!("{prefix}.{}", names.1), [width])?,
+            eps,
+        })
+    }
+}
+
+/// Row-major `[rows, cols]` to row-major `[cols, rows]`.
+pub fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}

@@ -1,0 +1,1 @@
+pub use ferrovene_models as models;
