@@ -64,3 +64,26 @@ fn forward_matches_transformers() {
         assert_eq!(top_k(&last, 5), want_top, "prompt {i}: top-5 ids");
     }
 }
+
+#[test]
+fn pyvene_interchange_at_layer_6_position_3_through_hooks() {
+    use burn::tensor::{Int, Tensor};
+    use ferrovene_models::{gather_positions, run_to, Replace};
+    let (model, _) = load();
+    let st = read_st(&golden("smollm2/interchange_l6_pos3.safetensors"));
+    let ids = |k: &str| -> Vec<u32> { st.meta_json(k).as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+    let dev = Default::default();
+    let site = Site::new(6, Component::BlockOutput);
+    let pos = Tensor::<B, 1, Int>::from_ints([3], &dev).reshape([1, 1]);
+    let source = Input::<B>::from_ids(&[ids("source_ids")], &dev);
+    let base = Input::<B>::from_ids(&[ids("base_ids")], &dev);
+    let source_vec = gather_positions(run_to(&model, &source, site).unwrap().activation, pos.clone());
+    let mut swap = Replace::new().at(site, pos, source_vec);
+    let hidden = forward(&model, &base, &mut swap);
+    let seq = ids("base_ids").len();
+    let last = to_vec(model.head(hidden.slice([0..1, seq - 1..seq])).unwrap());
+    let d = max_abs_diff(&last, &st.get("last_logits").0);
+    assert!(d < 1e-2, "interchange logits differ by {d}");
+    let want_top: Vec<usize> = st.meta_json("top5").as_array().unwrap().iter().map(|t| t[0].as_u64().unwrap() as usize).collect();
+    assert_eq!(top_k(&last, 5), want_top, "top-5 after interchange");
+}

@@ -10,12 +10,14 @@ pub mod config;
 pub mod error;
 pub mod hooks;
 pub mod layers;
+pub mod loader;
 pub mod model;
 pub mod site;
 pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
+pub use loader::{load_folder, load_gguf, AnyModel, LoadedModel};
 pub use hooks::{gather_positions, scatter_positions, Capture, FnHook, Hooks, NoHooks, Replace};
 pub use model::{forward, resume, run_to, Checkpoint, Input, Transformer};
 pub use site::{Component, Site, SiteInfo};

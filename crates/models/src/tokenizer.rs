@@ -34,7 +34,13 @@ pub const GGUF_PRE_TOKENIZERS: &str = "smollm, gpt2, default";
 impl TextTokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let mut inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
+        // Batching (and its padding side) is ferrovene's job; a file's fixed padding or
+        // truncation would silently change sequence lengths.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
         let pad_id = ["[PAD]", "<pad>", "<|endoftext|>", "</s>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
         Ok(TextTokenizer { inner, path: path.to_path_buf(), pad_id })

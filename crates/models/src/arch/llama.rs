@@ -6,6 +6,7 @@
 use burn::module::Module;
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
 
+use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::hooks::{hook, Hooks};
@@ -130,23 +131,7 @@ impl<B: Backend> Transformer<B> for Llama<B> {
     }
     fn block_sites(&self, layer: usize) -> Vec<SiteInfo> {
         let c = &self.config;
-        let (d, q, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let s = |component, width, heads| SiteInfo { site: Site::new(layer, component), width, heads };
-        vec![
-            s(C::AttentionInput, d, 1),
-            s(C::QueryOutput, q, 1),
-            s(C::HeadQueryOutput, q, c.num_heads),
-            s(C::KeyOutput, kv, 1),
-            s(C::HeadKeyOutput, kv, c.num_kv_heads),
-            s(C::ValueOutput, kv, 1),
-            s(C::HeadValueOutput, kv, c.num_kv_heads),
-            s(C::AttentionValueOutput, q, 1),
-            s(C::HeadAttentionValueOutput, q, c.num_heads),
-            s(C::AttentionOutput, d, 1),
-            s(C::MlpInput, d, 1),
-            s(C::MlpActivation, c.intermediate_size, 1),
-            s(C::MlpOutput, d, 1),
-        ]
+        standard_block_sites(layer, c.hidden_size, (c.num_heads, c.num_kv_heads, c.head_dim), c.intermediate_size)
     }
     fn embed(&self, input: &Input<B>) -> Tensor<B, 3> {
         self.embed_tokens.forward(input.ids.clone())
@@ -157,27 +142,21 @@ impl<B: Backend> Transformer<B> for Llama<B> {
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.layers[layer];
         let c = &self.config;
-        let mut at = |component, h| hook(hooks, Site::new(layer, component), h);
         let rotary = ctx.rotary.as_ref().expect("llama context has rotary angles");
 
         // Attention: h = x + W_o · softmax(RoPE(q) RoPE(k)ᵀ/√d + mask) v
-        let a_in = at(C::AttentionInput, b.input_norm.forward(x.clone()));
-        let q = at(C::QueryOutput, b.q.forward(a_in.clone()));
-        let q = at(C::HeadQueryOutput, q);
-        let k = at(C::KeyOutput, b.k.forward(a_in.clone()));
-        let k = at(C::HeadKeyOutput, k);
-        let v = at(C::ValueOutput, b.v.forward(a_in));
-        let v = at(C::HeadValueOutput, v);
+        let a_in = hook(hooks, Site::new(layer, C::AttentionInput), b.input_norm.forward(x.clone()));
+        let (q, k, v) = hook_qkv(hooks, layer, b.q.forward(a_in.clone()), b.k.forward(a_in.clone()), b.v.forward(a_in));
         let groups = c.num_heads / c.num_kv_heads;
         let q = rotary.apply(split_heads(q, c.num_heads));
         let k = repeat_kv(rotary.apply(split_heads(k, c.num_kv_heads)), groups);
         let v = repeat_kv(split_heads(v, c.num_kv_heads), groups);
-        let values = at(C::AttentionValueOutput, merge_heads(attend(q, k, v, ctx.bias.clone())));
-        let values = at(C::HeadAttentionValueOutput, values);
-        let attn_out = at(C::AttentionOutput, b.o.forward(values));
+        let values = hook_attention_values(hooks, layer, merge_heads(attend(q, k, v, ctx.bias.clone())));
+        let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.o.forward(values));
         let h = x + attn_out;
 
         // MLP: y = h + W_down(SiLU(W_gate m) ⊙ W_up m), m = RMSNorm(h)
+        let mut at = |component, h| hook(hooks, Site::new(layer, component), h);
         let m = at(C::MlpInput, b.post_attention_norm.forward(h.clone()));
         let act = at(C::MlpActivation, silu(b.gate.forward(m.clone())) * b.up.forward(m));
         let mlp_out = at(C::MlpOutput, b.down.forward(act));

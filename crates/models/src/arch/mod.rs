@@ -1,3 +1,8 @@
 //! One file per architecture, each a config struct plus plain forward code.
 
+pub mod bert;
+pub(crate) mod common;
+pub mod gpt2;
+pub mod gpt_neox;
 pub mod llama;
+pub mod mlp;

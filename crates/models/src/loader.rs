@@ -1,0 +1,132 @@
+//! Turning a model spec into a loaded model: a registry name (`smollm2-135m`), a local folder in
+//! the Hugging Face layout, a `.gguf` file, or a hub id `org/name[@revision]`.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::arch::bert::{Bert, BertConfig};
+use crate::arch::gpt2::{Gpt2, Gpt2Config};
+use crate::arch::gpt_neox::{GptNeoX, GptNeoXConfig};
+use crate::arch::llama::{Llama, LlamaConfig};
+use crate::config::HfConfig;
+use crate::error::{ModelError, Result};
+use crate::hooks::Hooks;
+use crate::model::{Context, Input, Transformer};
+use crate::site::SiteInfo;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::gguf::{GgufFile, GgufLlamaWeights};
+use crate::weights::safetensors_folder::SafetensorsFolder;
+use crate::weights::Loader;
+
+/// `model_type` values of `config.json` that ferrovene loads.
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2, gpt_neox, bert";
+
+/// Any of the transformer architectures.
+#[derive(Module, Debug)]
+pub enum AnyModel<B: Backend> {
+    Llama(Llama<B>),
+    Gpt2(Gpt2<B>),
+    GptNeoX(GptNeoX<B>),
+    Bert(Bert<B>),
+}
+
+macro_rules! each {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            AnyModel::Llama($m) => $body,
+            AnyModel::Gpt2($m) => $body,
+            AnyModel::GptNeoX($m) => $body,
+            AnyModel::Bert($m) => $body,
+        }
+    };
+}
+
+impl<B: Backend> Transformer<B> for AnyModel<B> {
+    fn arch(&self) -> &'static str {
+        each!(self, m => m.arch())
+    }
+    fn n_layers(&self) -> usize {
+        each!(self, m => m.n_layers())
+    }
+    fn width(&self) -> usize {
+        each!(self, m => m.width())
+    }
+    fn block_sites(&self, layer: usize) -> Vec<SiteInfo> {
+        each!(self, m => m.block_sites(layer))
+    }
+    fn embed(&self, input: &Input<B>) -> Tensor<B, 3> {
+        each!(self, m => m.embed(input))
+    }
+    fn context(&self, input: &Input<B>) -> Context<B> {
+        each!(self, m => m.context(input))
+    }
+    fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
+        each!(self, m => m.block(layer, x, ctx, hooks))
+    }
+    fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        each!(self, m => m.final_norm(x))
+    }
+    fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        each!(self, m => m.head(hidden))
+    }
+}
+
+/// A loaded model with its tokenizer and where it came from.
+#[derive(Debug)]
+pub struct LoadedModel<B: Backend> {
+    /// The model, frozen (no parameter requires a gradient).
+    pub model: AnyModel<B>,
+    /// Its tokenizer, when the source has one.
+    pub tokenizer: Option<TextTokenizer>,
+    /// What was asked for (name, path or hub id).
+    pub spec: String,
+    /// The file or folder the weights were read from.
+    pub path: PathBuf,
+    /// The hub revision, for hub models.
+    pub revision: Option<String>,
+}
+
+/// Loads a Hugging Face folder: `config.json`, safetensors weights, `tokenizer.json` if present.
+pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&config_path, format!("not valid JSON: {e}")))?;
+    let cfg = HfConfig { path: &config_path, json: &json };
+    let model_type = json.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| ModelError::config(&config_path, "missing `model_type`"))?;
+    // Check the architecture before touching the (possibly large) weight files.
+    if !SUPPORTED_MODEL_TYPES.split(", ").any(|t| t == model_type) {
+        return Err(ModelError::UnknownArchitecture {
+            path: config_path.clone(),
+            found: model_type.to_string(),
+            supported: SUPPORTED_MODEL_TYPES.into(),
+        });
+    }
+    let weights = SafetensorsFolder::open(dir)?;
+    let w = Loader::new(&weights, device);
+    let model = match model_type {
+        "llama" | "mistral" | "qwen2" => AnyModel::Llama(Llama::load(LlamaConfig::from_hf(&cfg)?, &w)?),
+        "gpt2" => AnyModel::Gpt2(Gpt2::load(Gpt2Config::from_hf(&cfg)?, &w)?),
+        "gpt_neox" => AnyModel::GptNeoX(GptNeoX::load(GptNeoXConfig::from_hf(&cfg)?, &w)?),
+        _ => AnyModel::Bert(Bert::load(BertConfig::from_hf(&cfg)?, &w)?),
+    };
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+    Ok(LoadedModel { model, tokenizer, spec: dir.display().to_string(), path: dir.to_path_buf(), revision: None })
+}
+
+/// Loads a GGUF file (llama architecture), its tokenizer rebuilt from the metadata.
+pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
+    let file = GgufFile::open(path)?;
+    let arch = file.meta_str("general.architecture")?.to_string();
+    if arch != "llama" {
+        return Err(ModelError::UnknownArchitecture { path: path.to_path_buf(), found: arch, supported: "llama (GGUF)".into() });
+    }
+    let tokenizer = TextTokenizer::from_gguf(&file)?;
+    let cfg = LlamaConfig::from_gguf(&file)?;
+    let weights = GgufLlamaWeights::new(file, cfg.num_heads, cfg.num_kv_heads);
+    let model = AnyModel::Llama(Llama::load(cfg, &Loader::new(&weights, device))?);
+    Ok(LoadedModel { model, tokenizer: Some(tokenizer), spec: path.display().to_string(), path: path.to_path_buf(), revision: None })
+}
