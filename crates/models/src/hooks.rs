@@ -45,17 +45,23 @@ pub fn gather_positions<B: Backend>(h: Tensor<B, 3>, positions: Tensor<B, 2, Int
     h.gather(1, index)
 }
 
-/// `h` with `h[b, positions[b, j], :]` replaced by `values[b, j, :]` (positions distinct per row).
+/// `h` with `h[b, positions[b, j], :]` replaced by `values[b, j, :]` exactly (positions distinct
+/// per row). Gradients flow to `values` at the chosen positions and to `h` everywhere else.
 pub fn scatter_positions<B: Backend>(
     h: Tensor<B, 3>,
     positions: Tensor<B, 2, Int>,
     values: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
-    let [batch, k] = positions.dims();
-    let width = h.dims()[2];
-    let index = positions.unsqueeze_dim::<3>(2).expand([batch, k, width]);
-    let old = h.clone().gather(1, index.clone());
-    h.scatter(1, index, values - old, IndexingUpdateOp::Add)
+    let [batch, seq, width] = h.dims();
+    let k = positions.dims()[1];
+    let index = positions.clone().unsqueeze_dim::<3>(2).expand([batch, k, width]);
+    let placed = h.zeros_like().scatter(1, index, values, IndexingUpdateOp::Add);
+    let chosen = Tensor::<B, 2, Int>::zeros([batch, seq], &positions.device())
+        .scatter(1, positions.clone(), positions.ones_like(), IndexingUpdateOp::Add)
+        .greater_elem(0)
+        .reshape([batch, seq, 1])
+        .expand([batch, seq, width]);
+    h.mask_where(chosen, placed)
 }
 
 /// Records the full activation at each of its sites (it changes nothing).
