@@ -8,16 +8,18 @@
 pub mod arch;
 pub mod config;
 pub mod error;
+pub mod hub;
 pub mod hooks;
 pub mod layers;
 pub mod loader;
 pub mod model;
+pub mod registry;
 pub mod site;
 pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use loader::{load_folder, load_gguf, AnyModel, LoadedModel};
+pub use loader::{load, load_folder, load_gguf, load_with_hub, AnyModel, LoadedModel};
 pub use hooks::{gather_positions, scatter_positions, Capture, FnHook, Hooks, NoHooks, Replace};
 pub use model::{forward, resume, run_to, Checkpoint, Input, Transformer};
 pub use site::{Component, Site, SiteInfo};

