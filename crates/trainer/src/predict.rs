@@ -1,0 +1,78 @@
+//! `trainer predict`: the model's next-token distribution after a prompt.
+
+use anyhow::{anyhow, Context, Result};
+use burn::tensor::{activation::softmax, backend::Backend};
+use ferrovene_models::{forward, load, Input, NoHooks, Transformer};
+use serde_json::json;
+
+use crate::device::OnBackend;
+
+/// What to predict, from the command line.
+pub struct Predict {
+    /// Model spec (registry name, path, or hub id).
+    pub model: String,
+    /// The prompt.
+    pub prompt: String,
+    /// How many of the most likely next tokens to show.
+    pub top: usize,
+    /// Print JSON instead of a table.
+    pub json: bool,
+}
+
+/// One candidate next token.
+struct Candidate {
+    id: usize,
+    token: String,
+    p: f32,
+    logit: f32,
+}
+
+impl OnBackend for Predict {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let loaded = load::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
+        let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer (no tokenizer.json)", self.model))?;
+        let ids = tok.encode(&self.prompt)?;
+        if ids.is_empty() {
+            return Err(anyhow!("the prompt {:?} tokenizes to nothing; give some text", self.prompt));
+        }
+        let input = Input::<B>::from_ids(&[ids.clone()], &device);
+        let hidden = forward(&loaded.model, &input, &mut NoHooks);
+        let seq = ids.len();
+        let last = hidden.slice([0..1, seq - 1..seq]);
+        let logits = loaded
+            .model
+            .head(last)
+            .ok_or_else(|| anyhow!("model `{}` ({}) is an encoder: it has no next-token head", self.model, loaded.model.arch()))?;
+        let logits: Vec<f32> = logits.clone().into_data().to_vec::<f32>().map_err(|e| anyhow!("reading logits: {e:?}"))?;
+        let probs: Vec<f32> = softmax(burn::tensor::Tensor::<B, 1>::from_floats(logits.as_slice(), &device), 0)
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow!("reading probabilities: {e:?}"))?;
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let top: Vec<Candidate> = order
+            .into_iter()
+            .take(self.top)
+            .map(|id| Ok(Candidate { id, token: tok.decode(&[id as u32])?, p: probs[id], logit: logits[id] }))
+            .collect::<Result<_>>()?;
+        if self.json {
+            let out = json!({
+                "model": loaded.spec,
+                "path": loaded.path,
+                "prompt": self.prompt,
+                "ids": ids,
+                "top": top.iter().map(|c| json!({"id": c.id, "token": c.token, "p": c.p, "logit": c.logit})).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("{} · {} prompt tokens · next token:", loaded.spec, ids.len());
+            println!("{:>4}  {:>7}  {:>8}  {:>8}  token", "rank", "id", "p", "logit");
+            for (rank, c) in top.iter().enumerate() {
+                println!("{:>4}  {:>7}  {:>8.5}  {:>8.3}  {:?}", rank + 1, c.id, c.p, c.logit, c.token);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! `trainer predict` end to end: the real binary on the SmolLM2 fixture against the golden top-5.
+
+use std::process::Command;
+
+fn trainer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+}
+
+fn golden_forward() -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/smollm2/forward.json");
+    assert!(p.exists(), "golden file {} is missing", p.display());
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn predict_json_matches_transformers_top5() {
+    let out = trainer()
+        .args(["predict", "--model", "smollm2-135m", "--prompt", "The capital of France is", "--top", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let want = &golden_forward()["prompts"][0];
+    assert_eq!(got["ids"], want["ids"]);
+    for (g, w) in got["top"].as_array().unwrap().iter().zip(want["top5"].as_array().unwrap()) {
+        assert_eq!(g["id"], w["id"]);
+        assert_eq!(g["token"], w["token"]);
+        let (gp, wp) = (g["p"].as_f64().unwrap(), w["p"].as_f64().unwrap());
+        assert!((gp - wp).abs() < 2e-3, "p({}) = {gp}, transformers {wp}", w["token"]);
+    }
+}
+
+#[test]
+fn predict_table_is_readable() {
+    let out = trainer().args(["predict", "--prompt", "The capital of France is", "--top", "3"]).output().unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\" Paris\"") && text.lines().count() == 5, "{text}");
+}
+
+#[test]
+fn a_device_this_build_lacks_is_a_clear_error() {
+    if cfg!(feature = "wgpu") {
+        return;
+    }
+    let out = trainer().args(["predict", "--prompt", "x", "--device", "wgpu"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features wgpu") && err.contains("cpu"), "{err}");
+}
+
+#[test]
+fn an_encoder_has_no_next_token() {
+    let out = trainer().args(["predict", "--model", "minilm-l6", "--prompt", "hello"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("encoder") && err.contains("minilm-l6"), "{err}");
+}
