@@ -17,7 +17,12 @@ pub struct Linear<B: Backend> {
 impl<B: Backend> Linear<B> {
     /// Applies the map to the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = x.matmul(self.weight.val().unsqueeze());
+        // One [rows, in] × [in, out] product: a broadcast batched matmul would copy W per row.
+        let mut dims = x.dims();
+        let [d_in, d_out] = self.weight.val().dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        dims[D - 1] = d_out;
+        let y: Tensor<B, D> = x.reshape([rows, d_in]).matmul(self.weight.val()).reshape(dims);
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
