@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::*;
 use ferrovene_models::hub::{HubConfig, HubId};
-use ferrovene_models::{forward, load_with_hub, Input, NoHooks, Transformer};
+use ferrovene_models::load_with_hub;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -95,12 +95,8 @@ fn tiny_gpt2_files() -> HashMap<String, Vec<u8>> {
     ["config.json", "model.safetensors"].iter().map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap())).collect()
 }
 
-fn logits_of(loaded: &ferrovene_models::LoadedModel<B>) -> Vec<f32> {
-    let reference = read_st(&golden("tiny/gpt2/reference.safetensors"));
-    let ids: Vec<Vec<u32>> = reference.meta_json("input_ids").as_array().unwrap().iter()
-        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect();
-    let input = Input::<B>::from_ids(&ids, &Default::default());
-    to_vec(loaded.model.head(forward(&loaded.model, &input, &mut NoHooks)).unwrap())
+fn tiny_logits(loaded: &ferrovene_models::LoadedModel<B>) -> Vec<f32> {
+    logits_of(&loaded.model, &reference_ids(&read_st(&golden("tiny/gpt2/reference.safetensors"))))
 }
 
 #[test]
@@ -119,7 +115,7 @@ fn loads_from_the_hub_then_from_the_cache_offline() {
     let online = HubConfig { endpoint: endpoint.clone(), cache_dir: cache.clone(), offline: false, progress: false };
     let loaded = load_with_hub::<B>("tiny-org/tiny-gpt2@main", &online, &Default::default()).expect("hub load");
     let reference = read_st(&golden("tiny/gpt2/reference.safetensors"));
-    assert!(max_abs_diff(&logits_of(&loaded), &reference.get("logits").0) < 1e-5);
+    assert!(max_abs_diff(&tiny_logits(&loaded), &reference.get("logits").0) < 1e-5);
     assert_eq!(loaded.revision.as_deref(), Some(COMMIT), "the snapshot is the served commit");
     assert!(loaded.path.starts_with(&cache), "files are in the given cache");
     let downloads = hits.load(Ordering::SeqCst);
@@ -132,7 +128,7 @@ fn loads_from_the_hub_then_from_the_cache_offline() {
     // Offline with the server gone from the picture (wrong endpoint): the cache alone.
     let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache, offline: true, progress: false };
     let again = load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).expect("offline load from cache");
-    assert!(logits_of(&again) == logits_of(&loaded));
+    assert!(tiny_logits(&again) == tiny_logits(&loaded));
 }
 
 #[test]

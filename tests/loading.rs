@@ -7,11 +7,7 @@ use common::*;
 use ferrovene_models::{forward, load_folder, load_gguf, Input, ModelError, NoHooks, Transformer};
 
 fn tiny_logits(loaded: &ferrovene_models::LoadedModel<B>) -> Vec<f32> {
-    let reference = read_st(&golden("tiny/llama/reference.safetensors"));
-    let ids: Vec<Vec<u32>> = reference.meta_json("input_ids").as_array().unwrap().iter()
-        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect();
-    let input = Input::<B>::from_ids(&ids, &Default::default());
-    to_vec(loaded.model.head(forward(&loaded.model, &input, &mut NoHooks)).unwrap())
+    logits_of(&loaded.model, &reference_ids(&read_st(&golden("tiny/llama/reference.safetensors"))))
 }
 
 #[test]
@@ -227,4 +223,26 @@ fn gguf_missing_tensor_is_named() {
     tiny_llama_gguf(&path, &["blk.1.attn_v.weight"], None);
     let s = load_gguf::<B>(&path, &Default::default()).expect_err("missing").to_string();
     assert!(s.contains("model.layers.1.self_attn.v_proj.weight") && s.contains("missing.gguf"), "{s}");
+}
+
+#[test]
+fn inconsistent_head_counts_are_config_errors() {
+    for (name, from, to, expect) in [
+        ("zero-heads", "\"num_attention_heads\": 4", "\"num_attention_heads\": 0", "must be positive"),
+        ("kv-heads", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3", "cannot be shared"),
+    ] {
+        let dir = temp_dir(name);
+        copy_dir(&golden("tiny/llama"), &dir);
+        let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        assert!(cfg.contains(from), "{name}: the golden config changed");
+        std::fs::write(dir.join("config.json"), cfg.replace(from, to)).unwrap();
+        let (e, s) = load_err(&dir);
+        assert!(matches!(e, ModelError::Config { .. }) && s.contains(expect) && s.contains("config.json"), "{name}: {s}");
+    }
+    let dir = temp_dir("gpt2-heads");
+    copy_dir(&golden("tiny/gpt2"), &dir);
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"n_head\": 4", "\"n_head\": 5");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    let (_, s) = load_err(&dir);
+    assert!(s.contains("not divisible by 5"), "{s}");
 }

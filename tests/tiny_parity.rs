@@ -9,16 +9,12 @@ use ferrovene_models::{
     forward, gather_positions, load_folder, run_to, Capture, Component, Input, Replace, Site, Transformer,
 };
 
-fn input_ids(meta: &serde_json::Value) -> Vec<Vec<u32>> {
-    meta.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect()
-}
-
 fn check(name: &str) {
     let dir = golden(&format!("tiny/{name}"));
     let loaded = load_folder::<B>(&dir, &Default::default()).expect("load tiny folder");
     let model = &loaded.model;
     let reference = read_st(&dir.join("reference.safetensors"));
-    let ids = input_ids(&reference.meta_json("input_ids"));
+    let ids = reference_ids(&reference);
     let input = Input::<B>::from_ids(&ids, &Default::default());
     let n = model.n_layers();
     let mut sites = vec![Site::new(0, Component::Embeddings)];

@@ -16,8 +16,7 @@ fn check(name: &str) {
     let loaded = load_folder::<B>(&data(name), &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let model = &loaded.model;
     let reference = read_st(&data(name).join("reference.safetensors"));
-    let ids: Vec<Vec<u32>> = reference.meta_json("input_ids").as_array().unwrap().iter()
-        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()).collect();
+    let ids = reference_ids(&reference);
     let input = Input::<B>::from_ids(&ids, &Default::default());
     let n = model.n_layers();
     let mut cap = Capture::new((0..n).map(|l| Site::new(l, Component::BlockOutput)));

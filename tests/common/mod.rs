@@ -297,3 +297,21 @@ pub fn tiny_llama_gguf(path: &std::path::Path, skip: &[&str], override_type: Opt
     ];
     write_gguf(path, &meta, &tensors);
 }
+
+/// The `input_ids` rows recorded in a reference file's metadata.
+pub fn reference_ids(reference: &StFile) -> Vec<Vec<u32>> {
+    reference
+        .meta_json("input_ids")
+        .as_array()
+        .expect("input_ids is an array")
+        .iter()
+        .map(|r| r.as_array().expect("a row").iter().map(|v| v.as_u64().expect("an id") as u32).collect())
+        .collect()
+}
+
+/// All-position logits of a language model on equal-length rows, flattened.
+pub fn logits_of<M: ferrovene_models::Transformer<B>>(model: &M, rows: &[Vec<u32>]) -> Vec<f32> {
+    let input = ferrovene_models::Input::<B>::from_ids(rows, &Default::default());
+    let hidden = ferrovene_models::forward(model, &input, &mut ferrovene_models::NoHooks);
+    to_vec(model.head(hidden).expect("a language model"))
+}

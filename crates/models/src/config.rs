@@ -74,3 +74,19 @@ impl<'a> HfConfig<'a> {
         }
     }
 }
+
+/// Checks that attention dimensions fit together (so that no later division or reshape fails):
+/// `heads > 0`, `kv_heads` divides `heads`, and, where the head width is derived, `heads`
+/// divides `hidden`.
+pub fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: usize, head_dim_given: bool) -> Result<()> {
+    if heads == 0 || kv_heads == 0 {
+        return Err(ModelError::config(path, format!("attention heads must be positive (heads {heads}, kv heads {kv_heads})")));
+    }
+    if heads % kv_heads != 0 {
+        return Err(ModelError::config(path, format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
+    }
+    if !head_dim_given && hidden % heads != 0 {
+        return Err(ModelError::config(path, format!("hidden size {hidden} is not divisible by {heads} attention heads")));
+    }
+    Ok(())
+}

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-/// What can go wrong while loading or running a model.
+/// What can go wrong while loading or running a model. Field names say what they hold (the
+/// file, the tensor, what was found and what was expected), so they carry no docs of their own.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A file could not be opened or read.

@@ -184,12 +184,19 @@ impl<B: Backend> Rotary<B> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// Positions divided by `factor` (all frequencies divided by `factor`).
-    Linear { factor: f64 },
+    Linear {
+        /// Divisor of every frequency.
+        factor: f64,
+    },
     /// Llama 3's piecewise scaling of low frequencies.
     Llama3 {
+        /// Divisor of the low frequencies.
         factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are fully scaled.
         low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
         high_freq_factor: f64,
+        /// The context length the model was trained with.
         original_max_position_embeddings: f64,
     },
 }

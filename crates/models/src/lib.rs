@@ -5,6 +5,8 @@
 //! two halves ([`model::run_to`], [`model::resume`]) that let a trainer cache the frozen part.
 //! Weights come from Hugging Face folders (safetensors), hub ids, or GGUF files.
 
+#![warn(missing_docs)]
+
 pub mod arch;
 pub mod config;
 pub mod error;

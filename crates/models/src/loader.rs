@@ -26,9 +26,13 @@ pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2, gpt_neox, 
 /// Any of the transformer architectures.
 #[derive(Module, Debug)]
 pub enum AnyModel<B: Backend> {
+    /// Llama, Mistral, Qwen2, SmolLM2.
     Llama(Llama<B>),
+    /// GPT-2.
     Gpt2(Gpt2<B>),
+    /// GPT-NeoX / Pythia.
     GptNeoX(GptNeoX<B>),
+    /// BERT encoders.
     Bert(Bert<B>),
 }
 

@@ -17,13 +17,21 @@ use crate::weights::Loader;
 /// The numbers that define a BERT encoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {
+    /// Number of tokens.
     pub vocab_size: usize,
+    /// Residual stream width.
     pub hidden_size: usize,
+    /// Number of blocks.
     pub num_layers: usize,
+    /// Attention (query) heads.
     pub num_heads: usize,
+    /// MLP hidden width.
     pub intermediate_size: usize,
+    /// Number of learned positions.
     pub max_position_embeddings: usize,
+    /// Number of token types (segments).
     pub type_vocab_size: usize,
+    /// LayerNorm ε.
     pub layer_norm_eps: f64,
 }
 
@@ -38,11 +46,13 @@ impl BertConfig {
         if pos != "absolute" {
             return Err(ModelError::config(c.path, format!("position_embedding_type `{pos}` is not supported (only absolute)")));
         }
+        let (hidden_size, num_heads) = (c.usize("hidden_size")?, c.usize("num_attention_heads")?);
+        crate::config::check_heads(c.path, hidden_size, num_heads, num_heads, false)?;
         Ok(BertConfig {
             vocab_size: c.usize("vocab_size")?,
-            hidden_size: c.usize("hidden_size")?,
+            hidden_size,
             num_layers: c.usize("num_hidden_layers")?,
-            num_heads: c.usize("num_attention_heads")?,
+            num_heads,
             intermediate_size: c.usize("intermediate_size")?,
             max_position_embeddings: c.usize("max_position_embeddings")?,
             type_vocab_size: c.opt_usize("type_vocab_size")?.unwrap_or(2),

@@ -17,12 +17,19 @@ use crate::weights::Loader;
 /// The numbers that define a GPT-2 model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gpt2Config {
+    /// Number of tokens.
     pub vocab_size: usize,
+    /// Number of learned positions.
     pub n_positions: usize,
+    /// Residual stream width.
     pub n_embd: usize,
+    /// Number of blocks.
     pub n_layer: usize,
+    /// Attention heads.
     pub n_head: usize,
+    /// MLP hidden width.
     pub n_inner: usize,
+    /// LayerNorm ε.
     pub layer_norm_epsilon: f64,
 }
 
@@ -34,12 +41,14 @@ impl Gpt2Config {
         if act != "gelu_new" {
             return Err(crate::error::ModelError::config(c.path, format!("activation_function `{act}` is not supported for gpt2 (only gelu_new)")));
         }
+        let n_head = c.usize("n_head")?;
+        crate::config::check_heads(c.path, n_embd, n_head, n_head, false)?;
         Ok(Gpt2Config {
             vocab_size: c.usize("vocab_size")?,
             n_positions: c.usize("n_positions")?,
             n_embd,
             n_layer: c.usize("n_layer")?,
-            n_head: c.usize("n_head")?,
+            n_head,
             n_inner: c.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
             layer_norm_epsilon: c.f64_or("layer_norm_epsilon", 1e-5)?,
         })

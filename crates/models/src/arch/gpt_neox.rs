@@ -17,17 +17,27 @@ use crate::weights::Loader;
 /// The numbers that define a GPT-NeoX model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GptNeoXConfig {
+    /// Number of tokens.
     pub vocab_size: usize,
+    /// Residual stream width.
     pub hidden_size: usize,
+    /// Number of blocks.
     pub num_layers: usize,
+    /// Attention (query) heads.
     pub num_heads: usize,
+    /// MLP hidden width.
     pub intermediate_size: usize,
     /// Dims of each head that are rotated: `head_dim × rotary_pct`, rounded down.
     pub rotary_dim: usize,
+    /// Rotary base θ.
     pub rotary_base: f64,
+    /// Rotary frequency scaling, if any.
     pub rope_scaling: Option<RopeScaling>,
+    /// LayerNorm ε.
     pub layer_norm_eps: f64,
+    /// Attention and MLP both read the block input (Pythia) instead of in sequence.
     pub use_parallel_residual: bool,
+    /// The output head is the token embedding matrix.
     pub tie_word_embeddings: bool,
 }
 
@@ -40,6 +50,7 @@ impl GptNeoXConfig {
         if act != "gelu" {
             return Err(ModelError::config(c.path, format!("hidden_act `{act}` is not supported for gpt_neox (only gelu)")));
         }
+        crate::config::check_heads(c.path, hidden_size, num_heads, num_heads, false)?;
         let head_dim = hidden_size / num_heads;
         let pct = c.f64_or("rotary_pct", c.f64_or("partial_rotary_factor", 1.0)?)?;
         Ok(GptNeoXConfig {

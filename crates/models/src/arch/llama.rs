@@ -18,15 +18,25 @@ use crate::weights::Loader;
 /// The numbers that define a Llama-family model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// Number of tokens.
     pub vocab_size: usize,
+    /// Residual stream width.
     pub hidden_size: usize,
+    /// MLP hidden width.
     pub intermediate_size: usize,
+    /// Number of blocks.
     pub num_layers: usize,
+    /// Attention (query) heads.
     pub num_heads: usize,
+    /// Key/value heads (fewer than query heads under grouped-query attention).
     pub num_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// RMSNorm ε.
     pub rms_norm_eps: f64,
+    /// Rotary base θ.
     pub rope_theta: f64,
+    /// Rotary frequency scaling, if any.
     pub rope_scaling: Option<RopeScaling>,
     /// The output head is the token embedding matrix.
     pub tie_word_embeddings: bool,
@@ -40,14 +50,17 @@ impl LlamaConfig {
         let hidden_size = c.usize("hidden_size")?;
         let num_heads = c.usize("num_attention_heads")?;
         let qwen = c.str_or("model_type", "llama")? == "qwen2";
+        let num_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        let head_dim = c.opt_usize("head_dim")?;
+        crate::config::check_heads(c.path, hidden_size, num_heads, num_kv_heads, head_dim.is_some())?;
         Ok(LlamaConfig {
             vocab_size: c.usize("vocab_size")?,
             hidden_size,
             intermediate_size: c.usize("intermediate_size")?,
             num_layers: c.usize("num_hidden_layers")?,
             num_heads,
-            num_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(num_heads),
-            head_dim: c.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads),
+            num_kv_heads,
+            head_dim: head_dim.unwrap_or(hidden_size / num_heads),
             rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
             rope_theta: c.f64_or("rope_theta", 10_000.0)?,
             rope_scaling: c.rope_scaling()?,
@@ -178,6 +191,9 @@ impl LlamaConfig {
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = file.meta_u64(&key("embedding_length"))? as usize;
         let num_heads = file.meta_u64(&key("attention.head_count"))? as usize;
+        let num_kv_heads = file.metadata.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(num_heads, |v| v as usize);
+        let head_dim = file.metadata.get(&key("attention.key_length")).and_then(|v| v.as_u64()).map(|v| v as usize);
+        crate::config::check_heads(file.path(), hidden_size, num_heads, num_kv_heads, head_dim.is_some())?;
         let vocab_size = match file.metadata.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => file.meta_strings("tokenizer.ggml.tokens")?.len(),
@@ -198,8 +214,8 @@ impl LlamaConfig {
             intermediate_size: file.meta_u64(&key("feed_forward_length"))? as usize,
             num_layers: file.meta_u64(&key("block_count"))? as usize,
             num_heads,
-            num_kv_heads: file.metadata.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(num_heads, |v| v as usize),
-            head_dim: file.metadata.get(&key("attention.key_length")).and_then(|v| v.as_u64()).map_or(hidden_size / num_heads, |v| v as usize),
+            num_kv_heads,
+            head_dim: head_dim.unwrap_or(hidden_size / num_heads),
             rms_norm_eps: file.meta_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: file.metadata.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
             rope_scaling,

@@ -9,13 +9,21 @@ use half::f16;
 /// A ggml tensor type, by its number in the GGUF format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
+    /// 32-bit float.
     F32,
+    /// 16-bit float.
     F16,
+    /// 4-bit, blocks of 32 with one scale.
     Q4_0,
+    /// 4-bit, blocks of 32 with a scale and a minimum.
     Q4_1,
+    /// 8-bit, blocks of 32 with one scale.
     Q8_0,
+    /// 4-bit K-quant, super-blocks of 256.
     Q4K,
+    /// 6-bit K-quant, super-blocks of 256.
     Q6K,
+    /// bfloat16.
     BF16,
     /// A type this crate does not dequantise (its GGUF number).
     Other(u32),

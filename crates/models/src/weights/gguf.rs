@@ -15,11 +15,17 @@ use crate::error::{ModelError, Result};
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// Any unsigned integer type.
     U64(u64),
+    /// Any signed integer type.
     I64(i64),
+    /// f32 or f64.
     F64(f64),
+    /// A bool.
     Bool(bool),
+    /// A UTF-8 string.
     Str(String),
+    /// An array of values of one type.
     Array(Vec<Value>),
 }
 
@@ -200,22 +206,27 @@ impl GgufFile {
         let data_start = c.pos.div_ceil(alignment.max(1)) * alignment.max(1);
         let mut tensors = HashMap::new();
         for (name, shape, ty, offset) in infos {
-            let count: usize = shape.iter().product();
+            let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
+                ModelError::corrupt(path, format!("tensor `{name}` has impossible dimensions {shape:?}"))
+            })?;
             // Unsupported types keep len 0 here; reading them is what fails, naming the type.
             let len = match ty.block() {
                 Some((per, bytes_per)) => {
                     if count % per != 0 {
                         return Err(ModelError::corrupt(path, format!("tensor `{name}`: {count} values is not a whole number of {} blocks", ty.name())));
                     }
-                    count / per * bytes_per
+                    (count / per).checked_mul(bytes_per).ok_or_else(|| {
+                        ModelError::corrupt(path, format!("tensor `{name}` has impossible dimensions {shape:?}"))
+                    })?
                 }
                 None => 0,
             };
-            let start = data_start + offset;
-            if start.checked_add(len).is_none_or(|end| end > bytes.len()) {
+            let end = data_start.checked_add(offset).and_then(|s| s.checked_add(len));
+            let start = data_start.saturating_add(offset);
+            if end.is_none_or(|end| end > bytes.len()) {
                 return Err(ModelError::corrupt(
                     path,
-                    format!("truncated GGUF: tensor `{name}` needs bytes {start}..{} but the file has {}", start + len, bytes.len()),
+                    format!("truncated GGUF: tensor `{name}` needs bytes from {start}, {len} long, but the file has {}", bytes.len()),
                 ));
             }
             tensors.insert(name, TensorInfo { shape, ty, start, len });
