@@ -18,8 +18,16 @@ fn batch(vocab: u32) -> Input<B> {
     Input::padded(&rows, 0, false, &Default::default())
 }
 
+/// Logits for language models, the last hidden state for encoders.
+fn output(model: &AnyModel<B>, hidden: Tensor<B, 3>) -> Vec<f32> {
+    match model.head(hidden.clone()) {
+        Some(logits) => to_vec(logits),
+        None => to_vec(hidden),
+    }
+}
+
 fn check_all_sites(name: &str, model: &AnyModel<B>, input: &Input<B>) {
-    let plain = to_vec(forward(model, input, &mut NoHooks));
+    let plain = output(model, forward(model, input, &mut NoHooks));
     let sites = model.sites();
     let components: std::collections::BTreeSet<Component> = sites.iter().map(|s| s.site.component).collect();
     assert_eq!(components.len(), 16, "{name}: every transformer component is a site: {components:?}");
@@ -27,12 +35,12 @@ fn check_all_sites(name: &str, model: &AnyModel<B>, input: &Input<B>) {
         let site = info.site;
         // (a) a hook that returns its input changes nothing, bit for bit
         let mut identity = FnHook::new([site], |_s, h| h);
-        let hooked = to_vec(forward(model, input, &mut identity));
+        let hooked = output(model, forward(model, input, &mut identity));
         assert!(hooked == plain, "{name}: identity hook at {site} changed the output");
         // (b) run to the site, go on from it: the plain forward again
         let ckpt = run_to(model, input, site).unwrap_or_else(|e| panic!("{name}: run_to {site}: {e}"));
         assert_eq!(ckpt.activation.dims()[2], info.width, "{name}: width of {site}");
-        let resumed = to_vec(resume(model, &ckpt, ckpt.activation.clone(), &mut NoHooks).unwrap());
+        let resumed = output(model, resume(model, &ckpt, ckpt.activation.clone(), &mut NoHooks).unwrap());
         let d = max_abs_diff(&resumed, &plain);
         assert!(d == 0.0, "{name}: run_to + resume at {site} differs from forward by {d}");
     }

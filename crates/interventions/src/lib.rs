@@ -1,1 +1,24 @@
-//! Interventions (issue 3).
+//! Interventions with learnable parameters, equal to pyvene's and pyreft's: interchange and
+//! ablations, DAS (full, low rank, Boundless), sigmoid masks, the ReFT family, linear probes,
+//! steering vectors and JumpReLU SAE interchange. Orthogonal matrices stay orthogonal by
+//! construction ([`orthogonal`]).
+
+#![warn(missing_docs)]
+
+pub mod activation;
+pub mod das;
+pub mod error;
+pub mod fixed;
+pub mod intervention;
+pub mod linalg;
+pub mod orthogonal;
+pub mod probe;
+pub mod reft;
+pub mod sae;
+pub mod steering;
+pub mod subspace;
+
+pub use activation::Activation;
+pub use error::{InterventionError, Result};
+pub use intervention::Intervention;
+pub use orthogonal::Orthogonal;

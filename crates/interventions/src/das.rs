@@ -1,0 +1,115 @@
+//! Distributed alignment search (Geiger et al. 2023, Wu et al. 2023): interchange in a learned
+//! rotated basis. `R` has orthonormal rows (see [`crate::orthogonal`]).
+
+use burn::module::{Module, Param};
+use burn::tensor::{activation::sigmoid, backend::Backend, ElementConversion, Int, Tensor};
+
+use crate::linalg::{row, times, times_t};
+use crate::orthogonal::Orthogonal;
+
+/// Full DAS [pyvene RotatedSpaceIntervention]: `(b Rᵀ with its first k coordinates taken from
+/// s Rᵀ) R`, `R` `d × d`.
+#[derive(Module, Debug)]
+pub struct DasFull<B: Backend> {
+    /// The rotation, `d × d`.
+    pub rotation: Orthogonal<B>,
+    /// How many rotated coordinates are interchanged.
+    pub k: usize,
+}
+
+impl<B: Backend> DasFull<B> {
+    /// The intervention on `base` from `source` (`[batch, n, d]` each).
+    pub fn forward(&self, base: Tensor<B, 3>, source: Tensor<B, 3>) -> Tensor<B, 3> {
+        let r = self.rotation.matrix();
+        let d = r.dims()[1];
+        let rb = times_t(base, r.clone());
+        let rs = times_t(source, r.clone());
+        let mixed = if self.k == 0 {
+            rb
+        } else if self.k >= d {
+            rs
+        } else {
+            Tensor::cat(vec![rs.narrow(2, 0, self.k), rb.narrow(2, self.k, d - self.k)], 2)
+        };
+        times(mixed, r)
+    }
+}
+
+/// Low-rank DAS [pyvene LowRankRotatedSpaceIntervention]: `b + (s − b) Rᵀ R`, `R` `k × d`.
+#[derive(Module, Debug)]
+pub struct DasLowRank<B: Backend> {
+    /// The rotation, `k × d`.
+    pub rotation: Orthogonal<B>,
+}
+
+impl<B: Backend> DasLowRank<B> {
+    /// The intervention on `base` from `source`.
+    pub fn forward(&self, base: Tensor<B, 3>, source: Tensor<B, 3>) -> Tensor<B, 3> {
+        let r = self.rotation.matrix();
+        base.clone() + times(times_t(source - base, r.clone()), r)
+    }
+}
+
+/// Boundless DAS [pyvene BoundlessRotatedSpaceIntervention]: a soft mask over rotated
+/// coordinates, `mᵢ = σ(i/τ)·σ((β·d − i)/τ)`, `((1 − m)⊙bRᵀ + m⊙sRᵀ) R`. The boundary β is
+/// learned (clamped to [1e-3, 1]); the temperature τ is annealed by the trainer.
+#[derive(Module, Debug)]
+pub struct BoundlessDas<B: Backend> {
+    /// The rotation, `d × d`.
+    pub rotation: Orthogonal<B>,
+    /// β, `[1]`.
+    pub boundary: Param<Tensor<B, 1>>,
+    /// τ (pyvene starts at 50 and anneals to 0.1).
+    pub temperature: f64,
+}
+
+impl<B: Backend> BoundlessDas<B> {
+    /// The mask `m` over the `d` rotated coordinates.
+    pub fn mask(&self, d: usize) -> Tensor<B, 1> {
+        let device = self.boundary.val().device();
+        let i = Tensor::<B, 1, Int>::arange(0..d as i64, &device).float();
+        let beta = self.boundary.val().clamp(1e-3, 1.0) * d as f64;
+        sigmoid(i.clone() / self.temperature) * sigmoid((beta - i) / self.temperature)
+    }
+
+    /// The intervention on `base` from `source`.
+    pub fn forward(&self, base: Tensor<B, 3>, source: Tensor<B, 3>) -> Tensor<B, 3> {
+        let r = self.rotation.matrix();
+        let m = row(self.mask(r.dims()[1]));
+        let mixed = (m.ones_like() - m.clone()) * times_t(base, r.clone()) + m * times_t(source, r.clone());
+        times(mixed, r)
+    }
+
+    /// The learned boundary as a number of dimensions, `β·d` (β clamped).
+    pub fn boundary_dims(&self, d: usize) -> f32 {
+        let beta: f32 = self.boundary.val().clamp(1e-3, 1.0).into_scalar().elem();
+        beta * d as f32
+    }
+}
+
+/// Sigmoid mask [pyvene SigmoidMaskIntervention / SigmoidMaskRotatedSpaceIntervention]:
+/// `(1 − σ(w/τ))⊙b + σ(w/τ)⊙s`, in the neuron basis or in a rotated one (`R` `d × d`).
+#[derive(Module, Debug)]
+pub struct SigmoidMask<B: Backend> {
+    /// Mask logits `w`, `[d]`.
+    pub mask: Param<Tensor<B, 1>>,
+    /// Optional rotation into the basis where the mask acts.
+    pub rotation: Option<Orthogonal<B>>,
+    /// τ.
+    pub temperature: f64,
+}
+
+impl<B: Backend> SigmoidMask<B> {
+    /// The intervention on `base` from `source`.
+    pub fn forward(&self, base: Tensor<B, 3>, source: Tensor<B, 3>) -> Tensor<B, 3> {
+        let m = row(sigmoid(self.mask.val() / self.temperature));
+        let mix = |b: Tensor<B, 3>, s: Tensor<B, 3>| (m.ones_like() - m.clone()) * b + m.clone() * s;
+        match &self.rotation {
+            None => mix(base, source),
+            Some(rot) => {
+                let r = rot.matrix();
+                times(mix(times_t(base, r.clone()), times_t(source, r.clone())), r)
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Interventions without learned parameters: interchange, addition, subtraction, zero and mean
+//! ablation, Gaussian noise, and collection.
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::linalg::row;
+
+/// The parameter-free operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FixedOp {
+    /// [VanillaIntervention] the source's vector replaces the base's.
+    Interchange,
+    /// [AdditionIntervention] `b + s`.
+    Addition,
+    /// [SubtractionIntervention] `b − s`.
+    Subtraction,
+    /// [ZeroIntervention] zero.
+    Zero,
+    /// Mean ablation: a given mean vector (over a reference set).
+    Mean,
+    /// [NoiseIntervention] `b + σ ⊙ ε`, `ε ~ N(0, I)`; `σ` typically a multiple of the reference
+    /// standard deviation (causal tracing). Draws from the backend's generator.
+    Noise,
+    /// [CollectIntervention] `b` unchanged (the caller records it).
+    Collect,
+}
+
+/// A parameter-free operation, with its vector (`[d]`) for `Mean` (the mean) and `Noise` (σ).
+#[derive(Module, Debug)]
+pub struct Fixed<B: Backend> {
+    /// Which operation.
+    #[module(skip)]
+    pub op: FixedOp,
+    /// The mean (`Mean`) or σ (`Noise`).
+    pub vector: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Fixed<B> {
+    /// An operation that needs no vector.
+    pub fn new(op: FixedOp) -> Self {
+        Fixed { op, vector: None }
+    }
+
+    /// Mean ablation with the given mean, or noise with the given σ.
+    pub fn with_vector(op: FixedOp, v: Tensor<B, 1>) -> Self {
+        Fixed { op, vector: Some(Param::from_tensor(v).set_require_grad(false)) }
+    }
+
+    /// Whether the operation reads a source.
+    pub fn needs_source(&self) -> bool {
+        matches!(self.op, FixedOp::Interchange | FixedOp::Addition | FixedOp::Subtraction)
+    }
+
+    /// The result for `base` (and `source`, when [`Self::needs_source`]).
+    pub fn forward(&self, base: Tensor<B, 3>, source: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+        let src = || source.clone().expect("checked by Intervention::apply");
+        let vector = || row(self.vector.as_ref().expect("Mean and Noise are built with a vector").val());
+        match self.op {
+            FixedOp::Interchange => src(),
+            FixedOp::Addition => base + src(),
+            FixedOp::Subtraction => base - src(),
+            FixedOp::Zero => base.zeros_like(),
+            FixedOp::Mean => base.zeros_like() + vector(),
+            FixedOp::Noise => {
+                let eps = base.random_like(Distribution::Normal(0.0, 1.0));
+                base + eps * vector()
+            }
+            FixedOp::Collect => base,
+        }
+    }
+}

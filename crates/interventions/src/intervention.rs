@@ -1,0 +1,102 @@
+//! One type for every intervention family, applied to the vectors at selected positions.
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
+use crate::error::{InterventionError, Result};
+use crate::fixed::{Fixed, FixedOp};
+use crate::probe::LinearProbe;
+use crate::reft::{ReftFamily, ReftIntervention};
+use crate::sae::JumpReluSae;
+use crate::steering::Steering;
+
+/// Any intervention. Each acts on `[batch, k, width]` vectors (the activations at `k` selected
+/// positions of each example, restricted to a subspace when one is given at placement).
+#[derive(Module, Debug)]
+pub enum Intervention<B: Backend> {
+    /// Parameter-free operations.
+    Fixed(Fixed<B>),
+    /// Full-rank DAS.
+    DasFull(DasFull<B>),
+    /// Low-rank DAS.
+    DasLowRank(DasLowRank<B>),
+    /// Boundless DAS.
+    Boundless(BoundlessDas<B>),
+    /// Sigmoid mask (neuron or rotated basis).
+    SigmoidMask(SigmoidMask<B>),
+    /// The ReFT family.
+    Reft(ReftIntervention<B>),
+    /// Linear probe (reads, changes nothing).
+    Probe(LinearProbe<B>),
+    /// Steering vector.
+    Steering(Steering<B>),
+    /// JumpReLU SAE interchange.
+    Sae(JumpReluSae<B>),
+}
+
+impl<B: Backend> Intervention<B> {
+    /// The family's stable name (used in exports).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Intervention::Fixed(f) => match f.op {
+                FixedOp::Interchange => "interchange",
+                FixedOp::Addition => "addition",
+                FixedOp::Subtraction => "subtraction",
+                FixedOp::Zero => "zero",
+                FixedOp::Mean => "mean",
+                FixedOp::Noise => "noise",
+                FixedOp::Collect => "collect",
+            },
+            Intervention::DasFull(_) => "das_full",
+            Intervention::DasLowRank(_) => "das_low_rank",
+            Intervention::Boundless(_) => "das_boundless",
+            Intervention::SigmoidMask(m) => {
+                if m.rotation.is_some() { "sigmoid_mask_rotated" } else { "sigmoid_mask" }
+            }
+            Intervention::Reft(r) => match r.family {
+                ReftFamily::LoReft => "loreft",
+                ReftFamily::NoReft => "noreft",
+                ReftFamily::ConsReft => "consreft",
+                ReftFamily::LoBiReft => "lobireft",
+                ReftFamily::DiReft => "direft",
+                ReftFamily::NoDiReft => "nodireft",
+            },
+            Intervention::Probe(_) => "linear_probe",
+            Intervention::Steering(_) => "steering",
+            Intervention::Sae(_) => "jumprelu_sae",
+        }
+    }
+
+    /// Whether it reads a source activation.
+    pub fn needs_source(&self) -> bool {
+        match self {
+            Intervention::Fixed(f) => f.needs_source(),
+            Intervention::DasFull(_)
+            | Intervention::DasLowRank(_)
+            | Intervention::Boundless(_)
+            | Intervention::SigmoidMask(_)
+            | Intervention::Sae(_) => true,
+            Intervention::Reft(_) | Intervention::Probe(_) | Intervention::Steering(_) => false,
+        }
+    }
+
+    /// The result at the selected positions (`[batch, k, width]`).
+    pub fn apply(&self, base: Tensor<B, 3>, source: Option<Tensor<B, 3>>) -> Result<Tensor<B, 3>> {
+        if self.needs_source() && source.is_none() {
+            return Err(InterventionError::MissingSource { kind: self.kind().to_string() });
+        }
+        let src = || source.clone().expect("checked above");
+        Ok(match self {
+            Intervention::Fixed(f) => f.forward(base, source),
+            Intervention::DasFull(i) => i.forward(base, src()),
+            Intervention::DasLowRank(i) => i.forward(base, src()),
+            Intervention::Boundless(i) => i.forward(base, src()),
+            Intervention::SigmoidMask(i) => i.forward(base, src()),
+            Intervention::Reft(i) => i.forward(base),
+            Intervention::Probe(_) => base,
+            Intervention::Steering(i) => i.forward(base),
+            Intervention::Sae(i) => i.forward(base, src()),
+        })
+    }
+}

@@ -1,0 +1,20 @@
+//! Small helpers: products of `[batch, k, d]` activations with parameter matrices.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+/// `x · m` for `x` `[batch, k, d]` and `m` `[d, n]`, as one 2-D product.
+pub fn times<B: Backend>(x: Tensor<B, 3>, m: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [batch, k, d] = x.dims();
+    let n = m.dims()[1];
+    x.reshape([batch * k, d]).matmul(m).reshape([batch, k, n])
+}
+
+/// `x · mᵀ` for `x` `[batch, k, d]` and `m` `[n, d]` (PyTorch's `Linear` without bias).
+pub fn times_t<B: Backend>(x: Tensor<B, 3>, m: Tensor<B, 2>) -> Tensor<B, 3> {
+    times(x, m.transpose())
+}
+
+/// A `[n]` vector broadcast over `[batch, k, n]`.
+pub fn row<B: Backend>(v: Tensor<B, 1>) -> Tensor<B, 3> {
+    v.unsqueeze::<3>()
+}

@@ -1,0 +1,44 @@
+//! Restricting an intervention to a subspace of a site: a set of dims, or whole heads.
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+use crate::error::{InterventionError, Result};
+use crate::intervention::Intervention;
+
+/// The dims of heads `heads` (each `head_dim` wide) in a `[…, heads·head_dim]` activation.
+pub fn head_dims(heads: &[usize], head_dim: usize) -> Vec<usize> {
+    heads.iter().flat_map(|h| h * head_dim..(h + 1) * head_dim).collect()
+}
+
+/// Applies `iv` to dims `dims` of `base` (and `source`), `[batch, k, width]`; the other dims are
+/// the base's. An empty `dims` is a no-op.
+pub fn apply_on_dims<B: Backend>(
+    iv: &Intervention<B>,
+    base: Tensor<B, 3>,
+    source: Option<Tensor<B, 3>>,
+    dims: &[usize],
+    width: usize,
+) -> Result<Tensor<B, 3>> {
+    if dims.is_empty() {
+        return Ok(base);
+    }
+    if let Some(&bad) = dims.iter().find(|&&d| d >= width) {
+        return Err(InterventionError::BadParameter {
+            kind: iv.kind().into(),
+            parameter: "subspace".into(),
+            reason: format!("dim {bad} is outside the site's width {width}"),
+        });
+    }
+    let device = base.device();
+    let idx = Tensor::<B, 1, Int>::from_ints(dims.iter().map(|&d| d as i64).collect::<Vec<_>>().as_slice(), &device);
+    let sub_base = base.clone().select(2, idx.clone());
+    let sub_source = source.map(|s| s.select(2, idx.clone()));
+    let out = iv.apply(sub_base, sub_source)?;
+    // Exact replacement of the chosen dims (no add-and-subtract rounding).
+    let placed = base.zeros_like().select_assign(2, idx, out, burn::tensor::IndexingUpdateOp::Add);
+    let chosen: Vec<bool> = (0..width).map(|d| dims.contains(&d)).collect();
+    let mask = Tensor::<B, 1, Bool>::from_bool(burn::tensor::TensorData::from(chosen.as_slice()), &device)
+        .unsqueeze::<3>()
+        .expand(base.dims());
+    Ok(base.mask_where(mask, placed))
+}
