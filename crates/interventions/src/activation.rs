@@ -28,7 +28,7 @@ impl Activation {
             Activation::Relu => activation::relu(x),
             Activation::Gelu => activation::gelu(x),
             Activation::Tanh => activation::tanh(x),
-            Activation::Silu => activation::silu(x),
+            Activation::Silu => x.clone() * crate::linalg::sigmoid(x),
         }
     }
 }

@@ -2,9 +2,9 @@
 //! rotated basis. `R` has orthonormal rows (see [`crate::orthogonal`]).
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation::sigmoid, backend::Backend, ElementConversion, Int, Tensor};
+use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor};
 
-use crate::linalg::{row, times, times_t};
+use crate::linalg::{row, sigmoid, times, times_t};
 use crate::orthogonal::Orthogonal;
 
 /// Full DAS [pyvene RotatedSpaceIntervention]: `(b Rᵀ with its first k coordinates taken from
@@ -111,5 +111,28 @@ impl<B: Backend> SigmoidMask<B> {
                 times(mix(times_t(base, r.clone()), times_t(source, r.clone())), r)
             }
         }
+    }
+}
+
+/// Boundless DAS's temperature schedule: linear from `start` to `end` over `steps` (pyvene's
+/// tutorial anneals 50 → 0.1 over the whole run).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TemperatureSchedule {
+    /// τ at step 0.
+    pub start: f64,
+    /// τ at the last step.
+    pub end: f64,
+    /// Number of steps.
+    pub steps: usize,
+}
+
+impl TemperatureSchedule {
+    /// τ at `step` (clamped to the last step).
+    pub fn at(&self, step: usize) -> f64 {
+        if self.steps <= 1 {
+            return self.end;
+        }
+        let t = step.min(self.steps - 1) as f64 / (self.steps - 1) as f64;
+        self.start + (self.end - self.start) * t
     }
 }

@@ -68,6 +68,25 @@ impl<B: Backend> Intervention<B> {
         }
     }
 
+    /// The width of the vectors it acts on, for kinds with parameters of that width.
+    pub fn width(&self) -> Option<usize> {
+        match self {
+            Intervention::Fixed(f) => f.vector.as_ref().map(|v| v.val().dims()[0]),
+            Intervention::DasFull(i) => Some(i.rotation.dims()[1]),
+            Intervention::DasLowRank(i) => Some(i.rotation.dims()[1]),
+            Intervention::Boundless(i) => Some(i.rotation.dims()[1]),
+            Intervention::SigmoidMask(i) => Some(i.mask.val().dims()[0]),
+            Intervention::Reft(r) => Some(match (&r.rotation, &r.learned_source, &r.proj_layer) {
+                (Some(rot), _, _) => rot.dims()[1],
+                (None, Some(p), _) | (None, None, Some(p)) => p.weight.val().dims()[1],
+                (None, None, None) => return None,
+            }),
+            Intervention::Probe(p) => Some(p.weight.val().dims()[1]),
+            Intervention::Steering(s) => Some(s.vector.val().dims()[0]),
+            Intervention::Sae(s) => Some(s.w_enc.val().dims()[0]),
+        }
+    }
+
     /// Whether it reads a source activation.
     pub fn needs_source(&self) -> bool {
         match self {

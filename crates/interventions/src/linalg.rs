@@ -18,3 +18,9 @@ pub fn times_t<B: Backend>(x: Tensor<B, 3>, m: Tensor<B, 2>) -> Tensor<B, 3> {
 pub fn row<B: Backend>(v: Tensor<B, 1>) -> Tensor<B, 3> {
     v.unsqueeze::<3>()
 }
+
+/// `1 / (1 + e^(−x))` in the tensor's own precision (burn's `sigmoid` computes in f32 even on
+/// f64 backends, which finite-difference checks and f64 runs cannot accept).
+pub fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    (x.neg().exp() + 1.0).recip()
+}

@@ -1,0 +1,123 @@
+//! Interventions placed at model sites, applied in one batched forward through the model's hooks:
+//! per-example positions (`[batch, k]`), optional sources, optional subspaces; several at once,
+//! in parallel (each reads the unmodified activation) or in series (each sees the previous one's
+//! effect). Placements that hold the same [`Intervention`] share its parameters (pyvene's link key).
+
+use burn::tensor::{backend::Backend, Int, Tensor};
+use ferrovene_models::{gather_positions, scatter_positions, Hooks, Site, SiteInfo};
+
+use crate::error::{InterventionError, Result};
+use crate::intervention::Intervention;
+use crate::subspace::apply_on_dims;
+
+/// How several interventions at one site combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Composition {
+    /// Each reads the activation as it arrived at the site (pyvene's default).
+    #[default]
+    Parallel,
+    /// Each reads the activation as the previous one left it.
+    Series,
+}
+
+/// One intervention at one site.
+pub struct Placement<'a, B: Backend> {
+    /// Where.
+    pub site: Site,
+    /// What (shared when several placements hold the same one).
+    pub intervention: &'a Intervention<B>,
+    /// `[batch, k]` positions in the base.
+    pub positions: Tensor<B, 2, Int>,
+    /// `[batch, k, width]` source vectors for those positions, for source-reading kinds.
+    pub source: Option<Tensor<B, 3>>,
+    /// The subspace it acts on (all dims when empty).
+    pub dims: Vec<usize>,
+}
+
+impl<'a, B: Backend> Placement<'a, B> {
+    /// Checks the placement against the site it goes to.
+    pub fn new(
+        info: SiteInfo,
+        intervention: &'a Intervention<B>,
+        positions: Tensor<B, 2, Int>,
+        source: Option<Tensor<B, 3>>,
+        dims: Vec<usize>,
+    ) -> Result<Self> {
+        let bad = |parameter: &str, reason: String| InterventionError::BadParameter {
+            kind: intervention.kind().into(),
+            parameter: parameter.into(),
+            reason: format!("{reason} (site {})", info.site),
+        };
+        if intervention.needs_source() && source.is_none() {
+            return Err(InterventionError::MissingSource { kind: intervention.kind().into() });
+        }
+        if let Some(&d) = dims.iter().find(|&&d| d >= info.width) {
+            return Err(bad("subspace", format!("dim {d} is outside the site's width {}", info.width)));
+        }
+        let width = if dims.is_empty() { info.width } else { dims.len() };
+        if let Some(w) = intervention.width() {
+            if w != width {
+                return Err(bad("width", format!("the intervention acts on {w} dims but the placement gives it {width}")));
+            }
+        }
+        if let Some(s) = &source {
+            let [b, k, w] = s.dims();
+            if [b, k] != positions.dims() || w != info.width {
+                return Err(bad("source", format!("source vectors have shape {:?}, expected [{:?}, {}]", s.dims(), positions.dims(), info.width)));
+            }
+        }
+        Ok(Placement { site: info.site, intervention, positions, source, dims })
+    }
+}
+
+/// Hooks that apply placed interventions during a forward. Vectors read by `collect` and probe
+/// placements are kept in [`Intervene::collected`], by placement index.
+pub struct Intervene<'a, B: Backend> {
+    placements: Vec<Placement<'a, B>>,
+    composition: Composition,
+    /// `(placement index, [batch, k, width] vectors read there)`.
+    pub collected: Vec<(usize, Tensor<B, 3>)>,
+}
+
+impl<'a, B: Backend> Intervene<'a, B> {
+    /// Placements applied in the given composition.
+    pub fn new(placements: Vec<Placement<'a, B>>, composition: Composition) -> Self {
+        Intervene { placements, composition, collected: Vec::new() }
+    }
+
+    /// The activation at `site` after this set's interventions there (usable directly on a
+    /// checkpoint's activation, to go on with [`ferrovene_models::resume`]).
+    pub fn apply_at(&mut self, site: Site, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let original = h.clone();
+        let mut h = h;
+        for (i, p) in self.placements.iter().enumerate().filter(|(_, p)| p.site == site) {
+            let read = match self.composition {
+                Composition::Parallel => original.clone(),
+                Composition::Series => h.clone(),
+            };
+            let base = gather_positions(read, p.positions.clone());
+            if matches!(p.intervention.kind(), "collect" | "linear_probe") {
+                self.collected.push((i, base.clone()));
+            }
+            let width = base.dims()[2];
+            let out = if p.dims.is_empty() {
+                p.intervention.apply(base, p.source.clone())
+            } else {
+                apply_on_dims(p.intervention, base, p.source.clone(), &p.dims, width)
+            }
+            .expect("checked by Placement::new");
+            h = scatter_positions(h, p.positions.clone(), out);
+        }
+        h
+    }
+}
+
+impl<B: Backend> Hooks<B> for Intervene<'_, B> {
+    fn wants(&self, site: Site) -> bool {
+        self.placements.iter().any(|p| p.site == site)
+    }
+    fn at(&mut self, site: Site, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.apply_at(site, h)
+    }
+}
