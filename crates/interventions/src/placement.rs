@@ -8,7 +8,7 @@ use ferrovene_models::{gather_positions, scatter_positions, Hooks, Site, SiteInf
 
 use crate::error::{InterventionError, Result};
 use crate::intervention::Intervention;
-use crate::subspace::apply_on_dims;
+use crate::subspace::{apply_on_dims, replace_dims};
 
 /// How several interventions at one site combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -102,11 +102,12 @@ impl<'a, B: Backend> Intervene<'a, B> {
             }
             let width = base.dims()[2];
             let out = if p.dims.is_empty() {
-                p.intervention.apply(base, p.source.clone())
+                p.intervention.apply(base, p.source.clone()).expect("checked by Placement::new")
             } else {
-                apply_on_dims(p.intervention, base, p.source.clone(), &p.dims, width)
-            }
-            .expect("checked by Placement::new");
+                // Only the placement's own dims are written, onto what earlier placements left.
+                let computed = apply_on_dims(p.intervention, base, p.source.clone(), &p.dims, width).expect("checked by Placement::new");
+                replace_dims(gather_positions(h.clone(), p.positions.clone()), computed, &p.dims)
+            };
             h = scatter_positions(h, p.positions.clone(), out);
         }
         h

@@ -34,11 +34,16 @@ pub fn apply_on_dims<B: Backend>(
     let sub_base = base.clone().select(2, idx.clone());
     let sub_source = source.map(|s| s.select(2, idx.clone()));
     let out = iv.apply(sub_base, sub_source)?;
-    // Exact replacement of the chosen dims (no add-and-subtract rounding).
     let placed = base.zeros_like().select_assign(2, idx, out, burn::tensor::IndexingUpdateOp::Add);
+    Ok(replace_dims(base, placed, dims))
+}
+
+/// `into` with dims `dims` taken from `from` (both `[batch, k, width]`), exactly.
+pub fn replace_dims<B: Backend>(into: Tensor<B, 3>, from: Tensor<B, 3>, dims: &[usize]) -> Tensor<B, 3> {
+    let width = into.dims()[2];
     let chosen: Vec<bool> = (0..width).map(|d| dims.contains(&d)).collect();
-    let mask = Tensor::<B, 1, Bool>::from_bool(burn::tensor::TensorData::from(chosen.as_slice()), &device)
+    let mask = Tensor::<B, 1, Bool>::from_bool(burn::tensor::TensorData::from(chosen.as_slice()), &into.device())
         .unsqueeze::<3>()
-        .expand(base.dims());
-    Ok(base.mask_where(mask, placed))
+        .expand(into.dims());
+    into.mask_where(mask, from)
 }
