@@ -114,25 +114,40 @@ impl<B: Backend> SigmoidMask<B> {
     }
 }
 
-/// Boundless DAS's temperature schedule: linear from `start` to `end` over `steps` (pyvene's
-/// tutorial anneals 50 → 0.1 over the whole run).
+/// How τ moves from `start` to `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Annealing {
+    /// Evenly spaced values (pyvene's `torch.linspace(start, end, steps)`).
+    #[default]
+    Linear,
+    /// Evenly spaced on a log scale: as many steps between 50 and 5 as between 1 and 0.1.
+    Geometric,
+}
+
+/// Boundless DAS's temperature schedule over `steps` steps, held at `end` afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TemperatureSchedule {
-    /// τ at step 0.
+    /// τ at step 0 (pyvene: 50).
     pub start: f64,
-    /// τ at the last step.
+    /// τ at the last step and after (pyvene: 0.1).
     pub end: f64,
-    /// Number of steps.
+    /// Number of annealing steps.
     pub steps: usize,
+    /// Linear or geometric.
+    pub annealing: Annealing,
 }
 
 impl TemperatureSchedule {
-    /// τ at `step` (clamped to the last step).
+    /// τ at `step`.
     pub fn at(&self, step: usize) -> f64 {
         if self.steps <= 1 {
             return self.end;
         }
         let t = step.min(self.steps - 1) as f64 / (self.steps - 1) as f64;
-        self.start + (self.end - self.start) * t
+        match self.annealing {
+            Annealing::Linear => self.start + (self.end - self.start) * t,
+            Annealing::Geometric => self.start * (self.end / self.start).powf(t),
+        }
     }
 }

@@ -19,8 +19,9 @@ pub fn row<B: Backend>(v: Tensor<B, 1>) -> Tensor<B, 3> {
     v.unsqueeze::<3>()
 }
 
-/// `1 / (1 + e^(−x))` in the tensor's own precision (burn's `sigmoid` computes in f32 even on
-/// f64 backends, which finite-difference checks and f64 runs cannot accept).
+/// `σ(x) = (1 + tanh(x/2)) / 2` in the tensor's own precision (burn's `sigmoid` computes in f32
+/// even on f64 backends, which finite-difference checks and f64 runs cannot accept). The tanh
+/// form neither overflows nor gives NaN gradients for large |x| (as `1/(1 + e^(−x))` does).
 pub fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    (x.neg().exp() + 1.0).recip()
+    ((x * 0.5).tanh() + 1.0) * 0.5
 }

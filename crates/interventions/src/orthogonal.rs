@@ -12,7 +12,9 @@
 //! is `Fixed`: applied as is, not trained.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, ElementConversion, Tensor};
+use burn::tensor::{backend::Backend, ElementConversion, Tensor};
+
+use crate::rng::Rng;
 
 /// How the rotation is represented.
 #[derive(Module, Debug)]
@@ -26,15 +28,14 @@ pub enum Orthogonal<B: Backend> {
 }
 
 impl<B: Backend> Orthogonal<B> {
-    /// A seeded random rotation with `k` orthonormal rows in `d` dims (Householder for `k < d`,
-    /// matrix exponential for `k = d`). Seed the backend (`B::seed`) for reproducibility.
-    pub fn random(k: usize, d: usize, device: &B::Device) -> Self {
+    /// A random rotation with `k` orthonormal rows in `d` dims, from `rng` (Householder for
+    /// `k < d`, matrix exponential for `k = d`).
+    pub fn random(k: usize, d: usize, rng: &mut Rng, device: &B::Device) -> Self {
         assert!(k >= 1 && k <= d, "a rotation needs 1 <= k <= d (k = {k}, d = {d})");
-        let normal = Distribution::Normal(0.0, 1.0);
         if k < d {
-            Orthogonal::Householder(Param::from_tensor(Tensor::random([k, d], normal, device)))
+            Orthogonal::Householder(Param::from_tensor(rng.normal_tensor([k, d], device)))
         } else {
-            Orthogonal::Exp(Param::from_tensor(Tensor::random([d, d], normal, device)))
+            Orthogonal::Exp(Param::from_tensor(rng.normal_tensor([d, d], device)))
         }
     }
 

@@ -1,9 +1,10 @@
 //! Linear probe: reads a site and predicts a class; the activation flows on unchanged.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use crate::linalg::{row, times_t};
+use crate::rng::Rng;
 
 /// `logits = b Wᵀ + c` over `classes` classes.
 #[derive(Module, Debug)]
@@ -15,13 +16,12 @@ pub struct LinearProbe<B: Backend> {
 }
 
 impl<B: Backend> LinearProbe<B> {
-    /// A probe with PyTorch's default `Linear` initialisation (seed the backend first).
-    pub fn init(d: usize, classes: usize, device: &B::Device) -> Self {
+    /// A probe with PyTorch's default `Linear` initialisation, from `rng`.
+    pub fn init(d: usize, classes: usize, rng: &mut Rng, device: &B::Device) -> Self {
         let bound = 1.0 / (d as f64).sqrt();
-        let u = Distribution::Uniform(-bound, bound);
         LinearProbe {
-            weight: Param::from_tensor(Tensor::random([classes, d], u, device)),
-            bias: Param::from_tensor(Tensor::random([classes], u, device)),
+            weight: Param::from_tensor(rng.uniform_tensor([classes, d], bound, device)),
+            bias: Param::from_tensor(rng.uniform_tensor([classes], bound, device)),
         }
     }
 

@@ -8,6 +8,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::activation::Activation;
 use crate::linalg::{row, times, times_t};
 use crate::orthogonal::Orthogonal;
+use crate::rng::Rng;
 
 /// `x Wᵀ + c`: pyreft's `learned_source` (a `Linear(d, k)`).
 #[derive(Module, Debug)]
@@ -68,14 +69,13 @@ pub struct ReftIntervention<B: Backend> {
 }
 
 impl<B: Backend> ReftIntervention<B> {
-    /// A seeded random intervention of rank `k` on width `d` (seed the backend first): `R`
-    /// random orthogonal, projections with PyTorch's `Linear` initialisation, biases zero.
-    pub fn new(family: ReftFamily, d: usize, k: usize, act: Activation, dropout: f64, device: &B::Device) -> Self {
-        use burn::tensor::Distribution;
+    /// A random intervention of rank `k` on width `d`, from `rng`: `R` random orthogonal,
+    /// projections with PyTorch's `Linear` initialisation, ConsReFT/LoBiReFT biases zero.
+    pub fn new(family: ReftFamily, d: usize, k: usize, act: Activation, dropout: f64, rng: &mut Rng, device: &B::Device) -> Self {
         let bound = 1.0 / (d as f64).sqrt();
-        let projection = || Projection {
-            weight: Param::from_tensor(Tensor::random([k, d], Distribution::Uniform(-bound, bound), device)),
-            bias: Param::from_tensor(Tensor::random([k], Distribution::Uniform(-bound, bound), device)),
+        let projection = |rng: &mut Rng| Projection {
+            weight: Param::from_tensor(rng.uniform_tensor([k, d], bound, device)),
+            bias: Param::from_tensor(rng.uniform_tensor([k], bound, device)),
         };
         let (rot, learned, proj, bias) = match family {
             ReftFamily::LoReft | ReftFamily::DiReft => (true, true, false, false),
@@ -84,9 +84,9 @@ impl<B: Backend> ReftIntervention<B> {
         };
         ReftIntervention {
             family,
-            rotation: rot.then(|| Orthogonal::random(k, d, device)),
-            learned_source: learned.then(projection),
-            proj_layer: proj.then(projection),
+            rotation: rot.then(|| Orthogonal::random(k, d, rng, device)),
+            learned_source: learned.then(|| projection(rng)),
+            proj_layer: proj.then(|| projection(rng)),
             learned_bias: bias.then(|| Param::from_tensor(Tensor::zeros([k], device))),
             act,
             dropout: burn::nn::DropoutConfig::new(dropout).init(),

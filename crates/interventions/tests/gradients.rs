@@ -3,12 +3,12 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::AutodiffBackend, Tensor, TensorData};
 use ferrovene_interventions::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::steering::Steering;
-use ferrovene_interventions::{Activation, Intervention, Orthogonal};
+use ferrovene_interventions::{Activation, Intervention, Orthogonal, Rng};
 
 type AD = Autodiff<NdArray<f64>>;
 const D: usize = 6;
@@ -64,13 +64,12 @@ fn shape_device<const N: usize>(t: &Tensor<AD, N>) -> burn::backend::ndarray::Nd
 }
 
 fn check(name: &str, iv: Intervention<AD>, probe: bool) {
-    let dev = Default::default();
-    <AD as Backend>::seed(&dev, 99);
-    let normal = Distribution::Normal(0.0, 1.0);
-    let base = Tensor::<AD, 3>::random([3, 2, D], normal, &dev);
-    let source = Tensor::<AD, 3>::random([3, 2, D], normal, &dev);
+    let dev = dev();
+    let rng = &mut Rng::new(99);
+    let base = f64_normals::<3>(rng, [3, 2, D], &dev);
+    let source = f64_normals::<3>(rng, [3, 2, D], &dev);
     let out_width = if probe { 3 } else { D };
-    let weights = Tensor::<AD, 3>::random([3, 2, out_width], normal, &dev);
+    let weights = f64_normals::<3>(rng, [3, 2, out_width], &dev);
     let loss = |iv: &Intervention<AD>| -> Tensor<AD, 1> {
         let out = match iv {
             Intervention::Probe(p) => p.logits(base.clone()),
@@ -103,23 +102,30 @@ fn dev() -> burn::backend::ndarray::NdArrayDevice {
     Default::default()
 }
 
+/// Normals drawn in f64 (the f32 path of `Rng::normal_tensor` would do too; this keeps full precision).
+fn f64_normals<const N: usize>(rng: &mut Rng, shape: [usize; N], device: &burn::backend::ndarray::NdArrayDevice) -> Tensor<AD, N> {
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
 #[test]
 fn das_full_matrix_exponential() {
-    <AD as Backend>::seed(&dev(), 1);
-    check("das_full", Intervention::DasFull(DasFull { rotation: Orthogonal::random(D, D, &dev()), k: K }), false);
+    let rng = &mut Rng::new(1);
+    check("das_full", Intervention::DasFull(DasFull { rotation: Orthogonal::random(D, D, rng, &dev()), k: K }), false);
 }
 
 #[test]
 fn das_low_rank_householder() {
-    <AD as Backend>::seed(&dev(), 2);
-    check("das_low_rank", Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(K, D, &dev()) }), false);
+    let rng = &mut Rng::new(2);
+    check("das_low_rank", Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(K, D, rng, &dev()) }), false);
 }
 
 #[test]
 fn boundless_das_rotation_and_boundary() {
-    <AD as Backend>::seed(&dev(), 3);
+    let rng = &mut Rng::new(3);
     let iv = BoundlessDas {
-        rotation: Orthogonal::random(D, D, &dev()),
+        rotation: Orthogonal::random(D, D, rng, &dev()),
         boundary: Param::from_tensor(Tensor::from_floats([0.4], &dev())),
         temperature: 2.0,
     };
@@ -128,10 +134,10 @@ fn boundless_das_rotation_and_boundary() {
 
 #[test]
 fn sigmoid_masks() {
-    <AD as Backend>::seed(&dev(), 4);
-    let mask = || Param::from_tensor(Tensor::random([D], Distribution::Normal(0.0, 1.0), &dev()));
-    check("sigmoid_mask", Intervention::SigmoidMask(SigmoidMask { mask: mask(), rotation: None, temperature: 0.5 }), false);
-    let rotated = SigmoidMask { mask: mask(), rotation: Some(Orthogonal::random(D, D, &dev())), temperature: 0.5 };
+    let rng = &mut Rng::new(4);
+    let mask = |rng: &mut Rng| Param::from_tensor(f64_normals::<1>(rng, [D], &dev()));
+    check("sigmoid_mask", Intervention::SigmoidMask(SigmoidMask { mask: mask(rng), rotation: None, temperature: 0.5 }), false);
+    let rotated = SigmoidMask { mask: mask(rng), rotation: Some(Orthogonal::random(D, D, rng, &dev())), temperature: 0.5 };
     check("sigmoid_mask_rotated", Intervention::SigmoidMask(rotated), false);
 }
 
@@ -141,8 +147,8 @@ fn reft_family() {
         .into_iter()
         .enumerate()
     {
-        <AD as Backend>::seed(&dev(), 10 + i as u64);
-        let mut iv = ReftIntervention::new(family, D, K, Activation::Tanh, 0.0, &dev());
+        let rng = &mut Rng::new(10 + i as u64);
+        let mut iv = ReftIntervention::new(family, D, K, Activation::Tanh, 0.0, rng, &dev());
         if let Some(b) = iv.learned_bias.take() {
             // start away from zero so the test is not at a special point
             iv.learned_bias = Some(b.map(|t| Tensor::from_data((t.detach() + 0.3).into_data(), &dev()).require_grad()));
@@ -153,8 +159,8 @@ fn reft_family() {
 
 #[test]
 fn probe_and_learned_steering() {
-    <AD as Backend>::seed(&dev(), 20);
-    check("linear_probe", Intervention::Probe(LinearProbe::init(D, 3, &dev())), true);
-    let v = Param::from_tensor(Tensor::random([D], Distribution::Normal(0.0, 1.0), &dev()));
+    let rng = &mut Rng::new(20);
+    check("linear_probe", Intervention::Probe(LinearProbe::init(D, 3, rng, &dev())), true);
+    let v = Param::from_tensor(f64_normals::<1>(rng, [D], &dev()));
     check("steering", Intervention::Steering(Steering { vector: v, alpha: 1.5 }), false);
 }

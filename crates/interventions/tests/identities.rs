@@ -2,13 +2,13 @@
 
 use burn::backend::NdArray;
 use burn::module::Param;
-use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use ferrovene_interventions::das::{DasFull, DasLowRank};
 use ferrovene_interventions::fixed::{Fixed, FixedOp};
 use ferrovene_interventions::reft::{Projection, ReftFamily, ReftIntervention};
 use ferrovene_interventions::steering::Steering;
 use ferrovene_interventions::subspace::{apply_on_dims, head_dims};
-use ferrovene_interventions::{Activation, Composition, Intervene, Intervention, Orthogonal, Placement};
+use ferrovene_interventions::{Activation, Composition, Intervene, Intervention, Orthogonal, Placement, Rng};
 use ferrovene_models::{Component, Site, SiteInfo};
 
 type B = NdArray<f32>;
@@ -17,8 +17,8 @@ fn dev() -> burn::backend::ndarray::NdArrayDevice {
     Default::default()
 }
 
-fn randn(shape: [usize; 3]) -> Tensor<B, 3> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &dev())
+fn randn(rng: &mut Rng, shape: [usize; 3]) -> Tensor<B, 3> {
+    rng.normal_tensor(shape, &dev())
 }
 
 fn max_diff(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
@@ -27,33 +27,33 @@ fn max_diff(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
 
 #[test]
 fn interchange_with_source_equal_to_base_returns_base() {
-    B::seed(&dev(), 1);
-    let b = randn([4, 3, 12]);
+    let rng = &mut Rng::new(1);
+    let b = randn(rng, [4, 3, 12]);
     let vanilla = Intervention::<B>::Fixed(Fixed::new(FixedOp::Interchange));
     assert_eq!(max_diff(vanilla.apply(b.clone(), Some(b.clone())).unwrap(), b.clone()), 0.0);
-    let low = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(3, 12, &dev()) });
+    let low = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(3, 12, rng, &dev()) });
     assert_eq!(max_diff(low.apply(b.clone(), Some(b.clone())).unwrap(), b.clone()), 0.0);
-    let full = Intervention::DasFull(DasFull { rotation: Orthogonal::random(12, 12, &dev()), k: 5 });
+    let full = Intervention::DasFull(DasFull { rotation: Orthogonal::random(12, 12, rng, &dev()), k: 5 });
     assert!(max_diff(full.apply(b.clone(), Some(b.clone())).unwrap(), b) < 1e-5);
 }
 
 #[test]
 fn full_rank_das_equals_plain_interchange() {
-    B::seed(&dev(), 2);
-    let (b, s) = (randn([4, 2, 10]), randn([4, 2, 10]));
-    let full = Intervention::DasFull(DasFull { rotation: Orthogonal::random(10, 10, &dev()), k: 10 });
+    let rng = &mut Rng::new(2);
+    let (b, s) = (randn(rng, [4, 2, 10]), randn(rng, [4, 2, 10]));
+    let full = Intervention::DasFull(DasFull { rotation: Orthogonal::random(10, 10, rng, &dev()), k: 10 });
     assert!(max_diff(full.apply(b.clone(), Some(s.clone())).unwrap(), s.clone()) < 1e-5);
     // the rank-d "low rank" form is the same interchange
-    let r = Orthogonal::random(10, 10, &dev()).matrix();
+    let r = Orthogonal::random(10, 10, rng, &dev()).matrix();
     let low = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::fixed(r) });
     assert!(max_diff(low.apply(b, Some(s.clone())).unwrap(), s) < 1e-5);
 }
 
 #[test]
 fn loreft_with_w_equal_r_and_zero_bias_is_the_identity() {
-    B::seed(&dev(), 3);
-    let b = randn([4, 3, 12]);
-    let r = Orthogonal::<B>::random(3, 12, &dev()).matrix();
+    let rng = &mut Rng::new(3);
+    let b = randn(rng, [4, 3, 12]);
+    let r = Orthogonal::<B>::random(3, 12, rng, &dev()).matrix();
     let iv = ReftIntervention {
         family: ReftFamily::LoReft,
         rotation: Some(Orthogonal::fixed(r.clone())),
@@ -68,16 +68,16 @@ fn loreft_with_w_equal_r_and_zero_bias_is_the_identity() {
 
 #[test]
 fn an_empty_subspace_is_a_no_op() {
-    B::seed(&dev(), 4);
-    let (b, s) = (randn([2, 3, 8]), randn([2, 3, 8]));
+    let rng = &mut Rng::new(4);
+    let (b, s) = (randn(rng, [2, 3, 8]), randn(rng, [2, 3, 8]));
     let iv = Intervention::<B>::Fixed(Fixed::new(FixedOp::Interchange));
     assert_eq!(max_diff(apply_on_dims(&iv, b.clone(), Some(s), &[], 8).unwrap(), b), 0.0);
 }
 
 #[test]
 fn subspaces_and_heads_touch_only_their_dims() {
-    B::seed(&dev(), 5);
-    let (b, s) = (randn([2, 1, 8]), randn([2, 1, 8]));
+    let rng = &mut Rng::new(5);
+    let (b, s) = (randn(rng, [2, 1, 8]), randn(rng, [2, 1, 8]));
     let iv = Intervention::<B>::Fixed(Fixed::new(FixedOp::Interchange));
     let dims = head_dims(&[1, 3], 2); // heads 1 and 3 of 4 heads of width 2
     assert_eq!(dims, vec![2, 3, 6, 7]);
@@ -87,7 +87,7 @@ fn subspaces_and_heads_touch_only_their_dims() {
         let want = if dims.contains(&(i % 8)) { sv[i] } else { bv[i] };
         assert_eq!(*o, want, "dim {i}");
     }
-    let err = apply_on_dims(&iv, randn([1, 1, 8]), Some(randn([1, 1, 8])), &[8], 8).unwrap_err().to_string();
+    let err = apply_on_dims(&iv, randn(rng, [1, 1, 8]), Some(randn(rng, [1, 1, 8])), &[8], 8).unwrap_err().to_string();
     assert!(err.contains("dim 8") && err.contains("width 8"), "{err}");
 }
 
@@ -102,8 +102,8 @@ fn positions(rows: &[[i64; 2]]) -> Tensor<B, 2, Int> {
 
 #[test]
 fn series_sees_the_previous_effect_parallel_does_not() {
-    B::seed(&dev(), 6);
-    let h = randn([2, 5, 4]);
+    let rng = &mut Rng::new(6);
+    let h = randn(rng, [2, 5, 4]);
     let v = Tensor::<B, 1>::from_floats([1.0, 2.0, 3.0, 4.0], &dev());
     let w = Tensor::<B, 1>::from_floats([10.0, 20.0, 30.0, 40.0], &dev());
     let sv = Intervention::Steering(Steering::fixed(v.clone(), 1.0));
@@ -130,8 +130,8 @@ fn series_sees_the_previous_effect_parallel_does_not() {
 
 #[test]
 fn parallel_interventions_on_different_subspaces_both_act() {
-    B::seed(&dev(), 7);
-    let (h, s) = (randn([2, 4, 6]), randn([2, 2, 6]));
+    let rng = &mut Rng::new(7);
+    let (h, s) = (randn(rng, [2, 4, 6]), randn(rng, [2, 2, 6]));
     let pos = positions(&[[0, 1], [2, 3]]);
     let swap = Intervention::<B>::Fixed(Fixed::new(FixedOp::Interchange));
     let zero = Intervention::<B>::Fixed(Fixed::new(FixedOp::Zero));
@@ -155,13 +155,13 @@ fn parallel_interventions_on_different_subspaces_both_act() {
 
 #[test]
 fn placements_are_checked_against_their_site() {
-    B::seed(&dev(), 8);
-    let low = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(2, 6, &dev()) });
+    let rng = &mut Rng::new(8);
+    let low = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(2, 6, rng, &dev()) });
     let pos = positions(&[[0, 1]]);
     let e = Placement::new(info(6), &low, pos.clone(), None, vec![]).err().unwrap().to_string();
     assert!(e.contains("reads a source"), "{e}");
-    let e = Placement::new(info(8), &low, pos.clone(), Some(randn([1, 2, 8])), vec![]).err().unwrap().to_string();
+    let e = Placement::new(info(8), &low, pos.clone(), Some(randn(rng, [1, 2, 8])), vec![]).err().unwrap().to_string();
     assert!(e.contains("acts on 6 dims") && e.contains("gives it 8") && e.contains("2.block_output"), "{e}");
-    let e = Placement::new(info(6), &low, pos, Some(randn([1, 2, 6])), vec![9]).err().unwrap().to_string();
+    let e = Placement::new(info(6), &low, pos, Some(randn(rng, [1, 2, 6])), vec![9]).err().unwrap().to_string();
     assert!(e.contains("dim 9"), "{e}");
 }

@@ -1,0 +1,53 @@
+//! A small seeded generator for parameter initialisation, so that an intervention's initial
+//! values depend on its seed alone — not on the backend's global generator, which concurrent
+//! work (other tests, other interventions) also draws from.
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+/// SplitMix64 with Box–Muller normals.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng { state: seed ^ 0x9E37_79B9_7F4A_7C15 }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal.
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// A tensor of standard normals.
+    pub fn normal_tensor<B: Backend, const D: usize>(&mut self, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.normal() as f32).collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    /// A tensor uniform in [−bound, bound).
+    pub fn uniform_tensor<B: Backend, const D: usize>(&mut self, shape: [usize; D], bound: f64, device: &B::Device) -> Tensor<B, D> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| ((2.0 * self.uniform() - 1.0) * bound) as f32).collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+}
