@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod das;
 pub mod error;
+pub mod export;
 pub mod fixed;
 pub mod intervention;
 pub mod linalg;

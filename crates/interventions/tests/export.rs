@@ -1,0 +1,218 @@
+//! Exports: bit-exact round trip for every kind, refusal of a wrong target or a damaged file, and
+//! an interrupted write that leaves the old file intact. Also Gemma-Scope-style SAE weights.
+
+use burn::backend::NdArray;
+use burn::module::Param;
+use burn::tensor::Tensor;
+use ferrovene_interventions::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
+use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig, Target};
+use ferrovene_interventions::fixed::{Fixed, FixedOp};
+use ferrovene_interventions::probe::LinearProbe;
+use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
+use ferrovene_interventions::sae::JumpReluSae;
+use ferrovene_interventions::steering::Steering;
+use ferrovene_interventions::{Activation, Intervention, Orthogonal, Rng};
+use ferrovene_models::{Component, Site, SiteInfo};
+
+type B = NdArray<f32>;
+const D: usize = 8;
+
+fn dev() -> burn::backend::ndarray::NdArrayDevice {
+    Default::default()
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferrovene-export-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config() -> ExportConfig {
+    ExportConfig {
+        format: 0,
+        kind: String::new(),
+        width: D,
+        hyper: Default::default(),
+        placement: PlacementConfig { sites: vec!["1.block_output".into()], positions: "last".into(), site_width: D, dims: vec![], composition: Default::default() },
+        model: ModelConfig { id: "tiny".into(), revision: None, arch: "llama".into(), hidden_size: D },
+        training: serde_json::json!({"steps": 10, "seed": 7}),
+    }
+}
+
+fn sae(rng: &mut Rng) -> JumpReluSae<B> {
+    let p2 = |rng: &mut Rng, s: [usize; 2]| Param::from_tensor(rng.normal_tensor::<B, 2>(s, &dev()));
+    let p1 = |rng: &mut Rng, n: usize| Param::from_tensor(rng.normal_tensor::<B, 1>([n], &dev()));
+    JumpReluSae { w_enc: p2(rng, [D, 12]), b_enc: p1(rng, 12), w_dec: p2(rng, [12, D]), b_dec: p1(rng, D), threshold: p1(rng, 12), latents: vec![1, 5] }
+}
+
+fn every_kind() -> Vec<Intervention<B>> {
+    let rng = &mut Rng::new(5);
+    let mut all = vec![
+        Intervention::Fixed(Fixed::new(FixedOp::Interchange)),
+        Intervention::Fixed(Fixed::new(FixedOp::Addition)),
+        Intervention::Fixed(Fixed::new(FixedOp::Subtraction)),
+        Intervention::Fixed(Fixed::new(FixedOp::Zero)),
+        Intervention::Fixed(Fixed::with_vector(FixedOp::Mean, rng.normal_tensor([D], &dev()))),
+        Intervention::Fixed(Fixed::new(FixedOp::Collect)),
+        Intervention::Fixed(Fixed::with_vector(FixedOp::Noise, rng.normal_tensor([D], &dev()))),
+        Intervention::DasFull(DasFull { rotation: Orthogonal::random(D, D, rng, &dev()), k: 3 }),
+        Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(2, D, rng, &dev()) }),
+        Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::fixed(Orthogonal::<B>::random(2, D, rng, &dev()).matrix()) }),
+        Intervention::Boundless(BoundlessDas {
+            rotation: Orthogonal::random(D, D, rng, &dev()),
+            boundary: Param::from_tensor(Tensor::from_floats([0.37], &dev())),
+            temperature: 0.7,
+        }),
+        Intervention::SigmoidMask(SigmoidMask { mask: Param::from_tensor(rng.normal_tensor([D], &dev())), rotation: None, temperature: 0.5 }),
+        Intervention::SigmoidMask(SigmoidMask {
+            mask: Param::from_tensor(rng.normal_tensor([D], &dev())),
+            rotation: Some(Orthogonal::random(D, D, rng, &dev())),
+            temperature: 0.5,
+        }),
+        Intervention::Probe(LinearProbe::init(D, 3, rng, &dev())),
+        Intervention::Steering(Steering { vector: Param::from_tensor(rng.normal_tensor([D], &dev())), alpha: 2.5 }),
+        Intervention::Sae(sae(rng)),
+    ];
+    for family in [ReftFamily::LoReft, ReftFamily::NoReft, ReftFamily::ConsReft, ReftFamily::LoBiReft, ReftFamily::DiReft, ReftFamily::NoDiReft] {
+        let mut r = ReftIntervention::new(family, D, 2, Activation::Gelu, 0.05, rng, &dev());
+        if let Some(b) = r.learned_bias.take() {
+            r.learned_bias = Some(b.map(|t| t + 0.25));
+        }
+        all.push(Intervention::Reft(r));
+    }
+    all
+}
+
+#[test]
+fn round_trip_is_bit_exact_for_every_kind() {
+    let dir = temp("round-trip");
+    let rng = &mut Rng::new(9);
+    let (b, s) = (rng.normal_tensor::<B, 3>([3, 2, D], &dev()), rng.normal_tensor::<B, 3>([3, 2, D], &dev()));
+    for iv in every_kind() {
+        let kind = iv.kind();
+        let path = dir.join(format!("{kind}.safetensors"));
+        export::save(&iv, config(), &path).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let (back, cfg) = export::load::<B>(&path, &dev()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(back.kind(), kind);
+        assert_eq!(cfg.training["seed"], 7, "{kind}: training summary kept");
+        let (t1, h1) = export::tensors_of(&iv);
+        let (t2, h2) = export::tensors_of(&back);
+        assert_eq!(h1, h2, "{kind}: hyper-parameters");
+        assert_eq!(t1.len(), t2.len(), "{kind}: tensor count");
+        for ((n1, d1), (n2, d2)) in t1.iter().zip(&t2) {
+            assert_eq!(n1, n2);
+            assert_eq!(d1.as_bytes(), d2.as_bytes(), "{kind}: tensor {n1} is not bit-identical");
+        }
+        if kind == "noise" {
+            continue; // its output is random by design; its tensors were compared above
+        }
+        let src = iv.needs_source().then(|| s.clone());
+        let o1: Vec<f32> = iv.apply(b.clone(), src.clone()).unwrap().into_data().to_vec().unwrap();
+        let o2: Vec<f32> = back.apply(b.clone(), src).unwrap().into_data().to_vec().unwrap();
+        assert!(o1 == o2, "{kind}: outputs differ after the round trip");
+    }
+}
+
+fn sites(width: usize) -> Vec<SiteInfo> {
+    (0..3).map(|l| SiteInfo { site: Site::new(l, Component::BlockOutput), width, heads: 1 }).collect()
+}
+
+#[test]
+fn a_wrong_target_is_refused_saying_what_differs() {
+    let dir = temp("target");
+    let path = dir.join("iv.safetensors");
+    let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(2, D, &mut Rng::new(1), &dev()) });
+    export::save(&iv, config(), &path).unwrap();
+    let ok = sites(D);
+    export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: D, sites: &ok }, &dev()).expect("the right target loads");
+    let wide = sites(16);
+    let e = export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: 16, sites: &wide }, &dev()).err().unwrap().to_string();
+    assert!(e.contains("width 8") && e.contains("width 16") && e.contains("iv.safetensors"), "{e}");
+    let e = export::load_for::<B>(&path, &Target { arch: "gpt2", hidden_size: D, sites: &ok }, &dev()).err().unwrap().to_string();
+    assert!(e.contains("llama") && e.contains("gpt2"), "{e}");
+    let one = &ok[..1];
+    let e = export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: D, sites: one }, &dev()).err().unwrap().to_string();
+    assert!(e.contains("no site `1.block_output`"), "{e}");
+}
+
+#[test]
+fn a_damaged_file_is_refused() {
+    let dir = temp("damaged");
+    let path = dir.join("iv.safetensors");
+    let iv = Intervention::Steering(Steering::<B>::fixed(Tensor::ones([D], &dev()), 1.0));
+    export::save(&iv, config(), &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
+    let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
+    assert!(e.contains("not a valid safetensors file") && e.contains("iv.safetensors"), "{e}");
+    std::fs::write(&path, b"garbage").unwrap();
+    assert!(export::load::<B>(&path, &dev()).is_err());
+    // a safetensors file that is not an export
+    let plain = dir.join("plain.safetensors");
+    let data = vec![0u8; 4 * D];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![D], &data).unwrap();
+    safetensors::serialize_to_file(vec![("vector", view)], None, &plain).unwrap();
+    let e = export::load::<B>(&plain, &dev()).err().unwrap().to_string();
+    assert!(e.contains("not a ferrovene export"), "{e}");
+}
+
+#[test]
+fn an_interrupted_write_leaves_the_old_file_intact() {
+    let dir = temp("interrupted");
+    let path = dir.join("intervention.safetensors");
+    let old = Intervention::Steering(Steering::<B>::fixed(Tensor::ones([D], &dev()), 1.0));
+    export::save(&old, config(), &path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    {
+        // The new file is fully written to a temporary file, then the process "dies" before the
+        // rename: the pending export is dropped.
+        let new = Intervention::Steering(Steering::<B>::fixed(Tensor::zeros([D], &dev()), 3.0));
+        let pending = export::prepare(&new, config(), &path).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "the temporary file sits beside the target");
+        drop(pending);
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the old export is untouched");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left behind");
+    let (back, _) = export::load::<B>(&path, &dev()).unwrap();
+    assert_eq!(export::tensors_of(&back).1.alpha, Some(1.0));
+}
+
+#[test]
+fn gemma_scope_style_sae_weights_load_and_interchange_latents() {
+    let dir = temp("sae");
+    let path = dir.join("params.safetensors");
+    let rng = &mut Rng::new(3);
+    let (d, m) = (D, 12);
+    let vals = |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+    let w_enc = vals(rng, d * m);
+    let b_enc = vals(rng, m);
+    let w_dec = vals(rng, m * d);
+    let b_dec = vals(rng, d);
+    let threshold: Vec<f32> = (0..m).map(|_| rng.uniform() as f32 * 0.5).collect();
+    let bytes = |v: &Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let bufs = [("W_enc", bytes(&w_enc), vec![d, m]), ("b_enc", bytes(&b_enc), vec![m]), ("W_dec", bytes(&w_dec), vec![m, d]), ("b_dec", bytes(&b_dec), vec![d]), ("threshold", bytes(&threshold), vec![m])];
+    let views: Vec<_> = bufs.iter().map(|(n, b, s)| (*n, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let sae = JumpReluSae::<B>::from_file(&path, vec![2, 7], &dev()).unwrap();
+
+    // Reference, by hand: z = relu(x W_enc + b_enc) · [pre > threshold]; out = z' W_dec + b_dec
+    let base = vals(rng, d);
+    let source = vals(rng, d);
+    let encode = |x: &[f32]| -> Vec<f32> {
+        (0..m).map(|j| {
+            let pre: f32 = (0..d).map(|i| x[i] * w_enc[i * m + j]).sum::<f32>() + b_enc[j];
+            if pre > threshold[j] { pre.max(0.0) } else { 0.0 }
+        }).collect()
+    };
+    let (zb, zs) = (encode(&base), encode(&source));
+    let z: Vec<f32> = (0..m).map(|j| if j == 2 || j == 7 { zs[j] } else { zb[j] }).collect();
+    let want: Vec<f32> = (0..d).map(|i| (0..m).map(|j| z[j] * w_dec[j * d + i]).sum::<f32>() + b_dec[i]).collect();
+    let t = |v: &Vec<f32>| Tensor::<B, 1>::from_floats(v.as_slice(), &dev()).reshape([1, 1, d]);
+    let got: Vec<f32> = Intervention::Sae(sae).apply(t(&base), Some(t(&source))).unwrap().into_data().to_vec().unwrap();
+    for i in 0..d {
+        assert!((got[i] - want[i]).abs() < 1e-4, "dim {i}: {} vs {}", got[i], want[i]);
+    }
+    let e = JumpReluSae::<B>::from_file(&path, vec![12], &dev()).err().unwrap().to_string();
+    assert!(e.contains("latent 12") && e.contains("12 latents"), "{e}");
+}
