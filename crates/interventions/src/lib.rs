@@ -25,5 +25,5 @@ pub use activation::Activation;
 pub use error::{InterventionError, Result};
 pub use intervention::Intervention;
 pub use orthogonal::Orthogonal;
-pub use placement::{Composition, Intervene, Placement};
+pub use placement::{Composition, Intervene, Placement, Skip};
 pub use rng::Rng;

@@ -122,3 +122,47 @@ impl<B: Backend> Hooks<B> for Intervene<'_, B> {
         self.apply_at(site, h)
     }
 }
+
+/// [SkipIntervention] a component's output replaced by its input at chosen positions: the
+/// activation read at `input` is written at `output` later in the same forward (e.g.
+/// `block_input` → `block_output` skips a whole block; `mlp_input` → `mlp_output`).
+pub struct Skip<B: Backend> {
+    input: Site,
+    output: Site,
+    positions: Tensor<B, 2, Int>,
+    seen: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Skip<B> {
+    /// Skips from `input` to `output` (same width, `input` earlier in the forward) at `positions`.
+    pub fn new(input: SiteInfo, output: SiteInfo, positions: Tensor<B, 2, Int>) -> Result<Self> {
+        if input.width != output.width || input.site.layer != output.site.layer || input.site == output.site {
+            return Err(InterventionError::BadParameter {
+                kind: "skip".into(),
+                parameter: "sites".into(),
+                reason: format!(
+                    "skip needs an input and a later output site of one layer with the same width ({} is {} wide, {} is {})",
+                    input.site, input.width, output.site, output.width
+                ),
+            });
+        }
+        Ok(Skip { input: input.site, output: output.site, positions, seen: None })
+    }
+}
+
+impl<B: Backend> Hooks<B> for Skip<B> {
+    fn wants(&self, site: Site) -> bool {
+        site == self.input || site == self.output
+    }
+    fn at(&mut self, site: Site, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        if site == self.input {
+            self.seen = Some(gather_positions(h.clone(), self.positions.clone()));
+            h
+        } else {
+            match self.seen.take() {
+                Some(v) => scatter_positions(h, self.positions.clone(), v),
+                None => h,
+            }
+        }
+    }
+}

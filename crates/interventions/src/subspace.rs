@@ -47,3 +47,39 @@ pub fn replace_dims<B: Backend>(into: Tensor<B, 3>, from: Tensor<B, 3>, dims: &[
         .expand(into.dims());
     into.mask_where(mask, from)
 }
+
+/// A site split into named parts that different causal variables own (pyvene's
+/// `subspace_partition`), e.g. `{"WX": 0..8, "YZ": 8..16}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Partition {
+    parts: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+impl Partition {
+    /// A partition from named dim lists; parts must not overlap.
+    pub fn new(parts: impl IntoIterator<Item = (String, Vec<usize>)>) -> Result<Self> {
+        let parts: std::collections::BTreeMap<String, Vec<usize>> = parts.into_iter().collect();
+        let mut seen = std::collections::BTreeMap::new();
+        for (name, dims) in &parts {
+            for d in dims {
+                if let Some(other) = seen.insert(*d, name.clone()) {
+                    return Err(InterventionError::BadParameter {
+                        kind: "partition".into(),
+                        parameter: name.clone(),
+                        reason: format!("dim {d} is also in part `{other}`; parts must not overlap"),
+                    });
+                }
+            }
+        }
+        Ok(Partition { parts })
+    }
+
+    /// The dims of part `name`, or an error listing the parts.
+    pub fn dims(&self, name: &str) -> Result<&[usize]> {
+        self.parts.get(name).map(Vec::as_slice).ok_or_else(|| InterventionError::BadParameter {
+            kind: "partition".into(),
+            parameter: name.into(),
+            reason: format!("no such part; parts: {}", self.parts.keys().cloned().collect::<Vec<_>>().join(", ")),
+        })
+    }
+}

@@ -99,3 +99,32 @@ fn a_shared_intervention_gets_the_gradients_of_every_site() {
         assert!((g - sum).abs() <= 1e-5 * sum.abs().max(1.0), "entry {i}: shared {g}, sum of copies {sum}");
     }
 }
+
+#[test]
+fn skipping_a_block_passes_its_input_through() {
+    let dev = Default::default();
+    let model = load_folder::<B>(&tiny(), &dev).unwrap().model;
+    let input = Input::<B>::from_ids(&[vec![5, 17, 42, 8]], &dev);
+    let all = pos::<B>(&[0, 1, 2, 3], &dev).reshape([1, 4]);
+    let (inp, out) = (Site::new(1, Component::BlockInput), Site::new(1, Component::BlockOutput));
+    let mut skip = ferrovene_interventions::Skip::new(model.site_info(inp).unwrap(), model.site_info(out).unwrap(), all).unwrap();
+    let skipped: Vec<f32> = forward(&model, &input, &mut skip).into_data().to_vec().unwrap();
+    // Same as going on from block 2 with block 1's input.
+    let ckpt = run_to(&model, &input, inp).unwrap();
+    let two = run_to(&model, &input, Site::new(2, Component::BlockInput)).unwrap();
+    let want: Vec<f32> = resume(&model, &two, ckpt.activation.clone(), &mut ferrovene_models::NoHooks).unwrap().into_data().to_vec().unwrap();
+    assert!(skipped == want, "skip differs from feeding block 1's input to block 2");
+    let mlp = model.site_info(Site::new(1, Component::MlpActivation)).unwrap();
+    assert!(ferrovene_interventions::Skip::<B>::new(mlp, model.site_info(out).unwrap(), pos::<B>(&[0], &dev)).is_err());
+}
+
+#[test]
+fn named_partitions() {
+    use ferrovene_interventions::subspace::Partition;
+    let p = Partition::new([("WX".to_string(), (0..8).collect()), ("YZ".to_string(), (8..16).collect())]).unwrap();
+    assert_eq!(p.dims("YZ").unwrap(), (8..16).collect::<Vec<_>>().as_slice());
+    let e = p.dims("AB").unwrap_err().to_string();
+    assert!(e.contains("WX, YZ"), "{e}");
+    let e = Partition::new([("a".to_string(), vec![0, 1]), ("b".to_string(), vec![1, 2])]).unwrap_err().to_string();
+    assert!(e.contains("dim 1") && e.contains("overlap"), "{e}");
+}
