@@ -165,3 +165,45 @@ fn placements_are_checked_against_their_site() {
     let e = Placement::new(info(6), &low, pos, Some(randn(rng, [1, 2, 6])), vec![9]).err().unwrap().to_string();
     assert!(e.contains("dim 9"), "{e}");
 }
+
+#[test]
+fn collect_records_and_probe_reads_without_changing() {
+    let rng = &mut Rng::new(12);
+    let h = randn(rng, [2, 5, 4]);
+    let pos = positions(&[[0, 3], [1, 4]]);
+    let collect = Intervention::<B>::Fixed(Fixed::new(FixedOp::Collect));
+    let probe = Intervention::Probe(ferrovene_interventions::probe::LinearProbe::init(4, 3, rng, &dev()));
+    let placements = vec![
+        Placement::new(info(4), &collect, pos.clone(), None, vec![]).unwrap(),
+        Placement::new(info(4), &probe, pos.clone(), None, vec![]).unwrap(),
+    ];
+    let mut run = Intervene::new(placements, Composition::Parallel);
+    let out = run.apply_at(info(4).site, h.clone());
+    assert_eq!(max_diff(out, h.clone()), 0.0, "collect and probe leave the activation unchanged");
+    assert_eq!(run.collected.len(), 2);
+    let want = ferrovene_models::gather_positions(h, pos);
+    for (i, (idx, v)) in run.collected.iter().enumerate() {
+        assert_eq!(*idx, i);
+        assert_eq!(max_diff(v.clone(), want.clone()), 0.0);
+    }
+    let Intervention::Probe(p) = &probe else { unreachable!() };
+    assert_eq!(p.logits(run.collected[1].1.clone()).dims(), [2, 2, 3]);
+}
+
+#[test]
+fn mean_ablation_and_noise() {
+    let rng = &mut Rng::new(13);
+    let mean = Tensor::<B, 1>::from_floats([1.0, -2.0, 3.0], &dev());
+    let ablate = Intervention::Fixed(Fixed::with_vector(FixedOp::Mean, mean.clone()));
+    let out = ablate.apply(randn(rng, [2, 2, 3]), None).unwrap();
+    assert_eq!(max_diff(out, mean.unsqueeze::<3>().expand([2, 2, 3])), 0.0);
+    // σ = (0.5, 2, 4): the added noise has those standard deviations
+    let sigma = Tensor::<B, 1>::from_floats([0.5, 2.0, 4.0], &dev());
+    let noise = Intervention::Fixed(Fixed::with_vector(FixedOp::Noise, sigma));
+    let zeros = Tensor::<B, 3>::zeros([20_000, 1, 3], &dev());
+    let out = noise.apply(zeros, None).unwrap();
+    let std: Vec<f32> = out.square().mean_dim(0).sqrt().into_data().to_vec().unwrap();
+    for (got, want) in std.iter().zip([0.5f32, 2.0, 4.0]) {
+        assert!((got / want - 1.0).abs() < 0.05, "noise std {got}, σ {want}");
+    }
+}
