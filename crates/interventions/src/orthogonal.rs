@@ -118,3 +118,11 @@ pub fn orthogonality_error<B: Backend>(r: Tensor<B, 2>) -> f32 {
     let gram = r.clone().matmul(r.transpose());
     (gram - Tensor::eye(k, &device)).abs().max().into_scalar().elem::<f32>()
 }
+
+/// `‖R Rᵀ − I‖_F`: the Frobenius norm of the deviation from orthonormal rows.
+pub fn orthogonality_error_frobenius<B: Backend>(r: Tensor<B, 2>) -> f32 {
+    let k = r.dims()[0];
+    let device = r.device();
+    let gram = r.clone().matmul(r.transpose());
+    (gram - Tensor::eye(k, &device)).square().sum().sqrt().into_scalar().elem::<f32>()
+}

@@ -7,7 +7,7 @@ use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{backend::Backend, loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_interventions::das::{Annealing, BoundlessDas, DasFull, DasLowRank, TemperatureSchedule};
-use ferrovene_interventions::orthogonal::orthogonality_error;
+use ferrovene_interventions::orthogonal::{orthogonality_error, orthogonality_error_frobenius};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 
@@ -44,7 +44,7 @@ fn orthogonality_holds_after_2000_adamw_steps() {
         let mut opt = AdamWConfig::new().with_weight_decay(0.01).init::<AD, Intervention<AD>>();
         let (b, s) = (randn::<AD, 3>(rng, [32, 1, d]), randn::<AD, 3>(rng, [32, 1, d]));
         let target = randn::<AD, 3>(rng, [32, 1, d]);
-        let mut worst = 0f32;
+        let (mut worst, mut worst_frobenius) = (0f32, 0f32);
         for step in 0..2000 {
             let out = iv.apply(b.clone(), Some(s.clone())).unwrap();
             let loss = (out - target.clone()).square().mean();
@@ -52,9 +52,11 @@ fn orthogonality_holds_after_2000_adamw_steps() {
             iv = opt.step(1e-2, iv, grads);
             if step % 250 == 249 {
                 worst = worst.max(orthogonality_error(rotation_of(&iv)));
+                worst_frobenius = worst_frobenius.max(orthogonality_error_frobenius(rotation_of(&iv)));
             }
         }
         assert!(worst < 1e-5, "{name}: max |R Rᵀ − I| reached {worst} during 2,000 AdamW steps");
+        assert!(worst_frobenius < 1e-5, "{name}, d = {d}: ‖R Rᵀ − I‖_F reached {worst_frobenius} during 2,000 AdamW steps");
     }
 }
 
