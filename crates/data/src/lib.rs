@@ -1,1 +1,13 @@
-//! Pair data (issue 4).
+//! Counterfactual pairs and their sourceless kin, as JSONL files: the format (see
+//! `datasets/README.md`), validation with errors that name the file and line, and tokenisation
+//! that turns position rules and spans into token indices.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod format;
+pub mod tokenize;
+
+pub use error::{DataError, Result};
+pub use format::{load_jsonl, Example, Label, Loaded, OnError, Position, Source};
+pub use tokenize::{tokenize, LabelId, TokenizedExample, TokenizedInput};

@@ -124,6 +124,24 @@ impl TextTokenizer {
             .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("encoding {text:?}: {e}") })
     }
 
+    /// Token ids of `text` with each token's byte range in `text` (special tokens the model adds,
+    /// like BOS, have an empty range at 0).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        self.inner
+            .encode(text, true)
+            .map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()))
+            .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("encoding {text:?}: {e}") })
+    }
+
+    /// Token ids of `text` alone, without the special tokens the model adds (for labels and
+    /// continuations).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("encoding {text:?}: {e}") })
+    }
+
     /// Text of `ids` (special tokens kept).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

@@ -1,0 +1,104 @@
+//! The pair format end to end with SmolLM2's tokenizer: positions from indices, spans and
+//! character spans; and every bad input named by file and line.
+
+use std::path::PathBuf;
+
+use ferrovene_data::{load_jsonl, tokenize, DataError, LabelId, OnError, TokenizedExample};
+use ferrovene_models::weights::gguf::GgufFile;
+use ferrovene_models::TextTokenizer;
+
+fn tokenizer() -> TextTokenizer {
+    let p = ferrovene_models::registry::fixtures_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "fixture {} is missing: run scripts/fetch-fixtures", p.display());
+    TextTokenizer::from_gguf(&GgufFile::open(&p).unwrap()).unwrap()
+}
+
+fn file(name: &str, lines: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferrovene-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p
+}
+
+fn tokenized(name: &str, lines: &[&str]) -> Result<Vec<TokenizedExample>, DataError> {
+    let tok = tokenizer();
+    let loaded = load_jsonl(&file(name, lines), OnError::Stop)?;
+    loaded.examples.iter().map(|(l, ex)| tokenize(ex, &tok, &loaded.path, *l)).collect()
+}
+
+#[test]
+fn spans_indices_and_char_spans_resolve_to_tokens() {
+    // "The capital of France is" → [504 The, 3575 ␣capital, 282 ␣of, 4649 ␣France, 314 ␣is]
+    let line = r#"{"base": "The capital of France is", "spans": {"country": [15, 21]},
+        "sources": ["The capital of Italy is"], "source_spans": [{"country": [15, 20]}],
+        "positions": [{"span": "country"}, -1, 0, "last", {"chars": [4, 11]}],
+        "base_label": " Paris", "label": " Rome", "meta": {"template": "capital"}}"#
+        .replace('\n', " ");
+    let ex = tokenized("ok.jsonl", &[&line]).unwrap().remove(0);
+    let TokenizedExample::Pair { base, sources, base_label, label } = ex else { panic!("a pair") };
+    assert_eq!(base.ids, vec![504, 3575, 282, 4649, 314]);
+    assert_eq!(base.positions, vec![3, 4, 0, 4, 1]);
+    assert_eq!(sources[0].ids, vec![504, 3575, 282, 7158, 314]);
+    assert_eq!(sources[0].positions, vec![3, 4, 0, 4, 1]);
+    assert_eq!(base_label, Some(LabelId::Token(7042)), "\" Paris\" is token 7042");
+    assert_eq!(label, LabelId::Token(7268), "\" Rome\" is token 7268");
+}
+
+#[test]
+fn sourceless_forms_and_token_ids() {
+    let ex = tokenized("forms.jsonl", &[
+        r#"{"prompt": "GO->", "target": " hello world", "positions": ["last"]}"#,
+        r#"{"text": "I loved it", "class": 1}"#,
+        r#"{"base_ids": [1, 2, 3], "source_ids": [[4, 5, 6]], "positions": [1], "class": 0}"#,
+    ])
+    .unwrap();
+    assert!(matches!(&ex[0], TokenizedExample::Prompt { target, .. } if !target.is_empty()));
+    assert!(matches!(&ex[1], TokenizedExample::Text { class: 1, text } if text.positions == vec![text.ids.len() - 1]));
+    assert!(matches!(&ex[2], TokenizedExample::Pair { base, label: LabelId::Class(0), .. } if base.positions == vec![1]));
+}
+
+fn err(name: &str, lines: &[&str]) -> String {
+    tokenized(name, lines).err().expect("should fail").to_string()
+}
+
+#[test]
+fn each_bad_input_names_file_and_line() {
+    let good = r#"{"base": "a b", "sources": ["c d"], "label": " x"}"#;
+    let cases: &[(&str, &str, &str)] = &[
+        ("malformed.jsonl", r#"{"base": "a b", "sources": ["#, "malformed JSON"),
+        ("missing.jsonl", r#"{"base": "a b", "sources": ["c d"]}"#, "missing field `label`"),
+        ("unknown.jsonl", r#"{"base": "a b", "sources": ["c d"], "label": " x", "lable": 1}"#, "unknown field `lable`"),
+        ("past.jsonl", r#"{"base": "a b", "sources": ["c d"], "positions": [7], "label": " x"}"#, "position 7 is past the end of `base`"),
+        ("negative.jsonl", r#"{"base": "a b", "sources": ["c d"], "positions": [-9], "label": " x"}"#, "position -9 is past the end"),
+        ("nolabel.jsonl", r#"{"base": "a b", "sources": ["c d"], "label": ""}"#, "`label` \"\" tokenises to nothing"),
+        ("nospan.jsonl", r#"{"base": "a b", "sources": ["c d"], "positions": [{"span": "x"}], "label": " x"}"#, "no span `x`"),
+        ("kind.jsonl", r#"{"foo": 1}"#, "cannot tell the kind"),
+    ];
+    for (name, bad, want) in cases {
+        let e = err(name, &[good, bad]);
+        assert!(e.contains(&format!("{name}:2:")) && e.contains(want), "{name}: {e}");
+    }
+    let e = err("empty.jsonl", &["", "  "]);
+    assert!(e.contains("empty.jsonl") && e.contains("empty file"), "{e}");
+}
+
+#[test]
+fn skipping_counts_bad_lines_and_keeps_their_reasons() {
+    let path = file("mixed.jsonl", &[
+        r#"{"base": "a b", "sources": ["c d"], "label": " x"}"#,
+        r#"not json"#,
+        r#"{"text": "t"}"#,
+        r#"{"text": "t", "class": 0}"#,
+    ]);
+    let loaded = load_jsonl(&path, OnError::Skip).unwrap();
+    assert_eq!(loaded.examples.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![1, 4]);
+    assert_eq!(loaded.skipped.len(), 2);
+    let summary = loaded.skipped_summary().unwrap();
+    assert!(summary.contains("skipped 2") && summary.contains("line 2: malformed JSON") && summary.contains("line 3: missing field `class`"), "{summary}");
+    let e = load_jsonl(&path, OnError::Stop).unwrap_err().to_string();
+    assert!(e.contains("mixed.jsonl:2:"), "{e}");
+    let all_bad = file("allbad.jsonl", &["x", "y"]);
+    let e = load_jsonl(&all_bad, OnError::Skip).unwrap_err().to_string();
+    assert!(e.contains("all 2 line(s) were bad"), "{e}");
+}
