@@ -102,3 +102,56 @@ fn skipping_counts_bad_lines_and_keeps_their_reasons() {
     let e = load_jsonl(&all_bad, OnError::Skip).unwrap_err().to_string();
     assert!(e.contains("all 2 line(s) were bad"), "{e}");
 }
+
+mod batching {
+    use ferrovene_data::batch::{length_buckets, pad, split_by_group, PaddingSide};
+    use ferrovene_data::TokenizedInput;
+
+    #[test]
+    fn padding_shifts_positions_and_masks() {
+        let a = TokenizedInput { ids: vec![1, 2, 3, 4], positions: vec![3, 1] };
+        let b = TokenizedInput { ids: vec![7, 8], positions: vec![1, 0] };
+        let left = pad(&[&a, &b], 0, PaddingSide::Left);
+        assert_eq!(left.ids[1], vec![0, 0, 7, 8]);
+        assert_eq!(left.mask[1], vec![0, 0, 1, 1]);
+        assert_eq!(left.positions, vec![vec![3, 1], vec![3, 2]]);
+        let right = pad(&[&a, &b], 0, PaddingSide::Right);
+        assert_eq!(right.ids[1], vec![7, 8, 0, 0]);
+        assert_eq!(right.positions[1], vec![1, 0]);
+        // the token at each shifted position is the one the example meant
+        for batch in [&left, &right] {
+            for (row, src) in [&a, &b].iter().enumerate() {
+                for (k, &p) in batch.positions[row].iter().enumerate() {
+                    assert_eq!(batch.ids[row][p], src.ids[src.positions[k]]);
+                }
+            }
+        }
+        assert_eq!(PaddingSide::for_arch("llama"), PaddingSide::Left);
+        assert_eq!(PaddingSide::for_arch("bert"), PaddingSide::Right);
+    }
+
+    #[test]
+    fn buckets_are_deterministic_complete_and_length_sorted() {
+        let lengths: Vec<usize> = (0..50).map(|i| (i * 7919) % 23 + 1).collect();
+        let a = length_buckets(&lengths, 8, 42);
+        assert_eq!(a, length_buckets(&lengths, 8, 42), "same seed, same batches");
+        assert_ne!(a, length_buckets(&lengths, 8, 43), "another seed, another order");
+        let mut all: Vec<usize> = a.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, (0..50).collect::<Vec<_>>(), "every example once");
+        // within the sorted order, a batch spans a narrow range of lengths
+        let spread: usize = a.iter().map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() - b.iter().map(|&i| lengths[i]).min().unwrap()).max().unwrap();
+        assert!(spread <= 6, "spread {spread}");
+    }
+
+    #[test]
+    fn splits_keep_groups_apart() {
+        let groups: Vec<String> = (0..100).map(|i| format!("template-{}", i % 7)).collect();
+        let (train, held) = split_by_group(&groups, 0.2, 5);
+        assert_eq!(train.len() + held.len(), 100);
+        assert!(held.len() >= 20);
+        let held_groups: std::collections::BTreeSet<&String> = held.iter().map(|&i| &groups[i]).collect();
+        assert!(train.iter().all(|&i| !held_groups.contains(&groups[i])), "a held-out template leaked into training");
+        assert_eq!(split_by_group(&groups, 0.2, 5), (train, held), "deterministic from the seed");
+    }
+}

@@ -19,7 +19,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 
-use crate::rng::Rng;
+use ferrovene_models::rng::Rng;
 
 /// How the rotation is represented.
 #[derive(Module, Debug)]

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::linalg::{row, times_t};
-use crate::rng::Rng;
+use ferrovene_models::rng::Rng;
 
 /// `logits = b Wᵀ + c` over `classes` classes.
 #[derive(Module, Debug)]

@@ -8,7 +8,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use crate::activation::Activation;
 use crate::linalg::{row, times, times_t};
 use crate::orthogonal::Orthogonal;
-use crate::rng::Rng;
+use ferrovene_models::rng::Rng;
 
 /// `x Wᵀ + c`: pyreft's `learned_source` (a `Linear(d, k)`).
 #[derive(Module, Debug)]

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod loader;
 pub mod model;
 pub mod registry;
+pub mod rng;
 pub mod site;
 pub mod tokenizer;
 pub mod weights;

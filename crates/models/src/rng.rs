@@ -1,6 +1,6 @@
-//! A small seeded generator for parameter initialisation, so that an intervention's initial
-//! values depend on its seed alone — not on the backend's global generator, which concurrent
-//! work (other tests, other interventions) also draws from.
+//! A small seeded generator (SplitMix64) for everything that must be reproducible from a seed
+//! alone — parameter initialisation, shuffles, splits — rather than from the backend's global
+//! generator, which concurrent work (other tests, other interventions) also draws from.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
@@ -42,6 +42,19 @@ impl Rng {
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| self.normal() as f32).collect();
         Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    /// Uniform integer in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n.max(1)
+    }
+
+    /// Shuffles `items` in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
     }
 
     /// A tensor uniform in [−bound, bound).
