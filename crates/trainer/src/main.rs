@@ -1,5 +1,6 @@
 //! `trainer`: the ferrovene command line.
 
+
 mod device;
 mod predict;
 

@@ -1,0 +1,215 @@
+//! DAS at one site on counterfactual pairs, with the frozen part computed once.
+//!
+//! Per batch, [`prepare`] runs the frozen model once on the sources up to the site (keeping only
+//! their vectors at the chosen positions) and once on the bases up to the site (a checkpoint).
+//! Every step then only intervenes on the cached activation, goes on from the site, and applies
+//! the output head at the label position alone.
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
+use ferrovene_data::batch::{pad, PaddingSide};
+use ferrovene_data::{LabelId, TokenizedExample};
+use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
+use ferrovene_models::{forward, gather_positions, resume, run_to, Checkpoint, Input, NoHooks, Site, Transformer};
+
+/// One batch of pairs, with the frozen model's work done.
+pub struct PairBatch<B: Backend> {
+    /// The base run up to the site.
+    pub checkpoint: Checkpoint<B>,
+    /// `[batch, k]` intervention positions in the (padded) base.
+    pub base_positions: Tensor<B, 2, Int>,
+    /// `[batch, k, width]` source vectors at their positions.
+    pub source_vectors: Tensor<B, 3>,
+    /// `[batch, 1]` the position whose next-token prediction is scored (the last real token).
+    pub label_positions: Tensor<B, 2, Int>,
+    /// `[batch]` counterfactual label tokens.
+    pub labels: Vec<u32>,
+    /// `[batch]` base label tokens, when every pair gives one.
+    pub base_labels: Option<Vec<u32>>,
+}
+
+fn int2<B: Backend>(rows: &[Vec<usize>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let (n, k) = (rows.len(), rows.first().map_or(0, Vec::len));
+    let flat: Vec<i64> = rows.iter().flatten().map(|&p| p as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [n, k]), device)
+}
+
+fn input_of<B: Backend>(ids: &[Vec<u32>], mask: &[Vec<u32>], device: &B::Device) -> Input<B> {
+    let (n, s) = (ids.len(), ids.first().map_or(0, Vec::len));
+    let to = |rows: &[Vec<u32>]| -> Tensor<B, 2, Int> {
+        Tensor::from_data(TensorData::new(rows.iter().flatten().map(|&x| x as i64).collect::<Vec<_>>(), [n, s]), device)
+    };
+    Input { ids: to(ids), mask: to(mask), token_types: None }
+}
+
+/// Prepares batches of pairs (one source each) for `site`, computing the frozen parts once.
+pub fn prepare<B: Backend, M: Transformer<B>>(
+    model: &M,
+    site: Site,
+    pairs: &[&TokenizedExample],
+    pad_id: u32,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<PairBatch<B>>> {
+    model.site_info(site)?;
+    let side = PaddingSide::for_arch(model.arch());
+    let mut out = Vec::new();
+    for chunk in pairs.chunks(batch_size.max(1)) {
+        let mut bases = Vec::new();
+        let mut sources = Vec::new();
+        let (mut labels, mut base_labels) = (Vec::new(), Vec::new());
+        for ex in chunk {
+            let TokenizedExample::Pair { base, sources: srcs, base_label, label } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
+            let [src] = srcs.as_slice() else { bail!("this trainer takes one source per pair ({} given)", srcs.len()) };
+            let LabelId::Token(l) = label else { bail!("DAS needs a text label (a continuation), not a class") };
+            bases.push(base);
+            sources.push(src);
+            labels.push(*l);
+            base_labels.push(match base_label { Some(LabelId::Token(t)) => Some(*t), _ => None });
+        }
+        let b = pad(&bases, pad_id, side);
+        let s = pad(&sources, pad_id, side);
+        let base_input = input_of::<B>(&b.ids, &b.mask, device);
+        let source_input = input_of::<B>(&s.ids, &s.mask, device);
+        let source_acts = run_to(model, &source_input, site).context("running the sources to the site")?.activation;
+        let source_vectors = gather_positions(source_acts, int2::<B>(&s.positions, device));
+        let last: Vec<Vec<usize>> = b.mask.iter().map(|m| vec![m.iter().rposition(|&x| x == 1).unwrap_or(0)]).collect();
+        out.push(PairBatch {
+            checkpoint: run_to(model, &base_input, site).context("running the bases to the site")?,
+            base_positions: int2::<B>(&b.positions, device),
+            source_vectors,
+            label_positions: int2::<B>(&last, device),
+            labels,
+            base_labels: base_labels.into_iter().collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Next-token logits at the label position (`[batch, vocab]`), from the cache: intervene on the
+/// cached activation, go on from the site, apply the head at the label position only.
+pub fn logits<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: Option<&Intervention<B>>) -> Result<Tensor<B, 2>> {
+    let site = batch.checkpoint.site;
+    let act = match iv {
+        None => batch.checkpoint.activation.clone(),
+        Some(iv) => {
+            let info = model.site_info(site)?;
+            let placement = Placement::new(info, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), vec![])?;
+            Intervene::new(vec![placement], Composition::Parallel).apply_at(site, batch.checkpoint.activation.clone())
+        }
+    };
+    let hidden = resume(model, &batch.checkpoint, act, &mut NoHooks)?;
+    let at = gather_positions(hidden, batch.label_positions.clone());
+    let logits = model.head(at).context("DAS on next-token labels needs a language model")?;
+    let [n, _, v] = logits.dims();
+    Ok(logits.reshape([n, v]))
+}
+
+/// The same logits by the plain path: a full forward with the intervention as a hook, the head
+/// on every position. Slower; used to check the cached path.
+pub fn logits_plain<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: &Intervention<B>) -> Result<Tensor<B, 2>> {
+    let site = batch.checkpoint.site;
+    let placement = Placement::new(model.site_info(site)?, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), vec![])?;
+    let mut hooks = Intervene::new(vec![placement], Composition::Parallel);
+    let all = model.head(forward(model, &batch.checkpoint.input, &mut hooks)).context("a language model")?;
+    let at = gather_positions(all, batch.label_positions.clone());
+    let [n, _, v] = at.dims();
+    Ok(at.reshape([n, v]))
+}
+
+/// Training settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainConfig {
+    /// Passes over the batches.
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Share of the steps spent warming up linearly (then a linear decay to zero).
+    pub warmup: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+}
+
+/// Trains `iv` on the batches with the counterfactual cross-entropy at the label position.
+pub fn train<B: AutodiffBackend, M: Transformer<B>>(
+    model: &M,
+    batches: &[PairBatch<B>],
+    mut iv: Intervention<B>,
+    cfg: TrainConfig,
+) -> Result<(Intervention<B>, Vec<f32>)>
+where
+    Intervention<B>: AutodiffModule<B>,
+{
+    let mut opt = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init::<B, Intervention<B>>();
+    let total = (cfg.epochs * batches.len()).max(1);
+    let warm = ((cfg.warmup * total as f64).ceil() as usize).max(1);
+    let mut losses = Vec::new();
+    let mut step = 0;
+    for _ in 0..cfg.epochs {
+        for batch in batches {
+            let logits = logits(model, batch, Some(&iv))?;
+            let [n, v] = logits.dims();
+            let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), &logits.device());
+            let loss = cross_entropy_with_logits(logits, labels.one_hot::<2>(v).float());
+            losses.push(loss.clone().into_scalar().elem_f32());
+            let grads = GradientsParams::from_grads(loss.backward(), &iv);
+            let rate = if step < warm {
+                cfg.lr * (step + 1) as f64 / warm as f64
+            } else {
+                cfg.lr * (total - step) as f64 / (total - warm).max(1) as f64
+            };
+            iv = opt.step(rate, iv, grads);
+            step += 1;
+        }
+    }
+    Ok((iv, losses))
+}
+
+/// Evaluation results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metrics {
+    /// Share of pairs whose argmax is the counterfactual label.
+    pub iia: f32,
+    /// Share of pairs with p(counterfactual label) > p(base label), when base labels are given.
+    pub label_beats_base: Option<f32>,
+    /// Number of pairs.
+    pub n: usize,
+}
+
+/// IIA (and the p(label) > p(base label) variant) with `iv`, or without any intervention.
+pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B>], iv: Option<&Intervention<B>>) -> Result<Metrics> {
+    let (mut hits, mut beats, mut n, mut with_base) = (0usize, 0usize, 0usize, true);
+    for batch in batches {
+        let l = logits(model, batch, iv)?;
+        let v = l.dims()[1];
+        let values: Vec<f32> = l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+        for (row, &label) in batch.labels.iter().enumerate() {
+            let r = &values[row * v..(row + 1) * v];
+            let argmax = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            hits += (argmax == label as usize) as usize;
+            match &batch.base_labels {
+                Some(bl) => beats += (r[label as usize] > r[bl[row] as usize]) as usize,
+                None => with_base = false,
+            }
+            n += 1;
+        }
+    }
+    Ok(Metrics {
+        iia: hits as f32 / n.max(1) as f32,
+        label_beats_base: with_base.then(|| beats as f32 / n.max(1) as f32),
+        n,
+    })
+}
+
+trait ElemF32 {
+    fn elem_f32(self) -> f32;
+}
+
+impl<E: burn::tensor::Element> ElemF32 for E {
+    fn elem_f32(self) -> f32 {
+        burn::tensor::ElementConversion::elem::<f32>(self)
+    }
+}
