@@ -29,6 +29,8 @@ pub struct PairBatch<B: Backend> {
     pub labels: Vec<u32>,
     /// `[batch]` base label tokens, when every pair gives one.
     pub base_labels: Option<Vec<u32>>,
+    /// The subspace of the site the intervention acts on (all dims when empty).
+    pub dims: Vec<usize>,
 }
 
 fn int2<B: Backend>(rows: &[Vec<usize>], device: &B::Device) -> Tensor<B, 2, Int> {
@@ -84,6 +86,7 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
             label_positions: int2::<B>(&last, device),
             labels,
             base_labels: base_labels.into_iter().collect(),
+            dims: Vec::new(),
         });
     }
     Ok(out)
@@ -97,7 +100,7 @@ pub fn logits<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv
         None => batch.checkpoint.activation.clone(),
         Some(iv) => {
             let info = model.site_info(site)?;
-            let placement = Placement::new(info, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), vec![])?;
+            let placement = Placement::new(info, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), batch.dims.clone())?;
             Intervene::new(vec![placement], Composition::Parallel).apply_at(site, batch.checkpoint.activation.clone())
         }
     };
@@ -112,7 +115,7 @@ pub fn logits<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv
 /// on every position. Slower; used to check the cached path.
 pub fn logits_plain<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: &Intervention<B>) -> Result<Tensor<B, 2>> {
     let site = batch.checkpoint.site;
-    let placement = Placement::new(model.site_info(site)?, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), vec![])?;
+    let placement = Placement::new(model.site_info(site)?, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), batch.dims.clone())?;
     let mut hooks = Intervene::new(vec![placement], Composition::Parallel);
     let all = model.head(forward(model, &batch.checkpoint.input, &mut hooks)).context("a language model")?;
     let at = gather_positions(all, batch.label_positions.clone());

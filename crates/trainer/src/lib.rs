@@ -6,3 +6,6 @@
 //! ([`das::evaluate`]).
 
 pub mod das;
+pub mod device;
+pub mod eval;
+pub mod predict;

@@ -1,8 +1,7 @@
 //! `trainer`: the ferrovene command line.
 
 
-mod device;
-mod predict;
+use trainer::{device, eval, predict};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +39,36 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
         device: DeviceKind,
     },
+    /// Evaluate an exported intervention on a pair file: IIA and p(label) > p(base label), each
+    /// beside the no-intervention control.
+    ///
+    /// Example: trainer eval --intervention runs/x/intervention.safetensors --pairs pairs.jsonl --by template
+    Eval {
+        /// The export (intervention.safetensors).
+        #[arg(long)]
+        intervention: std::path::PathBuf,
+        /// A pair file (JSONL; see datasets/README.md).
+        #[arg(long)]
+        pairs: std::path::PathBuf,
+        /// The model (default: the one the export was trained on).
+        #[arg(long)]
+        model: Option<String>,
+        /// Break the results down by this metadata field (e.g. template, construction).
+        #[arg(long)]
+        by: Option<String>,
+        /// Pairs per batch.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Skip bad lines of the pair file (counted and reported) instead of stopping at the first.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Where to compute.
+        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+        device: DeviceKind,
+    },
 }
 
 fn main() -> Result<()> {
@@ -47,6 +76,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Predict { model, prompt, top, json, device } => {
             dispatch(device, predict::Predict { model, prompt, top, json })
+        }
+        Command::Eval { intervention, pairs, model, by, batch_size, skip_bad, json, device } => {
+            dispatch(device, eval::Eval { intervention, pairs, model, by, batch_size, skip_bad, json })
         }
     }
 }

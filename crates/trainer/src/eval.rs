@@ -1,0 +1,125 @@
+//! `trainer eval`: an exported intervention on a pair file — IIA and p(label) > p(base label),
+//! each beside the no-intervention control, overall and per value of a metadata field.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::Backend;
+use ferrovene_data::{load_jsonl, tokenize, OnError, TokenizedExample};
+use ferrovene_interventions::export;
+use ferrovene_models::{load, Site, Transformer};
+use serde_json::json;
+
+use crate::das::{evaluate, prepare, Metrics};
+use crate::device::OnBackend;
+
+/// What to evaluate, from the command line.
+pub struct Eval {
+    /// The export.
+    pub intervention: PathBuf,
+    /// The pair file.
+    pub pairs: PathBuf,
+    /// Model spec; the export's own model id when absent.
+    pub model: Option<String>,
+    /// A metadata field to break the results down by.
+    pub by: Option<String>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Skip bad lines instead of stopping.
+    pub skip_bad: bool,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// One row of results.
+struct Row {
+    group: String,
+    with: Metrics,
+    without: Metrics,
+}
+
+impl OnBackend for Eval {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        // The config first (cheap), to know the model and site.
+        let (_, config) = export::load::<B>(&self.intervention, &device)?;
+        let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
+        let loaded = load::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
+        let model = &loaded.model;
+        let sites = model.sites();
+        let target = export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites };
+        let (iv, config) = export::load_for::<B>(&self.intervention, &target, &device)?;
+        let [site_name] = config.placement.sites.as_slice() else {
+            bail!("{}: eval handles exports placed at one site (this one has {})", self.intervention.display(), config.placement.sites.len());
+        };
+        let site: Site = site_name.parse()?;
+        let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
+        let on_error = if self.skip_bad { OnError::Skip } else { OnError::Stop };
+        let file = load_jsonl(&self.pairs, on_error)?;
+        if let Some(summary) = file.skipped_summary() {
+            eprintln!("{summary}");
+        }
+        let mut groups: BTreeMap<String, Vec<TokenizedExample>> = BTreeMap::new();
+        for (line, ex) in &file.examples {
+            let key = match &self.by {
+                None => "all".to_string(),
+                Some(field) => match ex.meta().get(field) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => format!("(no {field})"),
+                },
+            };
+            groups.entry(key).or_default().push(tokenize(ex, tok, &file.path, *line)?);
+        }
+        let mut rows = Vec::new();
+        let mut all_with = Vec::new();
+        let mut all_without = Vec::new();
+        for (group, examples) in &groups {
+            let refs: Vec<&TokenizedExample> = examples.iter().collect();
+            let mut batches = prepare(model, site, &refs, tok.pad_id, self.batch_size, &device)?;
+            for b in &mut batches {
+                b.dims = config.placement.dims.clone();
+            }
+            let with = evaluate(model, &batches, Some(&iv))?;
+            let without = evaluate(model, &batches, None)?;
+            all_with.push(with);
+            all_without.push(without);
+            rows.push(Row { group: group.clone(), with, without });
+        }
+        let total = |ms: &[Metrics]| -> Metrics {
+            let n: usize = ms.iter().map(|m| m.n).sum();
+            let mean = |f: &dyn Fn(&Metrics) -> f32| ms.iter().map(|m| f(m) * m.n as f32).sum::<f32>() / n.max(1) as f32;
+            Metrics {
+                iia: mean(&|m| m.iia),
+                label_beats_base: ms.iter().all(|m| m.label_beats_base.is_some()).then(|| mean(&|m| m.label_beats_base.unwrap_or(0.0))),
+                n,
+            }
+        };
+        let overall = Row { group: "all".into(), with: total(&all_with), without: total(&all_without) };
+        if self.json {
+            let row = |r: &Row| json!({
+                "group": r.group, "n": r.with.n,
+                "iia": r.with.iia, "iia_no_intervention": r.without.iia,
+                "label_beats_base": r.with.label_beats_base, "label_beats_base_no_intervention": r.without.label_beats_base,
+            });
+            let out = json!({
+                "intervention": self.intervention, "kind": config.kind, "site": site_name, "model": spec,
+                "pairs": self.pairs, "skipped_lines": file.skipped.len(),
+                "overall": row(&overall),
+                "by": self.by, "groups": if self.by.is_some() { rows.iter().map(row).collect::<Vec<_>>() } else { vec![] },
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("{} ({}) at {site_name} on {} · model {spec}", self.intervention.display(), config.kind, self.pairs.display());
+            println!("{:<24} {:>5}  {:>7} {:>9}  {:>9} {:>9}", "group", "n", "IIA", "(none)", "p>base", "(none)");
+            let pct = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+            let shown: Vec<&Row> = if self.by.is_some() { rows.iter().chain(std::iter::once(&overall)).collect() } else { vec![&overall] };
+            for r in shown {
+                println!("{:<24} {:>5}  {:>7.3} {:>9.3}  {:>9} {:>9}", r.group, r.with.n, r.with.iia, r.without.iia, pct(r.with.label_beats_base), pct(r.without.label_beats_base));
+            }
+        }
+        Ok(())
+    }
+}
