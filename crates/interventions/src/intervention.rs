@@ -87,6 +87,27 @@ impl<B: Backend> Intervention<B> {
         }
     }
 
+    /// The same intervention with its rotation replaced by a random fixed one (the usual control
+    /// for DAS and ReFT), or `None` for kinds without a rotation.
+    pub fn with_random_rotation(&self, rng: &mut ferrovene_models::rng::Rng) -> Option<Self> {
+        use crate::orthogonal::Orthogonal;
+        let mut random = |r: &Orthogonal<B>| {
+            let [k, d] = r.dims();
+            let device = r.matrix().device();
+            Orthogonal::fixed(Orthogonal::<B>::random(k, d, rng, &device).matrix())
+        };
+        let mut out = self.clone();
+        match &mut out {
+            Intervention::DasFull(i) => i.rotation = random(&i.rotation),
+            Intervention::DasLowRank(i) => i.rotation = random(&i.rotation),
+            Intervention::Boundless(i) => i.rotation = random(&i.rotation),
+            Intervention::SigmoidMask(i) => i.rotation = Some(random(i.rotation.as_ref()?)),
+            Intervention::Reft(i) => i.rotation = Some(random(i.rotation.as_ref()?)),
+            _ => return None,
+        }
+        Some(out)
+    }
+
     /// Whether it reads a source activation.
     pub fn needs_source(&self) -> bool {
         match self {

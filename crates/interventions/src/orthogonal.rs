@@ -45,9 +45,9 @@ impl<B: Backend> Orthogonal<B> {
         }
     }
 
-    /// A fixed rotation given by its rows.
+    /// A fixed rotation given by its rows (detached from any graph it came from).
     pub fn fixed(r: Tensor<B, 2>) -> Self {
-        Orthogonal::Fixed(Param::from_tensor(r).set_require_grad(false))
+        Orthogonal::Fixed(Param::from_tensor(r.detach()).set_require_grad(false))
     }
 
     /// `[k, d]`.

@@ -207,3 +207,16 @@ fn mean_ablation_and_noise() {
         assert!((got / want - 1.0).abs() < 0.05, "noise std {got}, σ {want}");
     }
 }
+
+#[test]
+fn random_rotation_control_keeps_everything_but_the_rotation() {
+    let rng = &mut Rng::new(14);
+    let low = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(3, 12, rng, &dev()) });
+    let control = low.with_random_rotation(&mut Rng::new(0)).unwrap();
+    let (Intervention::DasLowRank(a), Intervention::DasLowRank(b)) = (&low, &control) else { unreachable!() };
+    let (ra, rb) = (a.rotation.matrix(), b.rotation.matrix());
+    assert_eq!(rb.dims(), [3, 12]);
+    assert!(ferrovene_interventions::orthogonal::orthogonality_error(rb.clone()) < 1e-5);
+    assert!((ra - rb).abs().max().into_scalar() > 0.1, "the rotation changed");
+    assert!(Intervention::<B>::Fixed(Fixed::new(FixedOp::Zero)).with_random_rotation(rng).is_none());
+}

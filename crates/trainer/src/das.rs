@@ -178,13 +178,16 @@ pub struct Metrics {
     pub iia: f32,
     /// Share of pairs with p(counterfactual label) > p(base label), when base labels are given.
     pub label_beats_base: Option<f32>,
+    /// Share of pairs whose argmax is the base label (without intervention: the model's accuracy
+    /// on the task, which must be high before alignment means anything).
+    pub base_label_accuracy: Option<f32>,
     /// Number of pairs.
     pub n: usize,
 }
 
 /// IIA (and the p(label) > p(base label) variant) with `iv`, or without any intervention.
 pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B>], iv: Option<&Intervention<B>>) -> Result<Metrics> {
-    let (mut hits, mut beats, mut n, mut with_base) = (0usize, 0usize, 0usize, true);
+    let (mut hits, mut beats, mut base_hits, mut n, mut with_base) = (0usize, 0usize, 0usize, 0usize, true);
     for batch in batches {
         let l = logits(model, batch, iv)?;
         let v = l.dims()[1];
@@ -194,7 +197,10 @@ pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B
             let argmax = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
             hits += (argmax == label as usize) as usize;
             match &batch.base_labels {
-                Some(bl) => beats += (r[label as usize] > r[bl[row] as usize]) as usize,
+                Some(bl) => {
+                    beats += (r[label as usize] > r[bl[row] as usize]) as usize;
+                    base_hits += (argmax == bl[row] as usize) as usize;
+                }
                 None => with_base = false,
             }
             n += 1;
@@ -203,6 +209,7 @@ pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B
     Ok(Metrics {
         iia: hits as f32 / n.max(1) as f32,
         label_beats_base: with_base.then(|| beats as f32 / n.max(1) as f32),
+        base_label_accuracy: with_base.then(|| base_hits as f32 / n.max(1) as f32),
         n,
     })
 }

@@ -37,6 +37,7 @@ struct Row {
     group: String,
     with: Metrics,
     without: Metrics,
+    random: Option<Metrics>,
 }
 
 impl OnBackend for Eval {
@@ -73,9 +74,12 @@ impl OnBackend for Eval {
             };
             groups.entry(key).or_default().push(tokenize(ex, tok, &file.path, *line)?);
         }
+        // Control: the same intervention with a random rotation (kinds that have one), seed 0.
+        let random_iv = iv.with_random_rotation(&mut ferrovene_models::rng::Rng::new(0));
         let mut rows = Vec::new();
         let mut all_with = Vec::new();
         let mut all_without = Vec::new();
+        let mut all_random = Vec::new();
         for (group, examples) in &groups {
             let refs: Vec<&TokenizedExample> = examples.iter().collect();
             let mut batches = prepare(model, site, &refs, tok.pad_id, self.batch_size, &device)?;
@@ -84,9 +88,11 @@ impl OnBackend for Eval {
             }
             let with = evaluate(model, &batches, Some(&iv))?;
             let without = evaluate(model, &batches, None)?;
+            let random = random_iv.as_ref().map(|r| evaluate(model, &batches, Some(r))).transpose()?;
             all_with.push(with);
             all_without.push(without);
-            rows.push(Row { group: group.clone(), with, without });
+            all_random.extend(random);
+            rows.push(Row { group: group.clone(), with, without, random });
         }
         let total = |ms: &[Metrics]| -> Metrics {
             let n: usize = ms.iter().map(|m| m.n).sum();
@@ -94,15 +100,24 @@ impl OnBackend for Eval {
             Metrics {
                 iia: mean(&|m| m.iia),
                 label_beats_base: ms.iter().all(|m| m.label_beats_base.is_some()).then(|| mean(&|m| m.label_beats_base.unwrap_or(0.0))),
+                base_label_accuracy: ms.iter().all(|m| m.base_label_accuracy.is_some()).then(|| mean(&|m| m.base_label_accuracy.unwrap_or(0.0))),
                 n,
             }
         };
-        let overall = Row { group: "all".into(), with: total(&all_with), without: total(&all_without) };
+        let overall = Row {
+            group: "all".into(),
+            with: total(&all_with),
+            without: total(&all_without),
+            random: random_iv.as_ref().map(|_| total(&all_random)),
+        };
         if self.json {
             let row = |r: &Row| json!({
                 "group": r.group, "n": r.with.n,
                 "iia": r.with.iia, "iia_no_intervention": r.without.iia,
                 "label_beats_base": r.with.label_beats_base, "label_beats_base_no_intervention": r.without.label_beats_base,
+                "iia_random_rotation": r.random.map(|m| m.iia),
+                "label_beats_base_random_rotation": r.random.and_then(|m| m.label_beats_base),
+                "base_label_accuracy_no_intervention": r.without.base_label_accuracy,
             });
             let out = json!({
                 "intervention": self.intervention, "kind": config.kind, "site": site_name, "model": spec,
@@ -113,11 +128,17 @@ impl OnBackend for Eval {
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
             println!("{} ({}) at {site_name} on {} · model {spec}", self.intervention.display(), config.kind, self.pairs.display());
-            println!("{:<24} {:>5}  {:>7} {:>9}  {:>9} {:>9}", "group", "n", "IIA", "(none)", "p>base", "(none)");
-            let pct = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+            println!("controls: (none) = no intervention, (rand R) = the same intervention with a random rotation; base acc = the model's accuracy on the base labels");
+            println!("{:<20} {:>5}  {:>6} {:>7} {:>8}  {:>7} {:>7} {:>8}  {:>8}", "group", "n", "IIA", "(none)", "(rand R)", "p>base", "(none)", "(rand R)", "base acc");
+            let f = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
             let shown: Vec<&Row> = if self.by.is_some() { rows.iter().chain(std::iter::once(&overall)).collect() } else { vec![&overall] };
             for r in shown {
-                println!("{:<24} {:>5}  {:>7.3} {:>9.3}  {:>9} {:>9}", r.group, r.with.n, r.with.iia, r.without.iia, pct(r.with.label_beats_base), pct(r.without.label_beats_base));
+                println!(
+                    "{:<20} {:>5}  {:>6.3} {:>7.3} {:>8}  {:>7} {:>7} {:>8}  {:>8}",
+                    r.group, r.with.n, r.with.iia, r.without.iia, f(r.random.map(|m| m.iia)),
+                    f(r.with.label_beats_base), f(r.without.label_beats_base), f(r.random.and_then(|m| m.label_beats_base)),
+                    f(r.without.base_label_accuracy)
+                );
             }
         }
         Ok(())

@@ -88,7 +88,10 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
     let cfg = TrainConfig { epochs: 4, lr: 1e-1, warmup: 0.1, weight_decay: 0.0 };
     let (iv, losses) = train(model, &train_batches, iv, cfg).unwrap();
     let trained = evaluate(model, &dev_batches, Some(&iv)).unwrap();
-    eprintln!("dev pairs {}: control {control:?}, full interchange {full_swap:?}, untrained {untrained:?}, trained {trained:?}; loss {:.3} → {:.3}",
+    let random = evaluate(model, &dev_batches, Some(&iv.with_random_rotation(&mut Rng::new(0)).unwrap())).unwrap();
+    assert!(trained.iia >= random.iia + 0.5, "trained {trained:?} vs the same intervention with a random rotation {random:?}");
+    assert_eq!(control.base_label_accuracy, Some(1.0), "the model knows the dev capitals");
+    eprintln!("dev pairs {}: control {control:?}, random rotation {random:?}, full interchange {full_swap:?}, untrained {untrained:?}, trained {trained:?}; loss {:.3} → {:.3}",
         trained.n, losses[0], losses[losses.len() - 1]);
     assert!(control.iia <= 0.1, "without intervention the base capital wins: {control:?}");
     assert!(trained.iia >= control.iia + 0.5, "trained DAS should move the capital: {trained:?} vs control {control:?}");

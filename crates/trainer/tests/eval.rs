@@ -66,6 +66,8 @@ fn eval_of_an_interchange_export() {
     assert_eq!(r["overall"]["iia"], 1.0, "{r}");
     assert_eq!(r["overall"]["iia_no_intervention"], 0.0, "{r}");
     assert_eq!(r["overall"]["label_beats_base"], 1.0, "{r}");
+    assert_eq!(r["overall"]["base_label_accuracy_no_intervention"], 1.0, "the model knows these capitals: {r}");
+    assert!(r["overall"]["iia_random_rotation"].is_null(), "an interchange has no rotation to randomise");
     let groups = r["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 4);
     assert!(groups.iter().all(|g| g["n"] == 3 && g["iia"] == 1.0), "{r}");
