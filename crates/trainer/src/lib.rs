@@ -9,3 +9,4 @@ pub mod das;
 pub mod device;
 pub mod eval;
 pub mod predict;
+pub mod recipe;

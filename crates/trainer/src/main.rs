@@ -1,7 +1,7 @@
 //! `trainer`: the ferrovene command line.
 
 
-use trainer::{device, eval, predict};
+use trainer::{device, eval, predict, recipe};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,6 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the recipes in recipes/ (or $FERROVENE_RECIPES) with their descriptions.
+    List,
+    /// Any other word is a recipe: `trainer das-capitals [--seed N] [--epochs N] [--model M]
+    /// [--device D] [--out DIR] [--set key=value ...]`.
+    #[command(external_subcommand)]
+    Recipe(Vec<String>),
     /// Show a model's next-token distribution after a prompt.
     ///
     /// Example: trainer predict --model smollm2-135m --prompt "The capital of France is" --top 5
@@ -71,9 +77,72 @@ enum Command {
     },
 }
 
+/// Options of a recipe run.
+#[derive(Parser)]
+#[command(name = "trainer <RECIPE>", about = "Run a recipe: train, evaluate on held-out pairs, export")]
+struct RecipeArgs {
+    /// Recipe name (recipes/NAME.toml) or path to a .toml file.
+    recipe: String,
+    /// Override the recipe's model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Override the recipe's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Override the recipe's epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Where runs go (default: runs/).
+    #[arg(long, default_value = "runs")]
+    out: std::path::PathBuf,
+    /// Override any recipe key: --set lr=0.05 --set site="8.block_output".
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// Where to compute (this build: cpu only for training).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+}
+
+fn run_recipe(args: Vec<String>) -> Result<()> {
+    let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
+    let path = recipe::find(&a.recipe)?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
+    let mut sets = a.sets.clone();
+    if let Some(m) = &a.model {
+        sets.push(format!("model={}", toml_string(m)));
+    }
+    if let Some(s) = a.seed {
+        sets.push(format!("seed={s}"));
+    }
+    if let Some(e) = a.epochs {
+        sets.push(format!("epochs={e}"));
+    }
+    let r = recipe::Recipe::from_file(&path)?.with_overrides(&sets)?;
+    if a.device != DeviceKind::Cpu {
+        anyhow::bail!("recipe runs use the CPU backend in this build (asked for {:?})", a.device);
+    }
+    recipe::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&name, &r, &a.out, &Default::default())?;
+    Ok(())
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::List => {
+            let dir = recipe::recipes_dir();
+            for (name, desc) in recipe::list(&dir)? {
+                match desc {
+                    Ok(d) => println!("{name:<28} {d}"),
+                    Err(e) => println!("{name:<28} (invalid: {e:#})"),
+                }
+            }
+            Ok(())
+        }
+        Command::Recipe(args) => run_recipe(args),
         Command::Predict { model, prompt, top, json, device } => {
             dispatch(device, predict::Predict { model, prompt, top, json })
         }
