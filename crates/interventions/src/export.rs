@@ -341,18 +341,20 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
         Ok(Projection { weight: param2(&format!("{prefix}.weight"))?, bias: param1(&format!("{prefix}.bias"))? })
     };
     let reft = |family: ReftFamily| -> Result<Intervention<B>> {
+        // Each family's parameters must all be there (a missing one is a damaged file, not a panic later).
+        let (rot, learned, proj, bias) = family.parts();
         Ok(Intervention::Reft(ReftIntervention {
             family,
-            rotation: if has("R") { Some(rotation()?) } else { None },
-            learned_source: if has("learned_source.weight") { Some(projection("learned_source")?) } else { None },
-            proj_layer: if has("proj_layer.weight") { Some(projection("proj_layer")?) } else { None },
-            learned_bias: if has("learned_bias") { Some(param1("learned_bias")?) } else { None },
+            rotation: if rot { Some(rotation()?) } else { None },
+            learned_source: if learned { Some(projection("learned_source")?) } else { None },
+            proj_layer: if proj { Some(projection("proj_layer")?) } else { None },
+            learned_bias: if bias { Some(param1("learned_bias")?) } else { None },
             act: hyper.act.unwrap_or_default(),
             dropout: burn::nn::DropoutConfig::new(hyper.dropout.unwrap_or(0.0)).init(),
         }))
     };
     let fixed = |op: FixedOp| -> Result<Intervention<B>> {
-        Ok(Intervention::Fixed(if has("vector") { Fixed::with_vector(op, t1("vector")?) } else { Fixed::new(op) }))
+        Ok(Intervention::Fixed(if matches!(op, FixedOp::Mean | FixedOp::Noise) { Fixed::with_vector(op, t1("vector")?) } else { Fixed::new(op) }))
     };
     let iv = match config.kind.as_str() {
         "interchange" => fixed(FixedOp::Interchange)?,

@@ -44,6 +44,17 @@ pub enum ReftFamily {
     NoDiReft,
 }
 
+impl ReftFamily {
+    /// Which parameters the family has: (rotation, learned_source, proj_layer, learned_bias).
+    pub fn parts(self) -> (bool, bool, bool, bool) {
+        match self {
+            ReftFamily::LoReft | ReftFamily::DiReft => (true, true, false, false),
+            ReftFamily::NoReft | ReftFamily::NoDiReft => (false, true, true, false),
+            ReftFamily::ConsReft | ReftFamily::LoBiReft => (true, false, false, true),
+        }
+    }
+}
+
 /// A ReFT intervention. Which parameters are present depends on the family: `rotation` (`R`) for
 /// LoReFT, ConsReFT, LoBiReFT, DiReFT; `learned_source` (`W`, `c`) for LoReFT, NoReFT, DiReFT,
 /// NoDiReFT; `proj_layer` (`W2`, `c2`) for NoReFT, NoDiReFT; `learned_bias` (`c`) for ConsReFT
@@ -77,11 +88,7 @@ impl<B: Backend> ReftIntervention<B> {
             weight: Param::from_tensor(rng.uniform_tensor([k, d], bound, device)),
             bias: Param::from_tensor(rng.uniform_tensor([k], bound, device)),
         };
-        let (rot, learned, proj, bias) = match family {
-            ReftFamily::LoReft | ReftFamily::DiReft => (true, true, false, false),
-            ReftFamily::NoReft | ReftFamily::NoDiReft => (false, true, true, false),
-            ReftFamily::ConsReft | ReftFamily::LoBiReft => (true, false, false, true),
-        };
+        let (rot, learned, proj, bias) = family.parts();
         ReftIntervention {
             family,
             rotation: rot.then(|| Orthogonal::random(k, d, rng, device)),

@@ -216,3 +216,20 @@ fn gemma_scope_style_sae_weights_load_and_interchange_latents() {
     let e = JumpReluSae::<B>::from_file(&path, vec![12], &dev()).err().unwrap().to_string();
     assert!(e.contains("latent 12") && e.contains("12 latents"), "{e}");
 }
+
+#[test]
+fn an_export_missing_a_tensor_its_kind_needs_is_refused() {
+    let dir = temp("missing-tensor");
+    let path = dir.join("loreft.safetensors");
+    let iv = Intervention::Reft(ReftIntervention::<B>::new(ReftFamily::LoReft, D, 2, Activation::Identity, 0.0, &mut Rng::new(1), &dev()));
+    export::save(&iv, config(), &path).unwrap();
+    // rewrite the file without `R` and `rotation.householder`
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| !n.starts_with("R") && !n.starts_with("rotation")).collect();
+    safetensors::serialize_to_file(kept, meta.metadata().clone(), &path).unwrap();
+    let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
+    assert!(e.contains("missing tensor `R`") && e.contains("loreft"), "{e}");
+}
