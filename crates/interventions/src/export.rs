@@ -312,7 +312,7 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
         if view.dtype() != safetensors::Dtype::F32 {
             return Err(corrupt(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
         }
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values = ferrovene_models::weights::f32_from_le(view.data());
         Ok(TensorData::new(values, view.shape().to_vec()))
     };
     let has = |name: &str| st.tensor(name).is_ok();

@@ -67,7 +67,7 @@ impl<B: Backend> JumpReluSae<B> {
             if v.dtype() != safetensors::Dtype::F32 {
                 return Err(corrupt(format!("SAE tensor `{name}` is {:?}, expected F32", v.dtype())));
             }
-            Ok((v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), v.shape().to_vec()))
+            Ok((ferrovene_models::weights::f32_from_le(v.data()), v.shape().to_vec()))
         };
         let (w_enc, s) = read("W_enc")?;
         let [d, m] = <[usize; 2]>::try_from(s.as_slice()).map_err(|_| corrupt(format!("W_enc has shape {s:?}, expected [d, m]")))?;

@@ -92,7 +92,7 @@ impl<B: Backend> Bert<B> {
         let c = &config;
         let pre = if w.has("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
         let (d, eps) = (c.hidden_size, c.layer_norm_eps);
-        let ln = |p: &str| w.layer_norm(&format!("{pre}{p}"), ("weight", "bias"), d, eps);
+        let ln = |p: &str| w.layer_norm(&format!("{pre}{p}"), d, eps);
         let lin = |p: &str, i, o| w.linear(&format!("{pre}{p}"), i, o, true);
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {

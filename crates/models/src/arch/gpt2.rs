@@ -84,7 +84,7 @@ impl<B: Backend> Gpt2<B> {
         let c = &config;
         let pre = if w.has("transformer.wte.weight") { "transformer." } else { "" };
         let d = c.n_embd;
-        let ln = |name: &str| w.layer_norm(&format!("{pre}{name}"), ("weight", "bias"), d, c.layer_norm_epsilon);
+        let ln = |name: &str| w.layer_norm(&format!("{pre}{name}"), d, c.layer_norm_epsilon);
         let mut blocks = Vec::with_capacity(c.n_layer);
         for l in 0..c.n_layer {
             let p = format!("{pre}h.{l}");

@@ -102,10 +102,10 @@ impl<B: Backend> GptNeoX<B> {
         for l in 0..c.num_layers {
             let p = format!("gpt_neox.layers.{l}");
             layers.push(GptNeoXBlock {
-                input_layernorm: w.layer_norm(&format!("{p}.input_layernorm"), ("weight", "bias"), d, eps)?,
+                input_layernorm: w.layer_norm(&format!("{p}.input_layernorm"), d, eps)?,
                 query_key_value: w.linear(&format!("{p}.attention.query_key_value"), d, 3 * d, true)?,
                 dense: w.linear(&format!("{p}.attention.dense"), d, d, true)?,
-                post_attention_layernorm: w.layer_norm(&format!("{p}.post_attention_layernorm"), ("weight", "bias"), d, eps)?,
+                post_attention_layernorm: w.layer_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
                 h_to_4h: w.linear(&format!("{p}.mlp.dense_h_to_4h"), d, c.intermediate_size, true)?,
                 four_h_to_h: w.linear(&format!("{p}.mlp.dense_4h_to_h"), c.intermediate_size, d, true)?,
             });
@@ -114,7 +114,7 @@ impl<B: Backend> GptNeoX<B> {
         Ok(GptNeoX {
             embed_in: w.embedding("gpt_neox.embed_in.weight", c.vocab_size, d)?,
             layers,
-            final_layer_norm: w.layer_norm("gpt_neox.final_layer_norm", ("weight", "bias"), d, eps)?,
+            final_layer_norm: w.layer_norm("gpt_neox.final_layer_norm", d, eps)?,
             embed_out: w.linear(head, d, c.vocab_size, false)?,
             inv_freq: rope_inv_freq(c.rotary_dim, c.rotary_base, c.rope_scaling.as_ref()),
             config,

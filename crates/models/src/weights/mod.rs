@@ -101,14 +101,15 @@ impl<'a, B: Backend> Loader<'a, B> {
         Ok(RmsNorm { gamma: self.param(name, [width])?, eps })
     }
 
-    /// A LayerNorm `{prefix}.{gamma_name}` / `{prefix}.{beta_name}`.
-    pub fn layer_norm(&self, prefix: &str, names: (&str, &str), width: usize, eps: f64) -> Result<LayerNorm<B>> {
-        Ok(LayerNorm {
-            gamma: self.param(&format!("{prefix}.{}", names.0), [width])?,
-            beta: self.param(&format!("{prefix}.{}", names.1), [width])?,
-            eps,
-        })
+    /// A LayerNorm `{prefix}.weight` (γ) / `{prefix}.bias` (β).
+    pub fn layer_norm(&self, prefix: &str, width: usize, eps: f64) -> Result<LayerNorm<B>> {
+        Ok(LayerNorm { gamma: self.param(&format!("{prefix}.weight"), [width])?, beta: self.param(&format!("{prefix}.bias"), [width])?, eps })
     }
+}
+
+/// Little-endian f32 bytes (as safetensors and GGUF store them) to values.
+pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// Row-major `[rows, cols]` to row-major `[cols, rows]`.

@@ -95,7 +95,7 @@ impl WeightSource for SafetensorsFolder {
         let view = st.tensor(name).map_err(|e| ModelError::corrupt(&shard.path, format!("tensor `{name}`: {e}")))?;
         let bytes = view.data();
         let values = match dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => super::f32_from_le(bytes),
             Dtype::F16 => {
                 bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
             }
