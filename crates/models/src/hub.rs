@@ -8,6 +8,7 @@ use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{ModelError, Result};
+use crate::weights::safetensors_folder::shard_names;
 
 /// A hub model id with an optional revision (branch, tag or commit; default `main`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,15 +130,4 @@ pub fn fetch(id: &HubId, cfg: &HubConfig) -> Result<PathBuf> {
 
 fn snapshot_dir(config: &std::path::Path) -> Result<PathBuf> {
     config.parent().map(|p| p.to_path_buf()).ok_or_else(|| ModelError::corrupt(config, "cached file has no parent folder"))
-}
-
-/// The shard file names listed in a `model.safetensors.index.json`.
-fn shard_names(index: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::corrupt(index, format!("not valid JSON: {e}")))?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::corrupt(index, "no `weight_map` object"))?;
-    let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
 }

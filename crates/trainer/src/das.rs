@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
+use burn::tensor::{loss::cross_entropy_with_logits, ElementConversion, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
@@ -157,7 +157,7 @@ where
             let [n, v] = logits.dims();
             let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), &logits.device());
             let loss = cross_entropy_with_logits(logits, labels.one_hot::<2>(v).float());
-            losses.push(loss.clone().into_scalar().elem_f32());
+            losses.push(loss.clone().into_scalar().elem::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &iv);
             let rate = if step < warm {
                 cfg.lr * (step + 1) as f64 / warm as f64
@@ -212,14 +212,4 @@ pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B
         base_label_accuracy: with_base.then(|| base_hits as f32 / n.max(1) as f32),
         n,
     })
-}
-
-trait ElemF32 {
-    fn elem_f32(self) -> f32;
-}
-
-impl<E: burn::tensor::Element> ElemF32 for E {
-    fn elem_f32(self) -> f32 {
-        burn::tensor::ElementConversion::elem::<f32>(self)
-    }
 }

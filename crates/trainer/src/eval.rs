@@ -44,14 +44,14 @@ impl OnBackend for Eval {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        // The config first (cheap), to know the model and site.
-        let (_, config) = export::load::<B>(&self.intervention, &device)?;
+        // The export says which model and site; it is checked against that model once loaded.
+        let (iv, config) = export::load::<B>(&self.intervention, &device)?;
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
         let loaded = load::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
         let model = &loaded.model;
         let sites = model.sites();
         let target = export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites };
-        let (iv, config) = export::load_for::<B>(&self.intervention, &target, &device)?;
+        config.check_target(&self.intervention, &target)?;
         let [site_name] = config.placement.sites.as_slice() else {
             bail!("{}: eval handles exports placed at one site (this one has {})", self.intervention.display(), config.placement.sites.len());
         };

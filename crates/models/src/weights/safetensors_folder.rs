@@ -33,17 +33,7 @@ impl SafetensorsFolder {
         let files: Vec<PathBuf> = if single.exists() {
             vec![single]
         } else if index_file.exists() {
-            let text = std::fs::read_to_string(&index_file).map_err(|e| ModelError::io(&index_file, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::corrupt(&index_file, format!("not valid JSON: {e}")))?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::corrupt(&index_file, "no `weight_map` object")
-            })?;
-            let mut names: Vec<String> =
-                map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
-            names.sort();
-            names.dedup();
-            names.into_iter().map(|n| dir.join(n)).collect()
+            shard_names(&index_file)?.into_iter().map(|n| dir.join(n)).collect()
         } else {
             return Err(ModelError::MissingTensor {
                 path: dir.to_path_buf(),
@@ -113,4 +103,19 @@ impl WeightSource for SafetensorsFolder {
         };
         Ok((values, shape.clone()))
     }
+}
+
+/// The shard file names a `model.safetensors.index.json` lists, sorted, each once.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::corrupt(index, format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::corrupt(index, "no `weight_map` object"))?;
+    let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
