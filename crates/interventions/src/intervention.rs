@@ -108,6 +108,18 @@ impl<B: Backend> Intervention<B> {
         Some(out)
     }
 
+    /// Its learned rotation, for kinds that have one (to log its orthogonality error).
+    pub fn rotation(&self) -> Option<&crate::orthogonal::Orthogonal<B>> {
+        match self {
+            Intervention::DasFull(i) => Some(&i.rotation),
+            Intervention::DasLowRank(i) => Some(&i.rotation),
+            Intervention::Boundless(i) => Some(&i.rotation),
+            Intervention::SigmoidMask(i) => i.rotation.as_ref(),
+            Intervention::Reft(i) => i.rotation.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether it reads a source activation.
     pub fn needs_source(&self) -> bool {
         match self {

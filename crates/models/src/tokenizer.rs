@@ -20,6 +20,8 @@ pub struct TextTokenizer {
     path: PathBuf,
     /// Id used to pad batches (the pad token, else EOS, else 0).
     pub pad_id: u32,
+    /// The end-of-sequence token, where the tokenizer names one (generation stops at it).
+    pub eos_id: Option<u32>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -43,7 +45,8 @@ impl TextTokenizer {
             .with_truncation(None)
             .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
         let pad_id = ["[PAD]", "<pad>", "<|endoftext|>", "</s>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
-        Ok(TextTokenizer { inner, path: path.to_path_buf(), pad_id })
+        let eos_id = ["<|im_end|>", "</s>", "<|endoftext|>", "<eos>"].iter().find_map(|t| inner.token_to_id(t));
+        Ok(TextTokenizer { inner, path: path.to_path_buf(), pad_id, eos_id })
     }
 
     /// Rebuilds the tokenizer a GGUF file describes.
@@ -113,7 +116,8 @@ impl TextTokenizer {
             inner.with_post_processor(Some(template));
         }
         let pad_id = id("tokenizer.ggml.padding_token_id").or(id("tokenizer.ggml.eos_token_id")).unwrap_or(0);
-        Ok(TextTokenizer { inner, path, pad_id })
+        let eos_id = id("tokenizer.ggml.eos_token_id");
+        Ok(TextTokenizer { inner, path, pad_id, eos_id })
     }
 
     /// Token ids of `text`, with the model's special tokens (BOS, [CLS]/[SEP]) where it adds them.

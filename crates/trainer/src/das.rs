@@ -6,13 +6,12 @@
 //! the output head at the label position alone.
 
 use anyhow::{bail, Context, Result};
-use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{loss::cross_entropy_with_logits, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
+use crate::fit::Objective;
 use ferrovene_models::{forward, gather_positions, resume, run_to, Checkpoint, Input, NoHooks, Site, Transformer};
 
 /// One batch of pairs, with the frozen model's work done.
@@ -33,13 +32,13 @@ pub struct PairBatch<B: Backend> {
     pub dims: Vec<usize>,
 }
 
-fn int2<B: Backend>(rows: &[Vec<usize>], device: &B::Device) -> Tensor<B, 2, Int> {
+pub(crate) fn int2<B: Backend>(rows: &[Vec<usize>], device: &B::Device) -> Tensor<B, 2, Int> {
     let (n, k) = (rows.len(), rows.first().map_or(0, Vec::len));
     let flat: Vec<i64> = rows.iter().flatten().map(|&p| p as i64).collect();
     Tensor::from_data(TensorData::new(flat, [n, k]), device)
 }
 
-fn input_of<B: Backend>(ids: &[Vec<u32>], mask: &[Vec<u32>], device: &B::Device) -> Input<B> {
+pub(crate) fn input_of<B: Backend>(ids: &[Vec<u32>], mask: &[Vec<u32>], device: &B::Device) -> Input<B> {
     let (n, s) = (ids.len(), ids.first().map_or(0, Vec::len));
     let to = |rows: &[Vec<u32>]| -> Tensor<B, 2, Int> {
         Tensor::from_data(TensorData::new(rows.iter().flatten().map(|&x| x as i64).collect::<Vec<_>>(), [n, s]), device)
@@ -123,52 +122,47 @@ pub fn logits_plain<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<
     Ok(at.reshape([n, v]))
 }
 
-/// Training settings.
-#[derive(Debug, Clone, Copy)]
-pub struct TrainConfig {
-    /// Passes over the batches.
-    pub epochs: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Share of the steps spent warming up linearly (then a linear decay to zero).
-    pub warmup: f64,
-    /// AdamW weight decay.
-    pub weight_decay: f64,
+/// The counterfactual cross-entropy of one batch at the label position (mean over pairs).
+pub fn loss<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: &Intervention<B>) -> Result<Tensor<B, 1>> {
+    let logits = logits(model, batch, Some(iv))?;
+    let [n, v] = logits.dims();
+    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), &logits.device());
+    Ok(cross_entropy_with_logits(logits, labels.one_hot::<2>(v).float()))
 }
 
-/// Trains `iv` on the batches with the counterfactual cross-entropy at the label position.
-pub fn train<B: AutodiffBackend, M: Transformer<B>>(
-    model: &M,
-    batches: &[PairBatch<B>],
-    mut iv: Intervention<B>,
-    cfg: TrainConfig,
-) -> Result<(Intervention<B>, Vec<f32>)>
-where
-    Intervention<B>: AutodiffModule<B>,
-{
-    let mut opt = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).init::<B, Intervention<B>>();
-    let total = (cfg.epochs * batches.len()).max(1);
-    let warm = ((cfg.warmup * total as f64).ceil() as usize).max(1);
-    let mut losses = Vec::new();
-    let mut step = 0;
-    for _ in 0..cfg.epochs {
-        for batch in batches {
-            let logits = logits(model, batch, Some(&iv))?;
-            let [n, v] = logits.dims();
-            let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), &logits.device());
-            let loss = cross_entropy_with_logits(logits, labels.one_hot::<2>(v).float());
-            losses.push(loss.clone().into_scalar().elem::<f32>());
-            let grads = GradientsParams::from_grads(loss.backward(), &iv);
-            let rate = if step < warm {
-                cfg.lr * (step + 1) as f64 / warm as f64
-            } else {
-                cfg.lr * (total - step) as f64 / (total - warm).max(1) as f64
-            };
-            iv = opt.step(rate, iv, grads);
-            step += 1;
-        }
+/// DAS as a training objective: counterfactual cross-entropy on the training batches (plus
+/// Boundless DAS's boundary penalty `λ·β`), IIA and loss on the validation batches.
+pub struct DasObjective<'a, B: Backend, M: Transformer<B>> {
+    /// The frozen model.
+    pub model: &'a M,
+    /// Training batches.
+    pub train: &'a [PairBatch<B>],
+    /// Validation batches (may be empty).
+    pub validation: &'a [PairBatch<B>],
+    /// Weight λ of the boundary penalty (Boundless DAS only).
+    pub boundary_penalty: f64,
+}
+
+impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B, M> {
+    fn batches(&self) -> usize {
+        self.train.len()
     }
-    Ok((iv, losses))
+
+    fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<Tensor<B, 1>> {
+        let ce = loss(self.model, &self.train[index], iv)?;
+        Ok(match iv {
+            Intervention::Boundless(b) if self.boundary_penalty != 0.0 => ce + b.boundary.val().sum() * self.boundary_penalty,
+            _ => ce,
+        })
+    }
+
+    fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        let m = evaluate(self.model, self.validation, Some(iv))?;
+        Ok(Some((m.loss, m.iia)))
+    }
 }
 
 /// Evaluation results.
@@ -181,13 +175,19 @@ pub struct Metrics {
     /// Share of pairs whose argmax is the base label (without intervention: the model's accuracy
     /// on the task, which must be high before alignment means anything).
     pub base_label_accuracy: Option<f32>,
+    /// Mean of log p(counterfactual label) − log p(base label), when base labels are given.
+    pub mean_log_odds: Option<f32>,
+    /// Mean cross-entropy of the counterfactual label.
+    pub loss: f32,
     /// Number of pairs.
     pub n: usize,
 }
 
-/// IIA (and the p(label) > p(base label) variant) with `iv`, or without any intervention.
+/// IIA, the p(label) > p(base label) variant, mean log-odds and loss with `iv`, or without any
+/// intervention.
 pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B>], iv: Option<&Intervention<B>>) -> Result<Metrics> {
     let (mut hits, mut beats, mut base_hits, mut n, mut with_base) = (0usize, 0usize, 0usize, 0usize, true);
+    let (mut log_odds, mut nll) = (0f64, 0f64);
     for batch in batches {
         let l = logits(model, batch, iv)?;
         let v = l.dims()[1];
@@ -195,21 +195,28 @@ pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B
         for (row, &label) in batch.labels.iter().enumerate() {
             let r = &values[row * v..(row + 1) * v];
             let argmax = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            let max = r[argmax] as f64;
+            let log_z = max + r.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            nll += log_z - r[label as usize] as f64;
             hits += (argmax == label as usize) as usize;
             match &batch.base_labels {
                 Some(bl) => {
                     beats += (r[label as usize] > r[bl[row] as usize]) as usize;
                     base_hits += (argmax == bl[row] as usize) as usize;
+                    log_odds += r[label as usize] as f64 - r[bl[row] as usize] as f64;
                 }
                 None => with_base = false,
             }
             n += 1;
         }
     }
+    let share = |k: usize| k as f32 / n.max(1) as f32;
     Ok(Metrics {
-        iia: hits as f32 / n.max(1) as f32,
-        label_beats_base: with_base.then(|| beats as f32 / n.max(1) as f32),
-        base_label_accuracy: with_base.then(|| base_hits as f32 / n.max(1) as f32),
+        iia: share(hits),
+        label_beats_base: with_base.then(|| share(beats)),
+        base_label_accuracy: with_base.then(|| share(base_hits)),
+        mean_log_odds: with_base.then(|| (log_odds / n.max(1) as f64) as f32),
+        loss: (nll / n.max(1) as f64) as f32,
         n,
     })
 }

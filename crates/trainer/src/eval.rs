@@ -101,6 +101,8 @@ impl OnBackend for Eval {
                 iia: mean(&|m| m.iia),
                 label_beats_base: ms.iter().all(|m| m.label_beats_base.is_some()).then(|| mean(&|m| m.label_beats_base.unwrap_or(0.0))),
                 base_label_accuracy: ms.iter().all(|m| m.base_label_accuracy.is_some()).then(|| mean(&|m| m.base_label_accuracy.unwrap_or(0.0))),
+                mean_log_odds: ms.iter().all(|m| m.mean_log_odds.is_some()).then(|| mean(&|m| m.mean_log_odds.unwrap_or(0.0))),
+                loss: mean(&|m| m.loss),
                 n,
             }
         };
@@ -118,6 +120,8 @@ impl OnBackend for Eval {
                 "iia_random_rotation": r.random.map(|m| m.iia),
                 "label_beats_base_random_rotation": r.random.and_then(|m| m.label_beats_base),
                 "base_label_accuracy_no_intervention": r.without.base_label_accuracy,
+                "mean_log_odds": r.with.mean_log_odds, "mean_log_odds_no_intervention": r.without.mean_log_odds,
+                "mean_log_odds_random_rotation": r.random.and_then(|m| m.mean_log_odds),
             });
             let out = json!({
                 "intervention": self.intervention, "kind": config.kind, "site": site_name, "model": spec,
@@ -129,14 +133,15 @@ impl OnBackend for Eval {
         } else {
             println!("{} ({}) at {site_name} on {} · model {spec}", self.intervention.display(), config.kind, self.pairs.display());
             println!("controls: (none) = no intervention, (rand R) = the same intervention with a random rotation; base acc = the model's accuracy on the base labels");
-            println!("{:<20} {:>5}  {:>6} {:>7} {:>8}  {:>7} {:>7} {:>8}  {:>8}", "group", "n", "IIA", "(none)", "(rand R)", "p>base", "(none)", "(rand R)", "base acc");
+            println!("{:<20} {:>5}  {:>6} {:>7} {:>8}  {:>7} {:>7} {:>8}  {:>8} {:>7} {:>8}  {:>8}", "group", "n", "IIA", "(none)", "(rand R)", "p>base", "(none)", "(rand R)", "log-odds", "(none)", "(rand R)", "base acc");
             let f = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
             let shown: Vec<&Row> = if self.by.is_some() { rows.iter().chain(std::iter::once(&overall)).collect() } else { vec![&overall] };
             for r in shown {
                 println!(
-                    "{:<20} {:>5}  {:>6.3} {:>7.3} {:>8}  {:>7} {:>7} {:>8}  {:>8}",
+                    "{:<20} {:>5}  {:>6.3} {:>7.3} {:>8}  {:>7} {:>7} {:>8}  {:>8} {:>7} {:>8}  {:>8}",
                     r.group, r.with.n, r.with.iia, r.without.iia, f(r.random.map(|m| m.iia)),
                     f(r.with.label_beats_base), f(r.without.label_beats_base), f(r.random.and_then(|m| m.label_beats_base)),
+                    f(r.with.mean_log_odds), f(r.without.mean_log_odds), f(r.random.and_then(|m| m.mean_log_odds)),
                     f(r.without.base_label_accuracy)
                 );
             }

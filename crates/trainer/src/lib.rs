@@ -1,12 +1,23 @@
 //! The trainer's library: the pieces the `trainer` binary runs, testable on their own.
 //!
-//! Today: DAS on counterfactual pairs at one site — batches prepared once with the frozen
-//! model's run up to the site cached ([`das::prepare`]), training of the intervention only
-//! ([`das::train`]), and interchange intervention accuracy with its no-intervention control
-//! ([`das::evaluate`]).
+//! - [`das`], [`reft`], [`probe`]: what each kind of intervention is trained on — batches with
+//!   the frozen model's work done once, the loss, the evaluation;
+//! - [`fit`]: the one training loop (schedules, clipping, accumulation, annealing, early
+//!   stopping, checkpoints, Ctrl-C, resume), with [`checkpoint`], [`schedule`] and [`events`]
+//!   (TensorBoard, progress bars);
+//! - [`recipe`] and [`run`]: recipes and running them; [`eval`], [`predict`], [`apply`]: the
+//!   other commands; [`device`]: choosing the backend at run time.
 
+pub mod apply;
+pub mod checkpoint;
 pub mod das;
 pub mod device;
 pub mod eval;
+pub mod events;
+pub mod fit;
 pub mod predict;
+pub mod probe;
 pub mod recipe;
+pub mod reft;
+pub mod run;
+pub mod schedule;

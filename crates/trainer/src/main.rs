@@ -1,7 +1,10 @@
 //! `trainer`: the ferrovene command line.
 
 
-use trainer::{device, eval, predict, recipe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use trainer::run::{RunEnd, RunOptions};
+use trainer::{apply, device, eval, predict, recipe};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,7 +24,8 @@ enum Command {
     /// List the recipes in recipes/ (or $FERROVENE_RECIPES) with their descriptions.
     List,
     /// Any other word is a recipe: `trainer das-capitals [--seed N] [--epochs N] [--model M]
-    /// [--device D] [--out DIR] [--set key=value ...]`.
+    /// [--device D] [--out DIR] [--set key=value ...] [--resume RUN_DIR]`; `trainer das-capitals
+    /// --help` lists the options.
     #[command(external_subcommand)]
     Recipe(Vec<String>),
     /// Show a model's next-token distribution after a prompt.
@@ -75,6 +79,48 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
         device: DeviceKind,
     },
+    /// Apply an exported intervention to a prompt: the next-token prediction before and after, or
+    /// generated text without and with it.
+    ///
+    /// Examples:
+    ///   trainer apply --intervention runs/das-capitals/…/intervention.safetensors
+    ///       --prompt "The capital of France is" --source "The capital of Italy is" --positions 3
+    ///   trainer apply --intervention runs/reft/…/intervention.safetensors --prompt "GO->" --generate 40
+    Apply {
+        /// The export (intervention.safetensors).
+        #[arg(long)]
+        intervention: std::path::PathBuf,
+        /// The prompt (the base input).
+        #[arg(long)]
+        prompt: String,
+        /// The source text, for interventions that read one (DAS).
+        #[arg(long)]
+        source: Option<String>,
+        /// Token positions to intervene on: `last` or indices, negative from the end (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "last", allow_hyphen_values = true)]
+        positions: Vec<String>,
+        /// Positions in the source (default: the same as --positions).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        source_positions: Option<Vec<String>>,
+        /// The model (default: the one the export was trained on).
+        #[arg(long)]
+        model: Option<String>,
+        /// Generate this many tokens (greedy) without and with the intervention.
+        #[arg(long)]
+        generate: Option<usize>,
+        /// While generating, also intervene at every generated token (steering, ReFT).
+        #[arg(long)]
+        every_token: bool,
+        /// How many candidates to show.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Where to compute.
+        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+        device: DeviceKind,
+    },
 }
 
 /// Options of a recipe run.
@@ -98,31 +144,77 @@ struct RecipeArgs {
     /// Override any recipe key: --set lr=0.05 --set site="8.block_output".
     #[arg(long = "set")]
     sets: Vec<String>,
-    /// Where to compute (this build: cpu only for training).
+    /// Where to compute: cpu, or wgpu / cuda in builds with those features.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
+    /// Go on from the latest checkpoint of this run folder (written every `checkpoint_every`
+    /// steps and on Ctrl-C); the recipe is the one saved in the folder.
+    #[arg(long, conflicts_with_all = ["model", "seed", "epochs", "sets"])]
+    resume: Option<std::path::PathBuf>,
+    /// No progress bars (they are drawn only on a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Set by Ctrl-C; the training loop checkpoints and stops after the current step.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+/// A recipe run on whatever backend `--device` picks (with autodiff on top).
+struct RecipeJob {
+    name: String,
+    recipe: recipe::Recipe,
+    out: std::path::PathBuf,
+    resume: Option<std::path::PathBuf>,
+    progress: bool,
+}
+
+impl device::OnBackend for RecipeJob {
+    type Output = RunEnd;
+
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<RunEnd> {
+        let opts = RunOptions { out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&INTERRUPT), progress: self.progress };
+        trainer::run::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, opts, &device)
+    }
 }
 
 fn run_recipe(args: Vec<String>) -> Result<()> {
     let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
     let path = recipe::find(&a.recipe)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
-    let mut sets = a.sets.clone();
-    if let Some(m) = &a.model {
-        sets.push(format!("model={}", toml_string(m)));
+    let r = match &a.resume {
+        Some(dir) => {
+            let saved = dir.join("recipe.toml");
+            if !saved.exists() {
+                anyhow::bail!("--resume {}: no recipe.toml there; give the folder of an earlier run of `{name}`", dir.display());
+            }
+            recipe::Recipe::from_file(&saved)?
+        }
+        None => {
+            let mut sets = a.sets.clone();
+            if let Some(m) = &a.model {
+                sets.push(format!("model={}", toml_string(m)));
+            }
+            if let Some(s) = a.seed {
+                sets.push(format!("seed={s}"));
+            }
+            if let Some(e) = a.epochs {
+                sets.push(format!("epochs={e}"));
+            }
+            recipe::Recipe::from_file(&path)?.with_overrides(&sets)?
+        }
+    };
+    ctrlc::set_handler(|| {
+        if INTERRUPT.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+    })?;
+    let job = RecipeJob { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet };
+    match dispatch(a.device, job)? {
+        RunEnd::Done(_) => Ok(()),
+        RunEnd::Interrupted(_) => std::process::exit(130),
     }
-    if let Some(s) = a.seed {
-        sets.push(format!("seed={s}"));
-    }
-    if let Some(e) = a.epochs {
-        sets.push(format!("epochs={e}"));
-    }
-    let r = recipe::Recipe::from_file(&path)?.with_overrides(&sets)?;
-    if a.device != DeviceKind::Cpu {
-        anyhow::bail!("recipe runs use the CPU backend in this build (asked for {:?})", a.device);
-    }
-    recipe::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&name, &r, &a.out, &Default::default())?;
-    Ok(())
 }
 
 fn toml_string(s: &str) -> String {
@@ -148,6 +240,9 @@ fn main() -> Result<()> {
         }
         Command::Eval { intervention, pairs, model, by, batch_size, skip_bad, json, device } => {
             dispatch(device, eval::Eval { intervention, pairs, model, by, batch_size, skip_bad, json })
+        }
+        Command::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, json, device } => {
+            dispatch(device, apply::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, json })
         }
     }
 }

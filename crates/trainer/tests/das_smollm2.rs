@@ -12,7 +12,9 @@ use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 use ferrovene_models::{load, Component, Site, Transformer};
-use trainer::das::{evaluate, logits, logits_plain, prepare, train, TrainConfig};
+use trainer::das::{evaluate, logits, logits_plain, prepare, DasObjective};
+use trainer::fit::{fit, FitConfig, FitIo};
+use trainer::schedule::Decay;
 
 type AD = Autodiff<NdArray<f32>>;
 
@@ -85,8 +87,13 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
     let vanilla = Intervention::Fixed(ferrovene_interventions::fixed::Fixed::new(ferrovene_interventions::fixed::FixedOp::Interchange));
     let full_swap = evaluate(model, &dev_batches, Some(&vanilla)).unwrap();
     let untrained = evaluate(model, &dev_batches, Some(&iv)).unwrap();
-    let cfg = TrainConfig { epochs: 4, lr: 1e-1, warmup: 0.1, weight_decay: 0.0 };
-    let (iv, losses) = train(model, &train_batches, iv, cfg).unwrap();
+    let cfg = FitConfig {
+        epochs: 4, lr: 1e-1, warmup: 0.1, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 3,
+    };
+    let objective = DasObjective { model, train: &train_batches, validation: &[], boundary_penalty: 0.0 };
+    let fitted = fit(&objective, iv, &cfg, FitIo::default()).unwrap();
+    let (iv, losses) = (fitted.intervention, fitted.state.losses);
     let trained = evaluate(model, &dev_batches, Some(&iv)).unwrap();
     let random = evaluate(model, &dev_batches, Some(&iv.with_random_rotation(&mut Rng::new(0)).unwrap())).unwrap();
     assert!(trained.iia >= random.iia + 0.5, "trained {trained:?} vs the same intervention with a random rotation {random:?}");

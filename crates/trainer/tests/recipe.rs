@@ -23,8 +23,8 @@ fn recipes_parse_and_refuse_unknown_keys() {
     let text = std::fs::read_to_string(root().join("recipes/das-capitals.toml")).unwrap();
     let e = format!("{:#}", Recipe::from_toml(&format!("{text}\nlearning_rate = 0.1\n")).unwrap_err());
     assert!(e.contains("learning_rate"), "{e}");
-    let e = format!("{:#}", Recipe::from_toml(&text.replace("kind = \"das\"", "kind = \"reft\"")).unwrap_err());
-    assert!(e.contains("reft") && e.contains("supported: das"), "{e}");
+    let e = format!("{:#}", Recipe::from_toml(&text.replace("kind = \"das\"", "kind = \"steer\"")).unwrap_err());
+    assert!(e.contains("steer") && e.contains("das") && e.contains("boundless"), "{e}");
     let o = r.with_overrides(&["lr=0.05".into(), "site=\"8.block_output\"".into(), "split_by=template".into()]).unwrap();
     assert_eq!((o.lr, o.site.as_str(), o.split_by.as_str()), (0.05, "8.block_output", "template"));
     let e = format!("{:#}", r.with_overrides(&["lrr=1".into()]).unwrap_err());
@@ -66,4 +66,124 @@ fn a_short_run_leaves_export_report_and_recipe_and_eval_reproduces_it() {
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(eval["overall"]["iia"], report["metrics"]["dev"]["iia"], "eval reproduces the run's dev IIA");
     assert_eq!(eval["overall"]["iia_no_intervention"], report["metrics"]["controls"]["no_intervention"]["iia"]);
+}
+
+/// A small DAS recipe on four countries of the capitals pairs, checkpointing every 2 steps.
+fn small_recipe(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("datasets/capitals/capitals.jsonl")).unwrap();
+    let keep = ["France", "Japan", "Italy", "Spain"];
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            keep.contains(&v["meta"]["base"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert!(lines.len() >= 40, "capitals.jsonl has pairs for {keep:?}");
+    let pairs = dir.join("pairs.jsonl");
+    std::fs::write(&pairs, lines.join("\n")).unwrap();
+    let recipe = dir.join("das-small.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "description = \"small\"\nkind = \"das\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"6.block_output\"\nrank = 8\n\
+             batch_size = 4\nepochs = 3\nlr = 0.05\nwarmup = 0.1\nschedule = \"cosine\"\ngrad_clip = 5.0\nseed = 3\n\
+             dev_fraction = 0.25\nsplit_by = \"base\"\ncheckpoint_every = 2\n",
+            pairs.display().to_string()
+        ),
+    )
+    .unwrap();
+    recipe
+}
+
+fn only_run(root: &Path) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(root.join("das-small")).unwrap().map(|e| e.unwrap().path()).collect();
+    let [run] = runs.as_slice() else { panic!("one run folder: {runs:?}") };
+    run.clone()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    out.sort();
+    out
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() {
+    let dir = std::env::temp_dir().join(format!("ferrovene-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = small_recipe(&dir);
+
+    let straight_root = dir.join("straight");
+    let out = trainer().arg(&recipe).arg("--out").arg(&straight_root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let straight = only_run(&straight_root);
+
+    // Interrupt with SIGINT once the first checkpoint is on disk.
+    let cut_root = dir.join("cut");
+    let mut child = trainer().arg(&recipe).arg("--out").arg(&cut_root).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let latest = loop {
+        let found = std::fs::read_dir(cut_root.join("das-small")).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path().join("checkpoints/latest"));
+        if let Some(l) = found.filter(|l| l.exists()) {
+            break l;
+        }
+        assert!(started.elapsed().as_secs() < 300, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "interrupted runs exit with 130: {stderr}");
+    assert!(stderr.contains("--resume"), "the message says how to go on: {stderr}");
+    let cut = only_run(&cut_root);
+    assert!(latest.exists() && !cut.join("intervention.safetensors").exists());
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cut.join("checkpoints").join(std::fs::read_to_string(&latest).unwrap().trim()).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let steps_at_cut = state["step"].as_u64().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(straight.join("report.json")).unwrap()).unwrap();
+    let total = report["training"]["steps"].as_u64().unwrap();
+    assert!(steps_at_cut >= 2 && steps_at_cut < total, "cut at step {steps_at_cut} of {total}");
+
+    let out = trainer().arg(&recipe).arg("--resume").arg(&cut).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        tensors(&cut.join("intervention.safetensors")),
+        tensors(&straight.join("intervention.safetensors")),
+        "the resumed run's weights differ from the uninterrupted run's"
+    );
+    let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cut.join("report.json")).unwrap()).unwrap();
+    assert_eq!(resumed["metrics"], report["metrics"]);
+    assert_eq!(resumed["training"]["resumed"], true);
+    // TensorBoard: one event file per process, both in the run's folder.
+    let event_files = std::fs::read_dir(cut.join("tensorboard")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events.out")).count();
+    assert_eq!(event_files, 2);
+    // --resume takes the recipe as run; overrides are refused.
+    let out = trainer().arg(&recipe).arg("--resume").arg(&cut).args(["--seed", "4"]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bad_recipes_say_what_is_wrong() {
+    let text = std::fs::read_to_string(root().join("recipes/das-capitals.toml")).unwrap();
+    let err = |t: &str| format!("{:#}", Recipe::from_toml(t).unwrap_err());
+    assert!(err(&text.replace("rank = 32\n", "")).contains("kind `das` needs `rank`"));
+    assert!(err(&format!("{text}\nboundary_penalty = 1.0\n")).contains("`boundary_penalty` is a Boundless DAS key"));
+    assert!(err(&text.replace("dev_fraction = 0.25", "dev_fraction = 1.5")).contains("`dev_fraction` must be between 0 and 1"));
+    assert!(err(&text.replace("epochs = 4", "epochs = 0")).contains("at least 1"));
+    assert!(err(&text.replace("kind = \"das\"", "kind = \"dass\"")).contains("unknown variant `dass`"));
+    assert!(err(&format!("{text}\nschedule = \"cosin\"\n")).contains("cosin"));
+    assert!(err(&format!("{text}\n[early_stopping]\npatience = 2\nmetrc = \"loss\"\n")).contains("metrc"));
+    let r = Recipe::from_toml(&text).unwrap();
+    let e = format!("{:#}", r.with_overrides(&["early_stopping={patience=2}".into(), "validation_fraction=0".into()]).unwrap_err());
+    assert!(e.contains("validation_fraction"), "{e}");
+    let o = r.with_overrides(&["grad_clip=1.0".into(), "schedule=cosine".into(), "accumulate=2".into()]).unwrap();
+    assert_eq!((o.grad_clip, o.schedule, o.accumulate), (Some(1.0), trainer::schedule::Decay::Cosine, 2));
 }

@@ -1,0 +1,204 @@
+//! `trainer apply`: an exported intervention on a prompt — the model's next-token prediction
+//! before and after, or text generated greedily with the intervention active.
+//!
+//! Generation here recomputes the whole sequence at every step (no KV cache), so the
+//! intervention acts at the prompt positions at every step exactly as in training, and, with
+//! `--every-token`, also at each generated token.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::{activation::softmax, Int, Tensor, TensorData};
+use ferrovene_interventions::{export, Composition, Intervene, Intervention, Placement};
+use ferrovene_models::{forward, gather_positions, load, run_to, Input, NoHooks, Site, Transformer};
+use serde_json::json;
+
+use crate::device::OnBackend;
+
+/// What to apply, from the command line.
+pub struct Apply {
+    /// The export.
+    pub intervention: PathBuf,
+    /// The prompt (the base).
+    pub prompt: String,
+    /// The source text, for interventions that read one (DAS).
+    pub source: Option<String>,
+    /// Token positions to intervene on: `last`, or indices (negative from the end).
+    pub positions: Vec<String>,
+    /// Positions in the source (default: the same rule as `positions`).
+    pub source_positions: Option<Vec<String>>,
+    /// The model (default: the export's).
+    pub model: Option<String>,
+    /// Generate this many tokens greedily instead of showing the next-token distribution.
+    pub generate: Option<usize>,
+    /// Also intervene at every generated token (steering), not only at the prompt positions.
+    pub every_token: bool,
+    /// Candidates shown.
+    pub top: usize,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// Resolves `last` and (negative) indices against a sequence of `len` tokens.
+pub fn resolve_positions(specs: &[String], len: usize, what: &str) -> Result<Vec<usize>> {
+    specs
+        .iter()
+        .map(|s| {
+            let s = s.trim();
+            let i: i64 = if s == "last" {
+                len as i64 - 1
+            } else {
+                s.parse().map_err(|_| anyhow!("--positions `{s}` for the {what}: write `last` or a token index (negative counts from the end)"))?
+            };
+            let i = if i < 0 { len as i64 + i } else { i };
+            if i < 0 || i >= len as i64 {
+                bail!("--positions `{s}` is outside the {what}, which has {len} tokens");
+            }
+            Ok(i as usize)
+        })
+        .collect()
+}
+
+fn positions_tensor<B: Backend>(p: &[usize], device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(p.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, p.len()]), device)
+}
+
+impl OnBackend for Apply {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let (iv, config) = export::load::<B>(&self.intervention, &device)?;
+        let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
+        let loaded = load::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
+        let model = &loaded.model;
+        let sites = model.sites();
+        config.check_target(&self.intervention, &export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites })?;
+        let [site_name] = config.placement.sites.as_slice() else {
+            bail!("{}: apply handles exports placed at one site (this one has {})", self.intervention.display(), config.placement.sites.len());
+        };
+        let site: Site = site_name.parse()?;
+        let info = model.site_info(site)?;
+        let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
+        let ids = tok.encode(&self.prompt)?;
+        if ids.is_empty() {
+            bail!("the prompt {:?} tokenizes to nothing", self.prompt);
+        }
+        let positions = resolve_positions(&self.positions, ids.len(), "prompt")?;
+
+        if let Intervention::Probe(p) = &iv {
+            let acts = run_to(model, &Input::<B>::from_ids(&[ids.clone()], &device), site)?.activation;
+            let logits = p.logits(gather_positions(acts, positions_tensor::<B>(&positions, &device)));
+            let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
+            let c = p.weight.val().dims()[0];
+            for (j, pos) in positions.iter().enumerate() {
+                let row = &probs[j * c..(j + 1) * c];
+                println!("position {pos}: class probabilities {}", row.iter().enumerate().map(|(k, p)| format!("{k}: {p:.3}")).collect::<Vec<_>>().join(", "));
+            }
+            return Ok(());
+        }
+
+        // The source's vectors, computed once.
+        let source = match (&self.source, iv.needs_source()) {
+            (Some(text), true) => {
+                let sids = tok.encode(text)?;
+                let specs = self.source_positions.as_ref().unwrap_or(&self.positions);
+                let sp = resolve_positions(specs, sids.len(), "source")?;
+                if sp.len() != positions.len() {
+                    bail!("{} source positions for {} prompt positions; give as many of each", sp.len(), positions.len());
+                }
+                let acts = run_to(model, &Input::<B>::from_ids(&[sids], &device), site)?.activation;
+                Some(gather_positions(acts, positions_tensor::<B>(&sp, &device)))
+            }
+            (None, true) => bail!("a {} intervention reads a source: give --source TEXT", iv.kind()),
+            (Some(_), false) => bail!("a {} intervention reads no source; drop --source", iv.kind()),
+            (None, false) => None,
+        };
+        if self.every_token && source.is_some() {
+            bail!("--every-token needs an intervention without a source (ReFT, steering)");
+        }
+
+        // Next-token logits of `seq` with the intervention at `at` (or none).
+        let next = |seq: &[u32], at: Option<&[usize]>| -> Result<Vec<f32>> {
+            let input = Input::<B>::from_ids(&[seq.to_vec()], &device);
+            let hidden = match at {
+                None => forward(model, &input, &mut NoHooks),
+                Some(at) => {
+                    let placement = Placement::new(info, &iv, positions_tensor::<B>(at, &device), source.clone(), config.placement.dims.clone())?;
+                    forward(model, &input, &mut Intervene::new(vec![placement], Composition::Parallel))
+                }
+            };
+            let n = seq.len();
+            let logits = model.head(hidden.slice([0..1, n - 1..n])).ok_or_else(|| anyhow!("model `{spec}` has no next-token head"))?;
+            logits.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("reading logits: {e:?}"))
+        };
+        let argmax = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+
+        if let Some(steps) = self.generate {
+            let mut outputs = Vec::new();
+            for with in [false, true] {
+                let mut seq = ids.clone();
+                for _ in 0..steps {
+                    let at: Vec<usize> = if self.every_token { positions.iter().copied().chain(ids.len()..seq.len()).collect() } else { positions.clone() };
+                    let l = next(&seq, with.then_some(at.as_slice()))?;
+                    let t = argmax(&l);
+                    if tok.eos_id == Some(t) {
+                        break;
+                    }
+                    seq.push(t);
+                }
+                outputs.push(tok.decode(&seq[ids.len()..])?);
+            }
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": iv.kind(), "site": site_name}))?);
+            } else {
+                println!("{} ({}) at {site_name} · {spec}", self.intervention.display(), iv.kind());
+                println!("prompt:  {:?}", self.prompt);
+                println!("without: {:?}", outputs[0]);
+                println!("with:    {:?}", outputs[1]);
+            }
+            return Ok(());
+        }
+
+        let before = next(&ids, None)?;
+        let after = next(&ids, Some(&positions))?;
+        let probs = |l: &[f32]| -> Vec<f32> {
+            let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = l.iter().map(|x| (x - m).exp()).sum();
+            l.iter().map(|x| (x - m).exp() / z).collect()
+        };
+        let (pb, pa) = (probs(&before), probs(&after));
+        let top = |p: &[f32]| -> Vec<usize> {
+            let mut o: Vec<usize> = (0..p.len()).collect();
+            o.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+            o.truncate(self.top);
+            o
+        };
+        let row = |id: usize| -> Result<serde_json::Value> { Ok(json!({"id": id, "token": tok.decode(&[id as u32])?, "p_before": pb[id], "p_after": pa[id]})) };
+        let (tb, ta) = (top(&pb), top(&pa));
+        if self.json {
+            let out = json!({
+                "prompt": self.prompt, "source": self.source, "positions": positions, "kind": iv.kind(), "site": site_name,
+                "before": tb.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
+                "after": ta.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("{} ({}) at {site_name}, positions {positions:?} · {spec}", self.intervention.display(), iv.kind());
+            println!("{:>4}  {:<20} {:>8}   {:<20} {:>8}", "rank", "before", "p", "after", "p");
+            for r in 0..tb.len().max(ta.len()) {
+                let cell = |v: &[usize], p: &[f32]| v.get(r).map(|&i| (format!("{:?}", tok.decode(&[i as u32]).unwrap_or_default()), p[i]));
+                let (b, a) = (cell(&tb, &pb), cell(&ta, &pa));
+                println!(
+                    "{:>4}  {:<20} {:>8}   {:<20} {:>8}",
+                    r + 1,
+                    b.as_ref().map_or(String::new(), |x| x.0.clone()),
+                    b.map_or(String::new(), |x| format!("{:.4}", x.1)),
+                    a.as_ref().map_or(String::new(), |x| x.0.clone()),
+                    a.map_or(String::new(), |x| format!("{:.4}", x.1)),
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! Checkpoints: everything a run needs to go on exactly where it stopped — the intervention, the
+//! optimizer's moments, the best intervention so far (early stopping) and the loop's counters.
+//!
+//! Each checkpoint is a folder `checkpoints/step-NNNNNN/`, written under a temporary name and
+//! renamed into place, and `checkpoints/latest` names the newest one (also replaced atomically),
+//! so a crash while writing leaves the previous checkpoint intact. The two newest are kept.
+//! Tensors are stored at full precision with burn's recorder, so a resumed run continues with
+//! bit-identical state.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::Optimizer;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use ferrovene_interventions::Intervention;
+use serde::{Deserialize, Serialize};
+
+/// A validation result during training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Optimizer steps done when it was measured.
+    pub step: usize,
+    /// Mean loss on the validation examples.
+    pub loss: f32,
+    /// Accuracy on them (IIA for DAS, class accuracy for probes, target-token accuracy for ReFT).
+    pub accuracy: f32,
+}
+
+/// The training loop's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// The loss of every optimizer step so far.
+    pub losses: Vec<f32>,
+    /// Every validation so far.
+    pub history: Vec<Evaluation>,
+    /// The best validation so far (the one whose intervention is kept when early stopping).
+    pub best: Option<Evaluation>,
+    /// Validations since the best one (early stopping's patience counter).
+    pub evals_since_best: usize,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// A fingerprint of what the run trains on (recipe and data hash); a resume refuses to go on
+    /// with different ones.
+    pub fingerprint: String,
+}
+
+type Rec = BinFileRecorder<FullPrecisionSettings>;
+
+/// A checkpoint read back.
+pub struct Restored<B: AutodiffBackend, O> {
+    /// The intervention at the checkpoint.
+    pub intervention: Intervention<B>,
+    /// The optimizer with its state.
+    pub optimizer: O,
+    /// The best intervention so far, when early stopping keeps one.
+    pub best: Option<Intervention<B>>,
+    /// The loop's counters.
+    pub state: LoopState,
+}
+
+/// The `checkpoints/` folder of a run folder.
+pub fn folder(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Writes a checkpoint of the loop at `state.step`.
+pub fn save<B, O>(run_dir: &Path, iv: &Intervention<B>, opt: &O, best: Option<&Intervention<B>>, state: &LoopState) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    Intervention<B>: AutodiffModule<B>,
+    O: Optimizer<Intervention<B>, B>,
+{
+    let root = folder(run_dir);
+    let name = format!("step-{:06}", state.step);
+    let tmp = root.join(format!("{name}.tmp"));
+    let done = root.join(&name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating checkpoint folder {}", tmp.display()))?;
+    let rec = Rec::new();
+    let fail = |what: &str, e: burn::record::RecorderError| anyhow!("writing the {what} of checkpoint {}: {e:?}", tmp.display());
+    rec.record(iv.clone().into_record(), tmp.join("intervention")).map_err(|e| fail("intervention", e))?;
+    rec.record(opt.to_record(), tmp.join("optimizer")).map_err(|e| fail("optimizer state", e))?;
+    if let Some(b) = best {
+        rec.record(b.clone().into_record(), tmp.join("best")).map_err(|e| fail("best intervention", e))?;
+    }
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+    let _ = std::fs::remove_dir_all(&done);
+    std::fs::rename(&tmp, &done).with_context(|| format!("moving {} into place", tmp.display()))?;
+    let latest_tmp = root.join("latest.tmp");
+    std::fs::write(&latest_tmp, &name)?;
+    std::fs::rename(&latest_tmp, root.join("latest"))?;
+    // Keep the newest two.
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp")))
+        .collect();
+    steps.sort();
+    for old in steps.iter().rev().skip(2) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(done)
+}
+
+/// Whether `run_dir` has a checkpoint to resume from.
+pub fn exists(run_dir: &Path) -> bool {
+    folder(run_dir).join("latest").exists()
+}
+
+/// Reads the latest checkpoint into `skeleton` (an intervention of the same shape, e.g. freshly
+/// initialised from the recipe) and `opt` (a fresh optimizer of the same configuration).
+pub fn load<B, O>(run_dir: &Path, skeleton: Intervention<B>, opt: O, device: &B::Device) -> Result<Restored<B, O>>
+where
+    B: AutodiffBackend,
+    Intervention<B>: AutodiffModule<B>,
+    O: Optimizer<Intervention<B>, B>,
+{
+    let root = folder(run_dir);
+    let latest = root.join("latest");
+    let name = std::fs::read_to_string(&latest)
+        .with_context(|| format!("no checkpoint to resume from in {} (runs write one every `checkpoint_every` steps and on Ctrl-C)", run_dir.display()))?;
+    let dir = root.join(name.trim());
+    if !dir.is_dir() {
+        bail!("{} names checkpoint {}, which is missing", latest.display(), dir.display());
+    }
+    let rec = Rec::new();
+    let fail = |what: &str, e: burn::record::RecorderError| anyhow!("reading the {what} of checkpoint {}: {e:?}", dir.display());
+    let intervention = skeleton.clone().load_record(rec.load(dir.join("intervention"), device).map_err(|e| fail("intervention", e))?);
+    let optimizer = opt.load_record(rec.load(dir.join("optimizer"), device).map_err(|e| fail("optimizer state", e))?);
+    let best = if dir.join("best.bin").exists() {
+        Some(skeleton.load_record(rec.load(dir.join("best"), device).map_err(|e| fail("best intervention", e))?))
+    } else {
+        None
+    };
+    let state_path = dir.join("state.json");
+    let state: LoopState = serde_json::from_slice(&std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?)
+        .with_context(|| format!("parsing {}", state_path.display()))?;
+    Ok(Restored { intervention, optimizer, best, state })
+}

@@ -1,0 +1,54 @@
+//! What a run shows while it runs: TensorBoard scalars (written with tensorboard-rs into the run
+//! folder, so `tensorboard --logdir runs/` plots loss, learning rate, dev IIA, temperature and
+//! orthogonality error) and progress bars with an ETA (drawn only on a terminal).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use tensorboard_rs::summary_writer::SummaryWriter;
+
+/// Scalar series of a run, in TensorBoard's event-file format.
+pub struct Events {
+    writer: SummaryWriter,
+    dir: PathBuf,
+}
+
+impl Events {
+    /// Starts an event file in `dir` (created if missing). A resumed run adds a new file beside
+    /// the old ones; TensorBoard reads them as one series.
+    pub fn create(dir: &Path) -> Result<Self> {
+        // tensorboard-rs panics on I/O errors; check what it will need first.
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the TensorBoard folder {}", dir.display()))?;
+        let probe = dir.join(".writable");
+        std::fs::write(&probe, b"").with_context(|| format!("{} is not writable", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(Self { writer: SummaryWriter::new(dir), dir: dir.to_path_buf() })
+    }
+
+    /// Records `value` of series `tag` at optimizer step `step`.
+    pub fn scalar(&mut self, tag: &str, value: f64, step: usize) {
+        self.writer.add_scalar(tag, value as f32, step);
+    }
+
+    /// Pushes what was recorded to disk (done at checkpoints and at the end).
+    pub fn flush(&mut self) {
+        self.writer.flush();
+    }
+
+    /// The folder the event files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A progress bar over `len` units with an ETA; hidden when stderr is not a terminal.
+pub fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(what.to_string());
+    bar
+}

@@ -1,0 +1,139 @@
+//! Probe training: a linear classifier on the frozen model's activations at one site and one
+//! position, trained with cross-entropy on the classes of labelled texts.
+//!
+//! The activations never change, so they are computed once ([`features`]) and every epoch only
+//! trains the probe on them.
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::loss::cross_entropy_with_logits;
+use burn::tensor::{Int, Tensor, TensorData};
+use ferrovene_data::batch::{pad, PaddingSide};
+use ferrovene_data::TokenizedExample;
+use ferrovene_interventions::Intervention;
+use ferrovene_models::{gather_positions, run_to, Site, Transformer};
+
+use crate::das::{input_of, int2};
+use crate::fit::Objective;
+
+/// One batch of labelled activations.
+pub struct FeatureBatch<B: Backend> {
+    /// `[batch, 1, width]` the activation at the example's position.
+    pub features: Tensor<B, 3>,
+    /// `[batch]` classes.
+    pub classes: Vec<usize>,
+}
+
+/// Runs the frozen model on labelled texts up to `site` and keeps the activation at each
+/// example's (single) position.
+pub fn features<B: Backend, M: Transformer<B>>(
+    model: &M,
+    site: Site,
+    examples: &[&TokenizedExample],
+    pad_id: u32,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<FeatureBatch<B>>> {
+    model.site_info(site)?;
+    let side = PaddingSide::for_arch(model.arch());
+    let mut out = Vec::new();
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let mut texts = Vec::new();
+        let mut classes = Vec::new();
+        for ex in chunk {
+            let TokenizedExample::Text { text, class } = ex else { bail!("probes need text/class examples, got another kind") };
+            if text.positions.len() != 1 {
+                bail!("a probe reads one position per text; this example gives {} (write \"positions\": [\"last\"] or one index)", text.positions.len());
+            }
+            texts.push(text);
+            classes.push(*class);
+        }
+        let padded = pad(&texts, pad_id, side);
+        let input = input_of::<B>(&padded.ids, &padded.mask, device);
+        let acts = run_to(model, &input, site).context("running the texts to the site")?.activation;
+        out.push(FeatureBatch { features: gather_positions(acts, int2::<B>(&padded.positions, device)), classes });
+    }
+    Ok(out)
+}
+
+/// The number of classes the examples use (the largest class + 1).
+pub fn class_count(examples: &[&TokenizedExample]) -> usize {
+    examples.iter().filter_map(|e| if let TokenizedExample::Text { class, .. } = e { Some(class + 1) } else { None }).max().unwrap_or(0)
+}
+
+fn logits<B: Backend>(iv: &Intervention<B>, batch: &FeatureBatch<B>) -> Result<Tensor<B, 2>> {
+    let Intervention::Probe(p) = iv else { return Err(anyhow!("probe training needs a linear probe, not {}", iv.kind())) };
+    let l = p.logits(batch.features.clone());
+    let [n, _, c] = l.dims();
+    Ok(l.reshape([n, c]))
+}
+
+/// Cross-entropy of the classes (mean over the batch).
+pub fn loss<B: Backend>(iv: &Intervention<B>, batch: &FeatureBatch<B>) -> Result<Tensor<B, 1>> {
+    let l = logits(iv, batch)?;
+    let [n, c] = l.dims();
+    if let Some(&bad) = batch.classes.iter().find(|&&k| k >= c) {
+        bail!("class {bad} is out of range for a probe with {c} classes");
+    }
+    let classes = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.classes.iter().map(|&k| k as i64).collect::<Vec<_>>(), [n]), &l.device());
+    Ok(cross_entropy_with_logits(l, classes.one_hot::<2>(c).float()))
+}
+
+/// `(accuracy, mean loss)` of the probe on the batches.
+pub fn evaluate<B: Backend>(iv: &Intervention<B>, batches: &[FeatureBatch<B>]) -> Result<(f32, f32)> {
+    let (mut hits, mut n, mut nll) = (0usize, 0usize, 0f64);
+    for batch in batches {
+        let l = logits(iv, batch)?;
+        let c = l.dims()[1];
+        let values: Vec<f32> = l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("reading probe logits: {e:?}"))?;
+        for (r, &k) in batch.classes.iter().enumerate() {
+            let row = &values[r * c..(r + 1) * c];
+            let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+            let max = row[argmax] as f64;
+            let log_z = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            nll += log_z - row.get(k).copied().unwrap_or(f32::NEG_INFINITY) as f64;
+            hits += (argmax == k) as usize;
+            n += 1;
+        }
+    }
+    Ok((hits as f32 / n.max(1) as f32, (nll / n.max(1) as f64) as f32))
+}
+
+/// The share of the most frequent class: the accuracy of always guessing it (a probe's floor).
+pub fn majority_share<B: Backend>(batches: &[FeatureBatch<B>]) -> f32 {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut n = 0;
+    for b in batches {
+        for &k in &b.classes {
+            *counts.entry(k).or_insert(0usize) += 1;
+            n += 1;
+        }
+    }
+    counts.values().max().copied().unwrap_or(0) as f32 / n.max(1) as f32
+}
+
+/// A probe as a training objective.
+pub struct ProbeObjective<'a, B: Backend> {
+    /// Training batches.
+    pub train: &'a [FeatureBatch<B>],
+    /// Validation batches (may be empty).
+    pub validation: &'a [FeatureBatch<B>],
+}
+
+impl<B: AutodiffBackend> Objective<B> for ProbeObjective<'_, B> {
+    fn batches(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<Tensor<B, 1>> {
+        loss(iv, &self.train[index])
+    }
+
+    fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>> {
+        if self.validation.is_empty() {
+            return Ok(None);
+        }
+        let (acc, loss) = evaluate(iv, self.validation)?;
+        Ok(Some((loss, acc)))
+    }
+}
