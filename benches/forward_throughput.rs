@@ -1,14 +1,21 @@
 //! SmolLM2-135M forward throughput on the CPU backend: batch 16 × 16 tokens, full logits.
 //!
-//! Run: `cargo bench --bench forward_throughput` (needs the fixture: scripts/fetch-fixtures).
+//! Run: `cargo bench --bench forward_throughput` (needs the fixture: scripts/fetch-fixtures);
+//! `--features ndarray` measures burn's ndarray backend instead of flex (the default).
 //! Prints the median over timed runs, after one warm-up run.
 
 use std::time::Instant;
 
-use burn::backend::NdArray;
 use ferrovene_models::{forward, load, Input, NoHooks, Transformer};
 
-type B = NdArray<f32>;
+#[cfg(feature = "ndarray")]
+type B = burn::backend::NdArray<f32>;
+#[cfg(feature = "ndarray")]
+const BACKEND: &str = "ndarray";
+#[cfg(not(feature = "ndarray"))]
+type B = ferrovene_models::Cpu;
+#[cfg(not(feature = "ndarray"))]
+const BACKEND: &str = "flex";
 
 const BATCH: usize = 16;
 const SEQ: usize = 16;
@@ -41,7 +48,7 @@ fn main() {
     let median = times[RUNS / 2];
     let tokens = (BATCH * SEQ) as f64;
     println!(
-        "forward batch {BATCH} x {SEQ} tokens (with logits over 49152): median {:.1} ms over {RUNS} runs = {:.0} tokens/s (min {:.1} ms, max {:.1} ms)",
+        "{BACKEND}: forward batch {BATCH} x {SEQ} tokens (with logits over 49152): median {:.1} ms over {RUNS} runs = {:.0} tokens/s (min {:.1} ms, max {:.1} ms)",
         median * 1e3,
         tokens / median,
         times[0] * 1e3,

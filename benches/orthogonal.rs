@@ -5,12 +5,12 @@
 
 use std::time::Instant;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::tensor::Tensor;
 use ferrovene_interventions::orthogonal::orthogonality_error;
 use ferrovene_interventions::{Orthogonal, Rng};
 
-type AD = Autodiff<NdArray<f32>>;
+type AD = Autodiff<ferrovene_models::Cpu>;
 
 fn main() {
     let device = Default::default();

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use burn::backend::NdArray;
 use burn::tensor::Tensor;
 
-pub type B = NdArray<f32>;
+pub type B = ferrovene_models::Cpu;
 
 /// `../shared/golden/<rel>`, or a loud failure naming what is missing.
 pub fn golden(rel: &str) -> PathBuf {

@@ -1,7 +1,6 @@
 //! Exports: bit-exact round trip for every kind, refusal of a wrong target or a damaged file, and
 //! an interrupted write that leaves the old file intact. Also Gemma-Scope-style SAE weights.
 
-use burn::backend::NdArray;
 use burn::module::Param;
 use burn::tensor::Tensor;
 use ferrovene_interventions::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
@@ -14,10 +13,10 @@ use ferrovene_interventions::steering::Steering;
 use ferrovene_interventions::{Activation, Intervention, Orthogonal, Rng};
 use ferrovene_models::{Component, Site, SiteInfo};
 
-type B = NdArray<f32>;
+type B = ferrovene_models::Cpu;
 const D: usize = 8;
 
-fn dev() -> burn::backend::ndarray::NdArrayDevice {
+fn dev() -> ferrovene_models::CpuDevice {
     Default::default()
 }
 

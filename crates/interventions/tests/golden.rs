@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use burn::backend::NdArray;
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use ferrovene_interventions::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
@@ -12,7 +11,7 @@ use ferrovene_interventions::fixed::{Fixed, FixedOp};
 use ferrovene_interventions::reft::{Projection, ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Intervention, Orthogonal};
 
-type B = NdArray<f32>;
+type B = ferrovene_models::Cpu;
 
 struct Golden {
     t: HashMap<String, (Vec<f32>, Vec<usize>)>,

@@ -1,6 +1,5 @@
 //! Identities that must hold exactly (or to float rounding), and how placements compose.
 
-use burn::backend::NdArray;
 use burn::module::Param;
 use burn::tensor::{Int, Tensor};
 use ferrovene_interventions::das::{DasFull, DasLowRank};
@@ -11,9 +10,9 @@ use ferrovene_interventions::subspace::{apply_on_dims, head_dims};
 use ferrovene_interventions::{Activation, Composition, Intervene, Intervention, Orthogonal, Placement, Rng};
 use ferrovene_models::{Component, Site, SiteInfo};
 
-type B = NdArray<f32>;
+type B = ferrovene_models::Cpu;
 
-fn dev() -> burn::backend::ndarray::NdArrayDevice {
+fn dev() -> ferrovene_models::CpuDevice {
     Default::default()
 }
 

@@ -2,7 +2,7 @@
 //! steps; low-rank DAS recovers a planted subspace; Boundless DAS finds the planted size; a
 //! linear probe reaches the Bayes accuracy.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{backend::Backend, loss::cross_entropy_with_logits, Int, Tensor, TensorData};
@@ -11,14 +11,14 @@ use ferrovene_interventions::orthogonal::{orthogonality_error, orthogonality_err
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 
-type B = NdArray<f32>;
+type B = ferrovene_models::Cpu;
 type AD = Autodiff<B>;
 
-fn dev() -> burn::backend::ndarray::NdArrayDevice {
+fn dev() -> ferrovene_models::CpuDevice {
     Default::default()
 }
 
-fn randn<BK: Backend<Device = burn::backend::ndarray::NdArrayDevice>, const N: usize>(rng: &mut Rng, shape: [usize; N]) -> Tensor<BK, N> {
+fn randn<BK: Backend<Device = ferrovene_models::CpuDevice>, const N: usize>(rng: &mut Rng, shape: [usize; N]) -> Tensor<BK, N> {
     rng.normal_tensor(shape, &dev())
 }
 

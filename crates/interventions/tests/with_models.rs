@@ -1,14 +1,14 @@
 //! Interventions placed in a real (tiny) model: the cached path (run to the site, intervene, go
 //! on) equals the hooked forward; shared parameters at two sites receive both sites' gradients.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Composition, Intervene, Intervention, Orthogonal, Placement, Rng};
 use ferrovene_models::{forward, gather_positions, load_folder, resume, run_to, Component, Input, Site, Transformer};
 
-type B = NdArray<f32>;
+type B = ferrovene_models::Cpu;
 type AD = Autodiff<B>;
 
 fn tiny() -> std::path::PathBuf {

@@ -27,3 +27,9 @@ pub use hooks::{gather_positions, scatter_positions, Capture, FnHook, Hooks, NoH
 pub use model::{forward, resume, run_to, Checkpoint, Input, Transformer};
 pub use site::{Component, Site, SiteInfo};
 pub use tokenizer::TextTokenizer;
+
+/// The CPU backend: burn's flex, measured faster than ndarray on this project's machine (2.4× on
+/// a DAS training step, 1.1× on a forward pass; README, Performance).
+pub type Cpu = burn::backend::Flex;
+/// The CPU backend's device.
+pub type CpuDevice = burn::backend::flex::FlexDevice;

@@ -7,7 +7,7 @@ use clap::ValueEnum;
 /// A compute device the user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceKind {
-    /// The ndarray CPU backend (always available).
+    /// burn's flex CPU backend (always available).
     Cpu,
     /// WebGPU through wgpu (Vulkan, Metal, DX12); needs a build with `--features wgpu`.
     Wgpu,
@@ -38,7 +38,7 @@ pub trait OnBackend {
 /// Runs `job` on the requested device, or explains which devices this build has.
 pub fn dispatch<J: OnBackend>(kind: DeviceKind, job: J) -> Result<J::Output> {
     match kind {
-        DeviceKind::Cpu => job.run::<burn::backend::NdArray<f32>>(Default::default()),
+        DeviceKind::Cpu => job.run::<ferrovene_models::Cpu>(Default::default()),
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => job.run::<burn::backend::Wgpu>(Default::default()),
         #[cfg(feature = "cuda")]

@@ -80,6 +80,7 @@ impl OnBackend for Eval {
         let mut all_with = Vec::new();
         let mut all_without = Vec::new();
         let mut all_random = Vec::new();
+        let bar = crate::events::progress(groups.values().map(Vec::len).sum(), "evaluating");
         for (group, examples) in &groups {
             let refs: Vec<&TokenizedExample> = examples.iter().collect();
             let mut batches = prepare(model, site, &refs, tok.pad_id, self.batch_size, &device)?;
@@ -93,7 +94,9 @@ impl OnBackend for Eval {
             all_without.push(without);
             all_random.extend(random);
             rows.push(Row { group: group.clone(), with, without, random });
+            bar.inc(examples.len() as u64);
         }
+        bar.finish_and_clear();
         let total = |ms: &[Metrics]| -> Metrics {
             let n: usize = ms.iter().map(|m| m.n).sum();
             let mean = |f: &dyn Fn(&Metrics) -> f32| ms.iter().map(|m| f(m) * m.n as f32).sum::<f32>() / n.max(1) as f32;

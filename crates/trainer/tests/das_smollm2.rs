@@ -3,7 +3,7 @@
 //! is far above the no-intervention control; the cached path equals the plain path; the model's
 //! weights are bit-identical after training; the export reloads with the same IIA.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use ferrovene_data::batch::split_by_group;
@@ -16,7 +16,7 @@ use trainer::das::{evaluate, logits, logits_plain, prepare, DasObjective};
 use trainer::fit::{fit, FitConfig, FitIo};
 use trainer::schedule::Decay;
 
-type AD = Autodiff<NdArray<f32>>;
+type AD = Autodiff<ferrovene_models::Cpu>;
 
 const COUNTRIES: [(&str, &str); 12] = [
     ("France", " Paris"), ("Italy", " Rome"), ("Germany", " Berlin"), ("Spain", " Madrid"),

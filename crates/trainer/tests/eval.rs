@@ -4,14 +4,13 @@
 
 use std::process::Command;
 
-use burn::backend::NdArray;
 use burn::tensor::Tensor;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::fixed::{Fixed, FixedOp};
 use ferrovene_interventions::steering::Steering;
 use ferrovene_interventions::Intervention;
 
-type B = NdArray<f32>;
+type B = ferrovene_models::Cpu;
 
 fn dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("ferrovene-eval-{}", std::process::id()));

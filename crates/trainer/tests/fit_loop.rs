@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::tensor::{Tensor, TensorData};
 use ferrovene_interventions::das::{Annealing, BoundlessDas, TemperatureSchedule};
 use ferrovene_interventions::probe::LinearProbe;
@@ -19,7 +19,7 @@ use trainer::fit::{fit, EarlyStopping, FitConfig, FitIo, Objective, Outcome, Sto
 use trainer::probe::{FeatureBatch, ProbeObjective};
 use trainer::schedule::Decay;
 
-type AD = Autodiff<NdArray<f32>>;
+type AD = Autodiff<ferrovene_models::Cpu>;
 const D: usize = 8;
 
 fn temp(name: &str) -> PathBuf {

@@ -125,7 +125,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() 
 
     // Interrupt with SIGINT once the first checkpoint is on disk.
     let cut_root = dir.join("cut");
-    let mut child = trainer().arg(&recipe).arg("--out").arg(&cut_root).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = trainer().arg(&recipe).arg("--out").arg(&cut_root).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let started = std::time::Instant::now();
     let latest = loop {
         let found = std::fs::read_dir(cut_root.join("das-small")).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path().join("checkpoints/latest"));
@@ -186,4 +186,67 @@ fn bad_recipes_say_what_is_wrong() {
     assert!(e.contains("validation_fraction"), "{e}");
     let o = r.with_overrides(&["grad_clip=1.0".into(), "schedule=cosine".into(), "accumulate=2".into()]).unwrap();
     assert_eq!((o.grad_clip, o.schedule, o.accumulate), (Some(1.0), trainer::schedule::Decay::Cosine, 2));
+}
+
+fn write_recipe(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn probe_and_reft_recipes_run_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("ferrovene-kinds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // probe: the sentiment word decides the class; held-out words
+    let good = ["great", "wonderful", "brilliant", "superb", "lovely", "excellent", "fantastic", "delightful"];
+    let bad = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "painful", "lousy"];
+    let mut lines = Vec::new();
+    for (class, words) in [(1, good), (0, bad)] {
+        for w in words {
+            for frame in ["I thought this movie was {}.", "The food here is {}.", "Honestly, the book felt {}."] {
+                lines.push(serde_json::json!({"text": frame.replace("{}", w), "class": class, "positions": ["last"], "meta": {"word": w}}).to_string());
+            }
+        }
+    }
+    std::fs::write(dir.join("texts.jsonl"), lines.join("\n")).unwrap();
+    let recipe = write_recipe(&dir, "probe-small", &format!(
+        "description = \"probe\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"20.block_output\"\n\
+         batch_size = 8\nepochs = 30\nlr = 0.01\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"word\"\n",
+        dir.join("texts.jsonl").display().to_string()));
+    let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = std::fs::read_dir(dir.join("runs/probe-small")).unwrap().next().unwrap().unwrap().path();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let acc = report["metrics"]["dev"]["accuracy"].as_f64().unwrap();
+    let majority = report["metrics"]["controls"]["majority_class"].as_f64().unwrap();
+    assert!(acc >= 0.9 && acc > majority, "probe accuracy {acc} vs majority class {majority}");
+    let out = trainer()
+        .args(["apply", "--prompt", "What a superb film.", "--intervention"]).arg(run.join("intervention.safetensors"))
+        .output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("class probabilities"));
+
+    // reft: a few prompts with their targets; a short run that leaves its numbers
+    let lines: Vec<String> = ["red", "blue", "green", "gold", "grey", "pink", "teal", "navy"]
+        .iter()
+        .map(|c| serde_json::json!({"prompt": format!("Colour {c} ->"), "target": format!(" {c} is my colour"), "positions": ["last"], "meta": {"colour": c}}).to_string())
+        .collect();
+    std::fs::write(dir.join("prompts.jsonl"), lines.join("\n")).unwrap();
+    let recipe = write_recipe(&dir, "reft-small", &format!(
+        "description = \"reft\"\nkind = \"reft\"\nfamily = \"loreft\"\nrank = 2\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"24.block_output\"\n\
+         batch_size = 4\nepochs = 2\nlr = 0.01\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"colour\"\n",
+        dir.join("prompts.jsonl").display().to_string()));
+    let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = std::fs::read_dir(dir.join("runs/reft-small")).unwrap().next().unwrap().unwrap().path();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    for key in ["token_accuracy", "exact", "loss"] {
+        assert!(report["metrics"]["dev"][key].is_number() && report["metrics"]["controls"]["no_intervention"][key].is_number(), "{key}: {report}");
+    }
+    assert_eq!(report["training"]["steps"], 4, "6 training prompts in batches of 4, 2 epochs");
+    let (_, config) = ferrovene_interventions::export::load::<ferrovene_models::Cpu>(&run.join("intervention.safetensors"), &Default::default()).unwrap();
+    assert_eq!(config.kind, "loreft");
 }

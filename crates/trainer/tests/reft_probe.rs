@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::tensor::activation::log_softmax;
 use ferrovene_data::format::parse_line;
 use ferrovene_data::{tokenize, Example};
@@ -19,7 +19,7 @@ use ferrovene_models::{forward, gather_positions, load, Component, Site, Transfo
 use trainer::fit::{fit, FitConfig, FitIo};
 use trainer::schedule::Decay;
 
-type AD = Autodiff<NdArray<f32>>;
+type AD = Autodiff<ferrovene_models::Cpu>;
 
 fn cfg(epochs: usize, lr: f64) -> FitConfig {
     FitConfig {

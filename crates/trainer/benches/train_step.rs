@@ -1,0 +1,61 @@
+//! One DAS training step on SmolLM2 (rank 32 at 6.block_output, batch 8 capital pairs, the
+//! frozen run cached): intervention, the rest of the model, head at the label position,
+//! backward, AdamW.
+//!
+//! Run: `cargo bench -p trainer --bench train_step` (needs the fixture: scripts/fetch-fixtures);
+//! `--features ndarray` measures burn's ndarray backend instead of flex (the default). Prints the median of
+//! 10 timed steps after 2 warm-up steps.
+
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use ferrovene_data::{load_jsonl, tokenize, OnError};
+use ferrovene_interventions::das::DasLowRank;
+use ferrovene_interventions::{Intervention, Orthogonal};
+use ferrovene_models::rng::Rng;
+use ferrovene_models::{load, Component, Site};
+
+#[cfg(feature = "ndarray")]
+type Inner = burn::backend::NdArray<f32>;
+#[cfg(feature = "ndarray")]
+const BACKEND: &str = "ndarray";
+#[cfg(not(feature = "ndarray"))]
+type Inner = ferrovene_models::Cpu;
+#[cfg(not(feature = "ndarray"))]
+const BACKEND: &str = "flex";
+type B = Autodiff<Inner>;
+
+fn main() {
+    let device = Default::default();
+    let loaded = load::<B>("smollm2-135m", &device).unwrap_or_else(|e| panic!("{e}"));
+    let tok = loaded.tokenizer.clone().expect("a tokenizer");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/capitals/capitals.jsonl");
+    let file = load_jsonl(&path, OnError::Stop).unwrap_or_else(|e| panic!("{e}"));
+    let examples: Vec<_> = file.examples.iter().take(8).map(|(l, e)| tokenize(e, &tok, &file.path, *l).unwrap_or_else(|e| panic!("{e}"))).collect();
+    let refs: Vec<_> = examples.iter().collect();
+    let site = Site::new(6, Component::BlockOutput);
+    let batches = trainer::das::prepare(&loaded.model, site, &refs, tok.pad_id, 8, &device).unwrap_or_else(|e| panic!("{e}"));
+    let mut iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(32, 576, &mut Rng::new(1), &device) });
+    let mut opt = AdamWConfig::new().init::<B, Intervention<B>>();
+    let mut times = Vec::new();
+    for i in 0..12 {
+        let t = Instant::now();
+        let loss = trainer::das::loss(&loaded.model, &batches[0], &iv).unwrap_or_else(|e| panic!("{e}"));
+        let grads = GradientsParams::from_grads(loss.backward(), &iv);
+        iv = opt.step(1e-2, iv, grads);
+        // Reading a parameter forces the step to finish.
+        let _ = iv.rotation().expect("a rotation").matrix().into_data();
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{BACKEND}: DAS step (rank 32, 6.block_output, batch 8): median {:.0} ms (min {:.0}, max {:.0}) over {} steps",
+        times[times.len() / 2] * 1e3,
+        times[0] * 1e3,
+        times[times.len() - 1] * 1e3,
+        times.len()
+    );
+}
