@@ -51,6 +51,9 @@ impl<B: Backend> Transformer<B> for AnyModel<B> {
     fn arch(&self) -> &'static str {
         each!(self, m => m.arch())
     }
+    fn causal(&self) -> bool {
+        each!(self, m => m.causal())
+    }
     fn n_layers(&self) -> usize {
         each!(self, m => m.n_layers())
     }

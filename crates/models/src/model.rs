@@ -84,6 +84,9 @@ impl<B: Backend> Context<B> {
 pub trait Transformer<B: Backend> {
     /// Architecture name (`llama`, `gpt2`, …), for messages.
     fn arch(&self) -> &'static str;
+    /// Whether each position sees only itself and earlier ones (decoders), so that tokens after
+    /// the last position of interest can be dropped without changing anything before it.
+    fn causal(&self) -> bool;
     /// Number of blocks.
     fn n_layers(&self) -> usize;
     /// Residual stream width.

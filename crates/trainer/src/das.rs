@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
-use ferrovene_data::{LabelId, TokenizedExample};
+use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
 use crate::fit::Objective;
 use ferrovene_models::{forward, gather_positions, resume, run_to, Checkpoint, Input, NoHooks, Site, Transformer};
@@ -72,11 +72,8 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
             base_labels.push(match base_label { Some(LabelId::Token(t)) => Some(*t), _ => None });
         }
         let b = pad(&bases, pad_id, side);
-        let s = pad(&sources, pad_id, side);
         let base_input = input_of::<B>(&b.ids, &b.mask, device);
-        let source_input = input_of::<B>(&s.ids, &s.mask, device);
-        let source_acts = run_to(model, &source_input, site).context("running the sources to the site")?.activation;
-        let source_vectors = gather_positions(source_acts, int2::<B>(&s.positions, device));
+        let source_vectors = source_vectors(model, site, &sources, pad_id, model.causal(), device)?;
         let last: Vec<Vec<usize>> = b.mask.iter().map(|m| vec![m.iter().rposition(|&x| x == 1).unwrap_or(0)]).collect();
         out.push(PairBatch {
             checkpoint: run_to(model, &base_input, site).context("running the bases to the site")?,
@@ -89,6 +86,31 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         });
     }
     Ok(out)
+}
+
+/// `[batch, k, width]`: each source's activations at its positions at `site`. With `trim` (for
+/// causal models) each source is cut after its last position first: later tokens cannot change
+/// what a causal model computes before them, so the vectors are the same and the run shorter.
+pub fn source_vectors<B: Backend, M: Transformer<B>>(
+    model: &M,
+    site: Site,
+    sources: &[&TokenizedInput],
+    pad_id: u32,
+    trim: bool,
+    device: &B::Device,
+) -> Result<Tensor<B, 3>> {
+    let trimmed: Vec<TokenizedInput> = sources
+        .iter()
+        .map(|s| match s.positions.iter().max() {
+            Some(&last) if trim => TokenizedInput { ids: s.ids[..(last + 1).min(s.ids.len())].to_vec(), positions: s.positions.clone() },
+            _ => (*s).clone(),
+        })
+        .collect();
+    let refs: Vec<&TokenizedInput> = trimmed.iter().collect();
+    let s = pad(&refs, pad_id, PaddingSide::for_arch(model.arch()));
+    let input = input_of::<B>(&s.ids, &s.mask, device);
+    let acts = run_to(model, &input, site).context("running the sources to the site")?.activation;
+    Ok(gather_positions(acts, int2::<B>(&s.positions, device)))
 }
 
 /// Next-token logits at the label position (`[batch, vocab]`), from the cache: intervene on the

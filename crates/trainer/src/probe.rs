@@ -9,7 +9,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::loss::cross_entropy_with_logits;
 use burn::tensor::{Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
-use ferrovene_data::TokenizedExample;
+use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_interventions::Intervention;
 use ferrovene_models::{gather_positions, run_to, Site, Transformer};
 
@@ -45,10 +45,13 @@ pub fn features<B: Backend, M: Transformer<B>>(
             if text.positions.len() != 1 {
                 bail!("a probe reads one position per text; this example gives {} (write \"positions\": [\"last\"] or one index)", text.positions.len());
             }
-            texts.push(text);
+            // A causal model's activation at the position does not depend on later tokens.
+            let end = if model.causal() { text.positions[0] + 1 } else { text.ids.len() };
+            texts.push(TokenizedInput { ids: text.ids[..end].to_vec(), positions: text.positions.clone() });
             classes.push(*class);
         }
-        let padded = pad(&texts, pad_id, side);
+        let refs: Vec<&TokenizedInput> = texts.iter().collect();
+        let padded = pad(&refs, pad_id, side);
         let input = input_of::<B>(&padded.ids, &padded.mask, device);
         let acts = run_to(model, &input, site).context("running the texts to the site")?.activation;
         out.push(FeatureBatch { features: gather_positions(acts, int2::<B>(&padded.positions, device)), classes });

@@ -7,12 +7,12 @@ use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use ferrovene_data::batch::split_by_group;
-use ferrovene_data::{load_jsonl, tokenize, OnError};
+use ferrovene_data::{load_jsonl, tokenize, OnError, TokenizedExample};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 use ferrovene_models::{load, Component, Site, Transformer};
-use trainer::das::{evaluate, logits, logits_plain, prepare, DasObjective};
+use trainer::das::{evaluate, logits, logits_plain, prepare, source_vectors, DasObjective};
 use trainer::fit::{fit, FitConfig, FitIo};
 use trainer::schedule::Decay;
 
@@ -82,6 +82,13 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
     let plain: Vec<f32> = logits_plain(model, &dev_batches[0], &iv).unwrap().into_data().to_vec().unwrap();
     let diff = cached.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-3, "cached and plain paths differ by {diff}");
+    // sources cut after their last intervened position give the same vectors as whole sources
+    let sources: Vec<_> = pick(&dev_idx).iter().take(8).map(|e| match e { TokenizedExample::Pair { sources, .. } => &sources[0], _ => unreachable!() }).collect();
+    assert!(sources.iter().any(|s| s.positions.iter().max().unwrap() + 1 < s.ids.len()), "the test needs sources with tokens after the country");
+    let trimmed: Vec<f32> = source_vectors(model, site, &sources, tok.pad_id, true, &dev).unwrap().into_data().to_vec().unwrap();
+    let whole: Vec<f32> = source_vectors(model, site, &sources, tok.pad_id, false, &dev).unwrap().into_data().to_vec().unwrap();
+    let diff = trimmed.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-4, "trimmed and whole sources differ by {diff}");
 
     let control = evaluate(model, &dev_batches, None).unwrap();
     let vanilla = Intervention::Fixed(ferrovene_interventions::fixed::Fixed::new(ferrovene_interventions::fixed::FixedOp::Interchange));

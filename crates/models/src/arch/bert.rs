@@ -123,6 +123,9 @@ impl<B: Backend> Transformer<B> for Bert<B> {
     fn arch(&self) -> &'static str {
         "bert"
     }
+    fn causal(&self) -> bool {
+        false
+    }
     fn n_layers(&self) -> usize {
         self.config.num_layers
     }

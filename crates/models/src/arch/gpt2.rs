@@ -112,6 +112,9 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
     fn arch(&self) -> &'static str {
         "gpt2"
     }
+    fn causal(&self) -> bool {
+        true
+    }
     fn n_layers(&self) -> usize {
         self.config.n_layer
     }

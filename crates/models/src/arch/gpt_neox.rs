@@ -126,6 +126,9 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
     fn arch(&self) -> &'static str {
         "gpt_neox"
     }
+    fn causal(&self) -> bool {
+        true
+    }
     fn n_layers(&self) -> usize {
         self.config.num_layers
     }

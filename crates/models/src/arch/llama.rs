@@ -136,6 +136,9 @@ impl<B: Backend> Transformer<B> for Llama<B> {
     fn arch(&self) -> &'static str {
         "llama"
     }
+    fn causal(&self) -> bool {
+        true
+    }
     fn n_layers(&self) -> usize {
         self.config.num_layers
     }
