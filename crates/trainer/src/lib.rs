@@ -5,6 +5,7 @@
 //! - [`fit`]: the one training loop (schedules, clipping, accumulation, annealing, early
 //!   stopping, checkpoints, Ctrl-C, resume), with [`checkpoint`], [`schedule`] and [`events`]
 //!   (TensorBoard, progress bars);
+//! - [`hierarchical`]: the hierarchical-equality task (an MLP trained from scratch, then DAS);
 //! - [`recipe`] and [`run`]: recipes and running them; [`eval`], [`predict`], [`apply`]: the
 //!   other commands; [`device`]: choosing the backend at run time.
 
@@ -15,6 +16,7 @@ pub mod device;
 pub mod eval;
 pub mod events;
 pub mod fit;
+pub mod hierarchical;
 pub mod predict;
 pub mod probe;
 pub mod recipe;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use trainer::run::{RunEnd, RunOptions};
-use trainer::{apply, device, eval, predict, recipe};
+use trainer::{apply, device, eval, hierarchical, predict, recipe};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -156,6 +156,22 @@ struct RecipeArgs {
     quiet: bool,
 }
 
+/// The hierarchical-equality recipe on the chosen backend.
+struct HierarchicalJob {
+    name: String,
+    recipe: hierarchical::HierarchicalRecipe,
+    out: std::path::PathBuf,
+    progress: bool,
+}
+
+impl device::OnBackend for HierarchicalJob {
+    type Output = std::path::PathBuf;
+
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<std::path::PathBuf> {
+        hierarchical::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, &self.out, self.progress, &device)
+    }
+}
+
 /// Set by Ctrl-C; the training loop checkpoints and stops after the current step.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
@@ -181,6 +197,19 @@ fn run_recipe(args: Vec<String>) -> Result<()> {
     let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
     let path = recipe::find(&a.recipe)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
+    if recipe::kind_of(&path)? == hierarchical::KIND {
+        if a.resume.is_some() || a.model.is_some() || a.epochs.is_some() {
+            anyhow::bail!("{name} trains its own MLP from scratch in a few minutes: --resume, --model and --epochs do not apply (use --set, e.g. --set seeds=[1,2])");
+        }
+        let mut sets = a.sets.clone();
+        if let Some(s) = a.seed {
+            sets.push(format!("seeds=[{s}]"));
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let r = hierarchical::HierarchicalRecipe::from_toml(&text).map_err(|e| e.context(format!("recipe {}", path.display())))?.with_overrides(&sets)?;
+        let job = HierarchicalJob { name, recipe: r, out: a.out.clone(), progress: !a.quiet };
+        return dispatch(a.device, job).map(|_| ());
+    }
     let r = match &a.resume {
         Some(dir) => {
             let saved = dir.join("recipe.toml");

@@ -224,11 +224,27 @@ pub fn list(dir: &Path) -> Result<Vec<(String, Result<String>)>> {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "toml") {
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            out.push((name, Recipe::from_file(&path).map(|r| r.description)));
+            out.push((name, describe(&path)));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The kind named in a recipe file (recipes of different kinds have different schemas).
+pub fn kind_of(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| anyhow!("recipe {}: {e}", path.display()))?;
+    table.get("kind").and_then(|k| k.as_str()).map(str::to_string).ok_or_else(|| anyhow!("recipe {}: no `kind`", path.display()))
+}
+
+/// A recipe's description, after checking the recipe against its kind's schema.
+fn describe(path: &Path) -> Result<String> {
+    if kind_of(path)? == crate::hierarchical::KIND {
+        let text = std::fs::read_to_string(path)?;
+        return Ok(crate::hierarchical::HierarchicalRecipe::from_toml(&text)?.description);
+    }
+    Ok(Recipe::from_file(path)?.description)
 }
 
 /// Finds a recipe by name (in [`recipes_dir`]) or path.

@@ -74,7 +74,7 @@ pub fn timestamp() -> String {
 }
 
 /// A fresh folder `root/name/<timestamp>` (suffixed if two runs start in the same second).
-fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
     let base = root.join(name).join(timestamp());
     let mut dir = base.clone();
     let mut i = 1;

@@ -49,6 +49,26 @@ impl<B: Backend> Mlp<B> {
         Mlp { layers, out: linear(d, config.d_out) }
     }
 
+    /// The same initialisation drawn from a seeded [`Rng`](crate::rng::Rng) instead of the
+    /// backend's global generator, so that a model depends on its seed alone.
+    pub fn init_seeded(config: &MlpConfig, rng: &mut crate::rng::Rng, device: &B::Device) -> Self {
+        let mut linear = |d_in: usize, d_out: usize| {
+            let bound = 1.0 / (d_in as f64).sqrt();
+            Linear {
+                weight: Param::from_tensor(rng.uniform_tensor([d_in, d_out], bound, device)),
+                bias: Some(Param::from_tensor(rng.uniform_tensor([d_out], bound, device))),
+            }
+        };
+        let mut layers = Vec::with_capacity(config.hidden.len());
+        let mut d = config.d_in;
+        for &w in &config.hidden {
+            layers.push(linear(d, w));
+            d = w;
+        }
+        let out = linear(d, config.d_out);
+        Mlp { layers, out }
+    }
+
     /// The hidden-layer sites, `0.hidden` … `(L−1).hidden`.
     pub fn sites(&self) -> Vec<SiteInfo> {
         self.layers
