@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod filler_gap;
 pub mod format;
 pub mod tokenize;
 
