@@ -56,7 +56,13 @@ pub struct Side {
 }
 
 impl Item {
-    /// An identifier of the item (both of its sides): no held-out item may appear in training.
+    /// The text of the side without a gap: items that share it (animate and inanimate versions
+    /// of some constructions) must fall on the same side of a split.
+    pub fn group(&self) -> String {
+        format!("{}|{}", self.construction, self.side(false).text)
+    }
+
+    /// An identifier of the item (both of its sides).
     pub fn key(&self) -> String {
         let e = self.embed.map_or(String::new(), |(n, v)| format!("+{n}:{}", v.0));
         format!("{}|{}|{}|{}|{}|{}{e}", self.construction, self.animate, self.noun, self.verb.0, self.head, self.embedded)
@@ -114,12 +120,17 @@ impl Item {
     /// The pair with base `gap_in_base` and source the other side, intervening at span
     /// `position`, as a line of the pair format.
     pub fn pair_json(&self, gap_in_base: bool, position: &str) -> Value {
+        self.pair_json_at(gap_in_base, &[position])
+    }
+
+    /// The same with several positions (one per named span).
+    pub fn pair_json_at(&self, gap_in_base: bool, positions: &[&str]) -> Value {
         let (base, source) = (self.side(gap_in_base), self.side(!gap_in_base));
         let spans = |s: &Side| s.spans.iter().map(|(n, a, b)| (n.to_string(), json!([a, b]))).collect::<serde_json::Map<_, _>>();
         json!({
             "base": base.text, "spans": spans(&base),
             "sources": [source.text], "source_spans": [spans(&source)],
-            "positions": [{"span": position}],
+            "positions": positions.iter().map(|p| json!({"span": p})).collect::<Vec<_>>(),
             "base_label": base.continuation, "label": source.continuation,
             "meta": {
                 "construction": self.construction, "animate": self.animate, "embedded": self.embedded,

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use trainer::run::{RunEnd, RunOptions};
-use trainer::{apply, device, eval, hierarchical, predict, recipe};
+use trainer::{apply, device, eval, filler_gap, hierarchical, predict, recipe};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -75,6 +75,34 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Where to compute.
+        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+        device: DeviceKind,
+    },
+    /// Run a sweep recipe over sites: `trainer sweep das-filler-gap --layers 0,6,12 --positions
+    /// filler,verb`, or `--full` for every layer and position. Writes the heatmaps (SVG, PNG), the
+    /// numbers (CSV, JSON) and the best site's export into the run folder.
+    Sweep {
+        /// The recipe (a sweep kind: filler-gap).
+        recipe: String,
+        /// Layers to sweep (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<usize>>,
+        /// Positions to sweep (comma-separated span names: filler, article, noun, verb).
+        #[arg(long, value_delimiter = ',')]
+        positions: Option<Vec<String>>,
+        /// Every layer of the model and every position.
+        #[arg(long, conflicts_with_all = ["layers", "positions"])]
+        full: bool,
+        /// Skip the generalisation experiments after the sweep.
+        #[arg(long)]
+        no_generalization: bool,
+        /// Override any recipe key: --set train_pairs=200.
+        #[arg(long = "set")]
+        sets: Vec<String>,
+        /// Where runs go.
+        #[arg(long, default_value = "runs")]
+        out: std::path::PathBuf,
         /// Where to compute.
         #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
         device: DeviceKind,
@@ -172,6 +200,22 @@ impl device::OnBackend for HierarchicalJob {
     }
 }
 
+/// The filler-gap sweep on the chosen backend.
+struct FillerGapJob {
+    name: String,
+    recipe: filler_gap::FillerGapRecipe,
+    out: std::path::PathBuf,
+    progress: bool,
+}
+
+impl device::OnBackend for FillerGapJob {
+    type Output = std::path::PathBuf;
+
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<std::path::PathBuf> {
+        filler_gap::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, &self.out, self.progress, &device)
+    }
+}
+
 /// Set by Ctrl-C; the training loop checkpoints and stops after the current step.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
@@ -197,6 +241,22 @@ fn run_recipe(args: Vec<String>) -> Result<()> {
     let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
     let path = recipe::find(&a.recipe)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
+    if recipe::kind_of(&path)? == filler_gap::KIND {
+        if a.resume.is_some() || a.epochs.is_some() {
+            anyhow::bail!("{name} is a sweep of short runs: --resume and --epochs do not apply (use --set)");
+        }
+        let mut sets = a.sets.clone();
+        if let Some(m) = &a.model {
+            sets.push(format!("model={}", toml_string(m)));
+        }
+        if let Some(s) = a.seed {
+            sets.push(format!("seed={s}"));
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let r = filler_gap::FillerGapRecipe::from_toml(&text).map_err(|e| e.context(format!("recipe {}", path.display())))?.with_overrides(&sets)?;
+        let job = FillerGapJob { name, recipe: r, out: a.out.clone(), progress: !a.quiet };
+        return dispatch(a.device, job).map(|_| ());
+    }
     if recipe::kind_of(&path)? == hierarchical::KIND {
         if a.resume.is_some() || a.model.is_some() || a.epochs.is_some() {
             anyhow::bail!("{name} trains its own MLP from scratch in a few minutes: --resume, --model and --epochs do not apply (use --set, e.g. --set seeds=[1,2])");
@@ -264,6 +324,29 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Recipe(args) => run_recipe(args),
+        Command::Sweep { recipe: name, layers, positions, full, no_generalization, sets, out, device } => {
+            let path = recipe::find(&name)?;
+            if recipe::kind_of(&path)? != filler_gap::KIND {
+                anyhow::bail!("`trainer sweep` runs sweep recipes (kind `{}`); for a pair-file recipe vary the site with --set site=\"L.block_output\"", filler_gap::KIND);
+            }
+            let mut sets = sets;
+            if full {
+                sets.push("layers=\"all\"".into());
+                sets.push(format!("positions=[{}]", filler_gap::POSITIONS.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(",")));
+            }
+            if let Some(l) = layers {
+                sets.push(format!("layers=[{}]", l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")));
+            }
+            if let Some(p) = positions {
+                sets.push(format!("positions=[{}]", p.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(",")));
+            }
+            if no_generalization {
+                sets.push("generalization=false".into());
+            }
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name);
+            let r = filler_gap::FillerGapRecipe::from_toml(&std::fs::read_to_string(&path)?)?.with_overrides(&sets)?;
+            dispatch(device, FillerGapJob { name: stem, recipe: r, out, progress: true }).map(|_| ())
+        }
         Command::Predict { model, prompt, top, json, device } => {
             dispatch(device, predict::Predict { model, prompt, top, json })
         }

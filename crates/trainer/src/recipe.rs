@@ -240,9 +240,14 @@ pub fn kind_of(path: &Path) -> Result<String> {
 
 /// A recipe's description, after checking the recipe against its kind's schema.
 fn describe(path: &Path) -> Result<String> {
-    if kind_of(path)? == crate::hierarchical::KIND {
+    let kind = kind_of(path)?;
+    if kind == crate::hierarchical::KIND {
         let text = std::fs::read_to_string(path)?;
         return Ok(crate::hierarchical::HierarchicalRecipe::from_toml(&text)?.description);
+    }
+    if kind == crate::filler_gap::KIND {
+        let text = std::fs::read_to_string(path)?;
+        return Ok(crate::filler_gap::FillerGapRecipe::from_toml(&text)?.description);
     }
     Ok(Recipe::from_file(path)?.description)
 }
