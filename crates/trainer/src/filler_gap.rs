@@ -501,6 +501,16 @@ where
             axes: ("trained on", "evaluated on"),
         }
         .write(&dir.join("generalization"))?;
+        let mut csv = String::from("trained_on,evaluated_on,iia\n");
+        for (i, row) in matrix.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let _ = writeln!(csv, "{},{},{}", CONSTRUCTIONS[i], CONSTRUCTIONS[j], v.unwrap_or(f32::NAN));
+            }
+        }
+        for l in &loo {
+            let _ = writeln!(csv, "all but {},{},{}", l["held_out"].as_str().unwrap_or(""), l["held_out"].as_str().unwrap_or(""), l["iia"]);
+        }
+        std::fs::write(dir.join("generalization.csv"), csv)?;
         generalization = json!({"layer": best_layer, "position": best_position, "constructions": CONSTRUCTIONS, "matrix": matrix, "leave_one_out": loo});
     }
 

@@ -48,7 +48,7 @@ fn a_small_sweep_writes_heatmaps_numbers_and_export() {
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let run = std::fs::read_dir(out.join("das-filler-gap")).unwrap().next().unwrap().unwrap().path();
-    for f in ["iia.svg", "iia.png", "log_odds.svg", "log_odds.png", "sweep.csv", "report.json", "intervention.safetensors", "generalization.svg", "generalization.png", "recipe.toml"] {
+    for f in ["iia.svg", "iia.png", "log_odds.svg", "log_odds.png", "sweep.csv", "report.json", "intervention.safetensors", "generalization.svg", "generalization.png", "generalization.csv", "recipe.toml"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
@@ -62,4 +62,6 @@ fn a_small_sweep_writes_heatmaps_numbers_and_export() {
     assert_eq!(report["generalization"]["leave_one_out"].as_array().unwrap().len(), 7);
     let csv = std::fs::read_to_string(run.join("sweep.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2);
+    let g = std::fs::read_to_string(run.join("generalization.csv")).unwrap();
+    assert_eq!(g.lines().count(), 1 + 49 + 7, "header, the 7 x 7 matrix, leave-one-out");
 }
