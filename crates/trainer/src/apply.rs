@@ -36,6 +36,8 @@ pub struct Apply {
     pub every_token: bool,
     /// Candidates shown.
     pub top: usize,
+    /// For steering vectors: the scale α (overrides the export's).
+    pub scale: Option<f64>,
     /// Print JSON.
     pub json: bool,
 }
@@ -68,7 +70,12 @@ impl OnBackend for Apply {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        let (iv, config) = export::load::<B>(&self.intervention, &device)?;
+        let (mut iv, config) = export::load::<B>(&self.intervention, &device)?;
+        match (&mut iv, self.scale) {
+            (Intervention::Steering(s), Some(alpha)) => s.alpha = alpha,
+            (_, Some(_)) => bail!("--scale applies to steering vectors, not to a {} intervention", iv.kind()),
+            _ => {}
+        }
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
         let loaded = load::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
         let model = &loaded.model;

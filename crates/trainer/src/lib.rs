@@ -7,7 +7,7 @@
 //!   (TensorBoard, progress bars);
 //! - [`hierarchical`]: the hierarchical-equality task (an MLP trained from scratch, then DAS);
 //! - [`recipe`] and [`run`]: recipes and running them; [`eval`], [`predict`], [`apply`]: the
-//!   other commands; [`device`]: choosing the backend at run time.
+//!   other commands; [`steer`]: steering vectors from two sets of texts; [`device`]: choosing the backend at run time.
 
 pub mod apply;
 pub mod checkpoint;
@@ -25,3 +25,4 @@ pub mod recipe;
 pub mod reft;
 pub mod run;
 pub mod schedule;
+pub mod steer;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use trainer::run::{RunEnd, RunOptions};
-use trainer::{apply, device, eval, filler_gap, hierarchical, predict, recipe};
+use trainer::{apply, device, eval, filler_gap, hierarchical, predict, recipe, steer};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -79,6 +79,34 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
         device: DeviceKind,
     },
+    /// Build a steering vector: the difference of the mean `L.block_output` activations at the last
+    /// token of positive and negative texts, exported like any intervention.
+    ///
+    /// Example: trainer steer --positive happy.txt --negative sad.txt --layer 12 --scale 4 --out steer.safetensors
+    ///   then:  trainer apply --intervention steer.safetensors --prompt "Today I" --generate 20 --every-token
+    Steer {
+        /// Model spec.
+        #[arg(long, default_value = ferrovene_models::registry::DEFAULT_MODEL)]
+        model: String,
+        /// Texts with the behaviour to add: one per line, or JSONL with a `text` field.
+        #[arg(long)]
+        positive: std::path::PathBuf,
+        /// Texts with its opposite.
+        #[arg(long)]
+        negative: std::path::PathBuf,
+        /// Layer whose block_output is read and steered.
+        #[arg(long)]
+        layer: usize,
+        /// The scale α stored in the export (trainer apply --scale overrides it).
+        #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+        scale: f64,
+        /// Where to write the export.
+        #[arg(long, default_value = "steering.safetensors")]
+        out: std::path::PathBuf,
+        /// Where to compute.
+        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+        device: DeviceKind,
+    },
     /// Run a sweep recipe over sites: `trainer sweep das-filler-gap --layers 0,6,12 --positions
     /// filler,verb`, or `--full` for every layer and position. Writes the heatmaps (SVG, PNG), the
     /// numbers (CSV, JSON) and the best site's export into the run folder.
@@ -142,6 +170,9 @@ enum Command {
         /// How many candidates to show.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// For a steering vector: the scale α (default: the export's).
+        #[arg(long, allow_hyphen_values = true)]
+        scale: Option<f64>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -353,8 +384,11 @@ fn main() -> Result<()> {
         Command::Eval { intervention, pairs, model, by, batch_size, skip_bad, json, device } => {
             dispatch(device, eval::Eval { intervention, pairs, model, by, batch_size, skip_bad, json })
         }
-        Command::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, json, device } => {
-            dispatch(device, apply::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, json })
+        Command::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, scale, json, device } => {
+            dispatch(device, apply::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, scale, json })
+        }
+        Command::Steer { model, positive, negative, layer, scale, out, device } => {
+            dispatch(device, steer::Steer { model, positive, negative, layer, scale, out })
         }
     }
 }
