@@ -49,6 +49,16 @@ pub enum Layers {
 }
 
 impl Layers {
+    /// Checks the value without a model: a non-empty list, or the word `"all"`.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Layers::List(v) if v.is_empty() => bail!("`layers` is empty"),
+            Layers::List(_) => Ok(()),
+            Layers::All(w) if w == "all" => Ok(()),
+            Layers::All(w) => bail!("`layers` is a list of layers or \"all\", not {w:?}"),
+        }
+    }
+
     /// The layers for a model with `n` of them.
     pub fn resolve(&self, n: usize) -> Result<Vec<usize>> {
         match self {
@@ -105,7 +115,7 @@ impl FillerGapRecipe {
         if r.kind != KIND {
             bail!("kind `{}` is not `{KIND}`", r.kind);
         }
-        r.layers.resolve(usize::MAX)?;
+        r.layers.check()?;
         if let Some(p) = r.positions.iter().find(|p| !POSITIONS.contains(&p.as_str())) {
             bail!("position `{p}` is not one of {}", POSITIONS.join(", "));
         }

@@ -21,6 +21,7 @@ pub mod heatmap;
 pub mod hierarchical;
 pub mod predict;
 pub mod probe;
+pub mod probe_layers;
 pub mod recipe;
 pub mod reft;
 pub mod run;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use trainer::run::{RunEnd, RunOptions};
-use trainer::{apply, device, eval, filler_gap, hierarchical, predict, recipe, steer};
+use trainer::{apply, device, eval, filler_gap, hierarchical, predict, probe_layers, recipe, steer};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -231,6 +231,22 @@ impl device::OnBackend for HierarchicalJob {
     }
 }
 
+/// The probe-layers recipe on the chosen backend.
+struct ProbeLayersJob {
+    name: String,
+    recipe: probe_layers::ProbeLayersRecipe,
+    out: std::path::PathBuf,
+    progress: bool,
+}
+
+impl device::OnBackend for ProbeLayersJob {
+    type Output = std::path::PathBuf;
+
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<std::path::PathBuf> {
+        probe_layers::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, &self.out, self.progress, &device)
+    }
+}
+
 /// The filler-gap sweep on the chosen backend.
 struct FillerGapJob {
     name: String,
@@ -272,6 +288,22 @@ fn run_recipe(args: Vec<String>) -> Result<()> {
     let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
     let path = recipe::find(&a.recipe)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
+    if recipe::kind_of(&path)? == probe_layers::KIND {
+        if a.resume.is_some() || a.epochs.is_some() {
+            anyhow::bail!("{name} trains one small probe per layer: --resume and --epochs do not apply (use --set)");
+        }
+        let mut sets = a.sets.clone();
+        if let Some(m) = &a.model {
+            sets.push(format!("model={}", toml_string(m)));
+        }
+        if let Some(s) = a.seed {
+            sets.push(format!("seed={s}"));
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let r = probe_layers::ProbeLayersRecipe::from_toml(&text).map_err(|e| e.context(format!("recipe {}", path.display())))?.with_overrides(&sets)?;
+        let job = ProbeLayersJob { name, recipe: r, out: a.out.clone(), progress: !a.quiet };
+        return dispatch(a.device, job).map(|_| ());
+    }
     if recipe::kind_of(&path)? == filler_gap::KIND {
         if a.resume.is_some() || a.epochs.is_some() {
             anyhow::bail!("{name} is a sweep of short runs: --resume and --epochs do not apply (use --set)");

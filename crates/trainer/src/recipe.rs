@@ -245,6 +245,10 @@ fn describe(path: &Path) -> Result<String> {
         let text = std::fs::read_to_string(path)?;
         return Ok(crate::hierarchical::HierarchicalRecipe::from_toml(&text)?.description);
     }
+    if kind == crate::probe_layers::KIND {
+        let text = std::fs::read_to_string(path)?;
+        return Ok(crate::probe_layers::ProbeLayersRecipe::from_toml(&text)?.description);
+    }
     if kind == crate::filler_gap::KIND {
         let text = std::fs::read_to_string(path)?;
         return Ok(crate::filler_gap::FillerGapRecipe::from_toml(&text)?.description);

@@ -65,3 +65,15 @@ fn a_small_sweep_writes_heatmaps_numbers_and_export() {
     let g = std::fs::read_to_string(run.join("generalization.csv")).unwrap();
     assert_eq!(g.lines().count(), 1 + 49 + 7, "header, the 7 x 7 matrix, leave-one-out");
 }
+
+#[test]
+fn layers_are_a_list_or_all() {
+    use trainer::filler_gap::Layers;
+    assert_eq!(Layers::All("all".into()).resolve(3).unwrap(), vec![0, 1, 2]);
+    assert!(Layers::All("every".into()).check().is_err());
+    assert!(Layers::List(vec![]).check().is_err());
+    assert!(format!("{:#}", Layers::List(vec![1, 30]).resolve(30).unwrap_err()).contains("layer 30 does not exist"));
+    let text = std::fs::read_to_string(root().join("recipes/das-filler-gap.toml")).unwrap();
+    let r = FillerGapRecipe::from_toml(&text).unwrap().with_overrides(&["layers=\"all\"".into()]).unwrap();
+    assert_eq!(r.layers, Layers::All("all".into()));
+}

@@ -1,0 +1,270 @@
+//! `probe-layers`: a linear probe on every layer's `block_output`, with Hewitt & Liang's control
+//! task, on labelled texts generated from templates (the sentiment of an adjective in short
+//! review-like sentences). Selectivity = accuracy − control accuracy, per layer.
+//!
+//! The control task gives every adjective a random but fixed class, so a probe can only solve it
+//! by memorising word identities; held-out sentences use new frames with the same adjectives, so
+//! memorisation carries over and the control accuracy measures what the probe could do without
+//! the property. One forward per batch yields every layer's activations.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use ferrovene_data::batch::{pad, PaddingSide};
+use ferrovene_data::{tokenize, TokenizedExample, TokenizedInput};
+use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
+use ferrovene_interventions::probe::LinearProbe;
+use ferrovene_interventions::Intervention;
+use ferrovene_models::rng::Rng;
+use ferrovene_models::{gather_positions, load, NoHooks, Transformer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::das::{input_of, int2};
+use crate::events::progress;
+use crate::filler_gap::Layers;
+use crate::fit::{fit, FitConfig, FitIo};
+use crate::heatmap::Heatmap;
+use crate::probe::{evaluate, majority_share, FeatureBatch, ProbeObjective};
+use crate::schedule::Decay;
+
+/// The recipe's kind.
+pub const KIND: &str = "probe-layers";
+
+const POSITIVE: [&str; 12] = ["wonderful", "great", "brilliant", "lovely", "superb", "delightful", "excellent", "charming", "pleasant", "marvellous", "splendid", "fantastic"];
+const NEGATIVE: [&str; 12] = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "painful", "lousy", "dismal", "tedious", "miserable", "appalling"];
+const FRAMES: [&str; 8] = [
+    "The movie was {}.", "I found the book {}.", "Her speech sounded {}.", "The food tasted {}.", "That concert felt {}.", "His idea seemed {}.",
+    "Our trip was {}.", "The show looked {}.",
+];
+
+/// The recipe (`recipes/probe-layers.toml`). Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeLayersRecipe {
+    /// One line for `trainer list`.
+    pub description: String,
+    /// `probe-layers`.
+    pub kind: String,
+    /// Model spec.
+    pub model: String,
+    /// Layers probed: a list, or `"all"`.
+    pub layers: Layers,
+    /// Sentence frames held out for evaluation (of 8).
+    pub held_out_frames: usize,
+    /// Epochs of probe training.
+    pub epochs: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Texts per batch.
+    pub batch_size: usize,
+    /// Seed of the control labels, the initialisation and the batch order.
+    pub seed: u64,
+}
+
+impl ProbeLayersRecipe {
+    /// Parses and checks a recipe.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let r: Self = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        if r.kind != KIND {
+            bail!("kind `{}` is not `{KIND}`", r.kind);
+        }
+        if r.held_out_frames == 0 || r.held_out_frames >= FRAMES.len() {
+            bail!("`held_out_frames` must be between 1 and {}", FRAMES.len() - 1);
+        }
+        r.layers.check()?;
+        Ok(r)
+    }
+
+    /// Applies `key=value` overrides (TOML values).
+    pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
+        let mut table = toml::Table::try_from(self).map_err(|e| anyhow!("{e}"))?;
+        for set in sets {
+            let (key, value) = set.split_once('=').ok_or_else(|| anyhow!("--set `{set}`: write it as key=value"))?;
+            if !table.contains_key(key.trim()) {
+                bail!("--set `{set}`: unknown key `{}` (keys: {})", key.trim(), table.keys().cloned().collect::<Vec<_>>().join(", "));
+            }
+            let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
+                .ok()
+                .and_then(|t| t.get("v").cloned())
+                .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
+            table.insert(key.trim().to_string(), v);
+        }
+        Self::from_toml(&toml::to_string(&table)?)
+    }
+}
+
+/// One labelled sentence: its text, frame, adjective, real class and control class.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    /// The sentence.
+    pub text: String,
+    /// Index of its frame.
+    pub frame: usize,
+    /// The adjective.
+    pub adjective: &'static str,
+    /// 1 = positive sentiment.
+    pub class: usize,
+    /// The adjective's random class (the control task).
+    pub control: usize,
+}
+
+/// Every frame × adjective, with control classes drawn per adjective from `seed` (half of each).
+pub fn dataset(seed: u64) -> Vec<Labelled> {
+    let words: Vec<(&'static str, usize)> = POSITIVE.iter().map(|w| (*w, 1)).chain(NEGATIVE.iter().map(|w| (*w, 0))).collect();
+    let mut control: Vec<usize> = (0..words.len()).map(|i| i % 2).collect();
+    Rng::new(seed ^ 0xC0_47_20_1).shuffle(&mut control);
+    let mut out = Vec::new();
+    for (f, frame) in FRAMES.iter().enumerate() {
+        for (k, (w, class)) in words.iter().enumerate() {
+            out.push(Labelled { text: frame.replace("{}", w), frame: f, adjective: w, class: *class, control: control[k] });
+        }
+    }
+    out
+}
+
+/// Per layer: `[n, 1, width]` activations at each text's adjective (its last token), batched.
+fn features<B: Backend, M: Transformer<B>>(model: &M, tok: &ferrovene_models::TextTokenizer, data: &[Labelled], layers: &[usize], batch: usize, device: &B::Device) -> Result<BTreeMap<usize, Vec<burn::tensor::Tensor<B, 3>>>> {
+    let deepest = layers.iter().copied().max().unwrap_or(0);
+    let mut out: BTreeMap<usize, Vec<_>> = BTreeMap::new();
+    for chunk in data.chunks(batch.max(1)) {
+        let inputs: Vec<TokenizedInput> = chunk
+            .iter()
+            .map(|l| {
+                let start = l.text.find(l.adjective).context("the adjective is in its sentence")?;
+                let (a, b) = (l.text[..start].chars().count(), l.text[..start].chars().count() + l.adjective.chars().count());
+                let line = json!({"text": l.text, "spans": {"adj": [a, b]}, "positions": [{"span": "adj"}], "class": l.class}).to_string();
+                let ex = ferrovene_data::format::parse_line(&line).map_err(|e| anyhow!(e))?;
+                match tokenize(&ex, tok, Path::new("probe-layers"), 1)? {
+                    TokenizedExample::Text { text, .. } => Ok(text),
+                    _ => bail!("a text example"),
+                }
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&TokenizedInput> = inputs.iter().collect();
+        let p = pad(&refs, tok.pad_id, PaddingSide::for_arch(model.arch()));
+        let input = input_of::<B>(&p.ids, &p.mask, device);
+        let positions = int2::<B>(&p.positions, device);
+        let ctx = model.context(&input);
+        let mut x = model.embed(&input);
+        for l in 0..=deepest {
+            x = model.block(l, x, &ctx, &mut NoHooks);
+            if layers.contains(&l) {
+                out.entry(l).or_default().push(gather_positions(x.clone(), positions.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn batches<B: Backend>(feats: &[burn::tensor::Tensor<B, 3>], data: &[Labelled], batch: usize, control: bool) -> Vec<FeatureBatch<B>> {
+    feats
+        .iter()
+        .zip(data.chunks(batch.max(1)))
+        .map(|(f, chunk)| FeatureBatch { features: f.clone(), classes: chunk.iter().map(|l| if control { l.control } else { l.class }).collect() })
+        .collect()
+}
+
+/// One layer's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerResult {
+    /// Layer.
+    pub layer: usize,
+    /// Held-out accuracy on the real task.
+    pub accuracy: f32,
+    /// Held-out accuracy on the control task.
+    pub control_accuracy: f32,
+    /// accuracy − control accuracy.
+    pub selectivity: f32,
+}
+
+/// Runs the recipe: a probe and a control probe per layer; table, plot, CSV/JSON, the most
+/// selective layer's probe exported.
+pub fn run<B: AutodiffBackend>(name: &str, r: &ProbeLayersRecipe, out_root: &Path, show: bool, device: &B::Device) -> Result<PathBuf>
+where
+    Intervention<B>: AutodiffModule<B>,
+{
+    let started = std::time::Instant::now();
+    let dir = crate::run::new_run_dir(out_root, name)?;
+    std::fs::write(dir.join("recipe.toml"), toml::to_string(r)?)?;
+    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let layers = r.layers.resolve(model.n_layers())?;
+    let data = dataset(r.seed);
+    let mut frames: Vec<usize> = (0..FRAMES.len()).collect();
+    Rng::new(r.seed).shuffle(&mut frames);
+    let held: Vec<usize> = frames[..r.held_out_frames].to_vec();
+    let (test, train): (Vec<Labelled>, Vec<Labelled>) = data.into_iter().partition(|l| held.contains(&l.frame));
+    let train_f = features(model, tok, &train, &layers, r.batch_size, device)?;
+    let test_f = features(model, tok, &test, &layers, r.batch_size, device)?;
+    let cfg = FitConfig {
+        epochs: r.epochs, lr: r.lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed,
+    };
+    let bar = progress(layers.len(), "layers");
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut results = Vec::new();
+    let mut best: Option<(f32, Intervention<B>, usize)> = None;
+    for &layer in &layers {
+        let mut acc = [0.0f32; 2];
+        for (k, control) in [false, true].into_iter().enumerate() {
+            let tr = batches(&train_f[&layer], &train, r.batch_size, control);
+            let te = batches(&test_f[&layer], &test, r.batch_size, control);
+            let iv = Intervention::Probe(LinearProbe::init(model.width(), 2, &mut Rng::new(r.seed ^ layer as u64), device));
+            let fitted = fit(&ProbeObjective { train: &tr, validation: &[] }, iv, &cfg, FitIo::default())?;
+            acc[k] = evaluate(&fitted.intervention, &te)?.0;
+            if !control && best.as_ref().is_none_or(|b| acc[0] > b.0) {
+                best = Some((acc[0], fitted.intervention, layer));
+            }
+        }
+        results.push(LayerResult { layer, accuracy: acc[0], control_accuracy: acc[1], selectivity: acc[0] - acc[1] });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let majority = majority_share(&batches(&test_f[&layers[0]], &test, r.batch_size, false));
+
+    let mut table = format!("{name}: held-out probe accuracy per layer at the adjective ({} sentences, majority class {majority:.2})\n", test.len());
+    let _ = writeln!(table, "{:>6} {:>9} {:>9} {:>12}", "layer", "accuracy", "control", "selectivity");
+    let mut csv = String::from("layer,accuracy,control_accuracy,selectivity\n");
+    for x in &results {
+        let _ = writeln!(table, "{:>6} {:>9.3} {:>9.3} {:>12.3}", x.layer, x.accuracy, x.control_accuracy, x.selectivity);
+        let _ = writeln!(csv, "{},{},{},{}", x.layer, x.accuracy, x.control_accuracy, x.selectivity);
+    }
+    std::fs::write(dir.join("layers.csv"), csv)?;
+    Heatmap {
+        title: &format!("{name}: accuracy, control accuracy and selectivity by layer"),
+        rows: vec!["accuracy".into(), "control".into(), "selectivity".into()],
+        columns: layers.iter().map(|l| l.to_string()).collect(),
+        values: vec![
+            results.iter().map(|x| Some(x.accuracy)).collect(),
+            results.iter().map(|x| Some(x.control_accuracy)).collect(),
+            results.iter().map(|x| Some(x.selectivity.max(0.0))).collect(),
+        ],
+        axes: ("", "layer"),
+    }
+    .write(&dir.join("layers"))?;
+    let (_, probe, best_layer) = best.context("no layers")?;
+    let config = ExportConfig {
+        format: 0, kind: String::new(), width: 0, hyper: Default::default(),
+        placement: PlacementConfig { sites: vec![format!("{best_layer}.block_output")], positions: "span:adj".into(), site_width: model.width(), dims: vec![], composition: Default::default() },
+        model: ModelConfig { id: r.model.clone(), revision: loaded.revision.clone(), arch: model.arch().into(), hidden_size: model.width() },
+        training: json!({"recipe": name, "classes": ["negative", "positive"]}),
+    };
+    export::save(&probe, config, &dir.join("intervention.safetensors"))?;
+    let report = json!({
+        "recipe": name, "config": r, "layers": results, "majority_class": majority,
+        "data": {"train": train.len(), "test": test.len(), "held_out_frames": held},
+        "timings_s": {"total": started.elapsed().as_secs_f64()},
+        "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
+    });
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    print!("{table}");
+    println!("run folder: {} ({:.0} s)", dir.display(), started.elapsed().as_secs_f64());
+    Ok(dir)
+}
