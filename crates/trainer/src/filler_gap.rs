@@ -125,21 +125,9 @@ impl FillerGapRecipe {
         Ok(r)
     }
 
-    /// Applies `key=value` overrides (TOML values).
+    /// Applies `key=value` overrides (TOML values); every key of the recipe may be set.
     pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
-        let mut table = toml::Table::try_from(self).map_err(|e| anyhow!("{e}"))?;
-        for set in sets {
-            let (key, value) = set.split_once('=').ok_or_else(|| anyhow!("--set `{set}`: write it as key=value"))?;
-            if !table.contains_key(key.trim()) {
-                bail!("--set `{set}`: unknown key `{}` (keys: {})", key.trim(), table.keys().cloned().collect::<Vec<_>>().join(", "));
-            }
-            let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
-                .ok()
-                .and_then(|t| t.get("v").cloned())
-                .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
-            table.insert(key.trim().to_string(), v);
-        }
-        Self::from_toml(&toml::to_string(&table)?)
+        crate::recipe::apply_overrides(self, sets, None, Self::from_toml)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use trainer::run::{RunEnd, RunOptions};
+use trainer::run::{Experiment, RunEnd, RunOptions};
 use trainer::{apply, device, eval, filler_gap, hierarchical, predict, probe_layers, recipe, steer};
 
 use anyhow::Result;
@@ -215,51 +215,20 @@ struct RecipeArgs {
     quiet: bool,
 }
 
-/// The hierarchical-equality recipe on the chosen backend.
-struct HierarchicalJob {
+/// A self-contained experiment recipe (hierarchical equality, filler-gap, probe layers) on the
+/// chosen backend.
+struct ExperimentJob<R> {
     name: String,
-    recipe: hierarchical::HierarchicalRecipe,
+    recipe: R,
     out: std::path::PathBuf,
     progress: bool,
 }
 
-impl device::OnBackend for HierarchicalJob {
+impl<R: Experiment> device::OnBackend for ExperimentJob<R> {
     type Output = std::path::PathBuf;
 
     fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<std::path::PathBuf> {
-        hierarchical::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, &self.out, self.progress, &device)
-    }
-}
-
-/// The probe-layers recipe on the chosen backend.
-struct ProbeLayersJob {
-    name: String,
-    recipe: probe_layers::ProbeLayersRecipe,
-    out: std::path::PathBuf,
-    progress: bool,
-}
-
-impl device::OnBackend for ProbeLayersJob {
-    type Output = std::path::PathBuf;
-
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<std::path::PathBuf> {
-        probe_layers::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, &self.out, self.progress, &device)
-    }
-}
-
-/// The filler-gap sweep on the chosen backend.
-struct FillerGapJob {
-    name: String,
-    recipe: filler_gap::FillerGapRecipe,
-    out: std::path::PathBuf,
-    progress: bool,
-}
-
-impl device::OnBackend for FillerGapJob {
-    type Output = std::path::PathBuf;
-
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<std::path::PathBuf> {
-        filler_gap::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, &self.out, self.progress, &device)
+        self.recipe.run_on::<burn::backend::Autodiff<B>>(&self.name, &self.out, self.progress, &device)
     }
 }
 
@@ -288,50 +257,29 @@ fn run_recipe(args: Vec<String>) -> Result<()> {
     let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
     let path = recipe::find(&a.recipe)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
-    if recipe::kind_of(&path)? == probe_layers::KIND {
+    let kind = recipe::kind_of(&path)?;
+    if [hierarchical::KIND, filler_gap::KIND, probe_layers::KIND].contains(&kind.as_str()) {
         if a.resume.is_some() || a.epochs.is_some() {
-            anyhow::bail!("{name} trains one small probe per layer: --resume and --epochs do not apply (use --set)");
+            anyhow::bail!("{name} (kind `{kind}`) is a self-contained experiment of short runs: --resume and --epochs do not apply (use --set)");
         }
+        let hierarchical = kind == hierarchical::KIND;
         let mut sets = a.sets.clone();
         if let Some(m) = &a.model {
+            if hierarchical {
+                anyhow::bail!("{name} trains its own MLP: --model does not apply");
+            }
             sets.push(format!("model={}", toml_string(m)));
         }
         if let Some(s) = a.seed {
-            sets.push(format!("seed={s}"));
+            sets.push(if hierarchical { format!("seeds=[{s}]") } else { format!("seed={s}") });
         }
         let text = std::fs::read_to_string(&path)?;
-        let r = probe_layers::ProbeLayersRecipe::from_toml(&text).map_err(|e| e.context(format!("recipe {}", path.display())))?.with_overrides(&sets)?;
-        let job = ProbeLayersJob { name, recipe: r, out: a.out.clone(), progress: !a.quiet };
-        return dispatch(a.device, job).map(|_| ());
-    }
-    if recipe::kind_of(&path)? == filler_gap::KIND {
-        if a.resume.is_some() || a.epochs.is_some() {
-            anyhow::bail!("{name} is a sweep of short runs: --resume and --epochs do not apply (use --set)");
-        }
-        let mut sets = a.sets.clone();
-        if let Some(m) = &a.model {
-            sets.push(format!("model={}", toml_string(m)));
-        }
-        if let Some(s) = a.seed {
-            sets.push(format!("seed={s}"));
-        }
-        let text = std::fs::read_to_string(&path)?;
-        let r = filler_gap::FillerGapRecipe::from_toml(&text).map_err(|e| e.context(format!("recipe {}", path.display())))?.with_overrides(&sets)?;
-        let job = FillerGapJob { name, recipe: r, out: a.out.clone(), progress: !a.quiet };
-        return dispatch(a.device, job).map(|_| ());
-    }
-    if recipe::kind_of(&path)? == hierarchical::KIND {
-        if a.resume.is_some() || a.model.is_some() || a.epochs.is_some() {
-            anyhow::bail!("{name} trains its own MLP from scratch in a few minutes: --resume, --model and --epochs do not apply (use --set, e.g. --set seeds=[1,2])");
-        }
-        let mut sets = a.sets.clone();
-        if let Some(s) = a.seed {
-            sets.push(format!("seeds=[{s}]"));
-        }
-        let text = std::fs::read_to_string(&path)?;
-        let r = hierarchical::HierarchicalRecipe::from_toml(&text).map_err(|e| e.context(format!("recipe {}", path.display())))?.with_overrides(&sets)?;
-        let job = HierarchicalJob { name, recipe: r, out: a.out.clone(), progress: !a.quiet };
-        return dispatch(a.device, job).map(|_| ());
+        let at = |e: anyhow::Error| e.context(format!("recipe {}", path.display()));
+        return match kind.as_str() {
+            hierarchical::KIND => experiment(&a, name, hierarchical::HierarchicalRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
+            filler_gap::KIND => experiment(&a, name, filler_gap::FillerGapRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
+            _ => experiment(&a, name, probe_layers::ProbeLayersRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
+        };
     }
     let r = match &a.resume {
         Some(dir) => {
@@ -367,6 +315,11 @@ fn run_recipe(args: Vec<String>) -> Result<()> {
         RunEnd::Done(_) => Ok(()),
         RunEnd::Interrupted(_) => std::process::exit(130),
     }
+}
+
+/// Runs an experiment recipe on the device the arguments name.
+fn experiment<R: Experiment>(a: &RecipeArgs, name: String, recipe: R) -> Result<()> {
+    dispatch(a.device, ExperimentJob { name, recipe, out: a.out.clone(), progress: !a.quiet }).map(|_| ())
 }
 
 fn toml_string(s: &str) -> String {
@@ -408,7 +361,7 @@ fn main() -> Result<()> {
             }
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name);
             let r = filler_gap::FillerGapRecipe::from_toml(&std::fs::read_to_string(&path)?)?.with_overrides(&sets)?;
-            dispatch(device, FillerGapJob { name: stem, recipe: r, out, progress: true }).map(|_| ())
+            dispatch(device, ExperimentJob { name: stem, recipe: r, out, progress: true }).map(|_| ())
         }
         Command::Predict { model, prompt, top, json, device } => {
             dispatch(device, predict::Predict { model, prompt, top, json })

@@ -195,21 +195,31 @@ impl Recipe {
     /// Applies `key=value` overrides (values in TOML syntax: `lr=0.05`, `site="8.block_output"`,
     /// `early_stopping={patience=3}`; a bare word is taken as a string).
     pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
-        let mut table = toml::Table::try_from(self).map_err(|e| anyhow!("{e}"))?;
-        for set in sets {
-            let (key, value) = set.split_once('=').ok_or_else(|| anyhow!("--set `{set}`: write it as key=value"))?;
-            let key = key.trim();
-            if !KEYS.contains(&key) {
-                bail!("--set `{set}`: unknown recipe key `{key}` (keys: {})", KEYS.join(", "));
-            }
-            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
-                .ok()
-                .and_then(|t| t.get("v").cloned())
-                .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
-            table.insert(key.to_string(), parsed);
-        }
-        Self::from_toml(&toml::to_string(&table)?).context("after --set")
+        apply_overrides(self, sets, Some(KEYS), Self::from_toml)
     }
+}
+
+/// Applies `key=value` overrides to a recipe of any kind: the recipe as a TOML table, each value
+/// parsed as TOML (a bare word taken as a string), keys checked against `keys` (`None`: the keys
+/// the recipe has), and the result parsed and checked again by `parse`.
+pub fn apply_overrides<T: Serialize>(recipe: &T, sets: &[String], keys: Option<&[&str]>, parse: impl Fn(&str) -> Result<T>) -> Result<T> {
+    let mut table = toml::Table::try_from(recipe).map_err(|e| anyhow!("{e}"))?;
+    let own: Vec<String> = table.keys().cloned().collect();
+    let own: Vec<&str> = own.iter().map(String::as_str).collect();
+    let keys = keys.unwrap_or(&own);
+    for set in sets {
+        let (key, value) = set.split_once('=').ok_or_else(|| anyhow!("--set `{set}`: write it as key=value"))?;
+        let key = key.trim();
+        if !keys.contains(&key) {
+            bail!("--set `{set}`: unknown recipe key `{key}` (keys: {})", keys.join(", "));
+        }
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {}", value.trim()))
+            .ok()
+            .and_then(|t| t.get("v").cloned())
+            .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
+        table.insert(key.to_string(), parsed);
+    }
+    parse(&toml::to_string(&table)?).context("after --set")
 }
 
 /// Where recipes live: `$FERROVENE_RECIPES`, else `recipes/` in the working directory.

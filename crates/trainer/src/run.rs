@@ -41,6 +41,31 @@ pub struct RunOptions<'a> {
     pub progress: bool,
 }
 
+/// A recipe kind that runs as one self-contained experiment of short runs (no checkpoints):
+/// hierarchical equality, the filler-gap sweep, probes per layer.
+pub trait Experiment {
+    /// Runs it on backend `B`; returns the run folder under `out_root/name/`.
+    fn run_on<B: AutodiffBackend>(&self, name: &str, out_root: &Path, progress: bool, device: &B::Device) -> Result<PathBuf>;
+}
+
+impl Experiment for crate::hierarchical::HierarchicalRecipe {
+    fn run_on<B: AutodiffBackend>(&self, name: &str, out_root: &Path, progress: bool, device: &B::Device) -> Result<PathBuf> {
+        crate::hierarchical::run::<B>(name, self, out_root, progress, device)
+    }
+}
+
+impl Experiment for crate::filler_gap::FillerGapRecipe {
+    fn run_on<B: AutodiffBackend>(&self, name: &str, out_root: &Path, progress: bool, device: &B::Device) -> Result<PathBuf> {
+        crate::filler_gap::run::<B>(name, self, out_root, progress, device)
+    }
+}
+
+impl Experiment for crate::probe_layers::ProbeLayersRecipe {
+    fn run_on<B: AutodiffBackend>(&self, name: &str, out_root: &Path, progress: bool, device: &B::Device) -> Result<PathBuf> {
+        crate::probe_layers::run::<B>(name, self, out_root, progress, device)
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
