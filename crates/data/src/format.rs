@@ -142,6 +142,12 @@ impl Loaded {
 pub fn load_jsonl(path: &Path, on_error: OnError) -> Result<Loaded> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
+    parse_jsonl(path, &text, on_error)
+}
+
+/// [`load_jsonl`] on text already read from `path` (for callers that also hash or copy it);
+/// errors name `path` and the line.
+pub fn parse_jsonl(path: &Path, text: &str, on_error: OnError) -> Result<Loaded> {
     let mut loaded = Loaded { path: path.to_path_buf(), examples: Vec::new(), skipped: Vec::new() };
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;

@@ -333,7 +333,33 @@ fn p_beats(m: &Metrics) -> f32 {
     m.label_beats_base.unwrap_or(0.0)
 }
 
-/// Trains rank-`r.rank` DAS at one site on `train`, returns it with its held-out numbers.
+/// Trains rank-`r.rank` DAS at one site on `train`; returns it with the first and last step's
+/// loss.
+pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(
+    model: &M,
+    r: &FillerGapRecipe,
+    train: &[Cached<B>],
+    layer: usize,
+    position: &str,
+    device: &B::Device,
+) -> Result<(Intervention<B>, (f32, f32))>
+where
+    Intervention<B>: AutodiffModule<B>,
+{
+    let train_b = site_batches(train, layer, position, device)?;
+    let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(r.rank, model.width(), &mut Rng::new(r.seed ^ (layer as u64) << 8), device) });
+    let cfg = FitConfig {
+        epochs: r.epochs, lr: r.lr, warmup: r.warmup, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed,
+    };
+    let fitted = fit(&DasObjective { model, train: &train_b, validation: &[], boundary_penalty: 0.0 }, iv, &cfg, FitIo::default())?;
+    let losses = &fitted.state.losses;
+    let loss = (losses.first().copied().unwrap_or(f32::NAN), losses.last().copied().unwrap_or(f32::NAN));
+    Ok((fitted.intervention, loss))
+}
+
+/// Trains rank-`r.rank` DAS at one site on `train`, returns it with its held-out numbers beside
+/// the controls.
 pub fn train_site<B: AutodiffBackend, M: Transformer<B>>(
     model: &M,
     r: &FillerGapRecipe,
@@ -346,18 +372,8 @@ pub fn train_site<B: AutodiffBackend, M: Transformer<B>>(
 where
     Intervention<B>: AutodiffModule<B>,
 {
-    let width = model.width();
-    let train_b = site_batches(train, layer, position, device)?;
+    let (iv, loss) = train_das(model, r, train, layer, position, device)?;
     let test_b = site_batches(test, layer, position, device)?;
-    let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(r.rank, width, &mut Rng::new(r.seed ^ (layer as u64) << 8), device) });
-    let cfg = FitConfig {
-        epochs: r.epochs, lr: r.lr, warmup: r.warmup, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed,
-    };
-    let fitted = fit(&DasObjective { model, train: &train_b, validation: &[], boundary_penalty: 0.0 }, iv, &cfg, FitIo::default())?;
-    let losses = &fitted.state.losses;
-    let loss = (losses.first().copied().unwrap_or(f32::NAN), losses.last().copied().unwrap_or(f32::NAN));
-    let iv = fitted.intervention;
     let with = evaluate(model, &test_b, Some(&iv))?;
     let none = evaluate(model, &test_b, None)?;
     let random = evaluate(model, &test_b, Some(&iv.with_random_rotation(&mut Rng::new(r.seed ^ 0xA11CE)).context("a rotation")?))?;
@@ -383,8 +399,7 @@ where
     Intervention<B>: AutodiffModule<B>,
 {
     let started = std::time::Instant::now();
-    let dir = crate::run::new_run_dir(out_root, name)?;
-    std::fs::write(dir.join("recipe.toml"), toml::to_string(r)?)?;
+    let dir = crate::run::start_run(out_root, name, r)?;
     let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
@@ -472,7 +487,8 @@ where
         let mut matrix = vec![vec![None; CONSTRUCTIONS.len()]; CONSTRUCTIONS.len()];
         let mut loo = Vec::new();
         for (i, c) in CONSTRUCTIONS.iter().enumerate() {
-            let (iv, _) = train_site(model, r, &per_train[i], &per_test[i], best_layer, &best_position, device)?;
+            // Only the matrix row is needed here: no controls.
+            let (iv, _) = train_das(model, r, &per_train[i], best_layer, &best_position, device)?;
             for (j, t) in per_test.iter().enumerate() {
                 let b = site_batches(t, best_layer, &best_position, device)?;
                 matrix[i][j] = Some(p_beats(&evaluate(model, &b, Some(&iv))?));

@@ -387,8 +387,7 @@ where
     Intervention<B>: AutodiffModule<B>,
 {
     let started = std::time::Instant::now();
-    let dir = crate::run::new_run_dir(out_root, name)?;
-    std::fs::write(dir.join("recipe.toml"), toml::to_string(r)?)?;
+    let dir = crate::run::start_run(out_root, name, r)?;
     let bar = progress(r.seeds.len(), "seeds");
     if !show {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());

@@ -177,8 +177,7 @@ where
     Intervention<B>: AutodiffModule<B>,
 {
     let started = std::time::Instant::now();
-    let dir = crate::run::new_run_dir(out_root, name)?;
-    std::fs::write(dir.join("recipe.toml"), toml::to_string(r)?)?;
+    let dir = crate::run::start_run(out_root, name, r)?;
     let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;

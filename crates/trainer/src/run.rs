@@ -14,7 +14,8 @@ use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use ferrovene_data::batch::split_by_group;
-use ferrovene_data::{load_jsonl, tokenize, OnError, TokenizedExample};
+use ferrovene_data::format::parse_jsonl;
+use ferrovene_data::{tokenize, OnError, TokenizedExample};
 use ferrovene_interventions::das::{BoundlessDas, DasLowRank, TemperatureSchedule};
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::probe::LinearProbe;
@@ -98,8 +99,16 @@ pub fn timestamp() -> String {
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// A fresh run folder `root/name/<timestamp>` with the recipe as run written into it first, so
+/// that even a crashed run says what it was.
+pub(crate) fn start_run<T: serde::Serialize>(root: &Path, name: &str, recipe: &T) -> Result<PathBuf> {
+    let dir = new_run_dir(root, name)?;
+    std::fs::write(dir.join("recipe.toml"), toml::to_string(recipe)?).with_context(|| format!("writing the recipe into {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// A fresh folder `root/name/<timestamp>` (suffixed if two runs start in the same second).
-pub(crate) fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
+fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
     let base = root.join(name).join(timestamp());
     let mut dir = base.clone();
     let mut i = 1;
@@ -196,20 +205,16 @@ where
     let started = Instant::now();
     let dir = match opts.resume {
         Some(d) => d.to_path_buf(),
-        None => {
-            let d = new_run_dir(opts.out_root, name)?;
-            std::fs::write(d.join("recipe.toml"), toml::to_string(recipe)?)?;
-            d
-        }
+        None => start_run(opts.out_root, name, recipe)?,
     };
     let site: Site = recipe.site.parse()?;
     let loaded = load::<B>(&recipe.model, device).with_context(|| format!("loading model `{}`", recipe.model))?;
     let model = &loaded.model;
     let info = model.site_info(site)?;
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", recipe.model))?;
-    let data_bytes = std::fs::read(&recipe.pairs).with_context(|| format!("reading {} (the recipe's `pairs`)", recipe.pairs.display()))?;
-    let data_hash = fnv1a(&data_bytes);
-    let file = load_jsonl(&recipe.pairs, OnError::Stop)?;
+    let data_text = std::fs::read_to_string(&recipe.pairs).with_context(|| format!("reading {} (the recipe's `pairs`)", recipe.pairs.display()))?;
+    let data_hash = fnv1a(data_text.as_bytes());
+    let file = parse_jsonl(&recipe.pairs, &data_text, OnError::Stop)?;
     let examples: Vec<TokenizedExample> = file.examples.iter().map(|(l, e)| tokenize(e, tok, &file.path, *l)).collect::<std::result::Result<_, _>>()?;
     let groups: Vec<String> = file
         .examples
@@ -336,8 +341,7 @@ where
     export::save(&fitted.intervention, config, &dir.join("intervention.safetensors"))?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     // The held-out examples, as they were in the file, so `trainer eval` can reproduce the numbers.
-    let text = String::from_utf8_lossy(&data_bytes);
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = data_text.lines().collect();
     let dev_lines: Vec<&str> = dev_idx.iter().map(|&i| lines[file.examples[i].0 - 1]).collect();
     std::fs::write(dir.join("dev.jsonl"), dev_lines.join("\n") + "\n")?;
     println!("run folder: {} (TensorBoard: tensorboard --logdir {})", dir.display(), events.dir().display());
