@@ -105,20 +105,24 @@ pub fn positions_from_mask<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2, 
     (mask.cumsum(1) - 1).clamp_min(0)
 }
 
-/// The additive attention bias `[batch, 1, seq, seq]`: 0 where query `i` may see key `j`,
-/// a large negative number elsewhere (future keys when `causal`, padded keys always).
-pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Int>, causal: bool) -> Tensor<B, 4> {
-    let [batch, seq] = mask.dims();
+/// The additive attention bias `[batch, 1, queries, total]` for the last `queries` of the `total`
+/// positions in `mask` (all of them without a KV cache): 0 where a query may see a key, a large
+/// negative number elsewhere (later keys when `causal`, padded keys always).
+pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Int>, queries: usize, causal: bool) -> Tensor<B, 4> {
+    let [batch, total] = mask.dims();
     let device = mask.device();
-    let padded: Tensor<B, 4, Bool> = mask.equal_elem(0).reshape([batch, 1, 1, seq]).expand([batch, 1, seq, seq]);
+    let shape = [batch, 1, queries, total];
+    let padded: Tensor<B, 4, Bool> = mask.equal_elem(0).reshape([batch, 1, 1, total]).expand(shape);
     let blocked = if causal {
-        // burn's `tril_mask` is true *outside* the lower triangle: exactly the future keys.
-        let future = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &device).reshape([1, 1, seq, seq]);
-        padded.bool_or(future.expand([batch, 1, seq, seq]))
+        // burn's `tril_mask` is true *outside* the lower triangle; offset by the cached positions,
+        // query i (position total − queries + i) sees keys up to its own position.
+        let past = (total - queries) as i64;
+        let future = Tensor::<B, 2, Bool>::tril_mask([queries, total], past, &device).reshape([1, 1, queries, total]);
+        padded.bool_or(future.expand(shape))
     } else {
         padded
     };
-    Tensor::<B, 4>::zeros([batch, 1, seq, seq], &device).mask_fill(blocked, f32::MIN / 2.0)
+    Tensor::<B, 4>::zeros(shape, &device).mask_fill(blocked, f32::MIN / 2.0)
 }
 
 /// Scaled dot-product attention: `softmax(q kᵀ / √d + bias) v`, all `[batch, heads, seq, d]`.

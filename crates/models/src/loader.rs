@@ -80,6 +80,20 @@ impl<B: Backend> Transformer<B> for AnyModel<B> {
     }
 }
 
+impl<B: Backend> AnyModel<B> {
+    /// Number of distinct parameters (a head tied to the embeddings counted once), for reporting
+    /// what share of a model an intervention trains.
+    pub fn parameter_count(&self) -> usize {
+        let shared = match self {
+            AnyModel::Llama(m) => m.shared_parameters(),
+            AnyModel::Gpt2(m) => m.shared_parameters(),
+            AnyModel::GptNeoX(m) => m.shared_parameters(),
+            AnyModel::Bert(_) => 0,
+        };
+        self.num_params() - shared
+    }
+}
+
 /// A loaded model with its tokenizer and where it came from.
 #[derive(Debug)]
 pub struct LoadedModel<B: Backend> {

@@ -1,6 +1,8 @@
 //! What every transformer offers: the forward with hooks, and its two halves (run to a site;
 //! go on from a site) that let a trainer cache the frozen part of the computation.
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use burn::tensor::{backend::Backend, Int, Tensor};
 
 use crate::error::{ModelError, Result};
@@ -17,6 +19,9 @@ pub struct Input<B: Backend> {
     pub mask: Tensor<B, 2, Int>,
     /// `[batch, seq]` segment ids (BERT); zeros when absent.
     pub token_types: Option<Tensor<B, 2, Int>>,
+    /// The cache of the earlier positions this input continues (generation with a KV cache):
+    /// the tokens here come after the cached ones, and [`forward`] adds their keys and values.
+    pub past: Option<KvCache<B>>,
 }
 
 impl<B: Backend> Input<B> {
@@ -28,7 +33,7 @@ impl<B: Backend> Input<B> {
         let flat: Vec<i64> = rows.iter().flatten().map(|&i| i as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_ints(flat.as_slice(), device).reshape([batch, seq]);
         let mask = Tensor::ones([batch, seq], device);
-        Input { ids, mask, token_types: None }
+        Input { ids, mask, token_types: None, past: None }
     }
 
     /// Rows of different lengths, padded with `pad_id` on the right (`left = false`) or left.
@@ -53,6 +58,7 @@ impl<B: Backend> Input<B> {
             ids: Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).reshape([batch, seq]),
             mask: Tensor::<B, 1, Int>::from_ints(mask.as_slice(), device).reshape([batch, seq]),
             token_types: None,
+            past: None,
         }
     }
 
@@ -60,22 +66,122 @@ impl<B: Backend> Input<B> {
     pub fn dims(&self) -> [usize; 2] {
         self.ids.dims()
     }
+
+    /// This input as the continuation of the positions held in `cache`.
+    pub fn continuing(mut self, cache: &KvCache<B>) -> Self {
+        self.past = Some(cache.clone());
+        self
+    }
+
+    /// The mask of every position seen so far: the cached ones, then these.
+    fn full_mask(&self) -> Tensor<B, 2, Int> {
+        match self.past.as_ref().and_then(KvCache::mask) {
+            Some(past) => Tensor::cat(vec![past, self.mask.clone()], 1),
+            None => self.mask.clone(),
+        }
+    }
+
+    /// `[batch, seq]` position of each token among the real tokens of its row, counting the cached
+    /// ones: what learned position embeddings and rotary angles are indexed by.
+    pub fn positions(&self) -> Tensor<B, 2, Int> {
+        let seq = self.dims()[1];
+        let all = positions_from_mask(self.full_mask());
+        let total = all.dims()[1];
+        all.narrow(1, total - seq, seq)
+    }
 }
 
-/// Per-batch tensors every block needs: the attention bias and, for rotary models, the angles.
+/// The keys and values of the positions a model has already read, per layer, so that generation
+/// feeds each new token alone instead of the whole sequence again. A handle: clones share one
+/// cache. Use it with [`forward`] only (not with [`run_to`] / [`resume`], which would add the
+/// same positions twice).
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    state: Arc<Mutex<KvState<B>>>,
+}
+
+#[derive(Debug)]
+struct KvState<B: Backend> {
+    /// Per layer, keys and values `[batch, kv_heads, cached, head_dim]` as attention reads them.
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// `[batch, cached]` mask of the cached positions.
+    mask: Option<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> Default for KvCache<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        KvCache { state: Arc::new(Mutex::new(KvState { layers: Vec::new(), mask: None })) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, KvState<B>> {
+        // A panic elsewhere cannot leave the state half-written: every write is one assignment.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.lock().mask.as_ref().map_or(0, |m| m.dims()[1])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn mask(&self) -> Option<Tensor<B, 2, Int>> {
+        self.lock().mask.clone()
+    }
+
+    /// Appends the new positions' keys and values at `layer` and returns all of them.
+    fn extend(&self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>, full_mask: &Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let mut state = self.lock();
+        if state.layers.len() <= layer {
+            state.layers.resize_with(layer + 1, || None);
+        }
+        let (k, v) = match state.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        state.layers[layer] = Some((k.clone(), v.clone()));
+        state.mask = Some(full_mask.clone());
+        (k, v)
+    }
+}
+
+/// Per-batch tensors every block needs: the attention bias, the rotary angles, and the KV cache.
 #[derive(Debug, Clone)]
 pub struct Context<B: Backend> {
-    /// `[batch, 1, seq, seq]` additive attention bias.
+    /// `[batch, 1, seq, cached + seq]` additive attention bias.
     pub bias: Tensor<B, 4>,
     /// Rotary angles for the batch's positions, if the model uses them.
     pub rotary: Option<Rotary<B>>,
+    /// The cache being extended, with the mask of every position (cached and new).
+    cache: Option<(KvCache<B>, Tensor<B, 2, Int>)>,
 }
 
 impl<B: Backend> Context<B> {
-    /// Bias from the input's mask, and rotary angles when `inv_freq` is given.
+    /// Bias from the input's mask (and its cache's), and rotary angles when `inv_freq` is given.
     pub fn new(input: &Input<B>, causal: bool, inv_freq: Option<&[f32]>) -> Self {
-        let rotary = inv_freq.map(|f| Rotary::new(positions_from_mask(input.mask.clone()), f));
-        Context { bias: attention_bias(input.mask.clone(), causal), rotary }
+        let rotary = inv_freq.map(|f| Rotary::new(input.positions(), f));
+        let full = input.full_mask();
+        let bias = attention_bias(full.clone(), input.dims()[1], causal);
+        Context { bias, rotary, cache: input.past.clone().map(|c| (c, full)) }
+    }
+
+    /// The keys and values attention reads at `layer`: the new ones `[batch, heads, seq, d]`,
+    /// after the cached ones when the input continues a cache (which then keeps them all).
+    pub fn keys_values(&self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        match &self.cache {
+            Some((cache, full_mask)) => cache.extend(layer, k, v, full_mask),
+            None => (k, v),
+        }
     }
 }
 

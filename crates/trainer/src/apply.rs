@@ -1,9 +1,6 @@
 //! `trainer apply`: an exported intervention on a prompt — the model's next-token prediction
-//! before and after, or text generated greedily with the intervention active.
-//!
-//! Generation here recomputes the whole sequence at every step (no KV cache), so the
-//! intervention acts at the prompt positions at every step exactly as in training, and, with
-//! `--every-token`, also at each generated token.
+//! before and after, or text generated (greedy or sampled, see [`crate::generate`]) without and
+//! with the intervention active.
 
 use std::path::PathBuf;
 
@@ -15,6 +12,7 @@ use ferrovene_models::{forward, gather_positions, load, run_to, Input, NoHooks, 
 use serde_json::json;
 
 use crate::device::OnBackend;
+use crate::generate::{generate, Decoding, Steer};
 
 /// What to apply, from the command line.
 pub struct Apply {
@@ -24,14 +22,19 @@ pub struct Apply {
     pub prompt: String,
     /// The source text, for interventions that read one (DAS).
     pub source: Option<String>,
-    /// Token positions to intervene on: `last`, or indices (negative from the end).
-    pub positions: Vec<String>,
+    /// Token positions to intervene on (see [`resolve_positions`]); none: the export's own rule
+    /// when it is one of those (`last`, `f3+l3`, …), else `last`.
+    pub positions: Option<Vec<String>>,
+    /// Wrap the prompt in SmolLM2-Instruct's chat template (ChatML), as chat-trained ReFT expects.
+    pub chat: bool,
     /// Positions in the source (default: the same rule as `positions`).
     pub source_positions: Option<Vec<String>>,
     /// The model (default: the export's).
     pub model: Option<String>,
-    /// Generate this many tokens greedily instead of showing the next-token distribution.
+    /// Generate this many tokens instead of showing the next-token distribution.
     pub generate: Option<usize>,
+    /// How generated tokens are chosen, and whether a KV cache is used.
+    pub decoding: Decoding,
     /// Also intervene at every generated token (steering), not only at the prompt positions.
     pub every_token: bool,
     /// Candidates shown.
@@ -42,24 +45,43 @@ pub struct Apply {
     pub json: bool,
 }
 
-/// Resolves `last` and (negative) indices against a sequence of `len` tokens.
+/// Resolves position specs against a sequence of `len` tokens: `last`, a token index (negative
+/// counts from the end), or pyreft's `f<k>` / `l<k>` (the first / last k tokens), joinable with
+/// `+` as in `f5+l5`. Positions come out in order, each once.
 pub fn resolve_positions(specs: &[String], len: usize, what: &str) -> Result<Vec<usize>> {
-    specs
-        .iter()
-        .map(|s| {
-            let s = s.trim();
+    let mut out = Vec::new();
+    for spec in specs {
+        for s in spec.split('+').map(str::trim) {
+            let count = |k: &str| -> Result<usize> {
+                let k: usize = k.parse().map_err(|_| anyhow!("--positions `{s}` for the {what}: `f` and `l` take a token count, as in f5 or l5"))?;
+                if k == 0 || k > len {
+                    bail!("--positions `{s}` asks for {k} tokens of the {what}, which has {len}");
+                }
+                Ok(k)
+            };
+            if let Some(k) = s.strip_prefix('f').filter(|k| !k.is_empty()) {
+                out.extend(0..count(k)?);
+                continue;
+            }
+            if let Some(k) = s.strip_prefix('l').filter(|k| !k.is_empty() && *k != "ast") {
+                out.extend(len - count(k)?..len);
+                continue;
+            }
             let i: i64 = if s == "last" {
                 len as i64 - 1
             } else {
-                s.parse().map_err(|_| anyhow!("--positions `{s}` for the {what}: write `last` or a token index (negative counts from the end)"))?
+                s.parse().map_err(|_| anyhow!("--positions `{s}` for the {what}: write `last`, a token index (negative counts from the end), or f<k>/l<k> (first/last k tokens)"))?
             };
             let i = if i < 0 { len as i64 + i } else { i };
             if i < 0 || i >= len as i64 {
                 bail!("--positions `{s}` is outside the {what}, which has {len} tokens");
             }
-            Ok(i as usize)
-        })
-        .collect()
+            out.push(i as usize);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 fn positions_tensor<B: Backend>(p: &[usize], device: &B::Device) -> Tensor<B, 2, Int> {
@@ -87,11 +109,17 @@ impl OnBackend for Apply {
         let site: Site = site_name.parse()?;
         let info = model.site_info(site)?;
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
-        let ids = tok.encode(&self.prompt)?;
+        let text = if self.chat { crate::reft_memorise::chat_prompt(&self.prompt) } else { self.prompt.clone() };
+        let ids = tok.encode(&text)?;
         if ids.is_empty() {
             bail!("the prompt {:?} tokenizes to nothing", self.prompt);
         }
-        let positions = resolve_positions(&self.positions, ids.len(), "prompt")?;
+        let specs = match &self.positions {
+            Some(p) => p.clone(),
+            None if resolve_positions(std::slice::from_ref(&config.placement.positions), ids.len(), "prompt").is_ok() => vec![config.placement.positions.clone()],
+            None => vec!["last".to_string()],
+        };
+        let positions = resolve_positions(&specs, ids.len(), "prompt")?;
 
         if let Intervention::Probe(p) = &iv {
             let acts = run_to(model, &Input::<B>::from_ids(&[ids.clone()], &device), site)?.activation;
@@ -109,8 +137,7 @@ impl OnBackend for Apply {
         let source = match (&self.source, iv.needs_source()) {
             (Some(text), true) => {
                 let sids = tok.encode(text)?;
-                let specs = self.source_positions.as_ref().unwrap_or(&self.positions);
-                let sp = resolve_positions(specs, sids.len(), "source")?;
+                let sp = resolve_positions(self.source_positions.as_ref().unwrap_or(&specs), sids.len(), "source")?;
                 if sp.len() != positions.len() {
                     bail!("{} source positions for {} prompt positions; give as many of each", sp.len(), positions.len());
                 }
@@ -123,6 +150,23 @@ impl OnBackend for Apply {
         };
         if self.every_token && source.is_some() {
             bail!("--every-token needs an intervention without a source (ReFT, steering)");
+        }
+
+        if let Some(steps) = self.generate {
+            let steer = Steer { intervention: &iv, site: info, positions: positions.clone(), source: source.clone(), dims: config.placement.dims.clone(), every_token: self.every_token };
+            let decoding = Decoding { max_new: steps, ..self.decoding };
+            let without = generate(model, &ids, None, &decoding, tok.eos_id, &device)?;
+            let with = generate(model, &ids, Some(&steer), &decoding, tok.eos_id, &device)?;
+            let outputs = [tok.decode(&without)?, tok.decode(&with)?];
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": iv.kind(), "site": site_name}))?);
+            } else {
+                println!("{} ({}) at {site_name} · {spec}", self.intervention.display(), iv.kind());
+                println!("prompt:  {:?}", self.prompt);
+                println!("without: {:?}", outputs[0]);
+                println!("with:    {:?}", outputs[1]);
+            }
+            return Ok(());
         }
 
         // Next-token logits of `seq` with the intervention at `at` (or none).
@@ -139,33 +183,6 @@ impl OnBackend for Apply {
             let logits = model.head(hidden.slice([0..1, n - 1..n])).ok_or_else(|| anyhow!("model `{spec}` has no next-token head"))?;
             logits.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("reading logits: {e:?}"))
         };
-        let argmax = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
-
-        if let Some(steps) = self.generate {
-            let mut outputs = Vec::new();
-            for with in [false, true] {
-                let mut seq = ids.clone();
-                for _ in 0..steps {
-                    let at: Vec<usize> = if self.every_token { positions.iter().copied().chain(ids.len()..seq.len()).collect() } else { positions.clone() };
-                    let l = next(&seq, with.then_some(at.as_slice()))?;
-                    let t = argmax(&l);
-                    if tok.eos_id == Some(t) {
-                        break;
-                    }
-                    seq.push(t);
-                }
-                outputs.push(tok.decode(&seq[ids.len()..])?);
-            }
-            if self.json {
-                println!("{}", serde_json::to_string_pretty(&json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": iv.kind(), "site": site_name}))?);
-            } else {
-                println!("{} ({}) at {site_name} · {spec}", self.intervention.display(), iv.kind());
-                println!("prompt:  {:?}", self.prompt);
-                println!("without: {:?}", outputs[0]);
-                println!("with:    {:?}", outputs[1]);
-            }
-            return Ok(());
-        }
 
         let before = next(&ids, None)?;
         let after = next(&ids, Some(&positions))?;

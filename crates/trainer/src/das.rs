@@ -43,7 +43,7 @@ pub(crate) fn input_of<B: Backend>(ids: &[Vec<u32>], mask: &[Vec<u32>], device: 
     let to = |rows: &[Vec<u32>]| -> Tensor<B, 2, Int> {
         Tensor::from_data(TensorData::new(rows.iter().flatten().map(|&x| x as i64).collect::<Vec<_>>(), [n, s]), device)
     };
-    Input { ids: to(ids), mask: to(mask), token_types: None }
+    Input { ids: to(ids), mask: to(mask), token_types: None, past: None }
 }
 
 /// Prepares batches of pairs (one source each) for `site`, computing the frozen parts once.

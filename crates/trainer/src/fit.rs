@@ -38,6 +38,11 @@ pub trait Objective<B: AutodiffBackend> {
     fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<Tensor<B, 1>>;
     /// `(loss, accuracy)` on the validation examples, or `None` when there are none.
     fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>>;
+    /// Whether a validation accuracy means the goal is met and training can stop there (e.g.
+    /// exact recall of a memorised passage). Never, by default.
+    fn reached(&self, _accuracy: f32) -> bool {
+        false
+    }
 }
 
 /// Which validation number early stopping watches.
@@ -135,6 +140,8 @@ pub enum Outcome {
     Finished,
     /// Early stopping ended it; the best intervention is returned.
     StoppedEarly,
+    /// A validation met the objective's goal ([`Objective::reached`]); that intervention is returned.
+    Reached,
     /// Ctrl-C: a checkpoint was written; `--resume` goes on.
     Interrupted,
 }
@@ -255,7 +262,10 @@ where
                 }
                 ev.flush();
             }
-            if let Some(es) = &cfg.early_stopping {
+            if objective.reached(accuracy) {
+                outcome = Outcome::Reached;
+                state.stopped_early = true;
+            } else if let Some(es) = &cfg.early_stopping {
                 let better = match (&state.best, es.metric) {
                     (None, _) => true,
                     (Some(b), StopOn::Accuracy) => accuracy > b.accuracy,
@@ -285,7 +295,9 @@ where
             }
         }
         if state.stopped_early {
-            outcome = Outcome::StoppedEarly;
+            if outcome != Outcome::Reached {
+                outcome = Outcome::StoppedEarly;
+            }
             break;
         }
         if interrupted {
@@ -299,6 +311,7 @@ where
     }
     let intervention = match (&cfg.early_stopping, outcome) {
         (Some(_), Outcome::Finished | Outcome::StoppedEarly) => best.unwrap_or(iv),
+        // Goal reached (the intervention that met it), interrupted, or no early stopping.
         _ => iv,
     };
     Ok(Fitted { intervention, state, outcome })

@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use trainer::run::{Experiment, RunEnd, RunOptions};
-use trainer::{apply, device, eval, filler_gap, hierarchical, predict, probe_layers, recipe, steer};
+use trainer::{apply, device, eval, filler_gap, hierarchical, predict, probe_layers, recipe, reft_memorise, steer, steer_iti};
+use trainer::generate::{Choice, Decoding};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -152,21 +153,42 @@ enum Command {
         /// The source text, for interventions that read one (DAS).
         #[arg(long)]
         source: Option<String>,
-        /// Token positions to intervene on: `last` or indices, negative from the end (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "last", allow_hyphen_values = true)]
-        positions: Vec<String>,
+        /// Token positions to intervene on: `last`, indices (negative from the end), or f<k>/l<k> for
+        /// the first/last k tokens (`f5+l5`, pyreft's rule); comma-separated. Default: the
+        /// export's own rule when it is one of these, else `last`.
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        positions: Option<Vec<String>>,
+        /// Wrap the prompt in the chat template (ChatML with SmolLM2's system message), as the
+        /// reft-instruct-emoji recipe trains.
+        #[arg(long)]
+        chat: bool,
         /// Positions in the source (default: the same as --positions).
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         source_positions: Option<Vec<String>>,
         /// The model (default: the one the export was trained on).
         #[arg(long)]
         model: Option<String>,
-        /// Generate this many tokens (greedy) without and with the intervention.
+        /// Generate this many tokens without and with the intervention (greedy unless
+        /// --temperature is given).
         #[arg(long)]
         generate: Option<usize>,
         /// While generating, also intervene at every generated token (steering, ReFT).
         #[arg(long)]
         every_token: bool,
+        /// Sample generated tokens at this temperature instead of taking the most probable.
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// With --temperature: sample only from the most probable tokens that make up this share
+        /// of the probability (nucleus sampling); 1 keeps all.
+        #[arg(long, default_value_t = 1.0, requires = "temperature")]
+        top_p: f64,
+        /// With --temperature: seed of the draws (the same seed gives the same text).
+        #[arg(long, default_value_t = 0, requires = "temperature")]
+        seed: u64,
+        /// Recompute the whole sequence at every generated token instead of keeping a KV cache
+        /// (slower; the same tokens).
+        #[arg(long)]
+        no_cache: bool,
         /// How many candidates to show.
         #[arg(long, default_value_t = 5)]
         top: usize,
@@ -258,7 +280,7 @@ fn run_recipe(args: Vec<String>) -> Result<()> {
     let path = recipe::find(&a.recipe)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
     let kind = recipe::kind_of(&path)?;
-    if [hierarchical::KIND, filler_gap::KIND, probe_layers::KIND].contains(&kind.as_str()) {
+    if [hierarchical::KIND, filler_gap::KIND, probe_layers::KIND, reft_memorise::KIND, steer_iti::KIND].contains(&kind.as_str()) {
         if a.resume.is_some() || a.epochs.is_some() {
             anyhow::bail!("{name} (kind `{kind}`) is a self-contained experiment of short runs: --resume and --epochs do not apply (use --set)");
         }
@@ -278,7 +300,9 @@ fn run_recipe(args: Vec<String>) -> Result<()> {
         return match kind.as_str() {
             hierarchical::KIND => experiment(&a, name, hierarchical::HierarchicalRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
             filler_gap::KIND => experiment(&a, name, filler_gap::FillerGapRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
-            _ => experiment(&a, name, probe_layers::ProbeLayersRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
+            probe_layers::KIND => experiment(&a, name, probe_layers::ProbeLayersRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
+            reft_memorise::KIND => experiment(&a, name, reft_memorise::ReftMemoriseRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
+            _ => experiment(&a, name, steer_iti::SteerItiRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
         };
     }
     let r = match &a.resume {
@@ -369,8 +393,14 @@ fn main() -> Result<()> {
         Command::Eval { intervention, pairs, model, by, batch_size, skip_bad, json, device } => {
             dispatch(device, eval::Eval { intervention, pairs, model, by, batch_size, skip_bad, json })
         }
-        Command::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, scale, json, device } => {
-            dispatch(device, apply::Apply { intervention, prompt, source, positions, source_positions, model, generate, every_token, top, scale, json })
+        Command::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, temperature, top_p, seed, no_cache, top, scale, json, device } => {
+            let choice = match temperature {
+                Some(temperature) => Choice::Sample { temperature, top_p, seed },
+                None => Choice::Greedy,
+            };
+            let decoding = Decoding { max_new: generate.unwrap_or(0), choice, cache: !no_cache };
+            decoding.check()?;
+            dispatch(device, apply::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, decoding, every_token, top, scale, json })
         }
         Command::Steer { model, positive, negative, layer, scale, out, device } => {
             dispatch(device, steer::Steer { model, positive, negative, layer, scale, out })

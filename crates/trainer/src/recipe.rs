@@ -251,19 +251,15 @@ pub fn kind_of(path: &Path) -> Result<String> {
 /// A recipe's description, after checking the recipe against its kind's schema.
 fn describe(path: &Path) -> Result<String> {
     let kind = kind_of(path)?;
-    if kind == crate::hierarchical::KIND {
-        let text = std::fs::read_to_string(path)?;
-        return Ok(crate::hierarchical::HierarchicalRecipe::from_toml(&text)?.description);
-    }
-    if kind == crate::probe_layers::KIND {
-        let text = std::fs::read_to_string(path)?;
-        return Ok(crate::probe_layers::ProbeLayersRecipe::from_toml(&text)?.description);
-    }
-    if kind == crate::filler_gap::KIND {
-        let text = std::fs::read_to_string(path)?;
-        return Ok(crate::filler_gap::FillerGapRecipe::from_toml(&text)?.description);
-    }
-    Ok(Recipe::from_file(path)?.description)
+    let text = || std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()));
+    Ok(match kind.as_str() {
+        crate::hierarchical::KIND => crate::hierarchical::HierarchicalRecipe::from_toml(&text()?)?.description,
+        crate::probe_layers::KIND => crate::probe_layers::ProbeLayersRecipe::from_toml(&text()?)?.description,
+        crate::filler_gap::KIND => crate::filler_gap::FillerGapRecipe::from_toml(&text()?)?.description,
+        crate::reft_memorise::KIND => crate::reft_memorise::ReftMemoriseRecipe::from_toml(&text()?)?.description,
+        crate::steer_iti::KIND => crate::steer_iti::SteerItiRecipe::from_toml(&text()?)?.description,
+        _ => Recipe::from_file(path)?.description,
+    })
 }
 
 /// Finds a recipe by name (in [`recipes_dir`]) or path.

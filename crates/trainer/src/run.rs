@@ -67,6 +67,19 @@ impl Experiment for crate::probe_layers::ProbeLayersRecipe {
     }
 }
 
+impl Experiment for crate::reft_memorise::ReftMemoriseRecipe {
+    fn run_on<B: AutodiffBackend>(&self, name: &str, out_root: &Path, progress: bool, device: &B::Device) -> Result<PathBuf> {
+        crate::reft_memorise::run::<B>(name, self, out_root, progress, device)
+    }
+}
+
+impl Experiment for crate::steer_iti::SteerItiRecipe {
+    fn run_on<B: AutodiffBackend>(&self, name: &str, out_root: &Path, progress: bool, device: &B::Device) -> Result<PathBuf> {
+        // Nothing is trained by gradient: the forward passes need no autodiff.
+        crate::steer_iti::run::<B::InnerBackend>(name, self, out_root, progress, device)
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {

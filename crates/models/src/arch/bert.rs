@@ -9,7 +9,7 @@ use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, merge_heads, positions_from_mask, split_heads, Embedding, LayerNorm, Linear};
+use crate::layers::{attend, merge_heads, split_heads, Embedding, LayerNorm, Linear};
 use crate::model::{Context, Input, Transformer};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
@@ -139,7 +139,7 @@ impl<B: Backend> Transformer<B> for Bert<B> {
     fn embed(&self, input: &Input<B>) -> Tensor<B, 3> {
         let types = input.token_types.clone().unwrap_or_else(|| input.ids.zeros_like());
         let sum = self.word.forward(input.ids.clone())
-            + self.position.forward(positions_from_mask(input.mask.clone()))
+            + self.position.forward(input.positions())
             + self.token_type.forward(types);
         self.embed_norm.forward(sum)
     }
@@ -153,7 +153,8 @@ impl<B: Backend> Transformer<B> for Bert<B> {
         // h = LN(x + W_o · softmax(q kᵀ/√d + padding mask) v)
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), x);
         let (q, k, v) = hook_qkv(hooks, layer, b.query.forward(a_in.clone()), b.key.forward(a_in.clone()), b.value.forward(a_in.clone()));
-        let attended = attend(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), ctx.bias.clone());
+        let (k, v) = ctx.keys_values(layer, split_heads(k, heads), split_heads(v, heads));
+        let attended = attend(split_heads(q, heads), k, v, ctx.bias.clone());
         let values = hook_attention_values(hooks, layer, merge_heads(attended));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.attn_out.forward(values));
 

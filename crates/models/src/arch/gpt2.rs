@@ -9,7 +9,7 @@ use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, merge_heads, positions_from_mask, split_heads, Embedding, LayerNorm, Linear};
+use crate::layers::{attend, merge_heads, split_heads, Embedding, LayerNorm, Linear};
 use crate::model::{Context, Input, Transformer};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
@@ -79,6 +79,11 @@ pub struct Gpt2<B: Backend> {
 }
 
 impl<B: Backend> Gpt2<B> {
+    /// Parameters counted twice by `num_params`: the head is always the token embeddings.
+    pub fn shared_parameters(&self) -> usize {
+        self.config.vocab_size * self.config.n_embd
+    }
+
     /// Loads `GPT2LMHeadModel` / `GPT2Model` weights (with or without the `transformer.` prefix).
     pub fn load(config: Gpt2Config, w: &Loader<B>) -> Result<Self> {
         let c = &config;
@@ -126,7 +131,7 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
         standard_block_sites(layer, c.n_embd, (c.n_head, c.n_head, c.n_embd / c.n_head), c.n_inner)
     }
     fn embed(&self, input: &Input<B>) -> Tensor<B, 3> {
-        self.wte.forward(input.ids.clone()) + self.wpe.forward(positions_from_mask(input.mask.clone()))
+        self.wte.forward(input.ids.clone()) + self.wpe.forward(input.positions())
     }
     fn context(&self, input: &Input<B>) -> Context<B> {
         Context::new(input, true, None)
@@ -139,7 +144,8 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), b.ln_1.forward(x.clone()));
         let qkv = b.c_attn.forward(a_in);
         let (q, k, v) = hook_qkv(hooks, layer, qkv.clone().narrow(2, 0, d), qkv.clone().narrow(2, d, d), qkv.narrow(2, 2 * d, d));
-        let attended = attend(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), ctx.bias.clone());
+        let (k, v) = ctx.keys_values(layer, split_heads(k, heads), split_heads(v, heads));
+        let attended = attend(split_heads(q, heads), k, v, ctx.bias.clone());
         let values = hook_attention_values(hooks, layer, merge_heads(attended));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.attn_proj.forward(values));
         let h = x + attn_out;

@@ -91,9 +91,17 @@ pub struct GptNeoX<B: Backend> {
     config: GptNeoXConfig,
     #[module(skip)]
     inv_freq: Vec<f32>,
+    /// The head is a copy of the embedding matrix (tied), not parameters of its own.
+    #[module(skip)]
+    tied_head: bool,
 }
 
 impl<B: Backend> GptNeoX<B> {
+    /// Parameters counted twice by `num_params` (a tied head repeats the embeddings).
+    pub fn shared_parameters(&self) -> usize {
+        if self.tied_head { self.config.vocab_size * self.config.hidden_size } else { 0 }
+    }
+
     /// Loads `GPTNeoXForCausalLM` weights.
     pub fn load(config: GptNeoXConfig, w: &Loader<B>) -> Result<Self> {
         let c = &config;
@@ -116,6 +124,7 @@ impl<B: Backend> GptNeoX<B> {
             layers,
             final_layer_norm: w.layer_norm("gpt_neox.final_layer_norm", d, eps)?,
             embed_out: w.linear(head, d, c.vocab_size, false)?,
+            tied_head: head == "gpt_neox.embed_in",
             inv_freq: rope_inv_freq(c.rotary_dim, c.rotary_base, c.rope_scaling.as_ref()),
             config,
         })
@@ -158,8 +167,8 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
         let part = |i: usize| qkv.clone().narrow(3, i * hd, hd).reshape([batch, seq, d]);
         let (q, k, v) = hook_qkv(hooks, layer, part(0), part(1), part(2));
         let q = rotary.apply(split_heads(q, heads));
-        let k = rotary.apply(split_heads(k, heads));
-        let values = hook_attention_values(hooks, layer, merge_heads(attend(q, k, split_heads(v, heads), ctx.bias.clone())));
+        let (k, v) = ctx.keys_values(layer, rotary.apply(split_heads(k, heads)), split_heads(v, heads));
+        let values = hook_attention_values(hooks, layer, merge_heads(attend(q, k, v, ctx.bias.clone())));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.dense.forward(values));
 
         // MLP on LN₂(x) (parallel residual) or on LN₂(x + attn) (sequential).

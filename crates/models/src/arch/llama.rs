@@ -95,6 +95,9 @@ pub struct Llama<B: Backend> {
     config: LlamaConfig,
     #[module(skip)]
     inv_freq: Vec<f32>,
+    /// The head is a copy of the embedding matrix (tied), not parameters of its own.
+    #[module(skip)]
+    tied_head: bool,
 }
 
 impl<B: Backend> Llama<B> {
@@ -122,13 +125,19 @@ impl<B: Backend> Llama<B> {
         let head_name =
             if c.tie_word_embeddings || !w.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
         let lm_head = w.linear(head_name, d, c.vocab_size, false)?;
+        let tied_head = head_name == "model.embed_tokens";
         let inv_freq = rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref());
-        Ok(Llama { embed_tokens, layers, norm: w.rms_norm("model.norm.weight", d, c.rms_norm_eps)?, lm_head, config, inv_freq })
+        Ok(Llama { embed_tokens, layers, norm: w.rms_norm("model.norm.weight", d, c.rms_norm_eps)?, lm_head, config, inv_freq, tied_head })
     }
 
     /// The model's config.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// Parameters counted twice by `num_params` (a tied head repeats the embeddings).
+    pub fn shared_parameters(&self) -> usize {
+        if self.tied_head { self.config.vocab_size * self.config.hidden_size } else { 0 }
     }
 }
 
@@ -165,8 +174,8 @@ impl<B: Backend> Transformer<B> for Llama<B> {
         let (q, k, v) = hook_qkv(hooks, layer, b.q.forward(a_in.clone()), b.k.forward(a_in.clone()), b.v.forward(a_in));
         let groups = c.num_heads / c.num_kv_heads;
         let q = rotary.apply(split_heads(q, c.num_heads));
-        let k = repeat_kv(rotary.apply(split_heads(k, c.num_kv_heads)), groups);
-        let v = repeat_kv(split_heads(v, c.num_kv_heads), groups);
+        let (k, v) = ctx.keys_values(layer, rotary.apply(split_heads(k, c.num_kv_heads)), split_heads(v, c.num_kv_heads));
+        let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
         let values = hook_attention_values(hooks, layer, merge_heads(attend(q, k, v, ctx.bias.clone())));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.o.forward(values));
         let h = x + attn_out;

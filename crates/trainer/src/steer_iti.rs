@@ -1,0 +1,486 @@
+//! `steer-iti`: Inference-Time Intervention (Li et al. 2023, arXiv 2306.03341) on templated
+//! true/false statements.
+//!
+//! 1. Statements from templates — capitals, one-digit arithmetic, category membership — each fact
+//!    once with its true answer and once with a false one; facts split into train and held-out.
+//! 2. A logistic-regression probe per attention head on `head_attention_value_output` (the head's
+//!    output before the output projection) at the statement's last token; heads ranked by
+//!    held-out probe accuracy.
+//! 3. For the top K heads, the mass-mean shift: `θ = mean(true) − mean(false)` per head,
+//!    normalised, scaled by the standard deviation `σ` of the activations along it. The
+//!    intervention adds `α·σ·θ̂` to those heads at every position.
+//! 4. The effect of α on the probability of the true answer after held-out prompts (the statement
+//!    without its answer), beside the same heads shifted along random directions (same σ rule).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
+use ferrovene_interventions::steering::Steering;
+use ferrovene_interventions::Intervention;
+use ferrovene_models::rng::Rng;
+use ferrovene_models::{forward, load, Capture, Component, FnHook, Input, NoHooks, Site, TextTokenizer, Transformer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::heatmap::Heatmap;
+use crate::lineplot::{LinePlot, Series};
+
+/// The recipe's kind.
+pub const KIND: &str = "steer-iti";
+
+const CAPITALS: [(&str, &str); 24] = [
+    ("France", "Paris"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Russia", "Moscow"),
+    ("Egypt", "Cairo"), ("Greece", "Athens"), ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Norway", "Oslo"),
+    ("Poland", "Warsaw"), ("Hungary", "Budapest"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Belgium", "Brussels"),
+    ("England", "London"), ("China", "Beijing"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"), ("Thailand", "Bangkok"),
+];
+const CATEGORIES: [(&str, [&str; 4]); 6] = [
+    ("animal", ["dog", "horse", "rabbit", "lion"]),
+    ("fruit", ["apple", "banana", "cherry", "mango"]),
+    ("vehicle", ["car", "bus", "truck", "bicycle"]),
+    ("tool", ["hammer", "wrench", "saw", "screwdriver"]),
+    ("musical instrument", ["piano", "guitar", "violin", "trumpet"]),
+    ("piece of furniture", ["chair", "sofa", "table", "wardrobe"]),
+];
+
+/// One fact: a prompt and its true and false answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fact {
+    /// Topic (`capitals`, `arithmetic`, `categories`).
+    pub topic: &'static str,
+    /// The statement up to its answer, e.g. `The capital of France is`.
+    pub prompt: String,
+    /// The true answer, with its leading space.
+    pub truth: String,
+    /// A false answer of the same type.
+    pub falsehood: String,
+}
+
+/// Every fact, in a fixed order; false answers drawn with `seed`.
+pub fn facts(seed: u64) -> Vec<Fact> {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::new();
+    for (i, (country, capital)) in CAPITALS.iter().enumerate() {
+        let other = CAPITALS[(i + 1 + rng.below(CAPITALS.len() - 1)) % CAPITALS.len()].1;
+        out.push(Fact { topic: "capitals", prompt: format!("The capital of {country} is"), truth: format!(" {capital}"), falsehood: format!(" {other}") });
+    }
+    for a in 1..=8u32 {
+        for b in 1..=(9 - a) {
+            let sum = a + b;
+            let wrong = loop {
+                let w = 1 + rng.below(9) as u32;
+                if w != sum {
+                    break w;
+                }
+            };
+            out.push(Fact { topic: "arithmetic", prompt: format!("{a} plus {b} equals"), truth: format!(" {sum}"), falsehood: format!(" {wrong}") });
+        }
+    }
+    for (c, (category, items)) in CATEGORIES.iter().enumerate() {
+        for item in items {
+            let other = CATEGORIES[(c + 1 + rng.below(CATEGORIES.len() - 1)) % CATEGORIES.len()].0;
+            let article = if item.starts_with(['a', 'e', 'i', 'o', 'u']) { "An" } else { "A" };
+            out.push(Fact { topic: "categories", prompt: format!("{article} {item} is a kind of"), truth: format!(" {category}"), falsehood: format!(" {other}") });
+        }
+    }
+    out
+}
+
+/// The recipe (`recipes/steer-iti.toml`). Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerItiRecipe {
+    /// One line for `trainer list`.
+    pub description: String,
+    /// `steer-iti`.
+    pub kind: String,
+    /// Model spec.
+    pub model: String,
+    /// Share of facts held out (probe selection and the α curve).
+    pub held_out_fraction: f64,
+    /// Heads shifted (ITI's K).
+    pub top_k: usize,
+    /// Scales α of the shift, in units of σ.
+    pub alphas: Vec<f64>,
+    /// α of the exported shift.
+    pub export_alpha: f64,
+    /// Random-direction controls averaged at each α.
+    pub random_controls: usize,
+    /// Gradient steps of each head's logistic regression.
+    pub probe_steps: usize,
+    /// Seed of the false answers, the split and the random directions.
+    pub seed: u64,
+}
+
+impl SteerItiRecipe {
+    /// Parses and checks a recipe.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let r: Self = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        if r.kind != KIND {
+            bail!("kind `{}` is not `{KIND}`", r.kind);
+        }
+        if !(r.held_out_fraction > 0.0 && r.held_out_fraction < 1.0) {
+            bail!("`held_out_fraction` must be between 0 and 1 (exclusive)");
+        }
+        if r.top_k == 0 || r.alphas.is_empty() || r.probe_steps == 0 {
+            bail!("`top_k`, `probe_steps` and `alphas` must be non-zero / non-empty");
+        }
+        Ok(r)
+    }
+
+    /// The recipe with `key=value` overrides applied.
+    pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
+        crate::recipe::apply_overrides(self, sets, None, Self::from_toml)
+    }
+}
+
+/// `[layer][statement][width]` head outputs at each statement's last token.
+fn head_outputs<B: Backend, M: Transformer<B>>(model: &M, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> Result<Vec<Vec<Vec<f32>>>> {
+    let layers = model.n_layers();
+    let sites: Vec<Site> = (0..layers).map(|l| Site::new(l, Component::HeadAttentionValueOutput)).collect();
+    let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layers];
+    for chunk in rows.chunks(32) {
+        let input = Input::<B>::padded(chunk, pad_id, true, device);
+        let seq = input.dims()[1];
+        let mut cap = Capture::new(sites.clone());
+        forward(model, &input, &mut cap);
+        for (l, site) in sites.iter().enumerate() {
+            let h = cap.get(*site).context("every layer's heads are captured")?;
+            let [b, _, w] = h.dims();
+            let last: Vec<f32> = h.slice([0..b, seq - 1..seq]).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
+            out[l].extend(last.chunks(w).map(<[f32]>::to_vec));
+        }
+    }
+    Ok(out)
+}
+
+/// Held-out accuracy of an L2-regularised logistic regression on standardised features.
+pub fn probe_accuracy(train: &[&[f32]], train_y: &[bool], test: &[&[f32]], test_y: &[bool], steps: usize) -> f32 {
+    let d = train.first().map_or(0, |x| x.len());
+    let n = train.len() as f64;
+    let mean: Vec<f64> = (0..d).map(|j| train.iter().map(|x| x[j] as f64).sum::<f64>() / n).collect();
+    let std: Vec<f64> = (0..d).map(|j| (train.iter().map(|x| (x[j] as f64 - mean[j]).powi(2)).sum::<f64>() / n).sqrt().max(1e-6)).collect();
+    let z = |x: &[f32]| -> Vec<f64> { (0..d).map(|j| (x[j] as f64 - mean[j]) / std[j]).collect() };
+    let (xs, ts): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (train.iter().map(|x| z(x)).collect(), test.iter().map(|x| z(x)).collect());
+    let (mut w, mut b) = (vec![0.0f64; d], 0.0f64);
+    let (lr, l2) = (0.5, 1e-2);
+    for _ in 0..steps {
+        let mut gw = vec![0.0f64; d];
+        let mut gb = 0.0;
+        for (x, &y) in xs.iter().zip(train_y) {
+            let p = 1.0 / (1.0 + (-(x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + b)).exp());
+            let e = p - y as u8 as f64;
+            gb += e;
+            for (g, xi) in gw.iter_mut().zip(x) {
+                *g += e * xi;
+            }
+        }
+        for (wj, g) in w.iter_mut().zip(&gw) {
+            *wj -= lr * (g / n + l2 * *wj);
+        }
+        b -= lr * gb / n;
+    }
+    let hits = ts.iter().zip(test_y).filter(|(x, y)| ((x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + b) > 0.0) == **y).count();
+    hits as f32 / test.len().max(1) as f32
+}
+
+/// `σ·θ̂` for one head: `θ̂` the unit direction, `σ` the standard deviation of the projections
+/// of `all` onto it.
+fn scaled_direction(direction: &[f64], all: &[&[f32]]) -> Vec<f32> {
+    let norm = direction.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    let unit: Vec<f64> = direction.iter().map(|x| x / norm).collect();
+    let proj: Vec<f64> = all.iter().map(|x| x.iter().zip(&unit).map(|(a, b)| *a as f64 * b).sum()).collect();
+    let m = proj.iter().sum::<f64>() / proj.len().max(1) as f64;
+    let sigma = (proj.iter().map(|p| (p - m).powi(2)).sum::<f64>() / proj.len().max(1) as f64).sqrt();
+    unit.iter().map(|u| (u * sigma) as f32).collect()
+}
+
+/// Mean probability of the true answer's first token, and mean `p(true) / (p(true) + p(false))`,
+/// after each prompt with `shifts` (per layer, `[width]`, scaled by `alpha`) added at every position.
+fn true_answer_probability<B: Backend, M: Transformer<B>>(
+    model: &M,
+    prompts: &[(Vec<u32>, u32, u32)],
+    shifts: &BTreeMap<usize, Vec<f32>>,
+    alpha: f64,
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<(f32, f32)> {
+    let vectors: BTreeMap<Site, Tensor<B, 3>> = shifts
+        .iter()
+        .map(|(&l, v)| (Site::new(l, Component::HeadAttentionValueOutput), Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [v.len()]), device).reshape([1, 1, v.len()]) * alpha))
+        .collect();
+    let (mut p_true, mut share) = (0.0f64, 0.0f64);
+    for chunk in prompts.chunks(32) {
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|(ids, _, _)| ids.clone()).collect();
+        let input = Input::<B>::padded(&rows, pad_id, true, device);
+        let [b, seq] = input.dims();
+        let hidden = if alpha == 0.0 || vectors.is_empty() {
+            forward(model, &input, &mut NoHooks)
+        } else {
+            let mut add = FnHook::new(vectors.keys().copied(), |site, h: Tensor<B, 3>| h + vectors[&site].clone());
+            forward(model, &input, &mut add)
+        };
+        let logits = model.head(hidden.slice([0..b, seq - 1..seq])).ok_or_else(|| anyhow!("steer-iti needs a language model"))?;
+        let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
+        let v = probs.len() / b;
+        for (r, (_, t, f)) in chunk.iter().enumerate() {
+            let (pt, pf) = (probs[r * v + *t as usize] as f64, probs[r * v + *f as usize] as f64);
+            p_true += pt;
+            share += pt / (pt + pf).max(1e-30);
+        }
+    }
+    let n = prompts.len().max(1) as f64;
+    Ok(((p_true / n) as f32, (share / n) as f32))
+}
+
+/// One α's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlphaPoint {
+    /// α.
+    pub alpha: f64,
+    /// Mean p(true answer) with the ITI shift.
+    pub p_true: f32,
+    /// Mean p(true) / (p(true) + p(false)) with the ITI shift.
+    pub true_share: f32,
+    /// Mean p(true answer) with random directions (mean over the controls).
+    pub p_true_random: f32,
+    /// Mean true share with random directions.
+    pub true_share_random: f32,
+}
+
+fn first_token(tok: &TextTokenizer, text: &str) -> Result<u32> {
+    tok.encode_plain(text)?.first().copied().ok_or_else(|| anyhow!("answer {text:?} tokenises to nothing"))
+}
+
+/// Runs the recipe: probes per head, heatmap, top-K mass-mean shift, α curve with its random
+/// control, exports; returns the run folder.
+pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bool, device: &B::Device) -> Result<PathBuf> {
+    let started = std::time::Instant::now();
+    let dir = crate::run::start_run(out_root, name, r)?;
+    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let info = model.site_info(Site::new(0, Component::HeadAttentionValueOutput))?;
+    let (heads, width) = (info.heads, info.width);
+    let head_dim = width / heads;
+    if r.top_k > heads * model.n_layers() {
+        bail!("`top_k = {}` is more than the model's {} heads", r.top_k, heads * model.n_layers());
+    }
+
+    // Facts, split by fact; statements = prompt + true answer, prompt + false answer.
+    let all = facts(r.seed);
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    Rng::new(r.seed ^ 0x5EED).shuffle(&mut order);
+    let n_test = ((all.len() as f64 * r.held_out_fraction).round() as usize).clamp(1, all.len() - 1);
+    let (test_facts, train_facts): (Vec<usize>, Vec<usize>) = (order[..n_test].to_vec(), order[n_test..].to_vec());
+    let statements = |ids: &[usize]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let mut rows = Vec::new();
+        let mut ys = Vec::new();
+        for &i in ids {
+            for (answer, truth) in [(&all[i].truth, true), (&all[i].falsehood, false)] {
+                rows.push(tok.encode(&format!("{}{answer}", all[i].prompt))?);
+                ys.push(truth);
+            }
+        }
+        Ok((rows, ys))
+    };
+    let (train_rows, train_y) = statements(&train_facts)?;
+    let (test_rows, test_y) = statements(&test_facts)?;
+    let bar = crate::events::progress(3, "reading head outputs, probing, steering");
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let train_acts = head_outputs(model, &train_rows, tok.pad_id, device)?;
+    let test_acts = head_outputs(model, &test_rows, tok.pad_id, device)?;
+    bar.inc(1);
+
+    // A probe per head.
+    let slice = |acts: &[Vec<f32>], h: usize| -> Vec<Vec<f32>> { acts.iter().map(|x| x[h * head_dim..(h + 1) * head_dim].to_vec()).collect() };
+    let mut accuracy = vec![vec![0f32; heads]; model.n_layers()];
+    for l in 0..model.n_layers() {
+        for h in 0..heads {
+            let (tr, te) = (slice(&train_acts[l], h), slice(&test_acts[l], h));
+            let tr_refs: Vec<&[f32]> = tr.iter().map(Vec::as_slice).collect();
+            let te_refs: Vec<&[f32]> = te.iter().map(Vec::as_slice).collect();
+            accuracy[l][h] = probe_accuracy(&tr_refs, &train_y, &te_refs, &test_y, r.probe_steps);
+        }
+    }
+    bar.inc(1);
+    let mut ranked: Vec<(usize, usize)> = (0..model.n_layers()).flat_map(|l| (0..heads).map(move |h| (l, h))).collect();
+    ranked.sort_by(|a, b| accuracy[b.0][b.1].total_cmp(&accuracy[a.0][a.1]).then(a.cmp(b)));
+    let top: Vec<(usize, usize)> = ranked[..r.top_k].to_vec();
+
+    // Mass-mean shifts σ·θ̂ for the top heads, and random directions with the same σ rule.
+    let shifts_along = |direction: &dyn Fn(usize, usize, &[Vec<f32>]) -> Vec<f64>| -> BTreeMap<usize, Vec<f32>> {
+        let mut by_layer: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+        for &(l, h) in &top {
+            let acts = slice(&train_acts[l], h);
+            let refs: Vec<&[f32]> = acts.iter().map(Vec::as_slice).collect();
+            let v = scaled_direction(&direction(l, h, &acts), &refs);
+            by_layer.entry(l).or_insert_with(|| vec![0.0; width])[h * head_dim..(h + 1) * head_dim].copy_from_slice(&v);
+        }
+        by_layer
+    };
+    let mass_mean = |_: usize, _: usize, acts: &[Vec<f32>]| -> Vec<f64> {
+        let mean = |want: bool| -> Vec<f64> {
+            let rows: Vec<&Vec<f32>> = acts.iter().zip(&train_y).filter(|(_, y)| **y == want).map(|(x, _)| x).collect();
+            (0..head_dim).map(|j| rows.iter().map(|x| x[j] as f64).sum::<f64>() / rows.len().max(1) as f64).collect()
+        };
+        mean(true).iter().zip(mean(false)).map(|(a, b)| a - b).collect()
+    };
+    let iti = shifts_along(&mass_mean);
+    let controls: Vec<BTreeMap<usize, Vec<f32>>> = (0..r.random_controls)
+        .map(|c| {
+            let rng = std::cell::RefCell::new(Rng::new(r.seed ^ (0xC0_47_20 + c as u64)));
+            shifts_along(&|_, _, _| (0..head_dim).map(|_| rng.borrow_mut().normal()).collect())
+        })
+        .collect();
+
+    // The α curve on held-out prompts.
+    let prompts: Vec<(Vec<u32>, u32, u32)> = test_facts
+        .iter()
+        .map(|&i| {
+            let f = &all[i];
+            Ok((tok.encode(&f.prompt)?, first_token(tok, &f.truth)?, first_token(tok, &f.falsehood)?))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|(_, t, f)| t != f)
+        .collect();
+    let mut curve = Vec::new();
+    for &alpha in &r.alphas {
+        let (p_true, true_share) = true_answer_probability(model, &prompts, &iti, alpha, tok.pad_id, device)?;
+        let (mut pr, mut sr) = (0.0f32, 0.0f32);
+        for c in &controls {
+            let (p, s) = true_answer_probability(model, &prompts, c, alpha, tok.pad_id, device)?;
+            pr += p / controls.len().max(1) as f32;
+            sr += s / controls.len().max(1) as f32;
+        }
+        curve.push(AlphaPoint { alpha, p_true, true_share, p_true_random: pr, true_share_random: sr });
+    }
+    bar.inc(1);
+    bar.finish_and_clear();
+
+    // Plots, CSVs, exports, report.
+    Heatmap {
+        title: &format!("{name}: held-out probe accuracy per head (true vs false statements)"),
+        rows: (0..model.n_layers()).map(|l| l.to_string()).collect(),
+        columns: (0..heads).map(|h| h.to_string()).collect(),
+        values: accuracy.iter().map(|row| row.iter().map(|&a| Some(a)).collect()).collect(),
+        axes: ("layer", "head"),
+    }
+    .write(&dir.join("head-accuracy"))?;
+    let mut csv = String::from("layer,head,accuracy\n");
+    for (l, row) in accuracy.iter().enumerate() {
+        for (h, a) in row.iter().enumerate() {
+            let _ = writeln!(csv, "{l},{h},{a}");
+        }
+    }
+    std::fs::write(dir.join("head-accuracy.csv"), csv)?;
+    let mut csv = String::from("alpha,p_true,true_share,p_true_random,true_share_random\n");
+    for p in &curve {
+        let _ = writeln!(csv, "{},{},{},{},{}", p.alpha, p.p_true, p.true_share, p.p_true_random, p.true_share_random);
+    }
+    std::fs::write(dir.join("alpha.csv"), csv)?;
+    LinePlot {
+        title: &format!("{name}: p(true answer) on held-out prompts against α"),
+        axes: ("α (in σ along each head's direction)", "mean p(true answer)"),
+        series: vec![
+            Series { name: format!("ITI, top {} heads", r.top_k), points: curve.iter().map(|p| (p.alpha, p.p_true as f64)).collect() },
+            Series { name: "random directions".into(), points: curve.iter().map(|p| (p.alpha, p.p_true_random as f64)).collect() },
+        ],
+    }
+    .write(&dir.join("alpha"))?;
+    let export_dir = dir.join("iti");
+    std::fs::create_dir_all(&export_dir)?;
+    for (&l, v) in &iti {
+        let iv = Intervention::Steering(Steering::fixed(Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [width]), device), r.export_alpha));
+        let site = format!("{l}.head_attention_value_output");
+        let heads_here: Vec<usize> = top.iter().filter(|(tl, _)| *tl == l).map(|(_, h)| *h).collect();
+        let config = ExportConfig {
+            format: 0, kind: String::new(), width: 0, hyper: Default::default(),
+            placement: PlacementConfig { sites: vec![site], positions: "every".into(), site_width: width, dims: vec![], composition: Default::default() },
+            model: ModelConfig { id: r.model.clone(), revision: loaded.revision.clone(), arch: model.arch().into(), hidden_size: model.width() },
+            training: json!({"recipe": name, "heads": heads_here, "alpha": r.export_alpha, "rule": "mass-mean shift, sigma-scaled"}),
+        };
+        export::save(&iv, config, &export_dir.join(format!("layer-{l}.safetensors")))?;
+    }
+    let topic_counts = |ids: &[usize]| -> BTreeMap<&str, usize> {
+        let mut m = BTreeMap::new();
+        for &i in ids {
+            *m.entry(all[i].topic).or_insert(0) += 1;
+        }
+        m
+    };
+    let report = json!({
+        "recipe": name, "config": r,
+        "data": {"train_facts": topic_counts(&train_facts), "held_out_facts": topic_counts(&test_facts), "held_out_prompts": prompts.len()},
+        "top_heads": top.iter().map(|&(l, h)| json!({"layer": l, "head": h, "accuracy": accuracy[l][h]})).collect::<Vec<_>>(),
+        "alpha_curve": curve,
+        "timings_s": {"total": started.elapsed().as_secs_f64()},
+        "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
+    });
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+
+    let mut out = format!("{name}: probes on {} heads; top {} by held-out accuracy:", heads * model.n_layers(), r.top_k);
+    for &(l, h) in top.iter().take(8) {
+        let _ = write!(out, " {l}.{h} ({:.2})", accuracy[l][h]);
+    }
+    let _ = writeln!(out, "\neffect of α on {} held-out prompts (mean p(true answer); p(true)/(p(true)+p(false)) in brackets):", prompts.len());
+    let _ = writeln!(out, "{:>7} {:>18} {:>22}", "alpha", "ITI", "random directions");
+    for p in &curve {
+        let _ = writeln!(out, "{:>7} {:>9.4} ({:.3}) {:>13.4} ({:.3})", p.alpha, p.p_true, p.true_share, p.p_true_random, p.true_share_random);
+    }
+    print!("{out}");
+    println!("run folder: {} ({:.0} s)", dir.display(), started.elapsed().as_secs_f64());
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_have_distinct_true_and_false_answers() {
+        let f = facts(1);
+        assert_eq!(f.len(), 24 + 36 + 24);
+        assert!(f.iter().all(|x| x.truth != x.falsehood));
+        assert_eq!(f, facts(1), "the same seed gives the same facts");
+    }
+
+    #[test]
+    fn probe_separates_a_planted_direction_and_not_noise() {
+        let mut rng = Rng::new(3);
+        let sample = |rng: &mut Rng, shift: f32| -> Vec<f32> { (0..8).map(|j| rng.normal() as f32 + if j == 2 { shift } else { 0.0 }).collect() };
+        let make = |rng: &mut Rng, n: usize, shift: f32| -> (Vec<Vec<f32>>, Vec<bool>) {
+            (0..n).map(|i| (sample(rng, if i % 2 == 0 { shift } else { -shift }), i % 2 == 0)).unzip()
+        };
+        let (tr, ty) = make(&mut rng, 200, 2.0);
+        let (te, ey) = make(&mut rng, 200, 2.0);
+        let refs = |v: &[Vec<f32>]| -> Vec<Vec<f32>> { v.to_vec() };
+        let (tr, te) = (refs(&tr), refs(&te));
+        let tr_r: Vec<&[f32]> = tr.iter().map(Vec::as_slice).collect();
+        let te_r: Vec<&[f32]> = te.iter().map(Vec::as_slice).collect();
+        assert!(probe_accuracy(&tr_r, &ty, &te_r, &ey, 200) > 0.95);
+        let (nt, ny) = make(&mut rng, 200, 0.0);
+        let (ne, nyy) = make(&mut rng, 200, 0.0);
+        let nt_r: Vec<&[f32]> = nt.iter().map(Vec::as_slice).collect();
+        let ne_r: Vec<&[f32]> = ne.iter().map(Vec::as_slice).collect();
+        let chance = probe_accuracy(&nt_r, &ny, &ne_r, &nyy, 200);
+        assert!((chance - 0.5).abs() < 0.12, "noise gives {chance}");
+    }
+
+    #[test]
+    fn scaled_direction_has_the_spread_of_the_projections() {
+        let acts: Vec<Vec<f32>> = vec![vec![1.0, 0.0], vec![-1.0, 0.0], vec![3.0, 5.0], vec![-3.0, -5.0]];
+        let refs: Vec<&[f32]> = acts.iter().map(Vec::as_slice).collect();
+        let v = scaled_direction(&[2.0, 0.0], &refs);
+        // Projections on x: 1, −1, 3, −3 → σ = √5.
+        assert!((v[0] - 5f32.sqrt()).abs() < 1e-5 && v[1] == 0.0, "{v:?}");
+    }
+}
