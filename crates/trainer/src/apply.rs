@@ -45,9 +45,9 @@ pub struct Apply {
     pub json: bool,
 }
 
-/// Resolves position specs against a sequence of `len` tokens: `last`, a token index (negative
-/// counts from the end), or pyreft's `f<k>` / `l<k>` (the first / last k tokens), joinable with
-/// `+` as in `f5+l5`. Positions come out in order, each once.
+/// Resolves position specs against a sequence of `len` tokens: `last`, `all`, a token index
+/// (negative counts from the end), or pyreft's `f<k>` / `l<k>` (the first / last k tokens),
+/// joinable with `+` as in `f5+l5`. Positions come out in order, each once.
 pub fn resolve_positions(specs: &[String], len: usize, what: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     for spec in specs {
@@ -67,10 +67,14 @@ pub fn resolve_positions(specs: &[String], len: usize, what: &str) -> Result<Vec
                 out.extend(len - count(k)?..len);
                 continue;
             }
+            if s == "all" {
+                out.extend(0..len);
+                continue;
+            }
             let i: i64 = if s == "last" {
                 len as i64 - 1
             } else {
-                s.parse().map_err(|_| anyhow!("--positions `{s}` for the {what}: write `last`, a token index (negative counts from the end), or f<k>/l<k> (first/last k tokens)"))?
+                s.parse().map_err(|_| anyhow!("--positions `{s}` for the {what}: write `last`, `all`, a token index (negative counts from the end), or f<k>/l<k> (first/last k tokens)"))?
             };
             let i = if i < 0 { len as i64 + i } else { i };
             if i < 0 || i >= len as i64 {
@@ -224,5 +228,26 @@ impl OnBackend for Apply {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_positions;
+
+    fn r(specs: &[&str], len: usize) -> Result<Vec<usize>, String> {
+        resolve_positions(&specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(), len, "prompt").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn position_rules_resolve_like_pyreft() {
+        assert_eq!(r(&["last"], 5).unwrap(), vec![4]);
+        assert_eq!(r(&["0", "-2"], 5).unwrap(), vec![0, 3]);
+        assert_eq!(r(&["f2+l2"], 10).unwrap(), vec![0, 1, 8, 9]);
+        assert_eq!(r(&["f3+l3"], 4).unwrap(), vec![0, 1, 2, 3], "overlapping rules give each position once");
+        assert_eq!(r(&["all"], 3).unwrap(), vec![0, 1, 2]);
+        assert!(r(&["f6"], 5).unwrap_err().contains("asks for 6 tokens"));
+        assert!(r(&["7"], 5).unwrap_err().contains("outside the prompt"));
+        assert!(r(&["middle"], 5).unwrap_err().contains("f<k>/l<k>"));
     }
 }

@@ -153,7 +153,7 @@ enum Command {
         /// The source text, for interventions that read one (DAS).
         #[arg(long)]
         source: Option<String>,
-        /// Token positions to intervene on: `last`, indices (negative from the end), or f<k>/l<k> for
+        /// Token positions to intervene on: `last`, `all`, indices (negative from the end), or f<k>/l<k> for
         /// the first/last k tokens (`f5+l5`, pyreft's rule); comma-separated. Default: the
         /// export's own rule when it is one of these, else `last`.
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]

@@ -308,6 +308,7 @@ where
         "trainable_parameters": trainable, "model_parameters": model_params, "trainable_share": share,
         "steps_to_exact_recall": steps_to_recall, "steps_run": fitted.state.step,
         "recall": {"before": metrics_json(&before), "after": metrics_json(&after)},
+        "target_tokens": examples.iter().map(|e| if let TokenizedExample::Prompt { target, .. } = e { target.len() } else { 0 }).collect::<Vec<_>>(),
         "taught": taught, "recalled_by_generation": recalled,
         "held_out": held, "held_out_judged": {"judge": r.judge, "with": judged_with, "without": judged_without},
         "history": fitted.state.history.iter().map(|e| json!({"step": e.step, "loss": e.loss, "exact": e.accuracy})).collect::<Vec<_>>(),
@@ -327,7 +328,8 @@ where
             let _ = writeln!(out, "no exact recall within {} steps (token accuracy {:.3}); raise max_steps or lr", r.max_steps, after.token_accuracy);
         }
     }
-    let _ = writeln!(out, "recalled by greedy generation: {recalled}/{}", taught.len());
+    let target_tokens: usize = examples.iter().map(|e| if let TokenizedExample::Prompt { target, .. } = e { target.len() } else { 0 }).sum();
+    let _ = writeln!(out, "recalled by greedy generation: {recalled}/{} ({target_tokens} target tokens in all)", taught.len());
     for g in taught.iter().take(3) {
         let _ = writeln!(out, "  {:?}\n    without: {:?}\n    with:    {:?}", g.prompt, g.without, g.with);
     }

@@ -5,7 +5,7 @@
 //!    once with its true answer and once with a false one; facts split into train and held-out.
 //! 2. A logistic-regression probe per attention head on `head_attention_value_output` (the head's
 //!    output before the output projection) at the statement's last token; heads ranked by
-//!    held-out probe accuracy.
+//!    probe accuracy on validation facts.
 //! 3. For the top K heads, the mass-mean shift: `θ = mean(true) − mean(false)` per head,
 //!    normalised, scaled by the standard deviation `σ` of the activations along it. The
 //!    intervention adds `α·σ·θ̂` to those heads at every position.
@@ -34,19 +34,23 @@ use crate::lineplot::{LinePlot, Series};
 /// The recipe's kind.
 pub const KIND: &str = "steer-iti";
 
-const CAPITALS: [(&str, &str); 24] = [
+const CAPITALS: [(&str, &str); 44] = [
     ("France", "Paris"), ("Italy", "Rome"), ("Germany", "Berlin"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Russia", "Moscow"),
     ("Egypt", "Cairo"), ("Greece", "Athens"), ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Norway", "Oslo"),
     ("Poland", "Warsaw"), ("Hungary", "Budapest"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Belgium", "Brussels"),
     ("England", "London"), ("China", "Beijing"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"), ("Thailand", "Bangkok"),
+    ("Canada", "Ottawa"), ("Chile", "Santiago"), ("Colombia", "Bogotá"), ("India", "New Delhi"), ("Iran", "Tehran"), ("Iraq", "Baghdad"),
+    ("Turkey", "Ankara"), ("Syria", "Damascus"), ("Ukraine", "Kyiv"), ("Romania", "Bucharest"), ("Bulgaria", "Sofia"), ("Serbia", "Belgrade"),
+    ("Croatia", "Zagreb"), ("Switzerland", "Bern"), ("Scotland", "Edinburgh"), ("Wales", "Cardiff"), ("Australia", "Canberra"), ("Vietnam", "Hanoi"),
+    ("Indonesia", "Jakarta"), ("Ghana", "Accra"),
 ];
-const CATEGORIES: [(&str, [&str; 4]); 6] = [
-    ("animal", ["dog", "horse", "rabbit", "lion"]),
-    ("fruit", ["apple", "banana", "cherry", "mango"]),
-    ("vehicle", ["car", "bus", "truck", "bicycle"]),
-    ("tool", ["hammer", "wrench", "saw", "screwdriver"]),
-    ("musical instrument", ["piano", "guitar", "violin", "trumpet"]),
-    ("piece of furniture", ["chair", "sofa", "table", "wardrobe"]),
+const CATEGORIES: [(&str, [&str; 6]); 6] = [
+    ("animal", ["dog", "horse", "rabbit", "lion", "elephant", "tiger"]),
+    ("fruit", ["apple", "banana", "cherry", "mango", "orange", "pear"]),
+    ("vehicle", ["car", "bus", "truck", "bicycle", "tractor", "motorcycle"]),
+    ("tool", ["hammer", "wrench", "saw", "screwdriver", "drill", "chisel"]),
+    ("musical instrument", ["piano", "guitar", "violin", "trumpet", "flute", "cello"]),
+    ("piece of furniture", ["chair", "sofa", "table", "wardrobe", "bed", "desk"]),
 ];
 
 /// One fact: a prompt and its true and false answers.
@@ -70,16 +74,22 @@ pub fn facts(seed: u64) -> Vec<Fact> {
         let other = CAPITALS[(i + 1 + rng.below(CAPITALS.len() - 1)) % CAPITALS.len()].1;
         out.push(Fact { topic: "capitals", prompt: format!("The capital of {country} is"), truth: format!(" {capital}"), falsehood: format!(" {other}") });
     }
+    let wrong_digit = |rng: &mut Rng, right: u32| loop {
+        let w = rng.below(10) as u32;
+        if w != right {
+            break w;
+        }
+    };
     for a in 1..=8u32 {
         for b in 1..=(9 - a) {
-            let sum = a + b;
-            let wrong = loop {
-                let w = 1 + rng.below(9) as u32;
-                if w != sum {
-                    break w;
-                }
-            };
-            out.push(Fact { topic: "arithmetic", prompt: format!("{a} plus {b} equals"), truth: format!(" {sum}"), falsehood: format!(" {wrong}") });
+            let wrong = wrong_digit(&mut rng, a + b);
+            out.push(Fact { topic: "arithmetic", prompt: format!("{a} plus {b} equals"), truth: format!(" {}", a + b), falsehood: format!(" {wrong}") });
+        }
+    }
+    for a in 2..=9u32 {
+        for b in 1..a {
+            let wrong = wrong_digit(&mut rng, a - b);
+            out.push(Fact { topic: "arithmetic", prompt: format!("{a} minus {b} equals"), truth: format!(" {}", a - b), falsehood: format!(" {wrong}") });
         }
     }
     for (c, (category, items)) in CATEGORIES.iter().enumerate() {
@@ -102,8 +112,10 @@ pub struct SteerItiRecipe {
     pub kind: String,
     /// Model spec.
     pub model: String,
-    /// Share of facts held out (probe selection and the α curve).
+    /// Share of facts held out for the α curve.
     pub held_out_fraction: f64,
+    /// Share of facts that rank the heads (probes are fitted on the rest).
+    pub validation_fraction: f64,
     /// Heads shifted (ITI's K).
     pub top_k: usize,
     /// Scales α of the shift, in units of σ.
@@ -125,8 +137,8 @@ impl SteerItiRecipe {
         if r.kind != KIND {
             bail!("kind `{}` is not `{KIND}`", r.kind);
         }
-        if !(r.held_out_fraction > 0.0 && r.held_out_fraction < 1.0) {
-            bail!("`held_out_fraction` must be between 0 and 1 (exclusive)");
+        if !(r.held_out_fraction > 0.0 && r.validation_fraction > 0.0 && r.held_out_fraction + r.validation_fraction < 0.9) {
+            bail!("`held_out_fraction` and `validation_fraction` must be positive and leave at least 10% of the facts for training");
         }
         if r.top_k == 0 || r.alphas.is_empty() || r.probe_steps == 0 {
             bail!("`top_k`, `probe_steps` and `alphas` must be non-zero / non-empty");
@@ -223,7 +235,13 @@ fn true_answer_probability<B: Backend, M: Transformer<B>>(
         let hidden = if alpha == 0.0 || vectors.is_empty() {
             forward(model, &input, &mut NoHooks)
         } else {
-            let mut add = FnHook::new(vectors.keys().copied(), |site, h: Tensor<B, 3>| h + vectors[&site].clone());
+            // At the last position only: the token whose next-token prediction is the answer,
+            // as ITI shifts each generated token.
+            let mut add = FnHook::new(vectors.keys().copied(), |site, h: Tensor<B, 3>| {
+                let [_, seq, width] = h.dims();
+                let before = Tensor::<B, 3>::zeros([1, seq - 1, width], &h.device());
+                h + Tensor::cat(vec![before, vectors[&site].clone()], 1)
+            });
             forward(model, &input, &mut add)
         };
         let logits = model.head(hidden.slice([0..b, seq - 1..seq])).ok_or_else(|| anyhow!("steer-iti needs a language model"))?;
@@ -254,8 +272,17 @@ pub struct AlphaPoint {
     pub true_share_random: f32,
 }
 
-fn first_token(tok: &TextTokenizer, text: &str) -> Result<u32> {
-    tok.encode_plain(text)?.first().copied().ok_or_else(|| anyhow!("answer {text:?} tokenises to nothing"))
+/// The prompt's ids up to where the true and false answers part, and the first token of each
+/// from there (` 5` and ` 7` share a leading space token under digit splitting).
+fn answer_choice(tok: &TextTokenizer, fact: &Fact) -> Result<(Vec<u32>, u32, u32)> {
+    let (t, f) = (tok.encode_plain(&fact.truth)?, tok.encode_plain(&fact.falsehood)?);
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let (Some(&ti), Some(&fi)) = (t.get(common), f.get(common)) else {
+        bail!("the answers {:?} and {:?} of {:?} do not part", fact.truth, fact.falsehood, fact.prompt);
+    };
+    let mut ids = tok.encode(&fact.prompt)?;
+    ids.extend(&t[..common]);
+    Ok((ids, ti, fi))
 }
 
 /// Runs the recipe: probes per head, heatmap, top-K mass-mean shift, α curve with its random
@@ -272,12 +299,15 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
         bail!("`top_k = {}` is more than the model's {} heads", r.top_k, heads * model.n_layers());
     }
 
-    // Facts, split by fact; statements = prompt + true answer, prompt + false answer.
+    // Facts, split by fact into train (probes, directions), validation (head ranking) and
+    // held-out (the α curve); statements = prompt + true answer, prompt + false answer.
     let all = facts(r.seed);
     let mut order: Vec<usize> = (0..all.len()).collect();
     Rng::new(r.seed ^ 0x5EED).shuffle(&mut order);
-    let n_test = ((all.len() as f64 * r.held_out_fraction).round() as usize).clamp(1, all.len() - 1);
-    let (test_facts, train_facts): (Vec<usize>, Vec<usize>) = (order[..n_test].to_vec(), order[n_test..].to_vec());
+    let n_test = (all.len() as f64 * r.held_out_fraction).round() as usize;
+    let n_val = (all.len() as f64 * r.validation_fraction).round() as usize;
+    let (test_facts, rest) = order.split_at(n_test);
+    let (val_facts, train_facts) = rest.split_at(n_val);
     let statements = |ids: &[usize]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
         let mut rows = Vec::new();
         let mut ys = Vec::new();
@@ -289,14 +319,14 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
         }
         Ok((rows, ys))
     };
-    let (train_rows, train_y) = statements(&train_facts)?;
-    let (test_rows, test_y) = statements(&test_facts)?;
+    let (train_rows, train_y) = statements(train_facts)?;
+    let (val_rows, val_y) = statements(val_facts)?;
     let bar = crate::events::progress(3, "reading head outputs, probing, steering");
     if !show {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let train_acts = head_outputs(model, &train_rows, tok.pad_id, device)?;
-    let test_acts = head_outputs(model, &test_rows, tok.pad_id, device)?;
+    let val_acts = head_outputs(model, &val_rows, tok.pad_id, device)?;
     bar.inc(1);
 
     // A probe per head.
@@ -304,10 +334,10 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
     let mut accuracy = vec![vec![0f32; heads]; model.n_layers()];
     for l in 0..model.n_layers() {
         for h in 0..heads {
-            let (tr, te) = (slice(&train_acts[l], h), slice(&test_acts[l], h));
+            let (tr, va) = (slice(&train_acts[l], h), slice(&val_acts[l], h));
             let tr_refs: Vec<&[f32]> = tr.iter().map(Vec::as_slice).collect();
-            let te_refs: Vec<&[f32]> = te.iter().map(Vec::as_slice).collect();
-            accuracy[l][h] = probe_accuracy(&tr_refs, &train_y, &te_refs, &test_y, r.probe_steps);
+            let va_refs: Vec<&[f32]> = va.iter().map(Vec::as_slice).collect();
+            accuracy[l][h] = probe_accuracy(&tr_refs, &train_y, &va_refs, &val_y, r.probe_steps);
         }
     }
     bar.inc(1);
@@ -342,16 +372,7 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
         .collect();
 
     // The α curve on held-out prompts.
-    let prompts: Vec<(Vec<u32>, u32, u32)> = test_facts
-        .iter()
-        .map(|&i| {
-            let f = &all[i];
-            Ok((tok.encode(&f.prompt)?, first_token(tok, &f.truth)?, first_token(tok, &f.falsehood)?))
-        })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .filter(|(_, t, f)| t != f)
-        .collect();
+    let prompts: Vec<(Vec<u32>, u32, u32)> = test_facts.iter().map(|&i| answer_choice(tok, &all[i])).collect::<Result<Vec<_>>>()?;
     let mut curve = Vec::new();
     for &alpha in &r.alphas {
         let (p_true, true_share) = true_answer_probability(model, &prompts, &iti, alpha, tok.pad_id, device)?;
@@ -368,7 +389,7 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
 
     // Plots, CSVs, exports, report.
     Heatmap {
-        title: &format!("{name}: held-out probe accuracy per head (true vs false statements)"),
+        title: &format!("{name}: validation accuracy of a probe per head (true vs false statements)"),
         rows: (0..model.n_layers()).map(|l| l.to_string()).collect(),
         columns: (0..heads).map(|h| h.to_string()).collect(),
         values: accuracy.iter().map(|row| row.iter().map(|&a| Some(a)).collect()).collect(),
@@ -404,7 +425,7 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
         let heads_here: Vec<usize> = top.iter().filter(|(tl, _)| *tl == l).map(|(_, h)| *h).collect();
         let config = ExportConfig {
             format: 0, kind: String::new(), width: 0, hyper: Default::default(),
-            placement: PlacementConfig { sites: vec![site], positions: "every".into(), site_width: width, dims: vec![], composition: Default::default() },
+            placement: PlacementConfig { sites: vec![site], positions: "all".into(), site_width: width, dims: vec![], composition: Default::default() },
             model: ModelConfig { id: r.model.clone(), revision: loaded.revision.clone(), arch: model.arch().into(), hidden_size: model.width() },
             training: json!({"recipe": name, "heads": heads_here, "alpha": r.export_alpha, "rule": "mass-mean shift, sigma-scaled"}),
         };
@@ -419,7 +440,7 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
     };
     let report = json!({
         "recipe": name, "config": r,
-        "data": {"train_facts": topic_counts(&train_facts), "held_out_facts": topic_counts(&test_facts), "held_out_prompts": prompts.len()},
+        "data": {"train_facts": topic_counts(train_facts), "validation_facts": topic_counts(val_facts), "held_out_facts": topic_counts(test_facts)},
         "top_heads": top.iter().map(|&(l, h)| json!({"layer": l, "head": h, "accuracy": accuracy[l][h]})).collect::<Vec<_>>(),
         "alpha_curve": curve,
         "timings_s": {"total": started.elapsed().as_secs_f64()},
@@ -427,7 +448,7 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
     });
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
 
-    let mut out = format!("{name}: probes on {} heads; top {} by held-out accuracy:", heads * model.n_layers(), r.top_k);
+    let mut out = format!("{name}: probes on {} heads; top {} by validation accuracy:", heads * model.n_layers(), r.top_k);
     for &(l, h) in top.iter().take(8) {
         let _ = write!(out, " {l}.{h} ({:.2})", accuracy[l][h]);
     }
@@ -448,7 +469,7 @@ mod tests {
     #[test]
     fn facts_have_distinct_true_and_false_answers() {
         let f = facts(1);
-        assert_eq!(f.len(), 24 + 36 + 24);
+        assert_eq!(f.len(), 44 + 36 + 36 + 36);
         assert!(f.iter().all(|x| x.truth != x.falsehood));
         assert_eq!(f, facts(1), "the same seed gives the same facts");
     }

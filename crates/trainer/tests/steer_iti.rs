@@ -1,0 +1,53 @@
+//! `steer-iti` on SmolLM2, shortened (fewer probe steps and scales): per-head probes find heads
+//! that tell true from false statements well above chance, the α curve starts where the model
+//! alone is and moves with α, and the per-layer exports load and apply.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn trainer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    c
+}
+
+#[test]
+fn iti_probes_heads_steers_and_exports() {
+    let out_dir = std::env::temp_dir().join(format!("ferrovene-iti-{}", std::process::id()));
+    let out = trainer()
+        .args(["steer-iti", "--quiet", "--set", "probe_steps=60", "--set", "alphas=[0.0, 4.0]", "--set", "random_controls=1", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("steer-iti")).unwrap().map(|e| e.unwrap().path()).collect();
+    let [run] = runs.as_slice() else { panic!("one run folder: {runs:?}") };
+    for f in ["head-accuracy.svg", "head-accuracy.png", "head-accuracy.csv", "alpha.svg", "alpha.csv", "report.json"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let top = report["top_heads"].as_array().unwrap();
+    assert_eq!(top.len(), 16);
+    let best = top[0]["accuracy"].as_f64().unwrap();
+    assert!(best > 0.7, "the best head's probe should tell true from false well above chance: {best}");
+    let csv = std::fs::read_to_string(run.join("head-accuracy.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 30 * 9, "one row per head");
+    let curve = report["alpha_curve"].as_array().unwrap();
+    let p = |i: usize, k: &str| curve[i][k].as_f64().unwrap();
+    assert_eq!(p(0, "p_true"), p(0, "p_true_random"), "α = 0 is the model alone for both");
+    assert!((p(1, "p_true") - p(0, "p_true")).abs() > 1e-3, "α = 4 moves p(true): {stdout}");
+
+    // Each layer's export applies at every token.
+    let exports: Vec<PathBuf> = std::fs::read_dir(run.join("iti")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!exports.is_empty());
+    let out = trainer()
+        .args(["apply", "--prompt", "The capital of France is", "--generate", "4", "--every-token", "--json", "--intervention"])
+        .arg(&exports[0])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applied: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(applied["with"].is_string() && applied["kind"] == "steering");
+    std::fs::remove_dir_all(&out_dir).ok();
+}
