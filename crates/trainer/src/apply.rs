@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::{activation::softmax, Int, Tensor, TensorData};
-use ferrovene_interventions::{export, Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{forward, gather_positions, load, run_to, Input, NoHooks, Site, Transformer};
+use ferrovene_interventions::{export, Intervention};
+use ferrovene_models::{gather_positions, load, run_to, Input, Site, Transformer};
 use serde_json::json;
 
 use crate::device::OnBackend;
-use crate::generate::{generate, Decoding, Steer};
+use crate::generate::{generate, next_logits, Decoding, Steer};
 
 /// What to apply, from the command line.
 pub struct Apply {
@@ -156,8 +156,8 @@ impl OnBackend for Apply {
             bail!("--every-token needs an intervention without a source (ReFT, steering)");
         }
 
+        let steer = Steer { intervention: &iv, site: info, positions: positions.clone(), source: source.clone(), dims: config.placement.dims.clone(), every_token: self.every_token };
         if let Some(steps) = self.generate {
-            let steer = Steer { intervention: &iv, site: info, positions: positions.clone(), source: source.clone(), dims: config.placement.dims.clone(), every_token: self.every_token };
             let decoding = Decoding { max_new: steps, ..self.decoding };
             let without = generate(model, &ids, None, &decoding, tok.eos_id, &device)?;
             let with = generate(model, &ids, Some(&steer), &decoding, tok.eos_id, &device)?;
@@ -173,23 +173,8 @@ impl OnBackend for Apply {
             return Ok(());
         }
 
-        // Next-token logits of `seq` with the intervention at `at` (or none).
-        let next = |seq: &[u32], at: Option<&[usize]>| -> Result<Vec<f32>> {
-            let input = Input::<B>::from_ids(&[seq.to_vec()], &device);
-            let hidden = match at {
-                None => forward(model, &input, &mut NoHooks),
-                Some(at) => {
-                    let placement = Placement::new(info, &iv, positions_tensor::<B>(at, &device), source.clone(), config.placement.dims.clone())?;
-                    forward(model, &input, &mut Intervene::new(vec![placement], Composition::Parallel))
-                }
-            };
-            let n = seq.len();
-            let logits = model.head(hidden.slice([0..1, n - 1..n])).ok_or_else(|| anyhow!("model `{spec}` has no next-token head"))?;
-            logits.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("reading logits: {e:?}"))
-        };
-
-        let before = next(&ids, None)?;
-        let after = next(&ids, Some(&positions))?;
+        let before = next_logits(model, &ids, None, None, &device)?;
+        let after = next_logits(model, &ids, None, Some((&steer, positions.clone())), &device)?;
         let probs = |l: &[f32]| -> Vec<f32> {
             let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let z: f32 = l.iter().map(|x| (x - m).exp()).sum();

@@ -83,7 +83,7 @@ fn positions_tensor<B: Backend>(p: &[usize], device: &B::Device) -> Tensor<B, 2,
 
 /// Next-token logits after `feed` (continuing `cache` if given), with `steer` at `at` (positions
 /// in `feed`).
-fn next_logits<B: Backend, M: Transformer<B> + ?Sized>(
+pub fn next_logits<B: Backend, M: Transformer<B> + ?Sized>(
     model: &M,
     feed: &[u32],
     cache: Option<&KvCache<B>>,
