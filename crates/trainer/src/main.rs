@@ -142,7 +142,12 @@ enum Command {
     /// Examples:
     ///   trainer apply --intervention runs/das-capitals/…/intervention.safetensors
     ///       --prompt "The capital of France is" --source "The capital of Italy is" --positions 3
-    ///   trainer apply --intervention runs/reft/…/intervention.safetensors --prompt "GO->" --generate 40
+    ///   trainer apply --intervention runs/reft-memorise/…/intervention.safetensors --prompt "GO->" --generate 60
+    ///   trainer apply --intervention runs/reft-instruct-emoji/…/intervention.safetensors --chat
+    ///       --prompt "How do I cook pasta?" --generate 12
+    ///   trainer apply --intervention steer.safetensors --prompt "Today I" --generate 30 --every-token
+    ///       --temperature 0.8 --top-p 0.9 --seed 1
+    #[command(verbatim_doc_comment)]
     Apply {
         /// The export (intervention.safetensors).
         #[arg(long)]
