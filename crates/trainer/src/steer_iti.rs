@@ -213,8 +213,8 @@ fn scaled_direction(direction: &[f64], all: &[&[f32]]) -> Vec<f32> {
     unit.iter().map(|u| (u * sigma) as f32).collect()
 }
 
-/// Mean probability of the true answer's first token, and mean `p(true) / (p(true) + p(false))`,
-/// after each prompt with `shifts` (per layer, `[width]`, scaled by `alpha`) added at every position.
+/// Per prompt, the probability of the true answer's first token and `p(true) / (p(true) +
+/// p(false))`, with `shifts` (per layer, `[width]`, scaled by `alpha`) added at the last position.
 fn true_answer_probability<B: Backend, M: Transformer<B>>(
     model: &M,
     prompts: &[(Vec<u32>, u32, u32)],
@@ -222,12 +222,12 @@ fn true_answer_probability<B: Backend, M: Transformer<B>>(
     alpha: f64,
     pad_id: u32,
     device: &B::Device,
-) -> Result<(f32, f32)> {
+) -> Result<Vec<(f64, f64)>> {
     let vectors: BTreeMap<Site, Tensor<B, 3>> = shifts
         .iter()
         .map(|(&l, v)| (Site::new(l, Component::HeadAttentionValueOutput), Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [v.len()]), device).reshape([1, 1, v.len()]) * alpha))
         .collect();
-    let (mut p_true, mut share) = (0.0f64, 0.0f64);
+    let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(32) {
         let rows: Vec<Vec<u32>> = chunk.iter().map(|(ids, _, _)| ids.clone()).collect();
         let input = Input::<B>::padded(&rows, pad_id, true, device);
@@ -249,12 +249,32 @@ fn true_answer_probability<B: Backend, M: Transformer<B>>(
         let v = probs.len() / b;
         for (r, (_, t, f)) in chunk.iter().enumerate() {
             let (pt, pf) = (probs[r * v + *t as usize] as f64, probs[r * v + *f as usize] as f64);
-            p_true += pt;
-            share += pt / (pt + pf).max(1e-30);
+            out.push((pt, pt / (pt + pf).max(1e-30)));
         }
     }
-    let n = prompts.len().max(1) as f64;
-    Ok(((p_true / n) as f32, (share / n) as f32))
+    Ok(out)
+}
+
+/// Means of the per-prompt numbers over `rows`.
+fn means(values: &[(f64, f64)], rows: &[usize]) -> (f32, f32) {
+    let n = rows.len().max(1) as f64;
+    let (a, b) = rows.iter().fold((0.0, 0.0), |(a, b), &i| (a + values[i].0, b + values[i].1));
+    ((a / n) as f32, (b / n) as f32)
+}
+
+/// One topic's numbers at one α.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicPoint {
+    /// Held-out prompts of the topic.
+    pub n: usize,
+    /// Mean p(true answer) with the ITI shift.
+    pub p_true: f32,
+    /// Mean p(true) / (p(true) + p(false)) with the ITI shift.
+    pub true_share: f32,
+    /// Mean p(true answer) with random directions.
+    pub p_true_random: f32,
+    /// Mean true share with random directions.
+    pub true_share_random: f32,
 }
 
 /// One α's numbers.
@@ -270,6 +290,8 @@ pub struct AlphaPoint {
     pub p_true_random: f32,
     /// Mean true share with random directions.
     pub true_share_random: f32,
+    /// The same numbers per topic.
+    pub by_topic: BTreeMap<&'static str, TopicPoint>,
 }
 
 /// The prompt's ids up to where the true and false answers part, and the first token of each
@@ -373,16 +395,34 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
 
     // The α curve on held-out prompts.
     let prompts: Vec<(Vec<u32>, u32, u32)> = test_facts.iter().map(|&i| answer_choice(tok, &all[i])).collect::<Result<Vec<_>>>()?;
+    let mut topics: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
+    for (row, &i) in test_facts.iter().enumerate() {
+        topics.entry(all[i].topic).or_default().push(row);
+    }
+    let every: Vec<usize> = (0..prompts.len()).collect();
     let mut curve = Vec::new();
     for &alpha in &r.alphas {
-        let (p_true, true_share) = true_answer_probability(model, &prompts, &iti, alpha, tok.pad_id, device)?;
-        let (mut pr, mut sr) = (0.0f32, 0.0f32);
+        let shifted = true_answer_probability(model, &prompts, &iti, alpha, tok.pad_id, device)?;
+        let mut random = vec![(0.0, 0.0); prompts.len()];
         for c in &controls {
-            let (p, s) = true_answer_probability(model, &prompts, c, alpha, tok.pad_id, device)?;
-            pr += p / controls.len().max(1) as f32;
-            sr += s / controls.len().max(1) as f32;
+            for (acc, (p, s)) in random.iter_mut().zip(true_answer_probability(model, &prompts, c, alpha, tok.pad_id, device)?) {
+                acc.0 += p / controls.len().max(1) as f64;
+                acc.1 += s / controls.len().max(1) as f64;
+            }
         }
-        curve.push(AlphaPoint { alpha, p_true, true_share, p_true_random: pr, true_share_random: sr });
+        let point = |rows: &[usize]| {
+            let ((p_true, true_share), (p_true_random, true_share_random)) = (means(&shifted, rows), means(&random, rows));
+            TopicPoint { n: rows.len(), p_true, true_share, p_true_random, true_share_random }
+        };
+        let all_rows = point(&every);
+        curve.push(AlphaPoint {
+            alpha,
+            p_true: all_rows.p_true,
+            true_share: all_rows.true_share,
+            p_true_random: all_rows.p_true_random,
+            true_share_random: all_rows.true_share_random,
+            by_topic: topics.iter().map(|(&t, rows)| (t, point(rows))).collect(),
+        });
     }
     bar.inc(1);
     bar.finish_and_clear();
@@ -403,9 +443,12 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
         }
     }
     std::fs::write(dir.join("head-accuracy.csv"), csv)?;
-    let mut csv = String::from("alpha,p_true,true_share,p_true_random,true_share_random\n");
+    let mut csv = String::from("alpha,topic,prompts,p_true,true_share,p_true_random,true_share_random\n");
     for p in &curve {
-        let _ = writeln!(csv, "{},{},{},{},{}", p.alpha, p.p_true, p.true_share, p.p_true_random, p.true_share_random);
+        let _ = writeln!(csv, "{},all,{},{},{},{},{}", p.alpha, prompts.len(), p.p_true, p.true_share, p.p_true_random, p.true_share_random);
+        for (t, x) in &p.by_topic {
+            let _ = writeln!(csv, "{},{t},{},{},{},{},{}", p.alpha, x.n, x.p_true, x.true_share, x.p_true_random, x.true_share_random);
+        }
     }
     std::fs::write(dir.join("alpha.csv"), csv)?;
     LinePlot {
@@ -414,7 +457,10 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
         series: vec![
             Series { name: format!("ITI, top {} heads", r.top_k), points: curve.iter().map(|p| (p.alpha, p.p_true as f64)).collect() },
             Series { name: "random directions".into(), points: curve.iter().map(|p| (p.alpha, p.p_true_random as f64)).collect() },
-        ],
+        ]
+        .into_iter()
+        .chain(topics.keys().map(|&t| Series { name: format!("ITI, {t}"), points: curve.iter().map(|p| (p.alpha, p.by_topic[t].p_true as f64)).collect() }))
+        .collect(),
     }
     .write(&dir.join("alpha"))?;
     let export_dir = dir.join("iti");
@@ -456,6 +502,12 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
     let _ = writeln!(out, "{:>7} {:>18} {:>22}", "alpha", "ITI", "random directions");
     for p in &curve {
         let _ = writeln!(out, "{:>7} {:>9.4} ({:.3}) {:>13.4} ({:.3})", p.alpha, p.p_true, p.true_share, p.p_true_random, p.true_share_random);
+    }
+    let _ = writeln!(out, "by topic, mean p(true answer) with ITI / random directions:");
+    let _ = writeln!(out, "{:>7} {}", "alpha", topics.iter().map(|(t, rows)| format!("{:>24}", format!("{t} ({})", rows.len()))).collect::<String>());
+    for p in &curve {
+        let cells: String = p.by_topic.values().map(|x| format!("{:>24}", format!("{:.4} / {:.4}", x.p_true, x.p_true_random))).collect();
+        let _ = writeln!(out, "{:>7} {cells}", p.alpha);
     }
     print!("{out}");
     println!("run folder: {} ({:.0} s)", dir.display(), started.elapsed().as_secs_f64());
