@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::Backend;
-use burn::tensor::{activation::softmax, Int, Tensor, TensorData};
+use burn::tensor::activation::softmax;
 use ferrovene_interventions::{export, Intervention};
 use ferrovene_models::{gather_positions, load, run_to, Input, Site, Transformer};
 use serde_json::json;
 
+use crate::das::int2;
 use crate::device::OnBackend;
 use crate::generate::{generate, next_logits, Decoding, Steer};
 
@@ -31,10 +32,9 @@ pub struct Apply {
     pub source_positions: Option<Vec<String>>,
     /// The model (default: the export's).
     pub model: Option<String>,
-    /// Generate this many tokens instead of showing the next-token distribution.
-    pub generate: Option<usize>,
-    /// How generated tokens are chosen, and whether a KV cache is used.
-    pub decoding: Decoding,
+    /// Generate text (how many tokens, how they are chosen, with or without a KV cache) instead
+    /// of showing the next-token distribution.
+    pub generate: Option<Decoding>,
     /// Also intervene at every generated token (steering), not only at the prompt positions.
     pub every_token: bool,
     /// Candidates shown.
@@ -88,10 +88,6 @@ pub fn resolve_positions(specs: &[String], len: usize, what: &str) -> Result<Vec
     Ok(out)
 }
 
-fn positions_tensor<B: Backend>(p: &[usize], device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(p.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, p.len()]), device)
-}
-
 impl OnBackend for Apply {
     type Output = ();
 
@@ -118,16 +114,20 @@ impl OnBackend for Apply {
         if ids.is_empty() {
             bail!("the prompt {:?} tokenizes to nothing", self.prompt);
         }
-        let specs = match &self.positions {
-            Some(p) => p.clone(),
-            None if resolve_positions(std::slice::from_ref(&config.placement.positions), ids.len(), "prompt").is_ok() => vec![config.placement.positions.clone()],
-            None => vec!["last".to_string()],
+        let (specs, positions) = match &self.positions {
+            Some(p) => (p.clone(), resolve_positions(p, ids.len(), "prompt")?),
+            None => {
+                let own = vec![config.placement.positions.clone()];
+                match resolve_positions(&own, ids.len(), "prompt") {
+                    Ok(p) => (own, p),
+                    Err(_) => (vec!["last".to_string()], vec![ids.len() - 1]),
+                }
+            }
         };
-        let positions = resolve_positions(&specs, ids.len(), "prompt")?;
 
         if let Intervention::Probe(p) = &iv {
             let acts = run_to(model, &Input::<B>::from_ids(&[ids.clone()], &device), site)?.activation;
-            let logits = p.logits(gather_positions(acts, positions_tensor::<B>(&positions, &device)));
+            let logits = p.logits(gather_positions(acts, int2::<B>(&[positions.clone()], &device)));
             let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
             let c = p.weight.val().dims()[0];
             for (j, pos) in positions.iter().enumerate() {
@@ -146,7 +146,7 @@ impl OnBackend for Apply {
                     bail!("{} source positions for {} prompt positions; give as many of each", sp.len(), positions.len());
                 }
                 let acts = run_to(model, &Input::<B>::from_ids(&[sids], &device), site)?.activation;
-                Some(gather_positions(acts, positions_tensor::<B>(&sp, &device)))
+                Some(gather_positions(acts, int2::<B>(&[sp], &device)))
             }
             (None, true) => bail!("a {} intervention reads a source: give --source TEXT", iv.kind()),
             (Some(_), false) => bail!("a {} intervention reads no source; drop --source", iv.kind()),
@@ -157,8 +157,7 @@ impl OnBackend for Apply {
         }
 
         let steer = Steer { intervention: &iv, site: info, positions: positions.clone(), source: source.clone(), dims: config.placement.dims.clone(), every_token: self.every_token };
-        if let Some(steps) = self.generate {
-            let decoding = Decoding { max_new: steps, ..self.decoding };
+        if let Some(decoding) = self.generate {
             let without = generate(model, &ids, None, &decoding, tok.eos_id, &device)?;
             let with = generate(model, &ids, Some(&steer), &decoding, tok.eos_id, &device)?;
             let outputs = [tok.decode(&without)?, tok.decode(&with)?];

@@ -8,10 +8,12 @@
 
 use anyhow::{anyhow, bail, Result};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{forward, Input, KvCache, NoHooks, SiteInfo, Transformer};
+
+use crate::das::int2;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,10 +79,6 @@ pub struct Steer<'a, B: Backend> {
     pub every_token: bool,
 }
 
-fn positions_tensor<B: Backend>(p: &[usize], device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(p.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, p.len()]), device)
-}
-
 /// Next-token logits after `feed` (continuing `cache` if given), with `steer` at `at` (positions
 /// in `feed`).
 pub fn next_logits<B: Backend, M: Transformer<B> + ?Sized>(
@@ -98,7 +96,7 @@ pub fn next_logits<B: Backend, M: Transformer<B> + ?Sized>(
         Some((s, at)) if !at.is_empty() => {
             // A source read at the prompt positions goes only with those positions.
             let source = if at.len() == s.positions.len() { s.source.clone() } else { None };
-            let placement = Placement::new(s.site, s.intervention, positions_tensor::<B>(&at, device), source, s.dims.clone())?;
+            let placement = Placement::new(s.site, s.intervention, int2::<B>(&[at], device), source, s.dims.clone())?;
             forward(model, &input, &mut Intervene::new(vec![placement], Composition::Parallel))
         }
         _ => forward(model, &input, &mut NoHooks),

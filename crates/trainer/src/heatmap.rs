@@ -27,7 +27,8 @@ fn colour(v: f32) -> [u8; 3] {
     [lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0)]
 }
 
-fn escape(s: &str) -> String {
+/// `s` with the characters XML reserves escaped, for SVG text.
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 

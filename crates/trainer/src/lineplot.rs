@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::heatmap::escape;
+
 /// One named series of `(x, y)` points.
 pub struct Series {
     /// Legend label.
@@ -25,10 +27,6 @@ pub struct LinePlot<'a> {
 }
 
 const COLOURS: [&str; 6] = ["#08306b", "#e6550d", "#31a354", "#756bb1", "#636363", "#d62728"];
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
 
 /// Round tick values spanning `[lo, hi]`.
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {

@@ -403,9 +403,10 @@ fn main() -> Result<()> {
                 Some(temperature) => Choice::Sample { temperature, top_p, seed },
                 None => Choice::Greedy,
             };
-            let decoding = Decoding { max_new: generate.unwrap_or(0), choice, cache: !no_cache };
+            let decoding = Decoding { max_new: 0, choice, cache: !no_cache };
             decoding.check()?;
-            dispatch(device, apply::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, decoding, every_token, top, scale, json })
+            let generate = generate.map(|max_new| Decoding { max_new, ..decoding });
+            dispatch(device, apply::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, top, scale, json })
         }
         Command::Steer { model, positive, negative, layer, scale, out, device } => {
             dispatch(device, steer::Steer { model, positive, negative, layer, scale, out })

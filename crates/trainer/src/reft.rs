@@ -129,7 +129,7 @@ pub fn loss<B: Backend, M: Transformer<B>>(model: &M, batch: &PromptBatch<B>, iv
 }
 
 /// How well the targets are predicted.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RecallMetrics {
     /// Share of target tokens that are the argmax given the true prefix.
     pub token_accuracy: f32,

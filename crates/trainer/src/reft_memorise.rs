@@ -161,14 +161,15 @@ pub fn chat_prompt(instruction: &str) -> String {
     )
 }
 
-/// The ids of a prompt as the recipe feeds it.
-fn prompt_ids(r: &ReftMemoriseRecipe, tok: &TextTokenizer, prompt: &str) -> Result<Vec<u32>> {
+/// The ids of a prompt as the recipe feeds it, and the positions its rule picks there.
+fn prompt_input(r: &ReftMemoriseRecipe, tok: &TextTokenizer, prompt: &str) -> Result<TokenizedInput> {
     let text = if r.chat_template { chat_prompt(prompt) } else { prompt.to_string() };
     let ids = tok.encode(&text)?;
     if ids.is_empty() {
         bail!("prompt {prompt:?} tokenises to nothing");
     }
-    Ok(ids)
+    let positions = resolve_positions(std::slice::from_ref(&r.positions), ids.len(), &format!("prompt {prompt:?}"))?;
+    Ok(TokenizedInput { ids, positions })
 }
 
 /// Stops training at the first validation with every example recalled exactly.
@@ -223,28 +224,27 @@ where
         None
     };
 
-    // The taught examples, tokenised, with their positions.
-    let mut examples = Vec::new();
+    // The taught examples: prompts with their positions, and target ids.
+    let mut taught_inputs: Vec<(TokenizedInput, Vec<u32>)> = Vec::new();
     for (i, ex) in r.examples.iter().enumerate() {
-        let ids = prompt_ids(r, tok, &ex.prompt)?;
-        let positions = resolve_positions(&[r.positions.clone()], ids.len(), &format!("prompt of example {i}"))?;
+        let prompt = prompt_input(r, tok, &ex.prompt)?;
         let mut target = tok.encode_plain(&ex.target)?;
         target.extend(end_of_turn);
         if target.is_empty() {
             bail!("example {i}: the target {:?} tokenises to nothing", ex.target);
         }
-        examples.push(TokenizedExample::Prompt { prompt: TokenizedInput { ids, positions }, target });
+        taught_inputs.push((prompt, target));
     }
-    let counts: Vec<usize> = examples.iter().map(|e| if let TokenizedExample::Prompt { prompt, .. } = e { prompt.positions.len() } else { 0 }).collect();
+    let counts: Vec<usize> = taught_inputs.iter().map(|(p, _)| p.positions.len()).collect();
     if counts.iter().any(|&c| c != counts[0]) {
         bail!("`positions = \"{}\"` gives {counts:?} positions across the examples; every prompt needs as many (make the prompts longer than 2k tokens for f<k>+l<k>)", r.positions);
     }
+    let target_tokens: Vec<usize> = taught_inputs.iter().map(|(_, t)| t.len()).collect();
+    let examples: Vec<TokenizedExample> =
+        taught_inputs.iter().map(|(prompt, target)| TokenizedExample::Prompt { prompt: prompt.clone(), target: target.clone() }).collect();
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     let batches: Vec<PromptBatch<B>> = reft::prepare(model, site, &refs, tok.pad_id, refs.len(), device)?;
-    // Evaluation and generation run without autodiff.
-    let inner = model.valid();
-    let inner_batches: Vec<PromptBatch<B::InnerBackend>> = reft::prepare(&inner, site, &refs, tok.pad_id, refs.len(), device)?;
-    let before = reft::evaluate(&inner, &inner_batches, None)?;
+    let before = reft::evaluate(model, &batches, None)?;
 
     let iv = Intervention::Reft(ReftIntervention::new(r.family, info.width, r.rank, Activation::Identity, 0.0, &mut Rng::new(r.seed), device));
     let trainable = iv.num_params();
@@ -256,35 +256,32 @@ where
     let objective = UntilRecall(ReftObjective { model, train: &batches, validation: &batches });
     let fitted = fit(&objective, iv, &cfg, FitIo { progress: show, ..FitIo::default() })?;
     let steps_to_recall = (fitted.outcome == crate::fit::Outcome::Reached).then_some(fitted.state.step);
-    let iv = fitted.intervention.valid();
-    let after = reft::evaluate(&inner, &inner_batches, Some(&iv))?;
+    let after = reft::evaluate(model, &batches, Some(&fitted.intervention))?;
 
-    // Recall checked by generation (KV cache, greedy), as a user would see it.
-    let run_prompt = |prompt: &str, positions_from: usize, max_new: usize| -> Result<(String, String, Vec<u32>)> {
-        let ids = prompt_ids(r, tok, prompt)?;
-        let positions = resolve_positions(&[r.positions.clone()], ids.len(), &format!("prompt {positions_from}"))?;
-        let steer = Steer { intervention: &iv, site: info, positions, source: None, dims: vec![], every_token: false };
+    // Recall checked by generation (KV cache, greedy, without autodiff), as a user would see it.
+    let (inner, iv) = (model.valid(), fitted.intervention.valid());
+    let run_prompt = |prompt: &TokenizedInput, max_new: usize| -> Result<(String, String, Vec<u32>)> {
+        let steer = Steer { intervention: &iv, site: info, positions: prompt.positions.clone(), source: None, dims: vec![], every_token: false };
         let decoding = Decoding::greedy(max_new);
         let eos = if r.chat_template { end_of_turn } else { tok.eos_id };
-        let without = generate(&inner, &ids, None, &decoding, eos, device)?;
-        let with = generate(&inner, &ids, Some(&steer), &decoding, eos, device)?;
+        let without = generate(&inner, &prompt.ids, None, &decoding, eos, device)?;
+        let with = generate(&inner, &prompt.ids, Some(&steer), &decoding, eos, device)?;
         Ok((tok.decode(&without)?, tok.decode(&with)?, with))
     };
     let mut taught = Vec::new();
-    for (i, (ex, tokenized)) in r.examples.iter().zip(&examples).enumerate() {
-        let TokenizedExample::Prompt { target, .. } = tokenized else { unreachable!("built as prompts above") };
-        let (without, with, ids) = run_prompt(&ex.prompt, i, target.len())?;
+    for (ex, (prompt, target)) in r.examples.iter().zip(&taught_inputs) {
+        let (without, with, ids) = run_prompt(prompt, target.len())?;
         let expected: Vec<u32> = target.iter().copied().filter(|t| Some(*t) != end_of_turn).collect();
         taught.push(Generated { prompt: ex.prompt.clone(), without, with, ok: Some(ids == expected) });
     }
     let mut held = Vec::new();
-    for (i, prompt) in r.held_out.iter().enumerate() {
-        let (without, with, _) = run_prompt(prompt, i, r.generate)?;
+    for prompt in &r.held_out {
+        let (without, with, _) = run_prompt(&prompt_input(r, tok, prompt)?, r.generate)?;
         let ok = r.judge.map(|j| j.accepts(&with));
         held.push(Generated { prompt: prompt.clone(), without, with, ok });
     }
     let recalled = taught.iter().filter(|g| g.ok == Some(true)).count();
-    let judged_with = r.judge.map(|j| held.iter().filter(|g| j.accepts(&g.with)).count());
+    let judged_with = r.judge.map(|_| held.iter().filter(|g| g.ok == Some(true)).count());
     let judged_without = r.judge.map(|j| held.iter().filter(|g| j.accepts(&g.without)).count());
 
     // Export, plot, report.
@@ -307,8 +304,8 @@ where
         "recipe": name, "config": r,
         "trainable_parameters": trainable, "model_parameters": model_params, "trainable_share": share,
         "steps_to_exact_recall": steps_to_recall, "steps_run": fitted.state.step,
-        "recall": {"before": metrics_json(&before), "after": metrics_json(&after)},
-        "target_tokens": examples.iter().map(|e| if let TokenizedExample::Prompt { target, .. } = e { target.len() } else { 0 }).collect::<Vec<_>>(),
+        "recall": {"before": before, "after": after},
+        "target_tokens": target_tokens,
         "taught": taught, "recalled_by_generation": recalled,
         "held_out": held, "held_out_judged": {"judge": r.judge, "with": judged_with, "without": judged_without},
         "history": fitted.state.history.iter().map(|e| json!({"step": e.step, "loss": e.loss, "exact": e.accuracy})).collect::<Vec<_>>(),
@@ -328,8 +325,7 @@ where
             let _ = writeln!(out, "no exact recall within {} steps (token accuracy {:.3}); raise max_steps or lr", r.max_steps, after.token_accuracy);
         }
     }
-    let target_tokens: usize = examples.iter().map(|e| if let TokenizedExample::Prompt { target, .. } = e { target.len() } else { 0 }).sum();
-    let _ = writeln!(out, "recalled by greedy generation: {recalled}/{} ({target_tokens} target tokens in all)", taught.len());
+    let _ = writeln!(out, "recalled by greedy generation: {recalled}/{} ({} target tokens in all)", taught.len(), target_tokens.iter().sum::<usize>());
     for g in taught.iter().take(3) {
         let _ = writeln!(out, "  {:?}\n    without: {:?}\n    with:    {:?}", g.prompt, g.without, g.with);
     }
@@ -350,10 +346,6 @@ where
     println!("export: {}", export_path.display());
     println!("run folder: {} ({:.0} s)", dir.display(), started.elapsed().as_secs_f64());
     Ok(dir)
-}
-
-fn metrics_json(m: &reft::RecallMetrics) -> serde_json::Value {
-    json!({"token_accuracy": m.token_accuracy, "exact": m.exact, "loss": m.loss, "n": m.n})
 }
 
 impl ReftMemoriseRecipe {

@@ -300,12 +300,11 @@ where
             let with = reft::evaluate(model, &dev, Some(&fitted.intervention))?;
             let none = reft::evaluate(model, &dev, None)?;
             let on_train = reft::evaluate(model, &train, Some(&fitted.intervention))?;
-            let m = |m: &reft::RecallMetrics| json!({"token_accuracy": m.token_accuracy, "exact": m.exact, "loss": m.loss, "n": m.n});
             println!(
                 "{name}: held-out target-token accuracy {:.3} (no intervention {:.3}), exact recall {:.3} (training examples: {:.3})",
                 with.token_accuracy, none.token_accuracy, with.exact, on_train.exact
             );
-            (fitted, json!({"dev": m(&with), "train": m(&on_train), "controls": {"no_intervention": m(&none)}}))
+            (fitted, json!({"dev": with, "train": on_train, "controls": {"no_intervention": none}}))
         }
         Kind::Probe => {
             let classes = probe::class_count(&examples.iter().collect::<Vec<_>>());

@@ -403,13 +403,19 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
     let mut curve = Vec::new();
     for &alpha in &r.alphas {
         let shifted = true_answer_probability(model, &prompts, &iti, alpha, tok.pad_id, device)?;
-        let mut random = vec![(0.0, 0.0); prompts.len()];
-        for c in &controls {
-            for (acc, (p, s)) in random.iter_mut().zip(true_answer_probability(model, &prompts, c, alpha, tok.pad_id, device)?) {
-                acc.0 += p / controls.len().max(1) as f64;
-                acc.1 += s / controls.len().max(1) as f64;
+        // At α = 0 every shift is zero: the controls are the model alone, already computed.
+        let random = if alpha == 0.0 {
+            shifted.clone()
+        } else {
+            let mut mean = vec![(0.0, 0.0); prompts.len()];
+            for c in &controls {
+                for (acc, (p, s)) in mean.iter_mut().zip(true_answer_probability(model, &prompts, c, alpha, tok.pad_id, device)?) {
+                    acc.0 += p / controls.len().max(1) as f64;
+                    acc.1 += s / controls.len().max(1) as f64;
+                }
             }
-        }
+            mean
+        };
         let point = |rows: &[usize]| {
             let ((p_true, true_share), (p_true_random, true_share_random)) = (means(&shifted, rows), means(&random, rows));
             TopicPoint { n: rows.len(), p_true, true_share, p_true_random, true_share_random }
