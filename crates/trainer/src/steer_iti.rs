@@ -2,10 +2,14 @@
 //! true/false statements.
 //!
 //! 1. Statements from templates — capitals, one-digit arithmetic, category membership — each fact
-//!    once with its true answer and once with a false one; facts split into train and held-out.
+//!    once with its true answer and once with a false one; facts split into train, validation and
+//!    held-out.
 //! 2. A logistic-regression probe per attention head on `head_attention_value_output` (the head's
-//!    output before the output projection) at the statement's last token; heads ranked by
-//!    probe accuracy on validation facts.
+//!    output before the output projection) at the last token of a run of true or of false
+//!    statements; heads ranked by probe accuracy on validation facts. Where the run ends is the
+//!    recipe's [`ProbeAt`]: by default with the next fact's prompt, so the probe reads the
+//!    position that predicts an answer — the position the shift is later added at — after true or
+//!    after false statements; or with the fact's own statement, the paper's position.
 //! 3. For the top K heads, the mass-mean shift: `θ = mean(true) − mean(false)` per head,
 //!    normalised, scaled by the standard deviation `σ` of the activations along it. The
 //!    intervention adds `α·σ·θ̂` to those heads at every position.
@@ -102,6 +106,18 @@ pub fn facts(seed: u64) -> Vec<Fact> {
     out
 }
 
+/// Where each probed text ends, and so which token the probes read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeAt {
+    /// After the context statements, the fact's prompt without its answer: the probe reads the
+    /// position that predicts an answer, labelled by whether the statements before it were true.
+    NextPrompt,
+    /// The fact's own statement with its true or false answer (ITI's position: the answer's last
+    /// token), labelled by that statement.
+    Statement,
+}
+
 /// The recipe (`recipes/steer-iti.toml`). Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +132,13 @@ pub struct SteerItiRecipe {
     pub held_out_fraction: f64,
     /// Share of facts that rank the heads (probes are fitted on the rest).
     pub validation_fraction: f64,
+    /// Statements (all true, or all false, from training facts) before each probed text.
+    pub context_statements: usize,
+    /// Contexts drawn per train or validation fact (each gives a true and a false text): more
+    /// draws average the mass mean over more contexts.
+    pub contexts_per_fact: usize,
+    /// Where each probed text ends.
+    pub probe_at: ProbeAt,
     /// Heads shifted (ITI's K).
     pub top_k: usize,
     /// Scales α of the shift, in units of σ.
@@ -126,7 +149,7 @@ pub struct SteerItiRecipe {
     pub random_controls: usize,
     /// Gradient steps of each head's logistic regression.
     pub probe_steps: usize,
-    /// Seed of the false answers, the split and the random directions.
+    /// Seed of the false answers, the split, the contexts and the random directions.
     pub seed: u64,
 }
 
@@ -140,8 +163,11 @@ impl SteerItiRecipe {
         if !(r.held_out_fraction > 0.0 && r.validation_fraction > 0.0 && r.held_out_fraction + r.validation_fraction < 0.9) {
             bail!("`held_out_fraction` and `validation_fraction` must be positive and leave at least 10% of the facts for training");
         }
-        if r.top_k == 0 || r.alphas.is_empty() || r.probe_steps == 0 {
-            bail!("`top_k`, `probe_steps` and `alphas` must be non-zero / non-empty");
+        if r.probe_at == ProbeAt::NextPrompt && r.context_statements == 0 {
+            bail!("`probe_at = \"next-prompt\"` labels each prompt by the statements before it: set `context_statements` to 1 or more");
+        }
+        if r.top_k == 0 || r.alphas.is_empty() || r.probe_steps == 0 || r.contexts_per_fact == 0 {
+            bail!("`top_k`, `probe_steps`, `contexts_per_fact` and `alphas` must be non-zero / non-empty");
         }
         Ok(r)
     }
@@ -152,7 +178,29 @@ impl SteerItiRecipe {
     }
 }
 
-/// `[layer][statement][width]` head outputs at each statement's last token.
+/// The probed texts of the facts `ids`, each with its label: per fact, `contexts_per_fact` draws
+/// of `context_statements` other facts from `pool`, written once all true (label true) and once
+/// all false (label false), then the fact as [`ProbeAt`] says.
+pub fn probed_texts(all: &[Fact], ids: &[usize], pool: &[usize], r: &SteerItiRecipe, rng: &mut Rng) -> Vec<(String, bool)> {
+    let mut texts = Vec::new();
+    for &i in ids.iter().flat_map(|i| std::iter::repeat_n(i, r.contexts_per_fact)) {
+        let mut others: Vec<usize> = pool.iter().copied().filter(|&j| j != i).collect();
+        rng.shuffle(&mut others);
+        let context: Vec<&Fact> = others.iter().take(r.context_statements).map(|&j| &all[j]).collect();
+        for truth in [true, false] {
+            let answer = |f: &Fact| if truth { f.truth.clone() } else { f.falsehood.clone() };
+            let mut text: String = context.iter().map(|f| format!("{}{}. ", f.prompt, answer(f))).collect();
+            match r.probe_at {
+                ProbeAt::NextPrompt => text.push_str(&all[i].prompt),
+                ProbeAt::Statement => text.push_str(&format!("{}{}", all[i].prompt, answer(&all[i]))),
+            }
+            texts.push((text, truth));
+        }
+    }
+    texts
+}
+
+/// `[layer][text][width]` head outputs at each text's last token.
 fn head_outputs<B: Backend, M: Transformer<B>>(model: &M, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> Result<Vec<Vec<Vec<f32>>>> {
     let layers = model.n_layers();
     let sites: Vec<Site> = (0..layers).map(|l| Site::new(l, Component::HeadAttentionValueOutput)).collect();
@@ -322,7 +370,10 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
     }
 
     // Facts, split by fact into train (probes, directions), validation (head ranking) and
-    // held-out (the α curve); statements = prompt + true answer, prompt + false answer.
+    // held-out (the α curve). Each train or validation fact gives, per context drawn, two probed
+    // texts: one after true statements (label true), one after the same statements made false
+    // (label false). Context statements come from other training facts, so held-out answers
+    // never reach the probes.
     let all = facts(r.seed);
     let mut order: Vec<usize> = (0..all.len()).collect();
     Rng::new(r.seed ^ 0x5EED).shuffle(&mut order);
@@ -330,16 +381,13 @@ pub fn run<B: Backend>(name: &str, r: &SteerItiRecipe, out_root: &Path, show: bo
     let n_val = (all.len() as f64 * r.validation_fraction).round() as usize;
     let (test_facts, rest) = order.split_at(n_test);
     let (val_facts, train_facts) = rest.split_at(n_val);
-    let statements = |ids: &[usize]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
-        let mut rows = Vec::new();
-        let mut ys = Vec::new();
-        for &i in ids {
-            for (answer, truth) in [(&all[i].truth, true), (&all[i].falsehood, false)] {
-                rows.push(tok.encode(&format!("{}{answer}", all[i].prompt))?);
-                ys.push(truth);
-            }
-        }
-        Ok((rows, ys))
+    if r.context_statements >= train_facts.len() {
+        bail!("`context_statements = {}` needs more training facts than the {} left by the held-out and validation fractions", r.context_statements, train_facts.len());
+    }
+    let mut context_rng = Rng::new(r.seed ^ 0xC0_47_E7);
+    let mut statements = |ids: &[usize]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let texts = probed_texts(&all, ids, train_facts, r, &mut context_rng);
+        Ok((texts.iter().map(|(t, _)| tok.encode(t)).collect::<Result<_, _>>()?, texts.iter().map(|(_, y)| *y).collect()))
     };
     let (train_rows, train_y) = statements(train_facts)?;
     let (val_rows, val_y) = statements(val_facts)?;
@@ -530,6 +578,40 @@ mod tests {
         assert_eq!(f.len(), 44 + 36 + 36 + 36);
         assert!(f.iter().all(|x| x.truth != x.falsehood));
         assert_eq!(f, facts(1), "the same seed gives the same facts");
+    }
+
+    fn recipe() -> SteerItiRecipe {
+        SteerItiRecipe::from_toml(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes/steer-iti.toml")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn probed_texts_pair_one_context_as_true_and_as_false_from_the_pool_only() {
+        let all = facts(1);
+        let r = recipe();
+        let (ids, pool): (Vec<usize>, Vec<usize>) = ((0..4).collect(), (4..60).collect());
+        let texts = probed_texts(&all, &ids, &pool, &r, &mut Rng::new(5));
+        assert_eq!(texts.len(), ids.len() * r.contexts_per_fact * 2);
+        for (k, pair) in texts.chunks(2).enumerate() {
+            let fact = &all[ids[k / r.contexts_per_fact]];
+            let [(t, true), (f, false)] = pair else { panic!("true then false: {pair:?}") };
+            assert!(t.ends_with(&fact.prompt) && f.ends_with(&fact.prompt), "{t:?} / {f:?}");
+            // The same context facts, each with its true answer in one text and its false one in
+            // the other; none of them is outside the pool (held-out answers never reach probes).
+            let (ts, fs): (Vec<&str>, Vec<&str>) = (t.split(". ").collect(), f.split(". ").collect());
+            assert_eq!(ts.len(), r.context_statements + 1);
+            for (a, b) in ts.iter().zip(&fs).take(r.context_statements) {
+                let j = pool.iter().copied().find(|&j| a.starts_with(&all[j].prompt)).unwrap_or_else(|| panic!("{a:?} is not a pool fact"));
+                assert_eq!(*a, format!("{}{}", all[j].prompt, all[j].truth));
+                assert_eq!(*b, format!("{}{}", all[j].prompt, all[j].falsehood));
+            }
+        }
+        let statement = SteerItiRecipe { probe_at: ProbeAt::Statement, context_statements: 0, contexts_per_fact: 1, ..r.clone() };
+        let texts = probed_texts(&all, &ids, &pool, &statement, &mut Rng::new(5));
+        assert_eq!(texts[0], (format!("{}{}", all[0].prompt, all[0].truth), true));
+        assert_eq!(texts[1], (format!("{}{}", all[0].prompt, all[0].falsehood), false));
+        let bad = toml::to_string(&SteerItiRecipe { context_statements: 0, ..r }).unwrap();
+        let err = SteerItiRecipe::from_toml(&bad).unwrap_err().to_string();
+        assert!(err.contains("context_statements"), "{err}");
     }
 
     #[test]
