@@ -3,16 +3,14 @@
 //! experiments writes its heatmaps, numbers and export.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ferrovene_data::filler_gap::CONSTRUCTIONS;
 use ferrovene_models::rng::Rng;
 use trainer::filler_gap::{draw, split, FillerGapRecipe};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+
+use common::{only_run, root, trainer};
 
 #[test]
 fn held_out_bases_never_appear_in_training_and_both_directions_are_drawn() {
@@ -40,18 +38,17 @@ fn a_small_sweep_writes_heatmaps_numbers_and_export() {
     assert_eq!((r.train_pairs, r.test_pairs, r.rank, r.batch_size, r.epochs, r.warmup), (400, 100, 1, 4, 1, 0.1), "the paper's defaults");
     assert!(format!("{:#}", FillerGapRecipe::from_toml(&text.replace("\"verb\"]", "\"adverb\"]")).unwrap_err()).contains("adverb"));
     let out = std::env::temp_dir().join(format!("ferrovene-fg-{}", std::process::id()));
-    let status = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .current_dir(root())
+    let status = trainer()
         .args(["sweep", "das-filler-gap", "--layers", "24", "--positions", "verb", "--set", "train_pairs=16", "--set", "test_pairs=8", "--set", "generalization=true", "--out"])
         .arg(&out)
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let run = std::fs::read_dir(out.join("das-filler-gap")).unwrap().next().unwrap().unwrap().path();
+    let run = only_run(&out.join("das-filler-gap"));
     for f in ["iia.svg", "iia.png", "log_odds.svg", "log_odds.png", "sweep.csv", "report.json", "intervention.safetensors", "generalization.svg", "generalization.png", "generalization.csv", "recipe.toml"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let report = common::report(&run);
     let site = &report["sweep"][0];
     assert_eq!((site["layer"].as_u64(), site["position"].as_str()), (Some(24), Some("verb")));
     for key in ["iia", "iia_none", "iia_random", "iia_mean_difference", "log_odds_gain"] {

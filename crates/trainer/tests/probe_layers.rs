@@ -2,25 +2,24 @@
 //! held-out frames and beats its control task (selectivity > 0.1) at a late layer; the run
 //! writes its table, plot, CSV, report and the best probe's export.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
+use common::{only_run, trainer};
 
 #[test]
 fn probes_beat_their_control_task_at_a_late_layer() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = std::env::temp_dir().join(format!("ferrovene-probe-layers-{}", std::process::id()));
-    let run = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .current_dir(&root)
+    let run = trainer()
         .args(["probe-layers", "--set", "layers=[0,26]", "--out"])
         .arg(&out)
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let dir = std::fs::read_dir(out.join("probe-layers")).unwrap().next().unwrap().unwrap().path();
+    let dir = only_run(&out.join("probe-layers"));
     for f in ["layers.svg", "layers.png", "layers.csv", "report.json", "intervention.safetensors", "recipe.toml"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let report = common::report(&dir);
     let late = &report["layers"][1];
     assert_eq!(late["layer"], 26);
     let (acc, control) = (late["accuracy"].as_f64().unwrap(), late["control_accuracy"].as_f64().unwrap());

@@ -6,15 +6,9 @@ use std::process::Command;
 
 use trainer::recipe::Recipe;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-fn trainer() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
-    c.current_dir(root());
-    c
-}
+use common::{only_run, root, trainer};
 
 #[test]
 fn recipes_parse_and_refuse_unknown_keys() {
@@ -48,14 +42,13 @@ fn a_short_run_leaves_export_report_and_recipe_and_eval_reproduces_it() {
     let out_dir = std::env::temp_dir().join(format!("ferrovene-runs-{}", std::process::id()));
     let out = trainer().args(["das-capitals", "--epochs", "1", "--out"]).arg(&out_dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let runs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("das-capitals")).unwrap().map(|e| e.unwrap().path()).collect();
-    let [run] = runs.as_slice() else { panic!("one run folder: {runs:?}") };
+    let run = only_run(&out_dir.join("das-capitals"));
     for f in ["intervention.safetensors", "report.json", "recipe.toml", "dev.jsonl"] {
         assert!(run.join(f).exists(), "{f} missing in {}", run.display());
     }
     let as_run = Recipe::from_file(&run.join("recipe.toml")).unwrap();
     assert_eq!(as_run.epochs, 1, "the recipe as run records the override");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let report = common::report(&run);
     assert_eq!(report["metrics"]["controls"]["no_intervention"]["iia"], 0.0);
     assert!(report["data"]["hash_fnv1a64"].as_str().unwrap().len() == 16);
     let out = trainer()
@@ -96,12 +89,6 @@ fn small_recipe(dir: &Path) -> PathBuf {
     recipe
 }
 
-fn only_run(root: &Path) -> PathBuf {
-    let runs: Vec<PathBuf> = std::fs::read_dir(root.join("das-small")).unwrap().map(|e| e.unwrap().path()).collect();
-    let [run] = runs.as_slice() else { panic!("one run folder: {runs:?}") };
-    run.clone()
-}
-
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -121,7 +108,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() 
     let straight_root = dir.join("straight");
     let out = trainer().arg(&recipe).arg("--out").arg(&straight_root).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let straight = only_run(&straight_root);
+    let straight = only_run(&straight_root.join("das-small"));
 
     // Interrupt with SIGINT once the first checkpoint is on disk.
     let cut_root = dir.join("cut");
@@ -141,14 +128,14 @@ fn ctrl_c_writes_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "interrupted runs exit with 130: {stderr}");
     assert!(stderr.contains("--resume"), "the message says how to go on: {stderr}");
-    let cut = only_run(&cut_root);
+    let cut = only_run(&cut_root.join("das-small"));
     assert!(latest.exists() && !cut.join("intervention.safetensors").exists());
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(cut.join("checkpoints").join(std::fs::read_to_string(&latest).unwrap().trim()).join("state.json")).unwrap(),
     )
     .unwrap();
     let steps_at_cut = state["step"].as_u64().unwrap();
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(straight.join("report.json")).unwrap()).unwrap();
+    let report = common::report(&straight);
     let total = report["training"]["steps"].as_u64().unwrap();
     assert!(steps_at_cut >= 2 && steps_at_cut < total, "cut at step {steps_at_cut} of {total}");
 
@@ -159,7 +146,7 @@ fn ctrl_c_writes_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() 
         tensors(&straight.join("intervention.safetensors")),
         "the resumed run's weights differ from the uninterrupted run's"
     );
-    let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cut.join("report.json")).unwrap()).unwrap();
+    let resumed = common::report(&cut);
     assert_eq!(resumed["metrics"], report["metrics"]);
     assert_eq!(resumed["training"]["resumed"], true);
     // TensorBoard: one event file per process, both in the run's folder.
@@ -218,8 +205,8 @@ fn probe_and_reft_recipes_run_end_to_end() {
         dir.join("texts.jsonl").display().to_string()));
     let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = std::fs::read_dir(dir.join("runs/probe-small")).unwrap().next().unwrap().unwrap().path();
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let run = only_run(&dir.join("runs/probe-small"));
+    let report = common::report(&run);
     let acc = report["metrics"]["dev"]["accuracy"].as_f64().unwrap();
     let majority = report["metrics"]["controls"]["majority_class"].as_f64().unwrap();
     assert!(acc >= 0.9 && acc > majority, "probe accuracy {acc} vs majority class {majority}");
@@ -241,8 +228,8 @@ fn probe_and_reft_recipes_run_end_to_end() {
         dir.join("prompts.jsonl").display().to_string()));
     let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let run = std::fs::read_dir(dir.join("runs/reft-small")).unwrap().next().unwrap().unwrap().path();
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let run = only_run(&dir.join("runs/reft-small"));
+    let report = common::report(&run);
     for key in ["token_accuracy", "exact", "loss"] {
         assert!(report["metrics"]["dev"][key].is_number() && report["metrics"]["controls"]["no_intervention"][key].is_number(), "{key}: {report}");
     }

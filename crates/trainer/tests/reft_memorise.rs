@@ -2,14 +2,9 @@
 //! `GO->`; the run reports it, and the exported intervention recalls it again when loaded by
 //! `trainer apply` in a fresh process.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn trainer() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
-    c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    c
-}
+use common::{only_run, trainer};
 
 #[test]
 fn rank_one_loreft_recalls_a_passage_and_its_export_recalls_it_in_a_fresh_process() {
@@ -23,9 +18,8 @@ fn rank_one_loreft_recalls_a_passage_and_its_export_recalls_it_in_a_fresh_proces
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let runs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("reft-memorise")).unwrap().map(|e| e.unwrap().path()).collect();
-    let [run] = runs.as_slice() else { panic!("one run folder: {runs:?}") };
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let run = only_run(&out_dir.join("reft-memorise"));
+    let report = common::report(&run);
     let steps = report["steps_to_exact_recall"].as_u64().unwrap_or_else(|| panic!("no exact recall: {stdout}"));
     assert!(steps > 0 && steps % 5 == 0, "recall is checked every 5 steps: {steps}");
     assert_eq!(report["recalled_by_generation"], 1, "greedy generation reproduces the passage: {stdout}");

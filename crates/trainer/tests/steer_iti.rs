@@ -3,14 +3,11 @@
 //! held-out prompts step by step over small α while random directions on the same heads do not,
 //! and the per-layer exports load and apply.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-fn trainer() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
-    c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    c
-}
+mod common;
+
+use common::{only_run, trainer};
 
 #[test]
 fn iti_probes_heads_steers_and_exports() {
@@ -22,12 +19,11 @@ fn iti_probes_heads_steers_and_exports() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let runs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("steer-iti")).unwrap().map(|e| e.unwrap().path()).collect();
-    let [run] = runs.as_slice() else { panic!("one run folder: {runs:?}") };
+    let run = only_run(&out_dir.join("steer-iti"));
     for f in ["head-accuracy.svg", "head-accuracy.png", "head-accuracy.csv", "alpha.svg", "alpha.csv", "report.json"] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    let report = common::report(&run);
     let top = report["top_heads"].as_array().unwrap();
     assert_eq!(top.len(), 16);
     let best = top[0]["accuracy"].as_f64().unwrap();
