@@ -17,9 +17,10 @@ pub enum PaddingSide {
 }
 
 impl PaddingSide {
-    /// The side for a model architecture: left for causal LMs, right for encoders (BERT).
-    pub fn for_arch(arch: &str) -> Self {
-        if arch == "bert" { PaddingSide::Right } else { PaddingSide::Left }
+    /// The side a model wants: left for causal LMs (their last real token is the last column),
+    /// right for bidirectional encoders (BERT). Pass `Transformer::causal()`.
+    pub fn for_model(causal: bool) -> Self {
+        if causal { PaddingSide::Left } else { PaddingSide::Right }
     }
 }
 

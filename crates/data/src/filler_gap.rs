@@ -10,7 +10,7 @@
 
 use serde_json::{json, Value};
 
-use crate::format::{parse_line, Example};
+use crate::format::{Example, Label, Position, Source};
 
 /// The seven constructions.
 pub const CONSTRUCTIONS: [&str; 7] =
@@ -141,7 +141,28 @@ impl Item {
 
     /// The same pair as an [`Example`].
     pub fn pair(&self, gap_in_base: bool, position: &str) -> Example {
-        parse_line(&self.pair_json(gap_in_base, position).to_string()).expect("generated pairs are valid lines")
+        self.example_at(gap_in_base, &[position])
+    }
+
+    /// The pair with base `gap_in_base`, intervening at each named span of `positions`, built
+    /// directly (the example [`Item::pair_json_at`]'s line parses to).
+    pub fn example_at(&self, gap_in_base: bool, positions: &[&str]) -> Example {
+        let (base, source) = (self.side(gap_in_base), self.side(!gap_in_base));
+        let text = |s: &Side| Source::Text { text: s.text.clone(), spans: s.spans.iter().map(|(n, a, b)| (n.to_string(), (*a, *b))).collect() };
+        let base_positions: Vec<Position> = positions.iter().map(|p| Position::Span(p.to_string())).collect();
+        let meta = json!({
+            "construction": self.construction, "animate": self.animate, "embedded": self.embedded,
+            "item": self.key(), "direction": if gap_in_base { "gap_to_plain" } else { "plain_to_gap" },
+        });
+        Example::Pair {
+            base: text(&base),
+            sources: vec![text(&source)],
+            source_positions: vec![base_positions.clone()],
+            base_positions,
+            base_label: Some(Label::Text(base.continuation.to_string())),
+            label: Label::Text(source.continuation.to_string()),
+            meta: meta.as_object().cloned().unwrap_or_default(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod error;
 pub mod filler_gap;
 pub mod format;
+pub mod positions;
 pub mod tokenize;
 
 pub use error::{DataError, Result};

@@ -49,6 +49,8 @@ fn check_with(tok: &TextTokenizer, name: &str) {
             for position in item.span_names() {
                 for gap_in_base in [true, false] {
                     let ex = item.pair(gap_in_base, position);
+                    // Built directly, the example is the one its pair-format line parses to.
+                    assert_eq!(ex, ferrovene_data::format::parse_line(&item.pair_json(gap_in_base, position).to_string()).unwrap());
                     let t = tokenize(&ex, tok, Path::new(name), 1).unwrap_or_else(|e| panic!("{name}: {c} {position}: {e}"));
                     let TokenizedExample::Pair { base, sources, base_label, label } = t else { panic!("a pair") };
                     assert_eq!(base.positions.len(), 1);

@@ -126,8 +126,8 @@ mod batching {
                 }
             }
         }
-        assert_eq!(PaddingSide::for_arch("llama"), PaddingSide::Left);
-        assert_eq!(PaddingSide::for_arch("bert"), PaddingSide::Right);
+        assert_eq!(PaddingSide::for_model(true), PaddingSide::Left);
+        assert_eq!(PaddingSide::for_model(false), PaddingSide::Right);
     }
 
     #[test]

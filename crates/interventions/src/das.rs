@@ -4,6 +4,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor};
 
+use crate::error::Result;
+use crate::family::{Family, Parts, Written};
 use crate::linalg::{row, sigmoid, times, times_t};
 use crate::orthogonal::Orthogonal;
 
@@ -149,5 +151,160 @@ impl TemperatureSchedule {
             Annealing::Linear => self.start + (self.end - self.start) * t,
             Annealing::Geometric => self.start * (self.end / self.start).powf(t),
         }
+    }
+}
+
+impl<B: Backend> Family<B> for DasFull<B> {
+    fn kinds() -> Vec<&'static str> {
+        vec!["das_full"]
+    }
+
+    fn kind(&self) -> &'static str {
+        "das_full"
+    }
+
+    fn width(&self) -> Option<usize> {
+        Some(self.rotation.dims()[1])
+    }
+
+    fn needs_source(&self) -> bool {
+        true
+    }
+
+    fn write(&self, out: &mut Written) {
+        out.rotation(&self.rotation);
+        out.hyper.k = Some(self.k);
+    }
+
+    fn read(_: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        Ok(DasFull { rotation: parts.rotation()?, k: parts.need(parts.hyper().k, "k")? })
+    }
+
+    fn rotation(&self) -> Option<&Orthogonal<B>> {
+        Some(&self.rotation)
+    }
+
+    fn rotation_mut(&mut self) -> Option<&mut Orthogonal<B>> {
+        Some(&mut self.rotation)
+    }
+}
+
+impl<B: Backend> Family<B> for DasLowRank<B> {
+    fn kinds() -> Vec<&'static str> {
+        vec!["das_low_rank"]
+    }
+
+    fn kind(&self) -> &'static str {
+        "das_low_rank"
+    }
+
+    fn width(&self) -> Option<usize> {
+        Some(self.rotation.dims()[1])
+    }
+
+    fn needs_source(&self) -> bool {
+        true
+    }
+
+    fn write(&self, out: &mut Written) {
+        out.rotation(&self.rotation);
+    }
+
+    fn read(_: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        Ok(DasLowRank { rotation: parts.rotation()? })
+    }
+
+    fn rotation(&self) -> Option<&Orthogonal<B>> {
+        Some(&self.rotation)
+    }
+
+    fn rotation_mut(&mut self) -> Option<&mut Orthogonal<B>> {
+        Some(&mut self.rotation)
+    }
+}
+
+impl<B: Backend> Family<B> for BoundlessDas<B> {
+    fn kinds() -> Vec<&'static str> {
+        vec!["das_boundless"]
+    }
+
+    fn kind(&self) -> &'static str {
+        "das_boundless"
+    }
+
+    fn width(&self) -> Option<usize> {
+        Some(self.rotation.dims()[1])
+    }
+
+    fn needs_source(&self) -> bool {
+        true
+    }
+
+    fn write(&self, out: &mut Written) {
+        out.rotation(&self.rotation);
+        out.tensor("boundary", self.boundary.val());
+        out.hyper.temperature = Some(self.temperature);
+    }
+
+    fn read(_: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        Ok(BoundlessDas { rotation: parts.rotation()?, boundary: parts.param1("boundary")?, temperature: parts.need(parts.hyper().temperature, "temperature")? })
+    }
+
+    fn rotation(&self) -> Option<&Orthogonal<B>> {
+        Some(&self.rotation)
+    }
+
+    fn rotation_mut(&mut self) -> Option<&mut Orthogonal<B>> {
+        Some(&mut self.rotation)
+    }
+
+    fn set_temperature(&mut self, tau: f64) {
+        self.temperature = tau;
+    }
+}
+
+impl<B: Backend> Family<B> for SigmoidMask<B> {
+    fn kinds() -> Vec<&'static str> {
+        vec!["sigmoid_mask", "sigmoid_mask_rotated"]
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.rotation.is_some() { "sigmoid_mask_rotated" } else { "sigmoid_mask" }
+    }
+
+    fn width(&self) -> Option<usize> {
+        Some(self.mask.val().dims()[0])
+    }
+
+    fn needs_source(&self) -> bool {
+        true
+    }
+
+    fn write(&self, out: &mut Written) {
+        if let Some(r) = &self.rotation {
+            out.rotation(r);
+        }
+        out.tensor("mask", self.mask.val());
+        out.hyper.temperature = Some(self.temperature);
+    }
+
+    fn read(kind: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        Ok(SigmoidMask {
+            mask: parts.param1("mask")?,
+            rotation: if kind == "sigmoid_mask_rotated" { Some(parts.rotation()?) } else { None },
+            temperature: parts.need(parts.hyper().temperature, "temperature")?,
+        })
+    }
+
+    fn rotation(&self) -> Option<&Orthogonal<B>> {
+        self.rotation.as_ref()
+    }
+
+    fn rotation_mut(&mut self) -> Option<&mut Orthogonal<B>> {
+        self.rotation.as_mut()
+    }
+
+    fn set_temperature(&mut self, tau: f64) {
+        self.temperature = tau;
     }
 }

@@ -24,49 +24,20 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::activation::Activation;
-use crate::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
 use crate::error::{InterventionError, Result};
-use crate::fixed::{Fixed, FixedOp};
+use crate::family::Parts;
 use crate::intervention::Intervention;
-use crate::orthogonal::Orthogonal;
 use crate::placement::Composition;
-use crate::probe::LinearProbe;
-use crate::reft::{Projection, ReftFamily, ReftIntervention};
-use crate::sae::JumpReluSae;
-use crate::steering::Steering;
 
 /// The metadata key that holds the config.
 pub const METADATA_KEY: &str = "ferrovene";
 /// The export format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Kind-specific scalars (absent where they do not apply).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Hyper {
-    /// Interchanged coordinates (das_full).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub k: Option<usize>,
-    /// τ (das_boundless, sigmoid masks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    /// α (steering).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alpha: Option<f64>,
-    /// Activation (ReFT).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub act: Option<Activation>,
-    /// Dropout (ReFT).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropout: Option<f64>,
-    /// Interchanged latents (jumprelu_sae; empty = all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latents: Option<Vec<usize>>,
-}
+pub use crate::family::Hyper;
 
 /// Where the intervention was trained to act.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,6 +91,24 @@ pub struct ExportConfig {
     pub training: serde_json::Value,
 }
 
+impl ModelConfig {
+    /// The loaded model an intervention is trained on: the spec it was asked for, its hub
+    /// revision, architecture and width.
+    pub fn of<B: Backend>(loaded: &ferrovene_models::LoadedModel<B>) -> Self {
+        use ferrovene_models::Transformer;
+        ModelConfig { id: loaded.spec.clone(), revision: loaded.revision.clone(), arch: loaded.model.arch().into(), hidden_size: loaded.model.width() }
+    }
+}
+
+impl ExportConfig {
+    /// The config of an export about to be written: where it acts, on which model, and a free
+    /// training summary. The kind, width and hyper-parameters are filled in from the intervention
+    /// when it is saved.
+    pub fn new(placement: PlacementConfig, model: ModelConfig, training: serde_json::Value) -> Self {
+        ExportConfig { format: FORMAT_VERSION, kind: String::new(), width: 0, hyper: Hyper::default(), placement, model, training }
+    }
+}
+
 /// What an export is loaded into: the model's identity and its sites.
 pub struct Target<'a> {
     /// Architecture.
@@ -156,78 +145,10 @@ impl ExportConfig {
     }
 }
 
-fn data<B: Backend, const D: usize>(t: Tensor<B, D>) -> TensorData {
-    t.into_data().convert::<f32>()
-}
-
-fn rotation_tensors<B: Backend>(r: &Orthogonal<B>, out: &mut Vec<(String, TensorData)>) {
-    out.push(("R".into(), data(r.matrix())));
-    match r {
-        Orthogonal::Householder(v) => out.push(("rotation.householder".into(), data(v.val()))),
-        Orthogonal::Exp(w) => out.push(("rotation.exp_weight".into(), data(w.val()))),
-        Orthogonal::Fixed(_) => {}
-    }
-}
-
 /// The intervention's tensors under their stable names, and its kind-specific scalars.
 pub fn tensors_of<B: Backend>(iv: &Intervention<B>) -> (Vec<(String, TensorData)>, Hyper) {
-    let mut t = Vec::new();
-    let mut h = Hyper::default();
-    match iv {
-        Intervention::Fixed(f) => {
-            if let Some(v) = &f.vector {
-                t.push(("vector".into(), data(v.val())));
-            }
-        }
-        Intervention::DasFull(i) => {
-            rotation_tensors(&i.rotation, &mut t);
-            h.k = Some(i.k);
-        }
-        Intervention::DasLowRank(i) => rotation_tensors(&i.rotation, &mut t),
-        Intervention::Boundless(i) => {
-            rotation_tensors(&i.rotation, &mut t);
-            t.push(("boundary".into(), data(i.boundary.val())));
-            h.temperature = Some(i.temperature);
-        }
-        Intervention::SigmoidMask(i) => {
-            if let Some(r) = &i.rotation {
-                rotation_tensors(r, &mut t);
-            }
-            t.push(("mask".into(), data(i.mask.val())));
-            h.temperature = Some(i.temperature);
-        }
-        Intervention::Reft(r) => {
-            if let Some(rot) = &r.rotation {
-                rotation_tensors(rot, &mut t);
-            }
-            for (prefix, p) in [("learned_source", &r.learned_source), ("proj_layer", &r.proj_layer)] {
-                if let Some(p) = p {
-                    t.push((format!("{prefix}.weight"), data(p.weight.val())));
-                    t.push((format!("{prefix}.bias"), data(p.bias.val())));
-                }
-            }
-            if let Some(c) = &r.learned_bias {
-                t.push(("learned_bias".into(), data(c.val())));
-            }
-            h.act = Some(r.act);
-            h.dropout = Some(r.dropout.prob);
-        }
-        Intervention::Probe(p) => {
-            t.push(("probe.weight".into(), data(p.weight.val())));
-            t.push(("probe.bias".into(), data(p.bias.val())));
-        }
-        Intervention::Steering(s) => {
-            t.push(("vector".into(), data(s.vector.val())));
-            h.alpha = Some(s.alpha);
-        }
-        Intervention::Sae(s) => {
-            for (n, v) in [("W_enc", data(s.w_enc.val())), ("b_enc", data(s.b_enc.val())), ("W_dec", data(s.w_dec.val())), ("b_dec", data(s.b_dec.val())), ("threshold", data(s.threshold.val()))] {
-                t.push((n.into(), v));
-            }
-            h.latents = Some(s.latents.clone());
-        }
-    }
-    (t, h)
+    let w = iv.written();
+    (w.tensors, w.hyper)
 }
 
 /// A written temporary file waiting to replace the target; dropped without
@@ -307,96 +228,7 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
     if config.format != FORMAT_VERSION {
         return Err(corrupt(format!("export format {} is not supported (this build reads {FORMAT_VERSION})", config.format)));
     }
-    let get = |name: &str| -> Result<TensorData> {
-        let view = st.tensor(name).map_err(|_| corrupt(format!("missing tensor `{name}` for kind `{}`", config.kind)))?;
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(corrupt(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
-        }
-        let values = ferrovene_models::weights::f32_from_le(view.data());
-        Ok(TensorData::new(values, view.shape().to_vec()))
-    };
-    let has = |name: &str| st.tensor(name).is_ok();
-    let t1 = |name: &str| -> Result<Tensor<B, 1>> { Ok(Tensor::from_data(get(name)?, device)) };
-    let t2 = |name: &str| -> Result<Tensor<B, 2>> {
-        let d = get(name)?;
-        if d.shape.len() != 2 {
-            return Err(corrupt(format!("tensor `{name}` has shape {:?}, expected 2 dimensions", d.shape)));
-        }
-        Ok(Tensor::from_data(d, device))
-    };
-    let param1 = |name: &str| -> Result<Param<Tensor<B, 1>>> { Ok(Param::from_tensor(t1(name)?)) };
-    let param2 = |name: &str| -> Result<Param<Tensor<B, 2>>> { Ok(Param::from_tensor(t2(name)?)) };
-    let rotation = || -> Result<Orthogonal<B>> {
-        if has("rotation.householder") {
-            Ok(Orthogonal::Householder(param2("rotation.householder")?))
-        } else if has("rotation.exp_weight") {
-            Ok(Orthogonal::Exp(param2("rotation.exp_weight")?))
-        } else {
-            Ok(Orthogonal::fixed(t2("R")?))
-        }
-    };
-    let hyper = &config.hyper;
-    let need = |v: Option<f64>, what: &str| v.ok_or_else(|| corrupt(format!("kind `{}` needs `hyper.{what}`", config.kind)));
-    let projection = |prefix: &str| -> Result<Projection<B>> {
-        Ok(Projection { weight: param2(&format!("{prefix}.weight"))?, bias: param1(&format!("{prefix}.bias"))? })
-    };
-    let reft = |family: ReftFamily| -> Result<Intervention<B>> {
-        // Each family's parameters must all be there (a missing one is a damaged file, not a panic later).
-        let (rot, learned, proj, bias) = family.parts();
-        Ok(Intervention::Reft(ReftIntervention {
-            family,
-            rotation: if rot { Some(rotation()?) } else { None },
-            learned_source: if learned { Some(projection("learned_source")?) } else { None },
-            proj_layer: if proj { Some(projection("proj_layer")?) } else { None },
-            learned_bias: if bias { Some(param1("learned_bias")?) } else { None },
-            act: hyper.act.unwrap_or_default(),
-            dropout: burn::nn::DropoutConfig::new(hyper.dropout.unwrap_or(0.0)).init(),
-        }))
-    };
-    let fixed = |op: FixedOp| -> Result<Intervention<B>> {
-        Ok(Intervention::Fixed(if matches!(op, FixedOp::Mean | FixedOp::Noise) { Fixed::with_vector(op, t1("vector")?) } else { Fixed::new(op) }))
-    };
-    let iv = match config.kind.as_str() {
-        "interchange" => fixed(FixedOp::Interchange)?,
-        "addition" => fixed(FixedOp::Addition)?,
-        "subtraction" => fixed(FixedOp::Subtraction)?,
-        "zero" => fixed(FixedOp::Zero)?,
-        "mean" => fixed(FixedOp::Mean)?,
-        "noise" => fixed(FixedOp::Noise)?,
-        "collect" => fixed(FixedOp::Collect)?,
-        "das_full" => Intervention::DasFull(DasFull {
-            rotation: rotation()?,
-            k: hyper.k.ok_or_else(|| corrupt("kind `das_full` needs `hyper.k`".into()))?,
-        }),
-        "das_low_rank" => Intervention::DasLowRank(DasLowRank { rotation: rotation()? }),
-        "das_boundless" => Intervention::Boundless(BoundlessDas {
-            rotation: rotation()?,
-            boundary: param1("boundary")?,
-            temperature: need(hyper.temperature, "temperature")?,
-        }),
-        "sigmoid_mask" | "sigmoid_mask_rotated" => Intervention::SigmoidMask(SigmoidMask {
-            mask: param1("mask")?,
-            rotation: if config.kind == "sigmoid_mask_rotated" { Some(rotation()?) } else { None },
-            temperature: need(hyper.temperature, "temperature")?,
-        }),
-        "loreft" => reft(ReftFamily::LoReft)?,
-        "noreft" => reft(ReftFamily::NoReft)?,
-        "consreft" => reft(ReftFamily::ConsReft)?,
-        "lobireft" => reft(ReftFamily::LoBiReft)?,
-        "direft" => reft(ReftFamily::DiReft)?,
-        "nodireft" => reft(ReftFamily::NoDiReft)?,
-        "linear_probe" => Intervention::Probe(LinearProbe { weight: param2("probe.weight")?, bias: param1("probe.bias")? }),
-        "steering" => Intervention::Steering(Steering { vector: param1("vector")?, alpha: need(hyper.alpha, "alpha")? }),
-        "jumprelu_sae" => Intervention::Sae(JumpReluSae {
-            w_enc: param2("W_enc")?,
-            b_enc: param1("b_enc")?,
-            w_dec: param2("W_dec")?,
-            b_dec: param1("b_dec")?,
-            threshold: param1("threshold")?,
-            latents: hyper.latents.clone().unwrap_or_default(),
-        }),
-        other => return Err(corrupt(format!("unknown intervention kind `{other}`"))),
-    };
+    let iv = Intervention::read(&config.kind, &Parts { path, st: &st, kind: &config.kind, hyper: &config.hyper, device })?;
     if let Some(w) = iv.width() {
         if w != config.width {
             return Err(corrupt(format!("its tensors act on width {w} but its config says {}", config.width)));

@@ -5,6 +5,8 @@ use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
+use crate::family::{name_of, named, Family, Parts, Written};
 use crate::linalg::row;
 
 /// The parameter-free operations.
@@ -27,6 +29,17 @@ pub enum FixedOp {
     /// [CollectIntervention] `b` unchanged (the caller records it).
     Collect,
 }
+
+/// Each operation's name in exports.
+const NAMES: [(FixedOp, &str); 7] = [
+    (FixedOp::Interchange, "interchange"),
+    (FixedOp::Addition, "addition"),
+    (FixedOp::Subtraction, "subtraction"),
+    (FixedOp::Zero, "zero"),
+    (FixedOp::Mean, "mean"),
+    (FixedOp::Noise, "noise"),
+    (FixedOp::Collect, "collect"),
+];
 
 /// A parameter-free operation, with its vector (`[d]`) for `Mean` (the mean) and `Noise` (σ).
 #[derive(Module, Debug)]
@@ -70,5 +83,38 @@ impl<B: Backend> Fixed<B> {
             }
             FixedOp::Collect => base,
         }
+    }
+}
+
+impl<B: Backend> Family<B> for Fixed<B> {
+    fn kinds() -> Vec<&'static str> {
+        NAMES.iter().map(|(_, n)| *n).collect()
+    }
+
+    fn kind(&self) -> &'static str {
+        name_of(&NAMES, self.op)
+    }
+
+    fn width(&self) -> Option<usize> {
+        self.vector.as_ref().map(|v| v.val().dims()[0])
+    }
+
+    fn needs_source(&self) -> bool {
+        Fixed::needs_source(self)
+    }
+
+    fn write(&self, out: &mut Written) {
+        if let Some(v) = &self.vector {
+            out.tensor("vector", v.val());
+        }
+    }
+
+    fn read(kind: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        let op = named(&NAMES, kind).ok_or_else(|| parts.corrupt(format!("`{kind}` is not a fixed operation")))?;
+        Ok(if matches!(op, FixedOp::Mean | FixedOp::Noise) { Fixed::with_vector(op, parts.t1("vector")?) } else { Fixed::new(op) })
+    }
+
+    fn reads_only(&self) -> bool {
+        self.op == FixedOp::Collect
     }
 }

@@ -1,13 +1,19 @@
-//! One type for every intervention family, applied to the vectors at selected positions.
+//! One type for every intervention family, applied to the vectors at selected positions. Each
+//! family's own file implements [`Family`]; this type delegates to it.
+//!
+//! Adding a family: its file with the module and its `Family` impl, a variant below, and its line
+//! in `each_family!`, [`Intervention::kinds`], [`Intervention::read`] and [`Intervention::apply`].
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
 use crate::error::{InterventionError, Result};
-use crate::fixed::{Fixed, FixedOp};
+use crate::family::{Family, Parts, Written};
+use crate::fixed::Fixed;
+use crate::orthogonal::Orthogonal;
 use crate::probe::LinearProbe;
-use crate::reft::{ReftFamily, ReftIntervention};
+use crate::reft::ReftIntervention;
 use crate::sae::JumpReluSae;
 use crate::steering::Steering;
 
@@ -35,102 +41,110 @@ pub enum Intervention<B: Backend> {
     Sae(JumpReluSae<B>),
 }
 
+/// Runs `$body` with `$f` bound to the [`Family`] value inside an intervention: the one place that
+/// lists every family (beside the enum above and [`Intervention::read`]).
+macro_rules! each_family {
+    ($iv:expr, $f:ident => $body:expr) => {
+        match $iv {
+            Intervention::Fixed($f) => $body,
+            Intervention::DasFull($f) => $body,
+            Intervention::DasLowRank($f) => $body,
+            Intervention::Boundless($f) => $body,
+            Intervention::SigmoidMask($f) => $body,
+            Intervention::Reft($f) => $body,
+            Intervention::Probe($f) => $body,
+            Intervention::Steering($f) => $body,
+            Intervention::Sae($f) => $body,
+        }
+    };
+}
+
 impl<B: Backend> Intervention<B> {
     /// The family's stable name (used in exports).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Intervention::Fixed(f) => match f.op {
-                FixedOp::Interchange => "interchange",
-                FixedOp::Addition => "addition",
-                FixedOp::Subtraction => "subtraction",
-                FixedOp::Zero => "zero",
-                FixedOp::Mean => "mean",
-                FixedOp::Noise => "noise",
-                FixedOp::Collect => "collect",
-            },
-            Intervention::DasFull(_) => "das_full",
-            Intervention::DasLowRank(_) => "das_low_rank",
-            Intervention::Boundless(_) => "das_boundless",
-            Intervention::SigmoidMask(m) => {
-                if m.rotation.is_some() { "sigmoid_mask_rotated" } else { "sigmoid_mask" }
-            }
-            Intervention::Reft(r) => match r.family {
-                ReftFamily::LoReft => "loreft",
-                ReftFamily::NoReft => "noreft",
-                ReftFamily::ConsReft => "consreft",
-                ReftFamily::LoBiReft => "lobireft",
-                ReftFamily::DiReft => "direft",
-                ReftFamily::NoDiReft => "nodireft",
-            },
-            Intervention::Probe(_) => "linear_probe",
-            Intervention::Steering(_) => "steering",
-            Intervention::Sae(_) => "jumprelu_sae",
+        each_family!(self, f => f.kind())
+    }
+
+    /// Every name an export's `kind` may have.
+    pub fn kinds() -> Vec<&'static str> {
+        [
+            Fixed::<B>::kinds(), DasFull::<B>::kinds(), DasLowRank::<B>::kinds(), BoundlessDas::<B>::kinds(), SigmoidMask::<B>::kinds(),
+            ReftIntervention::<B>::kinds(), LinearProbe::<B>::kinds(), Steering::<B>::kinds(), JumpReluSae::<B>::kinds(),
+        ]
+        .concat()
+    }
+
+    /// Reads the intervention an export names by `kind`.
+    pub fn read(kind: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        fn ours<B: Backend, F: Family<B>>(kind: &str) -> bool {
+            F::kinds().contains(&kind)
         }
+        Ok(if ours::<B, Fixed<B>>(kind) {
+            Intervention::Fixed(Fixed::read(kind, parts)?)
+        } else if ours::<B, DasFull<B>>(kind) {
+            Intervention::DasFull(DasFull::read(kind, parts)?)
+        } else if ours::<B, DasLowRank<B>>(kind) {
+            Intervention::DasLowRank(DasLowRank::read(kind, parts)?)
+        } else if ours::<B, BoundlessDas<B>>(kind) {
+            Intervention::Boundless(BoundlessDas::read(kind, parts)?)
+        } else if ours::<B, SigmoidMask<B>>(kind) {
+            Intervention::SigmoidMask(SigmoidMask::read(kind, parts)?)
+        } else if ours::<B, ReftIntervention<B>>(kind) {
+            Intervention::Reft(ReftIntervention::read(kind, parts)?)
+        } else if ours::<B, LinearProbe<B>>(kind) {
+            Intervention::Probe(LinearProbe::read(kind, parts)?)
+        } else if ours::<B, Steering<B>>(kind) {
+            Intervention::Steering(Steering::read(kind, parts)?)
+        } else if ours::<B, JumpReluSae<B>>(kind) {
+            Intervention::Sae(JumpReluSae::read(kind, parts)?)
+        } else {
+            return Err(parts.corrupt(format!("unknown intervention kind `{kind}` (known: {})", Self::kinds().join(", "))));
+        })
+    }
+
+    /// Its tensors under their stable names, and its kind-specific scalars (for exports).
+    pub fn written(&self) -> Written {
+        let mut out = Written::default();
+        each_family!(self, f => f.write(&mut out));
+        out
     }
 
     /// The width of the vectors it acts on, for kinds with parameters of that width.
     pub fn width(&self) -> Option<usize> {
-        match self {
-            Intervention::Fixed(f) => f.vector.as_ref().map(|v| v.val().dims()[0]),
-            Intervention::DasFull(i) => Some(i.rotation.dims()[1]),
-            Intervention::DasLowRank(i) => Some(i.rotation.dims()[1]),
-            Intervention::Boundless(i) => Some(i.rotation.dims()[1]),
-            Intervention::SigmoidMask(i) => Some(i.mask.val().dims()[0]),
-            Intervention::Reft(r) => Some(match (&r.rotation, &r.learned_source, &r.proj_layer) {
-                (Some(rot), _, _) => rot.dims()[1],
-                (None, Some(p), _) | (None, None, Some(p)) => p.weight.val().dims()[1],
-                (None, None, None) => return None,
-            }),
-            Intervention::Probe(p) => Some(p.weight.val().dims()[1]),
-            Intervention::Steering(s) => Some(s.vector.val().dims()[0]),
-            Intervention::Sae(s) => Some(s.w_enc.val().dims()[0]),
-        }
+        each_family!(self, f => f.width())
     }
 
     /// The same intervention with its rotation replaced by a random fixed one (the usual control
     /// for DAS and ReFT), or `None` for kinds without a rotation.
     pub fn with_random_rotation(&self, rng: &mut ferrovene_models::rng::Rng) -> Option<Self> {
-        use crate::orthogonal::Orthogonal;
-        let mut random = |r: &Orthogonal<B>| {
-            let [k, d] = r.dims();
-            let device = r.matrix().device();
-            Orthogonal::fixed(Orthogonal::<B>::random(k, d, rng, &device).matrix())
-        };
         let mut out = self.clone();
-        match &mut out {
-            Intervention::DasFull(i) => i.rotation = random(&i.rotation),
-            Intervention::DasLowRank(i) => i.rotation = random(&i.rotation),
-            Intervention::Boundless(i) => i.rotation = random(&i.rotation),
-            Intervention::SigmoidMask(i) => i.rotation = Some(random(i.rotation.as_ref()?)),
-            Intervention::Reft(i) => i.rotation = Some(random(i.rotation.as_ref()?)),
-            _ => return None,
-        }
+        let r = each_family!(&mut out, f => f.rotation_mut())?;
+        let [k, d] = r.dims();
+        let device = r.matrix().device();
+        *r = Orthogonal::fixed(Orthogonal::<B>::random(k, d, rng, &device).matrix());
         Some(out)
     }
 
     /// Its learned rotation, for kinds that have one (to log its orthogonality error).
-    pub fn rotation(&self) -> Option<&crate::orthogonal::Orthogonal<B>> {
-        match self {
-            Intervention::DasFull(i) => Some(&i.rotation),
-            Intervention::DasLowRank(i) => Some(&i.rotation),
-            Intervention::Boundless(i) => Some(&i.rotation),
-            Intervention::SigmoidMask(i) => i.rotation.as_ref(),
-            Intervention::Reft(i) => i.rotation.as_ref(),
-            _ => None,
-        }
+    pub fn rotation(&self) -> Option<&Orthogonal<B>> {
+        each_family!(self, f => f.rotation())
     }
 
     /// Whether it reads a source activation.
     pub fn needs_source(&self) -> bool {
-        match self {
-            Intervention::Fixed(f) => f.needs_source(),
-            Intervention::DasFull(_)
-            | Intervention::DasLowRank(_)
-            | Intervention::Boundless(_)
-            | Intervention::SigmoidMask(_)
-            | Intervention::Sae(_) => true,
-            Intervention::Reft(_) | Intervention::Probe(_) | Intervention::Steering(_) => false,
-        }
+        each_family!(self, f => f.needs_source())
+    }
+
+    /// Whether it only reads the activations (collect, probes): what it sees is kept, and the
+    /// activations go on unchanged.
+    pub fn reads_only(&self) -> bool {
+        each_family!(self, f => f.reads_only())
+    }
+
+    /// Sets the temperature τ of the kinds that have one (Boundless DAS, sigmoid masks), as
+    /// training anneals it; the others have none and are left as they are.
+    pub fn set_temperature(&mut self, tau: f64) {
+        each_family!(self, f => f.set_temperature(tau))
     }
 
     /// The result at the selected positions (`[batch, k, width]`).

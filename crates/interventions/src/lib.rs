@@ -9,6 +9,7 @@ pub mod activation;
 pub mod das;
 pub mod error;
 pub mod export;
+pub mod family;
 pub mod fixed;
 pub mod intervention;
 pub mod linalg;

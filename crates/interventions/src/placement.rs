@@ -97,7 +97,7 @@ impl<'a, B: Backend> Intervene<'a, B> {
                 Composition::Series => h.clone(),
             };
             let base = gather_positions(read, p.positions.clone());
-            if matches!(p.intervention.kind(), "collect" | "linear_probe") {
+            if p.intervention.reads_only() {
                 self.collected.push((i, base.clone()));
             }
             let width = base.dims()[2];

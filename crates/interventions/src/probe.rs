@@ -3,6 +3,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::error::Result;
+use crate::family::{Family, Parts, Written};
 use crate::linalg::{row, times_t};
 use ferrovene_models::rng::Rng;
 
@@ -28,5 +30,36 @@ impl<B: Backend> LinearProbe<B> {
     /// Class logits `[batch, k, classes]` of the vectors `b` (`[batch, k, d]`).
     pub fn logits(&self, b: Tensor<B, 3>) -> Tensor<B, 3> {
         times_t(b, self.weight.val()) + row(self.bias.val())
+    }
+}
+
+impl<B: Backend> Family<B> for LinearProbe<B> {
+    fn kinds() -> Vec<&'static str> {
+        vec!["linear_probe"]
+    }
+
+    fn kind(&self) -> &'static str {
+        "linear_probe"
+    }
+
+    fn width(&self) -> Option<usize> {
+        Some(self.weight.val().dims()[1])
+    }
+
+    fn needs_source(&self) -> bool {
+        false
+    }
+
+    fn write(&self, out: &mut Written) {
+        out.tensor("probe.weight", self.weight.val());
+        out.tensor("probe.bias", self.bias.val());
+    }
+
+    fn read(_: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        Ok(LinearProbe { weight: parts.param2("probe.weight")?, bias: parts.param1("probe.bias")? })
+    }
+
+    fn reads_only(&self) -> bool {
+        true
     }
 }

@@ -6,6 +6,8 @@ use burn::nn::Dropout;
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::activation::Activation;
+use crate::error::Result;
+use crate::family::{name_of, named, Family, Parts, Written};
 use crate::linalg::{row, times, times_t};
 use crate::orthogonal::Orthogonal;
 use ferrovene_models::rng::Rng;
@@ -43,6 +45,16 @@ pub enum ReftFamily {
     /// NoDiReFT: `b + act(b W1ᵀ + c1) W2` (`proj_layer`'s bias is unused, as in pyreft).
     NoDiReft,
 }
+
+/// Each family's name in exports.
+const NAMES: [(ReftFamily, &str); 6] = [
+    (ReftFamily::LoReft, "loreft"),
+    (ReftFamily::NoReft, "noreft"),
+    (ReftFamily::ConsReft, "consreft"),
+    (ReftFamily::LoBiReft, "lobireft"),
+    (ReftFamily::DiReft, "direft"),
+    (ReftFamily::NoDiReft, "nodireft"),
+];
 
 impl ReftFamily {
     /// Which parameters the family has: (rotation, learned_source, proj_layer, learned_bias).
@@ -128,5 +140,71 @@ impl<B: Backend> ReftIntervention<B> {
             ReftFamily::NoDiReft => b.clone() + times(act.apply(learned().forward(b)), proj().weight.val()),
         };
         self.dropout.forward(out)
+    }
+}
+
+impl<B: Backend> Family<B> for ReftIntervention<B> {
+    fn kinds() -> Vec<&'static str> {
+        NAMES.iter().map(|(_, n)| *n).collect()
+    }
+
+    fn kind(&self) -> &'static str {
+        name_of(&NAMES, self.family)
+    }
+
+    fn width(&self) -> Option<usize> {
+        match (&self.rotation, &self.learned_source, &self.proj_layer) {
+            (Some(rot), _, _) => Some(rot.dims()[1]),
+            (None, Some(p), _) | (None, None, Some(p)) => Some(p.weight.val().dims()[1]),
+            (None, None, None) => None,
+        }
+    }
+
+    fn needs_source(&self) -> bool {
+        false
+    }
+
+    fn write(&self, out: &mut Written) {
+        if let Some(rot) = &self.rotation {
+            out.rotation(rot);
+        }
+        for (prefix, p) in [("learned_source", &self.learned_source), ("proj_layer", &self.proj_layer)] {
+            if let Some(p) = p {
+                out.tensor(&format!("{prefix}.weight"), p.weight.val());
+                out.tensor(&format!("{prefix}.bias"), p.bias.val());
+            }
+        }
+        if let Some(c) = &self.learned_bias {
+            out.tensor("learned_bias", c.val());
+        }
+        out.hyper.act = Some(self.act);
+        out.hyper.dropout = Some(self.dropout.prob);
+    }
+
+    /// Each family's parameters must all be there (a missing one is a damaged file, not a panic
+    /// later).
+    fn read(kind: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        let family = named(&NAMES, kind).ok_or_else(|| parts.corrupt(format!("`{kind}` is not a ReFT family")))?;
+        let projection = |prefix: &str| -> Result<Projection<B>> {
+            Ok(Projection { weight: parts.param2(&format!("{prefix}.weight"))?, bias: parts.param1(&format!("{prefix}.bias"))? })
+        };
+        let (rot, learned, proj, bias) = family.parts();
+        Ok(ReftIntervention {
+            family,
+            rotation: if rot { Some(parts.rotation()?) } else { None },
+            learned_source: if learned { Some(projection("learned_source")?) } else { None },
+            proj_layer: if proj { Some(projection("proj_layer")?) } else { None },
+            learned_bias: if bias { Some(parts.param1("learned_bias")?) } else { None },
+            act: parts.hyper().act.unwrap_or_default(),
+            dropout: burn::nn::DropoutConfig::new(parts.hyper().dropout.unwrap_or(0.0)).init(),
+        })
+    }
+
+    fn rotation(&self) -> Option<&Orthogonal<B>> {
+        self.rotation.as_ref()
+    }
+
+    fn rotation_mut(&mut self) -> Option<&mut Orthogonal<B>> {
+        self.rotation.as_mut()
     }
 }

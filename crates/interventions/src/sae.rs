@@ -5,6 +5,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{activation::relu, backend::Backend, Tensor};
 
+use crate::error::Result;
+use crate::family::{Family, Parts, Written};
 use crate::linalg::{row, times};
 
 /// A JumpReLU SAE with the latents to interchange.
@@ -90,6 +92,44 @@ impl<B: Backend> JumpReluSae<B> {
             b_dec: t1(expect("b_dec", vec![d])?),
             threshold: t1(expect("threshold", vec![m])?),
             latents,
+        })
+    }
+}
+
+impl<B: Backend> Family<B> for JumpReluSae<B> {
+    fn kinds() -> Vec<&'static str> {
+        vec!["jumprelu_sae"]
+    }
+
+    fn kind(&self) -> &'static str {
+        "jumprelu_sae"
+    }
+
+    fn width(&self) -> Option<usize> {
+        Some(self.w_enc.val().dims()[0])
+    }
+
+    fn needs_source(&self) -> bool {
+        true
+    }
+
+    fn write(&self, out: &mut Written) {
+        out.tensor("W_enc", self.w_enc.val());
+        out.tensor("b_enc", self.b_enc.val());
+        out.tensor("W_dec", self.w_dec.val());
+        out.tensor("b_dec", self.b_dec.val());
+        out.tensor("threshold", self.threshold.val());
+        out.hyper.latents = Some(self.latents.clone());
+    }
+
+    fn read(_: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        Ok(JumpReluSae {
+            w_enc: parts.param2("W_enc")?,
+            b_enc: parts.param1("b_enc")?,
+            w_dec: parts.param2("W_dec")?,
+            b_dec: parts.param1("b_dec")?,
+            threshold: parts.param1("threshold")?,
+            latents: parts.hyper().latents.clone().unwrap_or_default(),
         })
     }
 }

@@ -3,6 +3,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
+use crate::error::Result;
+use crate::family::{Family, Parts, Written};
 use crate::linalg::row;
 
 /// `b + α·v`, with `v` fixed (e.g. a mean difference) or learned.
@@ -30,5 +32,32 @@ impl<B: Backend> Steering<B> {
     /// `b + α·v`.
     pub fn forward(&self, b: Tensor<B, 3>) -> Tensor<B, 3> {
         b + row(self.vector.val()) * self.alpha
+    }
+}
+
+impl<B: Backend> Family<B> for Steering<B> {
+    fn kinds() -> Vec<&'static str> {
+        vec!["steering"]
+    }
+
+    fn kind(&self) -> &'static str {
+        "steering"
+    }
+
+    fn width(&self) -> Option<usize> {
+        Some(self.vector.val().dims()[0])
+    }
+
+    fn needs_source(&self) -> bool {
+        false
+    }
+
+    fn write(&self, out: &mut Written) {
+        out.tensor("vector", self.vector.val());
+        out.hyper.alpha = Some(self.alpha);
+    }
+
+    fn read(_: &str, parts: &Parts<'_, B>) -> Result<Self> {
+        Ok(Steering { vector: parts.param1("vector")?, alpha: parts.need(parts.hyper().alpha, "alpha")? })
     }
 }

@@ -131,7 +131,10 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
         "llama" | "mistral" | "qwen2" => AnyModel::Llama(Llama::load(LlamaConfig::from_hf(&cfg)?, &w)?),
         "gpt2" => AnyModel::Gpt2(Gpt2::load(Gpt2Config::from_hf(&cfg)?, &w)?),
         "gpt_neox" => AnyModel::GptNeoX(GptNeoX::load(GptNeoXConfig::from_hf(&cfg)?, &w)?),
-        _ => AnyModel::Bert(Bert::load(BertConfig::from_hf(&cfg)?, &w)?),
+        "bert" => AnyModel::Bert(Bert::load(BertConfig::from_hf(&cfg)?, &w)?),
+        other => {
+            return Err(ModelError::UnknownArchitecture { path: config_path.clone(), found: other.to_string(), supported: SUPPORTED_MODEL_TYPES.into() });
+        }
     };
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.exists() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };

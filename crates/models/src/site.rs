@@ -155,6 +155,21 @@ impl FromStr for Site {
     }
 }
 
+/// Sites are written as text in recipes and exports (`6.block_output`), so a recipe's site is
+/// parsed and checked when the recipe is read.
+impl serde::Serialize for Site {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Site {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Shape facts about the activation at a site: `[batch, seq, width]` with `width = units × unit_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SiteInfo {

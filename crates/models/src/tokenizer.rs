@@ -168,3 +168,12 @@ mod ahash_compat {
     /// The map type `BPE::vocab_and_merges` takes.
     pub type Vocab = tokenizers::models::bpe::Vocab;
 }
+
+/// SmolLM2-Instruct's chat template (ChatML with its default system message) for one user turn,
+/// ready for the assistant's answer: what `trainer apply --chat` and chat-trained ReFT recipes
+/// feed the model.
+pub fn chat_prompt(instruction: &str) -> String {
+    format!(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    )
+}

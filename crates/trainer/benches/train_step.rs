@@ -35,13 +35,13 @@ fn main() {
     let examples: Vec<_> = file.examples.iter().take(8).map(|(l, e)| tokenize(e, &tok, &file.path, *l).unwrap_or_else(|e| panic!("{e}"))).collect();
     let refs: Vec<_> = examples.iter().collect();
     let site = Site::new(6, Component::BlockOutput);
-    let batches = trainer::das::prepare(&loaded.model, site, &refs, tok.pad_id, 8, &device).unwrap_or_else(|e| panic!("{e}"));
+    let batches = trainer::objectives::das::prepare(&loaded.model, site, &refs, tok.pad_id, 8, &device).unwrap_or_else(|e| panic!("{e}"));
     let mut iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(32, 576, &mut Rng::new(1), &device) });
     let mut opt = AdamWConfig::new().init::<B, Intervention<B>>();
     let mut times = Vec::new();
     for i in 0..12 {
         let t = Instant::now();
-        let loss = trainer::das::loss(&loaded.model, &batches[0], &iv).unwrap_or_else(|e| panic!("{e}"));
+        let loss = trainer::objectives::das::loss(&loaded.model, &batches[0], &iv).unwrap_or_else(|e| panic!("{e}"));
         let grads = GradientsParams::from_grads(loss.backward(), &iv);
         iv = opt.step(1e-2, iv, grads);
         // Reading a parameter forces the step to finish.

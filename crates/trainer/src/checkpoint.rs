@@ -10,11 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use ferrovene_interventions::Intervention;
 use serde::{Deserialize, Serialize};
 
 /// A validation result during training.
@@ -51,13 +50,13 @@ pub struct LoopState {
 type Rec = BinFileRecorder<FullPrecisionSettings>;
 
 /// A checkpoint read back.
-pub struct Restored<B: AutodiffBackend, O> {
-    /// The intervention at the checkpoint.
-    pub intervention: Intervention<B>,
+pub struct Restored<M, O> {
+    /// The trained module (an intervention, or any module [`crate::fit`] trains) at the checkpoint.
+    pub module: M,
     /// The optimizer with its state.
     pub optimizer: O,
-    /// The best intervention so far, when early stopping keeps one.
-    pub best: Option<Intervention<B>>,
+    /// The best module so far, when early stopping keeps one.
+    pub best: Option<M>,
     /// The loop's counters.
     pub state: LoopState,
 }
@@ -68,11 +67,11 @@ pub fn folder(run_dir: &Path) -> PathBuf {
 }
 
 /// Writes a checkpoint of the loop at `state.step`.
-pub fn save<B, O>(run_dir: &Path, iv: &Intervention<B>, opt: &O, best: Option<&Intervention<B>>, state: &LoopState) -> Result<PathBuf>
+pub fn save<B, M, O>(run_dir: &Path, iv: &M, opt: &O, best: Option<&M>, state: &LoopState) -> Result<PathBuf>
 where
     B: AutodiffBackend,
-    Intervention<B>: AutodiffModule<B>,
-    O: Optimizer<Intervention<B>, B>,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
 {
     let root = folder(run_dir);
     let name = format!("step-{:06}", state.step);
@@ -110,13 +109,13 @@ pub fn exists(run_dir: &Path) -> bool {
     folder(run_dir).join("latest").exists()
 }
 
-/// Reads the latest checkpoint into `skeleton` (an intervention of the same shape, e.g. freshly
+/// Reads the latest checkpoint into `skeleton` (a module of the same shape, e.g. freshly
 /// initialised from the recipe) and `opt` (a fresh optimizer of the same configuration).
-pub fn load<B, O>(run_dir: &Path, skeleton: Intervention<B>, opt: O, device: &B::Device) -> Result<Restored<B, O>>
+pub fn load<B, M, O>(run_dir: &Path, skeleton: M, opt: O, device: &B::Device) -> Result<Restored<M, O>>
 where
     B: AutodiffBackend,
-    Intervention<B>: AutodiffModule<B>,
-    O: Optimizer<Intervention<B>, B>,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
 {
     let root = folder(run_dir);
     let latest = root.join("latest");
@@ -128,7 +127,7 @@ where
     }
     let rec = Rec::new();
     let fail = |what: &str, e: burn::record::RecorderError| anyhow!("reading the {what} of checkpoint {}: {e:?}", dir.display());
-    let intervention = skeleton.clone().load_record(rec.load(dir.join("intervention"), device).map_err(|e| fail("intervention", e))?);
+    let module = skeleton.clone().load_record(rec.load(dir.join("intervention"), device).map_err(|e| fail("intervention", e))?);
     let optimizer = opt.load_record(rec.load(dir.join("optimizer"), device).map_err(|e| fail("optimizer state", e))?);
     let best = if dir.join("best.bin").exists() {
         Some(skeleton.load_record(rec.load(dir.join("best"), device).map_err(|e| fail("best intervention", e))?))
@@ -138,5 +137,5 @@ where
     let state_path = dir.join("state.json");
     let state: LoopState = serde_json::from_slice(&std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?)
         .with_context(|| format!("parsing {}", state_path.display()))?;
-    Ok(Restored { intervention, optimizer, best, state })
+    Ok(Restored { module, optimizer, best, state })
 }

@@ -52,3 +52,12 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
     bar.set_prefix(what.to_string());
     bar
 }
+
+/// [`progress`], hidden unless `show` (for `--quiet` and tests).
+pub fn progress_if(show: bool, len: usize, what: &str) -> ProgressBar {
+    let bar = progress(len, what);
+    if !show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}

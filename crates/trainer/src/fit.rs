@@ -1,10 +1,10 @@
-//! The training loop shared by every kind of intervention: AdamW with warmup and linear or
-//! cosine decay, gradient clipping and accumulation, temperature annealing (Boundless DAS),
-//! validation with early stopping, checkpoints every N steps, Ctrl-C, `--resume`, TensorBoard
-//! scalars and a progress bar.
+//! The one training loop, for every module that trains (interventions, and the MLP of the
+//! hierarchical-equality task): AdamW with warmup and linear or cosine decay, gradient clipping
+//! and accumulation, temperature annealing (Boundless DAS), validation with early stopping,
+//! checkpoints every N steps, Ctrl-C, `--resume`, TensorBoard scalars and a progress bar.
 //!
-//! What differs between DAS, ReFT and probes is only the [`Objective`]: the loss of one batch
-//! and the validation score.
+//! What differs between DAS, ReFT, probes and the MLP is only the [`Objective`] (the loss of one
+//! batch and the validation score) and the [`Trainable`] module.
 //!
 //! Determinism: the order of the batches in epoch `e` is a shuffle seeded by `(seed, e)`, the
 //! rate and temperature are functions of the step, and checkpoints keep the optimizer state at
@@ -16,28 +16,54 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Result};
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::AdamW;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use ferrovene_interventions::das::TemperatureSchedule;
 use ferrovene_interventions::orthogonal::orthogonality_error;
 use ferrovene_interventions::Intervention;
+use ferrovene_models::arch::mlp::Mlp;
 use ferrovene_models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Evaluation, LoopState};
-use crate::events::{progress, Events};
+use crate::events::{progress_if, Events};
 use crate::schedule::{Decay, LrSchedule};
 
+/// A module the loop can train: any burn autodiff module, with the hooks the loop calls on the
+/// ones that have them.
+pub trait Trainable<B: AutodiffBackend>: AutodiffModule<B> + Clone {
+    /// Sets the annealed temperature τ (Boundless DAS, sigmoid masks); others ignore it.
+    fn set_temperature(&mut self, _tau: f64) {}
+    /// `‖RRᵀ − I‖` of a learned rotation, logged beside the validation numbers.
+    fn orthogonality_error(&self) -> Option<f32> {
+        None
+    }
+}
+
+impl<B: AutodiffBackend> Trainable<B> for Intervention<B> {
+    fn set_temperature(&mut self, tau: f64) {
+        Intervention::set_temperature(self, tau);
+    }
+
+    fn orthogonality_error(&self) -> Option<f32> {
+        self.rotation().map(|r| orthogonality_error(r.matrix()))
+    }
+}
+
+impl<B: AutodiffBackend> Trainable<B> for Mlp<B> {}
+
 /// What is being trained for: a loss per batch and a validation score.
-pub trait Objective<B: AutodiffBackend> {
+pub trait Objective<B: AutodiffBackend, M = Intervention<B>> {
     /// Batches per epoch.
     fn batches(&self) -> usize;
-    /// The loss of batch `index` (a mean over its examples), with the intervention's graph.
-    fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<Tensor<B, 1>>;
+    /// The loss of batch `index` (a mean over its examples), with the module's graph.
+    fn loss(&self, module: &M, index: usize) -> Result<Tensor<B, 1>>;
     /// `(loss, accuracy)` on the validation examples, or `None` when there are none.
-    fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>>;
+    fn validate(&self, module: &M) -> Result<Option<(f32, f32)>>;
     /// Whether a validation accuracy means the goal is met and training can stop there (e.g.
     /// exact recall of a memorised passage). Never, by default.
     fn reached(&self, _accuracy: f32) -> bool {
@@ -96,6 +122,9 @@ pub struct FitConfig {
     pub checkpoint_every: usize,
     /// Seed of the batch order.
     pub seed: u64,
+    /// Shuffle the batch order of each epoch (from `seed`); off, batches go in index order (for
+    /// objectives that order their batches themselves).
+    pub shuffle: bool,
 }
 
 impl FitConfig {
@@ -105,14 +134,11 @@ impl FitConfig {
     }
 
     /// The optimizer, built the same way for a fresh run and a resumed one.
-    fn optimizer<B: AutodiffBackend>(&self) -> impl Optimizer<Intervention<B>, B> + use<B>
-    where
-        Intervention<B>: AutodiffModule<B>,
-    {
+    fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
         AdamWConfig::new()
             .with_weight_decay(self.weight_decay as f32)
             .with_grad_clipping(self.grad_clip.map(|c| GradientClippingConfig::Norm(c as f32)))
-            .init::<B, Intervention<B>>()
+            .init::<B, M>()
     }
 }
 
@@ -147,172 +173,223 @@ pub enum Outcome {
 }
 
 /// The result of [`fit`].
-pub struct Fitted<B: AutodiffBackend> {
-    /// The trained intervention (the best one under early stopping).
-    pub intervention: Intervention<B>,
+pub struct Fitted<M> {
+    /// The trained module (the best one under early stopping).
+    pub module: M,
     /// The loop's counters, losses and validations.
     pub state: LoopState,
     /// How it ended.
     pub outcome: Outcome,
 }
 
-/// Micro-batch `m` of the run (over all epochs): the batch index in its epoch's shuffled order.
-fn batch_at(m: usize, n: usize, seed: u64, order: &mut (usize, Vec<usize>)) -> usize {
+
+/// Micro-batch `m` of the run (over all epochs): the batch index in its epoch's order.
+fn batch_at(m: usize, n: usize, cfg: &FitConfig, order: &mut (usize, Vec<usize>)) -> usize {
+    if !cfg.shuffle {
+        return m % n;
+    }
     let epoch = m / n;
     if order.1.len() != n || order.0 != epoch {
         let mut o: Vec<usize> = (0..n).collect();
-        Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut o);
+        Rng::new(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut o);
         *order = (epoch, o);
     }
     order.1[m % n]
 }
 
-/// Sets τ on interventions that have one.
-fn set_temperature<B: AutodiffBackend>(iv: &mut Intervention<B>, tau: f64) {
-    match iv {
-        Intervention::Boundless(b) => b.temperature = tau,
-        Intervention::SigmoidMask(m) => m.temperature = tau,
-        _ => {}
-    }
-}
-
-/// Trains `iv` on `objective`.
-pub fn fit<B, O>(objective: &O, iv: Intervention<B>, cfg: &FitConfig, io: FitIo<'_>) -> Result<Fitted<B>>
+/// Trains `module` on `objective`.
+pub fn fit<B, M, O>(objective: &O, module: M, cfg: &FitConfig, io: FitIo<'_>) -> Result<Fitted<M>>
 where
     B: AutodiffBackend,
-    Intervention<B>: AutodiffModule<B>,
-    O: Objective<B> + ?Sized,
+    M: Trainable<B>,
+    O: Objective<B, M> + ?Sized,
 {
     let n = objective.batches();
     if n == 0 {
         bail!("no training batches");
     }
-    let device = iv.devices().first().cloned().unwrap_or_default();
-    let FitIo { run_dir, mut events, interrupt, resume, progress: show, fingerprint } = io;
-    let total = cfg.total_steps(n);
-    let acc = cfg.accumulate.max(1);
-    let micro_total = cfg.epochs * n;
-    let schedule = LrSchedule::new(cfg.lr, cfg.warmup, total, cfg.decay);
-    let tau = cfg.temperature.map(|t| TemperatureSchedule { steps: if t.steps == 0 { total } else { t.steps }, ..t });
-
-    let (mut iv, mut opt, mut best, mut state) = if resume {
-        let dir = run_dir.ok_or_else(|| anyhow::anyhow!("--resume needs the run folder"))?;
-        let r = checkpoint::load(dir, iv, cfg.optimizer::<B>(), &device)?;
-        if r.state.fingerprint != fingerprint {
-            bail!(
-                "the checkpoint in {} was made with another recipe or pair file (fingerprint {} ≠ {}); start a new run instead",
-                dir.display(), r.state.fingerprint, fingerprint
-            );
-        }
-        (r.intervention, r.optimizer, r.best, r.state)
-    } else {
-        (iv, cfg.optimizer::<B>(), None, LoopState { fingerprint: fingerprint.clone(), ..Default::default() })
-    };
-    if state.stopped_early || state.step >= total {
-        let outcome = if state.stopped_early { Outcome::StoppedEarly } else { Outcome::Finished };
-        let intervention = if cfg.early_stopping.is_some() { best.unwrap_or(iv) } else { iv };
-        return Ok(Fitted { intervention, state, outcome });
+    let show = io.progress;
+    let mut run = Loop::start(objective, module, cfg, n, io)?;
+    if run.state.stopped_early || run.state.step >= run.total {
+        let outcome = if run.state.stopped_early { Outcome::StoppedEarly } else { Outcome::Finished };
+        return Ok(run.finish(outcome));
     }
-
-    let bar = progress(total, "training");
-    if !show {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_position(state.step as u64);
+    let bar = progress_if(show, run.total, "training");
+    bar.set_position(run.state.step as u64);
     bar.reset_eta();
-    let mut order = (usize::MAX, Vec::new());
     let mut outcome = Outcome::Finished;
-    while state.step < total {
-        let step = state.step;
-        if let Some(t) = &tau {
-            set_temperature(&mut iv, t.at(step));
-        }
-        let (from, to) = (step * acc, ((step + 1) * acc).min(micro_total));
-        let mut grads = GradientsAccumulator::<Intervention<B>>::new();
-        let mut step_loss = 0.0f32;
-        for m in from..to {
-            let loss = objective.loss(&iv, batch_at(m, n, cfg.seed, &mut order))? / (to - from) as f64;
-            step_loss += loss.clone().into_scalar().elem::<f32>();
-            grads.accumulate(&iv, GradientsParams::from_grads(loss.backward(), &iv));
-        }
-        let rate = schedule.at(step);
-        iv = opt.step(rate, iv, grads.grads());
-        state.step += 1;
-        state.losses.push(step_loss);
+    while run.state.step < run.total {
+        let loss = run.step()?;
         bar.inc(1);
-        bar.set_message(format!("loss {step_loss:.4}"));
-        if let Some(ev) = events.as_deref_mut() {
-            ev.scalar("train/loss", step_loss as f64, state.step);
-            ev.scalar("train/lr", rate, state.step);
-            if let Some(t) = &tau {
-                ev.scalar("train/temperature", t.at(step), state.step);
-            }
-        }
-
-        let epoch_end = to % n == 0 || to == micro_total;
-        let validate_now = if cfg.eval_every == 0 { epoch_end } else { state.step % cfg.eval_every == 0 || state.step == total };
-        if validate_now && let Some((loss, accuracy)) = objective.validate(&iv)? {
-            let e = Evaluation { step: state.step, loss, accuracy };
-            state.history.push(e);
-            if let Some(ev) = events.as_deref_mut() {
-                ev.scalar("dev/loss", loss as f64, state.step);
-                ev.scalar("dev/accuracy", accuracy as f64, state.step);
-                if let Some(r) = iv.rotation() {
-                    ev.scalar("train/orthogonality_error", orthogonality_error(r.matrix()) as f64, state.step);
-                }
-                ev.flush();
-            }
-            if objective.reached(accuracy) {
-                outcome = Outcome::Reached;
-                state.stopped_early = true;
-            } else if let Some(es) = &cfg.early_stopping {
-                let better = match (&state.best, es.metric) {
-                    (None, _) => true,
-                    (Some(b), StopOn::Accuracy) => accuracy > b.accuracy,
-                    (Some(b), StopOn::Loss) => loss < b.loss,
-                };
-                if better {
-                    state.best = Some(e);
-                    state.evals_since_best = 0;
-                    best = Some(iv.clone());
-                } else {
-                    state.evals_since_best += 1;
-                    if state.evals_since_best >= es.patience {
-                        state.stopped_early = true;
-                    }
-                }
-            }
-        }
-
-        let interrupted = interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
-        let due = cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0;
-        if let Some(dir) = run_dir
-            && (due || interrupted || state.stopped_early)
-        {
-            checkpoint::save(dir, &iv, &opt, best.as_ref(), &state)?;
-            if let Some(ev) = events.as_deref_mut() {
-                ev.flush();
-            }
-        }
-        if state.stopped_early {
-            if outcome != Outcome::Reached {
-                outcome = Outcome::StoppedEarly;
-            }
-            break;
-        }
-        if interrupted {
-            outcome = Outcome::Interrupted;
+        bar.set_message(format!("loss {loss:.4}"));
+        if let Some(end) = run.after_step()? {
+            outcome = end;
             break;
         }
     }
     bar.finish_and_clear();
-    if let Some(ev) = events.as_deref_mut() {
-        ev.flush();
+    Ok(run.finish(outcome))
+}
+
+/// The loop between steps: the module, its optimizer and the counters.
+struct Loop<'a, B: AutodiffBackend, M: Trainable<B>, O: ?Sized> {
+    objective: &'a O,
+    cfg: &'a FitConfig,
+    module: M,
+    optimizer: OptimizerAdaptor<AdamW, M, B>,
+    best: Option<M>,
+    state: LoopState,
+    /// Batches per epoch.
+    n: usize,
+    /// Optimizer steps in the run.
+    total: usize,
+    schedule: LrSchedule,
+    tau: Option<TemperatureSchedule>,
+    order: (usize, Vec<usize>),
+    run_dir: Option<&'a Path>,
+    events: Option<&'a mut Events>,
+    interrupt: Option<&'a AtomicBool>,
+}
+
+impl<'a, B, M, O> Loop<'a, B, M, O>
+where
+    B: AutodiffBackend,
+    M: Trainable<B>,
+    O: Objective<B, M> + ?Sized,
+{
+    /// A fresh loop, or the one a checkpoint left (with `io.resume`).
+    fn start(objective: &'a O, module: M, cfg: &'a FitConfig, n: usize, io: FitIo<'a>) -> Result<Self> {
+        let device = module.devices().first().cloned().unwrap_or_default();
+        let FitIo { run_dir, events, interrupt, resume, progress: _, fingerprint } = io;
+        let total = cfg.total_steps(n);
+        let (module, optimizer, best, state) = if resume {
+            let dir = run_dir.ok_or_else(|| anyhow::anyhow!("--resume needs the run folder"))?;
+            let r = checkpoint::load(dir, module, cfg.optimizer::<B, M>(), &device)?;
+            if r.state.fingerprint != fingerprint {
+                bail!(
+                    "the checkpoint in {} was made with another recipe or pair file (fingerprint {} ≠ {}); start a new run instead",
+                    dir.display(), r.state.fingerprint, fingerprint
+                );
+            }
+            (r.module, r.optimizer, r.best, r.state)
+        } else {
+            (module, cfg.optimizer::<B, M>(), None, LoopState { fingerprint, ..Default::default() })
+        };
+        Ok(Loop {
+            objective, cfg, module, optimizer, best, state, n, total,
+            schedule: LrSchedule::new(cfg.lr, cfg.warmup, total, cfg.decay),
+            tau: cfg.temperature.map(|t| TemperatureSchedule { steps: if t.steps == 0 { total } else { t.steps }, ..t }),
+            order: (usize::MAX, Vec::new()),
+            run_dir, events, interrupt,
+        })
     }
-    let intervention = match (&cfg.early_stopping, outcome) {
-        (Some(_), Outcome::Finished | Outcome::StoppedEarly) => best.unwrap_or(iv),
-        // Goal reached (the intervention that met it), interrupted, or no early stopping.
-        _ => iv,
-    };
-    Ok(Fitted { intervention, state, outcome })
+
+    /// One optimizer step over its micro-batches; returns the step's loss.
+    fn step(&mut self) -> Result<f32> {
+        let (step, acc) = (self.state.step, self.cfg.accumulate.max(1));
+        if let Some(t) = &self.tau {
+            self.module.set_temperature(t.at(step));
+        }
+        let (from, to) = (step * acc, ((step + 1) * acc).min(self.cfg.epochs * self.n));
+        let mut grads = GradientsAccumulator::<M>::new();
+        let mut step_loss = 0.0f32;
+        for m in from..to {
+            let index = batch_at(m, self.n, self.cfg, &mut self.order);
+            let loss = self.objective.loss(&self.module, index)? / (to - from) as f64;
+            step_loss += loss.clone().into_scalar().elem::<f32>();
+            grads.accumulate(&self.module, GradientsParams::from_grads(loss.backward(), &self.module));
+        }
+        let rate = self.schedule.at(step);
+        self.module = self.optimizer.step(rate, self.module.clone(), grads.grads());
+        self.state.step += 1;
+        self.state.losses.push(step_loss);
+        if let Some(ev) = self.events.as_deref_mut() {
+            ev.scalar("train/loss", step_loss as f64, self.state.step);
+            ev.scalar("train/lr", rate, self.state.step);
+            if let Some(t) = &self.tau {
+                ev.scalar("train/temperature", t.at(step), self.state.step);
+            }
+        }
+        Ok(step_loss)
+    }
+
+    /// Validation, early stopping, checkpoints and Ctrl-C after a step; `Some` ends the loop.
+    fn after_step(&mut self) -> Result<Option<Outcome>> {
+        let mut outcome = None;
+        if self.validation_due() {
+            outcome = self.validate()?;
+        }
+        let interrupted = self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+        let due = self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0;
+        if let Some(dir) = self.run_dir
+            && (due || interrupted || self.state.stopped_early)
+        {
+            checkpoint::save(dir, &self.module, &self.optimizer, self.best.as_ref(), &self.state)?;
+            if let Some(ev) = self.events.as_deref_mut() {
+                ev.flush();
+            }
+        }
+        if self.state.stopped_early {
+            return Ok(Some(outcome.unwrap_or(Outcome::StoppedEarly)));
+        }
+        Ok(interrupted.then_some(Outcome::Interrupted))
+    }
+
+    /// Whether this step ends an epoch or an `eval_every` period.
+    fn validation_due(&self) -> bool {
+        let (step, acc) = (self.state.step, self.cfg.accumulate.max(1));
+        let to = (step * acc).min(self.cfg.epochs * self.n);
+        if self.cfg.eval_every == 0 {
+            to % self.n == 0 || to == self.cfg.epochs * self.n
+        } else {
+            step % self.cfg.eval_every == 0 || step == self.total
+        }
+    }
+
+    /// Validates; keeps the best module under early stopping; `Some(Reached)` when the goal is met.
+    fn validate(&mut self) -> Result<Option<Outcome>> {
+        let Some((loss, accuracy)) = self.objective.validate(&self.module)? else { return Ok(None) };
+        let e = Evaluation { step: self.state.step, loss, accuracy };
+        self.state.history.push(e);
+        if let Some(ev) = self.events.as_deref_mut() {
+            ev.scalar("dev/loss", loss as f64, e.step);
+            ev.scalar("dev/accuracy", accuracy as f64, e.step);
+            if let Some(err) = self.module.orthogonality_error() {
+                ev.scalar("train/orthogonality_error", err as f64, e.step);
+            }
+            ev.flush();
+        }
+        if self.objective.reached(accuracy) {
+            self.state.stopped_early = true;
+            return Ok(Some(Outcome::Reached));
+        }
+        let Some(es) = &self.cfg.early_stopping else { return Ok(None) };
+        let better = match (&self.state.best, es.metric) {
+            (None, _) => true,
+            (Some(b), StopOn::Accuracy) => accuracy > b.accuracy,
+            (Some(b), StopOn::Loss) => loss < b.loss,
+        };
+        if better {
+            self.state.best = Some(e);
+            self.state.evals_since_best = 0;
+            self.best = Some(self.module.clone());
+        } else {
+            self.state.evals_since_best += 1;
+            self.state.stopped_early |= self.state.evals_since_best >= es.patience;
+        }
+        Ok(None)
+    }
+
+    /// The result: the best module under early stopping (unless the goal was reached or the run
+    /// interrupted), else the last.
+    fn finish(mut self, outcome: Outcome) -> Fitted<M> {
+        if let Some(ev) = self.events.as_deref_mut() {
+            ev.flush();
+        }
+        let module = match (&self.cfg.early_stopping, outcome) {
+            (Some(_), Outcome::Finished | Outcome::StoppedEarly) => self.best.unwrap_or(self.module),
+            _ => self.module,
+        };
+        Fitted { module, state: self.state, outcome }
+    }
 }

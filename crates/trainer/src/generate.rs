@@ -13,7 +13,7 @@ use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{forward, Input, KvCache, NoHooks, SiteInfo, Transformer};
 
-use crate::das::int2;
+use crate::batch::int2;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]

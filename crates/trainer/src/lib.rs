@@ -1,35 +1,29 @@
-//! The trainer's library: the pieces the `trainer` binary runs, testable on their own.
+//! The trainer's library: what the `trainer` binary runs, testable on its own. Its layers, from
+//! the bottom (each imports only from the layers below it; ARCHITECTURE.md has the picture):
 //!
-//! - [`das`], [`reft`], [`probe`]: what each kind of intervention is trained on — batches with
-//!   the frozen model's work done once, the loss, the evaluation;
-//! - [`fit`]: the one training loop (schedules, clipping, accumulation, annealing, early
-//!   stopping, checkpoints, Ctrl-C, resume), with [`checkpoint`], [`schedule`] and [`events`]
-//!   (TensorBoard, progress bars);
-//! - [`hierarchical`]: the hierarchical-equality task (an MLP trained from scratch, then DAS);
-//! - [`recipe`] and [`run`]: recipes and running them; [`eval`], [`predict`], [`apply`]: the
-//!   other commands; [`steer`]: steering vectors from two sets of texts; [`device`]: choosing the backend at run time;
-//! - the experiment recipes: [`probe_layers`], [`filler_gap`], [`reft_memorise`], [`steer_iti`],
-//!   with [`generate`] (decoding with interventions, KV cache), [`heatmap`] and [`lineplot`].
+//! - the core: [`fit`] (the one training loop, for any [`fit::Trainable`] module) with
+//!   [`checkpoint`], [`schedule`] and [`events`]; [`run_dir`] (the run folder and its report);
+//!   [`recipe`] (recipe files and `--set`); [`batch`] (tensors from padded rows); [`generate`]
+//!   (decoding with interventions, KV cache); [`plot`] (heatmaps, line plots); [`device`]
+//!   (choosing the backend at run time);
+//! - [`objectives`]: what DAS, ReFT and probes are trained on (batches with the frozen model's
+//!   work done once, the loss, the evaluation);
+//! - [`experiments`]: every recipe kind, as one closed [`experiments::Recipe`] type, each kind in
+//!   its own module;
+//! - [`commands`]: the binary's subcommands (apply, eval, predict, steer, list, run, sweep).
 
-pub mod apply;
+#![warn(missing_docs)]
+
+pub mod batch;
 pub mod checkpoint;
-pub mod das;
+pub mod commands;
 pub mod device;
-pub mod eval;
 pub mod events;
-pub mod filler_gap;
+pub mod experiments;
 pub mod fit;
 pub mod generate;
-pub mod heatmap;
-pub mod hierarchical;
-pub mod lineplot;
-pub mod predict;
-pub mod probe;
-pub mod probe_layers;
+pub mod objectives;
+pub mod plot;
 pub mod recipe;
-pub mod reft;
-pub mod reft_memorise;
-pub mod run;
+pub mod run_dir;
 pub mod schedule;
-pub mod steer;
-pub mod steer_iti;

@@ -1,16 +1,10 @@
-//! `trainer`: the ferrovene command line.
-
-
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use trainer::run::{Experiment, RunEnd, RunOptions};
-use trainer::{apply, device, eval, filler_gap, hierarchical, predict, probe_layers, recipe, reft_memorise, steer, steer_iti};
-use trainer::generate::{Choice, Decoding};
+//! `trainer`: the ferrovene command line; each subcommand is a function of [`trainer::commands`].
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-
-use device::{dispatch, DeviceKind};
+use trainer::commands::{self, apply, eval, predict, run, steer, sweep};
+use trainer::device::{dispatch, DeviceKind};
+use trainer::generate::{Choice, Decoding};
 
 /// ferrovene: train and apply learned interventions (DAS, ReFT, probes, steering) on frozen models.
 #[derive(Parser)]
@@ -209,188 +203,13 @@ enum Command {
     },
 }
 
-/// Options of a recipe run.
-#[derive(Parser)]
-#[command(name = "trainer <RECIPE>", about = "Run a recipe: train, evaluate on held-out pairs, export")]
-struct RecipeArgs {
-    /// Recipe name (recipes/NAME.toml) or path to a .toml file.
-    recipe: String,
-    /// Override the recipe's model.
-    #[arg(long)]
-    model: Option<String>,
-    /// Override the recipe's seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Override the recipe's epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Where runs go (default: runs/).
-    #[arg(long, default_value = "runs")]
-    out: std::path::PathBuf,
-    /// Override any recipe key: --set lr=0.05 --set site="8.block_output".
-    #[arg(long = "set")]
-    sets: Vec<String>,
-    /// Where to compute: cpu, or wgpu / cuda in builds with those features.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    device: DeviceKind,
-    /// Go on from the latest checkpoint of this run folder (written every `checkpoint_every`
-    /// steps and on Ctrl-C); the recipe is the one saved in the folder.
-    #[arg(long, conflicts_with_all = ["model", "seed", "epochs", "sets"])]
-    resume: Option<std::path::PathBuf>,
-    /// No progress bars (they are drawn only on a terminal anyway).
-    #[arg(long)]
-    quiet: bool,
-}
-
-/// A self-contained experiment recipe (hierarchical equality, filler-gap, probe layers) on the
-/// chosen backend.
-struct ExperimentJob<R> {
-    name: String,
-    recipe: R,
-    out: std::path::PathBuf,
-    progress: bool,
-}
-
-impl<R: Experiment> device::OnBackend for ExperimentJob<R> {
-    type Output = std::path::PathBuf;
-
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<std::path::PathBuf> {
-        self.recipe.run_on::<burn::backend::Autodiff<B>>(&self.name, &self.out, self.progress, &device)
-    }
-}
-
-/// Set by Ctrl-C; the training loop checkpoints and stops after the current step.
-static INTERRUPT: AtomicBool = AtomicBool::new(false);
-
-/// A recipe run on whatever backend `--device` picks (with autodiff on top).
-struct RecipeJob {
-    name: String,
-    recipe: recipe::Recipe,
-    out: std::path::PathBuf,
-    resume: Option<std::path::PathBuf>,
-    progress: bool,
-}
-
-impl device::OnBackend for RecipeJob {
-    type Output = RunEnd;
-
-    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<RunEnd> {
-        let opts = RunOptions { out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&INTERRUPT), progress: self.progress };
-        trainer::run::run::<burn::backend::Autodiff<B>>(&self.name, &self.recipe, opts, &device)
-    }
-}
-
-fn run_recipe(args: Vec<String>) -> Result<()> {
-    let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
-    let path = recipe::find(&a.recipe)?;
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.recipe.clone());
-    let kind = recipe::kind_of(&path)?;
-    if [hierarchical::KIND, filler_gap::KIND, probe_layers::KIND, reft_memorise::KIND, steer_iti::KIND].contains(&kind.as_str()) {
-        if a.resume.is_some() || a.epochs.is_some() {
-            anyhow::bail!("{name} (kind `{kind}`) is a self-contained experiment of short runs: --resume and --epochs do not apply (use --set)");
-        }
-        let hierarchical = kind == hierarchical::KIND;
-        let mut sets = a.sets.clone();
-        if let Some(m) = &a.model {
-            if hierarchical {
-                anyhow::bail!("{name} trains its own MLP: --model does not apply");
-            }
-            sets.push(format!("model={}", toml_string(m)));
-        }
-        if let Some(s) = a.seed {
-            sets.push(if hierarchical { format!("seeds=[{s}]") } else { format!("seed={s}") });
-        }
-        let text = std::fs::read_to_string(&path)?;
-        let at = |e: anyhow::Error| e.context(format!("recipe {}", path.display()));
-        return match kind.as_str() {
-            hierarchical::KIND => experiment(&a, name, hierarchical::HierarchicalRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
-            filler_gap::KIND => experiment(&a, name, filler_gap::FillerGapRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
-            probe_layers::KIND => experiment(&a, name, probe_layers::ProbeLayersRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
-            reft_memorise::KIND => experiment(&a, name, reft_memorise::ReftMemoriseRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
-            _ => experiment(&a, name, steer_iti::SteerItiRecipe::from_toml(&text).map_err(at)?.with_overrides(&sets)?),
-        };
-    }
-    let r = match &a.resume {
-        Some(dir) => {
-            let saved = dir.join("recipe.toml");
-            if !saved.exists() {
-                anyhow::bail!("--resume {}: no recipe.toml there; give the folder of an earlier run of `{name}`", dir.display());
-            }
-            recipe::Recipe::from_file(&saved)?
-        }
-        None => {
-            let mut sets = a.sets.clone();
-            if let Some(m) = &a.model {
-                sets.push(format!("model={}", toml_string(m)));
-            }
-            if let Some(s) = a.seed {
-                sets.push(format!("seed={s}"));
-            }
-            if let Some(e) = a.epochs {
-                sets.push(format!("epochs={e}"));
-            }
-            recipe::Recipe::from_file(&path)?.with_overrides(&sets)?
-        }
-    };
-    ctrlc::set_handler(|| {
-        if INTERRUPT.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
-    })?;
-    let job = RecipeJob { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet };
-    match dispatch(a.device, job)? {
-        RunEnd::Done(_) => Ok(()),
-        RunEnd::Interrupted(_) => std::process::exit(130),
-    }
-}
-
-/// Runs an experiment recipe on the device the arguments name.
-fn experiment<R: Experiment>(a: &RecipeArgs, name: String, recipe: R) -> Result<()> {
-    dispatch(a.device, ExperimentJob { name, recipe, out: a.out.clone(), progress: !a.quiet }).map(|_| ())
-}
-
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::List => {
-            let dir = recipe::recipes_dir();
-            for (name, desc) in recipe::list(&dir)? {
-                match desc {
-                    Ok(d) => println!("{name:<28} {d}"),
-                    Err(e) => println!("{name:<28} (invalid: {e:#})"),
-                }
-            }
-            Ok(())
-        }
-        Command::Recipe(args) => run_recipe(args),
-        Command::Sweep { recipe: name, layers, positions, full, no_generalization, sets, out, device } => {
-            let path = recipe::find(&name)?;
-            if recipe::kind_of(&path)? != filler_gap::KIND {
-                anyhow::bail!("`trainer sweep` runs sweep recipes (kind `{}`); for a pair-file recipe vary the site with --set site=\"L.block_output\"", filler_gap::KIND);
-            }
-            let mut sets = sets;
-            if full {
-                sets.push("layers=\"all\"".into());
-                sets.push(format!("positions=[{}]", filler_gap::POSITIONS.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(",")));
-            }
-            if let Some(l) = layers {
-                sets.push(format!("layers=[{}]", l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")));
-            }
-            if let Some(p) = positions {
-                sets.push(format!("positions=[{}]", p.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(",")));
-            }
-            if no_generalization {
-                sets.push("generalization=false".into());
-            }
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or(name);
-            let r = filler_gap::FillerGapRecipe::from_toml(&std::fs::read_to_string(&path)?)?.with_overrides(&sets)?;
-            dispatch(device, ExperimentJob { name: stem, recipe: r, out, progress: true }).map(|_| ())
+        Command::List => commands::list(),
+        Command::Recipe(args) => run::run_recipe(args),
+        Command::Sweep { recipe, layers, positions, full, no_generalization, sets, out, device } => {
+            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, full, no_generalization, sets, out, device })
         }
         Command::Predict { model, prompt, top, json, device } => {
             dispatch(device, predict::Predict { model, prompt, top, json })

@@ -12,7 +12,7 @@ use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 use ferrovene_models::{load, Component, Site, Transformer};
-use trainer::das::{evaluate, logits, logits_plain, prepare, source_vectors, DasObjective};
+use trainer::objectives::das::{evaluate, logits, logits_plain, prepare, source_vectors, DasObjective};
 use trainer::fit::{fit, FitConfig, FitIo};
 use trainer::schedule::Decay;
 
@@ -96,11 +96,11 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
     let untrained = evaluate(model, &dev_batches, Some(&iv)).unwrap();
     let cfg = FitConfig {
         epochs: 4, lr: 1e-1, warmup: 0.1, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 3,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 3, shuffle: true,
     };
     let objective = DasObjective { model, train: &train_batches, validation: &[], boundary_penalty: 0.0 };
     let fitted = fit(&objective, iv, &cfg, FitIo::default()).unwrap();
-    let (iv, losses) = (fitted.intervention, fitted.state.losses);
+    let (iv, losses) = (fitted.module, fitted.state.losses);
     let trained = evaluate(model, &dev_batches, Some(&iv)).unwrap();
     let random = evaluate(model, &dev_batches, Some(&iv.with_random_rotation(&mut Rng::new(0)).unwrap())).unwrap();
     assert!(trained.iia >= random.iia + 0.5, "trained {trained:?} vs the same intervention with a random rotation {random:?}");
@@ -116,12 +116,11 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
 
     // export, reload, same IIA
     let path = std::env::temp_dir().join(format!("ferrovene-das-{}/intervention.safetensors", std::process::id()));
-    let config = ExportConfig {
-        format: 0, kind: String::new(), width: 0, hyper: Default::default(),
-        placement: PlacementConfig { sites: vec![site.to_string()], positions: "span:country".into(), site_width: 576, dims: vec![], composition: Default::default() },
-        model: ModelConfig { id: "smollm2-135m".into(), revision: None, arch: model.arch().into(), hidden_size: model.width() },
-        training: serde_json::json!({"epochs": cfg.epochs, "dev_iia": trained.iia}),
-    };
+    let config = ExportConfig::new(
+        PlacementConfig { sites: vec![site.to_string()], positions: "span:country".into(), site_width: 576, ..Default::default() },
+        ModelConfig { id: "smollm2-135m".into(), revision: None, arch: model.arch().into(), hidden_size: model.width() },
+        serde_json::json!({"epochs": cfg.epochs, "dev_iia": trained.iia}),
+    );
     export::save(&iv, config, &path).unwrap();
     let sites = model.sites();
     let target = export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites };

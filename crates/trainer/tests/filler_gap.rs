@@ -6,7 +6,15 @@ use std::collections::HashSet;
 
 use ferrovene_data::filler_gap::CONSTRUCTIONS;
 use ferrovene_models::rng::Rng;
-use trainer::filler_gap::{draw, split, FillerGapRecipe};
+use trainer::experiments::filler_gap::{draw, split, FillerGapRecipe};
+use trainer::experiments::Recipe;
+
+fn filler_gap(text: &str) -> anyhow::Result<FillerGapRecipe> {
+    match Recipe::from_toml(text)? {
+        Recipe::FillerGap(r) => Ok(r),
+        other => panic!("a filler-gap recipe: {other:?}"),
+    }
+}
 
 mod common;
 
@@ -34,9 +42,9 @@ fn held_out_bases_never_appear_in_training_and_both_directions_are_drawn() {
 #[test]
 fn a_small_sweep_writes_heatmaps_numbers_and_export() {
     let text = std::fs::read_to_string(root().join("recipes/das-filler-gap.toml")).unwrap();
-    let r = FillerGapRecipe::from_toml(&text).unwrap();
+    let r = filler_gap(&text).unwrap();
     assert_eq!((r.train_pairs, r.test_pairs, r.rank, r.batch_size, r.epochs, r.warmup), (400, 100, 1, 4, 1, 0.1), "the paper's defaults");
-    assert!(format!("{:#}", FillerGapRecipe::from_toml(&text.replace("\"verb\"]", "\"adverb\"]")).unwrap_err()).contains("adverb"));
+    assert!(format!("{:#}", filler_gap(&text.replace("\"verb\"]", "\"adverb\"]")).unwrap_err()).contains("adverb"));
     let out = std::env::temp_dir().join(format!("ferrovene-fg-{}", std::process::id()));
     let status = trainer()
         .args(["sweep", "das-filler-gap", "--layers", "24", "--positions", "verb", "--set", "train_pairs=16", "--set", "test_pairs=8", "--set", "generalization=true", "--out"])
@@ -65,12 +73,12 @@ fn a_small_sweep_writes_heatmaps_numbers_and_export() {
 
 #[test]
 fn layers_are_a_list_or_all() {
-    use trainer::filler_gap::Layers;
+    use trainer::recipe::Layers;
     assert_eq!(Layers::All("all".into()).resolve(3).unwrap(), vec![0, 1, 2]);
     assert!(Layers::All("every".into()).check().is_err());
     assert!(Layers::List(vec![]).check().is_err());
     assert!(format!("{:#}", Layers::List(vec![1, 30]).resolve(30).unwrap_err()).contains("layer 30 does not exist"));
     let text = std::fs::read_to_string(root().join("recipes/das-filler-gap.toml")).unwrap();
-    let r = FillerGapRecipe::from_toml(&text).unwrap().with_overrides(&["layers=\"all\"".into()]).unwrap();
+    let Recipe::FillerGap(r) = Recipe::from_toml(&text).unwrap().with_overrides(&["layers=\"all\"".into()]).unwrap() else { panic!("a filler-gap recipe") };
     assert_eq!(r.layers, Layers::All("all".into()));
 }

@@ -16,7 +16,7 @@ use ferrovene_models::rng::Rng;
 use protobuf::Message;
 use trainer::events::Events;
 use trainer::fit::{fit, EarlyStopping, FitConfig, FitIo, Objective, Outcome, StopOn};
-use trainer::probe::{FeatureBatch, ProbeObjective};
+use trainer::objectives::probe::{FeatureBatch, ProbeObjective};
 use trainer::schedule::Decay;
 
 type AD = Autodiff<ferrovene_models::Cpu>;
@@ -55,7 +55,7 @@ fn probe(seed: u64) -> Intervention<AD> {
 fn cfg() -> FitConfig {
     FitConfig {
         epochs: 3, lr: 0.05, warmup: 0.2, decay: Decay::Cosine, weight_decay: 0.01, grad_clip: Some(1.0), accumulate: 2,
-        temperature: None, eval_every: 2, early_stopping: None, checkpoint_every: 0, seed: 11,
+        temperature: None, eval_every: 2, early_stopping: None, checkpoint_every: 0, seed: 11, shuffle: true,
     }
 }
 
@@ -90,7 +90,7 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     assert_eq!((second.outcome, second.state.step), (Outcome::Interrupted, 2), "resumed at step 1, stopped after step 2");
     let done = fit(&objective, probe(999), &cfg, io(&dir, None, true)).unwrap();
     assert_eq!(done.outcome, Outcome::Finished);
-    assert_eq!(weights(&done.intervention), weights(&straight.intervention), "resumed weights differ from the uninterrupted run");
+    assert_eq!(weights(&done.module), weights(&straight.module), "resumed weights differ from the uninterrupted run");
     assert_eq!(done.state.losses, straight.state.losses);
     assert_eq!(done.state.history, straight.state.history);
 
@@ -109,7 +109,7 @@ fn accumulating_two_batches_equals_one_batch_twice_the_size() {
     let a = fit(&ProbeObjective { train: &small, validation: &[] }, probe(7), &one_step, FitIo::default()).unwrap();
     let b = fit(&ProbeObjective { train: &big, validation: &[] }, probe(7), &FitConfig { accumulate: 1, ..one_step }, FitIo::default()).unwrap();
     assert_eq!((a.state.step, b.state.step), (1, 1));
-    let (wa, wb) = (weights(&a.intervention), weights(&b.intervention));
+    let (wa, wb) = (weights(&a.module), weights(&b.module));
     let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-6, "accumulated and big-batch steps differ by {diff}");
     let w0 = weights(&probe(7));
@@ -122,7 +122,7 @@ fn clipping_bounds_the_update() {
     let train = planted(16, 16, 4);
     let one = |clip| {
         let c = FitConfig { epochs: 1, accumulate: 1, grad_clip: clip, weight_decay: 0.0, eval_every: 0, ..cfg() };
-        let w = weights(&fit(&ProbeObjective { train: &train, validation: &[] }, probe(8), &c, FitIo::default()).unwrap().intervention);
+        let w = weights(&fit(&ProbeObjective { train: &train, validation: &[] }, probe(8), &c, FitIo::default()).unwrap().module);
         w.iter().zip(weights(&probe(8))).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
     };
     // Adam normalises the step, so only a clip far below Adam's ε shows: the step nearly vanishes.
@@ -142,12 +142,12 @@ fn early_stopping_stops_and_keeps_the_best() {
     let best = f.state.best.unwrap();
     assert_eq!(f.state.step, best.step + 3, "three validations without a better loss");
     assert!(f.state.history.iter().all(|e| e.loss >= best.loss));
-    let (acc, loss) = trainer::probe::evaluate(&f.intervention, &val).unwrap();
+    let (acc, loss) = trainer::objectives::probe::evaluate(&f.module, &val).unwrap();
     assert_eq!((acc, loss), (best.accuracy, best.loss), "the returned probe is the best one, not the last");
     assert!(acc >= 0.9, "the planted direction is found: {acc}");
     // Resuming a run that stopped early returns the same best probe without training.
     let again = fit(&ProbeObjective { train: &train, validation: &val }, probe(9), &c, io(&dir, None, true)).unwrap();
-    assert_eq!(weights(&again.intervention), weights(&f.intervention));
+    assert_eq!(weights(&again.module), weights(&f.module));
     assert_eq!(again.state, f.state);
 }
 

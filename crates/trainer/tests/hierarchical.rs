@@ -6,13 +6,17 @@ use std::path::Path;
 
 use burn::backend::Autodiff;
 use ferrovene_models::rng::Rng;
-use trainer::hierarchical::{run_seed, EqualityPair, HierarchicalRecipe, Objects, Target};
+use trainer::experiments::hierarchical::{run_seed, EqualityPair, HierarchicalRecipe, Objects, Target};
+use trainer::experiments::Recipe;
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 
 fn recipe() -> HierarchicalRecipe {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/das-hierarchical-equality.toml");
-    HierarchicalRecipe::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap()
+    match Recipe::from_file(&path).unwrap() {
+        Recipe::HierarchicalEquality(r) => r,
+        other => panic!("a hierarchical-equality recipe: {other:?}"),
+    }
 }
 
 #[test]
@@ -39,7 +43,7 @@ fn counterfactual_labels_follow_the_causal_model() {
     }
     let r = recipe();
     assert_eq!((r.seeds.len(), r.hidden.clone(), r.layers.clone()), (5, vec![16, 16, 16], vec![1, 2, 3]));
-    let e = format!("{:#}", HierarchicalRecipe::from_toml(&toml::to_string(&r).unwrap().replace("layers = [1, 2, 3]", "layers = [0, 4]")).unwrap_err());
+    let e = format!("{:#}", Recipe::HierarchicalEquality(r).with_overrides(&["layers=[0, 4]".into()]).unwrap_err());
     assert!(e.contains("`layers` has 0"), "{e}");
 }
 

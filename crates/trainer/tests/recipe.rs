@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use trainer::recipe::Recipe;
+use trainer::experiments::pairs::PairRecipe;
+use trainer::experiments::Recipe;
 
 mod common;
 
@@ -13,16 +14,38 @@ use common::{only_run, root, trainer};
 #[test]
 fn recipes_parse_and_refuse_unknown_keys() {
     let r = Recipe::from_file(&root().join("recipes/das-capitals.toml")).unwrap();
-    assert_eq!(r.site, "6.block_output");
+    assert_eq!(das(&r).site.to_string(), "6.block_output");
     let text = std::fs::read_to_string(root().join("recipes/das-capitals.toml")).unwrap();
     let e = format!("{:#}", Recipe::from_toml(&format!("{text}\nlearning_rate = 0.1\n")).unwrap_err());
     assert!(e.contains("learning_rate"), "{e}");
     let e = format!("{:#}", Recipe::from_toml(&text.replace("kind = \"das\"", "kind = \"steer\"")).unwrap_err());
     assert!(e.contains("steer") && e.contains("das") && e.contains("boundless"), "{e}");
     let o = r.with_overrides(&["lr=0.05".into(), "site=\"8.block_output\"".into(), "split_by=template".into()]).unwrap();
-    assert_eq!((o.lr, o.site.as_str(), o.split_by.as_str()), (0.05, "8.block_output", "template"));
+    let o = das(&o);
+    assert_eq!((o.lr, o.site.to_string().as_str(), o.split_by.as_str()), (0.05, "8.block_output", "template"));
     let e = format!("{:#}", r.with_overrides(&["lrr=1".into()]).unwrap_err());
-    assert!(e.contains("unknown recipe key `lrr`"), "{e}");
+    assert!(e.contains("unknown field `lrr`") && e.contains("--set lrr=1") && e.contains("`lr`"), "{e}");
+    // A site that does not parse is refused when the recipe is read, naming it.
+    let e = format!("{:#}", r.with_overrides(&["site=\"8.blok_output\"".into()]).unwrap_err());
+    assert!(e.contains("8.blok_output") && e.contains("block_output"), "{e}");
+}
+
+/// The pair-file recipe inside a `das` recipe.
+fn das(r: &Recipe) -> &PairRecipe {
+    match r {
+        Recipe::Das(p) => p,
+        other => panic!("a das recipe: {other:?}"),
+    }
+}
+
+#[test]
+fn a_site_the_model_lacks_is_refused_before_a_run_folder_is_made() {
+    let out_dir = std::env::temp_dir().join(format!("ferrovene-badsite-{}", std::process::id()));
+    let out = trainer().args(["das-capitals", "--set", "site=\"99.block_output\"", "--out"]).arg(&out_dir).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("99.block_output"), "{e}");
+    assert!(!out_dir.join("das-capitals").exists(), "no run folder for a recipe that cannot run");
 }
 
 #[test]
@@ -47,7 +70,7 @@ fn a_short_run_leaves_export_report_and_recipe_and_eval_reproduces_it() {
         assert!(run.join(f).exists(), "{f} missing in {}", run.display());
     }
     let as_run = Recipe::from_file(&run.join("recipe.toml")).unwrap();
-    assert_eq!(as_run.epochs, 1, "the recipe as run records the override");
+    assert_eq!(das(&as_run).epochs, 1, "the recipe as run records the override");
     let report = common::report(&run);
     assert_eq!(report["metrics"]["controls"]["no_intervention"]["iia"], 0.0);
     assert!(report["data"]["hash_fnv1a64"].as_str().unwrap().len() == 16);
@@ -172,6 +195,7 @@ fn bad_recipes_say_what_is_wrong() {
     let e = format!("{:#}", r.with_overrides(&["early_stopping={patience=2}".into(), "validation_fraction=0".into()]).unwrap_err());
     assert!(e.contains("validation_fraction"), "{e}");
     let o = r.with_overrides(&["grad_clip=1.0".into(), "schedule=cosine".into(), "accumulate=2".into()]).unwrap();
+    let o = das(&o);
     assert_eq!((o.grad_clip, o.schedule, o.accumulate), (Some(1.0), trainer::schedule::Decay::Cosine, 2));
 }
 
@@ -236,4 +260,56 @@ fn probe_and_reft_recipes_run_end_to_end() {
     assert_eq!(report["training"]["steps"], 4, "6 training prompts in batches of 4, 2 epochs");
     let (_, config) = ferrovene_interventions::export::load::<ferrovene_models::Cpu>(&run.join("intervention.safetensors"), &Default::default()).unwrap();
     assert_eq!(config.kind, "loreft");
+}
+
+#[test]
+fn every_shipped_recipe_parses_and_round_trips_with_its_kind() {
+    let files = trainer::recipe::files(&root().join("recipes")).unwrap();
+    assert!(files.len() >= 8, "{files:?}");
+    for (name, path) in files {
+        let r = Recipe::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let text = toml::to_string(&r).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let written: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(table.get("kind"), written.get("kind"), "{name}: the kind is the variant's name");
+        assert_eq!(Recipe::from_toml(&text).unwrap(), r, "{name}: a recipe as run reads back the same");
+    }
+}
+
+#[test]
+fn shorthands_and_overrides_set_only_keys_the_kind_has() {
+    let out = trainer().args(["das-hierarchical-equality", "--model", "smollm2-135m"]).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("no `model`") && e.contains("--model"), "{e}");
+    let out = trainer().args(["probe-layers", "--set", "rank=3"]).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("unknown field `rank`") && e.contains("held_out_frames"), "the kind's keys are listed: {e}");
+    let out = trainer().args(["sweep", "das-capitals"]).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("sweep recipes") && e.contains("kind `das`"), "{e}");
+    // Only the pair-file kinds checkpoint; the others refuse --resume, naming their kind.
+    let dir = std::env::temp_dir().join(format!("ferrovene-noresume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root().join("recipes/probe-layers.toml"), dir.join("recipe.toml")).unwrap();
+    let out = trainer().args(["probe-layers", "--resume"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("kind `probe-layers`") && e.contains("--resume does not apply"), "{e}");
+}
+
+#[test]
+fn overrides_are_toml_values_and_bare_words_are_strings() {
+    use trainer::recipe::Override;
+    let o: Override = "lr=0.05".parse().unwrap();
+    assert_eq!((o.key.as_str(), o.value.clone()), ("lr", toml::Value::Float(0.05)));
+    let o: Override = "layers=[0, 6]".parse().unwrap();
+    assert_eq!(o.value, toml::Value::Array(vec![toml::Value::Integer(0), toml::Value::Integer(6)]));
+    let o: Override = "split_by=template".parse().unwrap();
+    assert_eq!(o.value, toml::Value::String("template".into()));
+    let o: Override = "early_stopping={patience = 3}".parse().unwrap();
+    assert!(o.value.is_table());
+    assert!("no-equals-sign".parse::<Override>().is_err());
 }

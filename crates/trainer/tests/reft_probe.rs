@@ -24,7 +24,7 @@ type AD = Autodiff<ferrovene_models::Cpu>;
 fn cfg(epochs: usize, lr: f64) -> FitConfig {
     FitConfig {
         epochs, lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 1,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 1, shuffle: true,
     }
 }
 
@@ -37,11 +37,11 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     let line: Example = parse_line(&serde_json::json!({"prompt": "GO->", "target": target, "positions": ["last"]}).to_string()).unwrap();
     let ex = tokenize(&line, &tok, std::path::Path::new("inline"), 1).unwrap();
     let site = Site::new(20, Component::BlockOutput);
-    let batches = trainer::reft::prepare(model, site, &[&ex], tok.pad_id, 1, &dev).unwrap();
+    let batches = trainer::objectives::reft::prepare(model, site, &[&ex], tok.pad_id, 1, &dev).unwrap();
     let iv = Intervention::Reft(ReftIntervention::new(ReftFamily::LoReft, 576, 4, Activation::Identity, 0.0, &mut Rng::new(2), &dev));
 
     // cached path = plain forward with the intervention as a hook
-    let cached: Vec<f32> = trainer::reft::log_probs(model, &batches[0], Some(&iv)).unwrap().into_data().to_vec().unwrap();
+    let cached: Vec<f32> = trainer::objectives::reft::log_probs(model, &batches[0], Some(&iv)).unwrap().into_data().to_vec().unwrap();
     let b = &batches[0];
     let placement = Placement::new(model.site_info(site).unwrap(), &iv, b.positions.clone(), None, vec![]).unwrap();
     let hidden = forward(model, &b.checkpoint.input, &mut Intervene::new(vec![placement], Composition::Parallel));
@@ -49,12 +49,12 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     let diff = cached.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-3, "cached and plain ReFT paths differ by {diff}");
 
-    let none = trainer::reft::evaluate(model, &batches, None).unwrap();
+    let none = trainer::objectives::reft::evaluate(model, &batches, None).unwrap();
     assert_eq!(none.exact, 0.0, "the model does not say this by itself");
-    let objective = trainer::reft::ReftObjective { model, train: &batches, validation: &[] };
+    let objective = trainer::objectives::reft::ReftObjective { model, train: &batches, validation: &[] };
     let fitted = fit(&objective, iv, &cfg(50, 5e-2), FitIo::default()).unwrap();
     let losses = &fitted.state.losses;
-    let after = trainer::reft::evaluate(model, &batches, Some(&fitted.intervention)).unwrap();
+    let after = trainer::objectives::reft::evaluate(model, &batches, Some(&fitted.module)).unwrap();
     eprintln!("LM loss {:.3} → {:.3}; token accuracy {:.3} → {:.3}", losses[0], losses[losses.len() - 1], none.token_accuracy, after.token_accuracy);
     assert_eq!(after.exact, 1.0, "greedy decoding with the intervention reproduces the target: {after:?}");
 
@@ -62,13 +62,12 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     let dir = std::env::temp_dir().join(format!("ferrovene-reft-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("intervention.safetensors");
-    let config = ExportConfig {
-        format: 0, kind: String::new(), width: 0, hyper: Default::default(),
-        placement: PlacementConfig { sites: vec![site.to_string()], positions: "last".into(), site_width: 576, dims: vec![], composition: Default::default() },
-        model: ModelConfig { id: "smollm2-135m".into(), revision: None, arch: model.arch().into(), hidden_size: model.width() },
-        training: serde_json::Value::Null,
-    };
-    export::save(&fitted.intervention, config, &path).unwrap();
+    let config = ExportConfig::new(
+        PlacementConfig { sites: vec![site.to_string()], positions: "last".into(), site_width: 576, ..Default::default() },
+        ModelConfig { id: "smollm2-135m".into(), revision: None, arch: model.arch().into(), hidden_size: model.width() },
+        serde_json::Value::Null,
+    );
+    export::save(&fitted.module, config, &path).unwrap();
     let n_tokens = tok.encode_plain(target).unwrap().len();
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(["apply", "--json", "--prompt", "GO->", "--generate", &n_tokens.to_string(), "--intervention"])
@@ -103,14 +102,14 @@ fn probe_reads_a_planted_class_from_smollm2_activations() {
     let train: Vec<_> = examples.iter().filter(|(w, _)| !held.contains(w)).map(|(_, e)| e).collect();
     let test: Vec<_> = examples.iter().filter(|(w, _)| held.contains(w)).map(|(_, e)| e).collect();
     let site = Site::new(20, Component::BlockOutput);
-    let train_b = trainer::probe::features(model, site, &train, tok.pad_id, 8, &dev).unwrap();
-    let test_b = trainer::probe::features(model, site, &test, tok.pad_id, 8, &dev).unwrap();
-    assert_eq!(trainer::probe::class_count(&train), 2);
+    let train_b = trainer::objectives::probe::features(model, site, &train, tok.pad_id, 8, &dev).unwrap();
+    let test_b = trainer::objectives::probe::features(model, site, &test, tok.pad_id, 8, &dev).unwrap();
+    assert_eq!(trainer::objectives::probe::class_count(&train), 2);
     let iv = Intervention::Probe(LinearProbe::init(576, 2, &mut Rng::new(4), &dev));
-    let (before, _) = trainer::probe::evaluate(&iv, &test_b).unwrap();
-    let fitted = fit(&trainer::probe::ProbeObjective { train: &train_b, validation: &[] }, iv, &cfg(40, 1e-2), FitIo::default()).unwrap();
-    let (acc, loss) = trainer::probe::evaluate(&fitted.intervention, &test_b).unwrap();
+    let (before, _) = trainer::objectives::probe::evaluate(&iv, &test_b).unwrap();
+    let fitted = fit(&trainer::objectives::probe::ProbeObjective { train: &train_b, validation: &[] }, iv, &cfg(40, 1e-2), FitIo::default()).unwrap();
+    let (acc, loss) = trainer::objectives::probe::evaluate(&fitted.module, &test_b).unwrap();
     eprintln!("probe on held-out words: accuracy {before:.3} → {acc:.3}, loss {loss:.3}");
     assert!(acc >= 0.9, "held-out accuracy {acc}");
-    assert_eq!(trainer::probe::majority_share(&test_b), 0.5);
+    assert_eq!(trainer::objectives::probe::majority_share(&test_b), 0.5);
 }

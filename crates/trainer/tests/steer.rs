@@ -35,8 +35,8 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let tok = loaded.tokenizer.clone().unwrap();
     let texts = |t: &[&str]| t.iter().map(|s| if s.starts_with('{') { "Everything is lovely and bright.".to_string() } else { s.to_string() }).collect::<Vec<_>>();
     let site = Site::new(10, Component::BlockOutput);
-    let p = trainer::steer::last_token_activations(&loaded.model, &tok, &texts(&positive), site, &dev).unwrap();
-    let n = trainer::steer::last_token_activations(&loaded.model, &tok, &texts(&negative), site, &dev).unwrap();
+    let p = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&positive), site, &dev).unwrap();
+    let n = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&negative), site, &dev).unwrap();
     let expected: Vec<f32> = (p.mean_dim(0) - n.mean_dim(0)).into_data().to_vec().unwrap();
     let (iv, config) = ferrovene_interventions::export::load::<B>(&out_path, &dev).unwrap();
     let Intervention::Steering(s) = iv else { panic!("a steering vector") };

@@ -11,8 +11,10 @@ use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
+use ferrovene_models::{forward, gather_positions, resume, run_to, Checkpoint, NoHooks, Site, Transformer};
+
+use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
-use ferrovene_models::{forward, gather_positions, resume, run_to, Checkpoint, Input, NoHooks, Site, Transformer};
 
 /// One batch of pairs, with the frozen model's work done.
 pub struct PairBatch<B: Backend> {
@@ -32,20 +34,6 @@ pub struct PairBatch<B: Backend> {
     pub dims: Vec<usize>,
 }
 
-pub(crate) fn int2<B: Backend>(rows: &[Vec<usize>], device: &B::Device) -> Tensor<B, 2, Int> {
-    let (n, k) = (rows.len(), rows.first().map_or(0, Vec::len));
-    let flat: Vec<i64> = rows.iter().flatten().map(|&p| p as i64).collect();
-    Tensor::from_data(TensorData::new(flat, [n, k]), device)
-}
-
-pub(crate) fn input_of<B: Backend>(ids: &[Vec<u32>], mask: &[Vec<u32>], device: &B::Device) -> Input<B> {
-    let (n, s) = (ids.len(), ids.first().map_or(0, Vec::len));
-    let to = |rows: &[Vec<u32>]| -> Tensor<B, 2, Int> {
-        Tensor::from_data(TensorData::new(rows.iter().flatten().map(|&x| x as i64).collect::<Vec<_>>(), [n, s]), device)
-    };
-    Input { ids: to(ids), mask: to(mask), token_types: None, past: None }
-}
-
 /// Prepares batches of pairs (one source each) for `site`, computing the frozen parts once.
 pub fn prepare<B: Backend, M: Transformer<B>>(
     model: &M,
@@ -56,7 +44,7 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     device: &B::Device,
 ) -> Result<Vec<PairBatch<B>>> {
     model.site_info(site)?;
-    let side = PaddingSide::for_arch(model.arch());
+    let side = PaddingSide::for_model(model.causal());
     let mut out = Vec::new();
     for chunk in pairs.chunks(batch_size.max(1)) {
         let mut bases = Vec::new();
@@ -74,7 +62,7 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         let b = pad(&bases, pad_id, side);
         let base_input = input_of::<B>(&b.ids, &b.mask, device);
         let source_vectors = source_vectors(model, site, &sources, pad_id, model.causal(), device)?;
-        let last: Vec<Vec<usize>> = b.mask.iter().map(|m| vec![m.iter().rposition(|&x| x == 1).unwrap_or(0)]).collect();
+        let last = last_real(&b.mask);
         out.push(PairBatch {
             checkpoint: run_to(model, &base_input, site).context("running the bases to the site")?,
             base_positions: int2::<B>(&b.positions, device),
@@ -107,7 +95,7 @@ pub fn source_vectors<B: Backend, M: Transformer<B>>(
         })
         .collect();
     let refs: Vec<&TokenizedInput> = trimmed.iter().collect();
-    let s = pad(&refs, pad_id, PaddingSide::for_arch(model.arch()));
+    let s = pad(&refs, pad_id, PaddingSide::for_model(model.causal()));
     let input = input_of::<B>(&s.ids, &s.mask, device);
     let acts = run_to(model, &input, site).context("running the sources to the site")?.activation;
     Ok(gather_positions(acts, int2::<B>(&s.positions, device)))
@@ -188,7 +176,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B,
 }
 
 /// Evaluation results.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Metrics {
     /// Share of pairs whose argmax is the counterfactual label.
     pub iia: f32,

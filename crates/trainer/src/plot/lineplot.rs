@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::heatmap::escape;
+use crate::plot::heatmap::escape;
 
 /// One named series of `(x, y)` points.
 pub struct Series {

@@ -13,7 +13,7 @@ use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_interventions::Intervention;
 use ferrovene_models::{gather_positions, run_to, Site, Transformer};
 
-use crate::das::{input_of, int2};
+use crate::batch::{input_of, int2};
 use crate::fit::Objective;
 
 /// One batch of labelled activations.
@@ -35,7 +35,7 @@ pub fn features<B: Backend, M: Transformer<B>>(
     device: &B::Device,
 ) -> Result<Vec<FeatureBatch<B>>> {
     model.site_info(site)?;
-    let side = PaddingSide::for_arch(model.arch());
+    let side = PaddingSide::for_model(model.causal());
     let mut out = Vec::new();
     for chunk in examples.chunks(batch_size.max(1)) {
         let mut texts = Vec::new();
@@ -138,5 +138,66 @@ impl<B: AutodiffBackend> Objective<B> for ProbeObjective<'_, B> {
         }
         let (acc, loss) = evaluate(iv, self.validation)?;
         Ok(Some((loss, acc)))
+    }
+}
+
+/// Held-out accuracy of an L2-regularised logistic regression on standardised features, by
+/// full-batch gradient descent in f64: the probe trainer for many small probes at once (one per
+/// attention head in `steer-iti`), where [`ProbeObjective`] through [`crate::fit`] would pay
+/// autodiff's per-step cost thousands of times.
+pub fn logistic_regression_accuracy(train: &[&[f32]], train_y: &[bool], test: &[&[f32]], test_y: &[bool], steps: usize) -> f32 {
+    let d = train.first().map_or(0, |x| x.len());
+    let n = train.len() as f64;
+    let mean: Vec<f64> = (0..d).map(|j| train.iter().map(|x| x[j] as f64).sum::<f64>() / n).collect();
+    let std: Vec<f64> = (0..d).map(|j| (train.iter().map(|x| (x[j] as f64 - mean[j]).powi(2)).sum::<f64>() / n).sqrt().max(1e-6)).collect();
+    let z = |x: &[f32]| -> Vec<f64> { (0..d).map(|j| (x[j] as f64 - mean[j]) / std[j]).collect() };
+    let (xs, ts): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (train.iter().map(|x| z(x)).collect(), test.iter().map(|x| z(x)).collect());
+    let (mut w, mut b) = (vec![0.0f64; d], 0.0f64);
+    let (lr, l2) = (0.5, 1e-2);
+    for _ in 0..steps {
+        let mut gw = vec![0.0f64; d];
+        let mut gb = 0.0;
+        for (x, &y) in xs.iter().zip(train_y) {
+            let p = 1.0 / (1.0 + (-(x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + b)).exp());
+            let e = p - y as u8 as f64;
+            gb += e;
+            for (g, xi) in gw.iter_mut().zip(x) {
+                *g += e * xi;
+            }
+        }
+        for (wj, g) in w.iter_mut().zip(&gw) {
+            *wj -= lr * (g / n + l2 * *wj);
+        }
+        b -= lr * gb / n;
+    }
+    let hits = ts.iter().zip(test_y).filter(|(x, y)| ((x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + b) > 0.0) == **y).count();
+    hits as f32 / test.len().max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logistic_regression_accuracy as probe_accuracy;
+    use ferrovene_models::rng::Rng;
+
+    #[test]
+    fn probe_separates_a_planted_direction_and_not_noise() {
+        let mut rng = Rng::new(3);
+        let sample = |rng: &mut Rng, shift: f32| -> Vec<f32> { (0..8).map(|j| rng.normal() as f32 + if j == 2 { shift } else { 0.0 }).collect() };
+        let make = |rng: &mut Rng, n: usize, shift: f32| -> (Vec<Vec<f32>>, Vec<bool>) {
+            (0..n).map(|i| (sample(rng, if i % 2 == 0 { shift } else { -shift }), i % 2 == 0)).unzip()
+        };
+        let (tr, ty) = make(&mut rng, 200, 2.0);
+        let (te, ey) = make(&mut rng, 200, 2.0);
+        let refs = |v: &[Vec<f32>]| -> Vec<Vec<f32>> { v.to_vec() };
+        let (tr, te) = (refs(&tr), refs(&te));
+        let tr_r: Vec<&[f32]> = tr.iter().map(Vec::as_slice).collect();
+        let te_r: Vec<&[f32]> = te.iter().map(Vec::as_slice).collect();
+        assert!(probe_accuracy(&tr_r, &ty, &te_r, &ey, 200) > 0.95);
+        let (nt, ny) = make(&mut rng, 200, 0.0);
+        let (ne, nyy) = make(&mut rng, 200, 0.0);
+        let nt_r: Vec<&[f32]> = nt.iter().map(Vec::as_slice).collect();
+        let ne_r: Vec<&[f32]> = ne.iter().map(Vec::as_slice).collect();
+        let chance = probe_accuracy(&nt_r, &ny, &ne_r, &nyy, 200);
+        assert!((chance - 0.5).abs() < 0.12, "noise gives {chance}");
     }
 }

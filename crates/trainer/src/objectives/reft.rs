@@ -14,7 +14,7 @@ use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
 use ferrovene_models::{gather_positions, resume, run_to, Checkpoint, NoHooks, Site, Transformer};
 
-use crate::das::{input_of, int2};
+use crate::batch::{input_of, int2};
 use crate::fit::Objective;
 
 /// One batch of prompts with targets, with the frozen model's run up to the site.
@@ -39,7 +39,7 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     device: &B::Device,
 ) -> Result<Vec<PromptBatch<B>>> {
     model.site_info(site)?;
-    let side = PaddingSide::for_arch(model.arch());
+    let side = PaddingSide::for_model(model.causal());
     let mut out = Vec::new();
     for chunk in examples.chunks(batch_size.max(1)) {
         let mut rows = Vec::new();

@@ -14,7 +14,7 @@ use ferrovene_interventions::steering::Steering;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::{gather_positions, load, run_to, Component, Site, TextTokenizer, Transformer};
 
-use crate::das::{input_of, int2};
+use crate::batch::{input_of, int2};
 use crate::device::OnBackend;
 
 /// What to build, from the command line.
@@ -72,7 +72,7 @@ pub fn last_token_activations<B: Backend, M: Transformer<B>>(model: &M, tok: &Te
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&TokenizedInput> = inputs.iter().collect();
-        let p = pad(&refs, tok.pad_id, PaddingSide::for_arch(model.arch()));
+        let p = pad(&refs, tok.pad_id, PaddingSide::for_model(model.causal()));
         let acts = run_to(model, &input_of::<B>(&p.ids, &p.mask, device), site)?.activation;
         let v = gather_positions(acts, int2::<B>(&p.positions, device));
         let [n, _, d] = v.dims();
@@ -96,12 +96,9 @@ impl OnBackend for Steer {
             self.scale,
         );
         let norm: f32 = steering.vector.val().powf_scalar(2.0).sum().sqrt().into_scalar().elem();
-        let config = ExportConfig {
-            format: 0, kind: String::new(), width: 0, hyper: Default::default(),
-            placement: PlacementConfig { sites: vec![site.to_string()], positions: "every token".into(), site_width: model.width(), dims: vec![], composition: Default::default() },
-            model: ModelConfig { id: self.model.clone(), revision: loaded.revision.clone(), arch: model.arch().into(), hidden_size: model.width() },
-            training: serde_json::json!({"positive": self.positive, "negative": self.negative, "n_positive": pos.len(), "n_negative": neg.len(), "norm": norm}),
-        };
+        let placement = PlacementConfig { sites: vec![site.to_string()], positions: "every token".into(), site_width: model.width(), ..Default::default() };
+        let training = serde_json::json!({"positive": self.positive, "negative": self.negative, "n_positive": pos.len(), "n_negative": neg.len(), "norm": norm});
+        let config = ExportConfig::new(placement, ModelConfig::of(&loaded), training);
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }

@@ -9,31 +9,30 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use ferrovene_data::batch::{pad, PaddingSide};
-use ferrovene_data::{tokenize, TokenizedExample, TokenizedInput};
+use ferrovene_data::TokenizedInput;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{gather_positions, load, NoHooks, Transformer};
+use ferrovene_models::{gather_positions, load, NoHooks, TextTokenizer, Transformer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::das::{input_of, int2};
-use crate::events::progress;
-use crate::filler_gap::Layers;
+use crate::batch::{input_of, int2};
+use crate::events::progress_if;
+use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::{fit, FitConfig, FitIo};
-use crate::heatmap::Heatmap;
-use crate::probe::{evaluate, majority_share, FeatureBatch, ProbeObjective};
+use crate::objectives::probe::{evaluate, majority_share, FeatureBatch, ProbeObjective};
+use crate::plot::Heatmap;
+use crate::recipe::Layers;
+use crate::run_dir::RunDir;
 use crate::schedule::Decay;
-
-/// The recipe's kind.
-pub const KIND: &str = "probe-layers";
 
 const POSITIVE: [&str; 12] = ["wonderful", "great", "brilliant", "lovely", "superb", "delightful", "excellent", "charming", "pleasant", "marvellous", "splendid", "fantastic"];
 const NEGATIVE: [&str; 12] = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "painful", "lousy", "dismal", "tedious", "miserable", "appalling"];
@@ -48,8 +47,6 @@ const FRAMES: [&str; 8] = [
 pub struct ProbeLayersRecipe {
     /// One line for `trainer list`.
     pub description: String,
-    /// `probe-layers`.
-    pub kind: String,
     /// Model spec.
     pub model: String,
     /// Layers probed: a list, or `"all"`.
@@ -66,23 +63,20 @@ pub struct ProbeLayersRecipe {
     pub seed: u64,
 }
 
-impl ProbeLayersRecipe {
-    /// Parses and checks a recipe.
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let r: Self = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
-        if r.kind != KIND {
-            bail!("kind `{}` is not `{KIND}`", r.kind);
-        }
-        if r.held_out_frames == 0 || r.held_out_frames >= FRAMES.len() {
-            bail!("`held_out_frames` must be between 1 and {}", FRAMES.len() - 1);
-        }
-        r.layers.check()?;
-        Ok(r)
+impl Experiment for ProbeLayersRecipe {
+    fn description(&self) -> String {
+        self.description.clone()
     }
 
-    /// Applies `key=value` overrides (TOML values); every key of the recipe may be set.
-    pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
-        crate::recipe::apply_overrides(self, sets, None, Self::from_toml)
+    fn check(&self) -> Result<()> {
+        if self.held_out_frames == 0 || self.held_out_frames >= FRAMES.len() {
+            bail!("`held_out_frames` must be between 1 and {}", FRAMES.len() - 1);
+        }
+        self.layers.check()
+    }
+
+    fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
+        run::<B>(ctx, self, device).map(RunEnd::Done)
     }
 }
 
@@ -115,26 +109,23 @@ pub fn dataset(seed: u64) -> Vec<Labelled> {
     out
 }
 
+/// A sentence's tokens and the position of its adjective's last token.
+fn adjective_input(tok: &TextTokenizer, l: &Labelled) -> Result<TokenizedInput> {
+    let start = l.text.find(l.adjective).context("the adjective is in its sentence")?;
+    let end = start + l.adjective.len();
+    let (ids, offsets) = tok.encode_with_offsets(&l.text)?;
+    let last = offsets.iter().rposition(|&(a, b)| b > a && a < end && b > start).with_context(|| format!("no token covers {:?} in {:?}", l.adjective, l.text))?;
+    Ok(TokenizedInput { ids, positions: vec![last] })
+}
+
 /// Per layer: `[n, 1, width]` activations at each text's adjective (its last token), batched.
-fn features<B: Backend, M: Transformer<B>>(model: &M, tok: &ferrovene_models::TextTokenizer, data: &[Labelled], layers: &[usize], batch: usize, device: &B::Device) -> Result<BTreeMap<usize, Vec<burn::tensor::Tensor<B, 3>>>> {
+fn features<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, data: &[Labelled], layers: &[usize], batch: usize, device: &B::Device) -> Result<BTreeMap<usize, Vec<Tensor<B, 3>>>> {
     let deepest = layers.iter().copied().max().unwrap_or(0);
     let mut out: BTreeMap<usize, Vec<_>> = BTreeMap::new();
     for chunk in data.chunks(batch.max(1)) {
-        let inputs: Vec<TokenizedInput> = chunk
-            .iter()
-            .map(|l| {
-                let start = l.text.find(l.adjective).context("the adjective is in its sentence")?;
-                let (a, b) = (l.text[..start].chars().count(), l.text[..start].chars().count() + l.adjective.chars().count());
-                let line = json!({"text": l.text, "spans": {"adj": [a, b]}, "positions": [{"span": "adj"}], "class": l.class}).to_string();
-                let ex = ferrovene_data::format::parse_line(&line).map_err(|e| anyhow!(e))?;
-                match tokenize(&ex, tok, Path::new("probe-layers"), 1)? {
-                    TokenizedExample::Text { text, .. } => Ok(text),
-                    _ => bail!("a text example"),
-                }
-            })
-            .collect::<Result<_>>()?;
+        let inputs: Vec<TokenizedInput> = chunk.iter().map(|l| adjective_input(tok, l)).collect::<Result<_>>()?;
         let refs: Vec<&TokenizedInput> = inputs.iter().collect();
-        let p = pad(&refs, tok.pad_id, PaddingSide::for_arch(model.arch()));
+        let p = pad(&refs, tok.pad_id, PaddingSide::for_model(model.causal()));
         let input = input_of::<B>(&p.ids, &p.mask, device);
         let positions = int2::<B>(&p.positions, device);
         let ctx = model.context(&input);
@@ -149,7 +140,7 @@ fn features<B: Backend, M: Transformer<B>>(model: &M, tok: &ferrovene_models::Te
     Ok(out)
 }
 
-fn batches<B: Backend>(feats: &[burn::tensor::Tensor<B, 3>], data: &[Labelled], batch: usize, control: bool) -> Vec<FeatureBatch<B>> {
+fn batches<B: Backend>(feats: &[Tensor<B, 3>], data: &[Labelled], batch: usize, control: bool) -> Vec<FeatureBatch<B>> {
     feats
         .iter()
         .zip(data.chunks(batch.max(1)))
@@ -170,64 +161,60 @@ pub struct LayerResult {
     pub selectivity: f32,
 }
 
-/// Runs the recipe: a probe and a control probe per layer; table, plot, CSV/JSON, the most
-/// selective layer's probe exported.
-pub fn run<B: AutodiffBackend>(name: &str, r: &ProbeLayersRecipe, out_root: &Path, show: bool, device: &B::Device) -> Result<PathBuf>
-where
-    Intervention<B>: AutodiffModule<B>,
-{
-    let started = std::time::Instant::now();
-    let dir = crate::run::start_run(out_root, name, r)?;
-    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
-    let layers = r.layers.resolve(model.n_layers())?;
-    let data = dataset(r.seed);
-    let mut frames: Vec<usize> = (0..FRAMES.len()).collect();
-    Rng::new(r.seed).shuffle(&mut frames);
-    let held: Vec<usize> = frames[..r.held_out_frames].to_vec();
-    let (test, train): (Vec<Labelled>, Vec<Labelled>) = data.into_iter().partition(|l| held.contains(&l.frame));
-    let train_f = features(model, tok, &train, &layers, r.batch_size, device)?;
-    let test_f = features(model, tok, &test, &layers, r.batch_size, device)?;
+/// The probes of every layer, the most accurate layer's probe, and the held-out majority share.
+struct Probed<B: AutodiffBackend> {
+    results: Vec<LayerResult>,
+    best: (Intervention<B>, usize),
+    majority: f32,
+}
+
+/// Trains a probe and a control probe per layer on the cached features.
+fn probe_layers<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &ProbeLayersRecipe, model: &M, tok: &TextTokenizer, split: (&[Labelled], &[Labelled]), layers: &[usize], device: &B::Device) -> Result<Probed<B>> {
+    let (train, test) = split;
+    let train_f = features(model, tok, train, layers, r.batch_size, device)?;
+    let test_f = features(model, tok, test, layers, r.batch_size, device)?;
     let cfg = FitConfig {
         epochs: r.epochs, lr: r.lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed, shuffle: true,
     };
-    let bar = progress(layers.len(), "layers");
-    if !show {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = progress_if(ctx.progress, layers.len(), "layers");
     let mut results = Vec::new();
     let mut best: Option<(f32, Intervention<B>, usize)> = None;
-    for &layer in &layers {
+    for &layer in layers {
         let mut acc = [0.0f32; 2];
         for (k, control) in [false, true].into_iter().enumerate() {
-            let tr = batches(&train_f[&layer], &train, r.batch_size, control);
-            let te = batches(&test_f[&layer], &test, r.batch_size, control);
+            let tr = batches(&train_f[&layer], train, r.batch_size, control);
+            let te = batches(&test_f[&layer], test, r.batch_size, control);
             let iv = Intervention::Probe(LinearProbe::init(model.width(), 2, &mut Rng::new(r.seed ^ layer as u64), device));
             let fitted = fit(&ProbeObjective { train: &tr, validation: &[] }, iv, &cfg, FitIo::default())?;
-            acc[k] = evaluate(&fitted.intervention, &te)?.0;
+            acc[k] = evaluate(&fitted.module, &te)?.0;
             if !control && best.as_ref().is_none_or(|b| acc[0] > b.0) {
-                best = Some((acc[0], fitted.intervention, layer));
+                best = Some((acc[0], fitted.module, layer));
             }
         }
         results.push(LayerResult { layer, accuracy: acc[0], control_accuracy: acc[1], selectivity: acc[0] - acc[1] });
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let majority = majority_share(&batches(&test_f[&layers[0]], &test, r.batch_size, false));
+    let majority = majority_share(&batches(&test_f[&layers[0]], test, r.batch_size, false));
+    let (_, probe, layer) = best.context("no layers")?;
+    Ok(Probed { results, best: (probe, layer), majority })
+}
 
-    let mut table = format!("{name}: held-out probe accuracy per layer at the adjective ({} sentences, majority class {majority:.2})\n", test.len());
+/// The table, CSV and plot of the per-layer numbers.
+fn write_layers(dir: &RunDir, name: &str, results: &[LayerResult], majority: f32, n_test: usize) -> Result<String> {
+    let mut table = format!("{name}: held-out probe accuracy per layer at the adjective ({n_test} sentences, majority class {majority:.2})\n");
     let _ = writeln!(table, "{:>6} {:>9} {:>9} {:>12}", "layer", "accuracy", "control", "selectivity");
     let mut csv = String::from("layer,accuracy,control_accuracy,selectivity\n");
-    for x in &results {
+    for x in results {
         let _ = writeln!(table, "{:>6} {:>9.3} {:>9.3} {:>12.3}", x.layer, x.accuracy, x.control_accuracy, x.selectivity);
         let _ = writeln!(csv, "{},{},{},{}", x.layer, x.accuracy, x.control_accuracy, x.selectivity);
     }
-    std::fs::write(dir.join("layers.csv"), csv)?;
+    dir.write("layers.csv", csv)?;
     Heatmap {
         title: &format!("{name}: accuracy, control accuracy and selectivity by layer"),
         rows: vec!["accuracy".into(), "control".into(), "selectivity".into()],
-        columns: layers.iter().map(|l| l.to_string()).collect(),
+        columns: results.iter().map(|x| x.layer.to_string()).collect(),
         values: vec![
             results.iter().map(|x| Some(x.accuracy)).collect(),
             results.iter().map(|x| Some(x.control_accuracy)).collect(),
@@ -236,22 +223,32 @@ where
         axes: ("", "layer"),
     }
     .write(&dir.join("layers"))?;
-    let (_, probe, best_layer) = best.context("no layers")?;
-    let config = ExportConfig {
-        format: 0, kind: String::new(), width: 0, hyper: Default::default(),
-        placement: PlacementConfig { sites: vec![format!("{best_layer}.block_output")], positions: "span:adj".into(), site_width: model.width(), dims: vec![], composition: Default::default() },
-        model: ModelConfig { id: r.model.clone(), revision: loaded.revision.clone(), arch: model.arch().into(), hidden_size: model.width() },
-        training: json!({"recipe": name, "classes": ["negative", "positive"]}),
-    };
-    export::save(&probe, config, &dir.join("intervention.safetensors"))?;
-    let report = json!({
-        "recipe": name, "config": r, "layers": results, "majority_class": majority,
+    Ok(table)
+}
+
+/// Runs the recipe: a probe and a control probe per layer; table, plot, CSV/JSON, the most
+/// accurate layer's probe exported.
+pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ProbeLayersRecipe, device: &B::Device) -> Result<PathBuf> {
+    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let layers = r.layers.resolve(model.n_layers())?;
+    let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
+    let mut frames: Vec<usize> = (0..FRAMES.len()).collect();
+    Rng::new(r.seed).shuffle(&mut frames);
+    let held: Vec<usize> = frames[..r.held_out_frames].to_vec();
+    let (test, train): (Vec<Labelled>, Vec<Labelled>) = dataset(r.seed).into_iter().partition(|l| held.contains(&l.frame));
+    let probed = probe_layers(ctx, r, model, tok, (&train, &test), &layers, device)?;
+    let table = write_layers(&dir, ctx.name, &probed.results, probed.majority, test.len())?;
+    let (probe, best_layer) = &probed.best;
+    let placement = PlacementConfig { sites: vec![format!("{best_layer}.block_output")], positions: "span:adj".into(), site_width: model.width(), ..Default::default() };
+    let config = ExportConfig::new(placement, ModelConfig::of(&loaded), json!({"recipe": ctx.name, "classes": ["negative", "positive"]}));
+    export::save(probe, config, &dir.join("intervention.safetensors"))?;
+    dir.write_report(json!({
+        "recipe": ctx.name, "layers": probed.results, "majority_class": probed.majority,
         "data": {"train": train.len(), "test": test.len(), "held_out_frames": held},
-        "timings_s": {"total": started.elapsed().as_secs_f64()},
         "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
-    });
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    }))?;
     print!("{table}");
-    println!("run folder: {} ({:.0} s)", dir.display(), started.elapsed().as_secs_f64());
-    Ok(dir)
+    println!("run folder: {} ({:.0} s)", dir.path().display(), dir.elapsed());
+    Ok(dir.path().to_path_buf())
 }

@@ -10,11 +10,10 @@
 //! without a rotation.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::loss::cross_entropy_with_logits;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -26,12 +25,11 @@ use ferrovene_models::{Component, NoHooks, Site};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::events::progress;
+use crate::events::progress_if;
+use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::{fit, FitConfig, FitIo, Objective};
+use crate::run_dir::RunDir;
 use crate::schedule::Decay;
-
-/// The recipe's kind.
-pub const KIND: &str = "hierarchical-equality";
 
 /// The recipe (`recipes/das-hierarchical-equality.toml`). Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,8 +37,6 @@ pub const KIND: &str = "hierarchical-equality";
 pub struct HierarchicalRecipe {
     /// One line for `trainer list`.
     pub description: String,
-    /// `hierarchical-equality`.
-    pub kind: String,
     /// One full run (MLP and every DAS) per seed; the table shows mean ± sd over them.
     pub seeds: Vec<u64>,
     /// Width of each object vector.
@@ -69,13 +65,13 @@ pub struct HierarchicalRecipe {
     pub layers: Vec<usize>,
 }
 
-impl HierarchicalRecipe {
-    /// Parses and checks a recipe.
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let r: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if r.kind != KIND {
-            bail!("kind `{}` is not `{KIND}`", r.kind);
-        }
+impl Experiment for HierarchicalRecipe {
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn check(&self) -> Result<()> {
+        let r = self;
         if r.seeds.is_empty() || r.hidden.is_empty() {
             bail!("`seeds` and `hidden` must not be empty");
         }
@@ -85,12 +81,11 @@ impl HierarchicalRecipe {
         if r.hidden.iter().any(|&w| w % 2 != 0) {
             bail!("hidden widths must be even (half of the rotated dimensions for WX, half for YZ)");
         }
-        Ok(r)
+        Ok(())
     }
 
-    /// Applies `key=value` overrides (TOML values); every key of the recipe may be set.
-    pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
-        crate::recipe::apply_overrides(self, sets, None, Self::from_toml)
+    fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
+        run::<B>(ctx, self, device).map(RunEnd::Done)
     }
 }
 
@@ -174,28 +169,57 @@ fn classes<B: Backend>(labels: &[bool], device: &B::Device) -> Tensor<B, 2> {
     Tensor::<B, 1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [labels.len()]), device).one_hot::<2>(2).float()
 }
 
+/// The MLP's training: batches of the task's examples in the order of a seeded shuffle per
+/// epoch, cross-entropy of the label.
+struct MlpObjective<'a, B: Backend> {
+    data: &'a [Objects],
+    /// Every batch of every epoch, in training order (indices into `data`).
+    batches: Vec<Vec<usize>>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> Objective<B, Mlp<B>> for MlpObjective<'_, B> {
+    fn batches(&self) -> usize {
+        self.batches.len()
+    }
+
+    fn loss(&self, mlp: &Mlp<B>, index: usize) -> Result<Tensor<B, 1>> {
+        let chunk = &self.batches[index];
+        let xs: Vec<&[f32]> = chunk.iter().map(|&i| self.data[i].x.as_slice()).collect();
+        let ys: Vec<bool> = chunk.iter().map(|&i| self.data[i].label()).collect();
+        Ok(cross_entropy_with_logits(mlp.predict(rows::<B>(&xs, &self.device)), classes::<B>(&ys, &self.device)))
+    }
+
+    fn validate(&self, _: &Mlp<B>) -> Result<Option<(f32, f32)>> {
+        Ok(None)
+    }
+}
+
+/// Adam at a constant rate, no weight decay, batches in the objective's own order.
+fn constant_rate(epochs: usize, lr: f64, seed: u64, shuffle: bool) -> FitConfig {
+    FitConfig {
+        epochs, lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed, shuffle,
+    }
+}
+
 /// Trains the MLP on the task; returns it frozen with its held-out accuracy.
 pub fn train_mlp<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: &B::Device) -> Result<(Mlp<B>, f32)>
-where
-    Mlp<B>: AutodiffModule<B>,
 {
     let mut rng = Rng::new(seed);
     let config = MlpConfig { d_in: 4 * r.object_width, hidden: r.hidden.clone(), d_out: 2 };
-    let mut mlp = Mlp::<B>::init_seeded(&config, &mut rng, device);
+    let mlp = Mlp::<B>::init_seeded(&config, &mut rng, device);
     let data: Vec<Objects> = (0..r.mlp_examples).map(|_| Objects::sample(&mut rng, r.object_width)).collect();
-    let mut opt = AdamWConfig::new().with_weight_decay(0.0).init::<B, Mlp<B>>();
+    // The batch order of every epoch, drawn up front from the same generator in the same order as
+    // the samples after it.
     let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut batches = Vec::new();
     for _ in 0..r.mlp_epochs {
         rng.shuffle(&mut order);
-        for chunk in order.chunks(r.mlp_batch.max(1)) {
-            let xs: Vec<&[f32]> = chunk.iter().map(|&i| data[i].x.as_slice()).collect();
-            let ys: Vec<bool> = chunk.iter().map(|&i| data[i].label()).collect();
-            let loss = cross_entropy_with_logits(mlp.predict(rows::<B>(&xs, device)), classes::<B>(&ys, device));
-            let grads = GradientsParams::from_grads(loss.backward(), &mlp);
-            mlp = opt.step(r.mlp_lr, mlp, grads);
-        }
+        batches.extend(order.chunks(r.mlp_batch.max(1)).map(<[usize]>::to_vec));
     }
-    let mlp = mlp.no_grad();
+    let objective = MlpObjective { data: &data, batches, device: device.clone() };
+    let mlp = fit(&objective, mlp, &constant_rate(1, r.mlp_lr, seed, false), FitIo::default())?.module.no_grad();
     let test: Vec<Objects> = (0..10_000).map(|_| Objects::sample(&mut rng, r.object_width)).collect();
     let xs: Vec<&[f32]> = test.iter().map(|o| o.x.as_slice()).collect();
     let predicted = argmax(mlp.predict(rows::<B>(&xs, device)))?;
@@ -313,9 +337,6 @@ pub struct SeedResult {
 
 /// Trains the MLP and aligns every requested layer, for one seed.
 pub fn run_seed<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: &B::Device) -> Result<SeedResult>
-where
-    Mlp<B>: AutodiffModule<B>,
-    Intervention<B>: AutodiffModule<B>,
 {
     let (mlp, mlp_accuracy) = train_mlp::<B>(r, seed, device)?;
     let mut rng = Rng::new(seed ^ 0xDA5);
@@ -328,12 +349,9 @@ where
         let train = prepare(&mlp, site, &train_pairs, r.das_batch, device)?;
         let test = prepare(&mlp, site, &test_pairs, 1024, device)?;
         let iv = Intervention::DasFull(DasFull { rotation: Orthogonal::random(width, width, &mut Rng::new(seed.wrapping_add(layer as u64)), device), k: width / 2 });
-        let cfg = FitConfig {
-            epochs: r.das_epochs, lr: r.das_lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-            temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed,
-        };
+        let cfg = constant_rate(r.das_epochs, r.das_lr, seed, true);
         let fitted = fit(&EqualityObjective { mlp: &mlp, site, train: &train }, iv, &cfg, FitIo::default())?;
-        let rotation = fitted.intervention.rotation().context("a rotation")?.matrix();
+        let rotation = fitted.module.rotation().context("a rotation")?.matrix();
         let das = iia(&mlp, site, &test, &rotation)?;
         let neurons = iia(&mlp, site, &test, &Tensor::eye(width, device))?;
         layers.push((layer, das, neurons));
@@ -379,19 +397,23 @@ pub fn table(results: &[SeedResult]) -> String {
     out
 }
 
+/// The per-seed results as CSV.
+fn csv(results: &[SeedResult]) -> String {
+    let mut csv = String::from("seed,mlp_accuracy,layer,das_iia,neuron_aligned_iia\n");
+    for s in results {
+        for (layer, das, neurons) in &s.layers {
+            let _ = writeln!(csv, "{},{},{layer},{das},{neurons}", s.seed, s.mlp_accuracy);
+        }
+    }
+    csv
+}
+
 /// Runs the recipe over its seeds; prints the table; writes `report.json`, `results.csv` and the
 /// recipe into `out_root/name/<timestamp>/`.
-pub fn run<B: AutodiffBackend>(name: &str, r: &HierarchicalRecipe, out_root: &Path, show: bool, device: &B::Device) -> Result<PathBuf>
-where
-    Mlp<B>: AutodiffModule<B>,
-    Intervention<B>: AutodiffModule<B>,
+pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &HierarchicalRecipe, device: &B::Device) -> Result<PathBuf>
 {
-    let started = std::time::Instant::now();
-    let dir = crate::run::start_run(out_root, name, r)?;
-    let bar = progress(r.seeds.len(), "seeds");
-    if !show {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
+    let bar = progress_if(ctx.progress, r.seeds.len(), "seeds");
     let mut results = Vec::new();
     for &seed in &r.seeds {
         results.push(run_seed::<B>(r, seed, device)?);
@@ -400,21 +422,11 @@ where
     bar.finish_and_clear();
     let table = table(&results);
     print!("{table}");
-    let mut csv = String::from("seed,mlp_accuracy,layer,das_iia,neuron_aligned_iia\n");
-    for s in &results {
-        for (layer, das, neurons) in &s.layers {
-            let _ = writeln!(csv, "{},{},{layer},{das},{neurons}", s.seed, s.mlp_accuracy);
-        }
-    }
-    std::fs::write(dir.join("results.csv"), csv)?;
-    let report = json!({
-        "recipe": name, "config": r, "seeds": results, "table": table,
+    dir.write("results.csv", csv(&results))?;
+    dir.write_report(json!({
+        "recipe": ctx.name, "seeds": results, "table": table,
         "published": PUBLISHED.iter().map(|p| json!({"row": p.0, "paper": p.1, "pyvene_tutorial": p.2, "reproduction_10_seeds": p.3})).collect::<Vec<_>>(),
-        "timings_s": {"total": started.elapsed().as_secs_f64()},
-        "machine": {"os": std::env::consts::OS, "arch": std::env::consts::ARCH, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)},
-        "versions": {"ferrovene": env!("CARGO_PKG_VERSION"), "burn": "0.21.0"},
-    });
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
-    println!("run folder: {} ({:.0} s)", dir.display(), started.elapsed().as_secs_f64());
-    Ok(dir)
+    }))?;
+    println!("run folder: {} ({:.0} s)", dir.path().display(), dir.elapsed());
+    Ok(dir.path().to_path_buf())
 }

@@ -1,0 +1,217 @@
+//! `trainer apply`: an exported intervention on a prompt — the model's next-token prediction
+//! before and after, or text generated (greedy or sampled, see [`crate::generate`]) without and
+//! with the intervention active.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::Backend;
+use burn::tensor::activation::softmax;
+use ferrovene_data::positions::resolve as resolve_positions;
+use burn::tensor::Tensor;
+use ferrovene_interventions::export::{self, ExportConfig};
+use ferrovene_interventions::probe::LinearProbe;
+use ferrovene_interventions::Intervention;
+use ferrovene_models::{gather_positions, load, run_to, Input, LoadedModel, Site, SiteInfo, Transformer};
+use serde_json::json;
+
+use crate::batch::int2;
+use crate::device::OnBackend;
+use crate::generate::{generate, next_logits, Decoding, Steer};
+
+/// What to apply, from the command line.
+pub struct Apply {
+    /// The export.
+    pub intervention: PathBuf,
+    /// The prompt (the base).
+    pub prompt: String,
+    /// The source text, for interventions that read one (DAS).
+    pub source: Option<String>,
+    /// Token positions to intervene on (see `ferrovene_data::positions`); none: the export's own rule
+    /// when it is one of those (`last`, `f3+l3`, …), else `last`.
+    pub positions: Option<Vec<String>>,
+    /// Wrap the prompt in SmolLM2-Instruct's chat template (ChatML), as chat-trained ReFT expects.
+    pub chat: bool,
+    /// Positions in the source (default: the same rule as `positions`).
+    pub source_positions: Option<Vec<String>>,
+    /// The model (default: the export's).
+    pub model: Option<String>,
+    /// Generate text (how many tokens, how they are chosen, with or without a KV cache) instead
+    /// of showing the next-token distribution.
+    pub generate: Option<Decoding>,
+    /// Also intervene at every generated token (steering), not only at the prompt positions.
+    pub every_token: bool,
+    /// Candidates shown.
+    pub top: usize,
+    /// For steering vectors: the scale α (overrides the export's).
+    pub scale: Option<f64>,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// The export, the model and the prompt, resolved.
+struct Prepared<B: Backend> {
+    iv: Intervention<B>,
+    config: ExportConfig,
+    loaded: LoadedModel<B>,
+    spec: String,
+    site_name: String,
+    info: SiteInfo,
+    ids: Vec<u32>,
+    /// The position rules used (as given, the export's, or `last`).
+    specs: Vec<String>,
+    positions: Vec<usize>,
+}
+
+impl Apply {
+    /// Loads the export and its model, checks they fit, tokenises the prompt and resolves the
+    /// positions.
+    fn prepare<B: Backend>(&self, device: &B::Device) -> Result<Prepared<B>> {
+        let (mut iv, config) = export::load::<B>(&self.intervention, device)?;
+        match (&mut iv, self.scale) {
+            (Intervention::Steering(s), Some(alpha)) => s.alpha = alpha,
+            (_, Some(_)) => bail!("--scale applies to steering vectors, not to a {} intervention", iv.kind()),
+            _ => {}
+        }
+        let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
+        let loaded = load::<B>(&spec, device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
+        let sites = loaded.model.sites();
+        config.check_target(&self.intervention, &export::Target { arch: loaded.model.arch(), hidden_size: loaded.model.width(), sites: &sites })?;
+        let [site_name] = config.placement.sites.as_slice() else {
+            bail!("{}: apply handles exports placed at one site (this one has {})", self.intervention.display(), config.placement.sites.len());
+        };
+        let info = loaded.model.site_info(site_name.parse::<Site>()?)?;
+        let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
+        let text = if self.chat { ferrovene_models::tokenizer::chat_prompt(&self.prompt) } else { self.prompt.clone() };
+        let ids = tok.encode(&text)?;
+        if ids.is_empty() {
+            bail!("the prompt {:?} tokenizes to nothing", self.prompt);
+        }
+        let (specs, positions) = match &self.positions {
+            Some(p) => (p.clone(), resolve_positions(p, ids.len(), "prompt")?),
+            None => {
+                let own = vec![config.placement.positions.clone()];
+                match resolve_positions(&own, ids.len(), "prompt") {
+                    Ok(p) => (own, p),
+                    Err(_) => (vec!["last".to_string()], vec![ids.len() - 1]),
+                }
+            }
+        };
+        let site_name = site_name.clone();
+        Ok(Prepared { iv, config, loaded, spec, site_name, info, ids, specs, positions })
+    }
+
+    /// A probe's class probabilities at each position.
+    fn show_probe<B: Backend>(&self, p: &Prepared<B>, probe: &LinearProbe<B>, device: &B::Device) -> Result<()> {
+        let acts = run_to(&p.loaded.model, &Input::<B>::from_ids(&[p.ids.clone()], device), p.info.site)?.activation;
+        let logits = probe.logits(gather_positions(acts, int2::<B>(&[p.positions.clone()], device)));
+        let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
+        let c = probe.weight.val().dims()[0];
+        for (j, pos) in p.positions.iter().enumerate() {
+            let row = &probs[j * c..(j + 1) * c];
+            println!("position {pos}: class probabilities {}", row.iter().enumerate().map(|(k, p)| format!("{k}: {p:.3}")).collect::<Vec<_>>().join(", "));
+        }
+        Ok(())
+    }
+
+    /// The source's vectors at its positions, for interventions that read one (computed once).
+    fn source<B: Backend>(&self, p: &Prepared<B>, device: &B::Device) -> Result<Option<Tensor<B, 3>>> {
+        let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
+        let source = match (&self.source, p.iv.needs_source()) {
+            (Some(text), true) => {
+                let sids = tok.encode(text)?;
+                let sp = resolve_positions(self.source_positions.as_ref().unwrap_or(&p.specs), sids.len(), "source")?;
+                if sp.len() != p.positions.len() {
+                    bail!("{} source positions for {} prompt positions; give as many of each", sp.len(), p.positions.len());
+                }
+                let acts = run_to(&p.loaded.model, &Input::<B>::from_ids(&[sids], device), p.info.site)?.activation;
+                Some(gather_positions(acts, int2::<B>(&[sp], device)))
+            }
+            (None, true) => bail!("a {} intervention reads a source: give --source TEXT", p.iv.kind()),
+            (Some(_), false) => bail!("a {} intervention reads no source; drop --source", p.iv.kind()),
+            (None, false) => None,
+        };
+        if self.every_token && source.is_some() {
+            bail!("--every-token needs an intervention without a source (ReFT, steering)");
+        }
+        Ok(source)
+    }
+
+    /// Generated text without and with the intervention.
+    fn show_generation<B: Backend>(&self, p: &Prepared<B>, steer: &Steer<'_, B>, decoding: &Decoding, device: &B::Device) -> Result<()> {
+        let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
+        let without = generate(&p.loaded.model, &p.ids, None, decoding, tok.eos_id, device)?;
+        let with = generate(&p.loaded.model, &p.ids, Some(steer), decoding, tok.eos_id, device)?;
+        let outputs = [tok.decode(&without)?, tok.decode(&with)?];
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": p.iv.kind(), "site": p.site_name}))?);
+        } else {
+            println!("{} ({}) at {} · {}", self.intervention.display(), p.iv.kind(), p.site_name, p.spec);
+            println!("prompt:  {:?}", self.prompt);
+            println!("without: {:?}", outputs[0]);
+            println!("with:    {:?}", outputs[1]);
+        }
+        Ok(())
+    }
+
+    /// The top next tokens before and after, as JSON or a table.
+    fn show_next_tokens<B: Backend>(&self, p: &Prepared<B>, steer: &Steer<'_, B>, device: &B::Device) -> Result<()> {
+        let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
+        let before = next_logits(&p.loaded.model, &p.ids, None, None, device)?;
+        let after = next_logits(&p.loaded.model, &p.ids, None, Some((steer, p.positions.clone())), device)?;
+        let (pb, pa) = (softmax_of(&before), softmax_of(&after));
+        let (tb, ta) = (top_k(&pb, self.top), top_k(&pa, self.top));
+        if self.json {
+            let row = |id: usize| -> Result<serde_json::Value> { Ok(json!({"id": id, "token": tok.decode(&[id as u32])?, "p_before": pb[id], "p_after": pa[id]})) };
+            let out = json!({
+                "prompt": self.prompt, "source": self.source, "positions": p.positions, "kind": p.iv.kind(), "site": p.site_name,
+                "before": tb.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
+                "after": ta.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        println!("{} ({}) at {}, positions {:?} · {}", self.intervention.display(), p.iv.kind(), p.site_name, p.positions, p.spec);
+        println!("{:>4}  {:<20} {:>8}   {:<20} {:>8}", "rank", "before", "p", "after", "p");
+        let cell = |v: &[usize], probs: &[f32], r: usize| -> (String, String) {
+            v.get(r).map_or((String::new(), String::new()), |&i| (format!("{:?}", tok.decode(&[i as u32]).unwrap_or_default()), format!("{:.4}", probs[i])))
+        };
+        for r in 0..tb.len().max(ta.len()) {
+            let ((bt, bp), (at, ap)) = (cell(&tb, &pb, r), cell(&ta, &pa, r));
+            println!("{:>4}  {bt:<20} {bp:>8}   {at:<20} {ap:>8}", r + 1);
+        }
+        Ok(())
+    }
+}
+
+/// Probabilities from logits.
+fn softmax_of(l: &[f32]) -> Vec<f32> {
+    let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f32 = l.iter().map(|x| (x - m).exp()).sum();
+    l.iter().map(|x| (x - m).exp() / z).collect()
+}
+
+/// The indices of the `k` largest values, largest first.
+fn top_k(p: &[f32], k: usize) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..p.len()).collect();
+    o.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    o.truncate(k);
+    o
+}
+
+impl OnBackend for Apply {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        let p = self.prepare::<B>(&device)?;
+        if let Intervention::Probe(probe) = &p.iv {
+            return self.show_probe(&p, probe, &device);
+        }
+        let source = self.source(&p, &device)?;
+        let steer = Steer { intervention: &p.iv, site: p.info, positions: p.positions.clone(), source, dims: p.config.placement.dims.clone(), every_token: self.every_token };
+        match &self.generate {
+            Some(decoding) => self.show_generation(&p, &steer, decoding, &device),
+            None => self.show_next_tokens(&p, &steer, &device),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `trainer <recipe>`: read the recipe, apply the command line's overrides to its TOML table,
+//! check it, and run it on the chosen device; Ctrl-C (or SIGTERM) checkpoints resumable kinds.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::Backend;
+use clap::Parser;
+
+use crate::device::{dispatch, DeviceKind, OnBackend};
+use crate::experiments::{Recipe, RunEnd, RunOptions};
+use crate::recipe::{self, Override};
+
+/// Options of a recipe run.
+#[derive(Parser, Debug)]
+#[command(name = "trainer <RECIPE>", about = "Run a recipe: train, evaluate on held-out data, export (`trainer list` shows the recipes)")]
+pub struct RecipeArgs {
+    /// Recipe name (recipes/NAME.toml) or path to a .toml file.
+    pub recipe: String,
+    /// Override the recipe's `model`.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Override the recipe's `seed` (or set `seeds = [N]` in recipes that run several seeds).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the recipe's `epochs`.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Where runs go (default: runs/).
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Override any recipe key, its value in TOML: --set lr=0.05 --set site="8.block_output".
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+    /// Where to compute: cpu, or wgpu / cuda in builds with those features.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Go on from the latest checkpoint of this run folder (written every `checkpoint_every`
+    /// steps and on Ctrl-C); the recipe is the one saved in the folder.
+    #[arg(long, conflicts_with_all = ["model", "seed", "epochs", "sets"])]
+    pub resume: Option<PathBuf>,
+    /// No progress bars (they are drawn only on a terminal anyway).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Set by Ctrl-C; the training loop checkpoints and stops after the current step.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+/// A recipe run on whatever backend `--device` picks (with autodiff on top).
+pub struct RecipeRun {
+    /// The recipe's name (runs go to `out/name/`).
+    pub name: String,
+    /// The recipe, checked.
+    pub recipe: Recipe,
+    /// Where runs go.
+    pub out: PathBuf,
+    /// The run folder to resume.
+    pub resume: Option<PathBuf>,
+    /// Progress bars.
+    pub progress: bool,
+}
+
+impl OnBackend for RecipeRun {
+    type Output = RunEnd;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<RunEnd> {
+        let opts = RunOptions { name: &self.name, out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&INTERRUPT), progress: self.progress };
+        self.recipe.run::<burn::backend::Autodiff<B>>(opts, &device)
+    }
+}
+
+/// The overrides `--model`, `--seed`, `--epochs` and `--set` make, each on a key the recipe has.
+fn overrides(a: &RecipeArgs, table: &toml::Table) -> Result<Vec<Override>> {
+    let has = |key: &str| table.contains_key(key);
+    let mut out = Vec::new();
+    if let Some(m) = &a.model {
+        if !has("model") {
+            bail!("recipe `{}` has no `model` (it trains its own): --model does not apply", a.recipe);
+        }
+        out.push(Override::new("model", m.clone()));
+    }
+    if let Some(s) = a.seed {
+        match (has("seed"), has("seeds")) {
+            (true, _) => out.push(Override::new("seed", s as i64)),
+            (false, true) => out.push(Override::new("seeds", vec![toml::Value::Integer(s as i64)])),
+            _ => bail!("recipe `{}` has no `seed`: --seed does not apply", a.recipe),
+        }
+    }
+    if let Some(e) = a.epochs {
+        if !has("epochs") {
+            bail!("recipe `{}` has no `epochs` key (see its keys in recipes/README.md and use --set)", a.recipe);
+        }
+        out.push(Override::new("epochs", e as i64));
+    }
+    for set in &a.sets {
+        out.push(set.parse()?);
+    }
+    Ok(out)
+}
+
+/// The recipe to run: the one saved in the run folder for `--resume`, else the file with the
+/// command line's overrides.
+fn recipe_of(a: &RecipeArgs, path: &std::path::Path, name: &str) -> Result<Recipe> {
+    if let Some(dir) = &a.resume {
+        let saved = dir.join("recipe.toml");
+        if !saved.exists() {
+            bail!("--resume {}: no recipe.toml there; give the folder of an earlier run of `{name}`", dir.display());
+        }
+        let r = Recipe::from_file(&saved)?;
+        if !r.resumable() {
+            bail!("{name} (kind `{}`) is a self-contained experiment of short runs: --resume does not apply; run it again", r.kind());
+        }
+        return Ok(r);
+    }
+    let table = recipe::read_table(path)?;
+    let overrides = overrides(a, &table)?;
+    Recipe::from_table(table, &overrides).map_err(|e| e.context(format!("recipe {}", path.display())))
+}
+
+/// `trainer <recipe> [options]`.
+pub fn run_recipe(args: Vec<String>) -> Result<()> {
+    let a = RecipeArgs::parse_from(std::iter::once("trainer".to_string()).chain(args));
+    let path = recipe::find(&a.recipe)?;
+    let name = recipe::stem(&path);
+    let r = recipe_of(&a, &path, &name)?;
+    // Resumable kinds checkpoint on Ctrl-C; the others stop at once, as any program does.
+    if r.resumable() {
+        ctrlc::set_handler(|| {
+        if INTERRUPT.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+        })?;
+    }
+    let job = RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet };
+    match dispatch(a.device, job)? {
+        RunEnd::Done(_) => Ok(()),
+        RunEnd::Interrupted(_) => std::process::exit(130),
+    }
+}

@@ -1,0 +1,155 @@
+//! Every recipe kind, as one closed type: [`Recipe`] (a TOML file's `kind` picks the variant),
+//! and [`Experiment`], what each kind does with its recipe (check it, run it on a backend).
+//!
+//! Adding a kind: one file in this folder with its recipe type and its `Experiment` impl, one
+//! variant of [`Recipe`], and its line in `each_experiment!` below (ARCHITECTURE.md). The match
+//! there is exhaustive: a variant without its line does not compile.
+
+pub mod experiment;
+pub mod filler_gap;
+pub mod hierarchical;
+pub mod pairs;
+pub mod probe_layers;
+pub mod reft_memorise;
+pub mod steer_iti;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{anyhow, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+pub use experiment::{Experiment, RunContext, RunEnd, SweepAxes};
+
+use crate::recipe::{self, Override};
+use filler_gap::FillerGapRecipe;
+use hierarchical::HierarchicalRecipe;
+use pairs::{Method, PairRecipe, Pairs};
+use probe_layers::ProbeLayersRecipe;
+use reft_memorise::ReftMemoriseRecipe;
+use steer_iti::SteerItiRecipe;
+
+/// A recipe of any kind. Unknown kinds and unknown keys are errors that name them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Recipe {
+    /// Low-rank DAS on a pair file.
+    Das(PairRecipe),
+    /// Boundless DAS on a pair file.
+    Boundless(PairRecipe),
+    /// ReFT on prompt/target examples.
+    Reft(PairRecipe),
+    /// A linear probe on text/class examples.
+    Probe(PairRecipe),
+    /// The hierarchical-equality MLP and DAS on it.
+    HierarchicalEquality(HierarchicalRecipe),
+    /// The filler-gap sweep over layers × positions.
+    FillerGap(FillerGapRecipe),
+    /// A probe per layer beside its control task.
+    ProbeLayers(ProbeLayersRecipe),
+    /// ReFT that memorises or instructs, judged by generation.
+    ReftMemorise(ReftMemoriseRecipe),
+    /// Inference-time intervention on true/false statements.
+    SteerIti(SteerItiRecipe),
+}
+
+/// Runs `$body` with `$e` bound to the [`Experiment`] a recipe describes: the one place that
+/// lists every kind.
+macro_rules! each_experiment {
+    ($recipe:expr, $e:ident => $body:expr) => {
+        match $recipe {
+            Recipe::Das(r) => { let $e = &Pairs { method: Method::Das, recipe: r }; $body }
+            Recipe::Boundless(r) => { let $e = &Pairs { method: Method::Boundless, recipe: r }; $body }
+            Recipe::Reft(r) => { let $e = &Pairs { method: Method::Reft, recipe: r }; $body }
+            Recipe::Probe(r) => { let $e = &Pairs { method: Method::Probe, recipe: r }; $body }
+            Recipe::HierarchicalEquality($e) => $body,
+            Recipe::FillerGap($e) => $body,
+            Recipe::ProbeLayers($e) => $body,
+            Recipe::ReftMemorise($e) => $body,
+            Recipe::SteerIti($e) => $body,
+        }
+    };
+}
+
+/// How a recipe is run from the command line: its name, where runs go, and what may stop it.
+pub struct RunOptions<'a> {
+    /// The recipe's name (its file name): runs go to `out_root/name/<timestamp>/`.
+    pub name: &'a str,
+    /// Where run folders go (`runs/`).
+    pub out_root: &'a Path,
+    /// Go on from this run folder's latest checkpoint (kinds that are [`Experiment::resumable`]).
+    pub resume: Option<&'a Path>,
+    /// Set by Ctrl-C: checkpoint and stop.
+    pub interrupt: Option<&'a AtomicBool>,
+    /// Progress bars (drawn only on a terminal anyway).
+    pub progress: bool,
+}
+
+impl Recipe {
+    /// Reads and checks a recipe file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading recipe {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("recipe {}", path.display()))
+    }
+
+    /// Parses and checks a recipe.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let recipe: Recipe = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        recipe.check()?;
+        Ok(recipe)
+    }
+
+    /// Reads and checks a recipe from its table, with `overrides` applied first (errors name the
+    /// overridden keys).
+    pub fn from_table(mut table: toml::Table, overrides: &[Override]) -> Result<Self> {
+        recipe::apply(&mut table, overrides);
+        let what = || if overrides.is_empty() { String::new() } else { format!(" after --set {}", overrides.iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>().join(" ")) };
+        let recipe: Recipe = table.try_into().map_err(|e| anyhow!("{}{}", e.to_string().trim(), what()))?;
+        recipe.check().with_context(what)?;
+        Ok(recipe)
+    }
+
+    /// The recipe with `key=value` overrides (TOML values) applied and checked again.
+    pub fn with_overrides(&self, sets: &[String]) -> Result<Self> {
+        let overrides: Vec<Override> = sets.iter().map(|s| s.parse()).collect::<Result<_>>()?;
+        Self::from_table(toml::Table::try_from(self)?, &overrides)
+    }
+
+    /// The kind's name, as recipes write it.
+    pub fn kind(&self) -> String {
+        toml::Table::try_from(self).ok().and_then(|t| t.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_default()
+    }
+
+    /// One line for `trainer list`.
+    pub fn description(&self) -> String {
+        each_experiment!(self, e => e.description())
+    }
+
+    /// Checks the values that need no model.
+    pub fn check(&self) -> Result<()> {
+        each_experiment!(self, e => e.check())
+    }
+
+    /// Whether `--resume` applies.
+    pub fn resumable(&self) -> bool {
+        each_experiment!(self, e => e.resumable())
+    }
+
+    /// The axes `trainer sweep` sets, for sweep kinds.
+    pub fn sweep_axes(&self) -> Option<SweepAxes> {
+        each_experiment!(self, e => e.sweep_axes())
+    }
+
+    /// Runs the recipe on backend `B`.
+    pub fn run<B: AutodiffBackend>(&self, opts: RunOptions<'_>, device: &B::Device) -> Result<RunEnd> {
+        let as_run = toml::to_string(self)?;
+        let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run };
+        each_experiment!(self, e => e.run::<B>(&ctx, device))
+    }
+}
+
+/// The recipes in `dir` with their descriptions (or why they do not parse), sorted by name.
+pub fn list(dir: &Path) -> Result<Vec<(String, Result<String>)>> {
+    Ok(recipe::files(dir)?.into_iter().map(|(name, path)| (name, Recipe::from_file(&path).map(|r| r.description()))).collect())
+}

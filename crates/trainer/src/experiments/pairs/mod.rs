@@ -1,0 +1,100 @@
+//! The pair-file kinds (`das`, `boundless`, `reft`, `probe`): load the model frozen, read and
+//! split the examples, compute the frozen parts once, train the intervention ([`crate::fit`]),
+//! evaluate it on the held-out examples beside its controls, and leave everything in
+//! `runs/<recipe>/<timestamp>/`.
+//!
+//! The model is loaded, the site checked and the examples read before the run folder is made, so
+//! a mistake in the recipe leaves no folder behind; once made, the folder holds the recipe, so a
+//! crash or Ctrl-C leaves a folder that `--resume` can go on from.
+
+mod examples;
+mod recipe;
+mod train;
+
+use anyhow::{anyhow, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
+use ferrovene_models::{load, LoadedModel, Transformer};
+use serde_json::json;
+
+pub use examples::Examples;
+pub use recipe::{Method, PairRecipe, Temperature};
+pub use train::Trained;
+
+use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
+use crate::fit::Outcome;
+use crate::run_dir::{fnv1a, RunDir};
+
+/// A pair-file recipe with the method its `kind` names: what runs.
+pub struct Pairs<'a> {
+    /// What to train.
+    pub method: Method,
+    /// The recipe.
+    pub recipe: &'a PairRecipe,
+}
+
+impl Experiment for Pairs<'_> {
+    fn description(&self) -> String {
+        self.recipe.description.clone()
+    }
+
+    fn check(&self) -> Result<()> {
+        self.recipe.check(self.method)
+    }
+
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
+        run::<B>(self.method, self.recipe, ctx, device)
+    }
+}
+
+/// Runs a pair-file recipe on backend `B`.
+pub fn run<B: AutodiffBackend>(method: Method, r: &PairRecipe, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
+    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let width = loaded.model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?.width;
+    let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?;
+    let examples = examples::read(r, tok)?;
+    let dir = match ctx.resume {
+        Some(d) => RunDir::reopen(d, ctx.as_run)?,
+        None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
+    };
+    let fingerprint = fnv1a(format!("{}\n{}", ctx.as_run, examples.hash).as_bytes());
+    let trained = train::train(method, r, &loaded.model, tok.pad_id, width, &examples, &dir, ctx, fingerprint, device)?;
+    if trained.fitted.outcome == Outcome::Interrupted {
+        eprintln!("interrupted at step {}; checkpoint written. Go on with: trainer {} --resume {}", trained.fitted.state.step, ctx.name, dir.path().display());
+        return Ok(RunEnd::Interrupted(dir.path().to_path_buf()));
+    }
+    write_outputs(r, &loaded, &examples, &trained, &dir, ctx)?;
+    println!("run folder: {} (TensorBoard: tensorboard --logdir {})", dir.path().display(), dir.join("tensorboard").display());
+    Ok(RunEnd::Done(dir.path().to_path_buf()))
+}
+
+/// The export, `report.json` and `dev.jsonl` (the held-out examples as they were in the file, so
+/// `trainer eval` can reproduce the numbers).
+fn write_outputs<B: AutodiffBackend>(r: &PairRecipe, loaded: &LoadedModel<B>, ex: &Examples, t: &Trained<B>, dir: &RunDir, ctx: &RunContext<'_>) -> Result<()> {
+    let state = &t.fitted.state;
+    let report = json!({
+        "recipe": ctx.name, "seed": r.seed,
+        "data": {"pairs": r.pairs, "hash_fnv1a64": ex.hash, "train": ex.train.len(), "validation": ex.validation.len(), "dev": ex.dev.len()},
+        "metrics": t.metrics,
+        "training": {
+            "outcome": match t.fitted.outcome { Outcome::StoppedEarly => "stopped early", _ => "finished" },
+            "steps": state.step, "resumed": ctx.resume.is_some(),
+            "loss": {"first": state.losses.first(), "last": state.losses.last()},
+            "validations": state.history, "best": state.best,
+        },
+        "timings_s": {"prepare": t.timings.0, "train": t.timings.1},
+        "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
+    });
+    let placement = PlacementConfig { sites: vec![r.site.to_string()], positions: "from the example file".into(), site_width: t.width, ..Default::default() };
+    let config = ExportConfig::new(placement, ModelConfig::of(loaded), t.metrics.clone());
+    export::save(&t.fitted.module, config, &dir.join("intervention.safetensors"))?;
+    dir.write_report(report)?;
+    let lines: Vec<&str> = ex.text.lines().collect();
+    let dev_lines: Vec<&str> = ex.dev.iter().map(|&i| lines[ex.file.examples[i].0 - 1]).collect();
+    dir.write("dev.jsonl", dev_lines.join("\n") + "\n")?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Training stage of a pair-file run: the frozen parts computed once per split, the intervention
+//! trained by [`crate::fit`], and the held-out metrics beside their controls.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use burn::module::Param;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use ferrovene_data::TokenizedExample;
+use ferrovene_interventions::das::{BoundlessDas, DasLowRank};
+use ferrovene_interventions::probe::LinearProbe;
+use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
+use ferrovene_interventions::{Activation, Intervention, Orthogonal};
+use ferrovene_models::rng::Rng;
+use ferrovene_models::{Site, Transformer};
+use serde_json::{json, Value};
+
+use super::examples::Examples;
+use super::recipe::{Method, PairRecipe};
+use crate::events::{progress_if, Events};
+use crate::experiments::experiment::RunContext;
+use crate::fit::{fit, FitIo, Fitted, Objective};
+use crate::objectives::{das, probe, reft};
+use crate::run_dir::RunDir;
+
+/// A trained intervention with its held-out metrics (as the report writes them).
+pub struct Trained<B: AutodiffBackend> {
+    /// What the loop returned.
+    pub fitted: Fitted<Intervention<B>>,
+    /// `{"dev": …, "controls": …}`.
+    pub metrics: Value,
+    /// Seconds `(preparing, training)`.
+    pub timings: (f64, f64),
+    /// Width of the site.
+    pub width: usize,
+}
+
+/// What the training stage needs from the run.
+struct Stage<'a, B: AutodiffBackend, M: Transformer<B>> {
+    method: Method,
+    r: &'a PairRecipe,
+    model: &'a M,
+    pad_id: u32,
+    width: usize,
+    examples: &'a Examples,
+    dir: &'a RunDir,
+    ctx: &'a RunContext<'a>,
+    fingerprint: String,
+    started: Instant,
+    device: &'a B::Device,
+}
+
+/// Prepares, trains and evaluates the recipe's intervention.
+#[allow(clippy::too_many_arguments)]
+pub fn train<B: AutodiffBackend, M: Transformer<B>>(
+    method: Method,
+    r: &PairRecipe,
+    model: &M,
+    pad_id: u32,
+    width: usize,
+    examples: &Examples,
+    dir: &RunDir,
+    ctx: &RunContext<'_>,
+    fingerprint: String,
+    device: &B::Device,
+) -> Result<Trained<B>> {
+    let stage = Stage { method, r, model, pad_id, width, examples, dir, ctx, fingerprint, started: Instant::now(), device };
+    match method {
+        Method::Das | Method::Boundless => stage.das(),
+        Method::Reft => stage.reft(),
+        Method::Probe => stage.probe(),
+    }
+}
+
+impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
+    /// The frozen parts of the train, validation and held-out examples, batch by batch with a
+    /// progress bar.
+    fn prepare<T>(&self, f: impl Fn(&[&TokenizedExample]) -> Result<Vec<T>>) -> Result<[Vec<T>; 3]> {
+        let ex = self.examples;
+        let bs = self.r.batch_size.max(1);
+        let mut out: [Vec<T>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (k, (idx, what)) in [(&ex.train, "train"), (&ex.validation, "validation"), (&ex.dev, "held out")].into_iter().enumerate() {
+            let examples = ex.pick(idx);
+            let bar = progress_if(self.ctx.progress, examples.len(), what);
+            for chunk in examples.chunks(bs) {
+                out[k].extend(f(chunk)?);
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+        }
+        Ok(out)
+    }
+
+    /// Trains `iv` on `objective` with the recipe's loop settings, checkpoints and events.
+    fn fit(&self, objective: &dyn Objective<B, Intervention<B>>, iv: Intervention<B>) -> Result<(Fitted<Intervention<B>>, (f64, f64))> {
+        let t0 = self.started.elapsed().as_secs_f64();
+        let mut events = Events::create(&self.dir.join("tensorboard"))?;
+        let io = FitIo {
+            run_dir: Some(self.dir.path()),
+            events: Some(&mut events),
+            interrupt: self.ctx.interrupt,
+            resume: self.ctx.resume.is_some(),
+            progress: self.ctx.progress,
+            fingerprint: self.fingerprint.clone(),
+        };
+        let fitted = fit(objective, iv, &self.r.fit_config(self.method), io)?;
+        Ok((fitted, (t0, self.started.elapsed().as_secs_f64() - t0)))
+    }
+
+    /// The freshly initialised intervention (also the skeleton a checkpoint loads into), from the
+    /// recipe's seed.
+    fn initial(&self, classes: usize) -> Result<Intervention<B>> {
+        let (r, width, device) = (self.r, self.width, self.device);
+        let mut rng = Rng::new(r.seed);
+        let rank = || r.rank.ok_or_else(|| anyhow!("kind `{}` needs `rank`", self.method.name()));
+        Ok(match self.method {
+            Method::Das => Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(rank()?, width, &mut rng, device) }),
+            Method::Boundless => Intervention::Boundless(BoundlessDas {
+                rotation: Orthogonal::random(width, width, &mut rng, device),
+                boundary: Param::from_tensor(Tensor::from_floats([r.boundary_init.unwrap_or(0.1) as f32], device)),
+                temperature: r.temperature.map_or(1.0, |t| t.start),
+            }),
+            Method::Reft => Intervention::Reft(ReftIntervention::new(r.family.unwrap_or(ReftFamily::LoReft), width, rank()?, Activation::Identity, 0.0, &mut rng, device)),
+            Method::Probe => Intervention::Probe(LinearProbe::init(width, classes, &mut rng, device)),
+        })
+    }
+
+    fn site(&self) -> Site {
+        self.r.site
+    }
+
+    /// DAS or Boundless DAS, evaluated beside no intervention and a random rotation.
+    fn das(&self) -> Result<Trained<B>> {
+        let (model, site, bs) = (self.model, self.site(), self.r.batch_size);
+        let [train, val, dev] = self.prepare(|c| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
+        let validation = if val.is_empty() { &dev } else { &val };
+        let objective = das::DasObjective { model, train: &train, validation, boundary_penalty: self.r.boundary_penalty.unwrap_or(1.0) };
+        let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
+        if fitted.outcome == crate::fit::Outcome::Interrupted {
+            return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
+        }
+        let iv = &fitted.module;
+        let with = das::evaluate(model, &dev, Some(iv))?;
+        let none = das::evaluate(model, &dev, None)?;
+        let random_iv = iv.with_random_rotation(&mut Rng::new(self.r.seed ^ 1)).ok_or_else(|| anyhow!("DAS has a rotation"))?;
+        let random = das::evaluate(model, &dev, Some(&random_iv))?;
+        println!(
+            "{}: held-out IIA {:.3} (no intervention {:.3}, random rotation {:.3}) on {} pairs; p(label) > p(base) {}",
+            self.ctx.name, with.iia, none.iia, random.iia, with.n, with.label_beats_base.map_or("-".into(), |v| format!("{v:.3}"))
+        );
+        let mut dev_metrics = json!(with);
+        if let Intervention::Boundless(b) = iv {
+            dev_metrics["boundary_dims"] = json!(b.boundary_dims(self.width));
+        }
+        let metrics = json!({"dev": dev_metrics, "controls": {"no_intervention": none, "random_rotation": random}});
+        Ok(Trained { fitted, metrics, timings, width: self.width })
+    }
+
+    /// ReFT, evaluated beside no intervention and on its own training examples.
+    fn reft(&self) -> Result<Trained<B>> {
+        let (model, site, bs) = (self.model, self.site(), self.r.batch_size);
+        let [train, val, dev] = self.prepare(|c| reft::prepare(model, site, c, self.pad_id, bs, self.device))?;
+        let objective = reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
+        let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
+        if fitted.outcome == crate::fit::Outcome::Interrupted {
+            return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
+        }
+        let with = reft::evaluate(model, &dev, Some(&fitted.module))?;
+        let none = reft::evaluate(model, &dev, None)?;
+        let on_train = reft::evaluate(model, &train, Some(&fitted.module))?;
+        println!(
+            "{}: held-out target-token accuracy {:.3} (no intervention {:.3}), exact recall {:.3} (training examples: {:.3})",
+            self.ctx.name, with.token_accuracy, none.token_accuracy, with.exact, on_train.exact
+        );
+        let metrics = json!({"dev": with, "train": on_train, "controls": {"no_intervention": none}});
+        Ok(Trained { fitted, metrics, timings, width: self.width })
+    }
+
+    /// A linear probe, evaluated beside the majority class.
+    fn probe(&self) -> Result<Trained<B>> {
+        let (model, site, bs) = (self.model, self.site(), self.r.batch_size);
+        let classes = probe::class_count(&self.examples.tokenized.iter().collect::<Vec<_>>());
+        if classes < 2 {
+            bail!("{}: a probe needs at least two classes (found {classes})", self.r.pairs.display());
+        }
+        let [train, val, dev] = self.prepare(|c| probe::features(model, site, c, self.pad_id, bs, self.device))?;
+        let objective = probe::ProbeObjective { train: &train, validation: if val.is_empty() { &dev } else { &val } };
+        let (fitted, timings) = self.fit(&objective, self.initial(classes)?)?;
+        if fitted.outcome == crate::fit::Outcome::Interrupted {
+            return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
+        }
+        let (acc, loss) = probe::evaluate(&fitted.module, &dev)?;
+        let majority = probe::majority_share(&dev);
+        let n = self.examples.dev.len();
+        println!("{}: held-out probe accuracy {acc:.3} (majority class {majority:.3}) on {n} texts, {classes} classes", self.ctx.name);
+        let metrics = json!({"dev": {"accuracy": acc, "loss": loss, "n": n}, "controls": {"majority_class": majority}});
+        Ok(Trained { fitted, metrics, timings, width: self.width })
+    }
+}
