@@ -24,7 +24,7 @@ fn recipes_parse_and_refuse_unknown_keys() {
     let o = das(&o);
     assert_eq!((o.lr, o.site.to_string().as_str(), o.split_by.as_str()), (0.05, "8.block_output", "template"));
     let e = format!("{:#}", r.with_overrides(&["lrr=1".into()]).unwrap_err());
-    assert!(e.contains("unknown field `lrr`") && e.contains("--set lrr=1") && e.contains("`lr`"), "{e}");
+    assert!(e.contains("with --set lrr=1: unknown field `lrr`") && e.contains("`lr`"), "{e}");
     // A site that does not parse is refused when the recipe is read, naming it.
     let e = format!("{:#}", r.with_overrides(&["site=\"8.blok_output\"".into()]).unwrap_err());
     assert!(e.contains("8.blok_output") && e.contains("block_output"), "{e}");
