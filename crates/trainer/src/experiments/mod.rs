@@ -1,9 +1,9 @@
 //! Every recipe kind, as one closed type: [`Recipe`] (a TOML file's `kind` picks the variant),
 //! and [`Experiment`], what each kind does with its recipe (check it, run it on a backend).
 //!
-//! Adding a kind: one file in this folder with its recipe type and its `Experiment` impl, one
-//! variant of [`Recipe`], and its line in `each_experiment!` below (ARCHITECTURE.md). The match
-//! there is exhaustive: a variant without its line does not compile.
+//! Adding a kind: one file in this folder with its recipe type and its `Experiment` impl, and one
+//! line in `recipe_kinds!` below — the variant, from which the enum and every dispatching match
+//! are generated (ARCHITECTURE.md).
 
 pub mod experiment;
 pub mod filler_gap;
@@ -30,46 +30,69 @@ use probe_layers::ProbeLayersRecipe;
 use reft_memorise::ReftMemoriseRecipe;
 use steer_iti::SteerItiRecipe;
 
-/// A recipe of any kind. Unknown kinds and unknown keys are errors that name them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Recipe {
-    /// Low-rank DAS on a pair file.
-    Das(PairRecipe),
-    /// Boundless DAS on a pair file.
-    Boundless(PairRecipe),
-    /// ReFT on prompt/target examples.
-    Reft(PairRecipe),
-    /// A linear probe on text/class examples.
-    Probe(PairRecipe),
-    /// The hierarchical-equality MLP and DAS on it.
-    HierarchicalEquality(HierarchicalRecipe),
-    /// The filler-gap sweep over layers × positions.
-    FillerGap(FillerGapRecipe),
-    /// A probe per layer beside its control task.
-    ProbeLayers(ProbeLayersRecipe),
-    /// ReFT that memorises or instructs, judged by generation.
-    ReftMemorise(ReftMemoriseRecipe),
-    /// Inference-time intervention on true/false statements.
-    SteerIti(SteerItiRecipe),
-}
+/// Defines [`Recipe`] from one list of kinds — each a variant, the type of its recipe, and the
+/// [`Experiment`] it is (`|r| r` when the recipe type is one) — and the methods that dispatch to
+/// each kind's experiment, every one an exhaustive match generated from that list.
+macro_rules! recipe_kinds {
+    ($( $(#[$doc:meta])* $variant:ident($ty:ty) => |$r:ident| $experiment:expr, )*) => {
+        /// A recipe of any kind; the `kind` a file writes (kebab-case) picks the variant. Unknown
+        /// kinds and unknown keys are errors that name them.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "kebab-case")]
+        pub enum Recipe {
+            $( $(#[$doc])* $variant($ty), )*
+        }
 
-/// Runs `$body` with `$e` bound to the [`Experiment`] a recipe describes: the one place that
-/// lists every kind.
-macro_rules! each_experiment {
-    ($recipe:expr, $e:ident => $body:expr) => {
-        match $recipe {
-            Recipe::Das(r) => { let $e = &Pairs { method: Method::Das, recipe: r }; $body }
-            Recipe::Boundless(r) => { let $e = &Pairs { method: Method::Boundless, recipe: r }; $body }
-            Recipe::Reft(r) => { let $e = &Pairs { method: Method::Reft, recipe: r }; $body }
-            Recipe::Probe(r) => { let $e = &Pairs { method: Method::Probe, recipe: r }; $body }
-            Recipe::HierarchicalEquality($e) => $body,
-            Recipe::FillerGap($e) => $body,
-            Recipe::ProbeLayers($e) => $body,
-            Recipe::ReftMemorise($e) => $body,
-            Recipe::SteerIti($e) => $body,
+        impl Recipe {
+            /// One line for `trainer list`.
+            pub fn description(&self) -> String {
+                match self { $( Recipe::$variant($r) => $experiment.description(), )* }
+            }
+
+            /// Checks the values that need no model.
+            pub fn check(&self) -> Result<()> {
+                match self { $( Recipe::$variant($r) => $experiment.check(), )* }
+            }
+
+            /// Whether `--resume` applies.
+            pub fn resumable(&self) -> bool {
+                match self { $( Recipe::$variant($r) => $experiment.resumable(), )* }
+            }
+
+            /// The axes `trainer sweep` sets, for sweep kinds.
+            pub fn sweep_axes(&self) -> Option<SweepAxes> {
+                match self { $( Recipe::$variant($r) => $experiment.sweep_axes(), )* }
+            }
+
+            /// Runs the recipe on backend `B`.
+            pub fn run<B: AutodiffBackend>(&self, opts: RunOptions<'_>, device: &B::Device) -> Result<RunEnd> {
+                let as_run = toml::to_string(self)?;
+                let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run };
+                match self { $( Recipe::$variant($r) => $experiment.run::<B>(&ctx, device), )* }
+            }
         }
     };
+}
+
+recipe_kinds! {
+    /// Low-rank DAS on a pair file.
+    Das(PairRecipe) => |r| Pairs { method: Method::Das, recipe: r },
+    /// Boundless DAS on a pair file.
+    Boundless(PairRecipe) => |r| Pairs { method: Method::Boundless, recipe: r },
+    /// ReFT on prompt/target examples.
+    Reft(PairRecipe) => |r| Pairs { method: Method::Reft, recipe: r },
+    /// A linear probe on text/class examples.
+    Probe(PairRecipe) => |r| Pairs { method: Method::Probe, recipe: r },
+    /// The hierarchical-equality MLP and DAS on it.
+    HierarchicalEquality(HierarchicalRecipe) => |r| r,
+    /// The filler-gap sweep over layers × positions.
+    FillerGap(FillerGapRecipe) => |r| r,
+    /// A probe per layer beside its control task.
+    ProbeLayers(ProbeLayersRecipe) => |r| r,
+    /// ReFT that memorises or instructs, judged by generation.
+    ReftMemorise(ReftMemoriseRecipe) => |r| r,
+    /// Inference-time intervention on true/false statements.
+    SteerIti(SteerItiRecipe) => |r| r,
 }
 
 /// How a recipe is run from the command line: its name, where runs go, and what may stop it.
@@ -120,33 +143,6 @@ impl Recipe {
     /// The kind's name, as recipes write it.
     pub fn kind(&self) -> String {
         toml::Table::try_from(self).ok().and_then(|t| t.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_default()
-    }
-
-    /// One line for `trainer list`.
-    pub fn description(&self) -> String {
-        each_experiment!(self, e => e.description())
-    }
-
-    /// Checks the values that need no model.
-    pub fn check(&self) -> Result<()> {
-        each_experiment!(self, e => e.check())
-    }
-
-    /// Whether `--resume` applies.
-    pub fn resumable(&self) -> bool {
-        each_experiment!(self, e => e.resumable())
-    }
-
-    /// The axes `trainer sweep` sets, for sweep kinds.
-    pub fn sweep_axes(&self) -> Option<SweepAxes> {
-        each_experiment!(self, e => e.sweep_axes())
-    }
-
-    /// Runs the recipe on backend `B`.
-    pub fn run<B: AutodiffBackend>(&self, opts: RunOptions<'_>, device: &B::Device) -> Result<RunEnd> {
-        let as_run = toml::to_string(self)?;
-        let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run };
-        each_experiment!(self, e => e.run::<B>(&ctx, device))
     }
 }
 
