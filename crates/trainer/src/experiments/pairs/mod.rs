@@ -62,7 +62,8 @@ pub fn run<B: AutodiffBackend>(method: Method, r: &PairRecipe, ctx: &RunContext<
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
     };
     let fingerprint = fnv1a(format!("{}\n{}", ctx.as_run, examples.hash).as_bytes());
-    let trained = train::train(method, r, &loaded.model, tok.pad_id, width, &examples, &dir, ctx, fingerprint, device)?;
+    let stage = train::Stage { method, r, model: &loaded.model, pad_id: tok.pad_id, width, examples: &examples, dir: &dir, ctx, fingerprint, started: std::time::Instant::now(), device };
+    let trained = stage.train()?;
     if trained.fitted.outcome == Outcome::Interrupted {
         eprintln!("interrupted at step {}; checkpoint written. Go on with: trainer {} --resume {}", trained.fitted.state.step, ctx.name, dir.path().display());
         return Ok(RunEnd::Interrupted(dir.path().to_path_buf()));

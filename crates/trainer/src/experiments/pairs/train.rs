@@ -13,7 +13,7 @@ use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Intervention, Orthogonal};
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{Site, Transformer};
+use ferrovene_models::Transformer;
 use serde_json::{json, Value};
 
 use super::examples::Examples;
@@ -37,43 +37,41 @@ pub struct Trained<B: AutodiffBackend> {
 }
 
 /// What the training stage needs from the run.
-struct Stage<'a, B: AutodiffBackend, M: Transformer<B>> {
-    method: Method,
-    r: &'a PairRecipe,
-    model: &'a M,
-    pad_id: u32,
-    width: usize,
-    examples: &'a Examples,
-    dir: &'a RunDir,
-    ctx: &'a RunContext<'a>,
-    fingerprint: String,
-    started: Instant,
-    device: &'a B::Device,
-}
-
-/// Prepares, trains and evaluates the recipe's intervention.
-#[allow(clippy::too_many_arguments)]
-pub fn train<B: AutodiffBackend, M: Transformer<B>>(
-    method: Method,
-    r: &PairRecipe,
-    model: &M,
-    pad_id: u32,
-    width: usize,
-    examples: &Examples,
-    dir: &RunDir,
-    ctx: &RunContext<'_>,
-    fingerprint: String,
-    device: &B::Device,
-) -> Result<Trained<B>> {
-    let stage = Stage { method, r, model, pad_id, width, examples, dir, ctx, fingerprint, started: Instant::now(), device };
-    match method {
-        Method::Das | Method::Boundless => stage.das(),
-        Method::Reft => stage.reft(),
-        Method::Probe => stage.probe(),
-    }
+pub struct Stage<'a, B: AutodiffBackend, M: Transformer<B>> {
+    /// What to train.
+    pub method: Method,
+    /// The recipe.
+    pub r: &'a PairRecipe,
+    /// The frozen model.
+    pub model: &'a M,
+    /// Its tokenizer's padding id.
+    pub pad_id: u32,
+    /// Width of the site.
+    pub width: usize,
+    /// The examples, split.
+    pub examples: &'a Examples,
+    /// The run folder (checkpoints, TensorBoard).
+    pub dir: &'a RunDir,
+    /// How the run was called.
+    pub ctx: &'a RunContext<'a>,
+    /// Identifies recipe and data in checkpoints.
+    pub fingerprint: String,
+    /// When the stage began (for the timings).
+    pub started: Instant,
+    /// Where to compute.
+    pub device: &'a B::Device,
 }
 
 impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
+    /// Prepares, trains and evaluates the recipe's intervention.
+    pub fn train(&self) -> Result<Trained<B>> {
+        match self.method {
+            Method::Das | Method::Boundless => self.das(),
+            Method::Reft => self.reft(),
+            Method::Probe => self.probe(),
+        }
+    }
+
     /// The frozen parts of the train, validation and held-out examples, batch by batch with a
     /// progress bar.
     fn prepare<T>(&self, f: impl Fn(&[&TokenizedExample]) -> Result<Vec<T>>) -> Result<[Vec<T>; 3]> {
@@ -126,13 +124,9 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         })
     }
 
-    fn site(&self) -> Site {
-        self.r.site
-    }
-
     /// DAS or Boundless DAS, evaluated beside no intervention and a random rotation.
     fn das(&self) -> Result<Trained<B>> {
-        let (model, site, bs) = (self.model, self.site(), self.r.batch_size);
+        let (model, site, bs) = (self.model, self.r.site, self.r.batch_size);
         let [train, val, dev] = self.prepare(|c| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
         let validation = if val.is_empty() { &dev } else { &val };
         let objective = das::DasObjective { model, train: &train, validation, boundary_penalty: self.r.boundary_penalty.unwrap_or(1.0) };
@@ -159,7 +153,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// ReFT, evaluated beside no intervention and on its own training examples.
     fn reft(&self) -> Result<Trained<B>> {
-        let (model, site, bs) = (self.model, self.site(), self.r.batch_size);
+        let (model, site, bs) = (self.model, self.r.site, self.r.batch_size);
         let [train, val, dev] = self.prepare(|c| reft::prepare(model, site, c, self.pad_id, bs, self.device))?;
         let objective = reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
         let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
@@ -179,7 +173,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// A linear probe, evaluated beside the majority class.
     fn probe(&self) -> Result<Trained<B>> {
-        let (model, site, bs) = (self.model, self.site(), self.r.batch_size);
+        let (model, site, bs) = (self.model, self.r.site, self.r.batch_size);
         let classes = probe::class_count(&self.examples.tokenized.iter().collect::<Vec<_>>());
         if classes < 2 {
             bail!("{}: a probe needs at least two classes (found {classes})", self.r.pairs.display());
