@@ -11,6 +11,7 @@
 //! | --- | --- | --- |
 //! | `R` | every kind with a rotation (materialised; what other tools should read) | `[k, d]` |
 //! | `rotation.householder` / `rotation.exp_weight` | trainable rotations: the parameter behind `R` | `[k, d]` / `[d, d]` |
+//! | `rotation.base`, `rotation.x` | torch-parametrised rotations (`R = (base · Q(x))ᵀ`) | `[d, d]`, `[d, k]` |
 //! | `boundary` | das_boundless (β, before clamping) | `[1]` |
 //! | `mask` | sigmoid_mask, sigmoid_mask_rotated (logits) | `[d]` |
 //! | `learned_source.weight`, `learned_source.bias` | loreft, noreft, direft, nodireft | `[k, d]`, `[k]` |

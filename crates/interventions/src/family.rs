@@ -4,7 +4,7 @@
 //! its own file, and used both ways.
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, ElementConversion, Tensor, TensorData};
 use safetensors::SafeTensors;
 
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,10 @@ impl Written {
         match r {
             Orthogonal::Householder(v) => self.tensor("rotation.householder", v.val()),
             Orthogonal::Exp(w) => self.tensor("rotation.exp_weight", w.val()),
+            Orthogonal::Torch(t) => {
+                self.tensor("rotation.base", t.base.val());
+                self.tensor("rotation.x", t.x.val());
+            }
             Orthogonal::Fixed(_) => {}
         }
     }
@@ -151,14 +155,33 @@ impl<B: Backend> Parts<'_, B> {
     }
 
     /// The rotation: trainable from its parameter where there is one, else fixed from `R`.
+    ///
+    /// A trainable rotation's stored `R` (what other tools read) must be the one its parameters
+    /// give, within 1e-5: an `R` edited or damaged apart from them is refused, not ignored.
     pub fn rotation(&self) -> Result<Orthogonal<B>> {
-        if self.has("rotation.householder") {
-            Ok(Orthogonal::Householder(self.param2("rotation.householder")?))
+        let trainable = if self.has("rotation.householder") {
+            Orthogonal::Householder(self.param2("rotation.householder")?)
         } else if self.has("rotation.exp_weight") {
-            Ok(Orthogonal::Exp(self.param2("rotation.exp_weight")?))
+            Orthogonal::Exp(self.param2("rotation.exp_weight")?)
+        } else if self.has("rotation.x") {
+            Orthogonal::Torch(crate::orthogonal::TorchOrthogonal::new(self.t2("rotation.base")?, self.t2("rotation.x")?))
         } else {
-            Ok(Orthogonal::fixed(self.t2("R")?))
+            return Ok(Orthogonal::fixed(self.t2("R")?));
+        };
+        if self.has("R") {
+            let stored = self.t2("R")?;
+            if stored.dims() != trainable.dims() {
+                return Err(self.corrupt(format!("`R` is {:?} but its parameters give {:?}", stored.dims(), trainable.dims())));
+            }
+            let diff: f32 = (trainable.matrix() - stored).abs().max().into_scalar().elem();
+            if !(diff <= 1e-5) {
+                return Err(self.corrupt(format!(
+                    "the stored `R` differs from the one its parameters (`rotation.*`) give by {diff:e} (max |ΔR|, allowed 1e-5): \
+                     the file was edited or damaged; export it again, or remove the `rotation.*` tensors to load `R` as a fixed rotation"
+                )));
+            }
         }
+        Ok(trainable)
     }
 
     /// A scalar the kind needs from `hyper`.

@@ -13,6 +13,11 @@
 //! k = 1, d = 576: 1.5 ms; k = 16, d = 576: 6.2 ms; exponential d = 16: 1.6 ms; d = 576: 0.26 s;
 //! max|RRᵀ − I| after initialisation at most 1.2e-6 in every case.
 //!
+//! - `Torch`: torch's `parametrizations.orthogonal` as pyvene and pyreft use it (a fixed `base`
+//!   times a Householder product or a matrix exponential of a trained `X`), matching their
+//!   training runs step by step (`crates/trainer/tests/training_golden.rs`); not yet what the
+//!   recipes start from (#13).
+//!
 //! A rotation loaded from a file that gives the matrix itself (pyvene's materialised weights)
 //! is `Fixed`: applied as is, not trained.
 
@@ -20,6 +25,91 @@ use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 
 use ferrovene_models::rng::Rng;
+
+/// torch's `parametrizations.orthogonal` (what pyvene's rotate layers and pyreft's LoReFT use):
+/// `W = base · Q(X)` (`d × k`), with `base` a fixed orthogonal `d × d` matrix and `X` (`d × k`)
+/// trained. For `k < d`, `Q(X)` is the Householder product of the columns of `tril(X, −1)` (unit
+/// diagonal implied, `τ_j = 2 / (1 + ‖A[:, j]‖²)`), each column times the sign of `X[j, j]`; for
+/// `k = d`, `Q(X) = exp(tril(X) − tril(X)ᵀ)`. `R = Wᵀ`.
+#[derive(Module, Debug)]
+pub struct TorchOrthogonal<B: Backend> {
+    /// The fixed orthogonal `d × d` matrix (not trained).
+    pub base: Param<Tensor<B, 2>>,
+    /// The trained `d × k` parameter; `−I` at the start, where `W = base[:, :k]`.
+    pub x: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> TorchOrthogonal<B> {
+    /// From torch's `base` and `X` (e.g. a golden file or a pyvene checkpoint).
+    pub fn new(base: Tensor<B, 2>, x: Tensor<B, 2>) -> Self {
+        TorchOrthogonal { base: Param::from_tensor(base.detach()).set_require_grad(false), x: Param::from_tensor(x) }
+    }
+
+    /// torch's start for `k` of `d` dims: `base` drawn from the Haar measure on orthogonal
+    /// matrices and `X = −I` (`d × k`), so `W = base[:, :k]` spans a uniformly random
+    /// `k`-dimensional subspace (unlike [`Orthogonal::random`]'s Householder vectors, whose
+    /// starting subspace leans towards the leading axes).
+    pub fn haar(k: usize, d: usize, rng: &mut Rng, device: &B::Device) -> Self {
+        assert!(k >= 1 && k <= d, "a rotation needs 1 <= k <= d (k = {k}, d = {d})");
+        let base = Tensor::<B, 1>::from_floats(haar(d, rng).as_slice(), device).reshape([d, d]);
+        let minus_eye = Tensor::<B, 2>::eye(d, device).narrow(1, 0, k) * -1.0;
+        TorchOrthogonal::new(base, minus_eye)
+    }
+
+    /// `W` (`d × k`).
+    pub fn w(&self) -> Tensor<B, 2> {
+        let x = self.x.val();
+        let [d, k] = x.dims();
+        let q = if k < d { householder_product_signed(x) } else { expm(skew_of_tril(x)) };
+        self.base.val().matmul(q)
+    }
+}
+
+/// A `d × d` orthogonal matrix from the Haar measure, row-major: the `Q` of the QR
+/// decomposition of a standard Gaussian matrix with `R`'s diagonal made positive (modified
+/// Gram–Schmidt in f64, twice for orthogonality to rounding).
+pub fn haar(d: usize, rng: &mut Rng) -> Vec<f32> {
+    let mut cols: Vec<Vec<f64>> = (0..d).map(|_| (0..d).map(|_| rng.normal()).collect()).collect();
+    for j in 0..d {
+        for _ in 0..2 {
+            for i in 0..j {
+                let dot: f64 = (0..d).map(|r| cols[i][r] * cols[j][r]).sum();
+                for r in 0..d {
+                    cols[j][r] -= dot * cols[i][r];
+                }
+            }
+        }
+        let norm = cols[j].iter().map(|x| x * x).sum::<f64>().sqrt();
+        cols[j].iter_mut().for_each(|x| *x /= norm);
+    }
+    (0..d).flat_map(|r| cols.iter().map(move |c| c[r] as f32)).collect()
+}
+
+/// `tril(X) − tril(X)ᵀ` for a square `X`.
+fn skew_of_tril<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let l = x.tril(0);
+    l.clone() - l.transpose()
+}
+
+/// torch's Householder map for a tall `X` (`d × k`): `Q = H_1 ⋯ H_k E` (`E` the first `k`
+/// columns of `I`), `H_j = I − τ_j v_j v_jᵀ` with `v_j` column `j` of `tril(X, −1)` plus a unit
+/// at row `j` and `τ_j = 2 / (1 + ‖tril(X, −1)[:, j]‖²)`; then column `j` times `sign(X[j, j])`.
+fn householder_product_signed<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [d, k] = x.dims();
+    let device = x.device();
+    let eye_dk = Tensor::<B, 2>::eye(d, &device).narrow(1, 0, k);
+    let a = x.clone().tril(-1);
+    let v = a.clone() + eye_dk.clone(); // [d, k], unit diagonal
+    let tau = (a.square().sum_dim(0) + 1.0).recip() * 2.0; // [1, k]
+    let mut q = eye_dk.clone();
+    for j in (0..k).rev() {
+        let vj = v.clone().narrow(1, j, 1); // [d, 1]
+        let tj = tau.clone().narrow(1, j, 1); // [1, 1]
+        q = q.clone() - vj.clone().matmul(vj.transpose().matmul(q)) * tj;
+    }
+    let sign = (x * eye_dk).sum_dim(0).sign(); // [1, k]: sign of X[j, j]
+    q * sign
+}
 
 /// How the rotation is represented.
 #[derive(Module, Debug)]
@@ -30,6 +120,8 @@ pub enum Orthogonal<B: Backend> {
     Exp(Param<Tensor<B, 2>>),
     /// A given matrix with orthonormal rows (`[k, d]`), not trained.
     Fixed(Param<Tensor<B, 2>>),
+    /// torch's parametrisation (pyvene, pyreft): `R = (base · Q(X))ᵀ`.
+    Torch(TorchOrthogonal<B>),
 }
 
 impl<B: Backend> Orthogonal<B> {
@@ -55,6 +147,10 @@ impl<B: Backend> Orthogonal<B> {
         match self {
             Orthogonal::Householder(v) | Orthogonal::Fixed(v) => v.val().dims(),
             Orthogonal::Exp(w) => w.val().dims(),
+            Orthogonal::Torch(t) => {
+                let [d, k] = t.x.val().dims();
+                [k, d]
+            }
         }
     }
 
@@ -67,6 +163,7 @@ impl<B: Backend> Orthogonal<B> {
                 let w = w.val();
                 polar_refine(polar_refine(expm((w.clone() - w.transpose()) * 0.5)))
             }
+            Orthogonal::Torch(t) => t.w().transpose(),
         }
     }
 }

@@ -232,3 +232,26 @@ fn an_export_missing_a_tensor_its_kind_needs_is_refused() {
     let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
     assert!(e.contains("missing tensor `R`") && e.contains("loreft"), "{e}");
 }
+
+#[test]
+fn an_export_whose_r_disagrees_with_its_parameters_is_refused() {
+    let dir = temp("changed-r");
+    let path = dir.join("das.safetensors");
+    let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(3, D, &mut Rng::new(2), &dev()) });
+    export::save(&iv, config(), &path).unwrap();
+    assert!(export::load::<B>(&path, &dev()).is_ok(), "an untouched export loads");
+    // Change one entry of `R` by 1e-3, leaving the Householder parameters as they are.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let r = st.tensor("R").unwrap();
+    let mut values = ferrovene_models::weights::f32_from_le(r.data());
+    values[1] += 1e-3;
+    let changed: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = r.shape().to_vec();
+    let mut kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != "R").collect();
+    kept.push(("R".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &changed).unwrap()));
+    safetensors::serialize_to_file(kept, meta.metadata().clone(), &path).unwrap();
+    let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
+    assert!(e.contains("das.safetensors") && e.contains("stored `R` differs") && e.contains("1e-5"), "{e}");
+}

@@ -1,0 +1,43 @@
+//! torch-style starts (`TorchOrthogonal::haar`): `W = base[:, :k]` with `base` Haar-random spans
+//! a uniformly random subspace — every entry has `E[W_ij²] = 1/d`, every row alike — while
+//! `Orthogonal::random`'s unstructured Householder vectors (today's start for low-rank DAS and
+//! ReFT, #13) put most of the subspace on the leading axes.
+
+use burn::tensor::Tensor;
+use ferrovene_interventions::orthogonal::{orthogonality_error, TorchOrthogonal};
+use ferrovene_interventions::{Orthogonal, Rng};
+
+type B = ferrovene_models::Cpu;
+
+/// Per row `i` of `W` (`d × k`), the mean of `W_ij²` over its columns and `draws` draws.
+fn row_mass(draws: usize, d: usize, k: usize, w_of: impl Fn(&mut Rng) -> Tensor<B, 2>) -> Vec<f64> {
+    let mut rng = Rng::new(5);
+    let mut mass = vec![0.0f64; d];
+    for _ in 0..draws {
+        let w: Vec<f32> = w_of(&mut rng).into_data().to_vec().unwrap();
+        for (i, row) in w.chunks(k).enumerate() {
+            mass[i] += row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / (k * draws) as f64;
+        }
+    }
+    mass
+}
+
+#[test]
+fn haar_starts_spread_the_subspace_over_every_axis() {
+    let (d, k, draws) = (16, 4, 500);
+    let device = Default::default();
+    let haar = row_mass(draws, d, k, |rng| TorchOrthogonal::<B>::haar(k, d, rng, &device).w());
+    for (i, m) in haar.iter().enumerate() {
+        // E = 1/d; the sampling sd of the mean is about 3% of it here.
+        assert!((m * d as f64 - 1.0).abs() < 0.15, "row {i}: mean W_ij² = {m}, expected {}", 1.0 / d as f64);
+    }
+    let w = TorchOrthogonal::<B>::haar(32, 576, &mut Rng::new(1), &device).w();
+    assert!(orthogonality_error(w.transpose()) < 1e-5, "the columns of W are orthonormal");
+    let full = TorchOrthogonal::<B>::haar(24, 24, &mut Rng::new(2), &device);
+    assert!(orthogonality_error(full.w()) < 1e-5 && orthogonality_error(full.w().transpose()) < 1e-5);
+
+    // Today's low-rank start, for contrast: the first k rows hold most of the mass.
+    let householder = row_mass(draws, d, k, |rng| Orthogonal::<B>::random(k, d, rng, &device).matrix().transpose());
+    let leading: f64 = householder[..k].iter().sum::<f64>() / householder.iter().sum::<f64>();
+    assert!(leading > 0.5, "Householder starts put {leading:.2} of the subspace on the first {k} axes (a uniform subspace: {:.2})", k as f64 / d as f64);
+}
