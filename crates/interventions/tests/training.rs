@@ -1,5 +1,5 @@
 //! Training on synthetic frozen models with a planted answer: orthogonality survives 2,000 AdamW
-//! steps; low-rank DAS recovers a planted subspace; Boundless DAS finds the planted size; a
+//! steps (our parametrisations and torch's, from Haar starts); low-rank DAS recovers a planted subspace; Boundless DAS finds the planted size; a
 //! linear probe reaches the Bayes accuracy.
 
 use burn::backend::Autodiff;
@@ -33,9 +33,21 @@ fn rotation_of(iv: &Intervention<AD>) -> Tensor<B, 2> {
 
 #[test]
 fn orthogonality_holds_after_2000_adamw_steps() {
-    for (name, k, d) in [("full, matrix exponential", 16, 16), ("full, matrix exponential", 64, 64), ("low rank, Householder", 4, 64)] {
+    let cases = [
+        ("full, matrix exponential", 16, 16, false),
+        ("full, matrix exponential", 64, 64, false),
+        ("low rank, Householder", 4, 64, false),
+        ("torch, full (matrix exponential)", 64, 64, true),
+        ("torch, low rank (Householder)", 4, 64, true),
+        ("torch, low rank (Householder)", 32, 64, true),
+    ];
+    for (name, k, d, torch) in cases {
         let rng = &mut Rng::new(11);
-        let rotation = Orthogonal::<AD>::random(k, d, rng, &dev());
+        let rotation = if torch {
+            Orthogonal::Torch(ferrovene_interventions::orthogonal::TorchOrthogonal::<AD>::haar(k, d, rng, &dev()))
+        } else {
+            Orthogonal::<AD>::random(k, d, rng, &dev())
+        };
         let mut iv = if k == d {
             Intervention::DasFull(DasFull { rotation, k: 5 })
         } else {
