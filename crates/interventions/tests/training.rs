@@ -40,6 +40,8 @@ fn orthogonality_holds_after_2000_adamw_steps() {
         ("torch, full (matrix exponential)", 64, 64, true),
         ("torch, low rank (Householder)", 4, 64, true),
         ("torch, low rank (Householder)", 32, 64, true),
+        ("torch, low rank (Householder)", 4, 576, true),
+        ("torch, low rank (Householder)", 32, 576, true),
     ];
     for (name, k, d, torch) in cases {
         let rng = &mut Rng::new(11);
