@@ -89,9 +89,7 @@ where
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     let _ = std::fs::remove_dir_all(&done);
     std::fs::rename(&tmp, &done).with_context(|| format!("moving {} into place", tmp.display()))?;
-    let latest_tmp = root.join("latest.tmp");
-    std::fs::write(&latest_tmp, &name)?;
-    std::fs::rename(&latest_tmp, root.join("latest"))?;
+    crate::run_dir::write_atomic(&root.join("latest"), name.as_bytes())?;
     // Keep the newest two.
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)?
         .filter_map(|e| e.ok().map(|e| e.path()))

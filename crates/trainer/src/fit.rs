@@ -209,33 +209,34 @@ where
         bail!("no training batches");
     }
     let show = io.progress;
-    let mut run = Loop::start(objective, module, cfg, n, io)?;
+    let (mut run, mut module) = Loop::start(objective, module, cfg, n, io)?;
     if run.state.stopped_early || run.state.step >= run.total {
         let outcome = if run.state.stopped_early { Outcome::StoppedEarly } else { Outcome::Finished };
-        return Ok(run.finish(outcome));
+        return Ok(run.finish(module, outcome));
     }
     let bar = progress_if(show, run.total, "training");
     bar.set_position(run.state.step as u64);
     bar.reset_eta();
     let mut outcome = Outcome::Finished;
     while run.state.step < run.total {
-        let loss = run.step()?;
+        let loss;
+        (module, loss) = run.step(module)?;
         bar.inc(1);
         bar.set_message(format!("loss {loss:.4}"));
-        if let Some(end) = run.after_step()? {
+        if let Some(end) = run.after_step(&module)? {
             outcome = end;
             break;
         }
     }
     bar.finish_and_clear();
-    Ok(run.finish(outcome))
+    Ok(run.finish(module, outcome))
 }
 
-/// The loop between steps: the module, its optimizer and the counters.
+/// The loop between steps: the optimizer and the counters (the module itself is passed along,
+/// so the optimizer gets it by value and can update its tensors in place).
 struct Loop<'a, B: AutodiffBackend, M: Trainable<B>, O: ?Sized> {
     objective: &'a O,
     cfg: &'a FitConfig,
-    module: M,
     optimizer: OptimizerAdaptor<AdamW, M, B>,
     best: Option<M>,
     state: LoopState,
@@ -257,8 +258,8 @@ where
     M: Trainable<B>,
     O: Objective<B, M> + ?Sized,
 {
-    /// A fresh loop, or the one a checkpoint left (with `io.resume`).
-    fn start(objective: &'a O, module: M, cfg: &'a FitConfig, n: usize, io: FitIo<'a>) -> Result<Self> {
+    /// A fresh loop and its module, or the ones a checkpoint left (with `io.resume`).
+    fn start(objective: &'a O, module: M, cfg: &'a FitConfig, n: usize, io: FitIo<'a>) -> Result<(Self, M)> {
         let device = module.devices().first().cloned().unwrap_or_default();
         let FitIo { run_dir, events, interrupt, resume, progress: _, fingerprint } = io;
         let total = cfg.total_steps(n);
@@ -275,32 +276,33 @@ where
         } else {
             (module, cfg.optimizer::<B, M>(), None, LoopState { fingerprint, ..Default::default() })
         };
-        Ok(Loop {
-            objective, cfg, module, optimizer, best, state, n, total,
+        let run = Loop {
+            objective, cfg, optimizer, best, state, n, total,
             schedule: LrSchedule::new(cfg.lr, cfg.warmup, total, cfg.decay),
             tau: cfg.temperature.map(|t| TemperatureSchedule { steps: if t.steps == 0 { total } else { t.steps }, ..t }),
             order: (usize::MAX, Vec::new()),
             run_dir, events, interrupt,
-        })
+        };
+        Ok((run, module))
     }
 
-    /// One optimizer step over its micro-batches; returns the step's loss.
-    fn step(&mut self) -> Result<f32> {
+    /// One optimizer step over its micro-batches; returns the updated module and the step's loss.
+    fn step(&mut self, mut module: M) -> Result<(M, f32)> {
         let (step, acc) = (self.state.step, self.cfg.accumulate.max(1));
         if let Some(t) = &self.tau {
-            self.module.set_temperature(t.at(step));
+            module.set_temperature(t.at(step));
         }
         let (from, to) = (step * acc, ((step + 1) * acc).min(self.cfg.epochs * self.n));
         let mut grads = GradientsAccumulator::<M>::new();
         let mut step_loss = 0.0f32;
         for m in from..to {
             let index = batch_at(m, self.n, self.cfg, &mut self.order);
-            let loss = self.objective.loss(&self.module, index)? / (to - from) as f64;
+            let loss = self.objective.loss(&module, index)? / (to - from) as f64;
             step_loss += loss.clone().into_scalar().elem::<f32>();
-            grads.accumulate(&self.module, GradientsParams::from_grads(loss.backward(), &self.module));
+            grads.accumulate(&module, GradientsParams::from_grads(loss.backward(), &module));
         }
         let rate = self.schedule.at(step);
-        self.module = self.optimizer.step(rate, self.module.clone(), grads.grads());
+        let module = self.optimizer.step(rate, module, grads.grads());
         self.state.step += 1;
         self.state.losses.push(step_loss);
         if let Some(ev) = self.events.as_deref_mut() {
@@ -310,21 +312,21 @@ where
                 ev.scalar("train/temperature", t.at(step), self.state.step);
             }
         }
-        Ok(step_loss)
+        Ok((module, step_loss))
     }
 
     /// Validation, early stopping, checkpoints and Ctrl-C after a step; `Some` ends the loop.
-    fn after_step(&mut self) -> Result<Option<Outcome>> {
+    fn after_step(&mut self, module: &M) -> Result<Option<Outcome>> {
         let mut outcome = None;
         if self.validation_due() {
-            outcome = self.validate()?;
+            outcome = self.validate(module)?;
         }
         let interrupted = self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
         let due = self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0;
         if let Some(dir) = self.run_dir
             && (due || interrupted || self.state.stopped_early)
         {
-            checkpoint::save(dir, &self.module, &self.optimizer, self.best.as_ref(), &self.state)?;
+            checkpoint::save(dir, module, &self.optimizer, self.best.as_ref(), &self.state)?;
             if let Some(ev) = self.events.as_deref_mut() {
                 ev.flush();
             }
@@ -347,14 +349,14 @@ where
     }
 
     /// Validates; keeps the best module under early stopping; `Some(Reached)` when the goal is met.
-    fn validate(&mut self) -> Result<Option<Outcome>> {
-        let Some((loss, accuracy)) = self.objective.validate(&self.module)? else { return Ok(None) };
+    fn validate(&mut self, module: &M) -> Result<Option<Outcome>> {
+        let Some((loss, accuracy)) = self.objective.validate(module)? else { return Ok(None) };
         let e = Evaluation { step: self.state.step, loss, accuracy };
         self.state.history.push(e);
         if let Some(ev) = self.events.as_deref_mut() {
             ev.scalar("dev/loss", loss as f64, e.step);
             ev.scalar("dev/accuracy", accuracy as f64, e.step);
-            if let Some(err) = self.module.orthogonality_error() {
+            if let Some(err) = module.orthogonality_error() {
                 ev.scalar("train/orthogonality_error", err as f64, e.step);
             }
             ev.flush();
@@ -372,7 +374,7 @@ where
         if better {
             self.state.best = Some(e);
             self.state.evals_since_best = 0;
-            self.best = Some(self.module.clone());
+            self.best = Some(module.clone());
         } else {
             self.state.evals_since_best += 1;
             self.state.stopped_early |= self.state.evals_since_best >= es.patience;
@@ -382,13 +384,13 @@ where
 
     /// The result: the best module under early stopping (unless the goal was reached or the run
     /// interrupted), else the last.
-    fn finish(mut self, outcome: Outcome) -> Fitted<M> {
+    fn finish(mut self, module: M, outcome: Outcome) -> Fitted<M> {
         if let Some(ev) = self.events.as_deref_mut() {
             ev.flush();
         }
         let module = match (&self.cfg.early_stopping, outcome) {
-            (Some(_), Outcome::Finished | Outcome::StoppedEarly) => self.best.unwrap_or(self.module),
-            _ => self.module,
+            (Some(_), Outcome::Finished | Outcome::StoppedEarly) => self.best.unwrap_or(module),
+            _ => module,
         };
         Fitted { module, state: self.state, outcome }
     }

@@ -111,6 +111,14 @@ pub fn argmax(values: &[f32]) -> u32 {
     values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
 }
 
+/// The indices of the `k` largest values, largest first (ties in index order).
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..values.len()).collect();
+    o.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    o.truncate(k);
+    o
+}
+
 /// A token drawn from `softmax(logits / temperature)` cut to its `top_p` nucleus.
 fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> u32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;

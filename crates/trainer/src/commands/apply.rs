@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::batch::int2;
 use crate::device::OnBackend;
-use crate::generate::{generate, next_logits, Decoding, Steer};
+use crate::generate::{generate, next_logits, top_k, Decoding, Steer};
 
 /// What to apply, from the command line.
 pub struct Apply {
@@ -189,14 +189,6 @@ fn softmax_of(l: &[f32]) -> Vec<f32> {
     let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f32 = l.iter().map(|x| (x - m).exp()).sum();
     l.iter().map(|x| (x - m).exp() / z).collect()
-}
-
-/// The indices of the `k` largest values, largest first.
-fn top_k(p: &[f32], k: usize) -> Vec<usize> {
-    let mut o: Vec<usize> = (0..p.len()).collect();
-    o.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-    o.truncate(k);
-    o
 }
 
 impl OnBackend for Apply {

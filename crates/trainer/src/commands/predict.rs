@@ -50,11 +50,8 @@ impl OnBackend for Predict {
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| anyhow!("reading probabilities: {e:?}"))?;
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        let top: Vec<Candidate> = order
+        let top: Vec<Candidate> = crate::generate::top_k(&logits, self.top)
             .into_iter()
-            .take(self.top)
             .map(|id| Ok(Candidate { id, token: tok.decode(&[id as u32])?, p: probs[id], logit: logits[id] }))
             .collect::<Result<_>>()?;
         if self.json {
