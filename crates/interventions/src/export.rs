@@ -35,8 +35,12 @@ use crate::placement::Composition;
 
 /// The metadata key that holds the config.
 pub const METADATA_KEY: &str = "ferrovene";
-/// The export format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The export format version this code writes. Format 2 added torch's orthogonal
+/// parametrisation (`rotation.base`, `rotation.x`), which format-1 readers do not know.
+pub const FORMAT_VERSION: u32 = 2;
+/// The export format versions this code reads: format 1's rotations (`rotation.householder`,
+/// `rotation.exp_weight`) load and resume as they did.
+pub const FORMATS_READ: [u32; 2] = [1, 2];
 
 pub use crate::family::Hyper;
 
@@ -226,8 +230,11 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| corrupt(format!("not a ferrovene export: no `{METADATA_KEY}` config in its metadata")))?;
     let config: ExportConfig = serde_json::from_str(json).map_err(|e| corrupt(format!("bad `{METADATA_KEY}` config: {e}")))?;
-    if config.format != FORMAT_VERSION {
-        return Err(corrupt(format!("export format {} is not supported (this build reads {FORMAT_VERSION})", config.format)));
+    if !FORMATS_READ.contains(&config.format) {
+        return Err(corrupt(format!(
+            "export format {} is not supported: this build reads formats {FORMATS_READ:?}; a newer ferrovene wrote it, so load it with that version",
+            config.format
+        )));
     }
     let iv = Intervention::read(&config.kind, &Parts { path, st: &st, kind: &config.kind, hyper: &config.hyper, device })?;
     if let Some(w) = iv.width() {

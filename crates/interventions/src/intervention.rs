@@ -130,6 +130,13 @@ impl<B: Backend> Intervention<B> {
         each_family!(self, f => f.rotation())
     }
 
+    /// How many of its values training updates: every parameter except a rotation's fixed part
+    /// (torch's `base`, a `Fixed` matrix), which burn still counts in `num_params`. As pyvene and
+    /// pyreft count them (torch's `base` is a buffer there).
+    pub fn trainable_params(&self) -> usize {
+        self.num_params() - self.rotation().map_or(0, Orthogonal::frozen_params)
+    }
+
     /// Whether it reads a source activation.
     pub fn needs_source(&self) -> bool {
         each_family!(self, f => f.needs_source())

@@ -1,25 +1,21 @@
 //! Matrices with orthonormal rows that stay orthonormal for the whole run: a parametrisation,
 //! not a penalty, so every optimiser step yields an exactly (to float precision) orthogonal `R`.
 //!
-//! - `k < d` (low rank): a product of `k` Householder reflections, `R = E_k H_1 ⋯ H_k` with
-//!   `H_i = I − 2 v_i v_iᵀ / ‖v_i‖²`. Cost per forward: `k` rank-one updates of a `k × d` matrix,
-//!   `O(k² d)`; orthogonality error stays at a few float ulps whatever the parameters.
-//! - `k = d` (full): the matrix exponential of the skew-symmetric `A = (W − Wᵀ)/2`, by scaling
-//!   and squaring (Taylor series of degree 12 after scaling `A` to norm ≤ 1/4, then `s` squarings,
-//!   `s` chosen from ‖A‖ at each call), followed by two Newton–Schulz steps that remove the
-//!   rounding the squarings accumulate in f32. Cost: about `16 + s` matmuls of `d × d`.
+//! - `Torch` (what every rotation starts as): torch's `parametrizations.orthogonal`, as pyvene's
+//!   rotate layers and pyreft's LoReFT use it: a fixed Haar-random `base` times a Householder
+//!   product (`k < d`) or a matrix exponential (`k = d`) of a trained `X` that starts at `−I`, so
+//!   the starting subspace is uniformly random and the training runs match pyvene's and pyreft's
+//!   step by step (`crates/trainer/tests/training_golden.rs`).
+//! - `Householder` and `Exp`: the parametrisations of export format 1 (`k` unstructured
+//!   Householder vectors; `exp((W − Wᵀ)/2)`), kept so that those exports load and resume as they
+//!   did; nothing new starts from them.
+//! - `Fixed`: a rotation loaded from a file that gives the matrix itself (pyvene's materialised
+//!   weights, a difference-of-means direction): applied as is, not trained.
 //!
-//! Measured (`cargo bench --bench orthogonal`, 2-core CPU, forward + backward): Householder
-//! k = 1, d = 576: 1.5 ms; k = 16, d = 576: 6.2 ms; exponential d = 16: 1.6 ms; d = 576: 0.26 s;
-//! max|RRᵀ − I| after initialisation at most 1.2e-6 in every case.
-//!
-//! - `Torch`: torch's `parametrizations.orthogonal` as pyvene and pyreft use it (a fixed `base`
-//!   times a Householder product or a matrix exponential of a trained `X`), matching their
-//!   training runs step by step (`crates/trainer/tests/training_golden.rs`); not yet what the
-//!   recipes start from (#13).
-//!
-//! A rotation loaded from a file that gives the matrix itself (pyvene's materialised weights)
-//! is `Fixed`: applied as is, not trained.
+//! The matrix exponential is a degree-12 Taylor series after scaling to norm ≤ 1/4, `s`
+//! squarings, then two Newton–Schulz steps that remove the rounding the squarings accumulate in
+//! f32. Measured (`cargo bench --bench orthogonal`, 2-core CPU, forward + backward): see the
+//! README's Performance section.
 
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
@@ -48,13 +44,15 @@ impl<B: Backend> TorchOrthogonal<B> {
 
     /// torch's start for `k` of `d` dims: `base` drawn from the Haar measure on orthogonal
     /// matrices and `X = −I` (`d × k`), so `W = base[:, :k]` spans a uniformly random
-    /// `k`-dimensional subspace (unlike [`Orthogonal::random`]'s Householder vectors, whose
-    /// starting subspace leans towards the leading axes).
+    /// `k`-dimensional subspace (unlike format 1's unstructured Householder vectors, whose
+    /// starting subspace leant towards the leading axes).
     pub fn haar(k: usize, d: usize, rng: &mut Rng, device: &B::Device) -> Self {
         assert!(k >= 1 && k <= d, "a rotation needs 1 <= k <= d (k = {k}, d = {d})");
         let base = Tensor::<B, 1>::from_floats(haar(d, rng).as_slice(), device).reshape([d, d]);
-        let minus_eye = Tensor::<B, 2>::eye(d, device).narrow(1, 0, k) * -1.0;
-        TorchOrthogonal::new(base, minus_eye)
+        // Built from data, not as a view of `eye(d)`: a strided start would take other kernel
+        // paths than the same values read back from an export, and differ from them by an ulp.
+        let minus_eye: Vec<f32> = (0..d * k).map(|i| if i / k == i % k { -1.0 } else { 0.0 }).collect();
+        TorchOrthogonal::new(base, Tensor::<B, 1>::from_floats(minus_eye.as_slice(), device).reshape([d, k]))
     }
 
     /// `W` (`d × k`).
@@ -118,9 +116,9 @@ fn householder_product_signed<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 /// How the rotation is represented.
 #[derive(Module, Debug)]
 pub enum Orthogonal<B: Backend> {
-    /// `k` Householder vectors (`[k, d]`), for `k < d`.
+    /// `k` Householder vectors (`[k, d]`), for `k < d` (export format 1).
     Householder(Param<Tensor<B, 2>>),
-    /// Unconstrained `W` (`[d, d]`); `R = exp((W − Wᵀ)/2)`.
+    /// Unconstrained `W` (`[d, d]`); `R = exp((W − Wᵀ)/2)` (export format 1).
     Exp(Param<Tensor<B, 2>>),
     /// A given matrix with orthonormal rows (`[k, d]`), not trained.
     Fixed(Param<Tensor<B, 2>>),
@@ -129,21 +127,22 @@ pub enum Orthogonal<B: Backend> {
 }
 
 impl<B: Backend> Orthogonal<B> {
-    /// A random rotation with `k` orthonormal rows in `d` dims, from `rng` (Householder for
-    /// `k < d`, matrix exponential for `k = d`).
+    /// A random rotation with `k` orthonormal rows in `d` dims, from `rng`: torch's
+    /// parametrisation from a Haar-random `base` ([`TorchOrthogonal::haar`]), so `R` spans a
+    /// uniformly random `k`-dimensional subspace.
     pub fn random(k: usize, d: usize, rng: &mut Rng, device: &B::Device) -> Self {
-        assert!(k >= 1 && k <= d, "a rotation needs 1 <= k <= d (k = {k}, d = {d})");
-        if k < d {
-            Orthogonal::Householder(Param::from_tensor(rng.normal_tensor([k, d], device)))
-        } else {
-            // Entries of size 1/√d keep ‖A‖ moderate, so few squarings are needed.
-            Orthogonal::Exp(Param::from_tensor(rng.normal_tensor::<B, 2>([d, d], device) / (d as f64).sqrt()))
-        }
+        Orthogonal::Torch(TorchOrthogonal::haar(k, d, rng, device))
     }
 
     /// A fixed rotation given by its rows (detached from any graph it came from).
+    ///
+    /// Its values are copied into a fresh row-major tensor: a view (such as the transpose that
+    /// [`Orthogonal::matrix`] returns) would take other kernel paths than the same values read
+    /// back from an export, and give results an ulp apart.
     pub fn fixed(r: Tensor<B, 2>) -> Self {
-        Orthogonal::Fixed(Param::from_tensor(r.detach()).set_require_grad(false))
+        let device = r.device();
+        let r = Tensor::from_data(r.into_data(), &device);
+        Orthogonal::Fixed(Param::from_tensor(r).set_require_grad(false))
     }
 
     /// `[k, d]`.
@@ -155,6 +154,16 @@ impl<B: Backend> Orthogonal<B> {
                 let [d, k] = t.x.val().dims();
                 [k, d]
             }
+        }
+    }
+
+    /// Values it holds that training never changes: torch's fixed `base` (`d × d`), or the
+    /// whole of a `Fixed` matrix.
+    pub fn frozen_params(&self) -> usize {
+        match self {
+            Orthogonal::Torch(t) => t.base.val().dims().iter().product(),
+            Orthogonal::Fixed(r) => r.val().dims().iter().product(),
+            Orthogonal::Householder(_) | Orthogonal::Exp(_) => 0,
         }
     }
 

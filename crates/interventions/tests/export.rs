@@ -109,7 +109,8 @@ fn round_trip_is_bit_exact_for_every_kind() {
         let src = iv.needs_source().then(|| s.clone());
         let o1: Vec<f32> = iv.apply(b.clone(), src.clone()).unwrap().into_data().to_vec().unwrap();
         let o2: Vec<f32> = back.apply(b.clone(), src).unwrap().into_data().to_vec().unwrap();
-        assert!(o1 == o2, "{kind}: outputs differ after the round trip");
+        let diff = o1.iter().zip(&o2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(o1 == o2, "{kind}: outputs differ after the round trip by {diff:e}");
     }
 }
 
@@ -254,4 +255,60 @@ fn an_export_whose_r_disagrees_with_its_parameters_is_refused() {
     safetensors::serialize_to_file(kept, meta.metadata().clone(), &path).unwrap();
     let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
     assert!(e.contains("das.safetensors") && e.contains("stored `R` differs") && e.contains("1e-5"), "{e}");
+}
+
+/// Exports written by format 1 (`tests/fixtures/format-1/`, from ferrovene `7bf71a9`) load as
+/// they did: every kind, rotations trainable again from their format-1 parameters
+/// (`rotation.householder`, `rotation.exp_weight`), and each gives the output that version
+/// computed on the stored inputs.
+#[test]
+fn format_1_exports_load_and_apply_as_before() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-1");
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let expected = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensor = |name: &str| {
+        let t = expected.tensor(name).unwrap_or_else(|_| panic!("expected.safetensors lacks `{name}`"));
+        let values = ferrovene_models::weights::f32_from_le(t.data());
+        Tensor::<B, 3>::from_data(burn::tensor::TensorData::new(values, t.shape().to_vec()), &dev())
+    };
+    let (b, s) = (tensor("base"), tensor("source"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "safetensors") && !p.ends_with("expected.safetensors"));
+    files.sort();
+    assert_eq!(files.len(), 21, "the format-1 fixtures are all there");
+    let mut trainable_rotations = 0;
+    for path in files {
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let (iv, cfg) = export::load::<B>(&path, &dev()).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        assert_eq!(cfg.format, 1, "{stem}");
+        assert!(stem.ends_with(iv.kind()), "{stem} loaded as {}", iv.kind());
+        if matches!(iv.rotation(), Some(Orthogonal::Householder(_) | Orthogonal::Exp(_))) {
+            trainable_rotations += 1;
+        }
+        let out: Vec<f32> = iv.apply(b.clone(), iv.needs_source().then(|| s.clone())).unwrap().into_data().to_vec().unwrap();
+        let then: Vec<f32> = tensor(&format!("out.{stem}")).into_data().to_vec().unwrap();
+        let diff = out.iter().zip(&then).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-6, "{stem}: output differs from format 1's by {diff:e}");
+    }
+    // das_full, one das_low_rank, das_boundless, sigmoid_mask_rotated and the rotated ReFTs.
+    assert!(trainable_rotations >= 6, "format-1 rotations load trainable ({trainable_rotations})");
+}
+
+/// An export from a newer format is refused with the format named, not misread.
+#[test]
+fn a_newer_format_is_refused_by_name() {
+    let dir = temp("newer-format");
+    let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(2, D, &mut Rng::new(3), &dev()) });
+    let path = dir.join("iv.safetensors");
+    export::save(&iv, config(), &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut metadata = meta.metadata().clone().unwrap();
+    let json = metadata.get_mut(export::METADATA_KEY).unwrap();
+    assert!(json.contains(&format!("\"format\":{}", export::FORMAT_VERSION)), "{json}");
+    *json = json.replace(&format!("\"format\":{}", export::FORMAT_VERSION), "\"format\":3");
+    safetensors::serialize_to_file(st.tensors(), Some(metadata), &path).unwrap();
+    let err = export::load::<B>(&path, &dev()).unwrap_err().to_string();
+    assert!(err.contains("export format 3 is not supported") && err.contains("iv.safetensors"), "{err}");
 }

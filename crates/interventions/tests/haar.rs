@@ -1,8 +1,10 @@
 //! torch-style starts (`TorchOrthogonal::haar`): `W = base[:, :k]` with `base` Haar-random spans
 //! a uniformly random subspace — every entry has `E[W_ij²] = 1/d`, every row alike — while
-//! `Orthogonal::random`'s unstructured Householder vectors (today's start for low-rank DAS and
-//! ReFT, #13) put most of the subspace on the leading axes.
+//! export format 1's start (unstructured Householder vectors, the start for low-rank DAS and ReFT
+//! before #13) put most of the subspace on the leading axes. `Orthogonal::random`, where every
+//! recipe and the random-rotation control draw their rotations, is the Haar start.
 
+use burn::module::Param;
 use burn::tensor::Tensor;
 use ferrovene_interventions::orthogonal::{orthogonality_error, TorchOrthogonal};
 use ferrovene_interventions::{Orthogonal, Rng};
@@ -36,8 +38,16 @@ fn haar_starts_spread_the_subspace_over_every_axis() {
     let full = TorchOrthogonal::<B>::haar(24, 24, &mut Rng::new(2), &device);
     assert!(orthogonality_error(full.w()) < 1e-5 && orthogonality_error(full.w().transpose()) < 1e-5);
 
-    // Today's low-rank start, for contrast: the first k rows hold most of the mass.
-    let householder = row_mass(draws, d, k, |rng| Orthogonal::<B>::random(k, d, rng, &device).matrix().transpose());
+    // What every rotation starts from.
+    let random = row_mass(draws, d, k, |rng| Orthogonal::<B>::random(k, d, rng, &device).matrix().transpose());
+    for (i, m) in random.iter().enumerate() {
+        assert!((m * d as f64 - 1.0).abs() < 0.15, "Orthogonal::random, row {i}: mean W_ij² = {m}, expected {}", 1.0 / d as f64);
+    }
+
+    // Format 1's low-rank start, for contrast: the first k rows hold most of the mass.
+    let householder = row_mass(draws, d, k, |rng| {
+        Orthogonal::<B>::Householder(Param::from_tensor(rng.normal_tensor([k, d], &device))).matrix().transpose()
+    });
     let leading: f64 = householder[..k].iter().sum::<f64>() / householder.iter().sum::<f64>();
     assert!(leading > 0.5, "Householder starts put {leading:.2} of the subspace on the first {k} axes (a uniform subspace: {:.2})", k as f64 / d as f64);
 }

@@ -31,12 +31,22 @@ fn rotation_of(iv: &Intervention<AD>) -> Tensor<B, 2> {
     }
 }
 
+/// Export format 1's parametrisations (still loaded and resumed): `k` unstructured Householder
+/// vectors, or `exp((W − Wᵀ)/2)` for `k = d`.
+fn format_1(k: usize, d: usize, rng: &mut Rng) -> Orthogonal<AD> {
+    if k < d {
+        Orthogonal::Householder(Param::from_tensor(rng.normal_tensor([k, d], &dev())))
+    } else {
+        Orthogonal::Exp(Param::from_tensor(rng.normal_tensor::<AD, 2>([d, d], &dev()) / (d as f64).sqrt()))
+    }
+}
+
 #[test]
 fn orthogonality_holds_after_2000_adamw_steps() {
     let cases = [
-        ("full, matrix exponential", 16, 16, false),
-        ("full, matrix exponential", 64, 64, false),
-        ("low rank, Householder", 4, 64, false),
+        ("format 1, full, matrix exponential", 16, 16, false),
+        ("format 1, full, matrix exponential", 64, 64, false),
+        ("format 1, low rank, Householder", 4, 64, false),
         ("torch, full (matrix exponential)", 64, 64, true),
         ("torch, low rank (Householder)", 4, 64, true),
         ("torch, low rank (Householder)", 32, 64, true),
@@ -44,34 +54,42 @@ fn orthogonality_holds_after_2000_adamw_steps() {
         ("torch, low rank (Householder)", 32, 576, true),
     ];
     for (name, k, d, torch) in cases {
-        let rng = &mut Rng::new(11);
-        let rotation = if torch {
-            Orthogonal::Torch(ferrovene_interventions::orthogonal::TorchOrthogonal::<AD>::haar(k, d, rng, &dev()))
-        } else {
-            Orthogonal::<AD>::random(k, d, rng, &dev())
-        };
-        let mut iv = if k == d {
-            Intervention::DasFull(DasFull { rotation, k: 5 })
-        } else {
-            Intervention::DasLowRank(DasLowRank { rotation })
-        };
-        let mut opt = AdamWConfig::new().with_weight_decay(0.01).init::<AD, Intervention<AD>>();
-        let (b, s) = (randn::<AD, 3>(rng, [32, 1, d]), randn::<AD, 3>(rng, [32, 1, d]));
-        let target = randn::<AD, 3>(rng, [32, 1, d]);
-        let (mut worst, mut worst_frobenius) = (0f32, 0f32);
-        for step in 0..2000 {
-            let out = iv.apply(b.clone(), Some(s.clone())).unwrap();
-            let loss = (out - target.clone()).square().mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &iv);
-            iv = opt.step(1e-2, iv, grads);
-            if step % 250 == 249 {
-                worst = worst.max(orthogonality_error(rotation_of(&iv)));
-                worst_frobenius = worst_frobenius.max(orthogonality_error_frobenius(rotation_of(&iv)));
-            }
-        }
-        assert!(worst < 1e-5, "{name}: max |R Rᵀ − I| reached {worst} during 2,000 AdamW steps");
-        assert!(worst_frobenius < 1e-5, "{name}, d = {d}: ‖R Rᵀ − I‖_F reached {worst_frobenius} during 2,000 AdamW steps");
+        check_orthogonality_over_2000_steps(name, k, d, torch);
     }
+}
+
+/// The full rotation at SmolLM2's width (d = 576): 2,000 steps of a 576 × 576 matrix exponential
+/// take about 10 minutes on 2 cores, too long for every test run; run it with
+/// `cargo test --test training -- --ignored` (result in the README).
+#[test]
+#[ignore]
+fn orthogonality_holds_after_2000_adamw_steps_full_576() {
+    check_orthogonality_over_2000_steps("torch, full (matrix exponential)", 576, 576, true);
+}
+
+/// Trains a DAS rotation towards a random target for 2,000 AdamW steps and asserts `R`'s rows
+/// stay orthonormal (max and Frobenius deviation below 1e-5), checked every 250 steps.
+fn check_orthogonality_over_2000_steps(name: &str, k: usize, d: usize, torch: bool) {
+    let rng = &mut Rng::new(11);
+    let rotation = if torch { Orthogonal::<AD>::random(k, d, rng, &dev()) } else { format_1(k, d, rng) };
+    let mut iv = if k == d { Intervention::DasFull(DasFull { rotation, k: 5 }) } else { Intervention::DasLowRank(DasLowRank { rotation }) };
+    let mut opt = AdamWConfig::new().with_weight_decay(0.01).init::<AD, Intervention<AD>>();
+    let (b, s) = (randn::<AD, 3>(rng, [32, 1, d]), randn::<AD, 3>(rng, [32, 1, d]));
+    let target = randn::<AD, 3>(rng, [32, 1, d]);
+    let (mut worst, mut worst_frobenius) = (0f32, 0f32);
+    for step in 0..2000 {
+        let out = iv.apply(b.clone(), Some(s.clone())).unwrap();
+        let loss = (out - target.clone()).square().mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &iv);
+        iv = opt.step(1e-2, iv, grads);
+        if step % 250 == 249 {
+            worst = worst.max(orthogonality_error(rotation_of(&iv)));
+            worst_frobenius = worst_frobenius.max(orthogonality_error_frobenius(rotation_of(&iv)));
+        }
+    }
+    assert!(worst < 1e-5, "{name}, d = {d}: max |R Rᵀ − I| reached {worst} during 2,000 AdamW steps");
+    assert!(worst_frobenius < 1e-5, "{name}, d = {d}: ‖R Rᵀ − I‖_F reached {worst_frobenius} during 2,000 AdamW steps");
+    eprintln!("{name}, k = {k}, d = {d}: max |R Rᵀ − I| ≤ {worst:.1e}, ‖R Rᵀ − I‖_F ≤ {worst_frobenius:.1e}");
 }
 
 /// A frozen readout that sees only the planted subspace `P` (`[m, d]`): logits = (h Pᵀ) M.

@@ -133,9 +133,12 @@ impl FitConfig {
         (self.epochs * batches).div_ceil(self.accumulate.max(1)).max(1)
     }
 
-    /// The optimizer, built the same way for a fresh run and a resumed one.
-    fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
+    /// The optimizer, built the same way for a fresh run and a resumed one: AdamW with torch's
+    /// epsilon (1e-8; burn's default is 1e-5), so that with weight decay 0 it is torch's Adam
+    /// step for step (the training goldens run through it).
+    pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
         AdamWConfig::new()
+            .with_epsilon(1e-8)
             .with_weight_decay(self.weight_decay as f32)
             .with_grad_clipping(self.grad_clip.map(|c| GradientClippingConfig::Norm(c as f32)))
             .init::<B, M>()

@@ -22,7 +22,7 @@ fn recipes_parse_and_refuse_unknown_keys() {
     assert!(e.contains("steer") && e.contains("das") && e.contains("boundless"), "{e}");
     let o = r.with_overrides(&["lr=0.05".into(), "site=\"8.block_output\"".into(), "split_by=template".into()]).unwrap();
     let o = das(&o);
-    assert_eq!((o.lr, o.site.to_string().as_str(), o.split_by.as_str()), (0.05, "8.block_output", "template"));
+    assert_eq!((o.lr, o.site.to_string().as_str(), o.split_by.as_deref()), (0.05, "8.block_output", Some("template")));
     let e = format!("{:#}", r.with_overrides(&["lrr=1".into()]).unwrap_err());
     assert!(e.contains("with --set lrr=1: unknown field `lrr`") && e.contains("`lr`"), "{e}");
     // A site that does not parse is refused when the recipe is read, naming it.
@@ -188,6 +188,9 @@ fn bad_recipes_say_what_is_wrong() {
     assert!(err(&format!("{text}\nboundary_penalty = 1.0\n")).contains("`boundary_penalty` is a Boundless DAS key"));
     assert!(err(&text.replace("dev_fraction = 0.25", "dev_fraction = 1.5")).contains("`dev_fraction` must be between 0 and 1"));
     assert!(err(&text.replace("epochs = 4", "epochs = 0")).contains("at least 1"));
+    assert!(err(&format!("{text}\nheld_out = \"test.jsonl\"\n")).contains("either `held_out`"));
+    assert!(err(&text.replace("dev_fraction = 0.25", "")).contains("`dev_fraction` (a share of `pairs`, with `split_by`) or `held_out`"));
+    assert!(err(&text.replace("split_by = \"base\"", "")).contains("`split_by`"));
     assert!(err(&text.replace("kind = \"das\"", "kind = \"dass\"")).contains("unknown variant `dass`"));
     assert!(err(&format!("{text}\nschedule = \"cosin\"\n")).contains("cosin"));
     assert!(err(&format!("{text}\n[early_stopping]\npatience = 2\nmetrc = \"loss\"\n")).contains("metrc"));
@@ -214,23 +217,28 @@ fn probe_and_reft_recipes_run_end_to_end() {
     // probe: the sentiment word decides the class; held-out words
     let good = ["great", "wonderful", "brilliant", "superb", "lovely", "excellent", "fantastic", "delightful"];
     let bad = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "painful", "lousy"];
-    let mut lines = Vec::new();
+    // the last two words of each class are held out in a file of their own (`held_out`)
+    let (mut lines, mut held) = (Vec::new(), Vec::new());
     for (class, words) in [(1, good), (0, bad)] {
-        for w in words {
+        for (i, w) in words.iter().enumerate() {
             for frame in ["I thought this movie was {}.", "The food here is {}.", "Honestly, the book felt {}."] {
-                lines.push(serde_json::json!({"text": frame.replace("{}", w), "class": class, "positions": ["last"], "meta": {"word": w}}).to_string());
+                let line = serde_json::json!({"text": frame.replace("{}", w), "class": class, "positions": ["last"], "meta": {"word": w}}).to_string();
+                if i < 6 { lines.push(line) } else { held.push(line) }
             }
         }
     }
     std::fs::write(dir.join("texts.jsonl"), lines.join("\n")).unwrap();
+    std::fs::write(dir.join("held-out.jsonl"), held.join("\n")).unwrap();
     let recipe = write_recipe(&dir, "probe-small", &format!(
-        "description = \"probe\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"20.block_output\"\n\
-         batch_size = 8\nepochs = 30\nlr = 0.01\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"word\"\n",
-        dir.join("texts.jsonl").display().to_string()));
+        "description = \"probe\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nheld_out = {:?}\nsite = \"20.block_output\"\n\
+         batch_size = 8\nepochs = 30\nlr = 0.01\nseed = 1\n",
+        dir.join("texts.jsonl").display().to_string(), dir.join("held-out.jsonl").display().to_string()));
     let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = only_run(&dir.join("runs/probe-small"));
     let report = common::report(&run);
+    assert_eq!((report["data"]["train"].as_u64(), report["data"]["dev"].as_u64()), (Some(36), Some(12)), "every line of `pairs` trains; `held_out` is the test set");
+    assert_eq!(std::fs::read_to_string(run.join("dev.jsonl")).unwrap(), held.join("\n") + "\n", "dev.jsonl holds the held-out file's lines");
     let acc = report["metrics"]["dev"]["accuracy"].as_f64().unwrap();
     let majority = report["metrics"]["controls"]["majority_class"].as_f64().unwrap();
     assert!(acc >= 0.9 && acc > majority, "probe accuracy {acc} vs majority class {majority}");

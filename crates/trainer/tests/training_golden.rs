@@ -5,14 +5,15 @@
 //! of `X` within 1e-6, `W` after steps 1, 10 and 30 within 1e-4 for LoReFT and within the noise
 //! of torch's own run for DAS ([`DAS_W_TOLERANCE`] says why).
 //!
-//! The optimizer is burn's AdamW with weight decay 0 and torch's ε = 1e-8 (burn's default ε is
-//! 1e-5; with it the trajectories part): its update `m̂ / (√v̂ + ε)` is torch Adam's.
+//! The optimizer is the one every recipe trains with (`FitConfig::optimizer`): burn's AdamW with
+//! torch's ε = 1e-8 (burn's default ε is 1e-5; with it the trajectories part), here with weight
+//! decay 0 and no clipping, where its update `m̂ / (√v̂ + ε)` is torch Adam's.
 
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
 use burn::module::Param;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Tensor, TensorData};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::das::{DasFull, DasLowRank};
@@ -20,7 +21,9 @@ use ferrovene_interventions::orthogonal::TorchOrthogonal;
 use ferrovene_interventions::reft::{Projection, ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Intervention, Orthogonal};
 use ferrovene_models::{load_folder, Component, Site};
+use trainer::fit::FitConfig;
 use trainer::objectives::das::{loss, prepare, PairBatch};
+use trainer::schedule::Decay;
 
 type B = Autodiff<ferrovene_models::Cpu>;
 
@@ -74,6 +77,15 @@ fn batch(g: &Golden, model: &ferrovene_models::AnyModel<B>) -> PairBatch<B> {
     batches.remove(0)
 }
 
+/// The recipes' training settings where they are torch's `Adam(lr = 1e-2)`: constant rate, no
+/// weight decay, no clipping.
+fn torch_adam() -> FitConfig {
+    FitConfig {
+        epochs: 1, lr: 1e-2, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 0, shuffle: false,
+    }
+}
+
 fn torch(iv: &Intervention<B>) -> &TorchOrthogonal<B> {
     match iv.rotation() {
         Some(Orthogonal::Torch(t)) => t,
@@ -97,7 +109,7 @@ fn check(name: &str, iv: Intervention<B>, w_tolerance: f32) {
     let loaded = load_folder::<B>(&golden_dir().join("tiny/gpt2"), &Default::default()).unwrap();
     let batch = batch(&g, &loaded.model);
     assert!(max_diff(&values(torch(&iv).w()), g.get("W.start").1) < 1e-6, "{name}: W at the start");
-    let mut opt = AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init::<B, Intervention<B>>();
+    let mut opt = torch_adam().optimizer::<B, Intervention<B>>();
     let mut iv = iv;
     let (_, golden_losses) = g.get("losses");
     for step in 1..=30 {

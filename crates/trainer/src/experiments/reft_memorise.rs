@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ferrovene_data::positions::resolve as resolve_positions;
 use ferrovene_data::{TokenizedExample, TokenizedInput};
@@ -230,7 +230,7 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &Ref
     let batches: Vec<PromptBatch<B>> = reft::prepare(model, r.site, &refs, pad_id, refs.len(), device)?;
     let before = reft::evaluate(model, &batches, None)?;
     let iv = Intervention::Reft(ReftIntervention::new(r.family, width, r.rank, Activation::Identity, 0.0, &mut Rng::new(r.seed), device));
-    let trainable = iv.num_params();
+    let trainable = iv.trainable_params();
     let cfg = FitConfig {
         epochs: r.max_steps, lr: r.lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
         temperature: None, eval_every: r.check_every, early_stopping: None, checkpoint_every: 0, seed: r.seed, shuffle: true,

@@ -1,5 +1,8 @@
 //! The examples of a pair-file run: the recipe's JSONL file read, tokenised, and split by a
-//! metadata field into training, validation and held-out examples.
+//! metadata field into training, validation and held-out examples (or held out in a file of
+//! their own).
+
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferrovene_data::batch::split_by_group;
@@ -11,13 +14,9 @@ use crate::run_dir::fnv1a;
 
 /// The examples of a run, tokenised and split.
 pub struct Examples {
-    /// The file's text (the held-out lines are copied from it).
-    pub text: String,
-    /// FNV-1a of the text.
+    /// FNV-1a of the example file(s).
     pub hash: String,
-    /// The parsed file.
-    pub file: Loaded,
-    /// Every example, tokenised.
+    /// Every example, tokenised: those of `pairs`, then those of `held_out` if given.
     pub tokenized: Vec<TokenizedExample>,
     /// Indices of the training examples.
     pub train: Vec<usize>,
@@ -25,6 +24,8 @@ pub struct Examples {
     pub validation: Vec<usize>,
     /// Indices of the held-out examples.
     pub dev: Vec<usize>,
+    /// The held-out examples' lines as they were in their file (for `dev.jsonl`).
+    pub dev_lines: Vec<String>,
 }
 
 impl Examples {
@@ -34,29 +35,59 @@ impl Examples {
     }
 }
 
-/// Reads, tokenises and splits the recipe's example file.
-pub fn read(r: &PairRecipe, tok: &ferrovene_models::TextTokenizer) -> Result<Examples> {
-    let text = std::fs::read_to_string(&r.pairs).with_context(|| format!("reading {} (the recipe's `pairs`)", r.pairs.display()))?;
-    let hash = fnv1a(text.as_bytes());
-    let file = parse_jsonl(&r.pairs, &text, OnError::Stop)?;
-    let tokenized: Vec<TokenizedExample> = file.examples.iter().map(|(l, e)| tokenize(e, tok, &file.path, *l)).collect::<std::result::Result<_, _>>()?;
-    let groups: Vec<String> = file
-        .examples
-        .iter()
-        .map(|(l, e)| {
-            e.meta().get(&r.split_by).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).ok_or_else(|| {
-                anyhow!("{}:{l}: no metadata field `{}` (the recipe's split_by)", file.path.display(), r.split_by)
-            })
-        })
-        .collect::<Result<_>>()?;
-    let (train, validation, dev) = split(&groups, r)?;
-    Ok(Examples { text, hash, file, tokenized, train, validation, dev })
+/// One example file, read, parsed and tokenised.
+struct ExampleFile {
+    text: String,
+    file: Loaded,
+    tokenized: Vec<TokenizedExample>,
 }
 
-/// The training, validation and held-out indices: held-out groups first, then (with early
-/// stopping) validation groups from what is left.
-fn split(groups: &[String], r: &PairRecipe) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
-    let (rest, dev) = split_by_group(groups, r.dev_fraction, r.seed);
+impl ExampleFile {
+    fn read(path: &Path, key: &str, tok: &ferrovene_models::TextTokenizer) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {} (the recipe's `{key}`)", path.display()))?;
+        let file = parse_jsonl(path, &text, OnError::Stop)?;
+        let tokenized = file.examples.iter().map(|(l, e)| tokenize(e, tok, &file.path, *l)).collect::<std::result::Result<_, _>>()?;
+        Ok(ExampleFile { text, file, tokenized })
+    }
+
+    /// The value of metadata field `field` of every example (its split group).
+    fn groups(&self, field: &str) -> Result<Vec<String>> {
+        let f = &self.file;
+        f.examples
+            .iter()
+            .map(|(l, e)| {
+                e.meta().get(field).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).ok_or_else(|| {
+                    anyhow!("{}:{l}: no metadata field `{field}` (the recipe's split_by)", f.path.display())
+                })
+            })
+            .collect()
+    }
+
+    /// The lines of examples `idx`, as they were in the file.
+    fn lines(&self, idx: &[usize]) -> Vec<String> {
+        let lines: Vec<&str> = self.text.lines().collect();
+        idx.iter().map(|&i| lines[self.file.examples[i].0 - 1].to_string()).collect()
+    }
+}
+
+/// Reads, tokenises and splits the recipe's example file(s): held out from `pairs` by
+/// `dev_fraction`, or every example of `held_out`.
+pub fn read(r: &PairRecipe, tok: &ferrovene_models::TextTokenizer) -> Result<Examples> {
+    let pairs = ExampleFile::read(&r.pairs, "pairs", tok)?;
+    let by = r.split_by.as_deref().unwrap_or_default();
+    let groups = if r.split_by.is_some() { pairs.groups(by)? } else { vec![String::new(); pairs.tokenized.len()] };
+    let (rest, dev, held_out) = match (&r.held_out, r.dev_fraction) {
+        (Some(path), _) => {
+            let held = ExampleFile::read(path, "held_out", tok)?;
+            let n = pairs.tokenized.len();
+            ((0..n).collect(), (n..n + held.tokenized.len()).collect(), Some(held))
+        }
+        (None, Some(fraction)) => {
+            let (rest, dev) = split_by_group(&groups, fraction, r.seed);
+            (rest, dev, None)
+        }
+        (None, None) => bail!("the recipe needs `dev_fraction` or `held_out`"),
+    };
     let (train, validation) = if r.early_stopping.is_some() {
         let rest_groups: Vec<String> = rest.iter().map(|&i| groups[i].clone()).collect();
         let (t, v) = split_by_group(&rest_groups, r.validation_fraction, r.seed ^ 0x5EED);
@@ -66,10 +97,17 @@ fn split(groups: &[String], r: &PairRecipe) -> Result<(Vec<usize>, Vec<usize>, V
     };
     if train.is_empty() || dev.is_empty() || (r.early_stopping.is_some() && validation.is_empty()) {
         bail!(
-            "the split by `{}` left {} training, {} validation and {} held-out examples; adjust dev_fraction, validation_fraction or split_by",
-            r.split_by, train.len(), validation.len(), dev.len()
+            "the split by `{by}` left {} training, {} validation and {} held-out examples; adjust dev_fraction, validation_fraction, split_by or held_out",
+            train.len(), validation.len(), dev.len()
         );
     }
-    Ok((train, validation, dev))
+    let (hash, dev_lines, tokenized) = match held_out {
+        Some(held) => {
+            let hash = fnv1a(format!("{}\n{}", fnv1a(pairs.text.as_bytes()), fnv1a(held.text.as_bytes())).as_bytes());
+            let lines = held.lines(&(0..held.tokenized.len()).collect::<Vec<_>>());
+            (hash, lines, pairs.tokenized.into_iter().chain(held.tokenized).collect())
+        }
+        None => (fnv1a(pairs.text.as_bytes()), pairs.lines(&dev), pairs.tokenized),
+    };
+    Ok(Examples { hash, tokenized, train, validation, dev, dev_lines })
 }
-

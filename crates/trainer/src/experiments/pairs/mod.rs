@@ -79,7 +79,7 @@ fn write_outputs<B: AutodiffBackend>(r: &PairRecipe, loaded: &LoadedModel<B>, ex
     let state = &t.fitted.state;
     let report = json!({
         "recipe": ctx.name, "seed": r.seed,
-        "data": {"pairs": r.pairs, "hash_fnv1a64": ex.hash, "train": ex.train.len(), "validation": ex.validation.len(), "dev": ex.dev.len()},
+        "data": {"pairs": r.pairs, "held_out": r.held_out, "hash_fnv1a64": ex.hash, "train": ex.train.len(), "validation": ex.validation.len(), "dev": ex.dev.len()},
         "metrics": t.metrics,
         "training": {
             "outcome": match t.fitted.outcome { Outcome::StoppedEarly => "stopped early", _ => "finished" },
@@ -94,8 +94,6 @@ fn write_outputs<B: AutodiffBackend>(r: &PairRecipe, loaded: &LoadedModel<B>, ex
     let config = ExportConfig::new(placement, ModelConfig::of(loaded), t.metrics.clone());
     export::save(&t.fitted.module, config, &dir.join("intervention.safetensors"))?;
     dir.write_report(report)?;
-    let lines: Vec<&str> = ex.text.lines().collect();
-    let dev_lines: Vec<&str> = ex.dev.iter().map(|&i| lines[ex.file.examples[i].0 - 1]).collect();
-    dir.write("dev.jsonl", dev_lines.join("\n") + "\n")?;
+    dir.write("dev.jsonl", ex.dev_lines.join("\n") + "\n")?;
     Ok(())
 }

@@ -112,10 +112,17 @@ pub struct PairRecipe {
     pub grad_clip: Option<f64>,
     /// Seed of the initialisation, the split and the batch order.
     pub seed: u64,
-    /// Share of examples held out for evaluation.
-    pub dev_fraction: f64,
-    /// Metadata field whose values never straddle a split (e.g. `base`, `template`).
-    pub split_by: String,
+    /// A separate file of held-out examples for the final evaluation (then every example of
+    /// `pairs` trains, and `dev_fraction` is not used), relative to the working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<PathBuf>,
+    /// Share of the `split_by` groups held out for evaluation (without `held_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_fraction: Option<f64>,
+    /// Metadata field whose values never straddle a split (e.g. `base`, `template`): the
+    /// held-out split, and the validation split of early stopping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_by: Option<String>,
     /// Validate every this many optimizer steps (0: every epoch).
     #[serde(default)]
     pub eval_every: usize,
@@ -159,8 +166,15 @@ impl PairRecipe {
         if self.batch_size == 0 || self.epochs == 0 || self.accumulate == 0 {
             bail!("`batch_size`, `epochs` and `accumulate` must be at least 1");
         }
-        if !(self.dev_fraction > 0.0 && self.dev_fraction < 1.0) {
-            bail!("`dev_fraction` must be between 0 and 1 (exclusive), not {}", self.dev_fraction);
+        match (&self.held_out, self.dev_fraction) {
+            (Some(_), Some(_)) => bail!("give either `held_out` (a file of held-out examples) or `dev_fraction` (a share of `pairs`), not both"),
+            (None, None) => bail!("the recipe needs held-out examples: `dev_fraction` (a share of `pairs`, with `split_by`) or `held_out` (a file)"),
+            (None, Some(f)) if !(f > 0.0 && f < 1.0) => bail!("`dev_fraction` must be between 0 and 1 (exclusive), not {f}"),
+            _ => {}
+        }
+        let needs_groups = self.dev_fraction.is_some() || self.early_stopping.is_some();
+        if needs_groups && self.split_by.is_none() {
+            bail!("`split_by` (a metadata field whose values never straddle a split) is needed with `dev_fraction` or `early_stopping`");
         }
         if self.early_stopping.is_some() && !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             bail!("early stopping needs a validation split: `validation_fraction` between 0 and 1, not {}", self.validation_fraction);
