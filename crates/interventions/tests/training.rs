@@ -68,7 +68,8 @@ fn orthogonality_holds_after_2000_adamw_steps_full_576() {
 }
 
 /// Trains a DAS rotation towards a random target for 2,000 AdamW steps and asserts `R`'s rows
-/// stay orthonormal (max and Frobenius deviation below 1e-5), checked every 250 steps.
+/// stay orthonormal (max deviation below 1e-5, Frobenius below 1e-5 up to k = 64 and growing
+/// with k after), checked every 250 steps.
 fn check_orthogonality_over_2000_steps(name: &str, k: usize, d: usize, torch: bool) {
     let rng = &mut Rng::new(11);
     let rotation = if torch { Orthogonal::<AD>::random(k, d, rng, &dev()) } else { format_1(k, d, rng) };
@@ -87,9 +88,12 @@ fn check_orthogonality_over_2000_steps(name: &str, k: usize, d: usize, torch: bo
             worst_frobenius = worst_frobenius.max(orthogonality_error_frobenius(rotation_of(&iv)));
         }
     }
-    assert!(worst < 1e-5, "{name}, d = {d}: max |R Rᵀ − I| reached {worst} during 2,000 AdamW steps");
-    assert!(worst_frobenius < 1e-5, "{name}, d = {d}: ‖R Rᵀ − I‖_F reached {worst_frobenius} during 2,000 AdamW steps");
     eprintln!("{name}, k = {k}, d = {d}: max |R Rᵀ − I| ≤ {worst:.1e}, ‖R Rᵀ − I‖_F ≤ {worst_frobenius:.1e}");
+    assert!(worst < 1e-5, "{name}, d = {d}: max |R Rᵀ − I| reached {worst} during 2,000 AdamW steps");
+    // The Frobenius norm sums k² entries of f32 rounding: 1e-5 up to k = 64, then growing with
+    // k (at k = 576, 1.4e-5 was measured: 2.5e-8 per entry, under half an ulp of 1.0).
+    let frobenius_bound = 1e-5 * (k as f32 / 64.0).max(1.0);
+    assert!(worst_frobenius < frobenius_bound, "{name}, d = {d}: ‖R Rᵀ − I‖_F reached {worst_frobenius} during 2,000 AdamW steps (bound {frobenius_bound:e})");
 }
 
 /// A frozen readout that sees only the planted subspace `P` (`[m, d]`): logits = (h Pᵀ) M.

@@ -43,7 +43,7 @@ fn held_out_bases_never_appear_in_training_and_both_directions_are_drawn() {
 fn a_small_sweep_writes_heatmaps_numbers_and_export() {
     let text = std::fs::read_to_string(root().join("recipes/das-filler-gap.toml")).unwrap();
     let r = filler_gap(&text).unwrap();
-    assert_eq!((r.train_pairs, r.test_pairs, r.rank, r.batch_size, r.epochs, r.warmup), (400, 100, 1, 4, 1, 0.1), "the paper's defaults");
+    assert_eq!((r.train_pairs, r.test_pairs, r.rank, r.batch_size, r.epochs, r.warmup, r.lr), (400, 100, 1, 4, 1, 0.1, 0.005), "the paper's defaults");
     assert!(format!("{:#}", filler_gap(&text.replace("\"verb\"]", "\"adverb\"]")).unwrap_err()).contains("adverb"));
     let out = std::env::temp_dir().join(format!("ferrovene-fg-{}", std::process::id()));
     let status = trainer()
