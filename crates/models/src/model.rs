@@ -94,10 +94,15 @@ impl<B: Backend> Input<B> {
 /// The keys and values of the positions a model has already read, per layer, so that generation
 /// feeds each new token alone instead of the whole sequence again. A handle: clones share one
 /// cache. Use it with [`forward`] only (not with [`run_to`] / [`resume`], which would add the
-/// same positions twice).
+/// same positions twice), except frozen (below), as [`suffix_checkpoint`] does.
+///
+/// A [`KvCache::frozen`] handle reads the cached positions without adding to them: the keys and
+/// values of a prefix that many continuations share (the positions before an intervention,
+/// which training recomputes after at every step).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     state: Arc<Mutex<KvState<B>>>,
+    frozen: bool,
 }
 
 #[derive(Debug)]
@@ -117,7 +122,7 @@ impl<B: Backend> Default for KvCache<B> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache.
     pub fn new() -> Self {
-        KvCache { state: Arc::new(Mutex::new(KvState { layers: Vec::new(), mask: None })) }
+        KvCache { state: Arc::new(Mutex::new(KvState { layers: Vec::new(), mask: None })), frozen: false }
     }
 
     fn lock(&self) -> MutexGuard<'_, KvState<B>> {
@@ -139,8 +144,23 @@ impl<B: Backend> KvCache<B> {
         self.lock().mask.clone()
     }
 
-    /// Appends the new positions' keys and values at `layer` and returns all of them.
+    /// A handle on the same cached positions that never adds to them: an input continuing it
+    /// attends to the cached keys and values and its own, and leaves the cache as it was (so it
+    /// can be continued again, by other inputs, any number of times).
+    pub fn frozen(&self) -> Self {
+        KvCache { state: self.state.clone(), frozen: true }
+    }
+
+    /// Appends the new positions' keys and values at `layer` and returns all of them (a frozen
+    /// cache returns them without keeping the new ones).
     fn extend(&self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>, full_mask: &Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        if self.frozen {
+            let state = self.lock();
+            return match state.layers.get(layer) {
+                Some(Some((pk, pv))) => (Tensor::cat(vec![pk.clone(), k], 2), Tensor::cat(vec![pv.clone(), v], 2)),
+                _ => (k, v),
+            };
+        }
         let mut state = self.lock();
         if state.layers.len() <= layer {
             state.layers.resize_with(layer + 1, || None);
@@ -338,6 +358,36 @@ pub fn resume<B: Backend, M: Transformer<B> + ?Sized>(
         }
     };
     Ok(model.final_norm(x))
+}
+
+/// The same stopped run from position `start` on, for a causal model: the positions before
+/// `start` go into a frozen cache of their keys and values at every block after the site, so
+/// that [`resume`] from the result recomputes only positions `start..` (in a causal model an
+/// activation changed at `start` or later cannot change anything before it). `None` where that
+/// does not hold or does not help: an encoder, a site inside a block (whose resume recomputes
+/// the block from its input), `start` 0, or no position left after `start`. Costs a forward of
+/// the prefix through the blocks after the site.
+pub fn suffix_checkpoint<B: Backend, M: Transformer<B> + ?Sized>(model: &M, checkpoint: &Checkpoint<B>, start: usize) -> Option<Checkpoint<B>> {
+    let between_blocks = matches!(checkpoint.site.component, Component::Embeddings | Component::BlockInput | Component::BlockOutput);
+    let [_, seq] = checkpoint.input.dims();
+    if !model.causal() || !between_blocks || start == 0 || start >= seq || checkpoint.input.past.is_some() {
+        return None;
+    }
+    let input = &checkpoint.input;
+    let cache = KvCache::new();
+    let prefix = Input { ids: input.ids.clone().narrow(1, 0, start), mask: input.mask.clone().narrow(1, 0, start), token_types: None, past: Some(cache.clone()) };
+    // Only the blocks after the site need the prefix's keys and values; the checkpoint already
+    // holds the prefix's activation at the site.
+    let (from, hook_first_input) = match checkpoint.site.component {
+        Component::BlockOutput => (checkpoint.site.layer + 1, true),
+        Component::BlockInput => (checkpoint.site.layer, false),
+        _ => (0, true),
+    };
+    let ctx = model.context(&prefix);
+    run_blocks(model, checkpoint.activation.clone().narrow(1, 0, start), &ctx, from, hook_first_input, &mut NoHooks);
+    let rest = seq - start;
+    let suffix = Input { ids: input.ids.clone().narrow(1, start, rest), mask: input.mask.clone().narrow(1, start, rest), token_types: None, past: Some(cache.frozen()) };
+    Some(Checkpoint { site: checkpoint.site, activation: checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix })
 }
 
 /// Puts a given activation at one site and defers every other site to the caller's hooks.

@@ -1,9 +1,11 @@
 //! DAS at one site on counterfactual pairs, with the frozen part computed once.
 //!
 //! Per batch, [`prepare`] runs the frozen model once on the sources up to the site (keeping only
-//! their vectors at the chosen positions) and once on the bases up to the site (a checkpoint).
-//! Every step then only intervenes on the cached activation, goes on from the site, and applies
-//! the output head at the label position alone.
+//! their vectors at the chosen positions) and once on the bases up to the site (a checkpoint);
+//! in a causal model the positions before the first intervened one are then cached as keys and
+//! values at every later block ([`PairBatch::skipping_prefix`]). Every step only intervenes on
+//! the cached activation, goes on from the site for the positions from the first intervened
+//! one, and applies the output head at the label position alone.
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -11,7 +13,7 @@ use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{forward, gather_positions, resume, run_to, Checkpoint, NoHooks, Site, Transformer};
+use ferrovene_models::{forward, gather_positions, resume, run_to, suffix_checkpoint, Checkpoint, Input, NoHooks, Site, Transformer};
 
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
@@ -32,6 +34,38 @@ pub struct PairBatch<B: Backend> {
     pub base_labels: Option<Vec<u32>>,
     /// The subspace of the site the intervention acts on (all dims when empty).
     pub dims: Vec<usize>,
+    /// Set when the checkpoint starts after an unchanged prefix ([`PairBatch::skipping_prefix`]).
+    pub prefix: Option<Prefix<B>>,
+}
+
+/// The positions before every intervened one, which a causal model computes the same with and
+/// without the intervention: their keys and values are cached once, and each step recomputes
+/// only the positions from `start` on.
+pub struct Prefix<B: Backend> {
+    /// The first recomputed position; the batch's positions count from it.
+    pub start: usize,
+    /// The whole base input (for the plain path).
+    pub input: Input<B>,
+}
+
+impl<B: Backend> PairBatch<B> {
+    /// The batch with its unchanged prefix cached: the checkpoint and positions start at the
+    /// first position any intervention or label of the batch touches. Unchanged where that
+    /// does not apply (an encoder, a site inside a block, no prefix).
+    pub fn skipping_prefix<M: Transformer<B>>(mut self, model: &M) -> Self {
+        if self.prefix.is_some() {
+            return self;
+        }
+        let ints = |t: &Tensor<B, 2, Int>| t.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+        let Some(start) = ints(&self.base_positions).into_iter().chain(ints(&self.label_positions)).min() else { return self };
+        let start = start.max(0) as usize;
+        let Some(suffix) = suffix_checkpoint(model, &self.checkpoint, start) else { return self };
+        let full = std::mem::replace(&mut self.checkpoint, suffix);
+        self.base_positions = self.base_positions - start as i64;
+        self.label_positions = self.label_positions - start as i64;
+        self.prefix = Some(Prefix { start, input: full.input });
+        self
+    }
 }
 
 /// Prepares batches of pairs (one source each) for `site`, computing the frozen parts once.
@@ -45,23 +79,22 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
 ) -> Result<Vec<PairBatch<B>>> {
     model.site_info(site)?;
     let side = PaddingSide::for_model(model.causal());
+    let sources = SharedSources::compute(model, site, pairs, pad_id, batch_size, device)?;
     let mut out = Vec::new();
-    for chunk in pairs.chunks(batch_size.max(1)) {
+    for (c, chunk) in pairs.chunks(batch_size.max(1)).enumerate() {
         let mut bases = Vec::new();
-        let mut sources = Vec::new();
         let (mut labels, mut base_labels) = (Vec::new(), Vec::new());
         for ex in chunk {
-            let TokenizedExample::Pair { base, sources: srcs, base_label, label } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
-            let [src] = srcs.as_slice() else { bail!("this trainer takes one source per pair ({} given)", srcs.len()) };
+            let TokenizedExample::Pair { base, base_label, label, .. } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
             let LabelId::Token(l) = label else { bail!("DAS needs a text label (a continuation), not a class") };
             bases.push(base);
-            sources.push(src);
             labels.push(*l);
             base_labels.push(match base_label { Some(LabelId::Token(t)) => Some(*t), _ => None });
         }
         let b = pad(&bases, pad_id, side);
         let base_input = input_of::<B>(&b.ids, &b.mask, device);
-        let source_vectors = source_vectors(model, site, &sources, pad_id, model.causal(), device)?;
+        let first = c * batch_size.max(1);
+        let source_vectors = sources.rows(first..first + chunk.len(), device);
         let last = last_real(&b.mask);
         out.push(PairBatch {
             checkpoint: run_to(model, &base_input, site).context("running the bases to the site")?,
@@ -71,9 +104,48 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
             labels,
             base_labels: base_labels.into_iter().collect(),
             dims: Vec::new(),
-        });
+            prefix: None,
+        }
+        .skipping_prefix(model));
     }
     Ok(out)
+}
+
+/// The source vectors of every pair, each distinct source (ids and positions) run once: pair
+/// files usually draw their sources from a few prompts, each used by many pairs.
+struct SharedSources<B: Backend> {
+    /// `[distinct sources, k, width]`.
+    vectors: Tensor<B, 3>,
+    /// For each pair, its source's row in `vectors`.
+    row_of_pair: Vec<usize>,
+}
+
+impl<B: Backend> SharedSources<B> {
+    fn compute<M: Transformer<B>>(model: &M, site: Site, pairs: &[&TokenizedExample], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
+        let mut distinct: Vec<&TokenizedInput> = Vec::new();
+        let mut index: std::collections::HashMap<(&[u32], &[usize]), usize> = std::collections::HashMap::new();
+        let mut row_of_pair = Vec::with_capacity(pairs.len());
+        for ex in pairs {
+            let TokenizedExample::Pair { sources, .. } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
+            let [src] = sources.as_slice() else { bail!("this trainer takes one source per pair ({} given)", sources.len()) };
+            let row = *index.entry((src.ids.as_slice(), src.positions.as_slice())).or_insert_with(|| {
+                distinct.push(src);
+                distinct.len() - 1
+            });
+            row_of_pair.push(row);
+        }
+        let chunks = distinct.chunks(batch_size.max(1)).map(|c| source_vectors(model, site, c, pad_id, model.causal(), device)).collect::<Result<Vec<_>>>()?;
+        if chunks.is_empty() {
+            bail!("no pairs to prepare");
+        }
+        Ok(SharedSources { vectors: Tensor::cat(chunks, 0), row_of_pair })
+    }
+
+    /// `[pairs, k, width]`: the source vectors of pairs `range`.
+    fn rows(&self, range: std::ops::Range<usize>, device: &B::Device) -> Tensor<B, 3> {
+        let rows: Vec<i64> = self.row_of_pair[range].iter().map(|&r| r as i64).collect();
+        self.vectors.clone().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), device))
+    }
 }
 
 /// `[batch, k, width]`: each source's activations at its positions at `site`. With `trim` (for
@@ -124,10 +196,14 @@ pub fn logits<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv
 /// on every position. Slower; used to check the cached path.
 pub fn logits_plain<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: &Intervention<B>) -> Result<Tensor<B, 2>> {
     let site = batch.checkpoint.site;
-    let placement = Placement::new(model.site_info(site)?, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), batch.dims.clone())?;
+    let (input, offset) = match &batch.prefix {
+        Some(p) => (&p.input, p.start as i64),
+        None => (&batch.checkpoint.input, 0),
+    };
+    let placement = Placement::new(model.site_info(site)?, iv, batch.base_positions.clone() + offset, Some(batch.source_vectors.clone()), batch.dims.clone())?;
     let mut hooks = Intervene::new(vec![placement], Composition::Parallel);
-    let all = model.head(forward(model, &batch.checkpoint.input, &mut hooks)).context("a language model")?;
-    let at = gather_positions(all, batch.label_positions.clone());
+    let all = model.head(forward(model, input, &mut hooks)).context("a language model")?;
+    let at = gather_positions(all, batch.label_positions.clone() + offset);
     let [n, _, v] = at.dims();
     Ok(at.reshape([n, v]))
 }

@@ -163,6 +163,7 @@ pub fn site_batches<B: Backend>(cached: &[Cached<B>], layer: usize, position: &s
                 labels: c.labels.clone(),
                 base_labels: Some(c.base_labels.clone()),
                 dims: vec![],
+                prefix: None,
             })
         })
         .collect()
