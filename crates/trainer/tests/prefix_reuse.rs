@@ -3,7 +3,8 @@
 //! each step — equals the plain path (a full forward with the intervention as a hook) within
 //! 1e-5, on logits and on the intervention's gradient: for the tiny GPT-2, GPT-NeoX and Llama,
 //! at a block output, a block input and the embeddings, on left-padded batches of different
-//! lengths with two intervened positions per example.
+//! lengths with two intervened positions per example, including batches assembled from bases
+//! and sources that were run (once each) in other groups.
 
 use burn::backend::Autodiff;
 use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
@@ -22,11 +23,12 @@ fn tiny(arch: &str) -> std::path::PathBuf {
 }
 
 /// Pairs of different lengths (so the batch is left-padded), intervening at two positions that
-/// start at 2 or later, so every row has an unchanged prefix.
+/// start at 2 or later, so every row has an unchanged prefix. The last two pairs reuse the
+/// first and third pairs' bases and sources (bases and sources are run once per distinct one).
 fn pairs() -> Vec<TokenizedExample> {
     let mut rng = Rng::new(7);
     let mut ids = |n: usize| (0..n).map(|_| 3 + (rng.uniform() * 90.0) as u32).collect::<Vec<u32>>();
-    [(7, 6, [3, 5], [2, 4]), (9, 8, [4, 7], [3, 6]), (8, 9, [2, 6], [5, 7]), (10, 7, [5, 8], [2, 3])]
+    let mut pairs: Vec<TokenizedExample> = [(7, 6, [3, 5], [2, 4]), (9, 8, [4, 7], [3, 6]), (8, 9, [2, 6], [5, 7]), (10, 7, [5, 8], [2, 3])]
         .into_iter()
         .enumerate()
         .map(|(i, (nb, ns, pb, ps))| TokenizedExample::Pair {
@@ -35,7 +37,12 @@ fn pairs() -> Vec<TokenizedExample> {
             base_label: None,
             label: LabelId::Token(10 + i as u32),
         })
-        .collect()
+        .collect();
+    let (TokenizedExample::Pair { base: b0, .. }, TokenizedExample::Pair { base: b2, sources: s2, .. }) = (pairs[0].clone(), pairs[2].clone()) else { unreachable!() };
+    pairs.push(TokenizedExample::Pair { base: b0, sources: s2, base_label: None, label: LabelId::Token(20) });
+    let TokenizedExample::Pair { sources: s1, .. } = pairs[1].clone() else { unreachable!() };
+    pairs.push(TokenizedExample::Pair { base: b2, sources: s1, base_label: None, label: LabelId::Token(21) });
+    pairs
 }
 
 fn values<const D: usize>(t: Tensor<ferrovene_models::Cpu, D>) -> Vec<f32> {
@@ -56,39 +63,44 @@ fn cached_prefix_equals_the_plain_forward_on_logits_and_gradients() {
         let refs: Vec<&TokenizedExample> = examples.iter().collect();
         for site in [Site::new(1, Component::BlockOutput), Site::new(1, Component::BlockInput), Site::new(0, Component::Embeddings)] {
             let name = format!("{arch} at {site}");
-            let batches = prepare(&loaded.model, site, &refs, 0, refs.len(), &device).unwrap();
-            let batch = &batches[0];
-            // Bases are left-padded to 10 tokens; the earliest intervened position after padding
-            // is 4 (10 − 8 + 2), so positions 0..4 are cached.
-            let prefix = batch.prefix.as_ref().unwrap_or_else(|| panic!("{name}: a causal model's batch caches its prefix"));
+            // One batch of the first four pairs, then batches of three (whose bases and sources
+            // were run in other groups than the batch's).
+            let one = prepare(&loaded.model, site, &refs[..4], 0, 4, &device).unwrap();
+            let threes = prepare(&loaded.model, site, &refs, 0, 3, &device).unwrap();
+            // The first four bases are left-padded to 10 tokens; the earliest intervened
+            // position after padding is 4 (10 − 8 + 2), so positions 0..4 are cached.
+            let prefix = one[0].prefix.as_ref().unwrap_or_else(|| panic!("{name}: a causal model's batch caches its prefix"));
             assert_eq!(prefix.start, 4, "{name}: the prefix ends at the first intervened position");
-            assert_eq!(batch.checkpoint.input.dims()[1], 6, "{name}: the step recomputes positions 4..10 only");
+            assert_eq!(one[0].checkpoint.input.dims()[1], 6, "{name}: the step recomputes positions 4..10 only");
+            for (i, batch) in one.iter().chain(&threes).enumerate() {
+                let name = format!("{name}, batch {i}");
+                let prefix = batch.prefix.as_ref().unwrap_or_else(|| panic!("{name}: a causal model's batch caches its prefix"));
+                let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(4, 32, &mut Rng::new(3), &device) });
+                let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [batch.labels.len()]), &device);
+                let loss_and_grad = |logits: Tensor<B, 2>| {
+                    let v = logits.dims()[1];
+                    let loss = cross_entropy_with_logits(logits.clone(), labels.clone().one_hot::<2>(v).float());
+                    let grads = loss.backward();
+                    let Some(Orthogonal::Torch(t)) = iv.rotation() else { panic!("a torch rotation") };
+                    (values(logits.inner()), values(t.x.grad(&grads).expect("X has a gradient")))
+                };
+                let (fast, fast_grad) = loss_and_grad(logits(&loaded.model, batch, Some(&iv)).unwrap());
+                let (plain, plain_grad) = loss_and_grad(logits_plain(&loaded.model, batch, &iv).unwrap());
+                let d = max_diff(&fast, &plain);
+                assert!(d < 1e-5, "{name}: logits differ by {d}");
+                let g = max_diff(&fast_grad, &plain_grad);
+                let scale = plain_grad.iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert!(scale > 0.0 && g < 1e-5, "{name}: gradients differ by {g} (largest entry {scale})");
 
-            let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(4, 32, &mut Rng::new(3), &device) });
-            let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [batch.labels.len()]), &device);
-            let loss_and_grad = |logits: Tensor<B, 2>| {
-                let v = logits.dims()[1];
-                let loss = cross_entropy_with_logits(logits.clone(), labels.clone().one_hot::<2>(v).float());
-                let grads = loss.backward();
-                let Some(Orthogonal::Torch(t)) = iv.rotation() else { panic!("a torch rotation") };
-                (values(logits.inner()), values(t.x.grad(&grads).expect("X has a gradient")))
-            };
-            let (fast, fast_grad) = loss_and_grad(logits(&loaded.model, batch, Some(&iv)).unwrap());
-            let (plain, plain_grad) = loss_and_grad(logits_plain(&loaded.model, batch, &iv).unwrap());
-            let d = max_diff(&fast, &plain);
-            assert!(d < 1e-5, "{name}: logits differ by {d}");
-            let g = max_diff(&fast_grad, &plain_grad);
-            let scale = plain_grad.iter().fold(0f32, |m, x| m.max(x.abs()));
-            assert!(scale > 0.0 && g < 1e-5, "{name}: gradients differ by {g} (largest entry {scale})");
-
-            // Without an intervention too (the no-intervention control): a plain forward of the
-            // whole base input, the head at the label positions.
-            let none = values(logits(&loaded.model, batch, None).unwrap().inner());
-            let hidden = forward(&loaded.model, &prefix.input, &mut NoHooks);
-            let at = gather_positions(hidden, batch.label_positions.clone() + prefix.start as i64);
-            let all = values(loaded.model.head(at).unwrap().inner());
-            let d = max_diff(&none, &all);
-            assert!(d < 1e-5, "{name}: logits without intervention differ by {d}");
+                // Without an intervention too (the no-intervention control): a plain forward of the
+                // whole base input, the head at the label positions.
+                let none = values(logits(&loaded.model, batch, None).unwrap().inner());
+                let hidden = forward(&loaded.model, &prefix.input, &mut NoHooks);
+                let at = gather_positions(hidden, batch.label_positions.clone() + prefix.start as i64);
+                let all = values(loaded.model.head(at).unwrap().inner());
+                let d = max_diff(&none, &all);
+                assert!(d < 1e-5, "{name}: logits without intervention differ by {d}");
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{forward, gather_positions, resume, run_to, suffix_checkpoint, Checkpoint, Input, NoHooks, Site, Transformer};
+use ferrovene_models::{forward, gather_positions, resume, run_to, suffix_checkpoint, Checkpoint, Component, Input, NoHooks, Site, Transformer};
 
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
@@ -80,8 +80,13 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     model.site_info(site)?;
     let side = PaddingSide::for_model(model.causal());
     let sources = SharedSources::compute(model, site, pairs, pad_id, batch_size, device)?;
+    // Bases are shared the same way where the checkpoint is the activation alone (a site between
+    // blocks); a site inside a block also keeps the block's input, so its batches run their own.
+    let between_blocks = matches!(site.component, Component::Embeddings | Component::BlockInput | Component::BlockOutput);
+    let shared_bases = if between_blocks { Some(SharedBases::compute(model, site, pairs, pad_id, batch_size, device)?) } else { None };
     let mut out = Vec::new();
     for (c, chunk) in pairs.chunks(batch_size.max(1)).enumerate() {
+        let first = c * batch_size.max(1);
         let mut bases = Vec::new();
         let (mut labels, mut base_labels) = (Vec::new(), Vec::new());
         for ex in chunk {
@@ -93,11 +98,14 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         }
         let b = pad(&bases, pad_id, side);
         let base_input = input_of::<B>(&b.ids, &b.mask, device);
-        let first = c * batch_size.max(1);
         let source_vectors = sources.rows(first..first + chunk.len(), device);
         let last = last_real(&b.mask);
+        let checkpoint = match &shared_bases {
+            Some(shared) => Checkpoint { site, activation: shared.assemble(first..first + chunk.len(), side, b.ids[0].len()), block_input: None, input: base_input },
+            None => run_to(model, &base_input, site).context("running the bases to the site")?,
+        };
         out.push(PairBatch {
-            checkpoint: run_to(model, &base_input, site).context("running the bases to the site")?,
+            checkpoint,
             base_positions: int2::<B>(&b.positions, device),
             source_vectors,
             label_positions: int2::<B>(&last, device),
@@ -145,6 +153,63 @@ impl<B: Backend> SharedSources<B> {
     fn rows(&self, range: std::ops::Range<usize>, device: &B::Device) -> Tensor<B, 3> {
         let rows: Vec<i64> = self.row_of_pair[range].iter().map(|&r| r as i64).collect();
         self.vectors.clone().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), device))
+    }
+}
+
+/// Every pair's base activation at the site, each distinct base (its ids) run once: `rows[i]`
+/// is base `i`'s activation at its real positions, `[len, width]`.
+struct SharedBases<B: Backend> {
+    rows: Vec<Tensor<B, 2>>,
+    row_of_pair: Vec<usize>,
+}
+
+impl<B: Backend> SharedBases<B> {
+    fn compute<M: Transformer<B>>(model: &M, site: Site, pairs: &[&TokenizedExample], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
+        let mut distinct: Vec<&TokenizedInput> = Vec::new();
+        let mut index: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+        let mut row_of_pair = Vec::with_capacity(pairs.len());
+        for ex in pairs {
+            let TokenizedExample::Pair { base, .. } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
+            let row = *index.entry(base.ids.as_slice()).or_insert_with(|| {
+                distinct.push(base);
+                distinct.len() - 1
+            });
+            row_of_pair.push(row);
+        }
+        let side = PaddingSide::for_model(model.causal());
+        let mut rows = Vec::with_capacity(distinct.len());
+        for chunk in distinct.chunks(batch_size.max(1)) {
+            let b = pad(chunk, pad_id, side);
+            let acts = run_to(model, &input_of::<B>(&b.ids, &b.mask, device), site).context("running the bases to the site")?.activation;
+            let [_, seq, width] = acts.dims();
+            for (i, base) in chunk.iter().enumerate() {
+                let len = base.ids.len();
+                let start = if side == PaddingSide::Left { seq - len } else { 0 };
+                rows.push(acts.clone().narrow(0, i, 1).narrow(1, start, len).reshape([len, width]));
+            }
+        }
+        Ok(SharedBases { rows, row_of_pair })
+    }
+
+    /// `[pairs, seq, width]`: the base activations of pairs `range`, padded on `side` to `seq`
+    /// with zeros (padding positions are masked out of attention, so their values never reach
+    /// a real position).
+    fn assemble(&self, range: std::ops::Range<usize>, side: PaddingSide, seq: usize) -> Tensor<B, 3> {
+        let rows = self.row_of_pair[range]
+            .iter()
+            .map(|&r| {
+                let row = self.rows[r].clone();
+                let [len, width] = row.dims();
+                let row = if len == seq {
+                    row
+                } else {
+                    let zeros = Tensor::<B, 2>::zeros([seq - len, width], &row.device());
+                    if side == PaddingSide::Left { Tensor::cat(vec![zeros, row], 0) } else { Tensor::cat(vec![row, zeros], 0) }
+                };
+                row.reshape([1, seq, width])
+            })
+            .collect();
+        Tensor::cat(rows, 0)
     }
 }
 
