@@ -144,6 +144,18 @@ impl<B: Backend> KvCache<B> {
         self.lock().mask.clone()
     }
 
+    /// A frozen cache (see [`KvCache::frozen`]) of given keys and values: per layer
+    /// `[batch, kv_heads, cached, head_dim]` as attention reads them (`None` for layers never
+    /// read), and `mask` (`[batch, cached]`) of the cached positions.
+    pub fn from_parts(layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>, mask: Tensor<B, 2, Int>) -> Self {
+        KvCache { state: Arc::new(Mutex::new(KvState { layers, mask: Some(mask) })), frozen: true }
+    }
+
+    /// The keys and values cached at `layer`, if any.
+    pub fn layer(&self, layer: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        self.lock().layers.get(layer).cloned().flatten()
+    }
+
     /// A handle on the same cached positions that never adds to them: an input continuing it
     /// attends to the cached keys and values and its own, and leaves the cache as it was (so it
     /// can be continued again, by other inputs, any number of times).
@@ -374,20 +386,32 @@ pub fn suffix_checkpoint<B: Backend, M: Transformer<B> + ?Sized>(model: &M, chec
         return None;
     }
     let input = &checkpoint.input;
+    let prefix = Checkpoint {
+        site: checkpoint.site,
+        activation: checkpoint.activation.clone().narrow(1, 0, start),
+        block_input: None,
+        input: Input { ids: input.ids.clone().narrow(1, 0, start), mask: input.mask.clone().narrow(1, 0, start), token_types: None, past: None },
+    };
+    let cache = keys_values_after(model, &prefix);
+    let rest = seq - start;
+    let suffix = Input { ids: input.ids.clone().narrow(1, start, rest), mask: input.mask.clone().narrow(1, start, rest), token_types: None, past: Some(cache.frozen()) };
+    Some(Checkpoint { site: checkpoint.site, activation: checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix })
+}
+
+/// The keys and values of every position of a stopped run at every block after its site (a
+/// site between blocks): the checkpoint's activation run through those blocks into a cache.
+/// The checkpoint already holds what comes before, so nothing before the site is recomputed.
+pub fn keys_values_after<B: Backend, M: Transformer<B> + ?Sized>(model: &M, checkpoint: &Checkpoint<B>) -> KvCache<B> {
     let cache = KvCache::new();
-    let prefix = Input { ids: input.ids.clone().narrow(1, 0, start), mask: input.mask.clone().narrow(1, 0, start), token_types: None, past: Some(cache.clone()) };
-    // Only the blocks after the site need the prefix's keys and values; the checkpoint already
-    // holds the prefix's activation at the site.
+    let input = Input { past: Some(cache.clone()), ..checkpoint.input.clone() };
     let (from, hook_first_input) = match checkpoint.site.component {
         Component::BlockOutput => (checkpoint.site.layer + 1, true),
         Component::BlockInput => (checkpoint.site.layer, false),
         _ => (0, true),
     };
-    let ctx = model.context(&prefix);
-    run_blocks(model, checkpoint.activation.clone().narrow(1, 0, start), &ctx, from, hook_first_input, &mut NoHooks);
-    let rest = seq - start;
-    let suffix = Input { ids: input.ids.clone().narrow(1, start, rest), mask: input.mask.clone().narrow(1, start, rest), token_types: None, past: Some(cache.frozen()) };
-    Some(Checkpoint { site: checkpoint.site, activation: checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix })
+    let ctx = model.context(&input);
+    run_blocks(model, checkpoint.activation.clone(), &ctx, from, hook_first_input, &mut NoHooks);
+    cache
 }
 
 /// Puts a given activation at one site and defers every other site to the caller's hooks.

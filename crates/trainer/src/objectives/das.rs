@@ -13,7 +13,7 @@ use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{forward, gather_positions, resume, run_to, suffix_checkpoint, Checkpoint, Component, Input, NoHooks, Site, Transformer};
+use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run_to, suffix_checkpoint, Checkpoint, Component, Input, KvCache, NoHooks, Site, Transformer};
 
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
@@ -52,14 +52,24 @@ impl<B: Backend> PairBatch<B> {
     /// The batch with its unchanged prefix cached: the checkpoint and positions start at the
     /// first position any intervention or label of the batch touches. Unchanged where that
     /// does not apply (an encoder, a site inside a block, no prefix).
-    pub fn skipping_prefix<M: Transformer<B>>(mut self, model: &M) -> Self {
-        if self.prefix.is_some() {
-            return self;
+    pub fn skipping_prefix<M: Transformer<B>>(self, model: &M) -> Self {
+        match self.first_touched() {
+            Some(start) if self.prefix.is_none() => match suffix_checkpoint(model, &self.checkpoint, start) {
+                Some(suffix) => self.starting_at(start, suffix),
+                None => self,
+            },
+            _ => self,
         }
+    }
+
+    /// The first position any intervention or label of the batch touches.
+    fn first_touched(&self) -> Option<usize> {
         let ints = |t: &Tensor<B, 2, Int>| t.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
-        let Some(start) = ints(&self.base_positions).into_iter().chain(ints(&self.label_positions)).min() else { return self };
-        let start = start.max(0) as usize;
-        let Some(suffix) = suffix_checkpoint(model, &self.checkpoint, start) else { return self };
+        ints(&self.base_positions).into_iter().chain(ints(&self.label_positions)).min().map(|p| p.max(0) as usize)
+    }
+
+    /// The batch going on from `suffix`, the checkpoint from position `start` on.
+    fn starting_at(mut self, start: usize, suffix: Checkpoint<B>) -> Self {
         let full = std::mem::replace(&mut self.checkpoint, suffix);
         self.base_positions = self.base_positions - start as i64;
         self.label_positions = self.label_positions - start as i64;
@@ -101,10 +111,10 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         let source_vectors = sources.rows(first..first + chunk.len(), device);
         let last = last_real(&b.mask);
         let checkpoint = match &shared_bases {
-            Some(shared) => Checkpoint { site, activation: shared.assemble(first..first + chunk.len(), side, b.ids[0].len()), block_input: None, input: base_input },
+            Some(shared) => Checkpoint { site, activation: shared.assemble(first..first + chunk.len(), b.ids[0].len()), block_input: None, input: base_input },
             None => run_to(model, &base_input, site).context("running the bases to the site")?,
         };
-        out.push(PairBatch {
+        let batch = PairBatch {
             checkpoint,
             base_positions: int2::<B>(&b.positions, device),
             source_vectors,
@@ -113,8 +123,11 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
             base_labels: base_labels.into_iter().collect(),
             dims: Vec::new(),
             prefix: None,
-        }
-        .skipping_prefix(model));
+        };
+        out.push(match &shared_bases {
+            Some(shared) => shared.skipping_prefix(batch, first..first + chunk.len()),
+            None => batch.skipping_prefix(model),
+        });
     }
     Ok(out)
 }
@@ -156,11 +169,32 @@ impl<B: Backend> SharedSources<B> {
     }
 }
 
-/// Every pair's base activation at the site, each distinct base (its ids) run once: `rows[i]`
-/// is base `i`'s activation at its real positions, `[len, width]`.
+/// Every pair's base activation at the site, each distinct base (its ids) run once, stored
+/// padded on the model's side to the longest base, so that a batch's rows are one `select` and
+/// one `narrow` away (a batch pads on the same side, to its own longest row).
 struct SharedBases<B: Backend> {
-    rows: Vec<Tensor<B, 2>>,
+    /// `[distinct bases, longest, width]`.
+    activations: Tensor<B, 3>,
+    /// Causal models: per layer, the distinct bases' keys and values (`[distinct, kv_heads,
+    /// longest, head_dim]`) at the blocks after the site, for the batches' prefixes.
+    keys_values: Option<LayerKeysValues<B>>,
     row_of_pair: Vec<usize>,
+    side: PaddingSide,
+    longest: usize,
+}
+
+type LayerKeysValues<B> = Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>;
+
+/// `t` padded along `dim` to `len` on `side` (the padding's values are never read: attention
+/// masks padded positions out).
+fn pad_dim<B: Backend, const D: usize>(t: Tensor<B, D>, dim: usize, len: usize, side: PaddingSide) -> Tensor<B, D> {
+    let mut shape = t.dims();
+    if shape[dim] == len {
+        return t;
+    }
+    shape[dim] = len - shape[dim];
+    let zeros = Tensor::<B, D>::zeros(shape, &t.device());
+    if side == PaddingSide::Left { Tensor::cat(vec![zeros, t], dim) } else { Tensor::cat(vec![t, zeros], dim) }
 }
 
 impl<B: Backend> SharedBases<B> {
@@ -177,39 +211,65 @@ impl<B: Backend> SharedBases<B> {
             row_of_pair.push(row);
         }
         let side = PaddingSide::for_model(model.causal());
-        let mut rows = Vec::with_capacity(distinct.len());
+        let longest = distinct.iter().map(|b| b.ids.len()).max().unwrap_or(0);
+        let (mut activations, mut per_chunk): (Vec<Tensor<B, 3>>, Vec<LayerKeysValues<B>>) = (Vec::new(), Vec::new());
         for chunk in distinct.chunks(batch_size.max(1)) {
             let b = pad(chunk, pad_id, side);
-            let acts = run_to(model, &input_of::<B>(&b.ids, &b.mask, device), site).context("running the bases to the site")?.activation;
-            let [_, seq, width] = acts.dims();
-            for (i, base) in chunk.iter().enumerate() {
-                let len = base.ids.len();
-                let start = if side == PaddingSide::Left { seq - len } else { 0 };
-                rows.push(acts.clone().narrow(0, i, 1).narrow(1, start, len).reshape([len, width]));
+            let checkpoint = run_to(model, &input_of::<B>(&b.ids, &b.mask, device), site).context("running the bases to the site")?;
+            if model.causal() {
+                let cache = keys_values_after(model, &checkpoint);
+                per_chunk.push((0..model.n_layers()).map(|l| cache.layer(l).map(|(k, v)| (pad_dim(k, 2, longest, side), pad_dim(v, 2, longest, side)))).collect());
             }
+            activations.push(pad_dim(checkpoint.activation, 1, longest, side));
         }
-        Ok(SharedBases { rows, row_of_pair })
+        if activations.is_empty() {
+            bail!("no pairs to prepare");
+        }
+        let keys_values = model.causal().then(|| {
+            (0..model.n_layers())
+                .map(|l| {
+                    let chunks: Option<Vec<(Tensor<B, 4>, Tensor<B, 4>)>> = per_chunk.iter().map(|c| c[l].clone()).collect();
+                    chunks.map(|c| {
+                        let (ks, vs): (Vec<_>, Vec<_>) = c.into_iter().unzip();
+                        (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
+                    })
+                })
+                .collect()
+        });
+        Ok(SharedBases { activations: Tensor::cat(activations, 0), keys_values, row_of_pair, side, longest })
     }
 
-    /// `[pairs, seq, width]`: the base activations of pairs `range`, padded on `side` to `seq`
-    /// with zeros (padding positions are masked out of attention, so their values never reach
-    /// a real position).
-    fn assemble(&self, range: std::ops::Range<usize>, side: PaddingSide, seq: usize) -> Tensor<B, 3> {
-        let rows = self.row_of_pair[range]
-            .iter()
-            .map(|&r| {
-                let row = self.rows[r].clone();
-                let [len, width] = row.dims();
-                let row = if len == seq {
-                    row
-                } else {
-                    let zeros = Tensor::<B, 2>::zeros([seq - len, width], &row.device());
-                    if side == PaddingSide::Left { Tensor::cat(vec![zeros, row], 0) } else { Tensor::cat(vec![row, zeros], 0) }
-                };
-                row.reshape([1, seq, width])
-            })
-            .collect();
-        Tensor::cat(rows, 0)
+    /// The rows of pairs `range`, and where a batch padded to `seq` starts in the stored length.
+    fn rows(&self, range: std::ops::Range<usize>, seq: usize) -> (Tensor<B, 1, Int>, usize) {
+        let rows: Vec<i64> = self.row_of_pair[range].iter().map(|&r| r as i64).collect();
+        let offset = if self.side == PaddingSide::Left { self.longest - seq } else { 0 };
+        (Tensor::from_data(TensorData::new(rows.clone(), [rows.len()]), &self.activations.device()), offset)
+    }
+
+    /// `[pairs, seq, width]`: the base activations of pairs `range`, as a batch padded to `seq`.
+    fn assemble(&self, range: std::ops::Range<usize>, seq: usize) -> Tensor<B, 3> {
+        let (rows, offset) = self.rows(range, seq);
+        self.activations.clone().select(0, rows).narrow(1, offset, seq)
+    }
+
+    /// `batch` (pairs `range`) going on from its first touched position, the keys and values of
+    /// the positions before it taken from the distinct bases'. Unchanged without a prefix or for
+    /// an encoder.
+    fn skipping_prefix(&self, batch: PairBatch<B>, range: std::ops::Range<usize>) -> PairBatch<B> {
+        let (Some(keys_values), Some(start)) = (&self.keys_values, batch.first_touched()) else { return batch };
+        let input = &batch.checkpoint.input;
+        let [_, seq] = input.dims();
+        if start == 0 || start >= seq {
+            return batch;
+        }
+        let (rows, offset) = self.rows(range, seq);
+        let take = |t: &Tensor<B, 4>| t.clone().select(0, rows.clone()).narrow(2, offset, start);
+        let per_layer = keys_values.iter().map(|kv| kv.as_ref().map(|(k, v)| (take(k), take(v)))).collect();
+        let rest = seq - start;
+        let cache = KvCache::from_parts(per_layer, input.mask.clone().narrow(1, 0, start));
+        let suffix_input = Input { ids: input.ids.clone().narrow(1, start, rest), mask: input.mask.clone().narrow(1, start, rest), token_types: None, past: Some(cache) };
+        let suffix = Checkpoint { site: batch.checkpoint.site, activation: batch.checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix_input };
+        batch.starting_at(start, suffix)
     }
 }
 

@@ -24,6 +24,9 @@ use crate::fit::{fit, FitIo, Fitted, Objective};
 use crate::objectives::{das, probe, reft};
 use crate::run_dir::RunDir;
 
+/// Batches prepared per call of the preparing function (see `Stage::prepare`).
+const PREPARE_BATCHES_AT_ONCE: usize = 256;
+
 /// A trained intervention with its held-out metrics (as the report writes them).
 pub struct Trained<B: AutodiffBackend> {
     /// What the loop returned.
@@ -81,9 +84,12 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         for (k, (idx, what)) in [(&ex.train, "train"), (&ex.validation, "validation"), (&ex.dev, "held out")].into_iter().enumerate() {
             let examples = ex.pick(idx);
             let bar = progress_if(self.ctx.progress, examples.len(), what);
-            for chunk in examples.chunks(bs) {
-                out[k].extend(f(chunk)?);
-                bar.inc(chunk.len() as u64);
+            // Many batches per call: `f` runs each distinct base and source once across what
+            // it is given (DAS), which one call per batch would not share; parts keep the bar
+            // moving and the shared runs' memory bounded.
+            for part in examples.chunks(bs * PREPARE_BATCHES_AT_ONCE) {
+                out[k].extend(f(part)?);
+                bar.inc(part.len() as u64);
             }
             bar.finish_and_clear();
         }
