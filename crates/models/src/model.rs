@@ -94,11 +94,11 @@ impl<B: Backend> Input<B> {
 /// The keys and values of the positions a model has already read, per layer, so that generation
 /// feeds each new token alone instead of the whole sequence again. A handle: clones share one
 /// cache. Use it with [`forward`] only (not with [`run_to`] / [`resume`], which would add the
-/// same positions twice), except frozen (below), as [`suffix_checkpoint`] does.
+/// same positions twice), except a frozen one (below), which they read and never add to.
 ///
-/// A [`KvCache::frozen`] handle reads the cached positions without adding to them: the keys and
-/// values of a prefix that many continuations share (the positions before an intervention,
-/// which training recomputes after at every step).
+/// A frozen cache ([`KvCache::from_parts`]) reads the cached positions without adding to them:
+/// the keys and values of a prefix that many continuations share (the positions before an
+/// intervention, which training recomputes after at every step).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     state: Arc<Mutex<KvState<B>>>,
@@ -144,7 +144,8 @@ impl<B: Backend> KvCache<B> {
         self.lock().mask.clone()
     }
 
-    /// A frozen cache (see [`KvCache::frozen`]) of given keys and values: per layer
+    /// A frozen cache of given keys and values — inputs continuing it attend to them and leave
+    /// them as they were, any number of times: per layer
     /// `[batch, kv_heads, cached, head_dim]` as attention reads them (`None` for layers never
     /// read), and `mask` (`[batch, cached]`) of the cached positions.
     pub fn from_parts(layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>, mask: Tensor<B, 2, Int>) -> Self {
@@ -154,13 +155,6 @@ impl<B: Backend> KvCache<B> {
     /// The keys and values cached at `layer`, if any.
     pub fn layer(&self, layer: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
         self.lock().layers.get(layer).cloned().flatten()
-    }
-
-    /// A handle on the same cached positions that never adds to them: an input continuing it
-    /// attends to the cached keys and values and its own, and leaves the cache as it was (so it
-    /// can be continued again, by other inputs, any number of times).
-    pub fn frozen(&self) -> Self {
-        KvCache { state: self.state.clone(), frozen: true }
     }
 
     /// Appends the new positions' keys and values at `layer` and returns all of them (a frozen
@@ -370,32 +364,6 @@ pub fn resume<B: Backend, M: Transformer<B> + ?Sized>(
         }
     };
     Ok(model.final_norm(x))
-}
-
-/// The same stopped run from position `start` on, for a causal model: the positions before
-/// `start` go into a frozen cache of their keys and values at every block after the site, so
-/// that [`resume`] from the result recomputes only positions `start..` (in a causal model an
-/// activation changed at `start` or later cannot change anything before it). `None` where that
-/// does not hold or does not help: an encoder, a site inside a block (whose resume recomputes
-/// the block from its input), `start` 0, or no position left after `start`. Costs a forward of
-/// the prefix through the blocks after the site.
-pub fn suffix_checkpoint<B: Backend, M: Transformer<B> + ?Sized>(model: &M, checkpoint: &Checkpoint<B>, start: usize) -> Option<Checkpoint<B>> {
-    let between_blocks = matches!(checkpoint.site.component, Component::Embeddings | Component::BlockInput | Component::BlockOutput);
-    let [_, seq] = checkpoint.input.dims();
-    if !model.causal() || !between_blocks || start == 0 || start >= seq || checkpoint.input.past.is_some() {
-        return None;
-    }
-    let input = &checkpoint.input;
-    let prefix = Checkpoint {
-        site: checkpoint.site,
-        activation: checkpoint.activation.clone().narrow(1, 0, start),
-        block_input: None,
-        input: Input { ids: input.ids.clone().narrow(1, 0, start), mask: input.mask.clone().narrow(1, 0, start), token_types: None, past: None },
-    };
-    let cache = keys_values_after(model, &prefix);
-    let rest = seq - start;
-    let suffix = Input { ids: input.ids.clone().narrow(1, start, rest), mask: input.mask.clone().narrow(1, start, rest), token_types: None, past: Some(cache.frozen()) };
-    Some(Checkpoint { site: checkpoint.site, activation: checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix })
 }
 
 /// The keys and values of every position of a stopped run at every block after its site (a

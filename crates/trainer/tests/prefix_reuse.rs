@@ -1,5 +1,5 @@
 //! The fast DAS path — frozen runs cached, the positions before the first intervened one kept
-//! as keys and values ([`PairBatch::skipping_prefix`]), only the later positions recomputed at
+//! as keys and values (`das::prepare`'s shared base runs), only the later positions recomputed at
 //! each step — equals the plain path (a full forward with the intervention as a hook) within
 //! 1e-5, on logits and on the intervention's gradient: for the tiny GPT-2, GPT-NeoX and Llama,
 //! at a block output, a block input and the embeddings, on left-padded batches of different

@@ -3,7 +3,7 @@
 //! Per batch, [`prepare`] runs the frozen model once on the sources up to the site (keeping only
 //! their vectors at the chosen positions) and once on the bases up to the site (a checkpoint);
 //! in a causal model the positions before the first intervened one are then cached as keys and
-//! values at every later block ([`PairBatch::skipping_prefix`]). Every step only intervenes on
+//! values at every later block (`SharedBases::skipping_prefix`). Every step only intervenes on
 //! the cached activation, goes on from the site for the positions from the first intervened
 //! one, and applies the output head at the label position alone.
 
@@ -13,7 +13,7 @@ use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run_to, suffix_checkpoint, Checkpoint, Component, Input, KvCache, NoHooks, Site, Transformer};
+use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run_to, Checkpoint, Component, Input, KvCache, NoHooks, Site, Transformer};
 
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
@@ -34,7 +34,8 @@ pub struct PairBatch<B: Backend> {
     pub base_labels: Option<Vec<u32>>,
     /// The subspace of the site the intervention acts on (all dims when empty).
     pub dims: Vec<usize>,
-    /// Set when the checkpoint starts after an unchanged prefix ([`PairBatch::skipping_prefix`]).
+    /// Set when the checkpoint starts after an unchanged prefix (causal models, sites between
+    /// blocks).
     pub prefix: Option<Prefix<B>>,
 }
 
@@ -49,19 +50,6 @@ pub struct Prefix<B: Backend> {
 }
 
 impl<B: Backend> PairBatch<B> {
-    /// The batch with its unchanged prefix cached: the checkpoint and positions start at the
-    /// first position any intervention or label of the batch touches. Unchanged where that
-    /// does not apply (an encoder, a site inside a block, no prefix).
-    pub fn skipping_prefix<M: Transformer<B>>(self, model: &M) -> Self {
-        match self.first_touched() {
-            Some(start) if self.prefix.is_none() => match suffix_checkpoint(model, &self.checkpoint, start) {
-                Some(suffix) => self.starting_at(start, suffix),
-                None => self,
-            },
-            _ => self,
-        }
-    }
-
     /// The first position any intervention or label of the batch touches.
     fn first_touched(&self) -> Option<usize> {
         let ints = |t: &Tensor<B, 2, Int>| t.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
@@ -126,7 +114,7 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         };
         out.push(match &shared_bases {
             Some(shared) => shared.skipping_prefix(batch, first..first + chunk.len()),
-            None => batch.skipping_prefix(model),
+            None => batch,
         });
     }
     Ok(out)
