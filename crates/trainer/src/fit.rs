@@ -128,6 +128,16 @@ pub struct FitConfig {
 }
 
 impl FitConfig {
+    /// Adam at a constant rate: no warmup, decay, weight decay, clipping, accumulation,
+    /// validation schedule or checkpoints (torch's `Adam(lr)` step for step; see
+    /// [`FitConfig::optimizer`]). Callers change the fields they need.
+    pub fn constant(epochs: usize, lr: f64, seed: u64, shuffle: bool) -> Self {
+        FitConfig {
+            epochs, lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
+            temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed, shuffle,
+        }
+    }
+
     /// Optimizer steps in the whole run for `batches` batches per epoch.
     pub fn total_steps(&self, batches: usize) -> usize {
         (self.epochs * batches).div_ceil(self.accumulate.max(1)).max(1)

@@ -17,15 +17,11 @@ use ferrovene_interventions::{Activation, Composition, Intervene, Intervention, 
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{forward, gather_positions, load, Component, Site, Transformer};
 use trainer::fit::{fit, FitConfig, FitIo};
-use trainer::schedule::Decay;
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 
 fn cfg(epochs: usize, lr: f64) -> FitConfig {
-    FitConfig {
-        epochs, lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 1, shuffle: true,
-    }
+    FitConfig::constant(epochs, lr, 1, true)
 }
 
 #[test]

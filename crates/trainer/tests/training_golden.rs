@@ -23,7 +23,6 @@ use ferrovene_interventions::{Activation, Intervention, Orthogonal};
 use ferrovene_models::{load_folder, Component, Site};
 use trainer::fit::FitConfig;
 use trainer::objectives::das::{loss, prepare, PairBatch};
-use trainer::schedule::Decay;
 
 type B = Autodiff<ferrovene_models::Cpu>;
 
@@ -80,10 +79,7 @@ fn batch(g: &Golden, model: &ferrovene_models::AnyModel<B>) -> PairBatch<B> {
 /// The recipes' training settings where they are torch's `Adam(lr = 1e-2)`: constant rate, no
 /// weight decay, no clipping.
 fn torch_adam() -> FitConfig {
-    FitConfig {
-        epochs: 1, lr: 1e-2, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 0, shuffle: false,
-    }
+    FitConfig::constant(1, 1e-2, 0, false)
 }
 
 fn torch(iv: &Intervention<B>) -> &TorchOrthogonal<B> {

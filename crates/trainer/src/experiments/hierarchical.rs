@@ -29,7 +29,6 @@ use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::{fit, FitConfig, FitIo, Objective};
 use crate::run_dir::RunDir;
-use crate::schedule::Decay;
 
 /// The recipe (`recipes/das-hierarchical-equality.toml`). Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,13 +194,6 @@ impl<B: AutodiffBackend> Objective<B, Mlp<B>> for MlpObjective<'_, B> {
     }
 }
 
-/// Adam at a constant rate, no weight decay, batches in the objective's own order.
-fn constant_rate(epochs: usize, lr: f64, seed: u64, shuffle: bool) -> FitConfig {
-    FitConfig {
-        epochs, lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed, shuffle,
-    }
-}
 
 /// Trains the MLP on the task; returns it frozen with its held-out accuracy.
 pub fn train_mlp<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: &B::Device) -> Result<(Mlp<B>, f32)>
@@ -219,7 +211,7 @@ pub fn train_mlp<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: 
         batches.extend(order.chunks(r.mlp_batch.max(1)).map(<[usize]>::to_vec));
     }
     let objective = MlpObjective { data: &data, batches, device: device.clone() };
-    let mlp = fit(&objective, mlp, &constant_rate(1, r.mlp_lr, seed, false), FitIo::default())?.module.no_grad();
+    let mlp = fit(&objective, mlp, &FitConfig::constant(1, r.mlp_lr, seed, false), FitIo::default())?.module.no_grad();
     let test: Vec<Objects> = (0..10_000).map(|_| Objects::sample(&mut rng, r.object_width)).collect();
     let xs: Vec<&[f32]> = test.iter().map(|o| o.x.as_slice()).collect();
     let predicted = argmax(mlp.predict(rows::<B>(&xs, device)))?;
@@ -349,7 +341,7 @@ pub fn run_seed<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: &
         let train = prepare(&mlp, site, &train_pairs, r.das_batch, device)?;
         let test = prepare(&mlp, site, &test_pairs, 1024, device)?;
         let iv = Intervention::DasFull(DasFull { rotation: Orthogonal::random(width, width, &mut Rng::new(seed.wrapping_add(layer as u64)), device), k: width / 2 });
-        let cfg = constant_rate(r.das_epochs, r.das_lr, seed, true);
+        let cfg = FitConfig::constant(r.das_epochs, r.das_lr, seed, true);
         let fitted = fit(&EqualityObjective { mlp: &mlp, site, train: &train }, iv, &cfg, FitIo::default())?;
         let rotation = fitted.module.rotation().context("a rotation")?.matrix();
         let das = iia(&mlp, site, &test, &rotation)?;

@@ -32,7 +32,6 @@ use crate::objectives::probe::{evaluate, majority_share, FeatureBatch, ProbeObje
 use crate::plot::Heatmap;
 use crate::recipe::Layers;
 use crate::run_dir::RunDir;
-use crate::schedule::Decay;
 
 const POSITIVE: [&str; 12] = ["wonderful", "great", "brilliant", "lovely", "superb", "delightful", "excellent", "charming", "pleasant", "marvellous", "splendid", "fantastic"];
 const NEGATIVE: [&str; 12] = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "painful", "lousy", "dismal", "tedious", "miserable", "appalling"];
@@ -173,10 +172,7 @@ fn probe_layers<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: 
     let (train, test) = split;
     let train_f = features(model, tok, train, layers, r.batch_size, device)?;
     let test_f = features(model, tok, test, layers, r.batch_size, device)?;
-    let cfg = FitConfig {
-        epochs: r.epochs, lr: r.lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed, shuffle: true,
-    };
+    let cfg = FitConfig::constant(r.epochs, r.lr, r.seed, true);
     let bar = progress_if(ctx.progress, layers.len(), "layers");
     let mut results = Vec::new();
     let mut best: Option<(f32, Intervention<B>, usize)> = None;

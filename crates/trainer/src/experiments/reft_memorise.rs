@@ -30,7 +30,6 @@ use crate::generate::{generate, Decoding, Steer};
 use crate::objectives::reft::{self, PromptBatch, RecallMetrics, ReftObjective};
 use crate::plot::{LinePlot, Series};
 use crate::run_dir::RunDir;
-use crate::schedule::Decay;
 
 /// One prompt and the text it must be followed by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,10 +230,7 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &Ref
     let before = reft::evaluate(model, &batches, None)?;
     let iv = Intervention::Reft(ReftIntervention::new(r.family, width, r.rank, Activation::Identity, 0.0, &mut Rng::new(r.seed), device));
     let trainable = iv.trainable_params();
-    let cfg = FitConfig {
-        epochs: r.max_steps, lr: r.lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: r.check_every, early_stopping: None, checkpoint_every: 0, seed: r.seed, shuffle: true,
-    };
+    let cfg = FitConfig { eval_every: r.check_every, ..FitConfig::constant(r.max_steps, r.lr, r.seed, true) };
     let objective = UntilRecall(ReftObjective { model, train: &batches, validation: &batches });
     let fitted = fit(&objective, iv, &cfg, FitIo { progress: ctx.progress, ..FitIo::default() })?;
     let steps_to_recall = (fitted.outcome == crate::fit::Outcome::Reached).then_some(fitted.state.step);

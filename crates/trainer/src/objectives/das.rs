@@ -50,12 +50,6 @@ pub struct Prefix<B: Backend> {
 }
 
 impl<B: Backend> PairBatch<B> {
-    /// The first position any intervention or label of the batch touches.
-    fn first_touched(&self) -> Option<usize> {
-        let ints = |t: &Tensor<B, 2, Int>| t.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
-        ints(&self.base_positions).into_iter().chain(ints(&self.label_positions)).min().map(|p| p.max(0) as usize)
-    }
-
     /// The batch going on from `suffix`, the checkpoint from position `start` on.
     fn starting_at(mut self, start: usize, suffix: Checkpoint<B>) -> Self {
         let full = std::mem::replace(&mut self.checkpoint, suffix);
@@ -64,6 +58,16 @@ impl<B: Backend> PairBatch<B> {
         self.prefix = Some(Prefix { start, input: full.input });
         self
     }
+}
+
+/// One pair's parts, checked once: base, source, label, base label.
+type PairParts<'a> = (&'a TokenizedInput, &'a TokenizedInput, u32, Option<u32>);
+
+fn pair_parts<'a>(ex: &'a TokenizedExample) -> Result<PairParts<'a>> {
+    let TokenizedExample::Pair { base, sources, base_label, label } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
+    let [src] = sources.as_slice() else { bail!("this trainer takes one source per pair ({} given)", sources.len()) };
+    let LabelId::Token(l) = label else { bail!("DAS needs a text label (a continuation), not a class") };
+    Ok((base, src, *l, match base_label { Some(LabelId::Token(t)) => Some(*t), _ => None }))
 }
 
 /// Prepares batches of pairs (one source each) for `site`, computing the frozen parts once.
@@ -76,97 +80,111 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     device: &B::Device,
 ) -> Result<Vec<PairBatch<B>>> {
     model.site_info(site)?;
+    let parts: Vec<PairParts<'_>> = pairs.iter().map(|ex| pair_parts(ex)).collect::<Result<_>>()?;
+    if parts.is_empty() {
+        return Ok(Vec::new());
+    }
     let side = PaddingSide::for_model(model.causal());
-    let sources = SharedSources::compute(model, site, pairs, pad_id, batch_size, device)?;
+    let bs = batch_size.max(1);
+    let all_sources: Vec<&TokenizedInput> = parts.iter().map(|p| p.1).collect();
+    let sources = SharedSources::compute(model, site, &all_sources, pad_id, bs, device)?;
     // Bases are shared the same way where the checkpoint is the activation alone (a site between
     // blocks); a site inside a block also keeps the block's input, so its batches run their own.
     let between_blocks = matches!(site.component, Component::Embeddings | Component::BlockInput | Component::BlockOutput);
-    let shared_bases = if between_blocks { Some(SharedBases::compute(model, site, pairs, pad_id, batch_size, device)?) } else { None };
+    let all_bases: Vec<&TokenizedInput> = parts.iter().map(|p| p.0).collect();
+    let shared_bases = if between_blocks { Some(SharedBases::compute(model, site, &all_bases, pad_id, bs, device)?) } else { None };
     let mut out = Vec::new();
-    for (c, chunk) in pairs.chunks(batch_size.max(1)).enumerate() {
-        let first = c * batch_size.max(1);
-        let mut bases = Vec::new();
-        let (mut labels, mut base_labels) = (Vec::new(), Vec::new());
-        for ex in chunk {
-            let TokenizedExample::Pair { base, base_label, label, .. } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
-            let LabelId::Token(l) = label else { bail!("DAS needs a text label (a continuation), not a class") };
-            bases.push(base);
-            labels.push(*l);
-            base_labels.push(match base_label { Some(LabelId::Token(t)) => Some(*t), _ => None });
-        }
-        let b = pad(&bases, pad_id, side);
+    for (c, chunk) in parts.chunks(bs).enumerate() {
+        let range = c * bs..c * bs + chunk.len();
+        let b = pad(&all_bases[range.clone()], pad_id, side);
         let base_input = input_of::<B>(&b.ids, &b.mask, device);
-        let source_vectors = sources.rows(first..first + chunk.len(), device);
         let last = last_real(&b.mask);
         let checkpoint = match &shared_bases {
-            Some(shared) => Checkpoint { site, activation: shared.assemble(first..first + chunk.len(), b.ids[0].len()), block_input: None, input: base_input },
+            Some(shared) => Checkpoint { site, activation: shared.assemble(range.clone(), b.ids[0].len()), block_input: None, input: base_input },
             None => run_to(model, &base_input, site).context("running the bases to the site")?,
         };
+        let labels: Vec<u32> = chunk.iter().map(|p| p.2).collect();
         let batch = PairBatch {
             checkpoint,
             base_positions: int2::<B>(&b.positions, device),
-            source_vectors,
+            source_vectors: sources.rows(range.clone()),
             label_positions: int2::<B>(&last, device),
             labels,
-            base_labels: base_labels.into_iter().collect(),
+            base_labels: chunk.iter().map(|p| p.3).collect(),
             dims: Vec::new(),
             prefix: None,
         };
-        out.push(match &shared_bases {
-            Some(shared) => shared.skipping_prefix(batch, first..first + chunk.len()),
-            None => batch,
+        // The first position any intervention or label of the batch touches.
+        let first_touched = b.positions.iter().chain(&last).flatten().copied().min();
+        out.push(match (&shared_bases, first_touched) {
+            (Some(shared), Some(start)) => shared.skipping_prefix(batch, range, start),
+            _ => batch,
         });
     }
     Ok(out)
 }
 
-/// The source vectors of every pair, each distinct source (ids and positions) run once: pair
-/// files usually draw their sources from a few prompts, each used by many pairs.
-struct SharedSources<B: Backend> {
-    /// `[distinct sources, k, width]`.
-    vectors: Tensor<B, 3>,
-    /// For each pair, its source's row in `vectors`.
-    row_of_pair: Vec<usize>,
+/// The distinct inputs of a list (by `key`), and for each item the index of its distinct input:
+/// what a shared run computes once and every item then selects.
+struct Distinct<'a> {
+    inputs: Vec<&'a TokenizedInput>,
+    row_of_item: Vec<usize>,
 }
 
-impl<B: Backend> SharedSources<B> {
-    fn compute<M: Transformer<B>>(model: &M, site: Site, pairs: &[&TokenizedExample], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
-        let mut distinct: Vec<&TokenizedInput> = Vec::new();
-        let mut index: std::collections::HashMap<(&[u32], &[usize]), usize> = std::collections::HashMap::new();
-        let mut row_of_pair = Vec::with_capacity(pairs.len());
-        for ex in pairs {
-            let TokenizedExample::Pair { sources, .. } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
-            let [src] = sources.as_slice() else { bail!("this trainer takes one source per pair ({} given)", sources.len()) };
-            let row = *index.entry((src.ids.as_slice(), src.positions.as_slice())).or_insert_with(|| {
-                distinct.push(src);
-                distinct.len() - 1
-            });
-            row_of_pair.push(row);
-        }
-        let chunks = distinct.chunks(batch_size.max(1)).map(|c| source_vectors(model, site, c, pad_id, model.causal(), device)).collect::<Result<Vec<_>>>()?;
-        if chunks.is_empty() {
-            bail!("no pairs to prepare");
-        }
-        Ok(SharedSources { vectors: Tensor::cat(chunks, 0), row_of_pair })
+impl<'a> Distinct<'a> {
+    fn of<K: std::hash::Hash + Eq>(items: &[&'a TokenizedInput], key: impl Fn(&'a TokenizedInput) -> K) -> Self {
+        let mut index: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+        let mut inputs = Vec::new();
+        let row_of_item = items
+            .iter()
+            .map(|&item| {
+                *index.entry(key(item)).or_insert_with(|| {
+                    inputs.push(item);
+                    inputs.len() - 1
+                })
+            })
+            .collect();
+        Distinct { inputs, row_of_item }
+    }
+
+    /// `[items]`: the distinct rows of items `range`, as an index tensor for `select`.
+    fn rows<B: Backend>(&self, range: std::ops::Range<usize>, device: &B::Device) -> Tensor<B, 1, Int> {
+        let rows: Vec<i64> = self.row_of_item[range].iter().map(|&r| r as i64).collect();
+        Tensor::from_data(TensorData::new(rows.clone(), [rows.len()]), device)
+    }
+}
+
+/// The source vectors of every pair, each distinct source (ids and positions) run once: pair
+/// files usually draw their sources from a few prompts, each used by many pairs.
+struct SharedSources<'a, B: Backend> {
+    /// `[distinct sources, k, width]`.
+    vectors: Tensor<B, 3>,
+    distinct: Distinct<'a>,
+}
+
+impl<'a, B: Backend> SharedSources<'a, B> {
+    fn compute<M: Transformer<B>>(model: &M, site: Site, sources: &[&'a TokenizedInput], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
+        let distinct = Distinct::of(sources, |s| (s.ids.as_slice(), s.positions.as_slice()));
+        let chunks = distinct.inputs.chunks(batch_size).map(|c| source_vectors(model, site, c, pad_id, model.causal(), device)).collect::<Result<Vec<_>>>()?;
+        Ok(SharedSources { vectors: Tensor::cat(chunks, 0), distinct })
     }
 
     /// `[pairs, k, width]`: the source vectors of pairs `range`.
-    fn rows(&self, range: std::ops::Range<usize>, device: &B::Device) -> Tensor<B, 3> {
-        let rows: Vec<i64> = self.row_of_pair[range].iter().map(|&r| r as i64).collect();
-        self.vectors.clone().select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(rows.clone(), [rows.len()]), device))
+    fn rows(&self, range: std::ops::Range<usize>) -> Tensor<B, 3> {
+        self.vectors.clone().select(0, self.distinct.rows(range, &self.vectors.device()))
     }
 }
 
 /// Every pair's base activation at the site, each distinct base (its ids) run once, stored
 /// padded on the model's side to the longest base, so that a batch's rows are one `select` and
 /// one `narrow` away (a batch pads on the same side, to its own longest row).
-struct SharedBases<B: Backend> {
+struct SharedBases<'a, B: Backend> {
     /// `[distinct bases, longest, width]`.
     activations: Tensor<B, 3>,
     /// Causal models: per layer, the distinct bases' keys and values (`[distinct, kv_heads,
     /// longest, head_dim]`) at the blocks after the site, for the batches' prefixes.
     keys_values: Option<LayerKeysValues<B>>,
-    row_of_pair: Vec<usize>,
+    distinct: Distinct<'a>,
     side: PaddingSide,
     longest: usize,
 }
@@ -185,23 +203,13 @@ fn pad_dim<B: Backend, const D: usize>(t: Tensor<B, D>, dim: usize, len: usize, 
     if side == PaddingSide::Left { Tensor::cat(vec![zeros, t], dim) } else { Tensor::cat(vec![t, zeros], dim) }
 }
 
-impl<B: Backend> SharedBases<B> {
-    fn compute<M: Transformer<B>>(model: &M, site: Site, pairs: &[&TokenizedExample], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
-        let mut distinct: Vec<&TokenizedInput> = Vec::new();
-        let mut index: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
-        let mut row_of_pair = Vec::with_capacity(pairs.len());
-        for ex in pairs {
-            let TokenizedExample::Pair { base, .. } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
-            let row = *index.entry(base.ids.as_slice()).or_insert_with(|| {
-                distinct.push(base);
-                distinct.len() - 1
-            });
-            row_of_pair.push(row);
-        }
+impl<'a, B: Backend> SharedBases<'a, B> {
+    fn compute<M: Transformer<B>>(model: &M, site: Site, bases: &[&'a TokenizedInput], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
+        let distinct = Distinct::of(bases, |b| b.ids.as_slice());
         let side = PaddingSide::for_model(model.causal());
-        let longest = distinct.iter().map(|b| b.ids.len()).max().unwrap_or(0);
+        let longest = distinct.inputs.iter().map(|b| b.ids.len()).max().unwrap_or(0);
         let (mut activations, mut per_chunk): (Vec<Tensor<B, 3>>, Vec<LayerKeysValues<B>>) = (Vec::new(), Vec::new());
-        for chunk in distinct.chunks(batch_size.max(1)) {
+        for chunk in distinct.inputs.chunks(batch_size) {
             let b = pad(chunk, pad_id, side);
             let checkpoint = run_to(model, &input_of::<B>(&b.ids, &b.mask, device), site).context("running the bases to the site")?;
             if model.causal() {
@@ -209,9 +217,6 @@ impl<B: Backend> SharedBases<B> {
                 per_chunk.push((0..model.n_layers()).map(|l| cache.layer(l).map(|(k, v)| (pad_dim(k, 2, longest, side), pad_dim(v, 2, longest, side)))).collect());
             }
             activations.push(pad_dim(checkpoint.activation, 1, longest, side));
-        }
-        if activations.is_empty() {
-            bail!("no pairs to prepare");
         }
         let keys_values = model.causal().then(|| {
             (0..model.n_layers())
@@ -224,14 +229,13 @@ impl<B: Backend> SharedBases<B> {
                 })
                 .collect()
         });
-        Ok(SharedBases { activations: Tensor::cat(activations, 0), keys_values, row_of_pair, side, longest })
+        Ok(SharedBases { activations: Tensor::cat(activations, 0), keys_values, distinct, side, longest })
     }
 
     /// The rows of pairs `range`, and where a batch padded to `seq` starts in the stored length.
     fn rows(&self, range: std::ops::Range<usize>, seq: usize) -> (Tensor<B, 1, Int>, usize) {
-        let rows: Vec<i64> = self.row_of_pair[range].iter().map(|&r| r as i64).collect();
         let offset = if self.side == PaddingSide::Left { self.longest - seq } else { 0 };
-        (Tensor::from_data(TensorData::new(rows.clone(), [rows.len()]), &self.activations.device()), offset)
+        (self.distinct.rows(range, &self.activations.device()), offset)
     }
 
     /// `[pairs, seq, width]`: the base activations of pairs `range`, as a batch padded to `seq`.
@@ -240,11 +244,11 @@ impl<B: Backend> SharedBases<B> {
         self.activations.clone().select(0, rows).narrow(1, offset, seq)
     }
 
-    /// `batch` (pairs `range`) going on from its first touched position, the keys and values of
-    /// the positions before it taken from the distinct bases'. Unchanged without a prefix or for
-    /// an encoder.
-    fn skipping_prefix(&self, batch: PairBatch<B>, range: std::ops::Range<usize>) -> PairBatch<B> {
-        let (Some(keys_values), Some(start)) = (&self.keys_values, batch.first_touched()) else { return batch };
+    /// `batch` (pairs `range`) going on from `start`, the first position it touches, the keys
+    /// and values of the positions before it taken from the distinct bases'. Unchanged without
+    /// a prefix or for an encoder.
+    fn skipping_prefix(&self, batch: PairBatch<B>, range: std::ops::Range<usize>, start: usize) -> PairBatch<B> {
+        let Some(keys_values) = &self.keys_values else { return batch };
         let input = &batch.checkpoint.input;
         let [_, seq] = input.dims();
         if start == 0 || start >= seq {
