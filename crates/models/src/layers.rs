@@ -87,16 +87,11 @@ impl<B: Backend> Embedding<B> {
     }
 }
 
-/// `[batch, seq, heads·head_dim]` to `[batch, heads, seq, head_dim]`.
+/// `[batch, seq, heads·head_dim]` to `[batch, seq, heads, head_dim]` (attention moves the heads
+/// before the positions itself; keys and values are kept as `[batch, heads, seq, head_dim]`).
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [batch, seq, width] = x.dims();
-    x.reshape([batch, seq, heads, width / heads]).swap_dims(1, 2)
-}
-
-/// `[batch, heads, seq, head_dim]` to `[batch, seq, heads·head_dim]`.
-pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
-    let [batch, heads, seq, head_dim] = x.dims();
-    x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+    x.reshape([batch, seq, heads, width / heads])
 }
 
 /// Position of each token among the real (unmasked) tokens of its row: `cumsum(mask) − 1`,
@@ -125,62 +120,88 @@ pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Int>, queries: usize, causa
     Tensor::<B, 4>::zeros(shape, &device).mask_fill(blocked, f32::MIN / 2.0)
 }
 
-/// Scaled dot-product attention: `softmax(q kᵀ / √d + bias) v`, all `[batch, heads, seq, d]`.
-pub fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, bias: Tensor<B, 4>) -> Tensor<B, 4> {
-    let head_dim = q.dims()[3];
-    let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt() + bias;
-    softmax(scores, 3).matmul(v)
-}
-
-/// Repeats each of `kv_heads` key/value heads `groups` times (grouped-query attention).
-pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
-    }
-    let [batch, kv_heads, seq, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, seq, d]).reshape([batch, kv_heads * groups, seq, d])
+/// Scaled dot-product attention, `softmax(q kᵀ / √d + bias) v`, with grouped-query heads:
+/// query head `i` reads key/value head `i / groups` (Ainslie et al. 2023; `groups` = 1 is plain
+/// multi-head attention). `q` is `[batch, seq, heads, d]`, `k` and `v` are `[batch, kv_heads,
+/// total, d]`, `bias` is `[batch, kv_heads, groups, seq, total]` (see
+/// [`crate::model::Context::bias_for`]); returns `[batch, seq, heads·d]`, heads concatenated.
+///
+/// The groups share their key/value head by broadcasting, not by copying it per query head.
+pub fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, bias: Tensor<B, 5>) -> Tensor<B, 3> {
+    let [batch, seq, heads, d] = q.dims();
+    let kv_heads = k.dims()[1];
+    let groups = heads / kv_heads;
+    let q = q.reshape([batch, seq, kv_heads, groups, d]).permute([0, 2, 3, 1, 4]); // [b, kv, g, seq, d]
+    let k_t = k.unsqueeze_dim::<5>(2).swap_dims(3, 4); // [b, kv, 1, d, total]
+    let scores = q.matmul(k_t) / (d as f64).sqrt() + bias;
+    let values = softmax(scores, 4).matmul(v.unsqueeze_dim::<5>(2)); // [b, kv, g, seq, d]
+    values.permute([0, 3, 1, 2, 4]).reshape([batch, seq, heads * d])
 }
 
 /// Rotary position embedding (Su et al. 2021) in the "rotate half" layout of Hugging Face:
 /// the first `rotary_dim` dims of each head are rotated, the rest pass through.
+///
+/// Written as `x ⊙ cos + (x P) ⊙ sin`, where `P` is the fixed "rotate half" map (`−x₂, x₁` on
+/// the rotated dims, 0 on the others) and `cos`/`sin` are 1/0 on the passed-through dims: the
+/// same numbers as slicing and concatenating, in a few whole-tensor operations.
 #[derive(Debug, Clone)]
 pub struct Rotary<B: Backend> {
-    /// `[batch, 1, seq, rotary_dim]`.
+    /// `[batch, seq, 1, head_dim]`.
     cos: Tensor<B, 4>,
-    /// `[batch, 1, seq, rotary_dim]`.
+    /// `[batch, seq, 1, head_dim]`.
     sin: Tensor<B, 4>,
-    rotary_dim: usize,
+    /// `[head_dim, head_dim]`: `P`.
+    half_turn: Tensor<B, 2>,
+    /// `cos` and `sin` repeated for a number of heads, as applied (built once per head count).
+    per_heads: std::cell::RefCell<Vec<(usize, Tensor<B, 2>, Tensor<B, 2>)>>,
 }
 
 impl<B: Backend> Rotary<B> {
-    /// Angles `pos · inv_freq[i]` for the given positions; `inv_freq` has `rotary_dim / 2` entries.
-    pub fn new(positions: Tensor<B, 2, Int>, inv_freq: &[f32]) -> Self {
+    /// Angles `pos · inv_freq[i]` for the given positions; `inv_freq` has `rotary_dim / 2`
+    /// entries, `rotary_dim ≤ head_dim`.
+    pub fn new(positions: Tensor<B, 2, Int>, inv_freq: &[f32], head_dim: usize) -> Self {
         let [batch, seq] = positions.dims();
         let device = positions.device();
         let half = inv_freq.len();
+        let (r, d) = (2 * half, head_dim);
         let freq = Tensor::<B, 1>::from_floats(inv_freq, &device).reshape([1, 1, half]);
         let angles = positions.float().reshape([batch, seq, 1]) * freq; // [batch, seq, half]
-        let angles = Tensor::cat(vec![angles.clone(), angles], 2).reshape([batch, 1, seq, 2 * half]);
-        Rotary { cos: angles.clone().cos(), sin: angles.sin(), rotary_dim: 2 * half }
+        let angles = Tensor::cat(vec![angles.clone(), angles], 2);
+        let (mut cos, mut sin) = (angles.clone().cos(), angles.sin());
+        if d > r {
+            cos = Tensor::cat(vec![cos, Tensor::ones([batch, seq, d - r], &device)], 2);
+            sin = Tensor::cat(vec![sin, Tensor::zeros([batch, seq, d - r], &device)], 2);
+        }
+        let mut p = vec![0f32; d * d];
+        for i in 0..half {
+            p[(i + half) * d + i] = -1.0; // out[i] = −x[i + r/2]
+            p[i * d + i + half] = 1.0; // out[i + r/2] = x[i]
+        }
+        let half_turn = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(p, [d, d]), &device);
+        Rotary { cos: cos.reshape([batch, seq, 1, d]), sin: sin.reshape([batch, seq, 1, d]), half_turn, per_heads: Default::default() }
     }
 
-    /// Rotates `x` (`[batch, heads, seq, head_dim]`).
+    /// Rotates `x`, `[batch, seq, heads, head_dim]` (heads not yet moved before positions).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let head_dim = x.dims()[3];
-        let r = self.rotary_dim;
-        let (rot, pass) = if r == head_dim {
-            (x, None)
-        } else {
-            (x.clone().narrow(3, 0, r), Some(x.narrow(3, r, head_dim - r)))
-        };
-        let x1 = rot.clone().narrow(3, 0, r / 2);
-        let x2 = rot.clone().narrow(3, r / 2, r / 2);
-        let rotated_half = Tensor::cat(vec![x2.neg(), x1], 3);
-        let out = rot * self.cos.clone() + rotated_half * self.sin.clone();
-        match pass {
-            Some(p) => Tensor::cat(vec![out, p], 3),
-            None => out,
+        let [batch, seq, heads, d] = x.dims();
+        let rows = batch * seq * heads;
+        let (cos, sin) = self.for_heads(heads);
+        let x = x.reshape([rows, d]);
+        let turned = x.clone().matmul(self.half_turn.clone());
+        (x * cos + turned * sin).reshape([batch, seq, heads, d])
+    }
+
+    /// `cos` and `sin` as `[batch·seq·heads, head_dim]`, the shape [`Self::apply`] multiplies by.
+    fn for_heads(&self, heads: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let mut cached = self.per_heads.borrow_mut();
+        if let Some((_, c, s)) = cached.iter().find(|(h, _, _)| *h == heads) {
+            return (c.clone(), s.clone());
         }
+        let [batch, seq, _, d] = self.cos.dims();
+        let repeat = |t: &Tensor<B, 4>| t.clone().repeat_dim(2, heads).reshape([batch * seq * heads, d]);
+        let (c, s) = (repeat(&self.cos), repeat(&self.sin));
+        cached.push((heads, c.clone(), s.clone()));
+        (c, s)
     }
 }
 

@@ -190,15 +190,33 @@ pub struct Context<B: Backend> {
     pub rotary: Option<Rotary<B>>,
     /// The cache being extended, with the mask of every position (cached and new).
     cache: Option<(KvCache<B>, Tensor<B, 2, Int>)>,
+    /// `bias` repeated to the shape attention adds it to, built by the first block that asks.
+    bias_by_heads: std::cell::RefCell<Option<((usize, usize), Tensor<B, 5>)>>,
 }
 
 impl<B: Backend> Context<B> {
-    /// Bias from the input's mask (and its cache's), and rotary angles when `inv_freq` is given.
-    pub fn new(input: &Input<B>, causal: bool, inv_freq: Option<&[f32]>) -> Self {
-        let rotary = inv_freq.map(|f| Rotary::new(input.positions(), f));
+    /// Bias from the input's mask (and its cache's), and rotary angles when `rotary` (the
+    /// inverse frequencies and the head width) is given.
+    pub fn new(input: &Input<B>, causal: bool, rotary: Option<(&[f32], usize)>) -> Self {
+        let rotary = rotary.map(|(f, head_dim)| Rotary::new(input.positions(), f, head_dim));
         let full = input.full_mask();
         let bias = attention_bias(full.clone(), input.dims()[1], causal);
-        Context { bias, rotary, cache: input.past.clone().map(|c| (c, full)) }
+        Context { bias, rotary, cache: input.past.clone().map(|c| (c, full)), bias_by_heads: Default::default() }
+    }
+
+    /// The bias as [`crate::layers::attend`] adds it, `[batch, kv_heads, groups, seq, total]`:
+    /// repeated once per batch rather than broadcast in every block (a broadcast add walks the
+    /// scores element by element on the CPU backend).
+    pub fn bias_for(&self, kv_heads: usize, groups: usize) -> Tensor<B, 5> {
+        let mut cached = self.bias_by_heads.borrow_mut();
+        if let Some((key, bias)) = &*cached
+            && *key == (kv_heads, groups)
+        {
+            return bias.clone();
+        }
+        let bias = self.bias.clone().unsqueeze_dim::<5>(1).repeat_dim(1, kv_heads).repeat_dim(2, groups);
+        *cached = Some(((kv_heads, groups), bias.clone()));
+        bias
     }
 
     /// The keys and values attention reads at `layer`: the new ones `[batch, heads, seq, d]`,

@@ -9,7 +9,7 @@ use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, merge_heads, split_heads, Embedding, LayerNorm, Linear};
+use crate::layers::{attend, split_heads, Embedding, LayerNorm, Linear};
 use crate::model::{Context, Input, Transformer};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
@@ -153,9 +153,8 @@ impl<B: Backend> Transformer<B> for Bert<B> {
         // h = LN(x + W_o · softmax(q kᵀ/√d + padding mask) v)
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), x);
         let (q, k, v) = hook_qkv(hooks, layer, b.query.forward(a_in.clone()), b.key.forward(a_in.clone()), b.value.forward(a_in.clone()));
-        let (k, v) = ctx.keys_values(layer, split_heads(k, heads), split_heads(v, heads));
-        let attended = attend(split_heads(q, heads), k, v, ctx.bias.clone());
-        let values = hook_attention_values(hooks, layer, merge_heads(attended));
+        let (k, v) = ctx.keys_values(layer, split_heads(k, heads).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
+        let values = hook_attention_values(hooks, layer, attend(split_heads(q, heads), k, v, ctx.bias_for(heads, 1)));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.attn_out.forward(values));
 
         // y = LN(h + W₂ GELU(W₁ h))

@@ -9,7 +9,7 @@ use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, merge_heads, split_heads, Embedding, LayerNorm, Linear};
+use crate::layers::{attend, split_heads, Embedding, LayerNorm, Linear};
 use crate::model::{Context, Input, Transformer};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
@@ -144,9 +144,8 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), b.ln_1.forward(x.clone()));
         let qkv = b.c_attn.forward(a_in);
         let (q, k, v) = hook_qkv(hooks, layer, qkv.clone().narrow(2, 0, d), qkv.clone().narrow(2, d, d), qkv.narrow(2, 2 * d, d));
-        let (k, v) = ctx.keys_values(layer, split_heads(k, heads), split_heads(v, heads));
-        let attended = attend(split_heads(q, heads), k, v, ctx.bias.clone());
-        let values = hook_attention_values(hooks, layer, merge_heads(attended));
+        let (k, v) = ctx.keys_values(layer, split_heads(k, heads).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
+        let values = hook_attention_values(hooks, layer, attend(split_heads(q, heads), k, v, ctx.bias_for(heads, 1)));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.attn_proj.forward(values));
         let h = x + attn_out;
 

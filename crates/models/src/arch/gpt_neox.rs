@@ -9,7 +9,7 @@ use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, merge_heads, rope_inv_freq, split_heads, Embedding, LayerNorm, Linear, RopeScaling};
+use crate::layers::{attend, rope_inv_freq, split_heads, Embedding, LayerNorm, Linear, RopeScaling};
 use crate::model::{Context, Input, Transformer};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
@@ -152,7 +152,7 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
         self.embed_in.forward(input.ids.clone())
     }
     fn context(&self, input: &Input<B>) -> Context<B> {
-        Context::new(input, true, Some(&self.inv_freq))
+        Context::new(input, true, Some((&self.inv_freq, self.config.hidden_size / self.config.num_heads)))
     }
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.layers[layer];
@@ -167,8 +167,8 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
         let part = |i: usize| qkv.clone().narrow(3, i * hd, hd).reshape([batch, seq, d]);
         let (q, k, v) = hook_qkv(hooks, layer, part(0), part(1), part(2));
         let q = rotary.apply(split_heads(q, heads));
-        let (k, v) = ctx.keys_values(layer, rotary.apply(split_heads(k, heads)), split_heads(v, heads));
-        let values = hook_attention_values(hooks, layer, merge_heads(attend(q, k, v, ctx.bias.clone())));
+        let (k, v) = ctx.keys_values(layer, rotary.apply(split_heads(k, heads)).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
+        let values = hook_attention_values(hooks, layer, attend(q, k, v, ctx.bias_for(heads, 1)));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.dense.forward(values));
 
         // MLP on LN₂(x) (parallel residual) or on LN₂(x + attn) (sequential).

@@ -10,7 +10,7 @@ use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::Result;
 use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, merge_heads, repeat_kv, rope_inv_freq, split_heads, Embedding, Linear, RmsNorm, RopeScaling};
+use crate::layers::{attend, rope_inv_freq, split_heads, Embedding, Linear, RmsNorm, RopeScaling};
 use crate::model::{Context, Input, Transformer};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
@@ -162,7 +162,7 @@ impl<B: Backend> Transformer<B> for Llama<B> {
         self.embed_tokens.forward(input.ids.clone())
     }
     fn context(&self, input: &Input<B>) -> Context<B> {
-        Context::new(input, true, Some(&self.inv_freq))
+        Context::new(input, true, Some((&self.inv_freq, self.config.head_dim)))
     }
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.layers[layer];
@@ -172,11 +172,11 @@ impl<B: Backend> Transformer<B> for Llama<B> {
         // Attention: h = x + W_o · softmax(RoPE(q) RoPE(k)ᵀ/√d + mask) v
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), b.input_norm.forward(x.clone()));
         let (q, k, v) = hook_qkv(hooks, layer, b.q.forward(a_in.clone()), b.k.forward(a_in.clone()), b.v.forward(a_in));
-        let groups = c.num_heads / c.num_kv_heads;
         let q = rotary.apply(split_heads(q, c.num_heads));
-        let (k, v) = ctx.keys_values(layer, rotary.apply(split_heads(k, c.num_kv_heads)), split_heads(v, c.num_kv_heads));
-        let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-        let values = hook_attention_values(hooks, layer, merge_heads(attend(q, k, v, ctx.bias.clone())));
+        let k = rotary.apply(split_heads(k, c.num_kv_heads)).swap_dims(1, 2);
+        let (k, v) = ctx.keys_values(layer, k, split_heads(v, c.num_kv_heads).swap_dims(1, 2));
+        let bias = ctx.bias_for(c.num_kv_heads, c.num_heads / c.num_kv_heads);
+        let values = hook_attention_values(hooks, layer, attend(q, k, v, bias));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.o.forward(values));
         let h = x + attn_out;
 

@@ -344,6 +344,43 @@ pub struct DasObjective<'a, B: Backend, M: Transformer<B>> {
     pub validation: &'a [PairBatch<B>],
     /// Weight λ of the boundary penalty (Boundless DAS only).
     pub boundary_penalty: f64,
+    /// The last validation's metrics, under the parameter values they were measured with.
+    last_validation: std::cell::RefCell<Option<(Vec<Vec<f32>>, Metrics)>>,
+}
+
+impl<'a, B: Backend, M: Transformer<B>> DasObjective<'a, B, M> {
+    /// The objective on `train`, validated on `validation`.
+    pub fn new(model: &'a M, train: &'a [PairBatch<B>], validation: &'a [PairBatch<B>], boundary_penalty: f64) -> Self {
+        DasObjective { model, train, validation, boundary_penalty, last_validation: Default::default() }
+    }
+
+    /// The metrics of `iv` on the validation batches: the last validation's when it measured
+    /// these very parameter values (the final validation of a run whose held-out examples also
+    /// validate), else evaluated now.
+    pub fn validation_metrics(&self, iv: &Intervention<B>) -> Result<Metrics> {
+        let values = parameter_values(iv);
+        if let Some((seen, m)) = &*self.last_validation.borrow()
+            && *seen == values
+        {
+            return Ok(*m);
+        }
+        let m = evaluate(self.model, self.validation, Some(iv))?;
+        *self.last_validation.borrow_mut() = Some((values, m));
+        Ok(m)
+    }
+}
+
+/// Every float parameter of `iv`, flattened, in visiting order.
+fn parameter_values<B: Backend>(iv: &Intervention<B>) -> Vec<Vec<f32>> {
+    struct Values(Vec<Vec<f32>>);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            self.0.push(param.val().into_data().convert::<f32>().to_vec().unwrap_or_default());
+        }
+    }
+    let mut v = Values(Vec::new());
+    burn::module::Module::visit(iv, &mut v);
+    v.0
 }
 
 impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B, M> {
@@ -363,7 +400,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B,
         if self.validation.is_empty() {
             return Ok(None);
         }
-        let m = evaluate(self.model, self.validation, Some(iv))?;
+        let m = self.validation_metrics(iv)?;
         Ok(Some((m.loss, m.iia)))
     }
 }

@@ -91,6 +91,11 @@ pub struct PairRecipe {
     pub family: Option<ReftFamily>,
     /// Examples per batch.
     pub batch_size: usize,
+    /// Examples per batch when evaluating (validation and held-out splits; default: four times
+    /// `batch_size`): no gradients are kept there, and bigger batches read the frozen weights
+    /// fewer times. The metrics do not depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_batch_size: Option<usize>,
     /// Batches whose gradients make one optimizer step.
     #[serde(default = "one")]
     pub accumulate: usize,
@@ -163,8 +168,8 @@ impl PairRecipe {
                 }
             }
         }
-        if self.batch_size == 0 || self.epochs == 0 || self.accumulate == 0 {
-            bail!("`batch_size`, `epochs` and `accumulate` must be at least 1");
+        if self.batch_size == 0 || self.epochs == 0 || self.accumulate == 0 || self.eval_batch_size == Some(0) {
+            bail!("`batch_size`, `eval_batch_size`, `epochs` and `accumulate` must be at least 1");
         }
         match (&self.held_out, self.dev_fraction) {
             (Some(_), Some(_)) => bail!("give either `held_out` (a file of held-out examples) or `dev_fraction` (a share of `pairs`), not both"),
@@ -183,6 +188,11 @@ impl PairRecipe {
             bail!("`warmup` is a share of the steps, between 0 and 1, not {}", self.warmup);
         }
         Ok(())
+    }
+
+    /// Examples per batch when evaluating: `eval_batch_size`, or four times `batch_size`.
+    pub fn eval_batch_size(&self) -> usize {
+        self.eval_batch_size.unwrap_or(4 * self.batch_size)
     }
 
     /// The training loop's settings.

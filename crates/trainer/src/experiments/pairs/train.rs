@@ -76,19 +76,21 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     }
 
     /// The frozen parts of the train, validation and held-out examples, batch by batch with a
-    /// progress bar.
-    fn prepare<T>(&self, f: impl Fn(&[&TokenizedExample]) -> Result<Vec<T>>) -> Result<[Vec<T>; 3]> {
+    /// progress bar; `f` gets a part of a split and the batch size to cut it into (the recipe's
+    /// for training, [`PairRecipe::eval_batch_size`] for the two evaluated splits).
+    fn prepare<T>(&self, f: impl Fn(&[&TokenizedExample], usize) -> Result<Vec<T>>) -> Result<[Vec<T>; 3]> {
         let ex = self.examples;
-        let bs = self.r.batch_size.max(1);
         let mut out: [Vec<T>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for (k, (idx, what)) in [(&ex.train, "train"), (&ex.validation, "validation"), (&ex.dev, "held out")].into_iter().enumerate() {
+        let splits = [(&ex.train, "train", self.r.batch_size), (&ex.validation, "validation", self.r.eval_batch_size()), (&ex.dev, "held out", self.r.eval_batch_size())];
+        for (k, (idx, what, bs)) in splits.into_iter().enumerate() {
+            let bs = bs.max(1);
             let examples = ex.pick(idx);
             let bar = progress_if(self.ctx.progress, examples.len(), what);
             // Many batches per call: `f` runs each distinct base and source once across what
             // it is given (DAS), which one call per batch would not share; parts keep the bar
             // moving and the shared runs' memory bounded.
             for part in examples.chunks(bs * PREPARE_BATCHES_AT_ONCE) {
-                out[k].extend(f(part)?);
+                out[k].extend(f(part, bs)?);
                 bar.inc(part.len() as u64);
             }
             bar.finish_and_clear();
@@ -132,16 +134,18 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// DAS or Boundless DAS, evaluated beside no intervention and a random rotation.
     fn das(&self) -> Result<Trained<B>> {
-        let (model, site, bs) = (self.model, self.r.site, self.r.batch_size);
-        let [train, val, dev] = self.prepare(|c| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
+        let (model, site) = (self.model, self.r.site);
+        let [train, val, dev] = self.prepare(|c, bs| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
         let validation = if val.is_empty() { &dev } else { &val };
-        let objective = das::DasObjective { model, train: &train, validation, boundary_penalty: self.r.boundary_penalty.unwrap_or(1.0) };
+        let objective = das::DasObjective::new(model, &train, validation, self.r.boundary_penalty.unwrap_or(1.0));
         let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
         let iv = &fitted.module;
-        let with = das::evaluate(model, &dev, Some(iv))?;
+        // Without a validation split the held-out examples validate: the final validation, if it
+        // saw these parameters, already measured them.
+        let with = if val.is_empty() { objective.validation_metrics(iv)? } else { das::evaluate(model, &dev, Some(iv))? };
         let none = das::evaluate(model, &dev, None)?;
         let random_iv = iv.with_random_rotation(&mut Rng::new(self.r.seed ^ 1)).ok_or_else(|| anyhow!("DAS has a rotation"))?;
         let random = das::evaluate(model, &dev, Some(&random_iv))?;
@@ -159,8 +163,8 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// ReFT, evaluated beside no intervention and on its own training examples.
     fn reft(&self) -> Result<Trained<B>> {
-        let (model, site, bs) = (self.model, self.r.site, self.r.batch_size);
-        let [train, val, dev] = self.prepare(|c| reft::prepare(model, site, c, self.pad_id, bs, self.device))?;
+        let (model, site) = (self.model, self.r.site);
+        let [train, val, dev] = self.prepare(|c, bs| reft::prepare(model, site, c, self.pad_id, bs, self.device))?;
         let objective = reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
         let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
         if fitted.outcome == crate::fit::Outcome::Interrupted {
@@ -179,12 +183,12 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// A linear probe, evaluated beside the majority class.
     fn probe(&self) -> Result<Trained<B>> {
-        let (model, site, bs) = (self.model, self.r.site, self.r.batch_size);
+        let (model, site) = (self.model, self.r.site);
         let classes = probe::class_count(&self.examples.tokenized.iter().collect::<Vec<_>>());
         if classes < 2 {
             bail!("{}: a probe needs at least two classes (found {classes})", self.r.pairs.display());
         }
-        let [train, val, dev] = self.prepare(|c| probe::features(model, site, c, self.pad_id, bs, self.device))?;
+        let [train, val, dev] = self.prepare(|c, bs| probe::features(model, site, c, self.pad_id, bs, self.device))?;
         let objective = probe::ProbeObjective { train: &train, validation: if val.is_empty() { &dev } else { &val } };
         let (fitted, timings) = self.fit(&objective, self.initial(classes)?)?;
         if fitted.outcome == crate::fit::Outcome::Interrupted {
