@@ -56,7 +56,7 @@ fn grouped_attention_equals_repeated_heads_with_gradients() {
 
 /// The textbook rotate-half: `x ⊙ cos + cat(−x₂, x₁) ⊙ sin` on the first `r` dims, the rest passed.
 fn rotary_textbook(x: Tensor<B, 4>, positions: &[i64], inv_freq: &[f32]) -> Tensor<B, 4> {
-    let [batch, seq, heads, d] = x.dims();
+    let [batch, seq, _, d] = x.dims();
     let r = 2 * inv_freq.len();
     let mut cos = Vec::new();
     let mut sin = Vec::new();

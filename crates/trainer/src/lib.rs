@@ -22,6 +22,7 @@ pub mod events;
 pub mod experiments;
 pub mod fit;
 pub mod generate;
+pub mod memory;
 pub mod objectives;
 pub mod plot;
 pub mod recipe;

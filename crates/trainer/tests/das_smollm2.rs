@@ -98,7 +98,8 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
         epochs: 4, lr: 1e-1, warmup: 0.1, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
         temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 3, shuffle: true,
     };
-    let objective = DasObjective::new(model, &train_batches, &[], 0.0);
+    let no_validation = Vec::new();
+    let objective = DasObjective::new(model, &train_batches, &no_validation, 0.0);
     let fitted = fit(&objective, iv, &cfg, FitIo::default()).unwrap();
     let (iv, losses) = (fitted.module, fitted.state.losses);
     let trained = evaluate(model, &dev_batches, Some(&iv)).unwrap();

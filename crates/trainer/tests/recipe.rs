@@ -321,3 +321,28 @@ fn overrides_are_toml_values_and_bare_words_are_strings() {
     assert!(o.value.is_table());
     assert!("no-equals-sign".parse::<Override>().is_err());
 }
+
+#[test]
+fn over_the_cache_budget_batches_are_prepared_when_used_with_the_same_results() {
+    let dir = std::env::temp_dir().join(format!("ferrovene-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = small_recipe(&dir);
+    let run = |budget: &str, out: &str| {
+        let out_root = dir.join(out);
+        let o = trainer().arg(&recipe).args(["--quiet", "--cache-budget", budget, "--set", "checkpoint_every=0", "--out"]).arg(&out_root).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{stderr}");
+        (only_run(&out_root.join("das-small")), stderr)
+    };
+    let (cached, said) = run("8G", "cached");
+    assert!(said.contains("frozen cache of about") && said.contains("budget 8.0 GB"), "{said}");
+    let (on_demand, said) = run("1K", "on-demand");
+    assert!(said.contains("over the budget of 1.0 KB (--cache-budget)") && said.contains("when the batch is used"), "{said}");
+    let (a, b) = (common::report(&cached), common::report(&on_demand));
+    assert_eq!(a["metrics"], b["metrics"], "held-out metrics");
+    assert_eq!(a["training"]["loss"], b["training"]["loss"], "first and last loss");
+    assert_eq!(a["training"]["validations"], b["training"]["validations"]);
+    assert_eq!(tensors(&cached.join("intervention.safetensors")), tensors(&on_demand.join("intervention.safetensors")), "the trained intervention");
+    let out = trainer().args(["das-capitals", "--cache-budget", "lots"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`lots` is not a size"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -43,6 +43,20 @@ pub struct RecipeArgs {
     /// No progress bars (they are drawn only on a terminal anyway).
     #[arg(long)]
     pub quiet: bool,
+    /// Most memory the frozen cache may take (see `--help`).
+    #[arg(long, value_parser = crate::memory::parse_size, value_name = "SIZE", long_help = cache_budget_help())]
+    pub cache_budget: Option<u64>,
+}
+
+/// `--cache-budget`'s long help, with the default it would take now.
+fn cache_budget_help() -> String {
+    let now = crate::memory::available().map_or("4.0 GB: available memory unknown here".into(), |a| format!("{} of {} available now", crate::memory::human(crate::memory::default_cache_budget()), crate::memory::human(a)));
+    format!(
+        "Most memory the frozen cache may take: the model's work on the examples, computed once before training \
+         (DAS kinds; its size is printed first). Over it, each batch's frozen part is computed when the batch is used \
+         instead: slower, the same numbers. Bytes or K/M/G/T, e.g. 512M, 8G.\n[default: half the memory available when \
+         the run starts; {now}]"
+    )
 }
 
 /// Set by Ctrl-C; the training loop checkpoints and stops after the current step.
@@ -60,13 +74,15 @@ pub struct RecipeRun {
     pub resume: Option<PathBuf>,
     /// Progress bars.
     pub progress: bool,
+    /// Most bytes the frozen cache may take.
+    pub cache_budget: u64,
 }
 
 impl OnBackend for RecipeRun {
     type Output = RunEnd;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<RunEnd> {
-        let opts = RunOptions { name: &self.name, out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&INTERRUPT), progress: self.progress };
+        let opts = RunOptions { name: &self.name, out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&INTERRUPT), progress: self.progress, cache_budget: self.cache_budget };
         self.recipe.run::<burn::backend::Autodiff<B>>(opts, &device)
     }
 }
@@ -135,7 +151,8 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
         eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
         })?;
     }
-    let job = RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet };
+    let cache_budget = a.cache_budget.unwrap_or_else(crate::memory::default_cache_budget);
+    let job = RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };
     match dispatch(a.device, job)? {
         RunEnd::Done(_) => Ok(()),
         RunEnd::Interrupted(_) => std::process::exit(130),

@@ -57,5 +57,5 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         overrides.push(set.parse()?);
     }
     let r = Recipe::from_table(table, &overrides)?;
-    dispatch(a.device, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: None, progress: true }).map(|_| ())
+    dispatch(a.device, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: None, progress: true, cache_budget: crate::memory::default_cache_budget() }).map(|_| ())
 }

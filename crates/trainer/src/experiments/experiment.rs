@@ -22,6 +22,8 @@ pub struct RunContext<'a> {
     pub progress: bool,
     /// The recipe as run, with its kind (TOML): written into the run folder and the report.
     pub as_run: &'a str,
+    /// Most bytes the frozen cache may take before batches are prepared when used instead.
+    pub cache_budget: u64,
 }
 
 /// How a run ended.

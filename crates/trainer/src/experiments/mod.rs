@@ -67,7 +67,7 @@ macro_rules! recipe_kinds {
             /// Runs the recipe on backend `B`.
             pub fn run<B: AutodiffBackend>(&self, opts: RunOptions<'_>, device: &B::Device) -> Result<RunEnd> {
                 let as_run = toml::to_string(self)?;
-                let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run };
+                let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run, cache_budget: opts.cache_budget };
                 match self { $( Recipe::$variant($r) => $experiment.run::<B>(&ctx, device), )* }
             }
         }
@@ -107,6 +107,8 @@ pub struct RunOptions<'a> {
     pub interrupt: Option<&'a AtomicBool>,
     /// Progress bars (drawn only on a terminal anyway).
     pub progress: bool,
+    /// Most bytes the frozen cache may take (see `--cache-budget`).
+    pub cache_budget: u64,
 }
 
 impl Recipe {

@@ -17,6 +17,7 @@ use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run
 
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
+use super::das_batches::BatchList;
 
 /// One batch of pairs, with the frozen model's work done.
 pub struct PairBatch<B: Backend> {
@@ -339,9 +340,9 @@ pub struct DasObjective<'a, B: Backend, M: Transformer<B>> {
     /// The frozen model.
     pub model: &'a M,
     /// Training batches.
-    pub train: &'a [PairBatch<B>],
+    pub train: &'a dyn BatchList<B>,
     /// Validation batches (may be empty).
-    pub validation: &'a [PairBatch<B>],
+    pub validation: &'a dyn BatchList<B>,
     /// Weight λ of the boundary penalty (Boundless DAS only).
     pub boundary_penalty: f64,
     /// The last validation's metrics, under the parameter values they were measured with.
@@ -350,7 +351,7 @@ pub struct DasObjective<'a, B: Backend, M: Transformer<B>> {
 
 impl<'a, B: Backend, M: Transformer<B>> DasObjective<'a, B, M> {
     /// The objective on `train`, validated on `validation`.
-    pub fn new(model: &'a M, train: &'a [PairBatch<B>], validation: &'a [PairBatch<B>], boundary_penalty: f64) -> Self {
+    pub fn new(model: &'a M, train: &'a dyn BatchList<B>, validation: &'a dyn BatchList<B>, boundary_penalty: f64) -> Self {
         DasObjective { model, train, validation, boundary_penalty, last_validation: Default::default() }
     }
 
@@ -385,11 +386,16 @@ fn parameter_values<B: Backend>(iv: &Intervention<B>) -> Vec<Vec<f32>> {
 
 impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B, M> {
     fn batches(&self) -> usize {
-        self.train.len()
+        self.train.count()
     }
 
     fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<Tensor<B, 1>> {
-        let ce = loss(self.model, &self.train[index], iv)?;
+        let mut ce = None;
+        self.train.visit(index, &mut |batch| {
+            ce = Some(loss(self.model, batch, iv)?);
+            Ok(())
+        })?;
+        let ce = ce.context("a training batch")?;
         Ok(match iv {
             Intervention::Boundless(b) if self.boundary_penalty != 0.0 => ce + b.boundary.val().sum() * self.boundary_penalty,
             _ => ce,
@@ -397,7 +403,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B,
     }
 
     fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>> {
-        if self.validation.is_empty() {
+        if self.validation.count() == 0 {
             return Ok(None);
         }
         let m = self.validation_metrics(iv)?;
@@ -425,30 +431,33 @@ pub struct Metrics {
 
 /// IIA, the p(label) > p(base label) variant, mean log-odds and loss with `iv`, or without any
 /// intervention.
-pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PairBatch<B>], iv: Option<&Intervention<B>>) -> Result<Metrics> {
+pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &dyn BatchList<B>, iv: Option<&Intervention<B>>) -> Result<Metrics> {
     let (mut hits, mut beats, mut base_hits, mut n, mut with_base) = (0usize, 0usize, 0usize, 0usize, true);
     let (mut log_odds, mut nll) = (0f64, 0f64);
-    for batch in batches {
-        let l = logits(model, batch, iv)?;
-        let v = l.dims()[1];
-        let values: Vec<f32> = l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
-        for (row, &label) in batch.labels.iter().enumerate() {
-            let r = &values[row * v..(row + 1) * v];
-            let argmax = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-            let max = r[argmax] as f64;
-            let log_z = max + r.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            nll += log_z - r[label as usize] as f64;
-            hits += (argmax == label as usize) as usize;
-            match &batch.base_labels {
-                Some(bl) => {
-                    beats += (r[label as usize] > r[bl[row] as usize]) as usize;
-                    base_hits += (argmax == bl[row] as usize) as usize;
-                    log_odds += r[label as usize] as f64 - r[bl[row] as usize] as f64;
+    for index in 0..batches.count() {
+        batches.visit(index, &mut |batch| {
+            let l = logits(model, batch, iv)?;
+            let v = l.dims()[1];
+            let values: Vec<f32> = l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+            for (row, &label) in batch.labels.iter().enumerate() {
+                let r = &values[row * v..(row + 1) * v];
+                let argmax = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+                let max = r[argmax] as f64;
+                let log_z = max + r.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+                nll += log_z - r[label as usize] as f64;
+                hits += (argmax == label as usize) as usize;
+                match &batch.base_labels {
+                    Some(bl) => {
+                        beats += (r[label as usize] > r[bl[row] as usize]) as usize;
+                        base_hits += (argmax == bl[row] as usize) as usize;
+                        log_odds += r[label as usize] as f64 - r[bl[row] as usize] as f64;
+                    }
+                    None => with_base = false,
                 }
-                None => with_base = false,
+                n += 1;
             }
-            n += 1;
-        }
+            Ok(())
+        })?;
     }
     let share = |k: usize| k as f32 / n.max(1) as f32;
     Ok(Metrics {

@@ -2,5 +2,6 @@
 //! once, the loss of a batch (an [`crate::fit::Objective`]), and the held-out evaluation.
 
 pub mod das;
+pub mod das_batches;
 pub mod probe;
 pub mod reft;

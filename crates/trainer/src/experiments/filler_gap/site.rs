@@ -59,7 +59,7 @@ pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(
         epochs: r.epochs, lr: r.lr, warmup: r.warmup, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
         temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed, shuffle: true,
     };
-    let fitted = fit(&DasObjective::new(model, &train_b, &[], 0.0), iv, &cfg, FitIo::default())?;
+    let fitted = fit(&DasObjective::new(model, &train_b, &Vec::new(), 0.0), iv, &cfg, FitIo::default())?;
     let losses = &fitted.state.losses;
     let loss = (losses.first().copied().unwrap_or(f32::NAN), losses.last().copied().unwrap_or(f32::NAN));
     Ok((fitted.module, loss))

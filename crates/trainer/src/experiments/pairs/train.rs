@@ -21,6 +21,8 @@ use super::recipe::{Method, PairRecipe};
 use crate::events::{progress_if, Events};
 use crate::experiments::experiment::RunContext;
 use crate::fit::{fit, FitIo, Fitted, Objective};
+use crate::memory::human;
+use crate::objectives::das_batches::{self, BatchList, OnDemand};
 use crate::objectives::{das, probe, reft};
 use crate::run_dir::RunDir;
 
@@ -134,10 +136,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// DAS or Boundless DAS, evaluated beside no intervention and a random rotation.
     fn das(&self) -> Result<Trained<B>> {
-        let (model, site) = (self.model, self.r.site);
-        let [train, val, dev] = self.prepare(|c, bs| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
-        let validation = if val.is_empty() { &dev } else { &val };
-        let objective = das::DasObjective::new(model, &train, validation, self.r.boundary_penalty.unwrap_or(1.0));
+        let [train, val, dev] = self.das_batches()?;
+        let model = self.model;
+        let validation = if val.count() == 0 { &dev } else { &val };
+        let objective = das::DasObjective::new(model, &*train, &**validation, self.r.boundary_penalty.unwrap_or(1.0));
         let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
@@ -145,10 +147,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let iv = &fitted.module;
         // Without a validation split the held-out examples validate: the final validation, if it
         // saw these parameters, already measured them.
-        let with = if val.is_empty() { objective.validation_metrics(iv)? } else { das::evaluate(model, &dev, Some(iv))? };
-        let none = das::evaluate(model, &dev, None)?;
+        let with = if val.count() == 0 { objective.validation_metrics(iv)? } else { das::evaluate(model, &*dev, Some(iv))? };
+        let none = das::evaluate(model, &*dev, None)?;
         let random_iv = iv.with_random_rotation(&mut Rng::new(self.r.seed ^ 1)).ok_or_else(|| anyhow!("DAS has a rotation"))?;
-        let random = das::evaluate(model, &dev, Some(&random_iv))?;
+        let random = das::evaluate(model, &*dev, Some(&random_iv))?;
         println!(
             "{}: held-out IIA {:.3} (no intervention {:.3}, random rotation {:.3}) on {} pairs; p(label) > p(base) {}",
             self.ctx.name, with.iia, none.iia, random.iia, with.n, with.label_beats_base.map_or("-".into(), |v| format!("{v:.3}"))
@@ -159,6 +161,28 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         }
         let metrics = json!({"dev": dev_metrics, "controls": {"no_intervention": none, "random_rotation": random}});
         Ok(Trained { fitted, metrics, timings, width: self.width })
+    }
+
+    /// DAS's train, validation and held-out batches: prepared once and kept when the frozen cache
+    /// fits the memory budget (its size is printed first), else prepared whenever used.
+    fn das_batches(&self) -> Result<[Box<dyn BatchList<B> + '_>; 3]> {
+        let (model, site, ex) = (self.model, self.r.site, self.examples);
+        let splits = [(ex.pick(&ex.train), self.r.batch_size), (ex.pick(&ex.validation), self.r.eval_batch_size()), (ex.pick(&ex.dev), self.r.eval_batch_size())];
+        let bytes: u64 = splits.iter().map(|(pairs, bs)| das_batches::cache_bytes(model, site, pairs, *bs)).sum();
+        let budget = self.ctx.cache_budget;
+        let pairs: usize = splits.iter().map(|(p, _)| p.len()).sum();
+        if bytes <= budget {
+            eprintln!("{}: frozen cache of about {} for {pairs} pairs (budget {})", self.ctx.name, human(bytes), human(budget));
+            let [train, val, dev] = self.prepare(|c, bs| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
+            return Ok([Box::new(train), Box::new(val), Box::new(dev)]);
+        }
+        eprintln!(
+            "{}: the frozen cache would take about {} for {pairs} pairs, over the budget of {} (--cache-budget): each batch's frozen part is computed when the batch is used instead (slower, the same numbers)",
+            self.ctx.name, human(bytes), human(budget)
+        );
+        Ok(splits.map(|(pairs, batch_size)| -> Box<dyn BatchList<B> + '_> {
+            Box::new(OnDemand { model, site, pairs, pad_id: self.pad_id, batch_size, device: self.device.clone() })
+        }))
     }
 
     /// ReFT, evaluated beside no intervention and on its own training examples.
