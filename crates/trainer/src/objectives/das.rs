@@ -17,7 +17,7 @@ use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run
 
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
-use super::das_batches::BatchList;
+use super::batches::BatchList;
 
 /// One batch of pairs, with the frozen model's work done.
 pub struct PairBatch<B: Backend> {
@@ -340,9 +340,9 @@ pub struct DasObjective<'a, B: Backend, M: Transformer<B>> {
     /// The frozen model.
     pub model: &'a M,
     /// Training batches.
-    pub train: &'a dyn BatchList<B>,
+    pub train: &'a dyn BatchList<PairBatch<B>>,
     /// Validation batches (may be empty).
-    pub validation: &'a dyn BatchList<B>,
+    pub validation: &'a dyn BatchList<PairBatch<B>>,
     /// Weight λ of the boundary penalty (Boundless DAS only).
     pub boundary_penalty: f64,
     /// The last validation's metrics, under the parameter values they were measured with.
@@ -351,7 +351,7 @@ pub struct DasObjective<'a, B: Backend, M: Transformer<B>> {
 
 impl<'a, B: Backend, M: Transformer<B>> DasObjective<'a, B, M> {
     /// The objective on `train`, validated on `validation`.
-    pub fn new(model: &'a M, train: &'a dyn BatchList<B>, validation: &'a dyn BatchList<B>, boundary_penalty: f64) -> Self {
+    pub fn new(model: &'a M, train: &'a dyn BatchList<PairBatch<B>>, validation: &'a dyn BatchList<PairBatch<B>>, boundary_penalty: f64) -> Self {
         DasObjective { model, train, validation, boundary_penalty, last_validation: Default::default() }
     }
 
@@ -431,7 +431,7 @@ pub struct Metrics {
 
 /// IIA, the p(label) > p(base label) variant, mean log-odds and loss with `iv`, or without any
 /// intervention.
-pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &dyn BatchList<B>, iv: Option<&Intervention<B>>) -> Result<Metrics> {
+pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &dyn BatchList<PairBatch<B>>, iv: Option<&Intervention<B>>) -> Result<Metrics> {
     let (mut hits, mut beats, mut base_hits, mut n, mut with_base) = (0usize, 0usize, 0usize, 0usize, true);
     let (mut log_odds, mut nll) = (0f64, 0f64);
     for index in 0..batches.count() {

@@ -8,24 +8,8 @@ use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_data::batch::PaddingSide;
 use ferrovene_models::{Component, Site, Transformer};
 
+use super::batches::BatchList;
 use super::das::{prepare, PairBatch};
-
-/// Batches of pairs, however they are held.
-pub trait BatchList<B: Backend> {
-    /// Number of batches.
-    fn count(&self) -> usize;
-    /// Calls `f` on batch `index`.
-    fn visit(&self, index: usize, f: &mut dyn FnMut(&PairBatch<B>) -> Result<()>) -> Result<()>;
-}
-
-impl<B: Backend> BatchList<B> for Vec<PairBatch<B>> {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn visit(&self, index: usize, f: &mut dyn FnMut(&PairBatch<B>) -> Result<()>) -> Result<()> {
-        f(&self[index])
-    }
-}
 
 /// Batches prepared when used: the pairs and what [`prepare`] needs, no tensors kept.
 pub struct OnDemand<'a, B: Backend, M: Transformer<B>> {
@@ -43,7 +27,7 @@ pub struct OnDemand<'a, B: Backend, M: Transformer<B>> {
     pub device: B::Device,
 }
 
-impl<B: Backend, M: Transformer<B>> BatchList<B> for OnDemand<'_, B, M> {
+impl<B: Backend, M: Transformer<B>> BatchList<PairBatch<B>> for OnDemand<'_, B, M> {
     fn count(&self) -> usize {
         self.pairs.len().div_ceil(self.batch_size.max(1))
     }

@@ -22,7 +22,9 @@ use crate::events::{progress_if, Events};
 use crate::experiments::experiment::RunContext;
 use crate::fit::{fit, FitIo, Fitted, Objective};
 use crate::memory::human;
-use crate::objectives::das_batches::{self, BatchList, OnDemand};
+use crate::objectives::batches::BatchList;
+use crate::objectives::das::PairBatch;
+use crate::objectives::das_batches::{self, OnDemand};
 use crate::objectives::{das, probe, reft};
 use crate::run_dir::RunDir;
 
@@ -165,7 +167,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// DAS's train, validation and held-out batches: prepared once and kept when the frozen cache
     /// fits the memory budget (its size is printed first), else prepared whenever used.
-    fn das_batches(&self) -> Result<[Box<dyn BatchList<B> + '_>; 3]> {
+    fn das_batches(&self) -> Result<[Box<dyn BatchList<PairBatch<B>> + '_>; 3]> {
         let (model, site, ex) = (self.model, self.r.site, self.examples);
         let splits = [(ex.pick(&ex.train), self.r.batch_size), (ex.pick(&ex.validation), self.r.eval_batch_size()), (ex.pick(&ex.dev), self.r.eval_batch_size())];
         let bytes: u64 = splits.iter().map(|(pairs, bs)| das_batches::cache_bytes(model, site, pairs, *bs)).sum();
@@ -180,7 +182,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             "{}: the frozen cache would take about {} for {pairs} pairs, over the budget of {} (--cache-budget): each batch's frozen part is computed when the batch is used instead (slower, the same numbers)",
             self.ctx.name, human(bytes), human(budget)
         );
-        Ok(splits.map(|(pairs, batch_size)| -> Box<dyn BatchList<B> + '_> {
+        Ok(splits.map(|(pairs, batch_size)| -> Box<dyn BatchList<PairBatch<B>> + '_> {
             Box::new(OnDemand { model, site, pairs, pad_id: self.pad_id, batch_size, device: self.device.clone() })
         }))
     }
