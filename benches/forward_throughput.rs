@@ -1,4 +1,5 @@
-//! SmolLM2-135M forward throughput on the CPU backend: batch 16 × 16 tokens, full logits.
+//! SmolLM2-135M forward throughput on the CPU backend: batch 16 × 16 tokens, with full logits
+//! and without the head.
 //!
 //! Run: `cargo bench --bench forward_throughput` (needs the fixture: scripts/fetch-fixtures);
 //! `--features ndarray` measures burn's ndarray backend instead of flex (the default).
@@ -30,28 +31,33 @@ fn main() {
     let rows: Vec<Vec<u32>> =
         (0..BATCH).map(|b| (0..SEQ).map(|s| ((b * 7919 + s * 104_729) % 49_000) as u32 + 100).collect()).collect();
     let input = Input::<B>::from_ids(&rows, &device);
-    let run = || {
+    // With the head over the whole vocabulary at every position (what a plain forward for
+    // next-token logits costs), and without it (the frozen blocks alone: what caching runs).
+    let run = |head: bool| {
         let hidden = forward(&loaded.model, &input, &mut NoHooks);
-        let logits = loaded.model.head(hidden).expect("a language model");
+        let out = if head { loaded.model.head(hidden).expect("a language model") } else { hidden };
         // Reading the data forces the computation to finish.
-        logits.into_data().to_vec::<f32>().expect("f32").len()
+        out.into_data().to_vec::<f32>().expect("f32").len()
     };
-    run();
-    let mut times: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            run();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let median = times[RUNS / 2];
-    let tokens = (BATCH * SEQ) as f64;
-    println!(
-        "{BACKEND}: forward batch {BATCH} x {SEQ} tokens (with logits over 49152): median {:.1} ms over {RUNS} runs = {:.0} tokens/s (min {:.1} ms, max {:.1} ms)",
-        median * 1e3,
-        tokens / median,
-        times[0] * 1e3,
-        times[RUNS - 1] * 1e3
-    );
+    for head in [true, false] {
+        run(head);
+        let mut times: Vec<f64> = (0..RUNS)
+            .map(|_| {
+                let t = Instant::now();
+                run(head);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[RUNS / 2];
+        let tokens = (BATCH * SEQ) as f64;
+        let what = if head { "with logits over 49152" } else { "blocks and final norm, no head" };
+        println!(
+            "{BACKEND}: forward batch {BATCH} x {SEQ} tokens ({what}): median {:.1} ms over {RUNS} runs = {:.0} tokens/s (min {:.1} ms, max {:.1} ms)",
+            median * 1e3,
+            tokens / median,
+            times[0] * 1e3,
+            times[RUNS - 1] * 1e3
+        );
+    }
 }
