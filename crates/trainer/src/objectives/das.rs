@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
+use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
@@ -61,6 +61,9 @@ impl<B: Backend> PairBatch<B> {
     }
 }
 
+/// Fewest prompts per chunk of the shared base and source runs (see [`prepare`]).
+const SHARED_RUN_ROWS: usize = 64;
+
 /// One pair's parts, checked once: base, source, label, base label.
 type PairParts<'a> = (&'a TokenizedInput, &'a TokenizedInput, u32, Option<u32>);
 
@@ -88,12 +91,15 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     let side = PaddingSide::for_model(model.causal());
     let bs = batch_size.max(1);
     let all_sources: Vec<&TokenizedInput> = parts.iter().map(|p| p.1).collect();
-    let sources = SharedSources::compute(model, site, &all_sources, pad_id, bs, device)?;
+    // The shared runs go in chunks of at least `SHARED_RUN_ROWS` prompts: a matrix product of
+    // more rows reads the frozen weights fewer times per prompt.
+    let run_rows = bs.max(SHARED_RUN_ROWS);
+    let sources = SharedSources::compute(model, site, &all_sources, pad_id, run_rows, device)?;
     // Bases are shared the same way where the checkpoint is the activation alone (a site between
     // blocks); a site inside a block also keeps the block's input, so its batches run their own.
     let between_blocks = matches!(site.component, Component::Embeddings | Component::BlockInput | Component::BlockOutput);
     let all_bases: Vec<&TokenizedInput> = parts.iter().map(|p| p.0).collect();
-    let shared_bases = if between_blocks { Some(SharedBases::compute(model, site, &all_bases, pad_id, bs, device)?) } else { None };
+    let shared_bases = if between_blocks { Some(SharedBases::compute(model, site, &all_bases, pad_id, run_rows, device)?) } else { None };
     let mut out = Vec::new();
     for (c, chunk) in parts.chunks(bs).enumerate() {
         let range = c * bs..c * bs + chunk.len();
@@ -329,9 +335,10 @@ pub fn logits_plain<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<
 /// The counterfactual cross-entropy of one batch at the label position (mean over pairs).
 pub fn loss<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: &Intervention<B>) -> Result<Tensor<B, 1>> {
     let logits = logits(model, batch, Some(iv))?;
-    let [n, v] = logits.dims();
-    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n]), &logits.device());
-    Ok(cross_entropy_with_logits(logits, labels.one_hot::<2>(v).float()))
+    let n = logits.dims()[0];
+    let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n, 1]), &logits.device());
+    // −log p(label), picked out rather than summed against a one-hot row over the vocabulary.
+    Ok(log_softmax(logits, 1).gather(1, labels).mean().neg())
 }
 
 /// DAS as a training objective: counterfactual cross-entropy on the training batches (plus
