@@ -92,8 +92,8 @@ pub struct PairRecipe {
     /// Examples per batch.
     pub batch_size: usize,
     /// Examples per batch when evaluating (validation and held-out splits; default: four times
-    /// `batch_size`): no gradients are kept there, and bigger batches read the frozen weights
-    /// fewer times. The metrics do not depend on it.
+    /// `batch_size`, at least 64): no gradients are kept there, and bigger batches read the
+    /// frozen weights fewer times. The metrics do not depend on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_batch_size: Option<usize>,
     /// Batches whose gradients make one optimizer step.
@@ -190,9 +190,10 @@ impl PairRecipe {
         Ok(())
     }
 
-    /// Examples per batch when evaluating: `eval_batch_size`, or four times `batch_size`.
+    /// Examples per batch when evaluating: `eval_batch_size`, or four times `batch_size` and at
+    /// least 64.
     pub fn eval_batch_size(&self) -> usize {
-        self.eval_batch_size.unwrap_or(4 * self.batch_size)
+        self.eval_batch_size.unwrap_or((4 * self.batch_size).max(64))
     }
 
     /// The training loop's settings.
