@@ -369,11 +369,10 @@ pub fn resume<B: Backend, M: Transformer<B> + ?Sized>(
         });
     }
     let ctx = model.context(&checkpoint.input);
-    let x = match site.component {
-        Component::Embeddings => run_blocks(model, activation, &ctx, 0, true, hooks),
-        Component::BlockInput => run_blocks(model, activation, &ctx, site.layer, false, hooks),
-        Component::BlockOutput => run_blocks(model, activation, &ctx, site.layer + 1, true, hooks),
-        _ => {
+    let x = match site.next_block() {
+        // A block input is the first block's input itself: not hooked twice.
+        Some(from) => run_blocks(model, activation, &ctx, from, site.component != Component::BlockInput, hooks),
+        None => {
             let block_input = checkpoint.block_input.clone().expect("run_to keeps the block input for inner sites");
             let mut overlay = Overlay { site, activation: Some(activation), rest: hooks };
             let x = model.block(site.layer, block_input, &ctx, &mut overlay);
@@ -390,13 +389,9 @@ pub fn resume<B: Backend, M: Transformer<B> + ?Sized>(
 pub fn keys_values_after<B: Backend, M: Transformer<B> + ?Sized>(model: &M, checkpoint: &Checkpoint<B>) -> KvCache<B> {
     let cache = KvCache::new();
     let input = Input { past: Some(cache.clone()), ..checkpoint.input.clone() };
-    let (from, hook_first_input) = match checkpoint.site.component {
-        Component::BlockOutput => (checkpoint.site.layer + 1, true),
-        Component::BlockInput => (checkpoint.site.layer, false),
-        _ => (0, true),
-    };
+    let site = checkpoint.site;
     let ctx = model.context(&input);
-    run_blocks(model, checkpoint.activation.clone(), &ctx, from, hook_first_input, &mut NoHooks);
+    run_blocks(model, checkpoint.activation.clone(), &ctx, site.next_block().unwrap_or(0), site.component != Component::BlockInput, &mut NoHooks);
     cache
 }
 

@@ -97,6 +97,18 @@ pub struct Site {
 }
 
 impl Site {
+    /// For a site between blocks (the embeddings, a block's input or output): the first block
+    /// that reads what flows there; `None` for a site inside a block. Everything the model
+    /// computes after such a site is a function of its activation alone.
+    pub fn next_block(self) -> Option<usize> {
+        match self.component {
+            Component::Embeddings => Some(0),
+            Component::BlockInput => Some(self.layer),
+            Component::BlockOutput => Some(self.layer + 1),
+            _ => None,
+        }
+    }
+
     /// The site `component` of layer `layer`.
     pub fn new(layer: usize, component: Component) -> Self {
         Site { layer, component }

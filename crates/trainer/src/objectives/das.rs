@@ -13,7 +13,7 @@ use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
 use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run_to, Checkpoint, Component, Input, KvCache, NoHooks, Site, Transformer};
+use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run_to, Checkpoint, Input, KvCache, NoHooks, Site, Transformer};
 
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
@@ -97,7 +97,7 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     let sources = SharedSources::compute(model, site, &all_sources, pad_id, run_rows, device)?;
     // Bases are shared the same way where the checkpoint is the activation alone (a site between
     // blocks); a site inside a block also keeps the block's input, so its batches run their own.
-    let between_blocks = matches!(site.component, Component::Embeddings | Component::BlockInput | Component::BlockOutput);
+    let between_blocks = site.next_block().is_some();
     let all_bases: Vec<&TokenizedInput> = parts.iter().map(|p| p.0).collect();
     let shared_bases = if between_blocks { Some(SharedBases::compute(model, site, &all_bases, pad_id, run_rows, device)?) } else { None };
     let mut out = Vec::new();

@@ -47,12 +47,8 @@ impl<B: Backend, M: Transformer<B>> BatchList<PairBatch<B>> for OnDemand<'_, B, 
 /// intervened one at every block after the site.
 pub fn cache_bytes<B: Backend, M: Transformer<B>>(model: &M, site: Site, pairs: &[&TokenizedExample], batch_size: usize) -> u64 {
     let width = model.width() as u64;
-    let between_blocks = matches!(site.component, Component::Embeddings | Component::BlockInput | Component::BlockOutput);
-    let later_blocks = match site.component {
-        Component::Embeddings => model.n_layers(),
-        Component::BlockInput => model.n_layers() - site.layer,
-        _ => model.n_layers() - site.layer - 1,
-    } as u64;
+    let between_blocks = site.next_block().is_some();
+    let later_blocks = site.next_block().map_or(0, |b| model.n_layers().saturating_sub(b)) as u64;
     let kv_width = (0..model.n_layers())
         .flat_map(|l| model.block_sites(l))
         .find(|s| s.site.component == Component::KeyOutput)

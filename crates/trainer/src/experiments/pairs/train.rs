@@ -83,12 +83,8 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     /// progress bar; `f` gets a part of a split and the batch size to cut it into (the recipe's
     /// for training, [`PairRecipe::eval_batch_size`] for the two evaluated splits).
     fn prepare<T>(&self, f: impl Fn(&[&TokenizedExample], usize) -> Result<Vec<T>>) -> Result<[Vec<T>; 3]> {
-        let ex = self.examples;
         let mut out: [Vec<T>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        let splits = [(&ex.train, "train", self.r.batch_size), (&ex.validation, "validation", self.r.eval_batch_size()), (&ex.dev, "held out", self.r.eval_batch_size())];
-        for (k, (idx, what, bs)) in splits.into_iter().enumerate() {
-            let bs = bs.max(1);
-            let examples = ex.pick(idx);
+        for (k, (examples, what, bs)) in self.splits().into_iter().enumerate() {
             let bar = progress_if(self.ctx.progress, examples.len(), what);
             // Many batches per call: `f` runs each distinct base and source once across what
             // it is given (DAS), which one call per batch would not share; parts keep the bar
@@ -100,6 +96,14 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             bar.finish_and_clear();
         }
         Ok(out)
+    }
+
+    /// The train, validation and held-out examples, each with its name and batch size (the
+    /// recipe's for training, [`PairRecipe::eval_batch_size`] for the two evaluated splits).
+    fn splits(&self) -> [(Vec<&TokenizedExample>, &'static str, usize); 3] {
+        let ex = self.examples;
+        let (train, eval) = (self.r.batch_size.max(1), self.r.eval_batch_size().max(1));
+        [(ex.pick(&ex.train), "train", train), (ex.pick(&ex.validation), "validation", eval), (ex.pick(&ex.dev), "held out", eval)]
     }
 
     /// Trains `iv` on `objective` with the recipe's loop settings, checkpoints and events.
@@ -168,11 +172,11 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     /// DAS's train, validation and held-out batches: prepared once and kept when the frozen cache
     /// fits the memory budget (its size is printed first), else prepared whenever used.
     fn das_batches(&self) -> Result<[Box<dyn BatchList<PairBatch<B>> + '_>; 3]> {
-        let (model, site, ex) = (self.model, self.r.site, self.examples);
-        let splits = [(ex.pick(&ex.train), self.r.batch_size), (ex.pick(&ex.validation), self.r.eval_batch_size()), (ex.pick(&ex.dev), self.r.eval_batch_size())];
-        let bytes: u64 = splits.iter().map(|(pairs, bs)| das_batches::cache_bytes(model, site, pairs, *bs)).sum();
+        let (model, site) = (self.model, self.r.site);
+        let splits = self.splits();
+        let bytes: u64 = splits.iter().map(|(pairs, _, bs)| das_batches::cache_bytes(model, site, pairs, *bs)).sum();
         let budget = self.ctx.cache_budget;
-        let pairs: usize = splits.iter().map(|(p, _)| p.len()).sum();
+        let pairs: usize = splits.iter().map(|(p, _, _)| p.len()).sum();
         if bytes <= budget {
             eprintln!("{}: frozen cache of about {} for {pairs} pairs (budget {})", self.ctx.name, human(bytes), human(budget));
             let [train, val, dev] = self.prepare(|c, bs| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
@@ -182,7 +186,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             "{}: the frozen cache would take about {} for {pairs} pairs, over the budget of {} (--cache-budget): each batch's frozen part is computed when the batch is used instead (slower, the same numbers)",
             self.ctx.name, human(bytes), human(budget)
         );
-        Ok(splits.map(|(pairs, batch_size)| -> Box<dyn BatchList<PairBatch<B>> + '_> {
+        Ok(splits.map(|(pairs, _, batch_size)| -> Box<dyn BatchList<PairBatch<B>> + '_> {
             Box::new(OnDemand { model, site, pairs, pad_id: self.pad_id, batch_size, device: self.device.clone() })
         }))
     }
