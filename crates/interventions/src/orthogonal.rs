@@ -73,18 +73,33 @@ impl<B: Backend> TorchOrthogonal<B> {
 pub fn haar(d: usize, rng: &mut Rng) -> Vec<f32> {
     let mut cols: Vec<Vec<f64>> = (0..d).map(|_| (0..d).map(|_| rng.normal()).collect()).collect();
     for j in 0..d {
+        let (done, rest) = cols.split_at_mut(j);
+        let col = &mut rest[0];
         for _ in 0..2 {
-            for i in 0..j {
-                let dot: f64 = (0..d).map(|r| cols[i][r] * cols[j][r]).sum();
-                for r in 0..d {
-                    cols[j][r] -= dot * cols[i][r];
-                }
+            for q in done.iter() {
+                let dot = dot_f64(q, col);
+                col.iter_mut().zip(q).for_each(|(c, q)| *c -= dot * q);
             }
         }
-        let norm = cols[j].iter().map(|x| x * x).sum::<f64>().sqrt();
-        cols[j].iter_mut().for_each(|x| *x /= norm);
+        let norm = dot_f64(col, col).sqrt();
+        col.iter_mut().for_each(|x| *x /= norm);
     }
     (0..d).flat_map(|r| cols.iter().map(move |c| c[r] as f32)).collect()
+}
+
+/// `a · b` in f64 over eight running sums, so that the adds pipeline and vectorise (a
+/// left-to-right sum waits on each add: 0.4 s for a Haar draw at d = 576 instead of 0.05 s). The
+/// order differs from a plain sum by f64 rounding only, far below the f32 the draw is cast to.
+fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// `tril(X) − tril(X)ᵀ` for a square `X`.

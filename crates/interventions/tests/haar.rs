@@ -51,3 +51,35 @@ fn haar_starts_spread_the_subspace_over_every_axis() {
     let leading: f64 = householder[..k].iter().sum::<f64>() / householder.iter().sum::<f64>();
     assert!(leading > 0.5, "Householder starts put {leading:.2} of the subspace on the first {k} axes (a uniform subspace: {:.2})", k as f64 / d as f64);
 }
+
+/// The draw as it was first written (a left-to-right f64 sum in every dot product): the fast
+/// draw must give the same f32 matrix, so that every recipe's start, and its results, stay put.
+fn haar_left_to_right(d: usize, rng: &mut Rng) -> Vec<f32> {
+    let mut cols: Vec<Vec<f64>> = (0..d).map(|_| (0..d).map(|_| rng.normal()).collect()).collect();
+    for j in 0..d {
+        for _ in 0..2 {
+            for i in 0..j {
+                let dot: f64 = (0..d).map(|r| cols[i][r] * cols[j][r]).sum();
+                for r in 0..d {
+                    cols[j][r] -= dot * cols[i][r];
+                }
+            }
+        }
+        let norm = cols[j].iter().map(|x| x * x).sum::<f64>().sqrt();
+        cols[j].iter_mut().for_each(|x| *x /= norm);
+    }
+    (0..d).flat_map(|r| cols.iter().map(move |c| c[r] as f32)).collect()
+}
+
+#[test]
+fn the_fast_draw_is_the_left_to_right_draw_in_f32() {
+    // The recipes' widths and seeds: SmolLM2's 576 (das-capitals seed 3 and its control's
+    // 3 ^ 1, boundless, the filler-gap sweep), the hierarchical MLP's 16, an odd width.
+    for (d, seed) in [(576, 3), (576, 2), (16, 1), (16, 5), (37, 9)] {
+        let fast = ferrovene_interventions::orthogonal::haar(d, &mut Rng::new(seed));
+        let reference = haar_left_to_right(d, &mut Rng::new(seed));
+        let differing = fast.iter().zip(&reference).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        let worst = fast.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(differing == 0, "d = {d}, seed {seed}: {differing} of {} entries differ (largest by {worst:e})", d * d);
+    }
+}

@@ -36,7 +36,7 @@ impl<B: Backend> Mlp<B> {
             let bound = 1.0 / (d_in as f64).sqrt();
             let u = Distribution::Uniform(-bound, bound);
             Linear {
-                weight: Param::from_tensor(Tensor::random([d_in, d_out], u, device)),
+                weight: Param::from_tensor(Tensor::random([d_in, d_out], u, device).transpose()),
                 bias: Some(Param::from_tensor(Tensor::random([d_out], u, device))),
             }
         };
@@ -55,7 +55,8 @@ impl<B: Backend> Mlp<B> {
         let mut linear = |d_in: usize, d_out: usize| {
             let bound = 1.0 / (d_in as f64).sqrt();
             Linear {
-                weight: Param::from_tensor(rng.uniform_tensor([d_in, d_out], bound, device)),
+                // Drawn `[in, out]` as before the layout was torch's, so a seed gives the same MLP.
+                weight: Param::from_tensor(rng.uniform_tensor([d_in, d_out], bound, device).transpose()),
                 bias: Some(Param::from_tensor(rng.uniform_tensor([d_out], bound, device))),
             }
         };
