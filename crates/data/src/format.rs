@@ -140,10 +140,25 @@ impl Loaded {
 /// Reads and validates a JSONL file (format, fields, position rules). Positions past the end
 /// and empty labels are found at tokenisation ([`crate::tokenize`]), which names the line too.
 pub fn load_jsonl(path: &Path, on_error: OnError) -> Result<Loaded> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
-    parse_jsonl(path, &text, on_error)
+    let bytes = std::fs::read(path).map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
+    let text = utf8(path, &bytes)?;
+    parse_jsonl(path, text, on_error)
 }
+
+/// The text of a file's bytes without a leading UTF-8 byte-order mark, or an error naming the
+/// line of the first byte that is not UTF-8.
+pub fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+        DataError::Line { path: path.to_path_buf(), line, reason: format!("not UTF-8 text (byte {at} of the file): save it as UTF-8") }
+    })
+}
+
+/// Longest line read: a longer one is refused before parsing (no model reads a text that long,
+/// and tokenising it could take minutes and gigabytes).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// [`load_jsonl`] on text already read from `path` (for callers that also hash or copy it);
 /// errors name `path` and the line.
@@ -154,7 +169,12 @@ pub fn parse_jsonl(path: &Path, text: &str, on_error: OnError) -> Result<Loaded>
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(line) {
+        let parsed = if line.len() > MAX_LINE_BYTES {
+            Err(format!("the line is {} bytes; lines over {} MiB are refused (no model reads a text that long)", line.len(), MAX_LINE_BYTES >> 20))
+        } else {
+            parse_line(line.strip_prefix('\u{feff}').unwrap_or(line))
+        };
+        match parsed {
             Ok(ex) => loaded.examples.push((n, ex)),
             Err(reason) => match on_error {
                 OnError::Stop => return Err(DataError::Line { path: path.to_path_buf(), line: n, reason }),
@@ -179,7 +199,7 @@ const TEXT_KEYS: &[&str] = &["text", "spans", "class", "positions", "meta"];
 
 /// One line to an example, or why not.
 pub fn parse_line(line: &str) -> std::result::Result<Example, String> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("malformed JSON: {e}"))?;
+    let value: Value = crate::strict_json::parse(line).map_err(|e| format!("malformed JSON: {e}"))?;
     let obj = value.as_object().ok_or("each line must be a JSON object")?;
     let (kind, allowed) = if obj.contains_key("base") || obj.contains_key("base_ids") {
         ("pair", PAIR_KEYS)

@@ -9,6 +9,7 @@ pub mod error;
 pub mod filler_gap;
 pub mod format;
 pub mod positions;
+pub mod strict_json;
 pub mod tokenize;
 
 pub use error::{DataError, Result};

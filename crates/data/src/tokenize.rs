@@ -97,10 +97,19 @@ fn input_of(src: &Source, positions: &[Position], what: &str, tok: &TextTokenize
             let (ids, offsets) = tok.encode_with_offsets(text).map_err(|e| e.to_string())?;
             (ids, Some(offsets), Some(text.as_str()), Some(spans))
         }
-        Source::Ids(ids) => (ids.clone(), None, None, None),
+        Source::Ids(ids) => {
+            let vocab = tok.vocab_size();
+            if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
+                return Err(format!("`{what}` token id {id} (at index {i}) is outside the vocabulary of {vocab} tokens (ids 0..{vocab})"));
+            }
+            (ids.clone(), None, None, None)
+        }
     };
     if ids.is_empty() {
         return Err(format!("`{what}` tokenises to nothing"));
+    }
+    if let Some(max) = tok.max_positions.filter(|&m| ids.len() > m) {
+        return Err(format!("`{what}` is {} tokens long; the model reads at most {max} positions: shorten it", ids.len()));
     }
     let n = ids.len();
     let resolved = positions

@@ -74,11 +74,17 @@ fn each_bad_input_names_file_and_line() {
         ("nolabel.jsonl", r#"{"base": "a b", "sources": ["c d"], "label": ""}"#, "`label` \"\" tokenises to nothing"),
         ("nospan.jsonl", r#"{"base": "a b", "sources": ["c d"], "positions": [{"span": "x"}], "label": " x"}"#, "no span `x`"),
         ("kind.jsonl", r#"{"foo": 1}"#, "cannot tell the kind"),
+        ("twice.jsonl", r#"{"base": "a b", "sources": ["c d"], "label": " x", "label": " y"}"#, "key `label` appears twice"),
+        ("vocab.jsonl", r#"{"base_ids": [1, 2, 49152], "source_ids": [[3, 4, 5]], "label": " x"}"#, "`base` token id 49152 (at index 2) is outside the vocabulary of 49152 tokens"),
+        ("source_vocab.jsonl", r#"{"base_ids": [1, 2, 3], "source_ids": [[3, 4000000000, 5]], "label": " x"}"#, "`sources[0]` token id 4000000000"),
     ];
     for (name, bad, want) in cases {
         let e = err(name, &[good, bad]);
         assert!(e.contains(&format!("{name}:2:")) && e.contains(want), "{name}: {e}");
     }
+    let long = format!(r#"{{"base": "{}", "sources": ["c d"], "label": " x"}}"#, "a ".repeat(600_000));
+    let e = err("long.jsonl", &[good, &long]);
+    assert!(e.contains("long.jsonl:2:") && e.contains("lines over 1 MiB are refused"), "{e}");
     let e = err("empty.jsonl", &["", "  "]);
     assert!(e.contains("empty.jsonl") && e.contains("empty file"), "{e}");
 }
@@ -154,4 +160,32 @@ mod batching {
         assert!(train.iter().all(|&i| !held_groups.contains(&groups[i])), "a held-out template leaked into training");
         assert_eq!(split_by_group(&groups, 0.2, 5), (train, held), "deterministic from the seed");
     }
+}
+
+/// A byte-order mark (as Windows editors write) is read past; bytes that are not UTF-8 are named
+/// by their line.
+#[test]
+fn byte_order_marks_are_skipped_and_bad_utf8_is_named_by_line() {
+    let dir = std::env::temp_dir().join(format!("ferrovene-data-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = r#"{"base": "a b", "sources": ["c d"], "label": " x"}"#;
+    let bom = dir.join("bom.jsonl");
+    std::fs::write(&bom, [b"\xEF\xBB\xBF".as_slice(), good.as_bytes()].concat()).unwrap();
+    assert_eq!(load_jsonl(&bom, OnError::Stop).unwrap().examples.len(), 1);
+    let latin1 = dir.join("latin1.jsonl");
+    std::fs::write(&latin1, [good.as_bytes(), b"\n", good.as_bytes(), b"\n{\"base\": \"caf\xE9\"}"].concat()).unwrap();
+    let e = load_jsonl(&latin1, OnError::Stop).err().unwrap().to_string();
+    assert!(e.contains("latin1.jsonl:3:") && e.contains("not UTF-8"), "{e}");
+}
+
+/// A model with learned positions (BERT's 512) refuses longer inputs by file and line instead
+/// of indexing past its position table.
+#[test]
+fn inputs_longer_than_the_position_table_are_refused() {
+    let tok = tokenizer().with_max_positions(Some(8));
+    let path = file("positions.jsonl", &[r#"{"base": "one two three four five six seven eight nine ten", "sources": ["a"], "label": " x"}"#]);
+    let loaded = load_jsonl(&path, OnError::Stop).unwrap();
+    let (l, ex) = &loaded.examples[0];
+    let e = tokenize(ex, &tok, &loaded.path, *l).err().unwrap().to_string();
+    assert!(e.contains("positions.jsonl:1:") && e.contains("the model reads at most 8 positions"), "{e}");
 }

@@ -185,6 +185,11 @@ impl Drop for PendingExport {
 /// `config.kind`, `config.width` and `config.hyper` are filled in from the intervention.
 pub fn prepare<B: Backend>(iv: &Intervention<B>, mut config: ExportConfig, path: &Path) -> Result<PendingExport> {
     let (tensors, hyper) = tensors_of(iv);
+    for (name, data) in &tensors {
+        if let Some(reason) = non_finite(data.as_bytes()) {
+            return Err(InterventionError::Corrupt { path: path.to_path_buf(), reason: format!("not exported: tensor `{name}` {reason} (the training diverged; lower the learning rate)") });
+        }
+    }
     config.format = FORMAT_VERSION;
     config.kind = iv.kind().to_string();
     config.hyper = hyper;
@@ -236,6 +241,13 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
             config.format
         )));
     }
+    for (name, view) in st.tensors() {
+        if view.dtype() == safetensors::Dtype::F32
+            && let Some(reason) = non_finite(view.data())
+        {
+            return Err(corrupt(format!("tensor `{name}` {reason}: an export with non-finite parameters would only produce NaN; retrain with a lower learning rate")));
+        }
+    }
     let iv = Intervention::read(&config.kind, &Parts { path, st: &st, kind: &config.kind, hyper: &config.hyper, device })?;
     if let Some(w) = iv.width() {
         if w != config.width {
@@ -243,6 +255,15 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
         }
     }
     Ok((iv, config))
+}
+
+/// `Some("has N non-finite values (the first, NaN, at index i)")` for little-endian f32 bytes
+/// with NaN or infinite values.
+fn non_finite(bytes: &[u8]) -> Option<String> {
+    let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut bad = values.enumerate().filter(|(_, v)| !v.is_finite());
+    let (first, value) = bad.next()?;
+    Some(format!("has {} non-finite values (the first, {value}, at index {first})", 1 + bad.count()))
 }
 
 /// Loads an export and checks it fits `target`; see [`ExportConfig::check_target`].

@@ -312,3 +312,32 @@ fn a_newer_format_is_refused_by_name() {
     let err = export::load::<B>(&path, &dev()).unwrap_err().to_string();
     assert!(err.contains("export format 3 is not supported") && err.contains("iv.safetensors"), "{err}");
 }
+
+/// A diverged intervention (NaN or infinite parameters) is never written, and a file that has
+/// such values anyway (edited, or from another tool) is refused by name: it could only produce
+/// NaN wherever it is applied.
+#[test]
+fn non_finite_parameters_are_neither_exported_nor_loaded() {
+    let dir = temp("non-finite");
+    let path = dir.join("steer.safetensors");
+    let nan = Intervention::Steering(Steering::<B>::fixed(Tensor::from_floats([0.5, f32::NAN, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0], &dev()), 1.0));
+    let e = export::save(&nan, config(), &path).err().unwrap().to_string();
+    assert!(e.contains("not exported") && e.contains("non-finite") && e.contains("NaN"), "{e}");
+    assert!(!path.exists(), "nothing was written");
+
+    let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(3, D, &mut Rng::new(2), &dev()) });
+    export::save(&iv, config(), &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let r = st.tensor("R").unwrap();
+    let mut values = ferrovene_models::weights::f32_from_le(r.data());
+    values[4] = f32::INFINITY;
+    let changed: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = r.shape().to_vec();
+    let mut kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != "R").collect();
+    kept.push(("R".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &changed).unwrap()));
+    safetensors::serialize_to_file(kept, meta.metadata().clone(), &path).unwrap();
+    let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
+    assert!(e.contains("steer.safetensors") && e.contains("tensor `R`") && e.contains("inf") && e.contains("index 4"), "{e}");
+}

@@ -60,6 +60,9 @@ impl<B: Backend> Transformer<B> for AnyModel<B> {
     fn width(&self) -> usize {
         each!(self, m => m.width())
     }
+    fn max_positions(&self) -> Option<usize> {
+        each!(self, m => m.max_positions())
+    }
     fn block_sites(&self, layer: usize) -> Vec<SiteInfo> {
         each!(self, m => m.block_sites(layer))
     }
@@ -137,7 +140,7 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
         }
     };
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer = if tok_path.exists() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+    let tokenizer = if tok_path.exists() { Some(TextTokenizer::from_file(&tok_path)?.with_max_positions(model.max_positions())) } else { None };
     Ok(LoadedModel { model, tokenizer, spec: dir.display().to_string(), path: dir.to_path_buf(), revision: None })
 }
 

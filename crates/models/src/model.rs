@@ -241,6 +241,11 @@ pub trait Transformer<B: Backend> {
     fn n_layers(&self) -> usize;
     /// Residual stream width.
     fn width(&self) -> usize;
+    /// The most positions an input may have, for models with a table of learned position
+    /// embeddings (GPT-2, BERT); `None` where positions are computed (rotary).
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
     /// Every site inside block `layer` except `block_input`/`block_output`, with its shape facts.
     fn block_sites(&self, layer: usize) -> Vec<SiteInfo>;
     /// The embeddings of a batch (token, plus position / token type where the model has them).

@@ -22,6 +22,8 @@ pub struct TextTokenizer {
     pub pad_id: u32,
     /// The end-of-sequence token, where the tokenizer names one (generation stops at it).
     pub eos_id: Option<u32>,
+    /// The most tokens its model reads (learned position embeddings), when it has a limit.
+    pub max_positions: Option<usize>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -46,7 +48,7 @@ impl TextTokenizer {
             .map_err(|e| ModelError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
         let pad_id = ["[PAD]", "<pad>", "<|endoftext|>", "</s>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
         let eos_id = ["<|im_end|>", "</s>", "<|endoftext|>", "<eos>"].iter().find_map(|t| inner.token_to_id(t));
-        Ok(TextTokenizer { inner, path: path.to_path_buf(), pad_id, eos_id })
+        Ok(TextTokenizer { inner, path: path.to_path_buf(), pad_id, eos_id, max_positions: None })
     }
 
     /// Rebuilds the tokenizer a GGUF file describes.
@@ -117,7 +119,7 @@ impl TextTokenizer {
         }
         let pad_id = id("tokenizer.ggml.padding_token_id").or(id("tokenizer.ggml.eos_token_id")).unwrap_or(0);
         let eos_id = id("tokenizer.ggml.eos_token_id");
-        Ok(TextTokenizer { inner, path, pad_id, eos_id })
+        Ok(TextTokenizer { inner, path, pad_id, eos_id, max_positions: None })
     }
 
     /// Token ids of `text`, with the model's special tokens (BOS, [CLS]/[SEP]) where it adds them.
@@ -151,6 +153,13 @@ impl TextTokenizer {
         self.inner
             .decode(ids, false)
             .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("decoding {ids:?}: {e}") })
+    }
+
+    /// The tokenizer of a model that reads at most `max` positions: longer inputs are refused
+    /// when examples are tokenised.
+    pub fn with_max_positions(mut self, max: Option<usize>) -> Self {
+        self.max_positions = max;
+        self
     }
 
     /// Number of tokens (with added tokens).

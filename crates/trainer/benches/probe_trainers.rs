@@ -44,7 +44,7 @@ fn main() {
     let batches = vec![FeatureBatch { features, classes: ys.iter().map(|&y| y as usize).collect() }];
     let cfg = FitConfig {
         epochs: steps, lr: 0.05, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.01, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 1, shuffle: true,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed: 1, shuffle: true,
     };
     let fit_times: Vec<f64> = (0..5)
         .map(|_| {

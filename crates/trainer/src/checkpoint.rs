@@ -108,7 +108,9 @@ pub fn exists(run_dir: &Path) -> bool {
 }
 
 /// Reads the latest checkpoint into `skeleton` (a module of the same shape, e.g. freshly
-/// initialised from the recipe) and `opt` (a fresh optimizer of the same configuration).
+/// initialised from the recipe) and `opt` (a fresh optimizer of the same configuration). When
+/// it cannot be read (a kill while the disk was full, a damaged file), the newest earlier one
+/// that can is used instead, saying which was skipped and why.
 pub fn load<B, M, O>(run_dir: &Path, skeleton: M, opt: O, device: &B::Device) -> Result<Restored<M, O>>
 where
     B: AutodiffBackend,
@@ -119,9 +121,37 @@ where
     let latest = root.join("latest");
     let name = std::fs::read_to_string(&latest)
         .with_context(|| format!("no checkpoint to resume from in {} (runs write one every `checkpoint_every` steps and on Ctrl-C)", run_dir.display()))?;
-    let dir = root.join(name.trim());
+    let newest = root.join(name.trim());
+    let mut earlier: Vec<PathBuf> = std::fs::read_dir(&root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| *p != newest && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp")))
+        .collect();
+    earlier.sort();
+    let mut failures: Vec<(PathBuf, anyhow::Error)> = Vec::new();
+    for dir in std::iter::once(newest).chain(earlier.into_iter().rev()) {
+        match load_from(&dir, skeleton.clone(), opt.clone(), device) {
+            Ok(restored) => {
+                for (skipped, why) in &failures {
+                    eprintln!("warning: skipped checkpoint {}: {why:#}", skipped.display());
+                }
+                return Ok(restored);
+            }
+            Err(e) => failures.push((dir, e)),
+        }
+    }
+    let reasons: Vec<String> = failures.iter().map(|(d, e)| format!("{}: {e:#}", d.display())).collect();
+    bail!("no checkpoint in {} can be read: {}", root.display(), reasons.join("; "))
+}
+
+/// Reads the checkpoint in `dir`.
+fn load_from<B, M, O>(dir: &Path, skeleton: M, opt: O, device: &B::Device) -> Result<Restored<M, O>>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
     if !dir.is_dir() {
-        bail!("{} names checkpoint {}, which is missing", latest.display(), dir.display());
+        bail!("the checkpoint folder is missing");
     }
     let rec = Rec::new();
     let fail = |what: &str, e: burn::record::RecorderError| anyhow!("reading the {what} of checkpoint {}: {e:?}", dir.display());
@@ -132,6 +162,11 @@ where
     } else {
         None
     };
+    for (what, m) in [("intervention", Some(&module)), ("best intervention", best.as_ref())] {
+        if let Some((name, sum)) = m.and_then(|m| crate::divergence::first_non_finite(m)) {
+            bail!("the {what} in checkpoint {} has non-finite values (`{name}` sums to {sum}); start a new run with a lower learning rate", dir.display());
+        }
+    }
     let state_path = dir.join("state.json");
     let state: LoopState = serde_json::from_slice(&std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?)
         .with_context(|| format!("parsing {}", state_path.display()))?;

@@ -30,6 +30,7 @@ use ferrovene_models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Evaluation, LoopState};
+use crate::divergence::{check_non_negative, check_rate, first_non_finite, Diverged};
 use crate::events::{progress_if, Events};
 use crate::schedule::{Decay, LrSchedule};
 
@@ -118,8 +119,12 @@ pub struct FitConfig {
     pub eval_every: usize,
     /// Early stopping on the validation set.
     pub early_stopping: Option<EarlyStopping>,
-    /// Write a checkpoint every this many optimizer steps (0: only on Ctrl-C).
+    /// Write a checkpoint every this many optimizer steps (0: only on Ctrl-C and at the ends of
+    /// epochs). Runs with a run folder also write one at the end of every epoch.
     pub checkpoint_every: usize,
+    /// Write a checkpoint when this many minutes have passed since the last one (0: never for
+    /// that reason), so that a kill loses at most that much work.
+    pub checkpoint_minutes: f64,
     /// Seed of the batch order.
     pub seed: u64,
     /// Shuffle the batch order of each epoch (from `seed`); off, batches go in index order (for
@@ -134,8 +139,22 @@ impl FitConfig {
     pub fn constant(epochs: usize, lr: f64, seed: u64, shuffle: bool) -> Self {
         FitConfig {
             epochs, lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-            temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed, shuffle,
+            temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed, shuffle,
         }
+    }
+
+    /// Refuses settings no run can train with: a learning rate that is not finite and
+    /// positive, negative or non-finite decay or clipping, no epochs or accumulation.
+    pub fn check(&self) -> Result<()> {
+        check_rate("lr", self.lr)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        if let Some(c) = self.grad_clip {
+            check_non_negative("grad_clip", c)?;
+        }
+        if self.epochs == 0 || self.accumulate == 0 {
+            bail!("`epochs` and `accumulate` must be at least 1");
+        }
+        Ok(())
     }
 
     /// Optimizer steps in the whole run for `batches` batches per epoch.
@@ -221,6 +240,7 @@ where
     if n == 0 {
         bail!("no training batches");
     }
+    cfg.check()?;
     let show = io.progress;
     let (mut run, mut module) = Loop::start(objective, module, cfg, n, io)?;
     if run.state.stopped_early || run.state.step >= run.total {
@@ -263,6 +283,8 @@ struct Loop<'a, B: AutodiffBackend, M: Trainable<B>, O: ?Sized> {
     run_dir: Option<&'a Path>,
     events: Option<&'a mut Events>,
     interrupt: Option<&'a AtomicBool>,
+    /// When the last checkpoint was written (or the loop started).
+    last_checkpoint: std::time::Instant,
 }
 
 impl<'a, B, M, O> Loop<'a, B, M, O>
@@ -295,6 +317,7 @@ where
             tau: cfg.temperature.map(|t| TemperatureSchedule { steps: if t.steps == 0 { total } else { t.steps }, ..t }),
             order: (usize::MAX, Vec::new()),
             run_dir, events, interrupt,
+            last_checkpoint: std::time::Instant::now(),
         };
         Ok((run, module))
     }
@@ -314,8 +337,14 @@ where
             step_loss += loss.clone().into_scalar().elem::<f32>();
             grads.accumulate(&module, GradientsParams::from_grads(loss.backward(), &module));
         }
+        if !step_loss.is_finite() {
+            return Err(self.diverged(format!("the loss ({step_loss})")));
+        }
         let rate = self.schedule.at(step);
         let module = self.optimizer.step(rate, module, grads.grads());
+        if let Some((name, sum)) = first_non_finite(&module.valid()) {
+            return Err(self.diverged(format!("parameter `{name}` (its entries sum to {sum})")));
+        }
         self.state.step += 1;
         self.state.losses.push(step_loss);
         if let Some(ev) = self.events.as_deref_mut() {
@@ -328,6 +357,21 @@ where
         Ok((module, step_loss))
     }
 
+    /// The error that ends a run whose step `state.step + 1` made `what` non-finite; with a run
+    /// folder, its report says so (the checkpoints there are all from finite steps).
+    fn diverged(&self, what: String) -> anyhow::Error {
+        let d = Diverged { step: self.state.step + 1, what, last_finite_loss: self.state.losses.last().copied(), lr: self.cfg.lr };
+        if let Some(dir) = self.run_dir {
+            let report = serde_json::json!({
+                "outcome": "diverged", "step": d.step, "what": d.what, "last_finite_loss": d.last_finite_loss, "lr": d.lr, "error": d.to_string(),
+            });
+            if let Err(e) = crate::run_dir::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes()) {
+                eprintln!("warning: could not write the report of the diverged run: {e:#}");
+            }
+        }
+        d.into()
+    }
+
     /// Validation, early stopping, checkpoints and Ctrl-C after a step; `Some` ends the loop.
     fn after_step(&mut self, module: &M) -> Result<Option<Outcome>> {
         let mut outcome = None;
@@ -335,11 +379,14 @@ where
             outcome = self.validate(module)?;
         }
         let interrupted = self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
-        let due = self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0;
+        let epoch_end = (self.state.step * self.cfg.accumulate.max(1)) % self.n == 0;
+        let minutes = self.cfg.checkpoint_minutes > 0.0 && self.last_checkpoint.elapsed().as_secs_f64() >= 60.0 * self.cfg.checkpoint_minutes;
+        let due = epoch_end || minutes || (self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0);
         if let Some(dir) = self.run_dir
             && (due || interrupted || self.state.stopped_early)
         {
             checkpoint::save(dir, module, &self.optimizer, self.best.as_ref(), &self.state)?;
+            self.last_checkpoint = std::time::Instant::now();
             if let Some(ev) = self.events.as_deref_mut() {
                 ev.flush();
             }

@@ -18,6 +18,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod commands;
 pub mod device;
+pub mod divergence;
 pub mod events;
 pub mod experiments;
 pub mod fit;

@@ -80,11 +80,14 @@ fn config_of(as_run: &str) -> Result<Value> {
     Ok(serde_json::to_value(table)?)
 }
 
-/// Writes a file atomically: a temporary file beside `path`, then a rename over it.
+/// Writes a file atomically: a temporary file beside `path`, synced to disk, then a rename over
+/// it; a kill or power loss leaves the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<PathBuf> {
+    use std::io::Write as _;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(contents).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(path.to_path_buf())
 }

@@ -96,7 +96,7 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
     let untrained = evaluate(model, &dev_batches, Some(&iv)).unwrap();
     let cfg = FitConfig {
         epochs: 4, lr: 1e-1, warmup: 0.1, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: 3, shuffle: true,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed: 3, shuffle: true,
     };
     let no_validation = Vec::new();
     let objective = DasObjective::new(model, &train_batches, &no_validation, 0.0);

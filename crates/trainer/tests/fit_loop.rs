@@ -55,7 +55,7 @@ fn probe(seed: u64) -> Intervention<AD> {
 fn cfg() -> FitConfig {
     FitConfig {
         epochs: 3, lr: 0.05, warmup: 0.2, decay: Decay::Cosine, weight_decay: 0.01, grad_clip: Some(1.0), accumulate: 2,
-        temperature: None, eval_every: 2, early_stopping: None, checkpoint_every: 0, seed: 11, shuffle: true,
+        temperature: None, eval_every: 2, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed: 11, shuffle: true,
     }
 }
 
@@ -74,7 +74,7 @@ fn io<'a>(dir: &'a Path, interrupt: Option<&'a AtomicBool>, resume: bool) -> Fit
 fn interrupted_then_resumed_equals_uninterrupted() {
     let (train, val) = (planted(96, 8, 1), planted(32, 8, 2));
     let objective = ProbeObjective { train: &train, validation: &val };
-    let cfg = FitConfig { checkpoint_every: 4, ..cfg() };
+    let cfg = FitConfig { checkpoint_every: 4, checkpoint_minutes: 0.0, ..cfg() };
     let straight = fit(&objective, probe(5), &cfg, io(&temp("straight"), None, false)).unwrap();
     assert_eq!(straight.outcome, Outcome::Finished);
     assert_eq!(straight.state.step, cfg.total_steps(train.len()));
@@ -100,6 +100,42 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     // Only the two newest checkpoints are kept.
     let kept = std::fs::read_dir(dir.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("step-")).count();
     assert_eq!(kept, 2);
+}
+
+/// A damaged newest checkpoint (a kill mid-write on a full disk, a bad sector) does not block
+/// `--resume`: the newest earlier one that reads is used, and the run still ends where an
+/// uninterrupted one ends.
+#[test]
+fn resume_falls_back_past_a_damaged_newest_checkpoint() {
+    let (train, val) = (planted(96, 8, 1), planted(32, 8, 2));
+    let objective = ProbeObjective { train: &train, validation: &val };
+    let cfg = FitConfig { checkpoint_every: 1, checkpoint_minutes: 0.0, ..cfg() };
+    let straight = fit(&objective, probe(5), &cfg, io(&temp("fallback-straight"), None, false)).unwrap();
+    let dir = temp("fallback");
+    let stop = AtomicBool::new(true);
+    fit(&objective, probe(5), &cfg, io(&dir, Some(&stop), false)).unwrap();
+    let second = fit(&objective, probe(5), &cfg, io(&dir, Some(&stop), true)).unwrap();
+    assert_eq!(second.state.step, 2);
+    let newest = dir.join("checkpoints").join(std::fs::read_to_string(dir.join("checkpoints/latest")).unwrap().trim());
+    let damaged: Vec<std::path::PathBuf> = std::fs::read_dir(&newest).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "bin")).collect();
+    assert!(!damaged.is_empty(), "checkpoint files in {}", newest.display());
+    for f in &damaged {
+        std::fs::write(f, b"garbage").unwrap();
+    }
+    let done = fit(&objective, probe(999), &cfg, io(&dir, None, true)).unwrap();
+    assert_eq!(done.outcome, Outcome::Finished);
+    assert_eq!(weights(&done.module), weights(&straight.module), "resumed from step 1 after skipping step 2");
+    // With every checkpoint damaged the error names them.
+    for e in std::fs::read_dir(dir.join("checkpoints")).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            for f in std::fs::read_dir(&p).unwrap() {
+                std::fs::write(f.unwrap().path(), b"garbage").unwrap();
+            }
+        }
+    }
+    let e = format!("{:#}", fit(&objective, probe(999), &cfg, io(&dir, None, true)).err().unwrap());
+    assert!(e.contains("no checkpoint in") && e.contains("step-"), "{e}");
 }
 
 #[test]
@@ -254,4 +290,21 @@ fn temperature_is_annealed_over_the_run() {
     assert_eq!(taus.len(), 10);
     assert!((taus[0] - 1.0).abs() < 1e-12 && (taus[9] - 0.01).abs() < 1e-12, "{taus:?}");
     assert!((taus[1] / taus[0] - taus[9] / taus[8]).abs() < 1e-9, "geometric steps: {taus:?}");
+}
+
+/// A checkpoint whose parameters are NaN (written by another tool, or damaged in a way that
+/// still parses) is refused on resume, naming the parameter.
+#[test]
+fn a_checkpoint_with_non_finite_values_is_refused() {
+    let (train, val) = (planted(96, 8, 1), planted(32, 8, 2));
+    let objective = ProbeObjective { train: &train, validation: &val };
+    let cfg = FitConfig { checkpoint_every: 1, checkpoint_minutes: 0.0, ..cfg() };
+    let dir = temp("nan-checkpoint");
+    let stop = AtomicBool::new(true);
+    let first = fit(&objective, probe(5), &cfg, io(&dir, Some(&stop), false)).unwrap();
+    let Intervention::Probe(p) = probe(5) else { unreachable!() };
+    let nan = Intervention::Probe(LinearProbe { weight: p.weight.map(|w| w * f32::NAN), ..p });
+    trainer::checkpoint::save(&dir, &nan, &cfg.optimizer::<AD, Intervention<AD>>(), None, &first.state).unwrap();
+    let e = format!("{:#}", fit(&objective, probe(5), &cfg, io(&dir, None, true)).err().unwrap());
+    assert!(e.contains("non-finite values") && e.contains("weight"), "{e}");
 }

@@ -122,7 +122,7 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[cfg(unix)]
 #[test]
-fn ctrl_c_writes_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() {
+fn ctrl_c_and_sigterm_write_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() {
     let dir = std::env::temp_dir().join(format!("ferrovene-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -133,48 +133,53 @@ fn ctrl_c_writes_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let straight = only_run(&straight_root.join("das-small"));
 
-    // Interrupt with SIGINT once the first checkpoint is on disk.
-    let cut_root = dir.join("cut");
-    let child = trainer().arg(&recipe).arg("--out").arg(&cut_root).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let started = std::time::Instant::now();
-    let latest = loop {
-        let found = std::fs::read_dir(cut_root.join("das-small")).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path().join("checkpoints/latest"));
-        if let Some(l) = found.filter(|l| l.exists()) {
-            break l;
-        }
-        assert!(started.elapsed().as_secs() < 300, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "interrupted runs exit with 130: {stderr}");
-    assert!(stderr.contains("--resume"), "the message says how to go on: {stderr}");
-    let cut = only_run(&cut_root.join("das-small"));
-    assert!(latest.exists() && !cut.join("intervention.safetensors").exists());
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(cut.join("checkpoints").join(std::fs::read_to_string(&latest).unwrap().trim()).join("state.json")).unwrap(),
-    )
-    .unwrap();
-    let steps_at_cut = state["step"].as_u64().unwrap();
     let report = common::report(&straight);
-    let total = report["training"]["steps"].as_u64().unwrap();
-    assert!(steps_at_cut >= 2 && steps_at_cut < total, "cut at step {steps_at_cut} of {total}");
+    // Ctrl-C (SIGINT, exit 130) and SIGTERM (what `timeout` and schedulers send, exit 143) once
+    // the first checkpoint is on disk: each leaves a checkpoint that --resume goes on from to the
+    // uninterrupted run's weights.
+    let mut cut = PathBuf::new();
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let cut_root = dir.join(format!("cut{signal}"));
+        let child = trainer().arg(&recipe).arg("--out").arg(&cut_root).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        let latest = loop {
+            let found = std::fs::read_dir(cut_root.join("das-small")).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path().join("checkpoints/latest"));
+            if let Some(l) = found.filter(|l| l.exists()) {
+                break l;
+            }
+            assert!(started.elapsed().as_secs() < 300, "no checkpoint appeared");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "kill {signal}: interrupted runs exit with {code}: {stderr}");
+        assert!(stderr.contains("--resume"), "the message says how to go on: {stderr}");
+        cut = only_run(&cut_root.join("das-small"));
+        assert!(latest.exists() && !cut.join("intervention.safetensors").exists());
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(cut.join("checkpoints").join(std::fs::read_to_string(&latest).unwrap().trim()).join("state.json")).unwrap(),
+        )
+        .unwrap();
+        let steps_at_cut = state["step"].as_u64().unwrap();
+        let total = report["training"]["steps"].as_u64().unwrap();
+        assert!(steps_at_cut >= 2 && steps_at_cut < total, "kill {signal}: cut at step {steps_at_cut} of {total}");
 
-    let out = trainer().arg(&recipe).arg("--resume").arg(&cut).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(
-        tensors(&cut.join("intervention.safetensors")),
-        tensors(&straight.join("intervention.safetensors")),
-        "the resumed run's weights differ from the uninterrupted run's"
-    );
-    let resumed = common::report(&cut);
-    assert_eq!(resumed["metrics"], report["metrics"]);
-    assert_eq!(resumed["training"]["resumed"], true);
-    // TensorBoard: one event file per process, both in the run's folder.
-    let event_files = std::fs::read_dir(cut.join("tensorboard")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events.out")).count();
-    assert_eq!(event_files, 2);
+        let out = trainer().arg(&recipe).arg("--resume").arg(&cut).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            tensors(&cut.join("intervention.safetensors")),
+            tensors(&straight.join("intervention.safetensors")),
+            "kill {signal}: the resumed run's weights differ from the uninterrupted run's"
+        );
+        let resumed = common::report(&cut);
+        assert_eq!(resumed["metrics"], report["metrics"]);
+        assert_eq!(resumed["training"]["resumed"], true);
+        // TensorBoard: one event file per process, both in the run's folder.
+        let event_files = std::fs::read_dir(cut.join("tensorboard")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events.out")).count();
+        assert_eq!(event_files, 2);
+    }
     // --resume takes the recipe as run; overrides are refused.
     let out = trainer().arg(&recipe).arg("--resume").arg(&cut).args(["--seed", "4"]).output().unwrap();
     assert!(!out.status.success());
@@ -345,4 +350,47 @@ fn over_the_cache_budget_batches_are_prepared_when_used_with_the_same_results() 
     assert_eq!(tensors(&cached.join("intervention.safetensors")), tensors(&on_demand.join("intervention.safetensors")), "the trained intervention");
     let out = trainer().args(["das-capitals", "--cache-budget", "lots"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("`lots` is not a size"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn out_of_range_settings_are_refused_with_the_key_named() {
+    let recipes = |name: &str| std::fs::read_to_string(root().join("recipes").join(name)).unwrap();
+    let err = |t: &str, set: &str| format!("{:#}", Recipe::from_toml(t).and_then(|r| r.with_overrides(&[set.to_string()])).unwrap_err());
+    let das = recipes("das-capitals.toml");
+    for (set, key) in [("lr=-0.1", "`lr`"), ("lr=0", "`lr`"), ("lr=inf", "`lr`"), ("lr=nan", "`lr`"), ("weight_decay=-1", "`weight_decay`"), ("grad_clip=-1", "`grad_clip`"), ("rank=0", "`rank`"), ("checkpoint_minutes=-1", "`checkpoint_minutes`")] {
+        let e = err(&das, set);
+        assert!(e.contains(key), "--set {set}: {e}");
+    }
+    for (recipe, set, key) in [("reft-memorise.toml", "lr=0", "`lr`"), ("das-filler-gap.toml", "lr=-1", "`lr`"), ("das-filler-gap.toml", "rank=0", "`rank`"), ("das-hierarchical-equality.toml", "das_lr=inf", "`das_lr`"), ("probe-layers.toml", "lr=nan", "`lr`")] {
+        let e = err(&recipes(recipe), set);
+        assert!(e.contains(key), "{recipe} --set {set}: {e}");
+    }
+    // A rank over the site's width is known once the model is: an error, not a panic.
+    let out = trainer().args(["das-capitals", "--set", "rank=1000", "--out"]).arg(std::env::temp_dir().join(format!("ferrovene-rank-{}", std::process::id()))).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("rank = 1000") && e.contains("1 ≤ rank ≤ 576"), "{e}");
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error_and_exports_nothing() {
+    let dir = std::env::temp_dir().join(format!("ferrovene-diverge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = small_recipe(&dir);
+    let out = trainer().arg(&recipe).args(["--set", "lr=1e30", "--out"]).arg(dir.join("runs")).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("training diverged at step") && e.contains("is not finite") && e.contains("learning rate"), "{e}");
+    let run = only_run(&dir.join("runs/das-small"));
+    assert!(!run.join("intervention.safetensors").exists(), "a diverged run exported");
+    let report = common::report(&run);
+    assert_eq!(report["outcome"], "diverged", "{report}");
+    assert!(report["step"].as_u64().unwrap() >= 1);
+    // Every checkpoint the run left is from a finite step, and loads.
+    if run.join("checkpoints/latest").exists() {
+        let out = trainer().arg(&recipe).arg("--resume").arg(&run).output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!e.contains("non-finite values"), "{e}");
+    }
 }

@@ -132,6 +132,9 @@ impl<B: Backend> Transformer<B> for Bert<B> {
     fn width(&self) -> usize {
         self.config.hidden_size
     }
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.config.max_position_embeddings)
+    }
     fn block_sites(&self, layer: usize) -> Vec<SiteInfo> {
         let c = &self.config;
         standard_block_sites(layer, c.hidden_size, (c.num_heads, c.num_heads, c.hidden_size / c.num_heads), c.intermediate_size)

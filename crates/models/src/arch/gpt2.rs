@@ -126,6 +126,9 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
     fn width(&self) -> usize {
         self.config.n_embd
     }
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.config.n_positions)
+    }
     fn block_sites(&self, layer: usize) -> Vec<SiteInfo> {
         let c = &self.config;
         standard_block_sites(layer, c.n_embd, (c.n_head, c.n_head, c.n_embd / c.n_head), c.n_inner)

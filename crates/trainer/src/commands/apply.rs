@@ -67,6 +67,9 @@ impl Apply {
     /// Loads the export and its model, checks they fit, tokenises the prompt and resolves the
     /// positions.
     fn prepare<B: Backend>(&self, device: &B::Device) -> Result<Prepared<B>> {
+        if let Some(alpha) = self.scale.filter(|a| !a.is_finite()) {
+            bail!("--scale must be a finite number, not {alpha}");
+        }
         let (mut iv, config) = export::load::<B>(&self.intervention, device)?;
         match (&mut iv, self.scale) {
             (Intervention::Steering(s), Some(alpha)) => s.alpha = alpha,

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
@@ -59,8 +60,12 @@ fn cache_budget_help() -> String {
     )
 }
 
-/// Set by Ctrl-C; the training loop checkpoints and stops after the current step.
-static INTERRUPT: AtomicBool = AtomicBool::new(false);
+/// Set by Ctrl-C and SIGTERM; the training loop checkpoints and stops after the current step.
+static INTERRUPT: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+/// Set by SIGTERM (what `timeout`, `docker stop` and job schedulers send): the run exits with
+/// 143 instead of Ctrl-C's 130.
+static TERMINATED: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 /// A recipe run on whatever backend `--device` picks (with autodiff on top).
 pub struct RecipeRun {
@@ -82,7 +87,7 @@ impl OnBackend for RecipeRun {
     type Output = RunEnd;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<RunEnd> {
-        let opts = RunOptions { name: &self.name, out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&INTERRUPT), progress: self.progress, cache_budget: self.cache_budget };
+        let opts = RunOptions { name: &self.name, out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&**INTERRUPT), progress: self.progress, cache_budget: self.cache_budget };
         self.recipe.run::<burn::backend::Autodiff<B>>(opts, &device)
     }
 }
@@ -143,6 +148,10 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     let r = recipe_of(&a, &path, &name)?;
     // Resumable kinds checkpoint on Ctrl-C; the others stop at once, as any program does.
     if r.resumable() {
+        // SIGTERM only raises the flags (all a signal handler may safely do); the loop says what
+        // it does when it sees them.
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&TERMINATED))?;
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&INTERRUPT))?;
         ctrlc::set_handler(|| {
         if INTERRUPT.swap(true, Ordering::SeqCst) {
             eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
@@ -155,6 +164,6 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     let job = RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };
     match dispatch(a.device, job)? {
         RunEnd::Done(_) => Ok(()),
-        RunEnd::Interrupted(_) => std::process::exit(130),
+        RunEnd::Interrupted(_) => std::process::exit(if TERMINATED.load(Ordering::SeqCst) { 143 } else { 130 }),
     }
 }

@@ -80,7 +80,8 @@ impl Experiment for HierarchicalRecipe {
         if r.hidden.iter().any(|&w| w % 2 != 0) {
             bail!("hidden widths must be even (half of the rotated dimensions for WX, half for YZ)");
         }
-        Ok(())
+        crate::divergence::check_rate("mlp_lr", r.mlp_lr)?;
+        crate::divergence::check_rate("das_lr", r.das_lr)
     }
 
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {

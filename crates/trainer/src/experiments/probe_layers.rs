@@ -71,6 +71,7 @@ impl Experiment for ProbeLayersRecipe {
         if self.held_out_frames == 0 || self.held_out_frames >= FRAMES.len() {
             bail!("`held_out_frames` must be between 1 and {}", FRAMES.len() - 1);
         }
+        crate::divergence::check_rate("lr", self.lr)?;
         self.layers.check()
     }
 

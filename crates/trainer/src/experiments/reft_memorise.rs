@@ -133,7 +133,7 @@ impl Experiment for ReftMemoriseRecipe {
         if self.judge.is_some() && self.held_out.is_empty() {
             bail!("`judge` is set but `held_out` is empty: give held-out prompts to judge");
         }
-        Ok(())
+        crate::divergence::check_rate("lr", self.lr)
     }
 
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
@@ -352,6 +352,9 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, dev
     let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let info = model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?;
+    if r.rank > info.width {
+        bail!("`rank = {}` does not fit site {} of width {}: give 1 ≤ rank ≤ {}", r.rank, r.site, info.width, info.width);
+    }
     let end_of_turn = end_of_turn(r, tok)?;
     let taught = taught_inputs(r, tok, end_of_turn)?;
     let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;

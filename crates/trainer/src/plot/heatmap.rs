@@ -70,7 +70,7 @@ impl Heatmap<'_> {
     /// Writes `stem.svg` and `stem.png`.
     pub fn write(&self, stem: &Path) -> Result<()> {
         let svg = stem.with_extension("svg");
-        std::fs::write(&svg, self.svg()).with_context(|| format!("writing {}", svg.display()))?;
+        crate::run_dir::write_atomic(&svg, self.svg().as_bytes())?;
         let cell = 24u32;
         let (w, h) = (cell * self.columns.len().max(1) as u32, cell * self.rows.len().max(1) as u32);
         let mut img = image::RgbImage::new(w, h);
@@ -83,7 +83,9 @@ impl Heatmap<'_> {
             }
         }
         let png = stem.with_extension("png");
-        img.save(&png).with_context(|| format!("writing {}", png.display()))?;
+        let mut bytes = Vec::new();
+        image::DynamicImage::ImageRgb8(img).write_to(&mut bytes, image::ImageFormat::Png).with_context(|| format!("encoding {}", png.display()))?;
+        crate::run_dir::write_atomic(&png, &bytes)?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::plot::heatmap::escape;
 
@@ -91,7 +91,7 @@ impl LinePlot<'_> {
     /// Writes `stem.svg`.
     pub fn write(&self, stem: &Path) -> Result<()> {
         let path = stem.with_extension("svg");
-        std::fs::write(&path, self.svg()).with_context(|| format!("writing {}", path.display()))
+        crate::run_dir::write_atomic(&path, self.svg().as_bytes()).map(|_| ())
     }
 }
 

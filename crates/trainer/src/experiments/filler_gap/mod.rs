@@ -45,7 +45,10 @@ impl Experiment for FillerGapRecipe {
         if self.positions.is_empty() || self.train_pairs < 2 || self.test_pairs < 2 {
             bail!("`positions` must not be empty; `train_pairs` and `test_pairs` at least 2");
         }
-        Ok(())
+        if self.rank == 0 || self.batch_size == 0 || self.epochs == 0 {
+            bail!("`rank`, `batch_size` and `epochs` must be at least 1");
+        }
+        crate::divergence::check_rate("lr", self.lr)
     }
 
     fn sweep_axes(&self) -> Option<SweepAxes> {

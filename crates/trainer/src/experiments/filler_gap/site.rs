@@ -53,11 +53,14 @@ pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(
     device: &B::Device,
 ) -> Result<(Intervention<B>, (f32, f32))>
 {
+    if r.rank > model.width() {
+        anyhow::bail!("`rank = {}` is more than the model's width {}: give 1 ≤ rank ≤ {}", r.rank, model.width(), model.width());
+    }
     let train_b = site_batches(train, layer, position, device)?;
     let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(r.rank, model.width(), &mut Rng::new(r.seed ^ (layer as u64) << 8), device) });
     let cfg = FitConfig {
         epochs: r.epochs, lr: r.lr, warmup: r.warmup, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, seed: r.seed, shuffle: true,
+        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed: r.seed, shuffle: true,
     };
     let fitted = fit(&DasObjective::new(model, &train_b, &Vec::new(), 0.0), iv, &cfg, FitIo::default())?;
     let losses = &fitted.state.losses;

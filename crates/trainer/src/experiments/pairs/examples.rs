@@ -44,7 +44,8 @@ struct ExampleFile {
 
 impl ExampleFile {
     fn read(path: &Path, key: &str, tok: &ferrovene_models::TextTokenizer) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {} (the recipe's `{key}`)", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {} (the recipe's `{key}`)", path.display()))?;
+        let text = ferrovene_data::format::utf8(path, &bytes)?.to_string();
         let file = parse_jsonl(path, &text, OnError::Stop)?;
         let tokenized = file.examples.iter().map(|(l, e)| tokenize(e, tok, &file.path, *l)).collect::<std::result::Result<_, _>>()?;
         Ok(ExampleFile { text, file, tokenized })

@@ -65,6 +65,10 @@ fn default_checkpoint_every() -> usize {
     100
 }
 
+fn default_checkpoint_minutes() -> f64 {
+    5.0
+}
+
 fn default_validation_fraction() -> f64 {
     0.1
 }
@@ -137,9 +141,14 @@ pub struct PairRecipe {
     /// Share of the training groups set aside for validation when early stopping is on.
     #[serde(default = "default_validation_fraction")]
     pub validation_fraction: f64,
-    /// Write a checkpoint every this many optimizer steps (0: only on Ctrl-C).
+    /// Write a checkpoint every this many optimizer steps (besides the end of every epoch,
+    /// Ctrl-C and SIGTERM; 0: only those).
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// Also write one when this many minutes have passed since the last (0: never for that
+    /// reason): a killed run loses at most this much work.
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_minutes: f64,
     /// Boundless DAS: temperature schedule (default 1 → 0.1, geometric, over the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<Temperature>,
@@ -187,7 +196,11 @@ impl PairRecipe {
         if !(0.0..=1.0).contains(&self.warmup) {
             bail!("`warmup` is a share of the steps, between 0 and 1, not {}", self.warmup);
         }
-        Ok(())
+        crate::divergence::check_non_negative("checkpoint_minutes", self.checkpoint_minutes)?;
+        if self.rank == Some(0) {
+            bail!("`rank` must be at least 1 (and at most the site's width)");
+        }
+        self.fit_config(method).check()
     }
 
     /// Examples per batch when evaluating: `eval_batch_size`, or four times `batch_size` and at
@@ -214,6 +227,7 @@ impl PairRecipe {
             eval_every: self.eval_every,
             early_stopping: self.early_stopping,
             checkpoint_every: self.checkpoint_every,
+            checkpoint_minutes: self.checkpoint_minutes,
             seed: self.seed,
             shuffle: true,
         }
