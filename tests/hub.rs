@@ -112,7 +112,7 @@ fn hub_id_parsing() {
 fn loads_from_the_hub_then_from_the_cache_offline() {
     let (endpoint, hits) = start_server(tiny_gpt2_files());
     let cache = temp_dir("hub-cache");
-    let online = HubConfig { endpoint: endpoint.clone(), cache_dir: cache.clone(), offline: false, progress: false };
+    let online = HubConfig { endpoint: endpoint.clone(), cache_dir: cache.clone(), offline: false, progress: false, timeout: std::time::Duration::from_secs(30) };
     let loaded = load_with_hub::<B>("tiny-org/tiny-gpt2@main", &online, &Default::default()).expect("hub load");
     let reference = read_st(&golden("tiny/gpt2/reference.safetensors"));
     assert!(max_abs_diff(&tiny_logits(&loaded), &reference.get("logits").0) < 1e-5);
@@ -126,7 +126,7 @@ fn loads_from_the_hub_then_from_the_cache_offline() {
     assert_eq!(hits.load(Ordering::SeqCst), downloads, "a second load downloads nothing");
 
     // Offline with the server gone from the picture (wrong endpoint): the cache alone.
-    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache, offline: true, progress: false };
+    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache, offline: true, progress: false, timeout: std::time::Duration::from_secs(30) };
     let again = load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).expect("offline load from cache");
     assert!(tiny_logits(&again) == tiny_logits(&loaded));
 }
@@ -134,7 +134,7 @@ fn loads_from_the_hub_then_from_the_cache_offline() {
 #[test]
 fn offline_with_an_empty_cache_fails_clearly() {
     let cache = temp_dir("hub-empty");
-    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache.clone(), offline: true, progress: false };
+    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache.clone(), offline: true, progress: false, timeout: std::time::Duration::from_secs(30) };
     let err = load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("HF_HUB_OFFLINE") && err.contains("config.json") && err.contains("tiny-org/tiny-gpt2@main"), "{err}");
     assert!(err.contains(&cache.display().to_string()), "names the cache: {err}");
@@ -145,7 +145,7 @@ fn a_repository_without_weights_is_refused() {
     let mut files = tiny_gpt2_files();
     files.remove("model.safetensors");
     let (endpoint, _) = start_server(files);
-    let cfg = HubConfig { endpoint, cache_dir: temp_dir("hub-noweights"), offline: false, progress: false };
+    let cfg = HubConfig { endpoint, cache_dir: temp_dir("hub-noweights"), offline: false, progress: false, timeout: std::time::Duration::from_secs(30) };
     let err = load_with_hub::<B>("tiny-org/no-weights", &cfg, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("model.safetensors") && err.contains("tiny-org/no-weights"), "{err}");
 }
@@ -165,4 +165,24 @@ fn environment_variables_are_honoured() {
     unsafe { std::env::set_var("HF_HUB_OFFLINE", "0") };
     let loaded = ferrovene_models::load::<B>("env-org/tiny", &Default::default()).expect("load via HF_ENDPOINT");
     assert!(loaded.path.starts_with(home.join("hub")), "cache under HF_HOME/hub: {}", loaded.path.display());
+}
+
+/// A server that accepts the connection and never answers: the fetch gives up after the
+/// timeout with an error naming the endpoint and the ways out, instead of hanging.
+#[test]
+fn a_silent_endpoint_times_out_with_a_clear_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn); // keep it open, say nothing
+        }
+    });
+    let cfg = HubConfig { endpoint: endpoint.clone(), cache_dir: temp_dir("hub-silent"), offline: false, progress: false, timeout: std::time::Duration::from_secs(1) };
+    let started = std::time::Instant::now();
+    let err = ferrovene_models::hub::fetch(&HubId::parse("silent-org/model").unwrap(), &cfg).unwrap_err().to_string();
+    let waited = started.elapsed().as_secs_f64();
+    assert!((1.0..10.0).contains(&waited), "gave up after {waited:.1} s");
+    assert!(err.contains(&endpoint) && err.contains("no answer") && err.contains("HF_HUB_OFFLINE=1") && err.contains("FERROVENE_HUB_TIMEOUT"), "{err}");
 }

@@ -1,10 +1,19 @@
 //! Models from the Hugging Face hub (`org/name[@revision]`), through hf-hub's sync client, with
 //! `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE` honoured (hf-hub itself ignores the last: here,
 //! offline means the local cache only, and a clear error when a file is not in it).
+//!
+//! hf-hub's client has no timeouts, so a server that accepts the connection and never answers
+//! would hang a run forever: the requests run on a worker thread that reports every sign of
+//! life (each request begun, each chunk received), and a download silent for longer than
+//! `FERROVENE_HUB_TIMEOUT` seconds (default 60) is given up with an error naming the endpoint.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{ApiBuilder, ApiRepo};
+use hf_hub::api::Progress;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{ModelError, Result};
@@ -54,7 +63,13 @@ pub struct HubConfig {
     pub offline: bool,
     /// Show download progress bars.
     pub progress: bool,
+    /// Give up on the hub after this long without a byte or an answer
+    /// (`FERROVENE_HUB_TIMEOUT`, seconds; default 60).
+    pub timeout: Duration,
 }
+
+/// `FERROVENE_HUB_TIMEOUT`'s default, in seconds.
+pub const DEFAULT_TIMEOUT_S: u64 = 60;
 
 impl HubConfig {
     /// From the environment, as the Python hub client reads it.
@@ -64,7 +79,9 @@ impl HubConfig {
         let offline = std::env::var("HF_HUB_OFFLINE")
             .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
             .unwrap_or(false);
-        HubConfig { endpoint, cache_dir, offline, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) }
+        let timeout = std::env::var("FERROVENE_HUB_TIMEOUT").ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| s.is_finite() && *s > 0.0);
+        let timeout = Duration::from_secs_f64(timeout.unwrap_or(DEFAULT_TIMEOUT_S as f64));
+        HubConfig { endpoint, cache_dir, offline, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()), timeout }
     }
 }
 
@@ -96,18 +113,104 @@ pub fn fetch(id: &HubId, cfg: &HubConfig) -> Result<PathBuf> {
         }
         return snapshot_dir(&config);
     }
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let life = Life::new();
+    let worker = (id.clone(), cfg.clone(), life.clone());
+    std::thread::spawn(move || {
+        let (id, cfg, life) = worker;
+        let _ = done_tx.send(fetch_online(&id, &cfg, &life));
+    });
+    loop {
+        match done_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(result) => return result,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(err("the download thread stopped without a result".into())),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if life.silent_for() > cfg.timeout => {
+                // The worker stays blocked on its socket; the process goes on (or exits) without it.
+                return Err(err(format!(
+                    "no answer from {} for {:.0} s; check the network and HF_ENDPOINT, raise FERROVENE_HUB_TIMEOUT (seconds, now {:.0}), \
+                     or set HF_HUB_OFFLINE=1 to use the cache",
+                    cfg.endpoint,
+                    life.silent_for().as_secs_f64(),
+                    cfg.timeout.as_secs_f64()
+                )));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// When the hub last showed a sign of life, shared between the worker and the watchdog.
+#[derive(Clone)]
+struct Life {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Life {
+    fn new() -> Self {
+        Life { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+    }
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+    fn silent_for(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::SeqCst)))
+    }
+}
+
+/// A download's progress: every chunk is a sign of life; the bar is drawn when asked for.
+struct Watched {
+    life: Life,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress for Watched {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.life.touch();
+        if let Some(b) = &mut self.bar {
+            b.init(size, filename);
+        }
+    }
+    fn update(&mut self, size: usize) {
+        self.life.touch();
+        if let Some(b) = &mut self.bar {
+            b.update(size);
+        }
+    }
+    fn finish(&mut self) {
+        self.life.touch();
+        if let Some(b) = &mut self.bar {
+            b.finish();
+        }
+    }
+}
+
+/// `file` of `repo` from the cache, else downloaded with `life` told of every chunk.
+fn get_watched(repo: &ApiRepo, cache: &hf_hub::CacheRepo, file: &str, cfg: &HubConfig, life: &Life) -> std::result::Result<PathBuf, hf_hub::api::sync::ApiError> {
+    if let Some(path) = cache.get(file) {
+        return Ok(path);
+    }
+    life.touch();
+    repo.download_with_progress(file, Watched { life: life.clone(), bar: cfg.progress.then(indicatif::ProgressBar::no_length) })
+}
+
+/// The online half of [`fetch`], on the worker thread.
+fn fetch_online(id: &HubId, cfg: &HubConfig, life: &Life) -> Result<PathBuf> {
+    let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
     let api = ApiBuilder::new()
         .with_endpoint(cfg.endpoint.clone())
         .with_cache_dir(cfg.cache_dir.clone())
-        .with_progress(cfg.progress)
+        .with_progress(false)
         .build()
         .map_err(|e| err(format!("cannot start the hub client: {e}")))?;
     let repo = api.repo(id.hf_repo());
+    let cache = Cache::new(cfg.cache_dir.clone()).repo(id.hf_repo());
+    life.touch();
     let info = repo.info().map_err(|e| {
         err(format!("cannot list the repository at {} ({e}); check the id and revision, HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache", cfg.endpoint))
     })?;
     let files: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-    let get = |file: &str| repo.get(file).map_err(|e| err(format!("downloading `{file}`: {e}")));
+    let get = |file: &str| get_watched(&repo, &cache, file, cfg, life).map_err(|e| err(format!("downloading `{file}`: {e}")));
     if !files.contains(&CONFIG) {
         return Err(err(format!("no `{CONFIG}` in the repository (files: {}); ferrovene loads Hugging Face model folders", files.join(", "))));
     }

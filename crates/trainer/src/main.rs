@@ -28,7 +28,8 @@ enum Command {
     /// Example: trainer predict --model smollm2-135m --prompt "The capital of France is" --top 5
     Predict {
         /// A registry name (smollm2-135m, minilm-l6), a Hugging Face folder, a .gguf file, or a
-        /// hub id `org/name[@revision]` (HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE are honoured).
+        /// hub id `org/name[@revision]` (HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE are honoured;
+        /// FERROVENE_HUB_TIMEOUT: seconds without an answer before giving up, default 60).
         #[arg(long, default_value = ferrovene_models::registry::DEFAULT_MODEL)]
         model: String,
         /// The text whose continuation to predict.
