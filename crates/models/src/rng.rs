@@ -57,6 +57,49 @@ impl Rng {
         }
     }
 
+    /// A random mutation of `input`, for the fuzz tests of every parser: one to four edits, each
+    /// a flipped bit, a byte set to an edge value (0, 0x7F, 0x80, 0xFF, a quote, a brace), a
+    /// little-endian 0xFFFFFFFF or 0x7FFFFFFF written over four bytes (huge lengths and counts),
+    /// a deleted or duplicated span, or the input cut short; or, one time in sixteen, random
+    /// bytes of a random length.
+    pub fn mutated(&mut self, input: &[u8]) -> Vec<u8> {
+        if self.below(16) == 0 {
+            return (0..self.below(256)).map(|_| self.below(256) as u8).collect();
+        }
+        let mut out = input.to_vec();
+        for _ in 0..1 + self.below(4) {
+            if out.is_empty() {
+                out.push(self.below(256) as u8);
+                continue;
+            }
+            let at = self.below(out.len());
+            match self.below(7) {
+                0 => out[at] ^= 1 << self.below(8),
+                1 => out[at] = [0u8, 0x7F, 0x80, 0xFF, b'"', b'{', b'\\'][self.below(7)],
+                2 => {
+                    let word: [u8; 4] = if self.below(2) == 0 { [0xFF; 4] } else { [0xFF, 0xFF, 0xFF, 0x7F] };
+                    for (i, b) in word.iter().enumerate() {
+                        if let Some(x) = out.get_mut(at + i) {
+                            *x = *b;
+                        }
+                    }
+                }
+                3 => {
+                    let end = (at + 1 + self.below(16)).min(out.len());
+                    out.drain(at..end);
+                }
+                4 => {
+                    let end = (at + 1 + self.below(16)).min(out.len());
+                    let span = out[at..end].to_vec();
+                    out.splice(at..at, span);
+                }
+                5 => out.truncate(at),
+                _ => out.insert(at, self.below(256) as u8),
+            }
+        }
+        out
+    }
+
     /// A tensor uniform in [−bound, bound).
     pub fn uniform_tensor<B: Backend, const D: usize>(&mut self, shape: [usize; D], bound: f64, device: &B::Device) -> Tensor<B, D> {
         let n = shape.iter().product();
