@@ -46,4 +46,9 @@ fn nonsense_specs_are_explained() {
     std::fs::write(&file, b"x").unwrap();
     let err = load::<B>(file.to_str().unwrap(), &Default::default()).unwrap_err().to_string();
     assert!(err.contains(".gguf"), "{err}");
+    // Paths that do not exist are reported missing, not looked up on the hub as `./org`.
+    for missing in ["./nonexistent", "../models/none", "/no/such/folder", "~/none", "model.gguf"] {
+        let err = load::<B>(missing, &Default::default()).unwrap_err().to_string();
+        assert!(err.contains("no such file or folder"), "{missing}: {err}");
+    }
 }

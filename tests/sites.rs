@@ -101,7 +101,7 @@ fn resume_with_a_changed_activation_equals_a_replacing_hook() {
 fn unknown_site_names_the_valid_ones() {
     let model = load_folder::<B>(&golden("tiny/gpt2"), &Default::default()).unwrap().model;
     let err = run_to(&model, &batch(97), Site::new(7, Component::BlockOutput)).unwrap_err().to_string();
-    assert!(err.contains("7.block_output") && err.contains("layers 0..3") && err.contains("mlp_activation"), "{err}");
+    assert!(err.contains("7.block_output") && err.contains("layers 0 to 2") && err.contains("mlp_activation"), "{err}");
     let err = run_to(&model, &batch(97), Site::new(0, Component::Hidden)).unwrap_err().to_string();
     assert!(err.contains("0.hidden") && err.contains("block_output"), "{err}");
     let parse = "6.block_ouput".parse::<Site>().unwrap_err().to_string();

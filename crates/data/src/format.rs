@@ -103,6 +103,15 @@ impl Example {
             Example::Pair { meta, .. } | Example::Prompt { meta, .. } | Example::Text { meta, .. } => meta,
         }
     }
+
+    /// `pair`, `prompt` or `text`: which kind of line it is, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Example::Pair { .. } => "pair",
+            Example::Prompt { .. } => "prompt",
+            Example::Text { .. } => "text",
+        }
+    }
 }
 
 /// What to do with a bad line.

@@ -5,7 +5,7 @@
 /// A position rule that does not fit the sequence it is resolved against; the message names the
 /// rule and what would fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--positions `{rule}` for the {what}: {reason}")]
+#[error("position `{rule}` for the {what}: {reason}")]
 pub struct PositionError {
     /// The rule as written.
     pub rule: String,

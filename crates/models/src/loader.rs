@@ -185,6 +185,11 @@ pub fn load_with_hub<B: Backend>(spec: &str, hub: &crate::hub::HubConfig, device
     if path.exists() {
         return load_path(path, device);
     }
+    // `./x`, `../x`, `/x`, `~/x` and `x.gguf` are paths, never hub ids: say the path is missing
+    // instead of asking the hub for a repository named like it.
+    if spec.starts_with(['.', '/', '~']) || spec.ends_with(".gguf") || spec.matches('/').count() > 1 {
+        return Err(resolve_err(format!("no such file or folder ({}); a model path must exist", path.display())));
+    }
     if let Some(id) = crate::hub::HubId::parse(spec) {
         let dir = crate::hub::fetch(&id, hub)?;
         let mut loaded = load_folder(&dir, device)?;

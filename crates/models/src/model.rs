@@ -284,7 +284,7 @@ pub trait Transformer<B: Backend> {
             ModelError::UnknownSite {
                 site: site.to_string(),
                 arch: self.arch().to_string(),
-                valid: format!("layers 0..{} with components {}", self.n_layers(), components.join(", ")),
+                valid: format!("layers 0 to {} with components {}", self.n_layers().saturating_sub(1), components.join(", ")),
             }
         })
     }

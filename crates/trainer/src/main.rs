@@ -96,9 +96,12 @@ enum Command {
         /// The scale α stored in the export (trainer apply --scale overrides it).
         #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
         scale: f64,
-        /// Where to write the export.
+        /// Where to write the export (an existing file is kept unless --force).
         #[arg(long, default_value = "steering.safetensors")]
         out: std::path::PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
         /// Where to compute.
         #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
         device: DeviceKind,
@@ -228,8 +231,8 @@ fn main() -> Result<()> {
             let generate = generate.map(|max_new| Decoding { max_new, ..decoding });
             dispatch(device, apply::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, top, scale, json })
         }
-        Command::Steer { model, positive, negative, layer, scale, out, device } => {
-            dispatch(device, steer::Steer { model, positive, negative, layer, scale, out })
+        Command::Steer { model, positive, negative, layer, scale, out, force, device } => {
+            dispatch(device, steer::Steer { model, positive, negative, layer, scale, out, force })
         }
     }
 }

@@ -394,3 +394,38 @@ fn a_diverging_run_stops_with_an_error_and_exports_nothing() {
         assert!(!e.contains("non-finite values"), "{e}");
     }
 }
+
+#[test]
+fn a_file_of_the_wrong_kind_of_examples_is_named_by_line() {
+    let dir = std::env::temp_dir().join(format!("ferrovene-kind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = dir.join("prompts.jsonl");
+    std::fs::write(&pairs, "{\"base\": \"a b\", \"sources\": [\"c d\"], \"label\": \" x\", \"meta\": {\"base\": \"a\"}}\n{\"prompt\": \"GO->\", \"target\": \" hi\", \"meta\": {\"base\": \"b\"}}\n").unwrap();
+    let recipe = write_recipe(&dir, "das-kind", &format!(
+        "description = \"x\"\nkind = \"das\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"6.block_output\"\nrank = 2\nbatch_size = 2\nepochs = 1\nlr = 0.01\nseed = 1\ndev_fraction = 0.5\nsplit_by = \"base\"\n",
+        pairs.display().to_string()
+    ));
+    let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("prompts.jsonl:2:") && e.contains("kind `das` trains on counterfactual pairs") && e.contains("a prompt example"), "{e}");
+}
+
+#[test]
+fn a_stray_huge_class_id_is_refused_before_building_the_probe() {
+    let dir = std::env::temp_dir().join(format!("ferrovene-classes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let texts = dir.join("texts.jsonl");
+    let lines: Vec<String> = (0..8).map(|i| format!("{{\"text\": \"text {i}\", \"class\": {}, \"meta\": {{\"g\": \"{i}\"}}}}", if i == 5 { 1_000_000 } else { i % 2 })).collect();
+    std::fs::write(&texts, lines.join("\n")).unwrap();
+    let recipe = write_recipe(&dir, "probe-classes", &format!(
+        "description = \"x\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"6.block_output\"\nbatch_size = 2\nepochs = 1\nlr = 0.01\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"g\"\n",
+        texts.display().to_string()
+    ));
+    let started = std::time::Instant::now();
+    let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("largest class id is 1000000") && e.contains("at most 10000"), "{e}");
+    assert!(started.elapsed().as_secs() < 60, "refused only after {:?}", started.elapsed());
+}

@@ -58,6 +58,13 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let strong = apply("-12");
     assert_ne!(strong["with"], strong["without"], "a strong negative scale changes the text: {strong}");
     eprintln!("without: {} | with α = −12: {}", strong["without"], strong["with"]);
-    let bad = trainer().args(["steer", "--layer", "99", "--positive"]).arg(dir.join("pos.txt")).arg("--negative").arg(dir.join("neg.txt")).output().unwrap();
+    let bad = trainer().args(["steer", "--layer", "99", "--positive"]).arg(dir.join("pos.txt")).arg("--negative").arg(dir.join("neg.txt")).arg("--out").arg(dir.join("bad.safetensors")).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("99"));
+    // An existing --out is kept unless --force; a non-finite --scale is refused.
+    let again = trainer().args(["steer", "--layer", "10", "--positive"]).arg(dir.join("pos.txt")).arg("--negative").arg(dir.join("neg.txt")).arg("--out").arg(&out_path).output().unwrap();
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.code() == Some(1) && e.contains("exists") && e.contains("--force"), "{e}");
+    let nan = trainer().args(["apply", "--prompt", "x", "--scale", "nan", "--intervention"]).arg(&out_path).output().unwrap();
+    let e = String::from_utf8_lossy(&nan.stderr);
+    assert!(nan.status.code() == Some(1) && e.contains("--scale must be a finite number"), "{e}");
 }

@@ -91,10 +91,10 @@ impl Apply {
             bail!("the prompt {:?} tokenizes to nothing", self.prompt);
         }
         let (specs, positions) = match &self.positions {
-            Some(p) => (p.clone(), resolve_positions(p, ids.len(), "prompt")?),
+            Some(p) => (p.clone(), resolve_positions(p, ids.len(), "prompt (--positions)")?),
             None => {
                 let own = vec![config.placement.positions.clone()];
-                match resolve_positions(&own, ids.len(), "prompt") {
+                match resolve_positions(&own, ids.len(), "prompt (the export's positions)") {
                     Ok(p) => (own, p),
                     Err(_) => (vec!["last".to_string()], vec![ids.len() - 1]),
                 }
@@ -123,7 +123,7 @@ impl Apply {
         let source = match (&self.source, p.iv.needs_source()) {
             (Some(text), true) => {
                 let sids = tok.encode(text)?;
-                let sp = resolve_positions(self.source_positions.as_ref().unwrap_or(&p.specs), sids.len(), "source")?;
+                let sp = resolve_positions(self.source_positions.as_ref().unwrap_or(&p.specs), sids.len(), if self.source_positions.is_some() { "source (--source-positions)" } else { "source (the prompt's positions)" })?;
                 if sp.len() != p.positions.len() {
                     bail!("{} source positions for {} prompt positions; give as many of each", sp.len(), p.positions.len());
                 }

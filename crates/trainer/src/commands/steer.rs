@@ -31,6 +31,8 @@ pub struct Steer {
     pub scale: f64,
     /// Where the export goes.
     pub out: PathBuf,
+    /// Replace `out` if it exists.
+    pub force: bool,
 }
 
 /// Reads texts: one per line, or JSON objects with a `text` field; blank lines skipped. Errors
@@ -85,6 +87,9 @@ impl OnBackend for Steer {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        if self.out.exists() && !self.force {
+            bail!("{} exists; choose another --out, or pass --force to replace it", self.out.display());
+        }
         let loaded = load::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
         let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", self.model))?);
         let site = Site::new(self.layer, Component::BlockOutput);

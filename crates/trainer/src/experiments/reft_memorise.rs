@@ -148,7 +148,7 @@ fn prompt_input(r: &ReftMemoriseRecipe, tok: &TextTokenizer, prompt: &str) -> Re
     if ids.is_empty() {
         bail!("prompt {prompt:?} tokenises to nothing");
     }
-    let positions = resolve_positions(std::slice::from_ref(&r.positions), ids.len(), &format!("prompt {prompt:?}"))?;
+    let positions = resolve_positions(std::slice::from_ref(&r.positions), ids.len(), &format!("prompt {prompt:?} (the recipe's `positions`)"))?;
     Ok(TokenizedInput { ids, positions })
 }
 

@@ -9,7 +9,7 @@ use ferrovene_data::batch::split_by_group;
 use ferrovene_data::format::{parse_jsonl, Loaded};
 use ferrovene_data::{tokenize, OnError, TokenizedExample};
 
-use super::recipe::PairRecipe;
+use super::recipe::{Method, PairRecipe};
 use crate::run_dir::fnv1a;
 
 /// The examples of a run, tokenised and split.
@@ -43,10 +43,18 @@ struct ExampleFile {
 }
 
 impl ExampleFile {
-    fn read(path: &Path, key: &str, tok: &ferrovene_models::TextTokenizer) -> Result<Self> {
+    fn read(path: &Path, key: &str, method: Method, tok: &ferrovene_models::TextTokenizer) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {} (the recipe's `{key}`)", path.display()))?;
         let text = ferrovene_data::format::utf8(path, &bytes)?.to_string();
         let file = parse_jsonl(path, &text, OnError::Stop)?;
+        let (wanted, what) = match method {
+            Method::Das | Method::Boundless => ("pair", "counterfactual pairs (`base`, `sources`, `label`)"),
+            Method::Reft => ("prompt", "prompts with targets (`prompt`, `target`)"),
+            Method::Probe => ("text", "texts with classes (`text`, `class`)"),
+        };
+        if let Some((line, ex)) = file.examples.iter().find(|(_, ex)| ex.kind() != wanted) {
+            bail!("{}:{line}: kind `{}` trains on {what}, but this line is a {} example", path.display(), method.name(), ex.kind());
+        }
         let tokenized = file.examples.iter().map(|(l, e)| tokenize(e, tok, &file.path, *l)).collect::<std::result::Result<_, _>>()?;
         Ok(ExampleFile { text, file, tokenized })
     }
@@ -73,13 +81,13 @@ impl ExampleFile {
 
 /// Reads, tokenises and splits the recipe's example file(s): held out from `pairs` by
 /// `dev_fraction`, or every example of `held_out`.
-pub fn read(r: &PairRecipe, tok: &ferrovene_models::TextTokenizer) -> Result<Examples> {
-    let pairs = ExampleFile::read(&r.pairs, "pairs", tok)?;
+pub fn read(r: &PairRecipe, method: Method, tok: &ferrovene_models::TextTokenizer) -> Result<Examples> {
+    let pairs = ExampleFile::read(&r.pairs, "pairs", method, tok)?;
     let by = r.split_by.as_deref().unwrap_or_default();
     let groups = if r.split_by.is_some() { pairs.groups(by)? } else { vec![String::new(); pairs.tokenized.len()] };
     let (rest, dev, held_out) = match (&r.held_out, r.dev_fraction) {
         (Some(path), _) => {
-            let held = ExampleFile::read(path, "held_out", tok)?;
+            let held = ExampleFile::read(path, "held_out", method, tok)?;
             let n = pairs.tokenized.len();
             ((0..n).collect(), (n..n + held.tokenized.len()).collect(), Some(held))
         }

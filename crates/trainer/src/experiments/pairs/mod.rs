@@ -56,7 +56,7 @@ pub fn run<B: AutodiffBackend>(method: Method, r: &PairRecipe, ctx: &RunContext<
     let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let width = loaded.model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?.width;
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?;
-    let examples = examples::read(r, tok)?;
+    let examples = examples::read(r, method, tok)?;
     let dir = match ctx.resume {
         Some(d) => RunDir::reopen(d, ctx.as_run)?,
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,

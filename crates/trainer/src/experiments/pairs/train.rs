@@ -222,6 +222,16 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         if classes < 2 {
             bail!("{}: a probe needs at least two classes (found {classes})", self.r.pairs.display());
         }
+        // Classes are counted as the largest id + 1: one stray large id would build (and export)
+        // a probe with that many rows.
+        const MOST_CLASSES: usize = 10_000;
+        if classes > MOST_CLASSES {
+            bail!(
+                "{}: the largest class id is {}, so the probe would have {classes} classes (at most {MOST_CLASSES}); class ids count from 0 without gaps, so check that line",
+                self.r.pairs.display(),
+                classes - 1
+            );
+        }
         let [train, val, dev] = self.prepare(|c, bs| probe::features(model, site, c, self.pad_id, bs, self.device))?;
         let objective = probe::ProbeObjective { train: &train, validation: if val.is_empty() { &dev } else { &val } };
         let (fitted, timings) = self.fit(&objective, self.initial(classes)?)?;
