@@ -8,10 +8,14 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tensorboard_rs::summary_writer::SummaryWriter;
 
-/// Scalar series of a run, in TensorBoard's event-file format.
+/// Scalar series of a run, in TensorBoard's event-file format. Scalars are held until
+/// [`Events::flush`], which the training loop calls when it writes a checkpoint (and at the end):
+/// a killed run then leaves no steps past its last checkpoint, and `--resume`, which replays
+/// those steps, logs each step once.
 pub struct Events {
     writer: SummaryWriter,
     dir: PathBuf,
+    pending: Vec<(String, f32, usize)>,
 }
 
 impl Events {
@@ -23,22 +27,32 @@ impl Events {
         let probe = dir.join(".writable");
         std::fs::write(&probe, b"").with_context(|| format!("{} is not writable", dir.display()))?;
         let _ = std::fs::remove_file(&probe);
-        Ok(Self { writer: SummaryWriter::new(dir), dir: dir.to_path_buf() })
+        Ok(Self { writer: SummaryWriter::new(dir), dir: dir.to_path_buf(), pending: Vec::new() })
     }
 
     /// Records `value` of series `tag` at optimizer step `step`.
     pub fn scalar(&mut self, tag: &str, value: f64, step: usize) {
-        self.writer.add_scalar(tag, value as f32, step);
+        self.pending.push((tag.to_string(), value as f32, step));
     }
 
-    /// Pushes what was recorded to disk (done at checkpoints and at the end).
+    /// Writes what was recorded to the event file (done at checkpoints and at the end).
     pub fn flush(&mut self) {
+        for (tag, value, step) in self.pending.drain(..) {
+            self.writer.add_scalar(&tag, value, step);
+        }
         self.writer.flush();
     }
 
     /// The folder the event files are in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+impl Drop for Events {
+    /// A run that ends in any way but a kill keeps every scalar it recorded.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -419,7 +419,10 @@ where
             if let Some(err) = module.orthogonality_error() {
                 ev.scalar("train/orthogonality_error", err as f64, e.step);
             }
-            ev.flush();
+            // With checkpoints, scalars reach the event file with them (see `Events`).
+            if self.run_dir.is_none() {
+                ev.flush();
+            }
         }
         if self.objective.reached(accuracy) {
             self.state.stopped_early = true;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use protobuf::Message;
+
 /// The repository root (recipes, datasets and `runs/` are relative to it).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -28,4 +30,52 @@ pub fn only_run(dir: &Path) -> PathBuf {
 pub fn report(run: &Path) -> serde_json::Value {
     let path = run.join("report.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// Masked CRC-32C as TFRecord uses it, written independently of tensorboard-rs (bitwise).
+pub fn masked_crc(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+        }
+    }
+    let crc = !crc;
+    ((crc >> 15) | (crc << 17)).wrapping_add(0xA282_EAD8)
+}
+
+/// `(tag, step, value)` of every scalar in the event files of `dir`; panics on a bad record.
+pub fn read_scalars(dir: &Path) -> Vec<(String, i64, f32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents.") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let mut at = 0;
+        let mut first = true;
+        while at < bytes.len() {
+            let len_bytes = &bytes[at..at + 8];
+            let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+            let len_crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+            assert_eq!(len_crc, masked_crc(len_bytes), "length CRC at byte {at} of {}", path.display());
+            let data = &bytes[at + 12..at + 12 + len];
+            let data_crc = u32::from_le_bytes(bytes[at + 12 + len..at + 16 + len].try_into().unwrap());
+            assert_eq!(data_crc, masked_crc(data), "data CRC at byte {at} of {}", path.display());
+            let event = tensorboard_proto::event::Event::parse_from_bytes(data).unwrap();
+            if first {
+                assert_eq!(event.get_file_version(), "brain.Event:2");
+                first = false;
+            }
+            if event.has_summary() {
+                for v in event.get_summary().get_value() {
+                    out.push((v.get_tag().to_string(), event.get_step(), v.get_simple_value()));
+                }
+            }
+            at += 16 + len;
+        }
+    }
+    out
 }
