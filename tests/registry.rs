@@ -18,7 +18,11 @@ fn smollm2_name_resolves_to_the_gguf_fixture() {
 fn minilm_name_resolves_to_the_folder_fixture() {
     let loaded = load::<B>("minilm-l6", &Default::default()).expect("registry name");
     assert_eq!(loaded.model.arch(), "bert");
-    assert!(loaded.tokenizer.is_some());
+    // BERT reads at most 512 positions: a longer text is an error, not an index past the table.
+    let tok = loaded.tokenizer.expect("a tokenizer");
+    assert_eq!(tok.max_positions, Some(512));
+    let e = tok.encode(&"word ".repeat(600)).unwrap_err().to_string();
+    assert!(e.contains("602 tokens") && e.contains("at most 512 positions"), "{e}");
 }
 
 #[test]

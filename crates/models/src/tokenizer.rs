@@ -124,10 +124,18 @@ impl TextTokenizer {
 
     /// Token ids of `text`, with the model's special tokens (BOS, [CLS]/[SEP]) where it adds them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.inner
+        let ids = self
+            .inner
             .encode(text, true)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("encoding {text:?}: {e}") })
+            .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("encoding {text:?}: {e}") })?;
+        match self.max_positions {
+            Some(max) if ids.len() > max => {
+                let head: String = text.chars().take(40).collect();
+                Err(ModelError::Tokenizer { path: self.path.clone(), reason: format!("the text {head:?}… is {} tokens; the model reads at most {max} positions: shorten it", ids.len()) })
+            }
+            _ => Ok(ids),
+        }
     }
 
     /// Token ids of `text` with each token's byte range in `text` (special tokens the model adds,

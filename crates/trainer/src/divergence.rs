@@ -40,17 +40,6 @@ impl fmt::Display for Diverged {
 
 impl std::error::Error for Diverged {}
 
-/// `Some("NaN" | "inf" | "-inf")` for a non-finite number, as reports write it (JSON has no
-/// such numbers, and `null` would hide what happened).
-pub fn non_finite_name(x: f64) -> Option<&'static str> {
-    match x {
-        x if x.is_nan() => Some("NaN"),
-        x if x == f64::INFINITY => Some("inf"),
-        x if x == f64::NEG_INFINITY => Some("-inf"),
-        _ => None,
-    }
-}
-
 /// The name of the first float parameter of `module` with a non-finite value, and that value.
 pub fn first_non_finite<B: Backend, M: Module<B>>(module: &M) -> Option<(String, f32)> {
     let mut v = FiniteCheck { path: Vec::new(), found: None };

@@ -159,6 +159,14 @@ pub fn generate<B: Backend, M: Transformer<B> + ?Sized>(
     if prompt.is_empty() {
         bail!("generation needs a prompt of at least one token");
     }
+    if let Some(max) = model.max_positions().filter(|&m| prompt.len() + decoding.max_new > m) {
+        bail!(
+            "the prompt ({} tokens) and {} new tokens are more than the {max} positions the model reads; generate at most {} tokens",
+            prompt.len(),
+            decoding.max_new,
+            max.saturating_sub(prompt.len())
+        );
+    }
     if let Some(s) = steer {
         if let Some(&p) = s.positions.iter().find(|&&p| p >= prompt.len()) {
             bail!("intervention position {p} is outside the prompt, which has {} tokens", prompt.len());

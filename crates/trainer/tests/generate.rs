@@ -53,3 +53,16 @@ fn kv_cache_generation_equals_cache_free_generation() {
     assert_ne!(texts[0], texts[4], "ReFT changed nothing");
     assert_ne!(texts[0], texts[1], "sampling equals greedy");
 }
+
+/// A model with a table of learned positions (GPT-2's `n_positions`, 64 in the tiny checkpoint)
+/// refuses a generation that would run past it, instead of indexing past the table.
+#[test]
+fn generation_past_the_position_table_is_refused() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/tiny/gpt2");
+    assert!(dir.join("config.json").exists(), "golden files missing: this test needs ../shared/golden/tiny/gpt2 beside the checkout");
+    let dev = Default::default();
+    let loaded = ferrovene_models::load_folder::<ferrovene_models::Cpu>(&dir, &dev).unwrap();
+    let e = generate(&loaded.model, &[1, 2, 3], None, &Decoding::greedy(62), None, &dev).unwrap_err().to_string();
+    assert!(e.contains("more than the 64 positions") && e.contains("at most 61"), "{e}");
+    assert_eq!(generate(&loaded.model, &[1, 2, 3], None, &Decoding::greedy(61), None, &dev).unwrap().len(), 61, "up to the last position is allowed");
+}
