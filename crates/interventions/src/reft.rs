@@ -189,6 +189,10 @@ impl<B: Backend> Family<B> for ReftIntervention<B> {
             Ok(Projection { weight: parts.param2(&format!("{prefix}.weight"))?, bias: parts.param1(&format!("{prefix}.bias"))? })
         };
         let (rot, learned, proj, bias) = family.parts();
+        let dropout = parts.hyper().dropout.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(parts.corrupt(format!("dropout {dropout} is not a probability in [0, 1)")));
+        }
         Ok(ReftIntervention {
             family,
             rotation: if rot { Some(parts.rotation()?) } else { None },
@@ -196,7 +200,7 @@ impl<B: Backend> Family<B> for ReftIntervention<B> {
             proj_layer: if proj { Some(projection("proj_layer")?) } else { None },
             learned_bias: if bias { Some(parts.param1("learned_bias")?) } else { None },
             act: parts.hyper().act.unwrap_or_default(),
-            dropout: burn::nn::DropoutConfig::new(parts.hyper().dropout.unwrap_or(0.0)).init(),
+            dropout: burn::nn::DropoutConfig::new(dropout).init(),
         })
     }
 
