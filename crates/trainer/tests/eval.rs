@@ -33,6 +33,8 @@ fn pairs() -> std::path::PathBuf {
             }
         }
     }
+    // Parses, but its ids are past SmolLM2's vocabulary: a bad line for --skip-bad too.
+    lines.push(r#"{"base_ids": [1, 2, 999999], "source_ids": [[1, 2, 3]], "positions": [1], "label": " x", "meta": {"base": "France"}}"#.to_string());
     let p = dir().join("capitals.jsonl");
     std::fs::write(&p, lines.join("\n")).unwrap();
     p
@@ -60,6 +62,7 @@ fn eval_of_an_interchange_export() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("skipped 1 bad line") && stderr.contains("line 1: malformed JSON"), "{stderr}");
+    assert!(stderr.contains("capitals.jsonl:14:") && stderr.contains("token id 999999"), "{stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["overall"]["n"], 12);
     assert_eq!(r["overall"]["iia"], 1.0, "{r}");

@@ -93,6 +93,7 @@ impl Eval {
             eprintln!("{summary}");
         }
         let mut groups: BTreeMap<String, Vec<TokenizedExample>> = BTreeMap::new();
+        let mut skipped = file.skipped.len();
         for (line, ex) in &file.examples {
             let key = match &self.by {
                 None => "all".to_string(),
@@ -102,9 +103,18 @@ impl Eval {
                     None => format!("(no {field})"),
                 },
             };
-            groups.entry(key).or_default().push(tokenize(ex, tok, &file.path, *line)?);
+            // Lines that parse but do not fit the model (token ids past its vocabulary, texts
+            // past its positions) are bad lines too: skipped with --skip-bad.
+            match tokenize(ex, tok, &file.path, *line) {
+                Ok(t) => groups.entry(key).or_default().push(t),
+                Err(e) if self.skip_bad => {
+                    eprintln!("skipped: {e}");
+                    skipped += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok((groups, file.skipped.len()))
+        Ok((groups, skipped))
     }
 
     /// Per group: the intervention, no intervention, and a random rotation (seed 0); and all of
