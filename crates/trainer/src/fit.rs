@@ -362,8 +362,10 @@ where
     fn diverged(&self, what: String) -> anyhow::Error {
         let d = Diverged { step: self.state.step + 1, what, last_finite_loss: self.state.losses.last().copied(), lr: self.cfg.lr };
         if let Some(dir) = self.run_dir {
+            // Every value a number or a string: no step may have had a finite loss.
+            let last = d.last_finite_loss.map_or_else(|| serde_json::json!("none"), |l| serde_json::json!(l));
             let report = serde_json::json!({
-                "outcome": "diverged", "step": d.step, "what": d.what, "last_finite_loss": d.last_finite_loss, "lr": d.lr, "error": d.to_string(),
+                "outcome": "diverged", "step": d.step, "what": d.what, "last_finite_loss": last, "lr": d.lr, "error": d.to_string(),
             });
             if let Err(e) = crate::run_dir::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes()) {
                 eprintln!("warning: could not write the report of the diverged run: {e:#}");

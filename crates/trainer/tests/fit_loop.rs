@@ -263,3 +263,20 @@ fn a_checkpoint_with_non_finite_values_is_refused() {
     let e = format!("{:#}", fit(&objective, probe(5), &cfg, io(&dir, None, true)).err().unwrap());
     assert!(e.contains("non-finite values") && e.contains("weight"), "{e}");
 }
+
+/// Without `checkpoint_every`, a run with a folder still checkpoints at the end of every epoch,
+/// so a kill loses at most an epoch (the two newest are kept).
+#[test]
+fn every_epoch_ends_with_a_checkpoint() {
+    let (train, val) = (planted(96, 8, 1), planted(32, 8, 2));
+    let objective = ProbeObjective { train: &train, validation: &val };
+    let cfg = FitConfig { checkpoint_every: 0, checkpoint_minutes: 0.0, accumulate: 1, ..cfg() };
+    let dir = temp("epoch-checkpoints");
+    let done = fit(&objective, probe(5), &cfg, io(&dir, None, false)).unwrap();
+    let per_epoch = train.len();
+    assert_eq!(done.state.step, cfg.epochs * per_epoch);
+    let mut kept: Vec<String> = std::fs::read_dir(dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-")).collect();
+    kept.sort();
+    let last_two: Vec<String> = [cfg.epochs - 1, cfg.epochs].iter().map(|e| format!("step-{:06}", e * per_epoch)).collect();
+    assert_eq!(kept, last_two);
+}

@@ -393,6 +393,7 @@ fn a_diverging_run_stops_with_an_error_and_exports_nothing() {
     assert!(!run.join("intervention.safetensors").exists(), "a diverged run exported");
     let report = common::report(&run);
     assert_eq!(report["outcome"], "diverged", "{report}");
+    assert!(!report.to_string().contains("null"), "non-finite values are written as strings, never null: {report}");
     assert!(report["step"].as_u64().unwrap() >= 1);
     // Every checkpoint the run left is from a finite step, and loads.
     if run.join("checkpoints/latest").exists() {
