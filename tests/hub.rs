@@ -186,3 +186,83 @@ fn a_silent_endpoint_times_out_with_a_clear_error() {
     assert!((1.0..10.0).contains(&waited), "gave up after {waited:.1} s");
     assert!(err.contains(&endpoint) && err.contains("no answer") && err.contains("HF_HUB_OFFLINE=1") && err.contains("FERROVENE_HUB_TIMEOUT"), "{err}");
 }
+
+/// What the fuzzing server answers: the repository listing's body, and the `ETag`,
+/// `X-Repo-Commit` and `Content-Range` values and body of every file reply.
+#[derive(Clone, Default)]
+struct Replies {
+    listing: Vec<u8>,
+    etag: String,
+    commit: String,
+    range: String,
+    file: Vec<u8>,
+}
+
+/// A server that answers every request from the shared `Replies`.
+fn start_fuzz_server(replies: Arc<std::sync::Mutex<Replies>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let r = replies.lock().unwrap().clone();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (headers, body) = if path.starts_with("/api/models/") {
+                ("Content-Type: application/json\r\n".to_string(), r.listing)
+            } else {
+                (format!("ETag: {}\r\nX-Repo-Commit: {}\r\nContent-Range: {}\r\n", r.etag, r.commit, r.range), r.file)
+            };
+            let status = if path.starts_with("/api/models/") { "200 OK" } else { "206 Partial Content" };
+            let _ = stream.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n", body.len()).as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    addr
+}
+
+/// Fuzzing the hub client's replies: 10,000 cases of a mutated repository listing and mutated
+/// `ETag` / `X-Repo-Commit` / `Content-Range` headers and file bodies. The fetch ends with a
+/// folder or an error, never a panic of the caller or a hang (hf-hub parses these replies; a
+/// panic inside it stays on the download thread and comes back as an error).
+#[test]
+fn mutated_hub_replies_never_panic() {
+    let cases: usize = std::env::var("FERROVENE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let replies = Arc::new(std::sync::Mutex::new(Replies::default()));
+    let endpoint = start_fuzz_server(replies.clone());
+    let listing = serde_json::json!({"sha": COMMIT, "siblings": [{"rfilename": "config.json"}, {"rfilename": "model.safetensors"}]}).to_string();
+    let config = br#"{"model_type": "gpt2"}"#;
+    let mut rng = ferrovene_models::rng::Rng::new(20);
+    let root = temp_dir("hub-fuzz");
+    let (mut answered, mut listed) = (0, 0);
+    for case in 0..cases {
+        let text = |rng: &mut ferrovene_models::rng::Rng, s: &str| String::from_utf8_lossy(&rng.mutated(s.as_bytes())).replace(['\r', '\n'], "");
+        let r = Replies {
+            listing: if rng.below(4) == 0 { listing.clone().into_bytes() } else { rng.mutated(listing.as_bytes()) },
+            etag: text(&mut rng, "\"etag-config\""),
+            commit: text(&mut rng, COMMIT),
+            range: text(&mut rng, &format!("bytes 0-0/{}", config.len())),
+            file: rng.mutated(config),
+        };
+        listed += (r.listing == listing.as_bytes()) as usize;
+        *replies.lock().unwrap() = r;
+        let cache = root.join(format!("{}", case % 8));
+        let _ = std::fs::remove_dir_all(&cache);
+        let cfg = HubConfig { endpoint: endpoint.clone(), cache_dir: cache, offline: false, progress: false, timeout: std::time::Duration::from_secs(10) };
+        let outcome = std::panic::catch_unwind(|| ferrovene_models::hub::fetch(&HubId::parse("fuzz-org/model").unwrap(), &cfg).is_err());
+        match outcome {
+            Ok(_) => answered += 1,
+            Err(_) => panic!("case {case} panicked"),
+        }
+    }
+    assert_eq!(answered, cases);
+    assert!(listed > cases / 8, "only {listed} cases listed the repository: the file replies were barely exercised");
+}
