@@ -260,8 +260,8 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
 /// `Some("has N non-finite values (the first, NaN, at index i)")` for little-endian f32 bytes
 /// with NaN or infinite values.
 fn non_finite(bytes: &[u8]) -> Option<String> {
-    let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let mut bad = values.enumerate().filter(|(_, v)| !v.is_finite());
+    let values = ferrovene_models::weights::f32_from_le(bytes);
+    let mut bad = values.into_iter().enumerate().filter(|(_, v)| !v.is_finite());
     let (first, value) = bad.next()?;
     Some(format!("has {} non-finite values (the first, {value}, at index {first})", 1 + bad.count()))
 }

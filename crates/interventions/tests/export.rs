@@ -234,6 +234,22 @@ fn an_export_missing_a_tensor_its_kind_needs_is_refused() {
     assert!(e.contains("missing tensor `R`") && e.contains("loreft"), "{e}");
 }
 
+/// Rewrites the export at `path` with its stored `R` changed by `edit`, every other tensor and
+/// the metadata as they were.
+fn edit_r(path: &std::path::Path, edit: impl FnOnce(&mut [f32])) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let r = st.tensor("R").unwrap();
+    let mut values = ferrovene_models::weights::f32_from_le(r.data());
+    edit(&mut values);
+    let changed: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let shape = r.shape().to_vec();
+    let mut kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != "R").collect();
+    kept.push(("R".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &changed).unwrap()));
+    safetensors::serialize_to_file(kept, meta.metadata().clone(), path).unwrap();
+}
+
 #[test]
 fn an_export_whose_r_disagrees_with_its_parameters_is_refused() {
     let dir = temp("changed-r");
@@ -242,17 +258,7 @@ fn an_export_whose_r_disagrees_with_its_parameters_is_refused() {
     export::save(&iv, config(), &path).unwrap();
     assert!(export::load::<B>(&path, &dev()).is_ok(), "an untouched export loads");
     // Change one entry of `R` by 1e-3, leaving the Householder parameters as they are.
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let r = st.tensor("R").unwrap();
-    let mut values = ferrovene_models::weights::f32_from_le(r.data());
-    values[1] += 1e-3;
-    let changed: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let shape = r.shape().to_vec();
-    let mut kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != "R").collect();
-    kept.push(("R".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &changed).unwrap()));
-    safetensors::serialize_to_file(kept, meta.metadata().clone(), &path).unwrap();
+    edit_r(&path, |r| r[1] += 1e-3);
     let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
     assert!(e.contains("das.safetensors") && e.contains("stored `R` differs") && e.contains("1e-5"), "{e}");
 }
@@ -327,17 +333,7 @@ fn non_finite_parameters_are_neither_exported_nor_loaded() {
 
     let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(3, D, &mut Rng::new(2), &dev()) });
     export::save(&iv, config(), &path).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let r = st.tensor("R").unwrap();
-    let mut values = ferrovene_models::weights::f32_from_le(r.data());
-    values[4] = f32::INFINITY;
-    let changed: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let shape = r.shape().to_vec();
-    let mut kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != "R").collect();
-    kept.push(("R".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &changed).unwrap()));
-    safetensors::serialize_to_file(kept, meta.metadata().clone(), &path).unwrap();
+    edit_r(&path, |r| r[4] = f32::INFINITY);
     let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
     assert!(e.contains("steer.safetensors") && e.contains("tensor `R`") && e.contains("inf") && e.contains("index 4"), "{e}");
 }

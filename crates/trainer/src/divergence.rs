@@ -83,6 +83,14 @@ pub fn check_rate(key: &str, lr: f64) -> Result<()> {
     Ok(())
 }
 
+/// A subspace rank must fit the width of the site it acts on (known once the model is loaded).
+pub fn check_rank(rank: usize, width: usize, site: &dyn fmt::Display) -> Result<()> {
+    if rank == 0 || rank > width {
+        bail!("`rank = {rank}` does not fit {site} of width {width}: give 1 ≤ rank ≤ {width}");
+    }
+    Ok(())
+}
+
 /// Weight decay and gradient clipping must be finite and not negative.
 pub fn check_non_negative(key: &str, value: f64) -> Result<()> {
     if !(value.is_finite() && value >= 0.0) {

@@ -352,9 +352,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, dev
     let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let info = model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?;
-    if r.rank > info.width {
-        bail!("`rank = {}` does not fit site {} of width {}: give 1 ≤ rank ≤ {}", r.rank, r.site, info.width, info.width);
-    }
+    crate::divergence::check_rank(r.rank, info.width, &format_args!("site {}", r.site))?;
     let end_of_turn = end_of_turn(r, tok)?;
     let taught = taught_inputs(r, tok, end_of_turn)?;
     let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;

@@ -142,6 +142,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device
     let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
+    crate::divergence::check_rank(r.rank, model.width(), &"the block outputs")?;
     ferrovene_data::filler_gap::check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied())).map_err(|e| anyhow!("{} tokenizer: {e}", r.model))?;
     let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
     let mut rng = Rng::new(r.seed);

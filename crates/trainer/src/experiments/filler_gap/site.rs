@@ -53,9 +53,6 @@ pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(
     device: &B::Device,
 ) -> Result<(Intervention<B>, (f32, f32))>
 {
-    if r.rank > model.width() {
-        anyhow::bail!("`rank = {}` is more than the model's width {}: give 1 ≤ rank ≤ {}", r.rank, model.width(), model.width());
-    }
     let train_b = site_batches(train, layer, position, device)?;
     let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(r.rank, model.width(), &mut Rng::new(r.seed ^ (layer as u64) << 8), device) });
     let cfg = FitConfig {

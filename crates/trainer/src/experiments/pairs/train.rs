@@ -127,10 +127,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     fn initial(&self, classes: usize) -> Result<Intervention<B>> {
         let (r, width, device) = (self.r, self.width, self.device);
         let mut rng = Rng::new(r.seed);
-        let rank = || match r.rank {
-            None => Err(anyhow!("kind `{}` needs `rank`", self.method.name())),
-            Some(k) if k == 0 || k > width => Err(anyhow!("`rank = {k}` does not fit site {} of width {width}: give 1 ≤ rank ≤ {width}", r.site)),
-            Some(k) => Ok(k),
+        let rank = || -> Result<usize> {
+            let k = r.rank.ok_or_else(|| anyhow!("kind `{}` needs `rank`", self.method.name()))?;
+            crate::divergence::check_rank(k, width, &format_args!("site {}", r.site))?;
+            Ok(k)
         };
         Ok(match self.method {
             Method::Das => Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(rank()?, width, &mut rng, device) }),
