@@ -38,7 +38,7 @@ fn grouped_attention_equals_repeated_heads_with_gradients() {
     // 6 query heads on 2 key/value heads, a left-padded row, two cached positions before 3 new.
     let (batch, seq, total, heads, kv_heads, d) = (2, 3, 5, 6, 2, 8);
     let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1], [batch, total]), &Default::default());
-    let bias = attention_bias(mask, seq, true);
+    let bias = attention_bias(mask, seq, true, burn::tensor::DType::F32);
     let (q, k, v) = (random([batch, seq, heads, d], 1), random([batch, kv_heads, total, d], 2), random([batch, kv_heads, total, d], 3));
     let weights = random([batch, seq, heads * d], 4).detach();
     let bias5 = bias.clone().unsqueeze_dim::<5>(1).repeat_dim(1, kv_heads).repeat_dim(2, heads / kv_heads);
@@ -83,7 +83,7 @@ fn rotary_equals_slicing_and_concatenating_with_gradients() {
     for inv_freq in [vec![1.0f32, 0.1, 0.01, 0.001], vec![1.0, 0.01]] {
         let (batch, seq, heads, d) = (2, 4, 3, 8);
         let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(positions.to_vec(), [batch, seq]), &Default::default());
-        let rotary = Rotary::new(pos, &inv_freq, d);
+        let rotary = Rotary::new(pos, &inv_freq, d, burn::tensor::DType::F32);
         let x = random([batch, seq, heads, d], 5);
         let weights = random([batch, seq, heads, d], 6).detach();
         let fast = rotary.apply(x.clone());

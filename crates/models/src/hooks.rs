@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{backend::Backend, IndexingUpdateOp, Int, Tensor};
 
+use crate::precision::{to_dtype, to_f32};
 use crate::site::Site;
 
 /// Reads or replaces activations at sites during a forward pass.
@@ -32,9 +33,14 @@ impl<B: Backend> Hooks<B> for NoHooks {
     }
 }
 
-/// Applies a hook only if it wants the site; what every model calls at each site.
+/// Applies a hook only if it wants the site; what every model calls at each site. Hooks see f32
+/// whatever the model's precision, and what they return goes on in the model's.
 pub(crate) fn hook<B: Backend>(hooks: &mut dyn Hooks<B>, site: Site, h: Tensor<B, 3>) -> Tensor<B, 3> {
-    if hooks.wants(site) { hooks.at(site, h) } else { h }
+    if !hooks.wants(site) {
+        return h;
+    }
+    let dtype = h.dtype();
+    to_dtype(hooks.at(site, to_f32(h)), dtype)
 }
 
 /// The vectors at per-example positions: `h[b, positions[b, j], :]`, shape `[batch, k, width]`.

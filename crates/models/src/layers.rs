@@ -3,7 +3,9 @@
 //! Written out as the equations so that each architecture file reads like its paper.
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation::softmax, backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{activation::softmax, backend::Backend, Bool, DType, Int, Tensor};
+
+use crate::precision::{blocked_score, to_dtype, to_f32};
 
 /// `y = x W + b`, with `W` stored `[in, out]` (PyTorch's `[out, in]` is transposed on load).
 #[derive(Module, Debug)]
@@ -46,10 +48,13 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    /// Normalises the last dimension.
+    /// Normalises the last dimension, in f32 whatever the model's precision (a half-precision
+    /// mean of squares overflows), as transformers does.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
-        (x / rms) * self.gamma.val().unsqueeze()
+        to_dtype((x / rms) * to_f32(self.gamma.val()).unsqueeze(), dtype)
     }
 }
 
@@ -65,11 +70,14 @@ pub struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
-    /// Normalises the last dimension.
+    /// Normalises the last dimension, in f32 whatever the model's precision.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let centred = x.clone() - x.mean_dim(2);
         let var = centred.clone().square().mean_dim(2);
-        centred / (var + self.eps).sqrt() * self.gamma.val().unsqueeze() + self.beta.val().unsqueeze()
+        let y = centred / (var + self.eps).sqrt() * to_f32(self.gamma.val()).unsqueeze() + to_f32(self.beta.val()).unsqueeze();
+        to_dtype(y, dtype)
     }
 }
 
@@ -86,6 +94,10 @@ impl<B: Backend> Embedding<B> {
         let [batch, seq] = ids.dims();
         let width = self.weight.val().dims()[1];
         self.weight.val().select(0, ids.reshape([batch * seq])).reshape([batch, seq, width])
+    }
+    /// The precision of the table (and so of the model that embeds with it).
+    pub fn dtype(&self) -> DType {
+        self.weight.val().dtype()
     }
 }
 
@@ -104,8 +116,8 @@ pub fn positions_from_mask<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2, 
 
 /// The additive attention bias `[batch, 1, queries, total]` for the last `queries` of the `total`
 /// positions in `mask` (all of them without a KV cache): 0 where a query may see a key, a large
-/// negative number elsewhere (later keys when `causal`, padded keys always).
-pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Int>, queries: usize, causal: bool) -> Tensor<B, 4> {
+/// negative number elsewhere (later keys when `causal`, padded keys always), in `dtype`.
+pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Int>, queries: usize, causal: bool, dtype: DType) -> Tensor<B, 4> {
     let [batch, total] = mask.dims();
     let device = mask.device();
     let shape = [batch, 1, queries, total];
@@ -119,7 +131,7 @@ pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Int>, queries: usize, causa
     } else {
         padded
     };
-    Tensor::<B, 4>::zeros(shape, &device).mask_fill(blocked, f32::MIN / 2.0)
+    to_dtype(Tensor::<B, 4>::zeros(shape, &device).mask_fill(blocked, blocked_score(dtype)), dtype)
 }
 
 /// Scaled dot-product attention, `softmax(q kᵀ / √d + bias) v`, with grouped-query heads:
@@ -136,7 +148,9 @@ pub fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, bia
     let q = q.reshape([batch, seq, kv_heads, groups, d]).permute([0, 2, 3, 1, 4]); // [b, kv, g, seq, d]
     let k_t = k.unsqueeze_dim::<5>(2).swap_dims(3, 4); // [b, kv, 1, d, total]
     let scores = q.matmul(k_t) / (d as f64).sqrt() + bias;
-    let values = softmax(scores, 4).matmul(v.unsqueeze_dim::<5>(2)); // [b, kv, g, seq, d]
+    // The softmax in f32 whatever the model's precision, as transformers does.
+    let weights = to_dtype(softmax(to_f32(scores), 4), v.dtype());
+    let values = weights.matmul(v.unsqueeze_dim::<5>(2)); // [b, kv, g, seq, d]
     values.permute([0, 3, 1, 2, 4]).reshape([batch, seq, heads * d])
 }
 
@@ -160,8 +174,8 @@ pub struct Rotary<B: Backend> {
 
 impl<B: Backend> Rotary<B> {
     /// Angles `pos · inv_freq[i]` for the given positions; `inv_freq` has `rotary_dim / 2`
-    /// entries, `rotary_dim ≤ head_dim`.
-    pub fn new(positions: Tensor<B, 2, Int>, inv_freq: &[f32], head_dim: usize) -> Self {
+    /// entries, `rotary_dim ≤ head_dim`. Computed in f32, kept in `dtype` (the model's).
+    pub fn new(positions: Tensor<B, 2, Int>, inv_freq: &[f32], head_dim: usize, dtype: DType) -> Self {
         let [batch, seq] = positions.dims();
         let device = positions.device();
         let half = inv_freq.len();
@@ -180,6 +194,7 @@ impl<B: Backend> Rotary<B> {
             p[i * d + i + half] = 1.0; // out[i + r/2] = x[i]
         }
         let half_turn = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(p, [d, d]), &device);
+        let (cos, sin, half_turn) = (to_dtype(cos, dtype), to_dtype(sin, dtype), to_dtype(half_turn, dtype));
         Rotary { cos: cos.reshape([batch, seq, 1, d]), sin: sin.reshape([batch, seq, 1, d]), half_turn, per_heads: Default::default() }
     }
 

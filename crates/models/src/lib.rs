@@ -14,6 +14,7 @@ pub mod hub;
 pub mod hooks;
 pub mod layers;
 pub mod loader;
+pub mod precision;
 pub mod model;
 pub mod registry;
 pub mod rng;

@@ -81,6 +81,9 @@ impl<B: Backend> Transformer<B> for AnyModel<B> {
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         each!(self, m => m.head(hidden))
     }
+    fn dtype(&self) -> burn::tensor::DType {
+        each!(self, m => m.dtype())
+    }
 }
 
 impl<B: Backend> AnyModel<B> {

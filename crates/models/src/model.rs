@@ -3,11 +3,12 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::hooks::{hook, Hooks, NoHooks};
 use crate::layers::{attention_bias, positions_from_mask, Rotary};
+use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component, Site, SiteInfo};
 
 /// A padded batch of token ids.
@@ -197,10 +198,11 @@ pub struct Context<B: Backend> {
 impl<B: Backend> Context<B> {
     /// Bias from the input's mask (and its cache's), and rotary angles when `rotary` (the
     /// inverse frequencies and the head width) is given.
-    pub fn new(input: &Input<B>, causal: bool, rotary: Option<(&[f32], usize)>) -> Self {
-        let rotary = rotary.map(|(f, head_dim)| Rotary::new(input.positions(), f, head_dim));
+    /// `dtype` is the model's precision (see [`crate::precision`]).
+    pub fn new(input: &Input<B>, causal: bool, rotary: Option<(&[f32], usize)>, dtype: DType) -> Self {
+        let rotary = rotary.map(|(f, head_dim)| Rotary::new(input.positions(), f, head_dim, dtype));
         let full = input.full_mask();
-        let bias = attention_bias(full.clone(), input.dims()[1], causal);
+        let bias = attention_bias(full.clone(), input.dims()[1], causal, dtype);
         Context { bias, rotary, cache: input.past.clone().map(|c| (c, full)), bias_by_heads: Default::default() }
     }
 
@@ -256,8 +258,11 @@ pub trait Transformer<B: Backend> {
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3>;
     /// The final norm applied to the last block's output (identity for post-LN encoders).
     fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3>;
-    /// Next-token logits from final hidden states, for language models; `None` for encoders.
+    /// Next-token logits (f32) from final hidden states, for language models; `None` for encoders.
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>>;
+    /// The precision of the weights and of the activations inside (f32, f16, bf16). Whatever it
+    /// is, hooks, checkpoints, [`forward`] and [`Transformer::head`] hand out f32.
+    fn dtype(&self) -> DType;
 
     /// Every site of the model, embeddings first, then each layer's in a fixed order.
     fn sites(&self) -> Vec<SiteInfo> {
@@ -296,7 +301,7 @@ pub fn forward<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<
     let ctx = model.context(input);
     let x = hook(hooks, Site::new(0, Component::Embeddings), model.embed(input));
     let x = run_blocks(model, x, &ctx, 0, true, hooks);
-    model.final_norm(x)
+    to_f32(model.final_norm(x))
 }
 
 /// Blocks `from..` on `x`, with `block_input` hooks (if `hook_first_input`) and `block_output` hooks.
@@ -337,7 +342,7 @@ pub fn run_to<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B
     model.site_info(site)?;
     let ctx = model.context(input);
     let mut x = model.embed(input);
-    let done = |activation, block_input| Checkpoint { site, activation, block_input, input: input.clone() };
+    let done = |activation, block_input| Checkpoint { site, activation: to_f32(activation), block_input, input: input.clone() };
     if site.component == Component::Embeddings {
         return Ok(done(x, None));
     }
@@ -374,6 +379,7 @@ pub fn resume<B: Backend, M: Transformer<B> + ?Sized>(
         });
     }
     let ctx = model.context(&checkpoint.input);
+    let activation = to_dtype(activation, model.dtype());
     let x = match site.next_block() {
         // A block input is the first block's input itself: not hooked twice.
         Some(from) => run_blocks(model, activation, &ctx, from, site.component != Component::BlockInput, hooks),
@@ -385,7 +391,7 @@ pub fn resume<B: Backend, M: Transformer<B> + ?Sized>(
             run_blocks(model, x, &ctx, site.layer + 1, true, overlay.rest)
         }
     };
-    Ok(model.final_norm(x))
+    Ok(to_f32(model.final_norm(x)))
 }
 
 /// The keys and values of every position of a stopped run at every block after its site (a
@@ -396,7 +402,7 @@ pub fn keys_values_after<B: Backend, M: Transformer<B> + ?Sized>(model: &M, chec
     let input = Input { past: Some(cache.clone()), ..checkpoint.input.clone() };
     let site = checkpoint.site;
     let ctx = model.context(&input);
-    run_blocks(model, checkpoint.activation.clone(), &ctx, site.next_block().unwrap_or(0), site.component != Component::BlockInput, &mut NoHooks);
+    run_blocks(model, to_dtype(checkpoint.activation.clone(), model.dtype()), &ctx, site.next_block().unwrap_or(0), site.component != Component::BlockInput, &mut NoHooks);
     cache
 }
 

@@ -1,11 +1,16 @@
-//! Choosing the compute device at run time: `cpu` always, `wgpu` and `cuda` when built with
-//! those features. Each command is written once, generic over the backend, and dispatched here.
+//! Choosing the compute device at run time: `cpu` always, `wgpu[:N]` and `cuda[:N]` when built
+//! with those features, and the precision of the frozen model's weights. Each command is written
+//! once, generic over the backend, and dispatched here; what was chosen goes into report.json.
+
+use std::str::FromStr;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Result};
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
 
-/// A compute device the user can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// A kind of compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
     /// burn's flex CPU backend (always available).
     Cpu,
@@ -13,6 +18,110 @@ pub enum DeviceKind {
     Wgpu,
     /// NVIDIA CUDA; needs a build with `--features cuda`.
     Cuda,
+}
+
+/// A device the user asked for: `cpu`, `wgpu`, `wgpu:1`, `cuda`, `cuda:1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The backend.
+    pub kind: DeviceKind,
+    /// Which device of that backend: CUDA's device index, or wgpu's N-th discrete GPU; `None`
+    /// is the backend's default (for wgpu the best adapter, or `CUBECL_WGPU_DEFAULT_DEVICE`).
+    pub index: Option<usize>,
+}
+
+impl DeviceSpec {
+    /// The CPU.
+    pub const CPU: DeviceSpec = DeviceSpec { kind: DeviceKind::Cpu, index: None };
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.kind {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Cuda => "cuda",
+        };
+        match self.index {
+            Some(i) => write!(f, "{name}:{i}"),
+            None => f.write_str(name),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => {
+                let i = i.parse::<usize>().map_err(|_| format!("`{s}`: the device index after `:` must be a number, as in cuda:1"))?;
+                (n, Some(i))
+            }
+            None => (s, None),
+        };
+        let kind = match name.to_ascii_lowercase().as_str() {
+            "cpu" => DeviceKind::Cpu,
+            "wgpu" => DeviceKind::Wgpu,
+            "cuda" => DeviceKind::Cuda,
+            _ => return Err(format!("`{s}` is not a device: give cpu, wgpu, wgpu:N, cuda or cuda:N")),
+        };
+        if kind == DeviceKind::Cpu && index.is_some_and(|i| i > 0) {
+            return Err(format!("`{s}`: the CPU backend has one device (it uses every core); give cpu"));
+        }
+        Ok(DeviceSpec { kind, index })
+    }
+}
+
+/// The precision of the frozen model's weights and compute. The intervention's parameters, their
+/// gradients and the optimizer's state stay f32 whatever this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats: the reference numbers.
+    F32,
+    /// IEEE half precision: half the memory; where the GPU has it, faster.
+    F16,
+    /// bfloat16: f32's range with 8 bits of mantissa.
+    Bf16,
+}
+
+impl Precision {
+    /// burn's name for it.
+    pub fn dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Precision::F32 => burn::tensor::FloatDType::F32,
+            Precision::F16 => burn::tensor::FloatDType::F16,
+            Precision::Bf16 => burn::tensor::FloatDType::BF16,
+        }
+    }
+
+    /// Its lowercase name, as `--dtype` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// `--device` and `--dtype`, shared by every command that runs a model.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Compute {
+    /// Where to compute: cpu, wgpu, wgpu:N (the N-th discrete GPU), cuda, cuda:N. wgpu and cuda
+    /// need a build with `--features wgpu` / `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Precision of the frozen model (default: f32 on the CPU, f16 on a GPU that has it). The
+    /// intervention always trains in f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
+}
+
+impl Default for Compute {
+    fn default() -> Self {
+        Compute { device: DeviceSpec::CPU, dtype: None }
+    }
 }
 
 /// The devices this build supports.
@@ -31,32 +140,88 @@ pub fn available() -> Vec<&'static str> {
 pub trait OnBackend {
     /// What it returns.
     type Output;
-    /// Runs on backend `B` and its default device.
+    /// Runs on backend `B` and its device.
     fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// What this process computes on, as report.json records it (set once, by [`dispatch`]).
+static CHOSEN: OnceLock<Value> = OnceLock::new();
+
+/// The device, backend, adapter and precision chosen for this run, if [`dispatch`] ran.
+pub fn chosen() -> Option<Value> {
+    CHOSEN.get().cloned()
 }
 
 /// Runs a job on a GPU backend, turning the panic burn raises when no adapter or driver is
 /// found into an error that names the devices this build has.
 #[allow(dead_code)]
-fn guarded<T>(name: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
+fn guarded<T>(spec: DeviceSpec, run: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
         let why = panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown failure".into());
-        bail!("the {name} backend failed (no usable adapter or driver?): {why}; devices in this build: {}", available().join(", "))
+        bail!("the {spec} device failed (no such adapter, or no usable driver?): {why}; devices in this build: {}", available().join(", "))
     })
 }
 
+/// Runs `job` on backend `B` and `device`, with the frozen models loaded at `precision`, after
+/// recording what was chosen.
+fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(spec: DeviceSpec, precision: Option<Precision>, device: B::Device, adapter: Value, job: J) -> Result<J::Output> {
+    let precision = resolve_precision::<B>(spec, precision, &device)?;
+    ferrovene_models::precision::set_frozen_dtype(precision.dtype());
+    let _ = CHOSEN.set(json!({
+        "device": spec.to_string(),
+        "backend": B::name(&device),
+        "adapter": adapter,
+        "dtype": precision.name(),
+    }));
+    job.run::<B>(device)
+}
+
+/// The precision asked for, or the device's default; an error where the device lacks it.
+fn resolve_precision<B: burn::tensor::backend::Backend>(spec: DeviceSpec, asked: Option<Precision>, device: &B::Device) -> Result<Precision> {
+    let has = |p: Precision| B::supports_dtype(device, p.dtype().into());
+    match asked {
+        Some(p) if !has(p) => bail!(
+            "--dtype {}: the {spec} device ({}) does not compute in it; give --dtype f32{}",
+            p.name(),
+            B::name(device),
+            [Precision::F16, Precision::Bf16].into_iter().filter(|&q| q != p && has(q)).map(|q| format!(" or --dtype {}", q.name())).collect::<String>()
+        ),
+        Some(p) => Ok(p),
+        None if spec.kind == DeviceKind::Cpu => Ok(Precision::F32),
+        None => Ok([Precision::F16, Precision::Bf16].into_iter().find(|&p| has(p)).unwrap_or(Precision::F32)),
+    }
+}
+
+/// The wgpu device for `index`, set up now so that its adapter can be named.
+#[cfg(feature = "wgpu")]
+fn wgpu_device(index: Option<usize>) -> (burn::backend::wgpu::WgpuDevice, Value) {
+    use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, WgpuDevice};
+    let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+    let setup = init_setup::<AutoGraphicsApi>(&device, Default::default());
+    let info = setup.adapter.get_info();
+    let adapter = json!({"name": info.name, "api": format!("{:?}", info.backend), "type": format!("{:?}", info.device_type), "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string()});
+    (device, adapter)
+}
+
 /// Runs `job` on the requested device, or explains which devices this build has.
-pub fn dispatch<J: OnBackend>(kind: DeviceKind, job: J) -> Result<J::Output> {
-    match kind {
-        DeviceKind::Cpu => job.run::<ferrovene_models::Cpu>(Default::default()),
+pub fn dispatch<J: OnBackend>(compute: Compute, job: J) -> Result<J::Output> {
+    let spec = compute.device;
+    match spec.kind {
+        DeviceKind::Cpu => run_on::<ferrovene_models::Cpu, J>(spec, compute.dtype, Default::default(), Value::Null, job),
         #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => guarded("wgpu", || job.run::<burn::backend::Wgpu>(Default::default())),
+        DeviceKind::Wgpu => guarded(spec, || {
+            let (device, adapter) = wgpu_device(spec.index);
+            run_on::<burn::backend::Wgpu, J>(spec, compute.dtype, device, adapter, job)
+        }),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => guarded("cuda", || job.run::<burn::backend::Cuda>(Default::default())),
+        DeviceKind::Cuda => guarded(spec, || {
+            let device = burn::backend::cuda::CudaDevice::new(spec.index.unwrap_or(0));
+            run_on::<burn::backend::Cuda, J>(spec, compute.dtype, device, Value::Null, job)
+        }),
         #[allow(unreachable_patterns)]
         other => bail!(
             "this build of trainer has no {:?} support; rebuild with `cargo run -p trainer --release --features {}` \
@@ -65,5 +230,51 @@ pub fn dispatch<J: OnBackend>(kind: DeviceKind, job: J) -> Result<J::Output> {
             format!("{other:?}").to_lowercase(),
             available().join(", ")
         ),
+    }
+}
+
+/// Bytes of the frozen model's weights, by the last [`load_model`] (for report.json).
+static MODEL_BYTES: std::sync::Mutex<Option<u64>> = std::sync::Mutex::new(None);
+
+/// Bytes the frozen model's weights take on the device, if a model was loaded.
+pub fn model_bytes() -> Option<u64> {
+    *MODEL_BYTES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Loads a model (registry name, folder, GGUF file or hub id) on `device`, in the precision
+/// chosen for frozen models, and says how much memory its weights take (on stderr, and in
+/// report.json as `compute.model_bytes`).
+pub fn load_model<B: burn::tensor::backend::Backend>(spec: &str, device: &B::Device) -> Result<ferrovene_models::LoadedModel<B>> {
+    let loaded = ferrovene_models::load::<B>(spec, device)?;
+    let bytes = ferrovene_models::precision::parameter_bytes(&loaded.model);
+    *MODEL_BYTES.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+    let dtype = format!("{:?}", burn::tensor::FloatDType::from(ferrovene_models::Transformer::dtype(&loaded.model))).to_lowercase();
+    eprintln!("model `{spec}`: {} parameters, {:.1} MiB of weights in {dtype} on {}", loaded.model.parameter_count(), bytes as f64 / (1 << 20) as f64, B::name(device));
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_and_print_back() {
+        for s in ["cpu", "wgpu", "wgpu:1", "cuda", "cuda:3"] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
+        }
+        assert_eq!("CUDA:2".parse::<DeviceSpec>().unwrap(), DeviceSpec { kind: DeviceKind::Cuda, index: Some(2) });
+        assert_eq!("cpu:0".parse::<DeviceSpec>().unwrap().kind, DeviceKind::Cpu);
+        for (bad, says) in [("gpu", "not a device"), ("cuda:", "must be a number"), ("cuda:-1", "must be a number"), ("cpu:2", "one device"), ("", "not a device")] {
+            let e = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_cpu_defaults_to_f32_and_takes_half_precision_when_asked() {
+        let dev = Default::default();
+        type Cpu = ferrovene_models::Cpu;
+        assert_eq!(resolve_precision::<Cpu>(DeviceSpec::CPU, None, &dev).unwrap(), Precision::F32);
+        assert_eq!(resolve_precision::<Cpu>(DeviceSpec::CPU, Some(Precision::Bf16), &dev).unwrap(), Precision::Bf16);
     }
 }

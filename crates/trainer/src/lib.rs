@@ -25,6 +25,8 @@ pub mod fit;
 pub mod generate;
 pub mod memory;
 pub mod objectives;
+#[cfg(feature = "collective")]
+pub mod parallel;
 pub mod plot;
 pub mod recipe;
 pub mod run_dir;

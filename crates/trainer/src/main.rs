@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use trainer::commands::{self, apply, eval, predict, run, steer, sweep};
-use trainer::device::{dispatch, DeviceKind};
+use trainer::device::{dispatch, Compute};
 use trainer::generate::{Choice, Decoding};
 
 /// ferrovene: train and apply learned interventions (DAS, ReFT, probes, steering) on frozen models.
@@ -41,9 +41,8 @@ enum Command {
         /// Print JSON (for scripts) instead of a table.
         #[arg(long)]
         json: bool,
-        /// Where to compute: cpu, or wgpu / cuda in builds with those features.
-        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-        device: DeviceKind,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Evaluate an exported intervention on a pair file: IIA and p(label) > p(base label), each
     /// beside the no-intervention control.
@@ -71,9 +70,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Where to compute.
-        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-        device: DeviceKind,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Build a steering vector: the difference of the mean `L.block_output` activations at the last
     /// token of positive and negative texts, exported like any intervention.
@@ -102,9 +100,8 @@ enum Command {
         /// Replace --out if it exists.
         #[arg(long)]
         force: bool,
-        /// Where to compute.
-        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-        device: DeviceKind,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Run a sweep recipe over sites: `trainer sweep das-filler-gap --layers 0,6,12 --positions
     /// filler,verb`, or `--full` for every layer and position. Writes the heatmaps (SVG, PNG), the
@@ -130,9 +127,8 @@ enum Command {
         /// Where runs go.
         #[arg(long, default_value = "runs")]
         out: std::path::PathBuf,
-        /// Where to compute.
-        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-        device: DeviceKind,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Apply an exported intervention to a prompt: the next-token prediction before and after, or
     /// generated text without and with it.
@@ -201,9 +197,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Where to compute.
-        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-        device: DeviceKind,
+        #[command(flatten)]
+        compute: Compute,
     },
 }
 
@@ -212,16 +207,16 @@ fn main() -> Result<()> {
     match cli.command {
         Command::List => commands::list(),
         Command::Recipe(args) => run::run_recipe(args),
-        Command::Sweep { recipe, layers, positions, full, no_generalization, sets, out, device } => {
-            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, full, no_generalization, sets, out, device })
+        Command::Sweep { recipe, layers, positions, full, no_generalization, sets, out, compute } => {
+            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, full, no_generalization, sets, out, compute })
         }
-        Command::Predict { model, prompt, top, json, device } => {
-            dispatch(device, predict::Predict { model, prompt, top, json })
+        Command::Predict { model, prompt, top, json, compute } => {
+            dispatch(compute, predict::Predict { model, prompt, top, json })
         }
-        Command::Eval { intervention, pairs, model, by, batch_size, skip_bad, json, device } => {
-            dispatch(device, eval::Eval { intervention, pairs, model, by, batch_size, skip_bad, json })
+        Command::Eval { intervention, pairs, model, by, batch_size, skip_bad, json, compute } => {
+            dispatch(compute, eval::Eval { intervention, pairs, model, by, batch_size, skip_bad, json })
         }
-        Command::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, temperature, top_p, seed, no_cache, top, scale, json, device } => {
+        Command::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, temperature, top_p, seed, no_cache, top, scale, json, compute } => {
             let choice = match temperature {
                 Some(temperature) => Choice::Sample { temperature, top_p, seed },
                 None => Choice::Greedy,
@@ -229,10 +224,10 @@ fn main() -> Result<()> {
             let decoding = Decoding { max_new: 0, choice, cache: !no_cache };
             decoding.check()?;
             let generate = generate.map(|max_new| Decoding { max_new, ..decoding });
-            dispatch(device, apply::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, top, scale, json })
+            dispatch(compute, apply::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, top, scale, json })
         }
-        Command::Steer { model, positive, negative, layer, scale, out, force, device } => {
-            dispatch(device, steer::Steer { model, positive, negative, layer, scale, out, force })
+        Command::Steer { model, positive, negative, layer, scale, out, force, compute } => {
+            dispatch(compute, steer::Steer { model, positive, negative, layer, scale, out, force })
         }
     }
 }

@@ -59,7 +59,7 @@ impl RunDir {
     }
 
     /// Writes `report.json`: `body` with the recipe as run (`config`), the total time, the
-    /// machine and the versions added.
+    /// machine, the versions and the device it computed on (`compute`) added.
     pub fn write_report(&self, mut body: Value) -> Result<PathBuf> {
         if let Some(map) = body.as_object_mut() {
             let timings = map.entry("timings_s").or_insert_with(|| json!({}));
@@ -69,6 +69,12 @@ impl RunDir {
             map.insert("config".into(), self.config.clone());
             map.insert("machine".into(), machine());
             map.insert("versions".into(), versions());
+            if let Some(mut compute) = crate::device::chosen() {
+                if let (Some(c), Some(bytes)) = (compute.as_object_mut(), crate::device::model_bytes()) {
+                    c.insert("model_bytes".into(), json!(bytes));
+                }
+                map.insert("compute".into(), compute);
+            }
         }
         self.write("report.json", serde_json::to_string_pretty(&body)?)
     }

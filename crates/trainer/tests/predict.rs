@@ -49,6 +49,43 @@ fn a_device_this_build_lacks_is_a_clear_error() {
     assert!(err.contains("--features wgpu") && err.contains("cpu"), "{err}");
 }
 
+/// Device names are checked before anything loads, each error saying what to give instead.
+#[test]
+fn malformed_devices_and_precisions_are_clear_errors() {
+    for (device, says) in [("gpu", "not a device"), ("cuda:x", "must be a number"), ("cpu:1", "one device")] {
+        let out = trainer().args(["predict", "--prompt", "x", "--device", device]).output().unwrap();
+        assert!(!out.status.success(), "--device {device} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && err.contains("cpu"), "--device {device}: {err}");
+    }
+    let out = trainer().args(["predict", "--prompt", "x", "--dtype", "f8"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("f16") && err.contains("bf16"), "{err}");
+}
+
+/// A half-precision model on the CPU: its weights take half the memory (said on stderr) and it
+/// still predicts " Paris" first, with probabilities near transformers' f32 ones.
+#[test]
+fn predict_in_half_precision_on_the_cpu() {
+    let memory = |stderr: &str| -> f64 {
+        let line = stderr.lines().find(|l| l.contains("MiB of weights")).unwrap_or_else(|| panic!("no memory line: {stderr}"));
+        line.split(" MiB").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let run = |dtype: &str| {
+        let out = trainer().args(["predict", "--prompt", "The capital of France is", "--top", "5", "--json", "--dtype", dtype]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "--dtype {dtype}: {stderr}");
+        assert!(stderr.contains(&format!("in {dtype} on")), "{stderr}");
+        (serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), memory(&stderr))
+    };
+    let (full, full_mib) = run("f32");
+    let (half, half_mib) = run("bf16");
+    assert!((half_mib / full_mib - 0.5).abs() < 1e-3, "bf16 weights take {half_mib} MiB, f32 {full_mib}");
+    assert_eq!(half["top"][0]["token"], " Paris", "{half}");
+    let (p_full, p_half) = (full["top"][0]["p"].as_f64().unwrap(), half["top"][0]["p"].as_f64().unwrap());
+    assert!((p_full - p_half).abs() < 0.05, "p(Paris) {p_half} in bf16, {p_full} in f32");
+}
+
 #[test]
 fn an_encoder_has_no_next_token() {
     let out = trainer().args(["predict", "--model", "minilm-l6", "--prompt", "hello"]).output().unwrap();

@@ -74,6 +74,13 @@ fn a_short_run_leaves_export_report_and_recipe_and_eval_reproduces_it() {
     let report = common::report(&run);
     assert_eq!(report["metrics"]["controls"]["no_intervention"]["iia"], 0.0);
     assert!(report["data"]["hash_fnv1a64"].as_str().unwrap().len() == 16);
+    // What it computed on: the device, burn's backend, the precision and the weights' memory
+    // (SmolLM2's 134.5M parameters in f32, its tied head held twice: ~650 MB).
+    let compute = &report["compute"];
+    assert_eq!((compute["device"].as_str(), compute["dtype"].as_str()), (Some("cpu"), Some("f32")), "{compute}");
+    assert!(!compute["backend"].as_str().unwrap_or_default().is_empty(), "{compute}");
+    let bytes = compute["model_bytes"].as_u64().unwrap_or_default();
+    assert!((600_000_000..700_000_000).contains(&bytes), "model_bytes {bytes}");
     let out = trainer()
         .args(["eval", "--json", "--intervention"]).arg(run.join("intervention.safetensors"))
         .arg("--pairs").arg(run.join("dev.jsonl"))

@@ -147,7 +147,7 @@ impl<B: Backend> Transformer<B> for Bert<B> {
         self.embed_norm.forward(sum)
     }
     fn context(&self, input: &Input<B>) -> Context<B> {
-        Context::new(input, false, None)
+        Context::new(input, false, None, self.dtype())
     }
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.layers[layer];
@@ -172,6 +172,9 @@ impl<B: Backend> Transformer<B> for Bert<B> {
     }
     fn head(&self, _hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         None
+    }
+    fn dtype(&self) -> burn::tensor::DType {
+        self.word.dtype()
     }
 }
 

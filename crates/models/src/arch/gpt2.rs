@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::hooks::{hook, Hooks};
 use crate::layers::{attend, split_heads, Embedding, LayerNorm, Linear};
 use crate::model::{Context, Input, Transformer};
+use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
 
@@ -137,7 +138,7 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
         self.wte.forward(input.ids.clone()) + self.wpe.forward(input.positions())
     }
     fn context(&self, input: &Input<B>) -> Context<B> {
-        Context::new(input, true, None)
+        Context::new(input, true, None, self.dtype())
     }
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.blocks[layer];
@@ -163,6 +164,9 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
         self.ln_f.forward(x)
     }
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-        Some(self.head.forward(hidden))
+        Some(to_f32(self.head.forward(to_dtype(hidden, self.dtype()))))
+    }
+    fn dtype(&self) -> burn::tensor::DType {
+        self.wte.dtype()
     }
 }

@@ -11,6 +11,7 @@ use crate::error::{ModelError, Result};
 use crate::hooks::{hook, Hooks};
 use crate::layers::{attend, rope_inv_freq, split_heads, Embedding, LayerNorm, Linear, RopeScaling};
 use crate::model::{Context, Input, Transformer};
+use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
 
@@ -152,7 +153,7 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
         self.embed_in.forward(input.ids.clone())
     }
     fn context(&self, input: &Input<B>) -> Context<B> {
-        Context::new(input, true, Some((&self.inv_freq, self.config.hidden_size / self.config.num_heads)))
+        Context::new(input, true, Some((&self.inv_freq, self.config.hidden_size / self.config.num_heads)), self.dtype())
     }
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.layers[layer];
@@ -183,6 +184,9 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
         self.final_layer_norm.forward(x)
     }
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-        Some(self.embed_out.forward(hidden))
+        Some(to_f32(self.embed_out.forward(to_dtype(hidden, self.dtype()))))
+    }
+    fn dtype(&self) -> burn::tensor::DType {
+        self.embed_in.dtype()
     }
 }

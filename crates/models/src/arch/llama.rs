@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::hooks::{hook, Hooks};
 use crate::layers::{attend, rope_inv_freq, split_heads, Embedding, Linear, RmsNorm, RopeScaling};
 use crate::model::{Context, Input, Transformer};
+use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
 
@@ -162,7 +163,7 @@ impl<B: Backend> Transformer<B> for Llama<B> {
         self.embed_tokens.forward(input.ids.clone())
     }
     fn context(&self, input: &Input<B>) -> Context<B> {
-        Context::new(input, true, Some((&self.inv_freq, self.config.head_dim)))
+        Context::new(input, true, Some((&self.inv_freq, self.config.head_dim)), self.dtype())
     }
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.layers[layer];
@@ -191,7 +192,10 @@ impl<B: Backend> Transformer<B> for Llama<B> {
         self.norm.forward(x)
     }
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-        Some(self.lm_head.forward(hidden))
+        Some(to_f32(self.lm_head.forward(to_dtype(hidden, self.dtype()))))
+    }
+    fn dtype(&self) -> burn::tensor::DType {
+        self.embed_tokens.dtype()
     }
 }
 

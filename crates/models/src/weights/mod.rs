@@ -8,7 +8,7 @@ pub mod safetensors_folder;
 use std::path::Path;
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Embedding, LayerNorm, Linear, RmsNorm};
@@ -27,12 +27,21 @@ pub trait WeightSource {
 pub struct Loader<'a, B: Backend> {
     source: &'a dyn WeightSource,
     device: B::Device,
+    /// The precision the weights are stored in on the device.
+    dtype: FloatDType,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
-    /// A loader reading from `source` onto `device`.
+    /// A loader reading from `source` onto `device`, in the precision set for frozen models
+    /// ([`crate::precision::frozen_dtype`]; f32 unless set).
     pub fn new(source: &'a dyn WeightSource, device: &B::Device) -> Self {
-        Loader { source, device: device.clone() }
+        Loader { source, device: device.clone(), dtype: crate::precision::frozen_dtype() }
+    }
+
+    /// `values` (row-major, `shape`) on the device in the loader's precision, converted tensor by
+    /// tensor so that a half-precision model never holds its f32 copy.
+    fn on_device<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(values, shape), (&self.device, DType::from(self.dtype)))
     }
 
     /// Whether the source holds `name`.
@@ -65,7 +74,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// A tensor of rank `D` with the expected shape.
     pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<B, D>> {
         let values = self.values(name, &expected)?;
-        Ok(Tensor::from_data(TensorData::new(values, expected), &self.device))
+        Ok(self.on_device(values, expected))
     }
 
     /// A frozen parameter from a tensor.
@@ -83,7 +92,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// `{prefix}.bias`).
     pub fn conv1d(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
         let w = self.values(&format!("{prefix}.weight"), &[d_in, d_out])?;
-        let weight = Tensor::from_data(TensorData::new(transpose(&w, d_in, d_out), [d_out, d_in]), &self.device);
+        let weight = self.on_device(transpose(&w, d_in, d_out), [d_out, d_in]);
         self.linear_from(prefix, weight, d_out, true)
     }
 

@@ -12,7 +12,8 @@ use burn::tensor::Tensor;
 use ferrovene_interventions::export::{self, ExportConfig};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::Intervention;
-use ferrovene_models::{gather_positions, load, run_to, Input, LoadedModel, Site, SiteInfo, Transformer};
+use ferrovene_models::{gather_positions, run_to, Input, LoadedModel, Site, SiteInfo, Transformer};
+use crate::device::load_model;
 use serde_json::json;
 
 use crate::batch::int2;
@@ -77,7 +78,7 @@ impl Apply {
             _ => {}
         }
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
-        let loaded = load::<B>(&spec, device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
+        let loaded = load_model::<B>(&spec, device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
         let sites = loaded.model.sites();
         config.check_target(&self.intervention, &export::Target { arch: loaded.model.arch(), hidden_size: loaded.model.width(), sites: &sites })?;
         let [site_name] = config.placement.sites.as_slice() else {

@@ -8,7 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::Backend;
 use ferrovene_data::{load_jsonl, tokenize, OnError, TokenizedExample};
 use ferrovene_interventions::{export, Intervention};
-use ferrovene_models::{load, Site, TextTokenizer, Transformer};
+use ferrovene_models::{Site, TextTokenizer, Transformer};
+use crate::device::load_model;
 use serde_json::json;
 
 use crate::objectives::das::{evaluate, prepare, Metrics};
@@ -154,7 +155,7 @@ impl OnBackend for Eval {
         // The export says which model and site; it is checked against that model once loaded.
         let (iv, config) = export::load::<B>(&self.intervention, &device)?;
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
-        let loaded = load::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
+        let loaded = load_model::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
         let model = &loaded.model;
         let sites = model.sites();
         config.check_target(&self.intervention, &export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites })?;

@@ -2,7 +2,8 @@
 
 use anyhow::{anyhow, Context, Result};
 use burn::tensor::{activation::softmax, backend::Backend};
-use ferrovene_models::{forward, load, Input, NoHooks, Transformer};
+use ferrovene_models::{forward, Input, NoHooks, Transformer};
+use crate::device::load_model;
 use serde_json::json;
 
 use crate::device::OnBackend;
@@ -31,7 +32,7 @@ impl OnBackend for Predict {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        let loaded = load::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
+        let loaded = load_model::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer (no tokenizer.json)", self.model))?;
         let ids = tok.encode(&self.prompt)?;
         if ids.is_empty() {

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 use clap::Parser;
 
-use crate::device::{dispatch, DeviceKind, OnBackend};
+use crate::device::{dispatch, Compute, OnBackend};
 use crate::experiments::{Recipe, RunEnd, RunOptions};
 use crate::recipe::{self, Override};
 
@@ -34,9 +34,9 @@ pub struct RecipeArgs {
     /// Override any recipe key, its value in TOML: --set lr=0.05 --set site="8.block_output".
     #[arg(long = "set")]
     pub sets: Vec<String>,
-    /// Where to compute: cpu, or wgpu / cuda in builds with those features.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
+    /// `--device` and `--dtype`.
+    #[command(flatten)]
+    pub compute: Compute,
     /// Go on from the latest checkpoint of this run folder (written every `checkpoint_every`
     /// steps and on Ctrl-C); the recipe is the one saved in the folder.
     #[arg(long, conflicts_with_all = ["model", "seed", "epochs", "sets"])]
@@ -162,7 +162,7 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     }
     let cache_budget = a.cache_budget.unwrap_or_else(crate::memory::default_cache_budget);
     let job = RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };
-    match dispatch(a.device, job)? {
+    match dispatch(a.compute, job)? {
         RunEnd::Done(_) => Ok(()),
         RunEnd::Interrupted(_) => std::process::exit(if TERMINATED.load(Ordering::SeqCst) { 143 } else { 130 }),
     }

@@ -12,7 +12,8 @@ use ferrovene_data::TokenizedInput;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::steering::Steering;
 use ferrovene_interventions::Intervention;
-use ferrovene_models::{gather_positions, load, run_to, Component, Site, TextTokenizer, Transformer};
+use ferrovene_models::{gather_positions, run_to, Component, Site, TextTokenizer, Transformer};
+use crate::device::load_model;
 
 use crate::batch::{input_of, int2};
 use crate::device::OnBackend;
@@ -90,7 +91,7 @@ impl OnBackend for Steer {
         if self.out.exists() && !self.force {
             bail!("{} exists; choose another --out, or pass --force to replace it", self.out.display());
         }
-        let loaded = load::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
+        let loaded = load_model::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
         let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", self.model))?);
         let site = Site::new(self.layer, Component::BlockOutput);
         model.site_info(site)?;

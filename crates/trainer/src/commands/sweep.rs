@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 
 use crate::commands::run::RecipeRun;
-use crate::device::{dispatch, DeviceKind};
+use crate::device::{dispatch, Compute};
 use crate::experiments::Recipe;
 use crate::recipe::{self, Override};
 
@@ -26,8 +26,8 @@ pub struct SweepArgs {
     pub sets: Vec<String>,
     /// Where runs go.
     pub out: PathBuf,
-    /// Where to compute.
-    pub device: DeviceKind,
+    /// Where to compute, and the frozen model's precision.
+    pub compute: Compute,
 }
 
 /// Runs the sweep.
@@ -57,5 +57,5 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         overrides.push(set.parse()?);
     }
     let r = Recipe::from_table(table, &overrides)?;
-    dispatch(a.device, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: None, progress: true, cache_budget: crate::memory::default_cache_budget() }).map(|_| ())
+    dispatch(a.compute, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: None, progress: true, cache_budget: crate::memory::default_cache_budget() }).map(|_| ())
 }

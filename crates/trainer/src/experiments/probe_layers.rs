@@ -20,7 +20,8 @@ use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, Placement
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{gather_positions, load, NoHooks, TextTokenizer, Transformer};
+use ferrovene_models::{gather_positions, NoHooks, TextTokenizer, Transformer};
+use crate::device::load_model;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -226,7 +227,7 @@ fn write_layers(dir: &RunDir, name: &str, results: &[LayerResult], majority: f32
 /// Runs the recipe: a probe and a control probe per layer; table, plot, CSV/JSON, the most
 /// accurate layer's probe exported.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ProbeLayersRecipe, device: &B::Device) -> Result<PathBuf> {
-    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
     let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;

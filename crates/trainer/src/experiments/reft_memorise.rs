@@ -20,7 +20,8 @@ use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::tokenizer::chat_prompt;
-use ferrovene_models::{load, AnyModel, LoadedModel, Site, SiteInfo, TextTokenizer, Transformer};
+use ferrovene_models::{AnyModel, LoadedModel, Site, SiteInfo, TextTokenizer, Transformer};
+use crate::device::load_model;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -349,7 +350,7 @@ fn write_outputs<B: AutodiffBackend>(dir: &RunDir, loaded: &LoadedModel<B>, o: &
 /// Runs the recipe: trains to exact recall, checks recall by generation, judges held-out
 /// prompts, exports the intervention; returns the run folder.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, device: &B::Device) -> Result<PathBuf> {
-    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let info = model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?;
     crate::divergence::check_rank(r.rank, info.width, &format_args!("site {}", r.site))?;

@@ -20,7 +20,8 @@ use burn::tensor::backend::AutodiffBackend;
 use ferrovene_data::filler_gap::{Item, CONSTRUCTIONS};
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{load, LoadedModel, TextTokenizer, Transformer};
+use ferrovene_models::{LoadedModel, TextTokenizer, Transformer};
+use crate::device::load_model;
 use serde_json::json;
 
 pub use cache::{cache, draw, mean_difference, site_batches, split, Cached, Directed, Split};
@@ -139,7 +140,7 @@ fn export_best<B: AutodiffBackend>(dir: &RunDir, name: &str, loaded: &LoadedMode
 /// Runs the recipe: the layer × position sweep on pairs pooled over the constructions, heatmaps,
 /// the best site's export, and (if asked) the generalisation experiments at the best site.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device: &B::Device) -> Result<PathBuf> {
-    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
     crate::divergence::check_rank(r.rank, model.width(), &"the block outputs")?;

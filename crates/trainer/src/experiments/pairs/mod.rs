@@ -14,7 +14,8 @@ mod train;
 use anyhow::{anyhow, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
-use ferrovene_models::{load, LoadedModel, Transformer};
+use ferrovene_models::{LoadedModel, Transformer};
+use crate::device::load_model;
 use serde_json::json;
 
 pub use examples::Examples;
@@ -53,7 +54,7 @@ impl Experiment for Pairs<'_> {
 
 /// Runs a pair-file recipe on backend `B`.
 pub fn run<B: AutodiffBackend>(method: Method, r: &PairRecipe, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
-    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let width = loaded.model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?.width;
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?;
     let examples = examples::read(r, method, tok)?;

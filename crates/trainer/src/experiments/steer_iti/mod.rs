@@ -26,7 +26,8 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use ferrovene_models::{load, Component, Site, Transformer};
+use ferrovene_models::{Component, Site, Transformer};
+use crate::device::load_model;
 
 pub use facts::{facts, probed_texts, Fact};
 pub use heads::scaled_direction;
@@ -65,7 +66,7 @@ impl Experiment for SteerItiRecipe {
 /// Runs the recipe: probes per head, heatmap, top-K mass-mean shift, α curve with its random
 /// control, exports; returns the run folder.
 pub fn run<B: Backend>(ctx: &RunContext<'_>, r: &SteerItiRecipe, device: &B::Device) -> Result<PathBuf> {
-    let loaded = load::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let info = model.site_info(Site::new(0, Component::HeadAttentionValueOutput))?;
     if r.top_k > info.heads * model.n_layers() {

@@ -1,0 +1,113 @@
+//! Data-parallel training of an intervention over several devices of one machine, with burn's
+//! collective operations: each device holds the frozen model and a shard of every batch; after
+//! each backward pass the gradients are averaged across devices by burn's all-reduce, and every
+//! device takes the same optimizer step, so the replicas stay equal. With equal shards this is
+//! the single-device run on the whole batch (the mean of the shards' mean losses is the batch's
+//! mean loss), up to float rounding.
+//!
+//! Several machines: burn's collective takes the same calls with a global orchestrator
+//! (`CollectiveConfig::with_num_nodes`, `with_global_address`, `with_node_address`,
+//! `with_data_service_port`); the README says what that would take and what is tested.
+
+use anyhow::{anyhow, bail, Result};
+use burn::collective::{finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::divergence::first_non_finite;
+use crate::fit::{FitConfig, Objective, Trainable};
+use crate::schedule::LrSchedule;
+
+/// One device's part: the device and the objective over its shard of every batch.
+pub struct Shard<B: AutodiffBackend, O> {
+    /// Where this replica computes.
+    pub device: B::Device,
+    /// Its shard of every batch (all shards have the same number of batches, in the same order).
+    pub objective: O,
+}
+
+/// What a data-parallel run ends with: the trained module (from the first device) and each
+/// step's loss averaged over the devices.
+pub struct ParallelFit<M> {
+    /// The trained module, as every replica holds it.
+    pub module: M,
+    /// Mean over devices of each step's loss.
+    pub losses: Vec<f32>,
+}
+
+/// Trains `module` for `cfg.epochs` passes over the shards' batches (in index order; learning
+/// rate, warmup, decay, weight decay and clipping from `cfg`), one replica per shard, gradients
+/// averaged by all-reduce after every step.
+pub fn fit_data_parallel<B, M, O>(shards: Vec<Shard<B, O>>, module: M, cfg: &FitConfig) -> Result<ParallelFit<M>>
+where
+    B: AutodiffBackend,
+    M: Trainable<B> + AutodiffModule<B> + Send,
+    O: Objective<B, M> + Send,
+{
+    cfg.check()?;
+    let n = shards.len();
+    if n == 0 {
+        bail!("data-parallel training needs at least one device");
+    }
+    let batches = shards[0].objective.batches();
+    if let Some((i, s)) = shards.iter().enumerate().find(|(_, s)| s.objective.batches() != batches) {
+        bail!("shard {i} has {} batches and shard 0 has {batches}: every device needs a shard of every batch", s.objective.batches());
+    }
+    let total = (cfg.epochs * batches).max(1);
+    let schedule = LrSchedule::new(cfg.lr, cfg.warmup, total, cfg.decay);
+    let config = CollectiveConfig::default().with_num_devices(n);
+    let results: Vec<Result<(M, Vec<f32>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, shard)| {
+                let replica = module.clone().fork(&shard.device);
+                let (config, schedule) = (config.clone(), &schedule);
+                scope.spawn(move || replica_loop(PeerId::from(i as u32), shard, replica, cfg, config, schedule, batches))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a replica's thread panicked")))).collect()
+    });
+    let mut replicas = Vec::with_capacity(n);
+    for r in results {
+        replicas.push(r?);
+    }
+    let steps = replicas[0].1.len();
+    let losses = (0..steps).map(|s| replicas.iter().map(|(_, l)| l[s]).sum::<f32>() / n as f32).collect();
+    let (module, _) = replicas.swap_remove(0);
+    Ok(ParallelFit { module, losses })
+}
+
+/// One replica: register with the collective, then loss → backward → all-reduce → step.
+fn replica_loop<B, M, O>(peer: PeerId, shard: Shard<B, O>, mut module: M, cfg: &FitConfig, config: CollectiveConfig, schedule: &LrSchedule, batches: usize) -> Result<(M, Vec<f32>)>
+where
+    B: AutodiffBackend,
+    M: Trainable<B> + AutodiffModule<B>,
+    O: Objective<B, M>,
+{
+    register::<B::InnerBackend>(peer, shard.device.clone(), config).map_err(|e| anyhow!("registering {peer} with burn's collective: {e:?}"))?;
+    let mut opt = cfg.optimizer::<B, M>();
+    let mut losses = Vec::new();
+    let mut step = 0;
+    for _ in 0..cfg.epochs {
+        for index in 0..batches {
+            let loss = shard.objective.loss(&module, index)?;
+            let value = loss.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the loss: {e:?}"))?[0];
+            if !value.is_finite() {
+                bail!("training diverged at step {} on {peer}: the loss is {value}", step + 1);
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &module)
+                .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
+                .map_err(|e| anyhow!("all-reduce of the gradients at step {} on {peer}: {e:?}", step + 1))?;
+            module = opt.step(schedule.at(step), module, grads);
+            if let Some((what, value)) = first_non_finite(&module) {
+                bail!("training diverged at step {} on {peer}: {what} is {value}", step + 1);
+            }
+            losses.push(value);
+            step += 1;
+        }
+    }
+    finish_collective::<B::InnerBackend>(peer).map_err(|e| anyhow!("leaving burn's collective on {peer}: {e:?}"))?;
+    Ok((module, losses))
+}
