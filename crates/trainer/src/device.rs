@@ -55,7 +55,7 @@ impl FromStr for DeviceSpec {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let (name, index) = match s.split_once(':') {
             Some((n, i)) => {
-                let i = i.parse::<usize>().map_err(|_| format!("`{s}`: the device index after `:` must be a number, as in cuda:1"))?;
+                let i = i.parse::<usize>().map_err(|_| format!("`{s}`: the device index after `:` must be a number, as in cuda:1 (devices: cpu, wgpu, wgpu:N, cuda, cuda:N)"))?;
                 (n, Some(i))
             }
             None => (s, None),

@@ -8,7 +8,6 @@ use crate::golden_runs::{batch, check, full_das, loreft, low_rank_das, max_diff,
 use crate::models_common::{max_abs_diff, read_st, reference_ids};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::das::DasLowRank;
-use ferrovene_interventions::fixed::{Fixed, FixedOp};
 use ferrovene_interventions::{Intervention as Iv, Orthogonal};
 use ferrovene_models::precision::cast_module;
 use ferrovene_models::rng::Rng;
@@ -173,52 +172,63 @@ fn model_logits_f32(model: &AnyModel<Gpu>, input: &Input<Gpu>) -> Vec<f32> {
     values(logits)
 }
 
-/// `n` random pairs of 6 tokens over the tiny vocabulary, intervened at position 2, with the
-/// label the full interchange of layer 1's vector there gives (a causal variable DAS can find).
+/// Where the pairs are intervened: the third of their 6 tokens.
+const PAIR_POSITION: usize = 2;
+
+/// `n` random pairs of 6 tokens over the tiny vocabulary, labelled with what an interchange along
+/// a planted 4-dimensional subspace of layer 1's vector at [`PAIR_POSITION`] predicts, kept only
+/// where that differs from the base's own prediction: no intervention scores 0, a random rank-4
+/// rotation about 0.25, and DAS has a causal variable to find.
 fn interchange_pairs(n: usize, seed: u64) -> Vec<TokenizedExample> {
     let mut rng = Rng::new(seed);
     let mut row = || (0..6).map(|_| (rng.next_u64() % 97) as u32).collect::<Vec<u32>>();
-    let unlabelled: Vec<TokenizedExample> = (0..n)
-        .map(|_| TokenizedExample::Pair {
-            base: TokenizedInput { ids: row(), positions: vec![2] },
-            sources: vec![TokenizedInput { ids: row(), positions: vec![2] }],
-            base_label: None,
-            label: LabelId::Token(0),
-        })
-        .collect();
     let dev = Default::default();
     let model = tiny_gpt2::<Cpu>(&dev);
-    let refs: Vec<&TokenizedExample> = unlabelled.iter().collect();
-    let batches = prepare(&model, Site::new(1, Component::BlockOutput), &refs, 0, n, &dev).unwrap();
-    let swap = Iv::Fixed(Fixed::new(FixedOp::Interchange));
-    let l = values(das_logits(&model, &batches[0], Some(&swap)).unwrap());
-    let labels: Vec<u32> = l.chunks(97).map(|r| trainer::generate::argmax(r)).collect();
-    unlabelled
-        .into_iter()
-        .zip(labels)
-        .map(|(ex, y)| match ex {
-            TokenizedExample::Pair { base, sources, base_label, .. } => TokenizedExample::Pair { base, sources, base_label, label: LabelId::Token(y) },
-            other => other,
-        })
-        .collect()
+    let planted = Iv::DasLowRank(DasLowRank { rotation: Orthogonal::random(4, 32, &mut Rng::new(99), &dev) });
+    let mut kept = Vec::new();
+    while kept.len() < n {
+        let candidates: Vec<TokenizedExample> = (0..64)
+            .map(|_| TokenizedExample::Pair {
+                base: TokenizedInput { ids: row(), positions: vec![PAIR_POSITION] },
+                sources: vec![TokenizedInput { ids: row(), positions: vec![PAIR_POSITION] }],
+                base_label: None,
+                label: LabelId::Token(0),
+            })
+            .collect();
+        let refs: Vec<&TokenizedExample> = candidates.iter().collect();
+        let batches = prepare(&model, Site::new(1, Component::BlockOutput), &refs, 0, 64, &dev).unwrap();
+        let argmaxes = |iv: Option<&Iv<Cpu>>| -> Vec<u32> { values(das_logits(&model, &batches[0], iv).unwrap()).chunks(97).map(trainer::generate::argmax).collect() };
+        let (plain, swapped) = (argmaxes(None), argmaxes(Some(&planted)));
+        for ((ex, own), y) in candidates.into_iter().zip(plain).zip(swapped) {
+            if let (TokenizedExample::Pair { base, sources, base_label, .. }, true) = (ex, own != y && kept.len() < n) {
+                kept.push(TokenizedExample::Pair { base, sources, base_label, label: LabelId::Token(y) });
+            }
+        }
+    }
+    kept
 }
 
-/// Rank-8 DAS trained for 3 epochs on `train` at layer 1 of `model`, and its IIA on `test`.
+/// Rank-4 DAS trained for 4 epochs (lr 0.02) on `train` at layer 1 of `model`, and its IIA on `test`.
 fn train_das(model: &AnyModel<GpuAd>, train: &[TokenizedExample], test: &[TokenizedExample]) -> (Iv<GpuAd>, f32) {
     let dev = Default::default();
     let site = Site::new(1, Component::BlockOutput);
     let batches = |set: &[TokenizedExample]| -> Vec<PairBatch<GpuAd>> { prepare(model, site, &set.iter().collect::<Vec<_>>(), 0, 16, &dev).unwrap() };
     let (train, test) = (batches(train), batches(test));
-    let mut iv = Iv::DasLowRank(DasLowRank { rotation: Orthogonal::random(8, 32, &mut Rng::new(7), &dev) });
+    let mut iv = untrained_das(&dev);
     let mut opt = crate::golden_runs::torch_adam().optimizer::<GpuAd, Iv<GpuAd>>();
-    for _ in 0..3 {
+    for _ in 0..4 {
         for b in &train {
             let grads = burn::optim::GradientsParams::from_grads(loss(model, b, &iv).unwrap().backward(), &iv);
-            iv = burn::optim::Optimizer::step(&mut opt, 1e-2, iv, grads);
+            iv = burn::optim::Optimizer::step(&mut opt, 2e-2, iv, grads);
         }
     }
     let iia = evaluate(model, &test, Some(&iv)).unwrap().iia;
     (iv, iia)
+}
+
+/// The rank-4 DAS every run here starts from.
+fn untrained_das<Bk: Backend>(device: &Bk::Device) -> Iv<Bk> {
+    Iv::DasLowRank(DasLowRank { rotation: Orthogonal::random(4, 32, &mut Rng::new(7), device) })
 }
 
 /// IIA on `test` of an export, on the CPU.
@@ -235,14 +245,16 @@ fn iia_on_the_cpu(export: &std::path::Path, test: &[TokenizedExample]) -> f32 {
 #[test]
 fn das_trained_here_exports_to_the_cpu_and_reaches_the_f32_iia_on_a_half_precision_model() {
     let dev = Default::default();
-    let (train, test) = (interchange_pairs(64, 1), interchange_pairs(48, 2));
+    let (train, test) = (interchange_pairs(64, 1), interchange_pairs(96, 2));
     let f32_model = tiny_gpt2::<GpuAd>(&dev);
     let (trained, full) = train_das(&f32_model, &train, &test);
     let path = std::env::temp_dir().join(format!("ferrovene-gpu-export-{}.safetensors", std::process::id()));
     save_export(&trained, &path, &dev);
     let on_cpu = iia_on_the_cpu(&path, &test);
     eprintln!("DAS IIA on held-out pairs: {full} trained here, {on_cpu} from its export on the CPU");
-    assert!(full > 0.5, "the f32 run learns the interchange (IIA {full})");
+    let untrained = evaluate(&f32_model, &prepare(&f32_model, Site::new(1, Component::BlockOutput), &test.iter().collect::<Vec<_>>(), 0, 16, &dev).unwrap(), Some(&untrained_das(&dev))).unwrap().iia;
+    eprintln!("(the same rotation untrained: {untrained}; no intervention: 0 by construction)");
+    assert!(full > 0.5 && full > untrained + 0.2, "the f32 run learns the interchange (IIA {full}, untrained {untrained})");
     assert_eq!(full, on_cpu, "the export's IIA on the CPU");
     if !GpuAd::supports_dtype(&dev, FloatDType::F16.into()) {
         panic!("this adapter has no f16: the half-precision test cannot run here");
@@ -275,9 +287,10 @@ fn pair_file(path: &std::path::Path, pairs: &[TokenizedExample]) {
     let text = |ids: &[u32]| ids.iter().map(|i| format!("t{i}")).collect::<Vec<_>>().join(" ");
     let lines: Vec<String> = pairs
         .iter()
-        .map(|ex| match ex {
+        .enumerate()
+        .map(|(i, ex)| match ex {
             TokenizedExample::Pair { base, sources, label: LabelId::Token(y), .. } => serde_json::json!({
-                "base": text(&base.ids), "sources": [text(&sources[0].ids)], "positions": [2], "label": format!(" t{y}")
+                "base": text(&base.ids), "sources": [text(&sources[0].ids)], "positions": [PAIR_POSITION], "label": format!(" t{y}"), "meta": {"pair": i.to_string()}
             })
             .to_string(),
             other => panic!("a pair: {other:?}"),
@@ -297,7 +310,7 @@ fn a_recipe_runs_on_this_device_and_its_export_evaluates_the_same_on_the_cpu() {
     tiny_gpt2_with_tokenizer(&model);
     pair_file(&dir.join("pairs.jsonl"), &interchange_pairs(96, 3));
     let recipe = format!(
-        "description = \"DAS on the tiny GPT-2\"\nkind = \"das\"\nmodel = \"{}\"\npairs = \"{}\"\nsite = \"1.block_output\"\nrank = 8\nbatch_size = 16\nepochs = 3\nlr = 0.01\nwarmup = 0.0\nweight_decay = 0.0\nseed = 1\ndev_fraction = 0.25\n",
+        "description = \"DAS on the tiny GPT-2\"\nkind = \"das\"\nmodel = \"{}\"\npairs = \"{}\"\nsite = \"1.block_output\"\nrank = 4\nbatch_size = 16\nepochs = 4\nlr = 0.02\nwarmup = 0.0\nweight_decay = 0.0\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"pair\"\n",
         model.display(),
         dir.join("pairs.jsonl").display()
     );
@@ -318,6 +331,9 @@ fn a_recipe_runs_on_this_device_and_its_export_evaluates_the_same_on_the_cpu() {
     let on_cpu: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
     eprintln!("IIA {iia} on {DEVICE}, eval on the CPU: {}", on_cpu["overall"]);
     assert_eq!(on_cpu["overall"]["iia"].as_f64(), Some(iia), "{on_cpu}");
+    assert_eq!(on_cpu["overall"]["iia_no_intervention"].as_f64(), Some(0.0), "{on_cpu}");
+    assert!(iia > 0.4, "the run learned something: IIA {iia} (a random rank-4 rotation: about 0.25)");
+    assert!(!compute["adapter"]["name"].as_str().unwrap_or_default().is_empty() || DEVICE != "wgpu", "the adapter is named: {compute}");
 
     let out = trainer().args(["predict", "--prompt", "t5 t17", "--device", &format!("{DEVICE}:7"), "--model"]).arg(&model).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
