@@ -19,7 +19,7 @@ enum Command {
     /// List the recipes in recipes/ (or $FERROVENE_RECIPES) with their descriptions.
     List,
     /// Any other word is a recipe: `trainer das-capitals [--seed N] [--epochs N] [--model M]
-    /// [--device D] [--out DIR] [--set key=value ...] [--resume RUN_DIR]`; `trainer das-capitals
+    /// [--device D] [--dtype T] [--out DIR] [--set key=value ...] [--resume RUN_DIR]`; `trainer das-capitals
     /// --help` lists the options.
     #[command(external_subcommand)]
     Recipe(Vec<String>),
