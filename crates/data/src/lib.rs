@@ -10,6 +10,7 @@ pub mod filler_gap;
 pub mod format;
 pub mod positions;
 pub mod strict_json;
+pub mod suite;
 pub mod tokenize;
 
 pub use error::{DataError, Result};

@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod das;
+pub mod directions;
 pub mod error;
 pub mod export;
 pub mod family;

@@ -4,5 +4,6 @@
 pub mod batches;
 pub mod das;
 pub mod das_batches;
+pub mod odds;
 pub mod probe;
 pub mod reft;

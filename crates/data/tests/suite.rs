@@ -1,0 +1,179 @@
+//! Template suites (`ferrovene_data::suite`): reading CausalGym-format files, balanced pairs that
+//! differ only in the label variable, spans on every slot, disjoint seeded splits, the
+//! continuation check, the control task, and clear errors for bad suites.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use ferrovene_data::suite::{control, read_suite, split, Fillers, Suite};
+use ferrovene_data::{Example, Label, Source};
+
+fn shipped() -> Suite {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/suites/syntax.json");
+    read_suite(&p).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn text(s: &Source) -> (&str, &BTreeMap<String, (usize, usize)>) {
+    match s {
+        Source::Text { text, spans } => (text, spans),
+        Source::Ids(_) => panic!("text"),
+    }
+}
+
+fn chars(t: &str, (a, b): (usize, usize)) -> String {
+    t.chars().skip(a).take(b - a).collect()
+}
+
+fn parts(ex: &Example) -> (&Source, &Source, String, String, String) {
+    match ex {
+        Example::Pair { base, sources, base_label: Some(Label::Text(bl)), label: Label::Text(l), meta, .. } => {
+            (base, &sources[0], bl.clone(), l.clone(), meta["base_class"].as_str().unwrap().to_string())
+        }
+        other => panic!("a labelled pair: {other:?}"),
+    }
+}
+
+#[test]
+fn the_shipped_suite_has_eight_tasks_across_the_phenomena() {
+    let suite = shipped();
+    assert!(suite.tasks.len() >= 8, "{:?}", suite.tasks.keys());
+    for name in ["agreement_simple", "npi_licensing", "garden_path_npz", "subordination", "filler_gap_embedded"] {
+        assert!(suite.tasks.contains_key(name), "{name}");
+    }
+    for (name, task) in &suite.tasks {
+        assert!(task.description.as_deref().is_some_and(|d| !d.is_empty()), "{name} has a description");
+        let s = split(&suite, name, 400, 100, 0).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((s.train.len(), s.test.len()), (400, 100), "{name}");
+    }
+}
+
+#[test]
+fn pairs_are_balanced_and_differ_only_in_the_label_variable() {
+    let suite = shipped();
+    for (name, task) in &suite.tasks {
+        let s = split(&suite, name, 400, 100, 7).unwrap();
+        let Some(Fillers::ByClass(by_class)) = task.variables.get(&task.label) else { panic!("{name}") };
+        for set in [&s.train, &s.test] {
+            let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
+            for ex in set.iter() {
+                let (base, source, base_label, label, base_class) = parts(ex);
+                *per_class.entry(base_class.clone()).or_default() += 1;
+                let ((bt, bs), (st, ss)) = (text(base), text(source));
+                assert_eq!(bs.keys().collect::<Vec<_>>(), ss.keys().collect::<Vec<_>>(), "{name}: the same slots");
+                // Every slot's words: the label's from its class, the others equal on both sides.
+                for (slot, &span) in bs {
+                    let (bw, sw) = (chars(bt, span), chars(st, ss[slot]));
+                    if slot == &task.label {
+                        let other_class = by_class.keys().find(|c| **c != base_class).unwrap();
+                        assert!(by_class[&base_class].contains(&bw) && by_class[other_class].contains(&sw), "{name}: {bw} / {sw}");
+                    } else {
+                        assert_eq!(bw, sw, "{name}: slot {slot} differs between base and source");
+                        if let Some(Fillers::List(l)) = task.variables.get(slot) {
+                            assert!(l.contains(&bw), "{name}: {slot} = {bw:?}");
+                        }
+                    }
+                }
+                // Outside the label's span the sentences are the same text.
+                let (lb, ls) = (bs[&task.label], ss[&task.label]);
+                assert_eq!(chars(bt, (0, lb.0)), chars(st, (0, ls.0)), "{name}");
+                assert_eq!(bt.chars().skip(lb.1).collect::<String>(), st.chars().skip(ls.1).collect::<String>(), "{name}");
+                assert_ne!(base_label, label, "{name}: the two classes continue differently");
+            }
+            let counts: Vec<usize> = per_class.values().copied().collect();
+            assert_eq!(counts.len(), 2, "{name}: both directions");
+            assert_eq!(counts[0], counts[1], "{name}: balanced directions {per_class:?}");
+        }
+    }
+}
+
+#[test]
+fn train_and_test_share_no_filler_combination_and_the_seed_decides() {
+    let suite = shipped();
+    let key = |ex: &Example| ex.meta()["combination"].as_str().unwrap().to_string();
+    let texts = |ex: &Example| {
+        let (b, s, ..) = parts(ex);
+        (text(b).0.to_string(), text(s).0.to_string())
+    };
+    for name in suite.tasks.keys() {
+        let s = split(&suite, name, 400, 100, 3).unwrap();
+        let train: HashSet<String> = s.train.iter().map(key).collect();
+        assert_eq!(train.len(), 200, "{name}: 200 combinations, two pairs each");
+        assert!(s.test.iter().all(|ex| !train.contains(&key(ex))), "{name}: a test combination was trained on");
+        let train_texts: HashSet<(String, String)> = s.train.iter().map(texts).collect();
+        assert!(s.test.iter().all(|ex| !train_texts.contains(&texts(ex))), "{name}: a test pair's sentences were trained on");
+        assert_eq!(split(&suite, name, 400, 100, 3).unwrap().test, s.test, "{name}: the same seed, the same pairs");
+        assert_ne!(split(&suite, name, 400, 100, 4).unwrap().test, s.test, "{name}: another seed, other pairs");
+    }
+}
+
+#[test]
+fn the_continuation_check_needs_distinct_first_tokens() {
+    let suite = shipped();
+    let task = &suite.tasks["agreement_simple"];
+    // A stand-in tokenizer: the first character's code.
+    assert!(task.check_continuations(|c| c.chars().nth(1).map(|ch| ch as u32)).is_ok());
+    let e = task.check_continuations(|c| c.chars().next().map(|ch| ch as u32)).unwrap_err();
+    assert!(e.contains("\" is\"") && e.contains("\" are\"") && e.contains("same token"), "{e}");
+    let e = task.check_continuations(|_| None).unwrap_err();
+    assert!(e.contains("has no token"), "{e}");
+}
+
+/// Against SmolLM2's own tokenizer, every shipped task's classes start with different tokens.
+#[test]
+fn the_shipped_tasks_pass_the_continuation_check_for_smollm2() {
+    let loaded = ferrovene_models::load::<ferrovene_models::Cpu>("smollm2-135m", &Default::default()).unwrap_or_else(|e| panic!("{e} (run scripts/fetch-fixtures)"));
+    let tok = loaded.tokenizer.expect("a tokenizer");
+    for (name, task) in &shipped().tasks {
+        task.check_continuations(|c| tok.encode_plain(c).ok().and_then(|ids| ids.first().copied())).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn the_control_task_swaps_each_class_for_its_word() {
+    let suite = shipped();
+    let task = &suite.tasks["agreement_simple"];
+    let pairs = split(&suite, "agreement_simple", 20, 0, 1).unwrap().train;
+    let controlled = control(&pairs, task, [" dog", " give"]);
+    for (ex, c) in pairs.iter().zip(&controlled) {
+        let (b, s, base_label, _, base_class) = parts(ex);
+        let (cb, cs, c_base, c_label, _) = parts(c);
+        assert_eq!((text(b), text(s)), (text(cb), text(cs)), "the same sentences");
+        // Words go by the classes' order (plural, singular): the base's class gets its word.
+        let (want_base, want) = if base_class == task.classes()[0] { (" dog", " give") } else { (" give", " dog") };
+        assert_eq!((c_base.as_str(), c_label.as_str()), (want_base, want), "{base_label} → {c_base}");
+    }
+}
+
+fn write_suite(name: &str, json: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("ferrovene-suite-{}-{name}.json", std::process::id()));
+    std::fs::write(&p, json).unwrap();
+    p
+}
+
+#[test]
+fn bad_suites_say_which_task_and_what_is_wrong() {
+    let task = |body: &str| format!(r#"{{"t": {{{body}}}}}"#);
+    let base = r#""templates": ["The {s} near"], "label": "s", "labels": {"a": ["is"], "b": ["are"]}, "variables": {"s": {"a": ["dog"], "b": ["dogs"]}}"#;
+    assert!(read_suite(&write_suite("ok", &task(base))).is_ok());
+    let cases = [
+        ("no-slot", base.replace("The {s} near", "The dog near"), "has no `{s}` slot"),
+        ("unknown", base.replace("The {s} near", "The {s} near {x}"), "`{x}`, which is not in `variables`"),
+        ("three", base.replace(r#""b": ["are"]}"#, r#""b": ["are"], "c": ["be"]}"#), "3 classes"),
+        ("classes", base.replace(r#""b": ["dogs"]"#, r#""c": ["dogs"]"#), "has classes"),
+        ("list-label", base.replace(r#"{"a": ["dog"], "b": ["dogs"]}"#, r#"["dog"]"#), "needs fillers by class"),
+        ("empty", base.replace(r#""b": ["dogs"]"#, r#""b": []"#), "empty list"),
+        ("brace", base.replace("The {s} near", "The {s near"), "without a closing"),
+        ("typo", format!("{base}, \"result_prepend_spaces\": true"), "unknown field"),
+        ("dup", format!("{base}, \"label\": \"s\""), "appears twice"),
+    ];
+    for (name, body, says) in cases {
+        let e = read_suite(&write_suite(name, &task(&body))).unwrap_err().to_string();
+        assert!(e.contains(says) && (e.contains("task `t`") || name == "typo" || name == "dup"), "{name}: {e}");
+        assert!(e.contains(&format!("ferrovene-suite-{}-{name}.json", std::process::id())), "{name}: names the file: {e}");
+    }
+    let small = read_suite(&write_suite("small", &task(base))).unwrap();
+    let e = split(&small, "t", 400, 100, 0).err().expect("too few combinations").to_string();
+    assert!(e.contains("1 filler combinations, fewer than the 250 needed"), "{e}");
+    let e = split(&small, "nope", 4, 2, 0).err().expect("no such task").to_string();
+    assert!(e.contains("no task `nope`") && e.contains("tasks: t"), "{e}");
+}
