@@ -210,3 +210,11 @@ fn kmeans2(xs: &[Vec<f64>]) -> Vec<f64> {
     }
     centroids[1].iter().zip(&centroids[0]).map(|(a, b)| a - b).collect()
 }
+
+/// The interchange along the unit vector `u`, `h_base + u uᵀ (h_source − h_base)`: low-rank DAS
+/// with the fixed rotation `R = uᵀ`, so that exports, `trainer eval` and `apply` take it as any
+/// other DAS intervention.
+pub fn interchange_along<B: burn::tensor::backend::Backend>(u: &[f32], device: &B::Device) -> crate::Intervention<B> {
+    let r = burn::tensor::Tensor::<B, 1>::from_floats(u, device).reshape([1, u.len()]);
+    crate::Intervention::DasLowRank(crate::das::DasLowRank { rotation: crate::Orthogonal::fixed(r) })
+}

@@ -96,3 +96,24 @@ fn one_class_or_ragged_vectors_are_errors() {
     let e = fit(Method::Lda, &[vec![1.0], vec![1.0, 2.0]], &[true, false], 0).unwrap_err();
     assert!(e.contains("equal-width"), "{e}");
 }
+
+/// A direction becomes the interchange along it: `h_b + u uᵀ (h_s − h_b)`, checked by hand.
+#[test]
+fn a_direction_intervenes_as_the_interchange_along_it() {
+    use burn::tensor::Tensor;
+    type B = ferrovene_models::Cpu;
+    let dev = Default::default();
+    let (xs, ys, _) = planted(40, 0.0, 5);
+    let u = fit(Method::Mean, &xs, &ys, 0).unwrap();
+    let iv = ferrovene_interventions::directions::interchange_along::<B>(&u, &dev);
+    let (hb, hs) = (&xs[0], &xs[1]);
+    let base = Tensor::<B, 1>::from_floats(hb.as_slice(), &dev).reshape([1, 1, D]);
+    let source = Tensor::<B, 1>::from_floats(hs.as_slice(), &dev).reshape([1, 1, D]);
+    let got = iv.apply(base, Some(source)).unwrap().into_data().to_vec::<f32>().unwrap();
+    let along: f32 = (0..D).map(|j| u[j] * (hs[j] - hb[j])).sum();
+    for j in 0..D {
+        let want = hb[j] + u[j] * along;
+        assert!((got[j] - want).abs() < 1e-5, "dim {j}: {} vs {want}", got[j]);
+    }
+    assert!((got.iter().zip(hb).map(|(a, b)| (a - b).abs()).sum::<f32>()) > 1e-3, "it changed the base");
+}
