@@ -10,12 +10,13 @@
 //! `with_data_service_port`); the README says what that would take and what is tested.
 
 use anyhow::{anyhow, bail, Result};
-use burn::collective::{finish_collective, register, CollectiveConfig, PeerId, ReduceOperation};
+use burn::collective::{all_reduce, finish_collective, register, CollectiveConfig, CollectiveError, PeerId, ReduceOperation};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
-use crate::divergence::first_non_finite;
+use crate::divergence::{first_non_finite, Diverged};
 use crate::fit::{FitConfig, Objective, Trainable};
 use crate::schedule::LrSchedule;
 
@@ -73,13 +74,15 @@ where
     for r in results {
         replicas.push(r?);
     }
-    let steps = replicas[0].1.len();
-    let losses = (0..steps).map(|s| replicas.iter().map(|(_, l)| l[s]).sum::<f32>() / n as f32).collect();
-    let (module, _) = replicas.swap_remove(0);
+    // Every replica holds the same module and the same all-reduced losses.
+    let (module, losses) = replicas.swap_remove(0);
     Ok(ParallelFit { module, losses })
 }
 
-/// One replica: register with the collective, then loss → backward → all-reduce → step.
+/// One replica: register with the collective, then loss → backward → all-reduce → step. The
+/// loss is all-reduced with the gradients, so every replica sees the same mean loss and the same
+/// updated parameters, and all stop at the same step if either goes non-finite (a replica that
+/// stopped alone would leave the others waiting in the next all-reduce).
 fn replica_loop<B, M, O>(peer: PeerId, shard: Shard<B, O>, mut module: M, cfg: &FitConfig, config: CollectiveConfig, schedule: &LrSchedule, batches: usize) -> Result<(M, Vec<f32>)>
 where
     B: AutodiffBackend,
@@ -87,26 +90,25 @@ where
     O: Objective<B, M>,
 {
     register::<B::InnerBackend>(peer, shard.device.clone(), config).map_err(|e| anyhow!("registering {peer} with burn's collective: {e:?}"))?;
+    let collective = |what: &str, step: usize, e: CollectiveError| anyhow!("all-reduce of the {what} at step {step} on {peer}: {e:?}");
     let mut opt = cfg.optimizer::<B, M>();
-    let mut losses = Vec::new();
-    let mut step = 0;
-    for _ in 0..cfg.epochs {
-        for index in 0..batches {
-            let loss = shard.objective.loss(&module, index)?;
-            let value = loss.clone().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("reading the loss: {e:?}"))?[0];
-            if !value.is_finite() {
-                bail!("training diverged at step {} on {peer}: the loss is {value}", step + 1);
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &module)
-                .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
-                .map_err(|e| anyhow!("all-reduce of the gradients at step {} on {peer}: {e:?}", step + 1))?;
-            module = opt.step(schedule.at(step), module, grads);
-            if let Some((what, value)) = first_non_finite(&module) {
-                bail!("training diverged at step {} on {peer}: {what} is {value}", step + 1);
-            }
-            losses.push(value);
-            step += 1;
+    let mut losses: Vec<f32> = Vec::new();
+    for step in 0..cfg.epochs * batches {
+        let loss = shard.objective.loss(&module, step % batches)?;
+        let mean_loss = all_reduce::<B::InnerBackend>(peer, loss.clone().inner().into_primitive().tensor(), ReduceOperation::Mean).map_err(|e| collective("loss", step + 1, e))?;
+        let value = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(mean_loss)).into_scalar().elem::<f32>();
+        let grads = GradientsParams::from_grads(loss.backward(), &module)
+            .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
+            .map_err(|e| collective("gradients", step + 1, e))?;
+        let diverged = |what: String| Diverged { step: step + 1, what, last_finite_loss: losses.last().copied(), lr: cfg.lr };
+        if !value.is_finite() {
+            return Err(diverged(format!("the loss ({value})")).into());
         }
+        module = opt.step(schedule.at(step), module, grads);
+        if let Some((name, sum)) = first_non_finite(&module.valid()) {
+            return Err(diverged(format!("parameter `{name}` (its entries sum to {sum})")).into());
+        }
+        losses.push(value);
     }
     finish_collective::<B::InnerBackend>(peer).map_err(|e| anyhow!("leaving burn's collective on {peer}: {e:?}"))?;
     Ok((module, losses))

@@ -9,6 +9,7 @@
 mod golden_runs;
 
 use burn::backend::Autodiff;
+use ferrovene_data::TokenizedExample;
 use ferrovene_interventions::Intervention;
 use golden_runs::{batch_of, examples, low_rank_das, max_diff, tiny_gpt2, torch, values, Golden, DAS_W_TOLERANCE};
 use ferrovene_models::AnyModel;
@@ -43,12 +44,17 @@ fn projector(iv: &Intervention<B>) -> Vec<f32> {
     values(r.clone().transpose().matmul(r))
 }
 
+/// The low-rank DAS training golden's start, its 8 pairs and the tiny GPT-2 they run on.
+fn low_rank_das_on_the_golden_pairs() -> (Intervention<B>, Vec<TokenizedExample>, AnyModel<B>) {
+    let dev = Default::default();
+    let (name, start, _) = low_rank_das::<B>(&dev);
+    (start, examples(&Golden::read(name)), tiny_gpt2::<B>(&dev))
+}
+
 #[test]
 fn two_devices_with_half_batches_train_like_one_device_with_the_whole_batch() {
     let dev = Default::default();
-    let (name, start, _) = low_rank_das::<B>(&dev);
-    let pairs = examples(&Golden::read(name));
-    let model = tiny_gpt2::<B>(&dev);
+    let (start, pairs, model) = low_rank_das_on_the_golden_pairs();
     let cfg = FitConfig { weight_decay: 0.01, grad_clip: Some(1.0), warmup: 0.2, ..FitConfig::constant(12, 1e-2, 0, false) };
     let none: Vec<PairBatch<B>> = Vec::new();
 
@@ -82,9 +88,7 @@ fn two_devices_with_half_batches_train_like_one_device_with_the_whole_batch() {
 #[test]
 fn shards_with_different_batch_counts_are_refused() {
     let dev = Default::default();
-    let (name, start, _) = low_rank_das::<B>(&dev);
-    let pairs = examples(&Golden::read(name));
-    let model = tiny_gpt2::<B>(&dev);
+    let (start, pairs, model) = low_rank_das_on_the_golden_pairs();
     let one = vec![batch_of(&pairs[..4], &model, &dev)];
     let two = vec![batch_of(&pairs[..4], &model, &dev), batch_of(&pairs[4..], &model, &dev)];
     let shards = vec![Shard { device: dev, objective: ShardPairs { model: &model, batches: one } }, Shard { device: dev, objective: ShardPairs { model: &model, batches: two } }];

@@ -13,11 +13,10 @@ use ferrovene_interventions::export::{self, ExportConfig};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::{gather_positions, run_to, Input, LoadedModel, Site, SiteInfo, Transformer};
-use crate::device::load_model;
 use serde_json::json;
 
 use crate::batch::int2;
-use crate::device::OnBackend;
+use crate::device::{load_model, OnBackend};
 use crate::generate::{generate, next_logits, top_k, Decoding, Steer};
 
 /// What to apply, from the command line.

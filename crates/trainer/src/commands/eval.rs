@@ -9,11 +9,10 @@ use burn::tensor::backend::Backend;
 use ferrovene_data::{load_jsonl, tokenize, OnError, TokenizedExample};
 use ferrovene_interventions::{export, Intervention};
 use ferrovene_models::{Site, TextTokenizer, Transformer};
-use crate::device::load_model;
 use serde_json::json;
 
 use crate::objectives::das::{evaluate, prepare, Metrics};
-use crate::device::OnBackend;
+use crate::device::{load_model, OnBackend};
 
 /// What to evaluate, from the command line.
 pub struct Eval {

@@ -3,10 +3,9 @@
 use anyhow::{anyhow, Context, Result};
 use burn::tensor::{activation::softmax, backend::Backend};
 use ferrovene_models::{forward, Input, NoHooks, Transformer};
-use crate::device::load_model;
 use serde_json::json;
 
-use crate::device::OnBackend;
+use crate::device::{load_model, OnBackend};
 
 /// What to predict, from the command line.
 pub struct Predict {

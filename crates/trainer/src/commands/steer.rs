@@ -13,10 +13,9 @@ use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, Placement
 use ferrovene_interventions::steering::Steering;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::{gather_positions, run_to, Component, Site, TextTokenizer, Transformer};
-use crate::device::load_model;
 
 use crate::batch::{input_of, int2};
-use crate::device::OnBackend;
+use crate::device::{load_model, OnBackend};
 
 /// What to build, from the command line.
 pub struct Steer {

@@ -21,10 +21,10 @@ use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{gather_positions, NoHooks, TextTokenizer, Transformer};
-use crate::device::load_model;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::device::load_model;
 use crate::batch::{input_of, int2};
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};

@@ -21,10 +21,10 @@ use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::tokenizer::chat_prompt;
 use ferrovene_models::{AnyModel, LoadedModel, Site, SiteInfo, TextTokenizer, Transformer};
-use crate::device::load_model;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::device::load_model;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::{fit, FitConfig, FitIo, Fitted, Objective};
 use crate::generate::{generate, Decoding, Steer};

@@ -2,10 +2,9 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::FloatDType;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use crate::golden_runs::{batch, check, full_das, loreft, low_rank_das, max_diff, save_export, tiny_gpt2, torch, Golden};
-use crate::models_common::{max_abs_diff, read_st, reference_ids};
+use crate::golden_runs::{batch, check, full_das, loreft, low_rank_das, max_diff, save_export, tiny_gpt2, torch, values, Golden};
+use crate::models_common::{read_st, reference_ids};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention as Iv, Orthogonal};
@@ -18,13 +17,6 @@ use trainer::objectives::das::{evaluate, loss};
 use trainer::objectives::das::{logits as das_logits, prepare, PairBatch};
 
 type Cpu = ferrovene_models::Cpu;
-
-/// A tensor's values, copied out at once (on the software driver, data read with `to_data()`
-/// was seen to change after later operations on the tensor).
-fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    let data = t.into_data().convert::<f32>();
-    data.as_slice::<f32>().expect("f32 data").to_vec()
-}
 
 /// `../shared/golden/<rel>`.
 fn golden(rel: &str) -> std::path::PathBuf {
@@ -56,8 +48,8 @@ fn forward_logits_match_the_cpu_and_the_goldens() {
         let rows = reference_ids(&reference);
         let gpu = logits::<Gpu>(&dir, &rows);
         let cpu = logits::<Cpu>(&dir, &rows);
-        let d_cpu = max_abs_diff(&gpu, &cpu);
-        let d_ref = max_abs_diff(&gpu, &reference.get("logits").0);
+        let d_cpu = max_diff(&gpu, &cpu);
+        let d_ref = max_diff(&gpu, &reference.get("logits").0);
         eprintln!("{}: wgpu vs cpu {d_cpu:.2e}, vs {by} {d_ref:.2e}", dir.display());
         assert!(d_cpu < 1e-4, "{}: wgpu logits differ from the CPU's by {d_cpu}", dir.display());
         assert!(d_ref < 1e-4, "{}: wgpu logits differ from {by}'s by {d_ref}", dir.display());
@@ -158,7 +150,7 @@ fn half_precision_forward_is_within_its_tolerance_of_f32() {
             assert_eq!(FloatDType::from(half.dtype()), dtype);
             let logits = model_logits_f32(&half, &input);
             let scale = full.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let d = max_abs_diff(&logits, &full) / scale;
+            let d = max_diff(&logits, &full) / scale;
             eprintln!("{}: {dtype:?} logits within {d:.2e} of f32 (relative to the largest, {scale:.2})", dir.display());
             assert!(d < half_tolerance(dtype), "{}: {dtype:?} logits differ from f32 by {d} of their scale", dir.display());
         }

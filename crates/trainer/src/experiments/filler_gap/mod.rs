@@ -21,13 +21,13 @@ use ferrovene_data::filler_gap::{Item, CONSTRUCTIONS};
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{LoadedModel, TextTokenizer, Transformer};
-use crate::device::load_model;
 use serde_json::json;
 
 pub use cache::{cache, draw, mean_difference, site_batches, split, Cached, Directed, Split};
 pub use recipe::{FillerGapRecipe, POSITIONS};
 pub use site::{p_beats, train_das, train_site, Best, SiteResult};
 
+use crate::device::load_model;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd, SweepAxes};
 use crate::plot::Heatmap;

@@ -15,13 +15,13 @@ use anyhow::{anyhow, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_models::{LoadedModel, Transformer};
-use crate::device::load_model;
 use serde_json::json;
 
 pub use examples::Examples;
 pub use recipe::{Method, PairRecipe, Temperature};
 pub use train::Trained;
 
+use crate::device::load_model;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::Outcome;
 use crate::run_dir::{fnv1a, RunDir};

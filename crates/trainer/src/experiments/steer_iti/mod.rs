@@ -27,13 +27,13 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ferrovene_models::{Component, Site, Transformer};
-use crate::device::load_model;
 
 pub use facts::{facts, probed_texts, Fact};
 pub use heads::scaled_direction;
 pub use recipe::{ProbeAt, SteerItiRecipe};
 pub use stages::{AlphaPoint, Curve, FactSplit, Probes, TopicPoint};
 
+use crate::device::load_model;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::run_dir::RunDir;
