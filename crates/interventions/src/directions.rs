@@ -14,7 +14,7 @@ use ferrovene_models::rng::Rng;
 pub enum Method {
     /// `μ₁ − μ₀`.
     Mean,
-    /// The weight vector of L2-regularised logistic regression on standardised features.
+    /// The weight vector of L2-regularised logistic regression (scikit-learn's default, `C = 1`).
     Probe,
     /// `(Σ_w + γ I)⁻¹ (μ₁ − μ₀)`: Fisher's discriminant with a little shrinkage.
     Lda,
@@ -92,15 +92,20 @@ fn mean(xs: &[Vec<f64>], ys: &[bool], class: bool) -> Option<Vec<f64>> {
     Some((0..d).map(|j| members.iter().map(|x| x[j]).sum::<f64>() / members.len() as f64).collect())
 }
 
-/// Logistic regression by full-batch gradient descent on standardised features (ridge 1e-2),
-/// mapped back to the raw features' scale.
+/// L2-regularised logistic regression by full-batch gradient descent, as CausalGym's
+/// (scikit-learn's default, `C = 1`: the penalty `‖w‖² / 2` against the summed loss) on the
+/// centred activations divided by one common scale (their root-mean-square spread), so that the
+/// penalty stays isotropic in the activations' own coordinates: a per-feature standardisation
+/// would reweight the direction toward the features that vary least.
 fn probe(xs: &[Vec<f64>], ys: &[bool]) -> Vec<f64> {
     let (n, d) = (xs.len() as f64, xs[0].len());
     let mu: Vec<f64> = (0..d).map(|j| xs.iter().map(|x| x[j]).sum::<f64>() / n).collect();
-    let sd: Vec<f64> = (0..d).map(|j| (xs.iter().map(|x| (x[j] - mu[j]).powi(2)).sum::<f64>() / n).sqrt().max(1e-6)).collect();
-    let z: Vec<Vec<f64>> = xs.iter().map(|x| (0..d).map(|j| (x[j] - mu[j]) / sd[j]).collect()).collect();
+    let spread = (xs.iter().map(|x| x.iter().zip(&mu).map(|(a, m)| (a - m).powi(2)).sum::<f64>()).sum::<f64>() / n).sqrt().max(1e-12);
+    let z: Vec<Vec<f64>> = xs.iter().map(|x| x.iter().zip(&mu).map(|(a, m)| (a - m) / spread).collect()).collect();
     let (mut w, mut b) = (vec![0.0; d], 0.0);
-    let (lr, l2) = (0.5, 1e-2);
+    // Mean loss + (1/n)·‖w‖²/2 is scikit-learn's C = 1 objective divided by n; the rows have unit
+    // mean square norm, so a step of 1 is within the loss's curvature.
+    let (lr, l2) = (1.0, 1.0 / n);
     for _ in 0..500 {
         let mut gw = vec![0.0; d];
         let mut gb = 0.0;
@@ -117,7 +122,7 @@ fn probe(xs: &[Vec<f64>], ys: &[bool]) -> Vec<f64> {
         }
         b -= lr * gb / n;
     }
-    (0..d).map(|j| w[j] / sd[j]).collect()
+    w
 }
 
 /// Fisher's discriminant with the pooled within-class covariance, shrunk by 1e-3 of its mean

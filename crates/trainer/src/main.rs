@@ -104,19 +104,34 @@ enum Command {
         compute: Compute,
     },
     /// Run a sweep recipe over sites: `trainer sweep das-filler-gap --layers 0,6,12 --positions
-    /// filler,verb`, or `--full` for every layer and position. Writes the heatmaps (SVG, PNG), the
-    /// numbers (CSV, JSON) and the best site's export into the run folder.
+    /// filler,verb`, or `--full` for every layer and position; `trainer sweep syntax-suites
+    /// --tasks npi_licensing --methods das,mean --layers 4,12 --regions label,last` for the
+    /// benchmark of every method on template suites (`--templates FILE` for your own suite).
+    /// Writes the heatmaps (SVG, PNG), the numbers (CSV, JSON) and a summary into the run folder.
     Sweep {
-        /// The recipe (a sweep kind: filler-gap).
+        /// The recipe (a sweep kind: filler-gap, suite).
         recipe: String,
         /// Layers to sweep (comma-separated).
         #[arg(long, value_delimiter = ',')]
         layers: Option<Vec<usize>>,
-        /// Positions to sweep (comma-separated span names: filler, article, noun, verb).
+        /// Filler-gap: positions to sweep (comma-separated span names: filler, article, noun, verb).
         #[arg(long, value_delimiter = ',')]
         positions: Option<Vec<String>>,
-        /// Every layer of the model and every position.
-        #[arg(long, conflicts_with_all = ["layers", "positions"])]
+        /// Suites: regions to sweep in each task (comma-separated: `label` for the label
+        /// variable's slot, `last` for the last token, slot names, or `all`).
+        #[arg(long, value_delimiter = ',')]
+        regions: Option<Vec<String>>,
+        /// Suites: tasks to run (comma-separated names from the suite file).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Option<Vec<String>>,
+        /// Suites: methods (comma-separated from das, probe, mean, pca, kmeans, lda, random).
+        #[arg(long, value_delimiter = ',')]
+        methods: Option<Vec<String>>,
+        /// Suites: a template file in CausalGym's format instead of the recipe's suite.
+        #[arg(long)]
+        templates: Option<std::path::PathBuf>,
+        /// Every layer of the model and every position (or region).
+        #[arg(long, conflicts_with_all = ["layers", "positions", "regions"])]
         full: bool,
         /// Skip the generalisation experiments after the sweep.
         #[arg(long)]
@@ -207,8 +222,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::List => commands::list(),
         Command::Recipe(args) => run::run_recipe(args),
-        Command::Sweep { recipe, layers, positions, full, no_generalization, sets, out, compute } => {
-            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, full, no_generalization, sets, out, compute })
+        Command::Sweep { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute } => {
+            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute })
         }
         Command::Predict { model, prompt, top, json, compute } => {
             dispatch(compute, predict::Predict { model, prompt, top, json })

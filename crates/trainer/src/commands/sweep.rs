@@ -1,5 +1,5 @@
-//! `trainer sweep <recipe>`: a sweep recipe with its swept layers and positions set from the
-//! command line.
+//! `trainer sweep <recipe>`: a sweep recipe with its swept layers and positions (filler-gap) or
+//! regions, tasks, methods and template file (suites) set from the command line.
 
 use std::path::PathBuf;
 
@@ -16,8 +16,16 @@ pub struct SweepArgs {
     pub recipe: String,
     /// Layers to sweep.
     pub layers: Option<Vec<usize>>,
-    /// Positions to sweep.
+    /// Positions to sweep (filler-gap).
     pub positions: Option<Vec<String>>,
+    /// Regions to sweep (suites).
+    pub regions: Option<Vec<String>>,
+    /// Tasks to run (suites).
+    pub tasks: Option<Vec<String>>,
+    /// Methods to run (suites).
+    pub methods: Option<Vec<String>>,
+    /// A template file in CausalGym's format instead of the recipe's suite.
+    pub templates: Option<PathBuf>,
     /// Every layer and every position.
     pub full: bool,
     /// Skip the follow-up experiments at the best site.
@@ -36,22 +44,45 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let table = recipe::read_table(&path)?;
     let as_written = Recipe::from_table(table.clone(), &[]).map_err(|e| e.context(format!("recipe {}", path.display())))?;
     let axes = as_written.sweep_axes().ok_or_else(|| {
-        anyhow!("`trainer sweep` runs sweep recipes (kind `filler-gap`); `{}` is kind `{}`: run it with `trainer {}`, and for a pair-file recipe vary the site with --set site=\"L.block_output\"", a.recipe, as_written.kind(), a.recipe)
+        anyhow!("`trainer sweep` runs sweep recipes (kinds `filler-gap` and `suite`); `{}` is kind `{}`: run it with `trainer {}`, and for a pair-file recipe vary the site with --set site=\"L.block_output\"", a.recipe, as_written.kind(), a.recipe)
     })?;
     let strings = |v: &[String]| toml::Value::Array(v.iter().map(|p| toml::Value::String(p.clone())).collect());
+    let kind = as_written.kind();
+    let only = |flag: &str, ok: bool, key: &str| -> Result<()> {
+        if ok { Ok(()) } else { Err(anyhow!("`{flag}` does not apply to `{}` (kind `{kind}`); it has `--{}`", a.recipe, key)) }
+    };
     let mut overrides = Vec::new();
     if a.full {
+        overrides.push(Override::new(axes.positions_key, strings(&axes.every_position.iter().map(|p| p.to_string()).collect::<Vec<_>>())));
         overrides.push(Override::new("layers", "all"));
-        overrides.push(Override::new("positions", strings(&axes.every_position.iter().map(|p| p.to_string()).collect::<Vec<_>>())));
     }
     if let Some(l) = &a.layers {
         overrides.push(Override::new("layers", toml::Value::Array(l.iter().map(|&x| toml::Value::Integer(x as i64)).collect())));
     }
     if let Some(p) = &a.positions {
+        only("--positions", axes.positions_key == "positions", axes.positions_key)?;
         overrides.push(Override::new("positions", strings(p)));
     }
+    if let Some(r) = &a.regions {
+        only("--regions", axes.positions_key == "regions", axes.positions_key)?;
+        overrides.push(Override::new("regions", strings(r)));
+    }
+    for (flag, value, key) in [("--tasks", &a.tasks, "tasks"), ("--methods", &a.methods, "methods")] {
+        if let Some(v) = value {
+            only(flag, axes.suite, axes.positions_key)?;
+            overrides.push(Override::new(key, strings(v)));
+        }
+    }
+    if let Some(t) = &a.templates {
+        only("--templates", axes.suite, axes.positions_key)?;
+        if !t.exists() {
+            return Err(anyhow!("--templates {}: no such file (a JSON suite in CausalGym's template format; see datasets/suites/README.md)", t.display()));
+        }
+        overrides.push(Override::new("suite", t.display().to_string()));
+    }
     if a.no_generalization {
-        overrides.push(Override::new(axes.follow_up, false));
+        let key = axes.follow_up.ok_or_else(|| anyhow!("`--no-generalization` does not apply to `{}` (kind `{kind}`): it has no follow-up experiments", a.recipe))?;
+        overrides.push(Override::new(key, false));
     }
     for set in &a.sets {
         overrides.push(set.parse()?);

@@ -37,10 +37,15 @@ pub enum RunEnd {
 
 /// The keys `trainer sweep` sets on a sweep recipe.
 pub struct SweepAxes {
+    /// The key `--positions` (filler-gap) or `--regions` (suites) sets.
+    pub positions_key: &'static str,
     /// Every position `--full` sweeps.
     pub every_position: &'static [&'static str],
-    /// The boolean key of the follow-up experiments `--no-generalization` turns off.
-    pub follow_up: &'static str,
+    /// The boolean key of the follow-up experiments `--no-generalization` turns off, if any.
+    pub follow_up: Option<&'static str>,
+    /// Whether the kind runs template suites: `--tasks`, `--methods` and `--templates` set its
+    /// `tasks`, `methods` and `suite`.
+    pub suite: bool,
 }
 
 /// What a recipe kind does: check its values, then run on a backend, leaving a run folder.

@@ -12,6 +12,7 @@ pub mod pairs;
 pub mod probe_layers;
 pub mod reft_memorise;
 pub mod steer_iti;
+pub mod suite;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -29,6 +30,7 @@ use pairs::{Method, PairRecipe, Pairs};
 use probe_layers::ProbeLayersRecipe;
 use reft_memorise::ReftMemoriseRecipe;
 use steer_iti::SteerItiRecipe;
+use suite::SuiteRecipe;
 
 /// Defines [`Recipe`] from one list of kinds — each a variant, the type of its recipe, and the
 /// [`Experiment`] it is (`|r| r` when the recipe type is one) — and the methods that dispatch to
@@ -93,6 +95,8 @@ recipe_kinds! {
     ReftMemorise(ReftMemoriseRecipe) => |r| r,
     /// Inference-time intervention on true/false statements.
     SteerIti(SteerItiRecipe) => |r| r,
+    /// Every method at every layer × region of template-suite tasks (CausalGym).
+    Suite(SuiteRecipe) => |r| r,
 }
 
 /// How a recipe is run from the command line: its name, where runs go, and what may stop it.

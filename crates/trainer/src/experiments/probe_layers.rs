@@ -218,6 +218,7 @@ fn write_layers(dir: &RunDir, name: &str, results: &[LayerResult], majority: f32
             results.iter().map(|x| Some(x.control_accuracy)).collect(),
             results.iter().map(|x| Some(x.selectivity.max(0.0))).collect(),
         ],
+        scale: 1.0,
         axes: ("", "layer"),
     }
     .write(&dir.join("layers"))?;

@@ -256,19 +256,30 @@ impl<'a, B: Backend> SharedBases<'a, B> {
     /// a prefix or for an encoder.
     fn skipping_prefix(&self, batch: PairBatch<B>, range: std::ops::Range<usize>, start: usize) -> PairBatch<B> {
         let Some(keys_values) = &self.keys_values else { return batch };
-        let input = &batch.checkpoint.input;
+        let [_, seq] = batch.checkpoint.input.dims();
+        let (rows, offset) = self.rows(range, seq);
+        let take = |t: &Tensor<B, 4>| t.clone().select(0, rows.clone()).narrow(2, offset, seq);
+        batch.skipping_prefix(start, keys_values.iter().map(|kv| kv.as_ref().map(|(k, v)| (take(k), take(v)))).collect())
+    }
+}
+
+impl<B: Backend> PairBatch<B> {
+    /// The batch going on from position `start` (the first one any intervention or label of the
+    /// batch touches), given the frozen run's keys and values of its rows at every block after
+    /// the site (`[batch, kv_heads, seq, head_dim]`, `None` for the other blocks): each step then
+    /// recomputes only the positions from `start` on. Unchanged when `start` is 0 or past the end.
+    pub fn skipping_prefix(self, start: usize, keys_values: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>) -> Self {
+        let input = &self.checkpoint.input;
         let [_, seq] = input.dims();
         if start == 0 || start >= seq {
-            return batch;
+            return self;
         }
-        let (rows, offset) = self.rows(range, seq);
-        let take = |t: &Tensor<B, 4>| t.clone().select(0, rows.clone()).narrow(2, offset, start);
-        let per_layer = keys_values.iter().map(|kv| kv.as_ref().map(|(k, v)| (take(k), take(v)))).collect();
+        let per_layer = keys_values.into_iter().map(|kv| kv.map(|(k, v)| (k.narrow(2, 0, start), v.narrow(2, 0, start)))).collect();
         let rest = seq - start;
         let cache = KvCache::from_parts(per_layer, input.mask.clone().narrow(1, 0, start));
         let suffix_input = Input { ids: input.ids.clone().narrow(1, start, rest), mask: input.mask.clone().narrow(1, start, rest), token_types: None, past: Some(cache) };
-        let suffix = Checkpoint { site: batch.checkpoint.site, activation: batch.checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix_input };
-        batch.starting_at(start, suffix)
+        let suffix = Checkpoint { site: self.checkpoint.site, activation: self.checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix_input };
+        self.starting_at(start, suffix)
     }
 }
 

@@ -16,6 +16,9 @@ pub struct Heatmap<'a> {
     pub columns: Vec<String>,
     /// `values[row][column]`, `None` where not measured.
     pub values: Vec<Vec<Option<f32>>>,
+    /// The value drawn darkest: colours span `[0, scale]`, and the cells show the values
+    /// themselves (1 for shares; e.g. the largest log odds-ratio for nats).
+    pub scale: f32,
     /// Axis names: (rows, columns).
     pub axes: (&'a str, &'a str),
 }
@@ -53,12 +56,12 @@ impl Heatmap<'_> {
                 let x = left + j * cell_w;
                 let (fill, text) = match v {
                     Some(v) => {
-                        let [r, g, b] = colour(*v);
+                        let [r, g, b] = colour(*v / self.scale);
                         (format!("rgb({r},{g},{b})"), format!("{v:.2}"))
                     }
                     None => ("rgb(230,230,230)".to_string(), "–".to_string()),
                 };
-                let ink = if v.is_some_and(|v| v > 0.55) { "white" } else { "black" };
+                let ink = if v.is_some_and(|v| v / self.scale > 0.55) { "white" } else { "black" };
                 let _ = writeln!(s, r#"<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{fill}" stroke="white"/>"#);
                 let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle" fill="{ink}">{text}</text>"#, x + cell_w / 2, y + cell_h / 2 + 4);
             }
@@ -77,7 +80,7 @@ impl Heatmap<'_> {
         for (x, y, p) in img.enumerate_pixels_mut() {
             let (i, j) = ((y / cell) as usize, (x / cell) as usize);
             let v = self.values.get(i).and_then(|r| r.get(j)).copied().flatten();
-            *p = image::Rgb(v.map_or([230, 230, 230], colour));
+            *p = image::Rgb(v.map_or([230, 230, 230], |v| colour(v / self.scale)));
             if x % cell == 0 || y % cell == 0 {
                 *p = image::Rgb([255, 255, 255]);
             }
@@ -101,6 +104,7 @@ mod tests {
             rows: vec!["0".into(), "6".into()],
             columns: vec!["filler".into(), "verb".into()],
             values: vec![vec![Some(0.25), Some(1.0)], vec![None, Some(0.5)]],
+            scale: 1.0,
             axes: ("layer", "position"),
         };
         let svg = h.svg();

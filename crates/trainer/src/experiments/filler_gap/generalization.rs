@@ -96,6 +96,7 @@ fn write<B: AutodiffBackend>(dir: &RunDir, name: &str, best: &Best<B>, g: &Gener
         rows: names.clone(),
         columns: names.iter().map(|n| n.replace("embedded_wh_", "emb_").replace("relative_clause", "relative")).collect(),
         values: g.matrix.clone(),
+        scale: 1.0,
         axes: ("trained on", "evaluated on"),
     }
     .write(&dir.join("generalization"))?;

@@ -53,7 +53,7 @@ impl Experiment for FillerGapRecipe {
     }
 
     fn sweep_axes(&self) -> Option<SweepAxes> {
-        Some(SweepAxes { every_position: &POSITIONS, follow_up: "generalization" })
+        Some(SweepAxes { positions_key: "positions", every_position: &POSITIONS, follow_up: Some("generalization"), suite: false })
     }
 
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
@@ -116,10 +116,10 @@ fn write_sweep(dir: &RunDir, name: &str, positions: &[String], layers: &[usize],
         layers.iter().map(|&l| positions.iter().map(|p| results.iter().find(|x| x.layer == l && &x.position == p).map(f)).collect()).collect()
     };
     let rows: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-    Heatmap { title: &format!("{name}: IIA, p(source label) > p(base label), {n_test} held-out pairs"), rows: rows.clone(), columns: positions.to_vec(), values: grid(&|x| x.iia), axes: ("layer", "position") }
+    Heatmap { title: &format!("{name}: IIA, p(source label) > p(base label), {n_test} held-out pairs"), rows: rows.clone(), columns: positions.to_vec(), values: grid(&|x| x.iia), scale: 1.0, axes: ("layer", "position") }
         .write(&dir.join("iia"))?;
     let max_gain = results.iter().map(|x| x.log_odds_gain.abs()).fold(1e-6, f32::max);
-    Heatmap { title: &format!("{name}: log-odds gain (÷ {max_gain:.1})"), rows, columns: positions.to_vec(), values: grid(&|x| x.log_odds_gain / max_gain), axes: ("layer", "position") }
+    Heatmap { title: &format!("{name}: log-odds gain (÷ {max_gain:.1})"), rows, columns: positions.to_vec(), values: grid(&|x| x.log_odds_gain / max_gain), scale: 1.0, axes: ("layer", "position") }
         .write(&dir.join("log_odds"))?;
     let mut csv = String::from("layer,position,iia,log_odds_gain,iia_no_intervention,iia_random_direction,iia_mean_difference\n");
     for x in results {

@@ -54,6 +54,7 @@ impl Found<'_> {
             rows: (0..self.layers).map(|l| l.to_string()).collect(),
             columns: (0..self.probes.heads).map(|h| h.to_string()).collect(),
             values: accuracy.iter().map(|row| row.iter().map(|&a| Some(a)).collect()).collect(),
+            scale: 1.0,
             axes: ("layer", "head"),
         }
         .write(&dir.join("head-accuracy"))?;

@@ -1,0 +1,181 @@
+//! `suite` recipes (`recipes/syntax-suites.toml`): CausalGym's benchmark (Arora, Jurafsky & Potts,
+//! ACL 2024) on template suites — every method (DAS and six fitted directions) as a
+//! one-dimensional interchange at every layer × region of every task, scored by IIA and the log
+//! odds-ratio beside a control task (selectivity, after Hewitt & Liang 2019).
+//!
+//! Per task, the frozen model runs once per batch of pairs ([`cache`]); every site, every method
+//! and the control task read those activations (`share_frozen = false` runs it again per site
+//! and method, only to measure what that saves).
+
+pub mod cache;
+pub mod recipe;
+pub mod report;
+pub mod site;
+pub mod stack;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use ferrovene_data::suite::{self as suites, Suite, Task};
+use ferrovene_models::{TextTokenizer, Transformer};
+use serde_json::json;
+
+pub use cache::{cache, tokenize_pairs, Cached, Labels, SuitePair};
+pub use recipe::{common_slots, task_regions, Names, SuiteRecipe, LAST, METHODS};
+pub use report::{summarize, table, Row, Summary};
+pub use site::{evaluate, score_layer, train_das, DasSettings, MethodScore, Methods, Score};
+
+use crate::device::load_model;
+use crate::events::progress_if;
+use crate::experiments::experiment::{Experiment, RunContext, RunEnd, SweepAxes};
+use crate::run_dir::RunDir;
+
+/// Pairs per frozen run (and per evaluation batch): many rows read the weights fewer times per
+/// row; DAS's batches are row ranges of these.
+const FROZEN_CHUNK: usize = 64;
+
+impl Experiment for SuiteRecipe {
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn check(&self) -> Result<()> {
+        SuiteRecipe::check(self)
+    }
+
+    fn sweep_axes(&self) -> Option<SweepAxes> {
+        Some(SweepAxes { positions_key: "regions", every_position: &["all"], follow_up: None, suite: true })
+    }
+
+    fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
+        run::<B>(ctx, self, device).map(RunEnd::Done)
+    }
+}
+
+/// The tasks `names` picks from the suite, in the suite's order; unknown names are errors that
+/// list the suite's tasks.
+pub fn select_tasks<'s>(suite: &'s Suite, names: &Names) -> Result<Vec<(&'s String, &'s Task)>> {
+    let Some(asked) = names.list("tasks")? else { return Ok(suite.tasks.iter().collect()) };
+    if let Some(bad) = asked.iter().find(|a| !suite.tasks.contains_key(*a)) {
+        bail!("no task `{bad}` in {} (tasks: {})", suite.path.display(), suite.tasks.keys().cloned().collect::<Vec<_>>().join(", "));
+    }
+    Ok(suite.tasks.iter().filter(|(n, _)| asked.contains(n)).collect())
+}
+
+/// The control words' first tokens; they must differ.
+fn control_ids(tok: &TextTokenizer, words: &[String; 2]) -> Result<[u32; 2]> {
+    let first = |w: &String| tok.encode_plain(w).ok().and_then(|ids| ids.first().copied()).ok_or_else(|| anyhow!("control word {w:?} tokenises to nothing"));
+    let ids = [first(&words[0])?, first(&words[1])?];
+    if ids[0] == ids[1] {
+        bail!("the control words {:?} and {:?} start with the same token: change `control`", words[0], words[1]);
+    }
+    Ok(ids)
+}
+
+/// One task's sweep: its regions, the model's accuracy on its test bases, and its rows.
+struct TaskRun {
+    regions: Vec<String>,
+    accuracy: f32,
+    rows: Vec<Row>,
+    frozen_s: f64,
+}
+
+/// Every site of one task. `bar` advances once per site.
+#[allow(clippy::too_many_arguments)]
+fn run_task<B: AutodiffBackend, M: Transformer<B>>(r: &SuiteRecipe, suite: &Suite, name: &str, model: &M, tok: &TextTokenizer, layers: &[usize], control: [u32; 2], bar: &indicatif::ProgressBar, device: &B::Device) -> Result<TaskRun> {
+    let task = &suite.tasks[name];
+    let regions = task_regions(task, &r.regions)?;
+    let split = suites::split(suite, name, r.train_pairs, r.test_pairs, r.seed)?;
+    let train = tokenize_pairs(suite, name, &split.train, &regions, control, tok)?;
+    let test = tokenize_pairs(suite, name, &split.test, &regions, control, tok)?;
+    let methods = Methods {
+        das: r.has_das().then_some(DasSettings { batch_size: r.batch_size, epochs: r.epochs, lr: r.lr, warmup: r.warmup, seed: r.seed }),
+        fitted: r.fitted_methods(),
+        seed: r.seed,
+    };
+    let started = Instant::now();
+    let frozen = |layers: &[usize]| -> Result<(Vec<Cached<B>>, Vec<Cached<B>>)> {
+        Ok((cache(model, tok.pad_id, &train, layers, FROZEN_CHUNK.div_ceil(r.batch_size) * r.batch_size, device)?, cache(model, tok.pad_id, &test, layers, FROZEN_CHUNK, device)?))
+    };
+    let (train_c, test_c) = frozen(layers)?;
+    let frozen_s = started.elapsed().as_secs_f64();
+    let plain: Vec<[f32; 4]> = test_c.iter().flat_map(|c| c.plain().to_vec()).collect();
+    let accuracy = plain.iter().filter(|p| p[1] > p[0]).count() as f32 / plain.len().max(1) as f32;
+    let mut rows = Vec::new();
+    let all: Vec<usize> = (0..regions.len()).collect();
+    for &layer in layers {
+        bar.set_message(format!("{name}, layer {layer}"));
+        let scores = if r.share_frozen { score_layer(model, &train_c, &test_c, layer, &all, &methods, device)? } else { separately(model, &methods, layer, regions.len(), &frozen, device)? };
+        rows.extend(scores.into_iter().map(|(k, score)| Row { task: name.to_string(), layer, region: regions[k].clone(), score }));
+        bar.inc(regions.len() as u64);
+    }
+    Ok(TaskRun { regions, accuracy, rows, frozen_s })
+}
+
+/// The layer's sites each with each method on its own frozen run of the pairs (what running
+/// every site and method as its own experiment costs); DAS's task and control trainings share
+/// one run, as they would in one experiment with a control.
+fn separately<B: AutodiffBackend, M: Transformer<B>>(
+    model: &M,
+    methods: &Methods,
+    layer: usize,
+    regions: usize,
+    frozen: &dyn Fn(&[usize]) -> Result<(Vec<Cached<B>>, Vec<Cached<B>>)>,
+    device: &B::Device,
+) -> Result<Vec<(usize, MethodScore)>>
+{
+    let mut one_each: Vec<Methods> = methods.das.map(|d| Methods { das: Some(d), fitted: vec![], seed: methods.seed }).into_iter().collect();
+    one_each.extend(methods.fitted.iter().map(|&m| Methods { das: None, fitted: vec![m], seed: methods.seed }));
+    let mut out = Vec::new();
+    for region in 0..regions {
+        for m in &one_each {
+            let (train, test) = frozen(&[layer])?;
+            out.extend(score_layer(model, &train, &test, layer, &[region], m, device)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the recipe: every task's sweep, its heatmaps, and the summary.
+pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B::Device) -> Result<PathBuf> {
+    let suite = suites::read_suite(Path::new(&r.suite))?;
+    let tasks = select_tasks(&suite, &r.tasks)?;
+    recipe::check_regions(&tasks, &r.regions)?;
+    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let layers = r.layers.resolve(model.n_layers())?;
+    let control = control_ids(tok, &r.control)?;
+    for (name, task) in &tasks {
+        task.check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied())).map_err(|e| anyhow!("{}: task `{name}` with the {} tokenizer: {e}", suite.path.display(), r.model))?;
+    }
+    let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
+    let sites: usize = tasks.iter().map(|(_, t)| task_regions(t, &r.regions).map_or(0, |g| g.len())).sum::<usize>() * layers.len();
+    let bar = progress_if(ctx.progress, sites, "sites");
+    let (mut rows, mut per_task, mut frozen_s) = (Vec::new(), Vec::new(), 0.0);
+    for (name, task) in &tasks {
+        let t = run_task(r, &suite, name, model, tok, &layers, control, &bar, device).with_context(|| format!("task `{name}`"))?;
+        report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
+        per_task.push(json!({"task": name, "description": task.description, "regions": t.regions, "model_accuracy": t.accuracy}));
+        frozen_s += t.frozen_s;
+        rows.extend(t.rows);
+        // Written after every task, so that a crash keeps the tasks done.
+        dir.write("results.csv", report::csv(&rows))?;
+    }
+    bar.finish_and_clear();
+    dir.write("results.json", serde_json::to_string_pretty(&rows)?)?;
+    let summary = summarize(&rows);
+    dir.write_report(json!({
+        "recipe": ctx.name, "suite": suite.path, "tasks": per_task, "layers": layers, "methods": r.methods,
+        "summary": summary, "rows": rows,
+        "timing": {"frozen_runs_s": frozen_s, "total_s": dir.elapsed(), "share_frozen": r.share_frozen},
+        "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
+    }))?;
+    for t in &per_task {
+        println!("{}: the model prefers the base's continuation on {:.0}% of the test bases", t["task"].as_str().unwrap_or(""), 100.0 * t["model_accuracy"].as_f64().unwrap_or(0.0));
+    }
+    print!("{}", table(ctx.name, &summary));
+    println!("{} tasks × {} layers × their regions = {sites} sites; run folder: {} ({:.0} s)", tasks.len(), layers.len(), dir.path().display(), dir.elapsed());
+    Ok(dir.path().to_path_buf())
+}

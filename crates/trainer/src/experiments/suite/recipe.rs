@@ -1,0 +1,162 @@
+//! The `suite` recipe (`recipes/syntax-suites.toml`): which template suite, tasks, methods,
+//! layers and regions a benchmark sweep covers, with CausalGym's training defaults.
+
+use anyhow::{bail, Result};
+use ferrovene_data::suite::Task;
+use ferrovene_interventions::directions;
+use serde::{Deserialize, Serialize};
+
+use crate::recipe::Layers;
+
+/// Every method name `methods` takes: DAS, then the fitted directions in CausalGym's order.
+pub const METHODS: [&str; 7] = ["das", "probe", "mean", "pca", "kmeans", "lda", "random"];
+
+/// The region of the last token (where the continuation is predicted).
+pub const LAST: &str = "last";
+
+/// The recipe. Unknown keys are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteRecipe {
+    /// One line for `trainer list`.
+    pub description: String,
+    /// Model spec.
+    pub model: String,
+    /// The suite file (CausalGym's template format), relative to the working directory.
+    pub suite: String,
+    /// Tasks of the suite to run: a list of names, or `"all"`.
+    pub tasks: Names,
+    /// Methods: names from `das`, `probe`, `mean`, `pca`, `kmeans`, `lda`, `random`.
+    pub methods: Vec<String>,
+    /// Layers swept (`block_output` of each): a list, or `"all"`.
+    pub layers: Layers,
+    /// Regions swept in each task: `label` (the label variable's slot), `last` (the last token),
+    /// slot names, or `"all"` (`last` and every slot all of a task's templates have at or after
+    /// the label variable's: before it, base and source read the same words).
+    pub regions: Names,
+    /// Training pairs per task (CausalGym: 400); the directions are fitted on their bases.
+    pub train_pairs: usize,
+    /// Test pairs per task (CausalGym: 100), from filler combinations no training pair has.
+    pub test_pairs: usize,
+    /// DAS pairs per batch (CausalGym: 4).
+    pub batch_size: usize,
+    /// DAS epochs over the training pairs (CausalGym: 1, i.e. 100 steps of 4).
+    pub epochs: usize,
+    /// DAS peak learning rate (CausalGym: 5e-3).
+    pub lr: f64,
+    /// Share of DAS steps of linear warmup, then linear decay.
+    pub warmup: f64,
+    /// The control task's two continuations (Hewitt & Liang): they replace the classes' labels,
+    /// class by class in the order of `labels`; as scored, so with their leading space.
+    pub control: [String; 2],
+    /// Seed of the splits, the DAS initialisations, the random directions and the batch order.
+    pub seed: u64,
+    /// Run the frozen model once per batch for every site, method and the control task (the
+    /// default); `false` runs it again for every site and method, only to measure what sharing
+    /// saves.
+    #[serde(default = "yes")]
+    pub share_frozen: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A list of names, or `"all"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Names {
+    /// These names.
+    List(Vec<String>),
+    /// `"all"`.
+    All(String),
+}
+
+impl Names {
+    /// The names, or `None` for `"all"`; errors on an empty list or another word.
+    pub fn list(&self, key: &str) -> Result<Option<&[String]>> {
+        match self {
+            Names::List(v) if v.is_empty() => bail!("`{key}` is empty: give names or \"all\""),
+            Names::List(v) => Ok(Some(v)),
+            Names::All(w) if w == "all" => Ok(None),
+            Names::All(w) => bail!("`{key}` is a list of names or \"all\", not {w:?}"),
+        }
+    }
+}
+
+impl SuiteRecipe {
+    /// Checks the values that need neither the model nor the suite file.
+    pub fn check(&self) -> Result<()> {
+        self.layers.check()?;
+        self.tasks.list("tasks")?;
+        self.regions.list("regions")?;
+        if self.methods.is_empty() {
+            bail!("`methods` is empty: give some of {}", METHODS.join(", "));
+        }
+        if let Some(m) = self.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+            bail!("method `{m}` is not one of {}", METHODS.join(", "));
+        }
+        if self.train_pairs < 4 || self.test_pairs < 2 {
+            bail!("`train_pairs` must be at least 4 and `test_pairs` at least 2 (both even: each combination gives a pair in each direction)");
+        }
+        if self.batch_size == 0 || self.epochs == 0 {
+            bail!("`batch_size` and `epochs` must be at least 1");
+        }
+        if self.control.iter().any(|w| w.trim().is_empty()) || self.control[0] == self.control[1] {
+            bail!("`control` needs two different non-empty words, e.g. [\" dog\", \" give\"]");
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            bail!("`warmup` is a share of the steps, in [0, 1)");
+        }
+        crate::divergence::check_rate("lr", self.lr)
+    }
+
+    /// The fitted (non-DAS) methods asked for, in CausalGym's order.
+    pub fn fitted_methods(&self) -> Vec<directions::Method> {
+        directions::Method::ALL.into_iter().filter(|m| self.methods.iter().any(|n| n == m.name())).collect()
+    }
+
+    /// Whether DAS is among the methods.
+    pub fn has_das(&self) -> bool {
+        self.methods.iter().any(|m| m == "das")
+    }
+}
+
+/// The slots every template of `task` has from the label variable's slot on, in first-seen
+/// order: the regions a pair always has and where base and source can differ (before the label
+/// variable a causal model reads the same words on both sides, so an interchange there changes
+/// nothing and the classes cannot be told apart).
+pub fn common_slots(task: &Task) -> Vec<String> {
+    let from_label = |slot: &str| {
+        task.templates.iter().all(|t| match (t.find(&format!("{{{slot}}}")), t.find(&format!("{{{}}}", task.label))) {
+            (Some(at), Some(label)) => at >= label,
+            _ => false,
+        })
+    };
+    task.regions().into_iter().filter(|r| from_label(r)).collect()
+}
+
+/// The regions of `task` that `regions` selects (`label` names the label variable's slot), in
+/// the task's order with `last` at the end; empty when it selects none (slots other tasks have).
+pub fn task_regions(task: &Task, regions: &Names) -> Result<Vec<String>> {
+    let mut every = common_slots(task);
+    every.push(LAST.to_string());
+    let Some(asked) = regions.list("regions")?.filter(|a| !a.iter().any(|x| x == "all")) else { return Ok(every) };
+    let wanted = |r: &String| asked.iter().any(|a| a == r || (a == "label" && *r == task.label));
+    Ok(every.into_iter().filter(wanted).collect())
+}
+
+/// Checks that every asked region is `label`, `last`, or a slot of some task.
+pub fn check_regions(tasks: &[(&String, &Task)], regions: &Names) -> Result<()> {
+    let Some(asked) = regions.list("regions")? else { return Ok(()) };
+    for a in asked {
+        if a == "all" || a == "label" || a == LAST || tasks.iter().any(|(_, t)| common_slots(t).contains(a)) {
+            continue;
+        }
+        let mut known: Vec<String> = tasks.iter().flat_map(|(_, t)| common_slots(t)).collect();
+        known.sort();
+        known.dedup();
+        bail!("region `{a}` is in none of the tasks run (at or after their label variable's slot, in every template); regions are `label`, `last`, \"all\" or a slot: {}", known.join(", "));
+    }
+    Ok(())
+}
