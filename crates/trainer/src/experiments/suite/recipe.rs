@@ -160,3 +160,34 @@ pub fn check_regions(tasks: &[(&String, &Task)], regions: &Names) -> Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(templates: &[&str]) -> Task {
+        serde_json::from_value(serde_json::json!({
+            "templates": templates, "label": "verb",
+            "labels": {"a": ["x"], "b": ["y"]},
+            "variables": {"verb": {"a": ["ran"], "b": ["sat"]}, "agent": ["cat"], "object": ["mat"], "place": ["hall"]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn regions_start_at_the_label_and_need_every_template() {
+        let t = task(&["The {agent} {verb} the {object} in the {place}", "A {agent} {verb} by the {object}"]);
+        // `agent` precedes the label variable; `place` is missing from the second template.
+        assert_eq!(common_slots(&t), vec!["verb", "object"]);
+        let names = |v: &[&str]| Names::List(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(task_regions(&t, &Names::All("all".into())).unwrap(), vec!["verb", "object", "last"]);
+        assert_eq!(task_regions(&t, &names(&["all"])).unwrap(), vec!["verb", "object", "last"], "--full sends [\"all\"]");
+        assert_eq!(task_regions(&t, &names(&["last", "label"])).unwrap(), vec!["verb", "last"], "in the task's order");
+        assert_eq!(task_regions(&t, &names(&["object"])).unwrap(), vec!["object"]);
+        let name = "t".to_string();
+        let e = check_regions(&[(&name, &t)], &names(&["agent"])).unwrap_err().to_string();
+        assert!(e.contains("region `agent`") && e.contains("object, verb"), "{e}");
+        assert!(task_regions(&t, &Names::All("every".into())).is_err());
+        assert!(task_regions(&t, &names(&[])).is_err());
+    }
+}
