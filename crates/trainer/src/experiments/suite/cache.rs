@@ -77,6 +77,9 @@ pub fn tokenize_pairs(suite: &Suite, task: &str, pairs: &[Example], regions: &[S
         .collect()
 }
 
+/// Per block, its keys and values (`[n, kv_heads, seq, head_dim]`), where it has them.
+type LayerKeysValues<B> = Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>;
+
 /// A batch of pairs with the frozen model's work done.
 #[derive(Clone)]
 pub struct Cached<B: Backend> {
@@ -87,7 +90,7 @@ pub struct Cached<B: Backend> {
     /// Per swept layer, the sources' `block_output` at the regions, `[n, regions, width]`.
     source: BTreeMap<usize, Tensor<B, 3>>,
     /// Per block, the bases' keys and values (causal models).
-    keys_values: Option<Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>>,
+    keys_values: Option<LayerKeysValues<B>>,
     /// Per row, the regions' positions in the padded base.
     base_positions: Vec<Vec<usize>>,
     /// Per row, the last real token.

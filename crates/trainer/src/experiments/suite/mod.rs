@@ -74,6 +74,9 @@ fn control_ids(tok: &TextTokenizer, words: &[String; 2]) -> Result<[u32; 2]> {
     Ok(ids)
 }
 
+/// A task's training and test pairs, cached.
+type TrainTest<B> = (Vec<Cached<B>>, Vec<Cached<B>>);
+
 /// One task's sweep: its regions, the model's accuracy on its test bases, and its rows.
 struct TaskRun {
     regions: Vec<String>,
@@ -96,7 +99,7 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(r: &SuiteRecipe, suite: &Suit
         seed: r.seed,
     };
     let started = Instant::now();
-    let frozen = |layers: &[usize]| -> Result<(Vec<Cached<B>>, Vec<Cached<B>>)> {
+    let frozen = |layers: &[usize]| -> Result<TrainTest<B>> {
         Ok((cache(model, tok.pad_id, &train, layers, FROZEN_CHUNK.div_ceil(r.batch_size) * r.batch_size, device)?, cache(model, tok.pad_id, &test, layers, FROZEN_CHUNK, device)?))
     };
     let (train_c, test_c) = frozen(layers)?;
@@ -122,7 +125,7 @@ fn separately<B: AutodiffBackend, M: Transformer<B>>(
     methods: &Methods,
     layer: usize,
     regions: usize,
-    frozen: &dyn Fn(&[usize]) -> Result<(Vec<Cached<B>>, Vec<Cached<B>>)>,
+    frozen: &dyn Fn(&[usize]) -> Result<TrainTest<B>>,
     device: &B::Device,
 ) -> Result<Vec<(usize, MethodScore)>>
 {
