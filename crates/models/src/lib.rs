@@ -25,7 +25,7 @@ pub mod weights;
 pub use error::{ModelError, Result};
 pub use loader::{load, load_folder, load_gguf, load_with_hub, AnyModel, LoadedModel};
 pub use hooks::{gather_positions, scatter_positions, Capture, FnHook, Hooks, NoHooks, Replace};
-pub use model::{forward, keys_values_after, resume, run_to, Checkpoint, Input, KvCache, Transformer};
+pub use model::{block_outputs, forward, keys_values_after, resume, run_to, Checkpoint, Input, KvCache, Transformer};
 pub use site::{Component, Site, SiteInfo};
 pub use tokenizer::TextTokenizer;
 

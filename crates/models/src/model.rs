@@ -1,6 +1,7 @@
 //! What every transformer offers: the forward with hooks, and its two halves (run to a site;
 //! go on from a site) that let a trainer cache the frozen part of the computation.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
@@ -359,6 +360,23 @@ pub fn run_to<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B
             done(act, Some(x))
         }
     })
+}
+
+/// Runs `input` through blocks `0..=through` and keeps the `block_output` of each of `layers`
+/// (f32, as every activation leaving the model), with the last block's output as computed (to go
+/// on with, e.g. [`Transformer::final_norm`]): what sweeps need of one frozen forward for many
+/// layers at once.
+pub fn block_outputs<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B>, layers: &[usize], through: usize) -> (BTreeMap<usize, Tensor<B, 3>>, Tensor<B, 3>) {
+    let ctx = model.context(input);
+    let mut x = model.embed(input);
+    let mut kept = BTreeMap::new();
+    for l in 0..=through {
+        x = model.block(l, x, &ctx, &mut NoHooks);
+        if layers.contains(&l) {
+            kept.insert(l, to_f32(x.clone()));
+        }
+    }
+    (kept, x)
 }
 
 /// Goes on from a checkpoint with `activation` (possibly changed) in place of the one there,

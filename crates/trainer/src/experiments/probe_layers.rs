@@ -20,7 +20,7 @@ use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, Placement
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{gather_positions, NoHooks, TextTokenizer, Transformer};
+use ferrovene_models::{block_outputs, gather_positions, TextTokenizer, Transformer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -129,13 +129,8 @@ fn features<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, data:
         let p = pad(&refs, tok.pad_id, PaddingSide::for_model(model.causal()));
         let input = input_of::<B>(&p.ids, &p.mask, device);
         let positions = int2::<B>(&p.positions, device);
-        let ctx = model.context(&input);
-        let mut x = model.embed(&input);
-        for l in 0..=deepest {
-            x = model.block(l, x, &ctx, &mut NoHooks);
-            if layers.contains(&l) {
-                out.entry(l).or_default().push(gather_positions(x.clone(), positions.clone()));
-            }
+        for (l, x) in block_outputs(model, &input, layers, deepest).0 {
+            out.entry(l).or_default().push(gather_positions(x, positions.clone()));
         }
     }
     Ok(out)

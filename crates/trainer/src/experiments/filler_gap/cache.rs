@@ -12,7 +12,7 @@ use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::filler_gap::{items, Item, CONSTRUCTIONS};
 use ferrovene_data::{tokenize, LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{gather_positions, Checkpoint, Component, Input, NoHooks, Site, TextTokenizer, Transformer};
+use ferrovene_models::{block_outputs, gather_positions, Checkpoint, Component, Input, Site, TextTokenizer, Transformer};
 
 use super::recipe::POSITIONS;
 use crate::batch::{input_of, int2, last_real};
@@ -118,15 +118,7 @@ pub fn cache<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, pair
             let p = pad(&refs, tok.pad_id, side);
             let input = input_of::<B>(&p.ids, &p.mask, device);
             // Only as deep as the deepest swept layer.
-            let ctx = model.context(&input);
-            let mut x = model.embed(&input);
-            let mut acts = BTreeMap::new();
-            for l in 0..=deepest {
-                x = model.block(l, x, &ctx, &mut NoHooks);
-                if layers.contains(&l) {
-                    acts.insert(l, x.clone());
-                }
-            }
+            let acts = block_outputs(model, &input, layers, deepest).0;
             Ok((input, acts, p.positions, p.mask))
         };
         let (input, base, bpos, mask) = run(&bases)?;

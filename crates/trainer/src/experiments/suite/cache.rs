@@ -15,7 +15,7 @@ use ferrovene_data::format::{Example, Position};
 use ferrovene_data::suite::Suite;
 use ferrovene_data::{tokenize, LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_models::precision::to_f32;
-use ferrovene_models::{gather_positions, Checkpoint, Component, Input, KvCache, NoHooks, Site, TextTokenizer, Transformer};
+use ferrovene_models::{block_outputs, gather_positions, Checkpoint, Component, Input, KvCache, Site, TextTokenizer, Transformer};
 
 use super::recipe::LAST;
 use super::stack::{column, repeat, Stack};
@@ -118,39 +118,28 @@ pub fn cache<B: Backend, M: Transformer<B>>(model: &M, pad_id: u32, pairs: &[Sui
         let input = input_of::<B>(&b.ids, &b.mask, device);
         let kv = model.causal().then(KvCache::new);
         let run_input = Input { past: kv.clone(), ..input.clone() };
-        let ctx = model.context(&run_input);
-        let mut x = model.embed(&run_input);
-        let mut base = BTreeMap::new();
-        for l in 0..model.n_layers() {
-            x = model.block(l, x, &ctx, &mut NoHooks);
-            if layers.contains(&l) {
-                base.insert(l, to_f32(x.clone()));
-            }
-        }
+        let (base, x) = block_outputs(model, &run_input, layers, model.n_layers() - 1);
         let last = last_real(&b.mask);
         let hidden = gather_positions(to_f32(model.final_norm(x)), int2::<B>(&last, device));
         let logits = model.head(hidden).context("a suite scores continuations: it needs a language model")?;
         let [n, _, v] = logits.dims();
-        let ids: Vec<i64> = chunk.iter().flat_map(|p| [p.task[0], p.task[1], p.control[0], p.control[1]]).map(|t| t as i64).collect();
-        let picked = logits.reshape([n, v]).gather(1, Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 4]), device));
-        let plain = rows4(picked)?;
+        let plain = rows4(logits.reshape([n, v]).gather(1, scored_ids(chunk, device)))?;
         let keys_values = kv.map(|c| (0..model.n_layers()).map(|l| c.layer(l)).collect());
 
         let sources: Vec<&TokenizedInput> = chunk.iter().map(|p| &p.source).collect();
         let s = pad(&sources, pad_id, side);
         let s_input = input_of::<B>(&s.ids, &s.mask, device);
-        let s_ctx = model.context(&s_input);
-        let mut y = model.embed(&s_input);
-        let mut source = BTreeMap::new();
-        for l in 0..=deepest {
-            y = model.block(l, y, &s_ctx, &mut NoHooks);
-            if layers.contains(&l) {
-                source.insert(l, gather_positions(to_f32(y.clone()), int2::<B>(&s.positions, device)));
-            }
-        }
+        let at = int2::<B>(&s.positions, device);
+        let source = block_outputs(model, &s_input, layers, deepest).0.into_iter().map(|(l, y)| (l, gather_positions(y, at.clone()))).collect();
         out.push(Cached { input, base, source, keys_values, base_positions: b.positions, last, pairs: chunk.to_vec(), plain });
     }
     Ok(out)
+}
+
+/// `[n, 4]`: each pair's scored continuations (task y_s, y_b, control y_s, y_b).
+fn scored_ids<B: Backend>(pairs: &[SuitePair], device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = pairs.iter().flat_map(|p| [p.task[0], p.task[1], p.control[0], p.control[1]]).map(|t| t as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [pairs.len(), 4]), device)
 }
 
 /// `[n, 4]` values as rows.
@@ -172,8 +161,7 @@ impl<B: Backend> Cached<B> {
 
     /// `[n, 4]` continuation ids (task y_s, y_b, control y_s, y_b) to gather logits with.
     pub fn scored_ids(&self, device: &B::Device) -> Tensor<B, 2, Int> {
-        let ids: Vec<i64> = self.pairs.iter().flat_map(|p| [p.task[0], p.task[1], p.control[0], p.control[1]]).map(|t| t as i64).collect();
-        Tensor::from_data(TensorData::new(ids, [self.pairs.len(), 4]), device)
+        scored_ids(&self.pairs, device)
     }
 
     /// Rows `rows` of the batch at `layer` as a [`Stack`] of `blocks` (region number, labels),
