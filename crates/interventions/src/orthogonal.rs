@@ -261,3 +261,55 @@ pub fn orthogonality_error_frobenius<B: Backend>(r: Tensor<B, 2>) -> f32 {
     let gram = r.clone().matmul(r.transpose());
     (gram - Tensor::eye(k, &device)).square().sum().sqrt().into_scalar().elem::<f32>()
 }
+
+/// torch's square orthogonal map for a stack of `d × d` parameters `X` (`[models, d, d]`): per
+/// model `Q = polar(polar(exp(tril(X) − tril(X)ᵀ)))`, what [`TorchOrthogonal::w`] computes for one
+/// square `X` before it multiplies by `base`, as batched products. Each model keeps its own
+/// scaling (the number of squarings its norm calls for), so each slice equals the map of that
+/// model alone: the stacked trainings of `das-hierarchical-equality` rely on it.
+pub fn torch_square_q_stacked<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let l = x.tril(0);
+    let a = l.clone() - l.swap_dims(1, 2);
+    polar_refine_stacked(polar_refine_stacked(expm_stacked(a)))
+}
+
+/// [`expm`] for each `d × d` matrix of `a` (`[models, d, d]`), each scaled and squared by its own
+/// norm as it would be alone.
+pub fn expm_stacked<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [models, d, _] = a.dims();
+    let device = a.device();
+    let norms: Vec<f32> = a.clone().abs().sum_dim(2).max_dim(1).into_data().convert::<f32>().to_vec().expect("f32 data reads as f32");
+    const THETA: f32 = 1.461_661_5;
+    let squarings: Vec<i32> = norms.iter().map(|&n| if n > THETA { (n / THETA).log2().ceil() as i32 } else { 0 }).collect();
+    // Dividing by 2^s is exact, so multiplying by 2^−s gives the same scaled matrix as alone.
+    let scale: Vec<f32> = squarings.iter().map(|&s| 1.0 / 2f32.powi(s)).collect();
+    let a = a * Tensor::<B, 1>::from_floats(scale.as_slice(), &device).reshape([models, 1, 1]);
+    let eye = Tensor::<B, 2>::eye(d, &device).unsqueeze::<3>();
+    let a2 = a.clone().matmul(a.clone());
+    let a3 = a2.clone().matmul(a.clone());
+    let a4 = a2.clone().matmul(a2.clone());
+    let c = |n: i32| 1.0 / (1..=n).map(f64::from).product::<f64>();
+    let block = |j: i32| eye.clone() * c(4 * j) + a.clone() * c(4 * j + 1) + a2.clone() * c(4 * j + 2) + a3.clone() * c(4 * j + 3);
+    let inner = block(2) + a4.clone() * c(12);
+    let middle = block(1) + a4.clone().matmul(inner);
+    let mut acc = block(0) + a4.matmul(middle);
+    let most = squarings.iter().copied().max().unwrap_or(0);
+    for step in 0..most {
+        let squared = acc.clone().matmul(acc.clone());
+        let wants: Vec<bool> = squarings.iter().map(|&s| step < s).collect();
+        if wants.iter().all(|&w| w) {
+            acc = squared;
+        } else {
+            let mask = Tensor::<B, 1, burn::tensor::Bool>::from_data(burn::tensor::TensorData::new(wants, [models]), &device);
+            acc = acc.mask_where(mask.reshape([models, 1, 1]).expand([models, d, d]), squared);
+        }
+    }
+    acc
+}
+
+/// [`polar_refine`] for each matrix of `r` (`[models, d, d]`).
+fn polar_refine_stacked<B: Backend>(r: Tensor<B, 3>) -> Tensor<B, 3> {
+    let d = r.dims()[2];
+    let gram = r.clone().swap_dims(1, 2).matmul(r.clone());
+    r.matmul(Tensor::<B, 2>::eye(d, &gram.device()).unsqueeze::<3>() * 3.0 - gram) * 0.5
+}

@@ -57,6 +57,8 @@ impl<B: AutodiffBackend> Trainable<B> for Intervention<B> {
 
 impl<B: AutodiffBackend> Trainable<B> for Mlp<B> {}
 
+impl<B: AutodiffBackend> Trainable<B> for ferrovene_models::arch::mlp::StackedMlp<B> {}
+
 /// What is being trained for: a loss per batch and a validation score.
 pub trait Objective<B: AutodiffBackend, M = Intervention<B>> {
     /// Batches per epoch.
@@ -222,11 +224,17 @@ fn batch_at(m: usize, n: usize, cfg: &FitConfig, order: &mut (usize, Vec<usize>)
     }
     let epoch = m / n;
     if order.1.len() != n || order.0 != epoch {
-        let mut o: Vec<usize> = (0..n).collect();
-        Rng::new(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut o);
-        *order = (epoch, o);
+        *order = (epoch, epoch_order(cfg.seed, epoch, n));
     }
     order.1[m % n]
+}
+
+/// The order of `n` batches in epoch `epoch` of a shuffled run seeded by `seed`: what [`fit`]
+/// goes through, for trainers that lay out several runs' batches themselves (stacked models).
+pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..n).collect();
+    Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut o);
+    o
 }
 
 /// Trains `module` on `objective`.
@@ -329,19 +337,29 @@ where
             module.set_temperature(t.at(step));
         }
         let (from, to) = (step * acc, ((step + 1) * acc).min(self.cfg.epochs * self.n));
-        let mut grads = GradientsAccumulator::<M>::new();
         let mut step_loss = 0.0f32;
-        for m in from..to {
-            let index = batch_at(m, self.n, self.cfg, &mut self.order);
-            let loss = self.objective.loss(&module, index)? / (to - from) as f64;
-            step_loss += loss.clone().into_scalar().elem::<f32>();
-            grads.accumulate(&module, GradientsParams::from_grads(loss.backward(), &module));
-        }
+        let grads = if to - from == 1 {
+            // One micro-batch (no accumulation): its gradients as they are. Dividing by 1 and
+            // adding to an empty accumulator change no value, only cost operations per step,
+            // which is most of a step for tiny models.
+            let loss = self.objective.loss(&module, batch_at(from, self.n, self.cfg, &mut self.order))?;
+            step_loss = loss.clone().into_scalar().elem::<f32>();
+            GradientsParams::from_grads(loss.backward(), &module)
+        } else {
+            let mut grads = GradientsAccumulator::<M>::new();
+            for m in from..to {
+                let index = batch_at(m, self.n, self.cfg, &mut self.order);
+                let loss = self.objective.loss(&module, index)? / (to - from) as f64;
+                step_loss += loss.clone().into_scalar().elem::<f32>();
+                grads.accumulate(&module, GradientsParams::from_grads(loss.backward(), &module));
+            }
+            grads.grads()
+        };
         if !step_loss.is_finite() {
             return Err(self.diverged(format!("the loss ({step_loss})")));
         }
         let rate = self.schedule.at(step);
-        let module = self.optimizer.step(rate, module, grads.grads());
+        let module = self.optimizer.step(rate, module, grads);
         if let Some((name, sum)) = first_non_finite(&module.valid()) {
             return Err(self.diverged(format!("parameter `{name}` (its entries sum to {sum})")));
         }

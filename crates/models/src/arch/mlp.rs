@@ -21,6 +21,12 @@ pub struct MlpConfig {
     pub d_out: usize,
 }
 
+/// `t`'s values in a row-major tensor of their own.
+fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    let device = t.device();
+    Tensor::from_data(t.into_data(), &device)
+}
+
 /// The MLP; its parameters are trainable (it is trained before it is frozen and intervened on).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -36,7 +42,7 @@ impl<B: Backend> Mlp<B> {
             let bound = 1.0 / (d_in as f64).sqrt();
             let u = Distribution::Uniform(-bound, bound);
             Linear {
-                weight: Param::from_tensor(Tensor::random([d_in, d_out], u, device).transpose()),
+                weight: Param::from_tensor(contiguous(Tensor::random([d_in, d_out], u, device).transpose())),
                 bias: Some(Param::from_tensor(Tensor::random([d_out], u, device))),
             }
         };
@@ -55,8 +61,10 @@ impl<B: Backend> Mlp<B> {
         let mut linear = |d_in: usize, d_out: usize| {
             let bound = 1.0 / (d_in as f64).sqrt();
             Linear {
-                // Drawn `[in, out]` as before the layout was torch's, so a seed gives the same MLP.
-                weight: Param::from_tensor(rng.uniform_tensor([d_in, d_out], bound, device).transpose()),
+                // Drawn `[in, out]` as before the layout was torch's, so a seed gives the same MLP;
+                // stored `[out, in]` row-major, the layout every later step keeps (a transposed
+                // view at the start would make the first product take another kernel path).
+                weight: Param::from_tensor(contiguous(rng.uniform_tensor([d_in, d_out], bound, device).transpose())),
                 bias: Some(Param::from_tensor(rng.uniform_tensor([d_out], bound, device))),
             }
         };
@@ -130,5 +138,81 @@ impl<B: Backend> Mlp<B> {
     /// Logits without hooks.
     pub fn predict(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.forward(x, &mut NoHooks)
+    }
+}
+
+/// Several MLPs of the same widths, trained side by side as one module: layer `i`'s weights of
+/// every model in one `[models, out, in]` tensor, its biases in one `[models, 1, out]`, and one
+/// batched matrix product per layer for all of them. Each model reads its own rows of the
+/// `[models, batch, d_in]` input, so its outputs, its gradients and (under an elementwise
+/// optimizer such as Adam) its training are the ones it would have alone; what is saved is the
+/// per-operation overhead that dominates tiny models (the hierarchical-equality MLPs are 16 wide).
+#[derive(Module, Debug)]
+pub struct StackedMlp<B: Backend> {
+    /// Per hidden layer: `[models, out, in]` weights and `[models, 1, out]` biases.
+    layers: Vec<(Param<Tensor<B, 3>>, Param<Tensor<B, 3>>)>,
+    /// The output layer, the same way.
+    out: (Param<Tensor<B, 3>>, Param<Tensor<B, 3>>),
+}
+
+/// `[models, rows, in]` through one stacked layer: `x Wᵀ + b` per model.
+///
+/// The operands are laid out as a model alone has them, so that each model's numbers are its
+/// own to the last bit: `W` row-major, read transposed by the product, as an [`Mlp`]'s is (a
+/// product takes its kernel path from its operands' strides, and paths round differently).
+fn stacked_linear<B: Backend>(x: Tensor<B, 3>, layer: &(Param<Tensor<B, 3>>, Param<Tensor<B, 3>>)) -> Tensor<B, 3> {
+    x.matmul(layer.0.val().swap_dims(1, 2)) + layer.1.val()
+}
+
+impl<B: Backend> StackedMlp<B> {
+    /// The models `mlps` (same widths, with biases), stacked in that order.
+    pub fn stack(mlps: &[Mlp<B>]) -> Result<Self> {
+        let first = mlps.first().ok_or_else(|| ModelError::Config { path: "StackedMlp".into(), reason: "no models to stack".into() })?;
+        let widths = |m: &Mlp<B>| m.layers.iter().chain([&m.out]).map(|l| l.weight.val().dims()).collect::<Vec<_>>();
+        if let Some(i) = mlps.iter().position(|m| widths(m) != widths(first) || m.layers.iter().chain([&m.out]).any(|l| l.bias.is_none())) {
+            return Err(ModelError::Config { path: "StackedMlp".into(), reason: format!("model {i} has other widths than model 0, or a layer without a bias") });
+        }
+        let stack = |pick: &dyn Fn(&Mlp<B>) -> &Linear<B>| {
+            let w = Tensor::stack::<3>(mlps.iter().map(|m| pick(m).weight.val()).collect(), 0);
+            let b = Tensor::stack::<2>(mlps.iter().map(|m| pick(m).bias.as_ref().map(|b| b.val()).expect("checked above")).collect(), 0).unsqueeze_dim(1);
+            (Param::from_tensor(w.detach()), Param::from_tensor(b.detach()))
+        };
+        let layers = (0..first.layers.len()).map(|i| stack(&|m: &Mlp<B>| &m.layers[i])).collect();
+        Ok(StackedMlp { layers, out: stack(&|m: &Mlp<B>| &m.out) })
+    }
+
+    /// How many models.
+    pub fn models(&self) -> usize {
+        self.out.0.val().dims()[0]
+    }
+
+    /// Model `i` on its own: the same parameters as an [`Mlp`].
+    pub fn model(&self, i: usize) -> Mlp<B> {
+        let pick = |layer: &(Param<Tensor<B, 3>>, Param<Tensor<B, 3>>)| {
+            let [_, d_out, d_in] = layer.0.val().dims();
+            Linear {
+                weight: Param::from_tensor(layer.0.val().narrow(0, i, 1).reshape([d_out, d_in])),
+                bias: Some(Param::from_tensor(layer.1.val().narrow(0, i, 1).reshape([d_out]))),
+            }
+        };
+        Mlp { layers: self.layers.iter().map(pick).collect(), out: pick(&self.out) }
+    }
+
+    /// Logits `[models, batch, d_out]` of inputs `[models, batch, d_in]` (model `i` reads row
+    /// block `i`).
+    pub fn predict(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.resume(0, x)
+    }
+
+    /// The activations `[models, batch, width]` after hidden layer `layer` (0-based).
+    pub fn run_to(&self, x: Tensor<B, 3>, layer: usize) -> Tensor<B, 3> {
+        self.layers[..=layer].iter().fold(x, |h, l| relu(stacked_linear(h, l)))
+    }
+
+    /// Logits from the activations `h` (`[models, batch, width]`) placed after hidden layer
+    /// `from − 1` (so `from = 0` takes inputs): layers `from..`, then the output layer.
+    pub fn resume(&self, from: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = self.layers[from..].iter().fold(h, |h, l| relu(stacked_linear(h, l)));
+        stacked_linear(h, &self.out)
     }
 }
