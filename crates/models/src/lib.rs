@@ -9,6 +9,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod cpu_features;
 pub mod error;
 pub mod hub;
 pub mod hooks;

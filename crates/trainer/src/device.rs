@@ -176,6 +176,8 @@ fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(spec: DeviceSpec, pre
         "backend": B::name(&device),
         "adapter": adapter,
         "dtype": precision.name(),
+        "cpu": ferrovene_models::cpu_features::CpuFeatures::detect(),
+        "cpu_f32_kernels": ferrovene_models::cpu_features::CpuFeatures::detect().f32_kernels(),
     }));
     job.run::<B>(device)
 }

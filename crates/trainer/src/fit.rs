@@ -263,7 +263,9 @@ where
         let loss;
         (module, loss) = run.step(module)?;
         bar.inc(1);
-        bar.set_message(format!("loss {loss:.4}"));
+        if show {
+            bar.set_message(format!("loss {loss:.4}"));
+        }
         if let Some(end) = run.after_step(&module)? {
             outcome = end;
             break;
