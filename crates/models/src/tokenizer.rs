@@ -132,7 +132,7 @@ impl TextTokenizer {
         TextTokenizer { inner, path, vocab_size, pad_id, eos_id, max_positions: None }
     }
 
-    /// Token ids of `text`, with the model's special tokens (BOS, [CLS]/[SEP]) where it adds them.
+    /// Token ids of `text`, with the model's special tokens (BOS, `[CLS]`/`[SEP]`) where it adds them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let ids = self
             .inner

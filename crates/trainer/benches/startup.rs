@@ -49,7 +49,7 @@ fn write_pair_files(tok: &TextTokenizer, dir: &Path) -> Result<(PathBuf, PathBuf
         };
         let record = serde_json::json!({
             "base_ids": base.ids, "source_ids": [sources[0].ids], "positions": base.positions,
-            "source_positions": [sources[0].positions], "label": serde_json::Value::from(example_label(&lines[k])?),
+            "source_positions": [sources[0].positions], "label": serde_json::Value::from(example_label(lines[k])?),
         });
         writeln!(ids_file, "{record}")?;
     }

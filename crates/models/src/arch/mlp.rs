@@ -141,6 +141,9 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
+/// One stacked layer: `[models, out, in]` weights and `[models, 1, out]` biases.
+type StackedLayer<B> = (Param<Tensor<B, 3>>, Param<Tensor<B, 3>>);
+
 /// Several MLPs of the same widths, trained side by side as one module: layer `i`'s weights of
 /// every model in one `[models, out, in]` tensor, its biases in one `[models, 1, out]`, and one
 /// batched matrix product per layer for all of them. Each model reads its own rows of the
@@ -150,9 +153,9 @@ impl<B: Backend> Mlp<B> {
 #[derive(Module, Debug)]
 pub struct StackedMlp<B: Backend> {
     /// Per hidden layer: `[models, out, in]` weights and `[models, 1, out]` biases.
-    layers: Vec<(Param<Tensor<B, 3>>, Param<Tensor<B, 3>>)>,
+    layers: Vec<StackedLayer<B>>,
     /// The output layer, the same way.
-    out: (Param<Tensor<B, 3>>, Param<Tensor<B, 3>>),
+    out: StackedLayer<B>,
 }
 
 /// `[models, rows, in]` through one stacked layer: `x Wᵀ + b` per model.
@@ -160,7 +163,7 @@ pub struct StackedMlp<B: Backend> {
 /// The operands are laid out as a model alone has them, so that each model's numbers are its
 /// own to the last bit: `W` row-major, read transposed by the product, as an [`Mlp`]'s is (a
 /// product takes its kernel path from its operands' strides, and paths round differently).
-fn stacked_linear<B: Backend>(x: Tensor<B, 3>, layer: &(Param<Tensor<B, 3>>, Param<Tensor<B, 3>>)) -> Tensor<B, 3> {
+fn stacked_linear<B: Backend>(x: Tensor<B, 3>, layer: &StackedLayer<B>) -> Tensor<B, 3> {
     x.matmul(layer.0.val().swap_dims(1, 2)) + layer.1.val()
 }
 
@@ -188,7 +191,7 @@ impl<B: Backend> StackedMlp<B> {
 
     /// Model `i` on its own: the same parameters as an [`Mlp`].
     pub fn model(&self, i: usize) -> Mlp<B> {
-        let pick = |layer: &(Param<Tensor<B, 3>>, Param<Tensor<B, 3>>)| {
+        let pick = |layer: &StackedLayer<B>| {
             let [_, d_out, d_in] = layer.0.val().dims();
             Linear {
                 weight: Param::from_tensor(layer.0.val().narrow(0, i, 1).reshape([d_out, d_in])),

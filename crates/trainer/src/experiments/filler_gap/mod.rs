@@ -3,7 +3,7 @@
 //! (`ferrovene_data::filler_gap`), with the paper's metrics and controls, heatmaps, and the
 //! train-on-one × evaluate-on-each and leave-one-out generalisation experiments.
 //!
-//! The frozen model runs once per batch of pairs for the whole sweep ([`cache`]): one forward
+//! The frozen model runs once per batch of pairs for the whole sweep ([`mod@cache`]): one forward
 //! captures the `block_output` of every swept layer for bases and sources, and every
 //! (layer, position) site reuses those activations.
 

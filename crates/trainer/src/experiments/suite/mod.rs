@@ -3,7 +3,7 @@
 //! one-dimensional interchange at every layer × region of every task, scored by IIA and the log
 //! odds-ratio beside a control task (selectivity, after Hewitt & Liang 2019).
 //!
-//! Per task, the frozen model runs once per batch of pairs ([`cache`]); every site, every method
+//! Per task, the frozen model runs once per batch of pairs ([`mod@cache`]); every site, every method
 //! and the control task read those activations (`share_frozen = false` runs it again per site
 //! and method, only to measure what that saves).
 
