@@ -164,7 +164,12 @@ pub struct StackedMlp<B: Backend> {
 /// own to the last bit: `W` row-major, read transposed by the product, as an [`Mlp`]'s is (a
 /// product takes its kernel path from its operands' strides, and paths round differently).
 fn stacked_linear<B: Backend>(x: Tensor<B, 3>, layer: &StackedLayer<B>) -> Tensor<B, 3> {
-    x.matmul(layer.0.val().swap_dims(1, 2)) + layer.1.val()
+    let y = x.matmul(layer.0.val().swap_dims(1, 2));
+    // The bias repeated over the rows first: burn-flex adds a `[models, 1, out]` broadcast one
+    // element by element (a strided walk, a fifth of a stacked step), two contiguous operands
+    // with SIMD. The values and the gradient (a sum over the rows) are the same.
+    let rows = y.dims()[1];
+    y + layer.1.val().repeat_dim(1, rows)
 }
 
 impl<B: Backend> StackedMlp<B> {
