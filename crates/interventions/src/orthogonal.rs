@@ -284,7 +284,9 @@ pub fn expm_stacked<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     // Dividing by 2^s is exact, so multiplying by 2^−s gives the same scaled matrix as alone.
     let scale: Vec<f32> = squarings.iter().map(|&s| 1.0 / 2f32.powi(s)).collect();
     let a = a * Tensor::<B, 1>::from_floats(scale.as_slice(), &device).reshape([models, 1, 1]);
-    let eye = Tensor::<B, 2>::eye(d, &device).unsqueeze::<3>();
+    // The identity repeated per model, not broadcast: burn-flex walks a broadcast operand element
+    // by element, two contiguous ones with SIMD (the same values either way).
+    let eye = Tensor::<B, 2>::eye(d, &device).unsqueeze::<3>().repeat_dim(0, models);
     let a2 = a.clone().matmul(a.clone());
     let a3 = a2.clone().matmul(a.clone());
     let a4 = a2.clone().matmul(a2.clone());
@@ -309,7 +311,7 @@ pub fn expm_stacked<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
 
 /// [`polar_refine`] for each matrix of `r` (`[models, d, d]`).
 fn polar_refine_stacked<B: Backend>(r: Tensor<B, 3>) -> Tensor<B, 3> {
-    let d = r.dims()[2];
+    let [models, _, d] = r.dims();
     let gram = r.clone().swap_dims(1, 2).matmul(r.clone());
-    r.matmul(Tensor::<B, 2>::eye(d, &gram.device()).unsqueeze::<3>() * 3.0 - gram) * 0.5
+    r.matmul(Tensor::<B, 2>::eye(d, &gram.device()).unsqueeze::<3>().repeat_dim(0, models) * 3.0 - gram) * 0.5
 }
