@@ -103,7 +103,7 @@ fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// `tril(X) − tril(X)ᵀ` for a square `X`.
-fn skew_of_tril<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+fn skew_of_tril<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let l = x.tril(0);
     l.clone() - l.transpose()
 }
@@ -209,20 +209,34 @@ fn householder_rows<B: Backend>(v: Tensor<B, 2>) -> Tensor<B, 2> {
     m
 }
 
-/// `exp(A)` for a square `A`, by scaling and squaring a degree-12 Taylor series.
-pub fn expm<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 2> {
-    let [d, _] = a.dims();
-    let norm: f32 = a.clone().abs().sum_dim(1).max().into_scalar().elem::<f32>();
-    // Scaled to ‖A‖∞ ≤ 1.46 (the largest absolute row sum), torch.matrix_exp's bound for its degree-12 Taylor polynomial in
-    // f32 (the truncation, ‖A‖¹³/13!, stays under f32's rounding there); each squaring saved is
-    // three 576³ products per step at SmolLM2's width.
-    const THETA: f32 = 1.461_661_5;
-    let squarings = if norm > THETA { (norm / THETA).log2().ceil() as i32 } else { 0 };
-    let a = a / 2f32.powi(squarings);
-    let eye = Tensor::<B, 2>::eye(d, &a.device());
-    // Paterson–Stockmeyer: Σ Aⁿ/n! (n ≤ 12) = B₀ + A⁴(B₁ + A⁴(B₂ + A⁴/12!)) with
-    // Bⱼ = Σ_{i<4} A^{4j+i}/(4j+i)!: five products instead of Horner's twelve, forward and
-    // backward (Boundless DAS's full rotation at d = 576 spends most of its step here).
+/// The ∞-norm (largest absolute row sum) up to which [`taylor_degree_12`] is exact in f32:
+/// torch.matrix_exp's bound for its degree-12 Taylor polynomial (the truncation, ‖A‖¹³/13!, stays
+/// under f32's rounding there).
+const THETA: f32 = 1.461_661_5;
+
+/// How many squarings a matrix of ∞-norm `norm` needs, scaled by 2^−s to at most [`THETA`]; each
+/// squaring saved is three 576³ products per step at SmolLM2's width.
+fn squarings_for(norm: f32) -> i32 {
+    if norm > THETA { (norm / THETA).log2().ceil() as i32 } else { 0 }
+}
+
+/// The identity of `a`'s shape (`[…, d, d]`), materialised: burn-flex walks a broadcast operand
+/// element by element, two contiguous ones with SIMD (the same values either way).
+fn identity_like<B: Backend, const D: usize>(a: &Tensor<B, D>) -> Tensor<B, D> {
+    let dims = a.dims();
+    let mut eye = Tensor::<B, 2>::eye(dims[D - 1], &a.device()).unsqueeze::<D>();
+    for (axis, &n) in dims.iter().enumerate().take(D - 2) {
+        eye = eye.repeat_dim(axis, n);
+    }
+    eye
+}
+
+/// `Σ Aⁿ/n!` for n ≤ 12 of each matrix of an already scaled `a` (`[…, d, d]`), by
+/// Paterson–Stockmeyer: `B₀ + A⁴(B₁ + A⁴(B₂ + A⁴/12!))` with `Bⱼ = Σ_{i<4} A^{4j+i}/(4j+i)!`, five
+/// products instead of Horner's twelve, forward and backward (Boundless DAS's full rotation at
+/// d = 576 spends most of its step here).
+fn taylor_degree_12<B: Backend, const D: usize>(a: Tensor<B, D>) -> Tensor<B, D> {
+    let eye = identity_like(&a);
     let a2 = a.clone().matmul(a.clone());
     let a3 = a2.clone().matmul(a.clone());
     let a4 = a2.clone().matmul(a2.clone());
@@ -230,7 +244,14 @@ pub fn expm<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 2> {
     let block = |j: i32| eye.clone() * c(4 * j) + a.clone() * c(4 * j + 1) + a2.clone() * c(4 * j + 2) + a3.clone() * c(4 * j + 3);
     let inner = block(2) + a4.clone() * c(12);
     let middle = block(1) + a4.clone().matmul(inner);
-    let mut acc = block(0) + a4.matmul(middle);
+    block(0) + a4.matmul(middle)
+}
+
+/// `exp(A)` for a square `A`, by scaling and squaring a degree-12 Taylor series.
+pub fn expm<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm: f32 = a.clone().abs().sum_dim(1).max().into_scalar().elem::<f32>();
+    let squarings = squarings_for(norm);
+    let mut acc = taylor_degree_12(a / 2f32.powi(squarings));
     for _ in 0..squarings {
         acc = acc.clone().matmul(acc);
     }
@@ -240,10 +261,9 @@ pub fn expm<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 2> {
 /// One Newton–Schulz step towards the nearest orthogonal matrix, `R (3I − RᵀR) / 2`: it squares
 /// the orthogonality error (the rounding that repeated squaring in [`expm`] accumulates in f32)
 /// and is the identity on an exactly orthogonal `R`.
-fn polar_refine<B: Backend>(r: Tensor<B, 2>) -> Tensor<B, 2> {
-    let d = r.dims()[1];
+fn polar_refine<B: Backend, const D: usize>(r: Tensor<B, D>) -> Tensor<B, D> {
     let gram = r.clone().transpose().matmul(r.clone());
-    r.matmul(Tensor::<B, 2>::eye(d, &gram.device()) * 3.0 - gram) * 0.5
+    r.matmul(identity_like(&gram) * 3.0 - gram) * 0.5
 }
 
 /// `max |R Rᵀ − I|`: how far rows are from orthonormal.
@@ -268,9 +288,7 @@ pub fn orthogonality_error_frobenius<B: Backend>(r: Tensor<B, 2>) -> f32 {
 /// scaling (the number of squarings its norm calls for), so each slice equals the map of that
 /// model alone: the stacked trainings of `das-hierarchical-equality` rely on it.
 pub fn torch_square_q_stacked<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let l = x.tril(0);
-    let a = l.clone() - l.swap_dims(1, 2);
-    polar_refine_stacked(polar_refine_stacked(expm_stacked(a)))
+    polar_refine(polar_refine(expm_stacked(skew_of_tril(x))))
 }
 
 /// [`expm`] for each `d × d` matrix of `a` (`[models, d, d]`), each scaled and squared by its own
@@ -279,22 +297,10 @@ pub fn expm_stacked<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     let [models, d, _] = a.dims();
     let device = a.device();
     let norms: Vec<f32> = a.clone().abs().sum_dim(2).max_dim(1).into_data().convert::<f32>().to_vec().expect("f32 data reads as f32");
-    const THETA: f32 = 1.461_661_5;
-    let squarings: Vec<i32> = norms.iter().map(|&n| if n > THETA { (n / THETA).log2().ceil() as i32 } else { 0 }).collect();
+    let squarings: Vec<i32> = norms.into_iter().map(squarings_for).collect();
     // Dividing by 2^s is exact, so multiplying by 2^−s gives the same scaled matrix as alone.
     let scale: Vec<f32> = squarings.iter().map(|&s| 1.0 / 2f32.powi(s)).collect();
-    let a = a * Tensor::<B, 1>::from_floats(scale.as_slice(), &device).reshape([models, 1, 1]);
-    // The identity repeated per model, not broadcast: burn-flex walks a broadcast operand element
-    // by element, two contiguous ones with SIMD (the same values either way).
-    let eye = Tensor::<B, 2>::eye(d, &device).unsqueeze::<3>().repeat_dim(0, models);
-    let a2 = a.clone().matmul(a.clone());
-    let a3 = a2.clone().matmul(a.clone());
-    let a4 = a2.clone().matmul(a2.clone());
-    let c = |n: i32| 1.0 / (1..=n).map(f64::from).product::<f64>();
-    let block = |j: i32| eye.clone() * c(4 * j) + a.clone() * c(4 * j + 1) + a2.clone() * c(4 * j + 2) + a3.clone() * c(4 * j + 3);
-    let inner = block(2) + a4.clone() * c(12);
-    let middle = block(1) + a4.clone().matmul(inner);
-    let mut acc = block(0) + a4.matmul(middle);
+    let mut acc = taylor_degree_12(a * Tensor::<B, 1>::from_floats(scale.as_slice(), &device).reshape([models, 1, 1]));
     let most = squarings.iter().copied().max().unwrap_or(0);
     for step in 0..most {
         let squared = acc.clone().matmul(acc.clone());
@@ -307,11 +313,4 @@ pub fn expm_stacked<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
         }
     }
     acc
-}
-
-/// [`polar_refine`] for each matrix of `r` (`[models, d, d]`).
-fn polar_refine_stacked<B: Backend>(r: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [models, _, d] = r.dims();
-    let gram = r.clone().swap_dims(1, 2).matmul(r.clone());
-    r.matmul(Tensor::<B, 2>::eye(d, &gram.device()).unsqueeze::<3>().repeat_dim(0, models) * 3.0 - gram) * 0.5
 }

@@ -17,7 +17,7 @@ use anyhow::{anyhow, Result};
 use burn::backend::Autodiff;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use ferrovene_data::format::parse_jsonl;
-use ferrovene_data::{tokenize, OnError, TokenizedExample};
+use ferrovene_data::{tokenize, Example, Label, OnError, TokenizedExample};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::rng::Rng;
@@ -44,22 +44,16 @@ fn write_pair_files(tok: &TextTokenizer, dir: &Path) -> Result<(PathBuf, PathBuf
         let k = i % lines.len();
         writeln!(text_file, "{}", lines[k])?;
         let (line, example) = &parsed.examples[k];
-        let TokenizedExample::Pair { base, sources, .. } = tokenize(example, tok, &capitals, *line)? else {
-            return Err(anyhow!("capitals.jsonl holds pairs"));
+        let (TokenizedExample::Pair { base, sources, .. }, Example::Pair { label: Label::Text(label), .. }) = (tokenize(example, tok, &capitals, *line)?, example) else {
+            return Err(anyhow!("capitals.jsonl holds pairs with text labels"));
         };
         let record = serde_json::json!({
             "base_ids": base.ids, "source_ids": [sources[0].ids], "positions": base.positions,
-            "source_positions": [sources[0].positions], "label": serde_json::Value::from(example_label(lines[k])?),
+            "source_positions": [sources[0].positions], "label": label,
         });
         writeln!(ids_file, "{record}")?;
     }
     Ok((text_path, ids_path))
-}
-
-/// The `label` field of a JSONL line.
-fn example_label(line: &str) -> Result<String> {
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    v["label"].as_str().map(str::to_string).ok_or_else(|| anyhow!("a text label"))
 }
 
 /// Median of `v` in milliseconds.

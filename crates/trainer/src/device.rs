@@ -171,13 +171,14 @@ fn guarded<T>(spec: DeviceSpec, run: impl FnOnce() -> Result<T>) -> Result<T> {
 fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(spec: DeviceSpec, precision: Option<Precision>, device: B::Device, adapter: Value, job: J) -> Result<J::Output> {
     let precision = resolve_precision::<B>(spec, precision, &device)?;
     ferrovene_models::precision::set_frozen_dtype(precision.dtype());
+    let cpu = ferrovene_models::cpu_features::CpuFeatures::detect();
     let _ = CHOSEN.set(json!({
         "device": spec.to_string(),
         "backend": B::name(&device),
         "adapter": adapter,
         "dtype": precision.name(),
-        "cpu": ferrovene_models::cpu_features::CpuFeatures::detect(),
-        "cpu_f32_kernels": ferrovene_models::cpu_features::CpuFeatures::detect().f32_kernels(),
+        "cpu": cpu,
+        "cpu_f32_kernels": cpu.f32_kernels(),
     }));
     job.run::<B>(device)
 }

@@ -148,7 +148,7 @@ fn stacked_trainings_equal_each_seed_alone() {
     }
 
     // The whole recipe, stacked and seed by seed: the same results, in the recipe's layer order.
-    let together = run_seeds::<AD>(&r, &device, |_| {}).unwrap();
+    let together = run_seeds::<AD>(&r, &device).unwrap();
     for (s, &seed) in r.seeds.iter().enumerate() {
         assert_eq!(together[s].layers.iter().map(|l| l.0).collect::<Vec<_>>(), r.layers);
         assert!((together[s].mlp_accuracy - alone[s].1).abs() <= 1e-3, "seed {seed}");

@@ -211,26 +211,47 @@ impl<B: AutodiffBackend> Objective<B, Mlp<B>> for MlpObjective<'_, B> {
 }
 
 
-/// Trains the MLP on the task; returns it frozen with its held-out accuracy.
-pub fn train_mlp<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: &B::Device) -> Result<(Mlp<B>, f32)> {
-    let mut rng = Rng::new(seed);
-    let config = MlpConfig { d_in: 4 * r.object_width, hidden: r.hidden.clone(), d_out: 2 };
-    let mlp = Mlp::<B>::init_seeded(&config, &mut rng, device);
-    let data: Vec<Objects> = (0..r.mlp_examples).map(|_| Objects::sample(&mut rng, r.object_width)).collect();
-    // The batch order of every epoch, drawn up front from the same generator in the same order as
-    // the samples after it.
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    let mut batches = Vec::new();
-    for _ in 0..r.mlp_epochs {
-        rng.shuffle(&mut order);
-        batches.extend(order.chunks(r.mlp_batch.max(1)).map(<[usize]>::to_vec));
+/// One seed's MLP training before it runs: the generator, the fresh MLP and its samples drawn
+/// from it, and the batch order of every epoch (drawn up front from the same generator, after the
+/// samples). The generator goes on to draw the held-out samples ([`held_out_accuracy`]).
+pub(crate) struct MlpStart<B: Backend> {
+    pub(crate) rng: Rng,
+    pub(crate) mlp: Mlp<B>,
+    pub(crate) data: Vec<Objects>,
+    pub(crate) batches: Vec<Vec<usize>>,
+}
+
+impl<B: Backend> MlpStart<B> {
+    /// The draws of seed `seed`, in the order every run of the recipe makes them.
+    pub(crate) fn draw(r: &HierarchicalRecipe, seed: u64, device: &B::Device) -> Self {
+        let mut rng = Rng::new(seed);
+        let config = MlpConfig { d_in: 4 * r.object_width, hidden: r.hidden.clone(), d_out: 2 };
+        let mlp = Mlp::<B>::init_seeded(&config, &mut rng, device);
+        let data: Vec<Objects> = (0..r.mlp_examples).map(|_| Objects::sample(&mut rng, r.object_width)).collect();
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        let mut batches = Vec::new();
+        for _ in 0..r.mlp_epochs {
+            rng.shuffle(&mut order);
+            batches.extend(order.chunks(r.mlp_batch.max(1)).map(<[usize]>::to_vec));
+        }
+        MlpStart { rng, mlp, data, batches }
     }
-    let objective = MlpObjective { data: &data, batches, device: device.clone() };
-    let mlp = fit(&objective, mlp, &FitConfig::constant(1, r.mlp_lr, seed, false), FitIo::default())?.module.no_grad();
-    let test: Vec<Objects> = (0..10_000).map(|_| Objects::sample(&mut rng, r.object_width)).collect();
+}
+
+/// The trained MLP's accuracy on 10,000 fresh samples drawn from `rng`.
+pub(crate) fn held_out_accuracy<B: Backend>(mlp: &Mlp<B>, rng: &mut Rng, r: &HierarchicalRecipe, device: &B::Device) -> Result<f32> {
+    let test: Vec<Objects> = (0..10_000).map(|_| Objects::sample(rng, r.object_width)).collect();
     let xs: Vec<&[f32]> = test.iter().map(|o| o.x.as_slice()).collect();
     let predicted = argmax(mlp.predict(rows::<B>(&xs, device)))?;
-    let accuracy = predicted.iter().zip(&test).filter(|(p, o)| (**p == 1) == o.label()).count() as f32 / test.len() as f32;
+    Ok(predicted.iter().zip(&test).filter(|(p, o)| (**p == 1) == o.label()).count() as f32 / test.len() as f32)
+}
+
+/// Trains the MLP on the task; returns it frozen with its held-out accuracy.
+pub fn train_mlp<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: &B::Device) -> Result<(Mlp<B>, f32)> {
+    let MlpStart { mut rng, mlp, data, batches } = MlpStart::<B>::draw(r, seed, device);
+    let objective = MlpObjective { data: &data, batches, device: device.clone() };
+    let mlp = fit(&objective, mlp, &FitConfig::constant(1, r.mlp_lr, seed, false), FitIo::default())?.module.no_grad();
+    let accuracy = held_out_accuracy(&mlp, &mut rng, r, device)?;
     Ok((mlp, accuracy))
 }
 

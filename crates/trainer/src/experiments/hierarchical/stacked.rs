@@ -11,11 +11,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use ferrovene_interventions::orthogonal::{torch_square_q_stacked, TorchOrthogonal};
-use ferrovene_models::arch::mlp::{Mlp, MlpConfig, StackedMlp};
+use ferrovene_models::arch::mlp::{Mlp, StackedMlp};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site};
 
-use super::{argmax, iia, prepare, rows, EqualityPair, HierarchicalRecipe, Objects, SeedResult};
+use super::{held_out_accuracy, iia, prepare, rows, EqualityPair, HierarchicalRecipe, MlpStart, Objects, SeedResult};
 use crate::fit::{epoch_order, fit, FitConfig, FitIo, Objective};
 
 /// Mean cross-entropy of each model's rows: logits `[models, rows, classes]`, labels
@@ -72,22 +72,14 @@ impl<B: AutodiffBackend> Objective<B, StackedMlp<B>> for StackedMlpObjective<'_,
 /// [`super::train_mlp`] for every seed at once: per seed, its frozen MLP and held-out accuracy,
 /// equal to that seed's run alone to rounding.
 pub fn train_mlps<B: AutodiffBackend>(r: &HierarchicalRecipe, seeds: &[u64], device: &B::Device) -> Result<Vec<(Mlp<B>, f32)>> {
-    let config = MlpConfig { d_in: 4 * r.object_width, hidden: r.hidden.clone(), d_out: 2 };
     let (mut rngs, mut mlps, mut data, mut batches) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for &seed in seeds {
-        // The same draws in the same order as train_mlp: the model, the samples, the orders.
-        let mut rng = Rng::new(seed);
-        mlps.push(Mlp::<B>::init_seeded(&config, &mut rng, device));
-        let samples: Vec<Objects> = (0..r.mlp_examples).map(|_| Objects::sample(&mut rng, r.object_width)).collect();
-        let mut order: Vec<usize> = (0..samples.len()).collect();
-        let mut seed_batches = Vec::new();
-        for _ in 0..r.mlp_epochs {
-            rng.shuffle(&mut order);
-            seed_batches.extend(order.chunks(r.mlp_batch.max(1)).map(<[usize]>::to_vec));
-        }
-        data.push(samples);
-        batches.push(seed_batches);
-        rngs.push(rng);
+        // The same draws in the same order as train_mlp.
+        let start = MlpStart::<B>::draw(r, seed, device);
+        rngs.push(start.rng);
+        mlps.push(start.mlp);
+        data.push(start.data);
+        batches.push(start.batches);
     }
     let objective = StackedMlpObjective { data: &data, batches: &batches, device: device.clone() };
     let stacked = StackedMlp::stack(&mlps)?;
@@ -96,10 +88,7 @@ pub fn train_mlps<B: AutodiffBackend>(r: &HierarchicalRecipe, seeds: &[u64], dev
         .enumerate()
         .map(|(s, rng)| {
             let mlp = fresh_mlp(trained.model(s));
-            let test: Vec<Objects> = (0..10_000).map(|_| Objects::sample(rng, r.object_width)).collect();
-            let xs: Vec<&[f32]> = test.iter().map(|o| o.x.as_slice()).collect();
-            let predicted = argmax(mlp.predict(rows::<B>(&xs, device)))?;
-            let accuracy = predicted.iter().zip(&test).filter(|(p, o)| (**p == 1) == o.label()).count() as f32 / test.len() as f32;
+            let accuracy = held_out_accuracy(&mlp, rng, r, device)?;
             Ok((mlp, accuracy))
         })
         .collect()
@@ -138,15 +127,12 @@ impl<B: Backend> StackedRotations<B> {
     }
 }
 
-/// One rotation's training data: its seed's MLP (by index), its layer, and its padded batches as
-/// `[batches, rows, width]` tensors, with labels and row weights flat per batch.
-struct Aligned<B: Backend> {
-    seed_index: usize,
-    base: Tensor<B, 3>,
-    wx_source: Tensor<B, 3>,
-    yz_source: Tensor<B, 3>,
-    wx_mask: Tensor<B, 3>,
-    yz_mask: Tensor<B, 3>,
+/// One of a batch's inputs (base, WX source, YZ source, WX mask, YZ mask).
+type BatchInput<B> = fn(&super::EqualityBatch<B>) -> &Tensor<B, 2>;
+
+/// One rotation's labels and row weights (1 for a pair, 0 for padding), per batch; its inputs
+/// are in [`StackedDasObjective::inputs`].
+struct Aligned {
     labels: Vec<Vec<i64>>,
     weights: Vec<Vec<f32>>,
 }
@@ -155,7 +141,7 @@ struct Aligned<B: Backend> {
 /// run, in the order its seed shuffles.
 struct StackedDasObjective<'a, B: Backend> {
     mlps: &'a StackedMlp<B>,
-    models: &'a [Aligned<B>],
+    models: &'a [Aligned],
     /// Every model's batches in one tensor per input (base, WX source, YZ source, WX mask, YZ
     /// mask), `[models · batches, rows, width]`: a step's batches are one `select` of it.
     inputs: [Tensor<B, 3>; 5],
@@ -201,10 +187,9 @@ fn padded<B: Backend>(t: Tensor<B, 2>, rows: usize) -> Tensor<B, 2> {
 
 /// The whole recipe with stacked trainings: per seed the same [`SeedResult`] as
 /// [`super::run_seed`], to rounding.
-pub fn run_seeds<B: AutodiffBackend>(r: &HierarchicalRecipe, device: &B::Device, mut phase: impl FnMut(&str)) -> Result<Vec<SeedResult>> {
+pub fn run_seeds<B: AutodiffBackend>(r: &HierarchicalRecipe, device: &B::Device) -> Result<Vec<SeedResult>> {
     let seeds = &r.seeds;
     let trained = train_mlps::<B>(r, seeds, device)?;
-    phase("mlps_trained");
     let frozen = StackedMlp::stack(&trained.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>())?;
     let mut pairs = Vec::new();
     for &seed in seeds {
@@ -232,7 +217,6 @@ pub fn run_seeds<B: AutodiffBackend>(r: &HierarchicalRecipe, device: &B::Device,
             }
         }
     }
-    phase("rotations_trained");
     // Results in the recipe's layer order, as run_seed gives them.
     Ok(trained
         .iter()
@@ -256,7 +240,10 @@ pub fn align<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Vec<Tensor<B, 2>>> {
     let rows_per_batch = r.das_batch.max(1);
-    let (mut models, mut bases, mut xs, mut groups) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut models, mut order, mut bases, mut xs, mut groups) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Per input (base, WX source, YZ source, WX mask, YZ mask), each model's padded batches.
+    let mut inputs: [Vec<Tensor<B, 3>>; 5] = Default::default();
+    let mut n = 0;
     for &layer in layers {
         groups.push((layer - 1, models.len(), trained.len()));
         let site = Site::new(layer - 1, Component::Hidden);
@@ -264,37 +251,29 @@ pub fn align<B: AutodiffBackend>(
         for (s, (mlp, _)) in trained.iter().enumerate() {
             let seed = r.seeds[s];
             let batches = prepare(mlp, site, &pairs[s].0, rows_per_batch, device)?;
-            let stack = |t: fn(&super::EqualityBatch<B>) -> &Tensor<B, 2>| Tensor::stack::<3>(batches.iter().map(|b| padded(t(b).clone(), rows_per_batch)).collect(), 0);
-            let labels = batches.iter().map(|b| (0..rows_per_batch).map(|i| b.labels.get(i).map_or(0, |&l| l as i64)).collect()).collect();
-            let weights = batches.iter().map(|b| (0..rows_per_batch).map(|i| (i < b.labels.len()) as u8 as f32).collect()).collect();
+            n = batches.len();
+            let stack = |t: BatchInput<B>| Tensor::stack::<3>(batches.iter().map(|b| padded(t(b).clone(), rows_per_batch)).collect(), 0);
+            let picks: [BatchInput<B>; 5] = [|b| &b.base, |b| &b.wx_source, |b| &b.yz_source, |b| &b.wx_mask, |b| &b.yz_mask];
+            for (input, pick) in inputs.iter_mut().zip(picks) {
+                input.push(stack(pick));
+            }
             models.push(Aligned {
-                seed_index: s,
-                base: stack(|b| &b.base),
-                wx_source: stack(|b| &b.wx_source),
-                yz_source: stack(|b| &b.yz_source),
-                wx_mask: stack(|b| &b.wx_mask),
-                yz_mask: stack(|b| &b.yz_mask),
-                labels,
-                weights,
+                labels: batches.iter().map(|b| (0..rows_per_batch).map(|i| b.labels.get(i).map_or(0, |&l| l as i64)).collect()).collect(),
+                weights: batches.iter().map(|b| (0..rows_per_batch).map(|i| (i < b.labels.len()) as u8 as f32).collect()).collect(),
             });
+            // fit's shuffled order for the seed, laid out over all epochs.
+            order.push((0..r.das_epochs).flat_map(|e| epoch_order(seed, e, n)).collect());
             // The start run_seed draws for this (seed, layer).
             let start = TorchOrthogonal::<B>::haar(width, width, &mut Rng::new(seed.wrapping_add(layer as u64)), device);
             bases.push(start.base.val());
             xs.push(start.x.val());
         }
     }
-    let n = models.first().map_or(0, |m| m.labels.len());
-    // fit's shuffled order for each model's seed, laid out over all epochs.
-    let order = models
-        .iter()
-        .map(|m| (0..r.das_epochs).flat_map(|e| epoch_order(r.seeds[m.seed_index], e, n)).collect())
-        .collect();
     let rotations = StackedRotations {
         base: Param::from_tensor(Tensor::stack::<3>(bases, 0).detach()).set_require_grad(false),
         x: Param::from_tensor(Tensor::stack::<3>(xs, 0).detach()),
     };
-    let all = |t: fn(&Aligned<B>) -> &Tensor<B, 3>| Tensor::cat(models.iter().map(|m| t(m).clone()).collect(), 0);
-    let inputs = [all(|m| &m.base), all(|m| &m.wx_source), all(|m| &m.yz_source), all(|m| &m.wx_mask), all(|m| &m.yz_mask)];
+    let inputs = inputs.map(|per_model| Tensor::cat(per_model, 0));
     let objective = StackedDasObjective { mlps: frozen, models: &models, inputs, n, order, groups };
     let fitted = fit(&objective, rotations, &FitConfig::constant(1, r.das_lr, r.seeds[0], false), FitIo::default())?;
     let matrices = fitted.module.matrices();
@@ -315,7 +294,7 @@ pub fn run_seeds_in_threads<B: AutodiffBackend>(r: &HierarchicalRecipe, device: 
             .iter()
             .map(|share| {
                 scope.spawn(move || {
-                    let out = run_seeds::<B>(share, device, |_| {});
+                    let out = run_seeds::<B>(share, device);
                     done();
                     out
                 })
