@@ -8,6 +8,7 @@ pub mod batch;
 pub mod error;
 pub mod filler_gap;
 pub mod format;
+pub mod names;
 pub mod positions;
 pub mod strict_json;
 pub mod suite;

@@ -64,6 +64,14 @@ pub struct Suite {
     pub tasks: BTreeMap<String, Task>,
 }
 
+/// Region names a sweep gives a meaning of its own (`label`: the label variable's slot; `last`:
+/// the last token; `all`: every region); no variable may take one.
+pub const RESERVED_REGIONS: [&str; 3] = ["label", "last", "all"];
+
+/// Most pairs (training and test together) one task may ask for: more is not a sweep anyone
+/// runs, and would be allocated before the first pair is drawn.
+pub const MAX_PAIRS_PER_TASK: usize = 1_000_000;
+
 /// A template cut at its slots: literal text and variable names, alternating.
 #[derive(Debug, Clone, PartialEq)]
 enum Piece {
@@ -82,7 +90,11 @@ pub fn read_suite(path: &Path) -> Result<Suite> {
         return Err(file_err("the suite has no tasks".into()));
     }
     for (name, task) in &tasks {
+        crate::names::check_file_name(name).map_err(|why| file_err(format!("task name {name:?}: {why}")))?;
         task.check().map_err(|reason| file_err(format!("task `{name}`: {reason}")))?;
+    }
+    if let Some((a, b)) = crate::names::case_collision(tasks.keys().map(String::as_str)) {
+        return Err(file_err(format!("tasks `{a}` and `{b}` differ only in case: their folders would be one on macOS and Windows; rename one")));
     }
     Ok(Suite { path: path.to_path_buf(), tasks })
 }
@@ -120,6 +132,9 @@ impl Task {
         if self.templates.is_empty() {
             return Err("no templates".into());
         }
+        if let Some(v) = self.variables.keys().find(|v| RESERVED_REGIONS.contains(&v.as_str())) {
+            return Err(format!("variable `{v}`: `label`, `last` and `all` are the region names a sweep reserves (the label variable's slot, the last token, every region), so a slot of that name could never be intervened on; rename the variable"));
+        }
         if self.labels.len() != 2 {
             return Err(format!("`labels` has {} classes ({}); a task contrasts exactly two", self.labels.len(), self.classes().join(", ")));
         }
@@ -143,6 +158,15 @@ impl Task {
             };
             if lists.iter().any(|l| l.is_empty()) {
                 return Err(format!("`variables.{name}` has an empty list of fillers"));
+            }
+            if name == &self.label && let Some(empty) = lists.iter().flat_map(|l| l.iter()).find(|w| w.trim().is_empty()) {
+                return Err(format!("the label variable `{name}` has the empty filler {empty:?}: its slot would cover no token, so there would be nothing to intervene on; give it a word"));
+            }
+            for l in &lists {
+                let mut seen = HashSet::new();
+                if let Some(twice) = l.iter().find(|w| !seen.insert(w.as_str())) {
+                    return Err(format!("`variables.{name}` lists {twice:?} twice: two combinations would make the same sentences, on both sides of the train/test split; remove one"));
+                }
             }
         }
         for template in &self.templates {
@@ -234,7 +258,7 @@ fn combinations(name: &str, task: &Task, count: usize, seed: u64) -> std::result
     let mut rng = Rng::new(seed);
     let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
     let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::with_capacity(count.min(1 << 16));
     let mut tries = 0usize;
     while out.len() < count {
         tries += 1;
@@ -334,6 +358,9 @@ pub struct Split {
 pub fn split(suite: &Suite, name: &str, train: usize, test: usize, seed: u64) -> Result<Split> {
     let err = |reason: String| DataError::File { path: suite.path.clone(), reason };
     let task = suite.tasks.get(name).ok_or_else(|| err(format!("no task `{name}` (tasks: {})", suite.tasks.keys().cloned().collect::<Vec<_>>().join(", "))))?;
+    if train.saturating_add(test) > MAX_PAIRS_PER_TASK {
+        return Err(err(format!("task `{name}`: {train} training and {test} test pairs asked, more than the {MAX_PAIRS_PER_TASK} a task may have; ask for fewer")));
+    }
     let (n_train, n_test) = (train.div_ceil(2), test.div_ceil(2));
     let combos = combinations(name, task, n_train + n_test, seed).map_err(err)?;
     let expand = |cs: &[Combination]| -> Vec<Example> { cs.iter().flat_map(|c| pairs_of(name, task, c)).collect() };

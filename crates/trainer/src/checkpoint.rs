@@ -73,22 +73,35 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
+    if !run_dir.is_dir() {
+        bail!("the run folder {} was removed while the run was going: no checkpoint can be written (start the run again)", run_dir.display());
+    }
     let root = folder(run_dir);
     let name = format!("step-{:06}", state.step);
     let tmp = root.join(format!("{name}.tmp"));
     let done = root.join(&name);
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating checkpoint folder {}", tmp.display()))?;
-    let rec = Rec::new();
-    let fail = |what: &str, e: burn::record::RecorderError| anyhow!("writing the {what} of checkpoint {}: {e:?}", tmp.display());
-    rec.record(iv.clone().into_record(), tmp.join("intervention")).map_err(|e| fail("intervention", e))?;
-    rec.record(opt.to_record(), tmp.join("optimizer")).map_err(|e| fail("optimizer state", e))?;
-    if let Some(b) = best {
-        rec.record(b.clone().into_record(), tmp.join("best")).map_err(|e| fail("best intervention", e))?;
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(|e| crate::run_dir::io_error(e, "creating checkpoint folder", &tmp))?;
+        let rec = Rec::new();
+        let fail = |what: &str, e: burn::record::RecorderError| anyhow!("writing the {what} of checkpoint {}: {}", tmp.display(), recorder_reason(&e));
+        rec.record(iv.clone().into_record(), tmp.join("intervention")).map_err(|e| fail("intervention", e))?;
+        rec.record(opt.to_record(), tmp.join("optimizer")).map_err(|e| fail("optimizer state", e))?;
+        if let Some(b) = best {
+            rec.record(b.clone().into_record(), tmp.join("best")).map_err(|e| fail("best intervention", e))?;
+        }
+        let state_path = tmp.join("state.json");
+        std::fs::write(&state_path, serde_json::to_vec_pretty(state)?).map_err(|e| crate::run_dir::io_error(e, "writing", &state_path))?;
+        let _ = std::fs::remove_dir_all(&done);
+        std::fs::rename(&tmp, &done).map_err(|e| crate::run_dir::io_error(e, "moving into place checkpoint", &tmp))?;
+        crate::run_dir::sync_folder(&root);
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // Nothing half-written stays behind (a full disk fails here).
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
-    let _ = std::fs::remove_dir_all(&done);
-    std::fs::rename(&tmp, &done).with_context(|| format!("moving {} into place", tmp.display()))?;
     crate::run_dir::write_atomic(&root.join("latest"), name.as_bytes())?;
     // Keep the newest two.
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)?
@@ -100,6 +113,12 @@ where
         let _ = std::fs::remove_dir_all(old);
     }
     Ok(done)
+}
+
+/// A recorder error as the user reads it: a full disk says "no space left on device".
+fn recorder_reason(e: &burn::record::RecorderError) -> String {
+    let text = format!("{e:?}");
+    if text.contains("code: 28") || text.contains("StorageFull") { "no space left on device".into() } else { text }
 }
 
 /// Whether `run_dir` has a checkpoint to resume from.

@@ -31,3 +31,4 @@ pub mod plot;
 pub mod recipe;
 pub mod run_dir;
 pub mod schedule;
+pub mod units;

@@ -149,6 +149,11 @@ enum Command {
         out: std::path::PathBuf,
         #[command(flatten)]
         compute: Compute,
+        /// Go on with an interrupted sweep: its run folder (runs/NAME/STAMP). The units it
+        /// finished (in units.jsonl) are kept, the others run, and the final files are those of
+        /// an uninterrupted run. The sweep's settings are the ones saved in the folder.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["layers", "positions", "regions", "tasks", "methods", "templates", "full", "no_generalization", "sets"])]
+        resume: Option<std::path::PathBuf>,
     },
     /// Apply an exported intervention to a prompt: the next-token prediction before and after, or
     /// generated text without and with it.
@@ -227,8 +232,8 @@ fn main() -> Result<()> {
     match cli.command {
         Command::List => commands::list(),
         Command::Recipe(args) => run::run_recipe(args),
-        Command::Sweep { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute } => {
-            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute })
+        Command::Sweep { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute, resume } => {
+            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute, resume })
         }
         Command::Predict { model, prompt, top, json, compute } => {
             dispatch(compute, predict::Predict { model, prompt, top, json })

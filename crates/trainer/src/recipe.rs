@@ -60,12 +60,21 @@ pub struct Override {
     pub key: String,
     /// Its new value.
     pub value: toml::Value,
+    /// How the user wrote it, for errors: `--set key=value`, or the flag (`--layers 4,4`).
+    pub typed: String,
 }
 
 impl Override {
-    /// An override from a key and a value built in code (`--seed`, `--layers`, …).
+    /// An override from a key and a value built in code (`--seed`, `--layers`, …); errors show
+    /// it as `--set key=value` unless [`Override::typed_as`] says otherwise.
     pub fn new(key: &str, value: impl Into<toml::Value>) -> Self {
-        Override { key: key.to_string(), value: value.into() }
+        let value = value.into();
+        Override { typed: format!("--set {key}={value}"), key: key.to_string(), value }
+    }
+
+    /// The same override, shown in errors as the user typed it (e.g. `--layers 4,4`).
+    pub fn typed_as(self, typed: impl Into<String>) -> Self {
+        Override { typed: typed.into(), ..self }
     }
 }
 
@@ -76,7 +85,7 @@ impl FromStr for Override {
         let (key, value) = set.split_once('=').ok_or_else(|| anyhow!("--set `{set}`: write it as key=value"))?;
         let value = value.trim();
         let value = value.parse::<toml::Value>().unwrap_or_else(|_| toml::Value::String(value.to_string()));
-        Ok(Override { key: key.trim().to_string(), value })
+        Ok(Override { key: key.trim().to_string(), value, typed: format!("--set {set}") })
     }
 }
 
@@ -98,12 +107,20 @@ pub enum Layers {
     All(String),
 }
 
+/// The first name `names` lists twice, if any (a sweep axis runs each value once).
+pub fn first_duplicate(names: &[String]) -> Option<&String> {
+    names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n)
+}
+
 impl Layers {
     /// Checks the value without a model: a non-empty list, or the word `"all"`.
     pub fn check(&self) -> Result<()> {
         match self {
             Layers::List(v) if v.is_empty() => bail!("`layers` is empty"),
-            Layers::List(_) => Ok(()),
+            Layers::List(v) => match v.iter().enumerate().find(|(i, l)| v[..*i].contains(l)) {
+                Some((_, l)) => bail!("`layers` lists layer {l} twice: each layer is swept once"),
+                None => Ok(()),
+            },
             Layers::All(w) if w == "all" => Ok(()),
             Layers::All(w) => bail!("`layers` is a list of layers or \"all\", not {w:?}"),
         }
@@ -114,7 +131,7 @@ impl Layers {
         match self {
             Layers::List(v) => {
                 if let Some(&bad) = v.iter().find(|&&l| l >= n) {
-                    bail!("layer {bad} does not exist: the model has layers 0..{}", n - 1);
+                    bail!("layer {bad} does not exist: the model has {n} layers, 0 to {} (inclusive)", n - 1);
                 }
                 Ok(v.clone())
             }

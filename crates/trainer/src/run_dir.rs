@@ -5,37 +5,62 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-/// A run's folder, its clock and the recipe it runs.
+/// A run's folder, its clock and the recipe it runs. The folder belongs to this process for the
+/// run's life: an advisory lock on its `.lock` file (released when the process ends, however it
+/// ends) refuses a second run or `--resume` into it.
 pub struct RunDir {
     path: PathBuf,
     started: Instant,
     config: Value,
+    /// Holds the folder's lock while the run lives.
+    _lock: std::fs::File,
 }
 
+/// The lock file in every run folder; it holds the pid of the process that has the folder.
+const LOCK: &str = ".lock";
+
+/// The first line of `recipe.toml`: which recipe (by name) the folder is a run of.
+const NAME_LINE: &str = "# run of recipe: ";
+
 impl RunDir {
-    /// A fresh folder `root/name/<timestamp>` (suffixed if two runs start in the same second)
-    /// with `recipe.toml` (the recipe as run, TOML) written into it.
+    /// A fresh folder `root/name/<timestamp>` (suffixed `-1`, `-2`, … if taken: the folder is
+    /// created exclusively, so two runs starting at once get two folders), locked, with
+    /// `recipe.toml` (the recipe as run, TOML, under a comment naming the recipe) written into it.
     pub fn create(root: &Path, name: &str, as_run: &str) -> Result<Self> {
         let started = Instant::now();
-        let base = root.join(name).join(timestamp());
-        let mut path = base.clone();
-        let mut i = 1;
-        while path.exists() {
-            path = PathBuf::from(format!("{}-{i}", base.display()));
-            i += 1;
-        }
-        std::fs::create_dir_all(&path).with_context(|| format!("creating run folder {}", path.display()))?;
-        let dir = RunDir { path, started, config: config_of(as_run)? };
-        dir.write("recipe.toml", as_run)?;
+        let parent = root.join(name);
+        std::fs::create_dir_all(&parent).with_context(|| format!("creating the runs folder {}", parent.display()))?;
+        let stamp = timestamp();
+        let mut i = 0;
+        let path = loop {
+            let path = parent.join(if i == 0 { stamp.clone() } else { format!("{stamp}-{i}") });
+            match std::fs::create_dir(&path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 10_000 => i += 1,
+                Err(e) => return Err(io_error(e, "creating run folder", &path)),
+            }
+        };
+        let lock = lock(&path)?;
+        let dir = RunDir { path, started, config: config_of(as_run)?, _lock: lock };
+        dir.write("recipe.toml", format!("{NAME_LINE}{name}\n{as_run}"))?;
         Ok(dir)
     }
 
-    /// An existing run folder (to resume it); the clock starts now.
-    pub fn reopen(path: &Path, as_run: &str) -> Result<Self> {
-        Ok(RunDir { path: path.to_path_buf(), started: Instant::now(), config: config_of(as_run)? })
+    /// An existing run folder of recipe `name` (to resume it), locked; the clock starts now.
+    /// Refused when another process holds the folder (naming its pid), or when the folder is a
+    /// run of another recipe.
+    pub fn reopen(path: &Path, name: &str, as_run: &str) -> Result<Self> {
+        if !path.is_dir() {
+            bail!("--resume {}: no such run folder", path.display());
+        }
+        if let Some(held) = recipe_name(path).filter(|h| h != name) {
+            bail!("--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`", path.display(), path.display());
+        }
+        let lock = lock(path)?;
+        Ok(RunDir { path: path.to_path_buf(), started: Instant::now(), config: config_of(as_run)?, _lock: lock })
     }
 
     /// The folder.
@@ -53,9 +78,27 @@ impl RunDir {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Writes `name` atomically: a temporary file beside it, then a rename.
+    /// Writes `name` atomically: a temporary file beside it, then a rename. A run folder removed
+    /// during the run is an error, never silently made again.
     pub fn write(&self, name: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> Result<PathBuf> {
+        self.check_present()?;
         write_atomic(&self.join(name), contents.as_ref())
+    }
+
+    /// The subfolder `name` (made if missing) of a folder that must still be there.
+    pub fn subfolder(&self, name: impl AsRef<Path>) -> Result<PathBuf> {
+        self.check_present()?;
+        let path = self.join(name);
+        std::fs::create_dir_all(&path).map_err(|e| io_error(e, "creating", &path))?;
+        Ok(path)
+    }
+
+    /// An error when the folder is gone (removed while the run was going).
+    pub fn check_present(&self) -> Result<()> {
+        if !self.path.is_dir() {
+            bail!("the run folder {} was removed while the run was going: nothing more is written there (start the run again)", self.path.display());
+        }
+        Ok(())
     }
 
     /// Writes `report.json`: `body` with the recipe as run (`config`), the total time, the
@@ -80,22 +123,94 @@ impl RunDir {
     }
 }
 
+/// Takes the lock of run folder `path` (creating its lock file) and writes this process's pid
+/// into it; refused, naming the holder's pid, when another process has the folder.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let file_path = path.join(LOCK);
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&file_path).map_err(|e| io_error(e, "opening", &file_path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let holder = if pid.trim().is_empty() { "another process".to_string() } else { format!("process {}", pid.trim()) };
+            bail!("run folder {} is in use by {holder} (a run or a --resume still going); wait for it to end, or stop it, before resuming", path.display());
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error(e, "locking", &file_path)),
+    }
+    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id())).map_err(|e| io_error(e, "writing", &file_path))?;
+    Ok(file)
+}
+
+/// An error naming the holder when another process holds run folder `path` (checked before a
+/// `--resume` loads anything; the run takes the lock itself when it reopens the folder).
+pub fn check_not_in_use(path: &Path) -> Result<()> {
+    lock(path).map(drop)
+}
+
+/// The recipe name a run folder says it is a run of: `recipe.toml`'s first line (`None` for
+/// folders written before that line existed; their kind is still checked on `--resume`).
+pub fn recipe_name(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path.join("recipe.toml")).ok()?;
+    text.lines().next().and_then(|l| l.strip_prefix(NAME_LINE)).map(|name| name.trim().to_string())
+}
+
+/// An I/O error as the user reads it: what was being done to which file, and the OS's reason
+/// (a full disk says "no space left on device").
+pub fn io_error(e: std::io::Error, doing: &str, path: &Path) -> anyhow::Error {
+    let reason = match e.raw_os_error() {
+        Some(28) => "no space left on device".to_string(),
+        _ => e.to_string(),
+    };
+    anyhow!("{doing} {}: {reason}", path.display())
+}
+
 /// The recipe as run, as JSON for the report.
 fn config_of(as_run: &str) -> Result<Value> {
     let table: toml::Table = toml::from_str(as_run).context("the recipe as run is not TOML")?;
     Ok(serde_json::to_value(table)?)
 }
 
-/// Writes a file atomically: a temporary file beside `path`, synced to disk, then a rename over
-/// it; a kill or power loss leaves the old file or the new one, never half of one.
+/// Writes a file atomically: a temporary file beside `path` (named for this process and write,
+/// so two writers never share one), synced to disk, renamed over `path`, then the folder synced
+/// so the rename itself survives a power loss. A kill leaves the old file or the new one, never
+/// half of one; an error (a full disk) removes the temporary file and names `path`.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<PathBuf> {
     use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let _writing = hold_writes();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(contents).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error(e, "writing", path));
+    }
+    sync_folder(path.parent().unwrap_or(Path::new(".")));
     Ok(path.to_path_buf())
+}
+
+/// Held while [`write_atomic`] writes; an exit on a signal takes it first, so that it never
+/// leaves a temporary file behind.
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits for the file being written (if any) and keeps others from starting while held.
+pub fn hold_writes() -> std::sync::MutexGuard<'static, ()> {
+    WRITING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Syncs a folder's entries to disk (what makes a rename into it durable); best effort, as some
+/// file systems refuse to open a folder for it.
+pub fn sync_folder(folder: &Path) {
+    let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+    if let Ok(f) = std::fs::File::open(folder) {
+        let _ = f.sync_all();
+    }
 }
 
 /// The machine a run ran on (OS, architecture, CPUs).
@@ -129,4 +244,70 @@ pub fn timestamp() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
     format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferrovene-rundir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn folders_are_created_exclusively_and_one_process_holds_each() {
+        let root = fresh("excl");
+        // Eight creations at once in one second: eight folders, each with its own recipe.
+        let dirs: Vec<RunDir> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8).map(|i| { let root = &root; s.spawn(move || RunDir::create(root, "r", &format!("seed = {i}\n")).unwrap()) }).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), 8);
+        for d in &dirs {
+            let text = std::fs::read_to_string(d.join("recipe.toml")).unwrap();
+            assert!(text.starts_with("# run of recipe: r\n"), "{text}");
+            assert_eq!(recipe_name(d.path()).as_deref(), Some("r"));
+        }
+        // flock is per open file: a second open in this process is refused as another's would be.
+        let e = RunDir::reopen(dirs[0].path(), "r", "seed = 0\n").err().unwrap().to_string();
+        assert!(e.contains(&format!("in use by process {}", std::process::id())), "{e}");
+        let e = RunDir::reopen(dirs[1].path(), "other", "seed = 1\n").err().unwrap().to_string();
+        assert!(e.contains("is a run of recipe `r`, not `other`"), "{e}");
+        let path = dirs[2].path().to_path_buf();
+        drop(dirs);
+        assert!(RunDir::reopen(&path, "r", "seed = 2\n").is_ok(), "free once its holder is gone");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_removed_run_folder_is_an_error_not_made_again() {
+        let root = fresh("gone");
+        let d = RunDir::create(&root, "r", "seed = 1\n").unwrap();
+        std::fs::remove_dir_all(d.path()).unwrap();
+        let e = d.write("report.json", "{}").unwrap_err().to_string();
+        assert!(e.contains("was removed while the run was going"), "{e}");
+        assert!(d.subfolder("tasks/t").is_err());
+        assert!(!d.path().exists(), "not made again");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file_and_names_the_file() {
+        let root = fresh("fail");
+        // A rename over a folder that is not empty fails after the temporary file is written.
+        let target = root.join("busy");
+        std::fs::create_dir_all(target.join("inside")).unwrap();
+        let e = write_atomic(&target, b"numbers").unwrap_err().to_string();
+        assert!(e.contains(&target.display().to_string()), "{e}");
+        let left: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left, vec!["busy".to_string()], "temporary files left: {left:?}");
+        let full = io_error(std::io::Error::from_raw_os_error(28), "writing", Path::new("runs/x/results.csv"));
+        assert_eq!(full.to_string(), "writing runs/x/results.csv: no space left on device");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -266,6 +266,10 @@ fn probe_and_reft_recipes_run_end_to_end() {
         .output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("class probabilities"));
+    // A probe intervenes on nothing: `eval` on pairs is refused rather than printing IIA 0.
+    let out = trainer().args(["eval", "--pairs"]).arg(dir.join("held-out.jsonl")).arg("--intervention").arg(run.join("intervention.safetensors")).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("a probe reads its site and changes nothing"), "{e}");
 
     // reft: a few prompts with their targets; a short run that leaves its numbers
     let lines: Vec<String> = ["red", "blue", "green", "gold", "grey", "pink", "teal", "navy"]

@@ -35,8 +35,8 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let tok = loaded.tokenizer.clone().unwrap();
     let texts = |t: &[&str]| t.iter().map(|s| if s.starts_with('{') { "Everything is lovely and bright.".to_string() } else { s.to_string() }).collect::<Vec<_>>();
     let site = Site::new(10, Component::BlockOutput);
-    let p = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&positive), site, &dev).unwrap();
-    let n = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&negative), site, &dev).unwrap();
+    let p = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&positive), site, "positive", &dev).unwrap();
+    let n = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&negative), site, "negative", &dev).unwrap();
     let expected: Vec<f32> = (p.mean_dim(0) - n.mean_dim(0)).into_data().to_vec().unwrap();
     let (iv, config) = ferrovene_interventions::export::load::<B>(&out_path, &dev).unwrap();
     let Intervention::Steering(s) = iv else { panic!("a steering vector") };
@@ -67,4 +67,20 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let nan = trainer().args(["apply", "--prompt", "x", "--scale", "nan", "--intervention"]).arg(&out_path).output().unwrap();
     let e = String::from_utf8_lossy(&nan.stderr);
     assert!(nan.status.code() == Some(1) && e.contains("--scale must be a finite number"), "{e}");
+    // A scale that swamps the residual stream is not shown as a result without a word.
+    let huge = trainer().args(["apply", "--prompt", "Today I feel", "--scale", "1e38", "--intervention"]).arg(&out_path).output().unwrap();
+    let e = String::from_utf8_lossy(&huge.stderr);
+    assert!(e.contains("not finite numbers") || e.contains("about uniform"), "{e}");
+    // The same texts on both sides make a zero vector: refused.
+    let same = trainer().args(["steer", "--layer", "10", "--positive"]).arg(dir.join("pos.txt")).arg("--negative").arg(dir.join("pos.txt")).arg("--out").arg(dir.join("zero.safetensors")).output().unwrap();
+    let e = String::from_utf8_lossy(&same.stderr);
+    assert!(!same.status.success() && e.contains("give the same mean activation"), "{e}");
+    assert!(!dir.join("zero.safetensors").exists());
+    // Text files are read as strictly as pair files, errors naming the file and line.
+    std::fs::write(dir.join("dup.jsonl"), "{\"text\": \"fine\"}\n{\"text\": \"a\", \"text\": \"b\"}\n").unwrap();
+    std::fs::write(dir.join("empty.jsonl"), "{\"text\": \"fine\"}\n\n{\"text\": \"\"}\n").unwrap();
+    for (file, says) in [("dup.jsonl", "dup.jsonl:2: not valid JSON"), ("empty.jsonl", "empty.jsonl:3: `text` is empty")] {
+        let e = trainer::commands::steer::read_texts(&dir.join(file)).unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+    }
 }

@@ -96,7 +96,17 @@ impl Apply {
                 let own = vec![config.placement.positions.clone()];
                 match resolve_positions(&own, ids.len(), "prompt (the export's positions)") {
                     Ok(p) => (own, p),
-                    Err(_) => (vec!["last".to_string()], vec![ids.len() - 1]),
+                    // A named span exists only in the pair file the export was trained on.
+                    Err(_) if own[0].starts_with("span:") => bail!(
+                        "{} was trained at positions `{}`, the span `{}` of its training pairs, which a plain prompt does not have: give the token positions to intervene at with --positions (e.g. --positions 4, or --positions last)",
+                        self.intervention.display(), own[0], own[0].trim_start_matches("span:")
+                    ),
+                    Err(_) => {
+                        if own[0] != "every token" {
+                            eprintln!("note: the export's positions ({}) do not apply to a prompt; intervening at the last token (choose with --positions)", own[0]);
+                        }
+                        (vec!["last".to_string()], vec![ids.len() - 1])
+                    }
                 }
             }
         };
@@ -162,7 +172,13 @@ impl Apply {
         let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
         let before = next_logits(&p.loaded.model, &p.ids, None, None, device)?;
         let after = next_logits(&p.loaded.model, &p.ids, None, Some((steer, p.positions.clone())), device)?;
+        if after.iter().any(|x| !x.is_finite()) {
+            bail!("with this intervention{} the model's outputs are not finite numbers: the scale is too large for this model; try a smaller --scale", self.scale.map_or(String::new(), |a| format!(" at --scale {a}")));
+        }
         let (pb, pa) = (softmax_of(&before), softmax_of(&after));
+        if pa.iter().copied().fold(0.0, f32::max) < 2.0 / pa.len().max(1) as f32 {
+            eprintln!("warning: with this intervention{} the next-token distribution is about uniform: the added vector swamps the activations; try a smaller --scale", self.scale.map_or(String::new(), |a| format!(" at --scale {a}")));
+        }
         let (tb, ta) = (top_k(&pb, self.top), top_k(&pa, self.top));
         if self.json {
             let row = |id: usize| -> Result<serde_json::Value> { Ok(json!({"id": id, "token": tok.decode(&[id as u32])?, "p_before": pb[id], "p_after": pa[id]})) };

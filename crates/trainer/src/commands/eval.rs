@@ -153,6 +153,12 @@ impl OnBackend for Eval {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         // The export says which model and site; it is checked against that model once loaded.
         let (iv, config) = export::load::<B>(&self.intervention, &device)?;
+        if matches!(iv, Intervention::Probe(_)) {
+            bail!(
+                "{}: a probe reads its site and changes nothing, so an interchange accuracy on pairs would measure no intervention at all (it would print 0); a probe's held-out accuracy is in its run's report.json, and `trainer apply` shows its prediction on a prompt",
+                self.intervention.display()
+            );
+        }
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
         let loaded = load_model::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
         let model = &loaded.model;

@@ -100,12 +100,12 @@ fn overrides(a: &RecipeArgs, table: &toml::Table) -> Result<Vec<Override>> {
         if !has("model") {
             bail!("recipe `{}` has no `model` (it trains its own): --model does not apply", a.recipe);
         }
-        out.push(Override::new("model", m.clone()));
+        out.push(Override::new("model", m.clone()).typed_as(format!("--model {m}")));
     }
     if let Some(s) = a.seed {
         match (has("seed"), has("seeds")) {
-            (true, _) => out.push(Override::new("seed", s as i64)),
-            (false, true) => out.push(Override::new("seeds", vec![toml::Value::Integer(s as i64)])),
+            (true, _) => out.push(Override::new("seed", s as i64).typed_as(format!("--seed {s}"))),
+            (false, true) => out.push(Override::new("seeds", vec![toml::Value::Integer(s as i64)]).typed_as(format!("--seed {s}"))),
             _ => bail!("recipe `{}` has no `seed`: --seed does not apply", a.recipe),
         }
     }
@@ -113,7 +113,7 @@ fn overrides(a: &RecipeArgs, table: &toml::Table) -> Result<Vec<Override>> {
         if !has("epochs") {
             bail!("recipe `{}` has no `epochs` key (see its keys in recipes/README.md and use --set)", a.recipe);
         }
-        out.push(Override::new("epochs", e as i64));
+        out.push(Override::new("epochs", e as i64).typed_as(format!("--epochs {e}")));
     }
     for set in &a.sets {
         out.push(set.parse()?);
@@ -125,19 +125,33 @@ fn overrides(a: &RecipeArgs, table: &toml::Table) -> Result<Vec<Override>> {
 /// command line's overrides.
 fn recipe_of(a: &RecipeArgs, path: &std::path::Path, name: &str) -> Result<Recipe> {
     if let Some(dir) = &a.resume {
-        let saved = dir.join("recipe.toml");
-        if !saved.exists() {
-            bail!("--resume {}: no recipe.toml there; give the folder of an earlier run of `{name}`", dir.display());
-        }
-        let r = Recipe::from_file(&saved)?;
-        if !r.resumable() {
-            bail!("{name} (kind `{}`) is a self-contained experiment of short runs: --resume does not apply; run it again", r.kind());
-        }
-        return Ok(r);
+        return resume_recipe(dir, name, path);
     }
     let table = recipe::read_table(path)?;
     let overrides = overrides(a, &table)?;
     Recipe::from_table(table, &overrides).map_err(|e| e.context(format!("recipe {}", path.display())))
+}
+
+/// The recipe saved in run folder `dir`, to resume it as recipe `name` (file `path`): refused
+/// when the folder is a run of another recipe or another kind, or its kind cannot resume.
+pub fn resume_recipe(dir: &std::path::Path, name: &str, path: &std::path::Path) -> Result<Recipe> {
+    let saved = dir.join("recipe.toml");
+    if !saved.exists() {
+        bail!("--resume {}: no recipe.toml there; give the folder of an earlier run of `{name}`", dir.display());
+    }
+    if let Some(held) = crate::run_dir::recipe_name(dir).filter(|h| h != name) {
+        bail!("--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`", dir.display(), dir.display());
+    }
+    crate::run_dir::check_not_in_use(dir)?;
+    let r = Recipe::from_file(&saved)?;
+    let given = recipe::read_table(path)?.get("kind").and_then(|k| k.as_str()).map(str::to_string).unwrap_or_default();
+    if given != r.kind() {
+        bail!("--resume {}: that folder holds a run of kind `{}`, but recipe `{name}` ({}) is kind `{given}`", dir.display(), r.kind(), path.display());
+    }
+    if !r.resumable() && r.sweep_axes().is_none() {
+        bail!("{name} (kind `{}`) is a self-contained experiment of short runs: --resume does not apply; run it again", r.kind());
+    }
+    Ok(r)
 }
 
 /// `trainer <recipe> [options]`.
@@ -159,6 +173,9 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
         }
         eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
         })?;
+    } else if r.sweep_axes().is_some() {
+        // Sweeps keep every finished unit as it ends: stop at once, saying what was kept.
+        crate::units::on_signal_keep_units()?;
     }
     let cache_budget = a.cache_budget.unwrap_or_else(crate::memory::default_cache_budget);
     let job = RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };

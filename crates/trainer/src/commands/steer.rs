@@ -35,8 +35,8 @@ pub struct Steer {
     pub force: bool,
 }
 
-/// Reads texts: one per line, or JSON objects with a `text` field; blank lines skipped. Errors
-/// name the file and line.
+/// Reads texts: one per line, or JSON objects with a `text` field (strict JSON, as pair files:
+/// a key given twice is an error); blank lines skipped. Errors name the file and line.
 pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     let content = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
@@ -46,8 +46,11 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
             continue;
         }
         if line.starts_with('{') {
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))?;
+            let v: serde_json::Value = ferrovene_data::strict_json::parse(line).map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))?;
             let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| anyhow!("{}:{}: a JSON line needs a `text` string", path.display(), i + 1))?;
+            if t.trim().is_empty() {
+                bail!("{}:{}: `text` is empty: every text needs a last token to read", path.display(), i + 1);
+            }
             out.push(t.to_string());
         } else {
             out.push(line.to_string());
@@ -59,9 +62,11 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// `[n, width]`: each text's activation at `site` at its last token.
-pub fn last_token_activations<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, texts: &[String], site: Site, device: &B::Device) -> Result<Tensor<B, 2>> {
+/// `[n, width]`: each text's activation at `site` at its last token, in batches of 16, with a
+/// progress bar (`what` names the texts) where the output is a terminal.
+pub fn last_token_activations<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, texts: &[String], site: Site, what: &str, device: &B::Device) -> Result<Tensor<B, 2>> {
     let mut rows = Vec::new();
+    let bar = crate::events::progress(texts.len(), what);
     for chunk in texts.chunks(16) {
         let inputs: Vec<TokenizedInput> = chunk
             .iter()
@@ -79,7 +84,9 @@ pub fn last_token_activations<B: Backend, M: Transformer<B>>(model: &M, tok: &Te
         let v = gather_positions(acts, int2::<B>(&p.positions, device));
         let [n, _, d] = v.dims();
         rows.push(v.reshape([n, d]));
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     Ok(Tensor::cat(rows, 0))
 }
 
@@ -96,11 +103,17 @@ impl OnBackend for Steer {
         model.site_info(site)?;
         let (pos, neg) = (read_texts(&self.positive)?, read_texts(&self.negative)?);
         let steering = Steering::mean_difference(
-            last_token_activations(model, tok, &pos, site, &device)?,
-            last_token_activations(model, tok, &neg, site, &device)?,
+            last_token_activations(model, tok, &pos, site, "positive", &device)?,
+            last_token_activations(model, tok, &neg, site, "negative", &device)?,
             self.scale,
         );
         let norm: f32 = steering.vector.val().powf_scalar(2.0).sum().sqrt().into_scalar().elem();
+        if norm <= 0.0 || !norm.is_finite() {
+            bail!(
+                "the positive texts ({}) and the negative texts ({}) give the same mean activation at {site} (the vector's norm is {norm}): a steering vector from them would do nothing; give texts that differ in the behaviour",
+                self.positive.display(), self.negative.display()
+            );
+        }
         let placement = PlacementConfig { sites: vec![site.to_string()], positions: "every token".into(), site_width: model.width(), ..Default::default() };
         let training = serde_json::json!({"positive": self.positive, "negative": self.negative, "n_positive": pos.len(), "n_negative": neg.len(), "norm": norm});
         let config = ExportConfig::new(placement, ModelConfig::of(&loaded), training);

@@ -36,11 +36,18 @@ pub struct SweepArgs {
     pub out: PathBuf,
     /// Where to compute, and the frozen model's precision.
     pub compute: Compute,
+    /// Go on with the sweep in this run folder: its finished units are kept, the rest run.
+    pub resume: Option<PathBuf>,
 }
 
 /// Runs the sweep.
 pub fn sweep(a: SweepArgs) -> Result<()> {
     let path = recipe::find(&a.recipe)?;
+    if let Some(dir) = &a.resume {
+        let r = crate::commands::run::resume_recipe(dir, &recipe::stem(&path), &path)?;
+        crate::units::on_signal_keep_units()?;
+        return dispatch(a.compute, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: a.resume.clone(), progress: true, cache_budget: crate::memory::default_cache_budget() }).map(|_| ());
+    }
     let table = recipe::read_table(&path)?;
     let as_written = Recipe::from_table(table.clone(), &[]).map_err(|e| e.context(format!("recipe {}", path.display())))?;
     let axes = as_written.sweep_axes().ok_or_else(|| {
@@ -53,24 +60,26 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     };
     let mut overrides = Vec::new();
     if a.full {
-        overrides.push(Override::new(axes.positions_key, strings(&axes.every_position.iter().map(|p| p.to_string()).collect::<Vec<_>>())));
-        overrides.push(Override::new("layers", "all"));
+        overrides.push(Override::new(axes.positions_key, strings(&axes.every_position.iter().map(|p| p.to_string()).collect::<Vec<_>>())).typed_as("--full"));
+        overrides.push(Override::new("layers", "all").typed_as("--full"));
     }
     if let Some(l) = &a.layers {
-        overrides.push(Override::new("layers", toml::Value::Array(l.iter().map(|&x| toml::Value::Integer(x as i64)).collect())));
+        let typed = format!("--layers {}", l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","));
+        overrides.push(Override::new("layers", toml::Value::Array(l.iter().map(|&x| toml::Value::Integer(x as i64)).collect())).typed_as(typed));
     }
+    let typed = |flag: &str, v: &[String]| format!("{flag} {}", v.join(","));
     if let Some(p) = &a.positions {
         only("--positions", axes.positions_key == "positions", axes.positions_key)?;
-        overrides.push(Override::new("positions", strings(p)));
+        overrides.push(Override::new("positions", strings(p)).typed_as(typed("--positions", p)));
     }
     if let Some(r) = &a.regions {
         only("--regions", axes.positions_key == "regions", axes.positions_key)?;
-        overrides.push(Override::new("regions", strings(r)));
+        overrides.push(Override::new("regions", strings(r)).typed_as(typed("--regions", r)));
     }
     for (flag, value, key) in [("--tasks", &a.tasks, "tasks"), ("--methods", &a.methods, "methods")] {
         if let Some(v) = value {
             only(flag, axes.suite, axes.positions_key)?;
-            overrides.push(Override::new(key, strings(v)));
+            overrides.push(Override::new(key, strings(v)).typed_as(typed(flag, v)));
         }
     }
     if let Some(t) = &a.templates {
@@ -78,15 +87,16 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         if !t.exists() {
             return Err(anyhow!("--templates {}: no such file (a JSON suite in CausalGym's template format; see datasets/suites/README.md)", t.display()));
         }
-        overrides.push(Override::new("suite", t.display().to_string()));
+        overrides.push(Override::new("suite", t.display().to_string()).typed_as(format!("--templates {}", t.display())));
     }
     if a.no_generalization {
         let key = axes.follow_up.ok_or_else(|| anyhow!("`--no-generalization` does not apply to `{}` (kind `{kind}`): it has no follow-up experiments", a.recipe))?;
-        overrides.push(Override::new(key, false));
+        overrides.push(Override::new(key, false).typed_as("--no-generalization"));
     }
     for set in &a.sets {
         overrides.push(set.parse()?);
     }
     let r = Recipe::from_table(table, &overrides)?;
+    crate::units::on_signal_keep_units()?;
     dispatch(a.compute, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: None, progress: true, cache_budget: crate::memory::default_cache_budget() }).map(|_| ())
 }

@@ -133,8 +133,8 @@ impl Recipe {
     /// overridden keys).
     pub fn from_table(mut table: toml::Table, overrides: &[Override]) -> Result<Self> {
         recipe::apply(&mut table, overrides);
-        let set = overrides.iter().map(|o| format!("{}={}", o.key, o.value)).collect::<Vec<_>>().join(" ");
-        let what = || if overrides.is_empty() { String::new() } else { format!("with --set {set}: ") };
+        let set = overrides.iter().map(|o| o.typed.as_str()).collect::<Vec<_>>().join(" ");
+        let what = || if overrides.is_empty() { String::new() } else { format!("with {set}: ") };
         let recipe: Recipe = table.try_into().map_err(|e| anyhow!("{}{}", what(), e.to_string().trim()))?;
         recipe.check().map_err(|e| anyhow!("{}{e:#}", what()))?;
         Ok(recipe)

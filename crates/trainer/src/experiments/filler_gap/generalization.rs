@@ -35,7 +35,7 @@ pub fn run<B: AutodiffBackend, M: Transformer<B>>(
     model: &M,
     tok: &TextTokenizer,
     splits: &BTreeMap<&'static str, Split>,
-    best: &Best<B>,
+    best: &Best,
     rng: &mut Rng,
     dir: &RunDir,
     device: &B::Device,
@@ -62,7 +62,7 @@ fn train_and_evaluate<B: AutodiffBackend, M: Transformer<B>>(
     ctx: &RunContext<'_>,
     r: &FillerGapRecipe,
     model: &M,
-    best: &Best<B>,
+    best: &Best,
     per_train: &[Vec<Cached<B>>],
     per_test: &[Vec<Cached<B>>],
     device: &B::Device,
@@ -89,7 +89,7 @@ fn train_and_evaluate<B: AutodiffBackend, M: Transformer<B>>(
 }
 
 /// The matrix as a heatmap, and both experiments as CSV.
-fn write<B: AutodiffBackend>(dir: &RunDir, name: &str, best: &Best<B>, g: &Generalization) -> Result<()> {
+fn write(dir: &RunDir, name: &str, best: &Best, g: &Generalization) -> Result<()> {
     let names: Vec<String> = CONSTRUCTIONS.iter().map(|c| c.to_string()).collect();
     Heatmap {
         title: &format!("{name}: IIA at {}.block_output, {}: trained on (rows) × evaluated on (columns)", best.layer, best.position),

@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_data::filler_gap::{Item, CONSTRUCTIONS};
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
+use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{LoadedModel, TextTokenizer, Transformer};
 use serde_json::json;
@@ -32,6 +33,7 @@ use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd, SweepAxes};
 use crate::plot::Heatmap;
 use crate::run_dir::RunDir;
+use crate::units::UnitLog;
 
 impl Experiment for FillerGapRecipe {
     fn description(&self) -> String {
@@ -42,6 +44,9 @@ impl Experiment for FillerGapRecipe {
         self.layers.check()?;
         if let Some(p) = self.positions.iter().find(|p| !POSITIONS.contains(&p.as_str())) {
             bail!("position `{p}` is not one of {}", POSITIONS.join(", "));
+        }
+        if let Some(p) = crate::recipe::first_duplicate(&self.positions) {
+            bail!("`positions` lists `{p}` twice: each site is swept once");
         }
         if self.positions.is_empty() || self.train_pairs < 2 || self.test_pairs < 2 {
             bail!("`positions` must not be empty; `train_pairs` and `test_pairs` at least 2");
@@ -91,27 +96,66 @@ fn sweep_data<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &F
     Ok(SweepData { splits, train, test, n_test: test_pairs.len(), n_train: train_pairs.len() })
 }
 
-/// DAS at every site of the sweep; returns the numbers and the best site's intervention.
-fn sweep_sites<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &FillerGapRecipe, model: &M, data: &SweepData<B>, layers: &[usize], device: &B::Device) -> Result<(Vec<SiteResult>, Best<B>)> {
+/// DAS at every site of the sweep, in order, each site's numbers kept in `log` as it ends (the
+/// sites already there, from an interrupted run, are not trained again) with the CSV and heatmaps
+/// rewritten; a site that beats every earlier one is exported before it is logged, so the export
+/// on disk is always the best logged site's (or the next site's, which a resumed run trains again
+/// to the same numbers). Returns the numbers in site order and the best site.
+#[allow(clippy::too_many_arguments)]
+fn sweep_sites<B: AutodiffBackend, M: Transformer<B>>(
+    ctx: &RunContext<'_>,
+    r: &FillerGapRecipe,
+    loaded: &LoadedModel<B>,
+    model: &M,
+    data: &SweepData<B>,
+    layers: &[usize],
+    dir: &RunDir,
+    log: &mut UnitLog<SiteResult>,
+    device: &B::Device,
+) -> Result<(Vec<SiteResult>, Best)>
+{
     let sites: Vec<(usize, String)> = layers.iter().flat_map(|&l| r.positions.iter().map(move |p| (l, p.clone()))).collect();
     let bar = progress_if(ctx.progress, sites.len(), "sites");
-    let mut results = Vec::new();
-    let mut best: Option<(f32, Best<B>)> = None;
+    let mut results: Vec<SiteResult> = Vec::new();
+    let mut best: Option<Best> = None;
     for (layer, position) in &sites {
-        let (iv, res) = train_site(model, r, &data.train, &data.test, *layer, position, device)?;
+        let logged = log.done().iter().find(|u| u.layer == *layer && &u.position == position).cloned();
+        let res = match logged {
+            Some(res) => res,
+            None => {
+                let (iv, res) = train_site(model, r, &data.train, &data.test, *layer, position, device)?;
+                if best.as_ref().is_none_or(|b| res.iia > b.iia) {
+                    export_best(dir, ctx.name, loaded, &iv, *layer, position)?;
+                }
+                log.push(res.clone())?;
+                write_sweep(dir, ctx.name, &r.positions, layers, &in_site_order(&sites, log.done()), data.n_test)?;
+                res
+            }
+        };
         bar.set_message(format!("{layer}.{position}: IIA {:.2}", res.iia));
         bar.inc(1);
-        if best.as_ref().is_none_or(|b| res.iia > b.0) {
-            best = Some((res.iia, Best { intervention: iv, layer: *layer, position: position.clone() }));
+        if best.as_ref().is_none_or(|b| res.iia > b.iia) {
+            best = Some(Best { iia: res.iia, layer: *layer, position: position.clone() });
         }
         results.push(res);
     }
     bar.finish_and_clear();
-    Ok((results, best.context("no sites")?.1))
+    Ok((results, best.context("no sites")?))
+}
+
+/// The logged numbers of the sites done so far, in site order.
+fn in_site_order(sites: &[(usize, String)], logged: &[SiteResult]) -> Vec<SiteResult> {
+    sites.iter().filter_map(|(l, p)| logged.iter().find(|x| x.layer == *l && &x.position == p).cloned()).collect()
 }
 
 /// The sweep's heatmaps (IIA, log-odds gain) and CSV.
 fn write_sweep(dir: &RunDir, name: &str, positions: &[String], layers: &[usize], results: &[SiteResult], n_test: usize) -> Result<()> {
+    // The numbers first: a full disk keeps them rather than the pictures.
+    let mut csv = String::from("layer,position,iia,log_odds_gain,iia_no_intervention,iia_random_direction,iia_mean_difference\n");
+    for x in results {
+        let _ = writeln!(csv, "{},{},{},{},{},{},{}", x.layer, x.position, x.iia, x.log_odds_gain, x.iia_none, x.iia_random, x.iia_mean_difference);
+    }
+    dir.write("sweep.csv", csv)?;
     let grid = |f: &dyn Fn(&SiteResult) -> f32| -> Vec<Vec<Option<f32>>> {
         layers.iter().map(|&l| positions.iter().map(|p| results.iter().find(|x| x.layer == l && &x.position == p).map(f)).collect()).collect()
     };
@@ -121,19 +165,15 @@ fn write_sweep(dir: &RunDir, name: &str, positions: &[String], layers: &[usize],
     let max_gain = results.iter().map(|x| x.log_odds_gain.abs()).fold(1e-6, f32::max);
     Heatmap { title: &format!("{name}: log-odds gain (÷ {max_gain:.1})"), rows, columns: positions.to_vec(), values: grid(&|x| x.log_odds_gain / max_gain), scale: 1.0, axes: ("layer", "position") }
         .write(&dir.join("log_odds"))?;
-    let mut csv = String::from("layer,position,iia,log_odds_gain,iia_no_intervention,iia_random_direction,iia_mean_difference\n");
-    for x in results {
-        let _ = writeln!(csv, "{},{},{},{},{},{},{}", x.layer, x.position, x.iia, x.log_odds_gain, x.iia_none, x.iia_random, x.iia_mean_difference);
-    }
-    dir.write("sweep.csv", csv)?;
     Ok(())
 }
 
-/// The best site's export.
-fn export_best<B: AutodiffBackend>(dir: &RunDir, name: &str, loaded: &LoadedModel<B>, best: &Best<B>) -> Result<()> {
-    let placement = PlacementConfig { sites: vec![format!("{}.block_output", best.layer)], positions: format!("span:{}", best.position), site_width: loaded.model.width(), ..Default::default() };
-    let config = ExportConfig::new(placement, ModelConfig::of(loaded), json!({"recipe": name, "layer": best.layer, "position": best.position}));
-    export::save(&best.intervention, config, &dir.join("intervention.safetensors"))?;
+/// The export of the intervention trained at (`layer`, `position`), the best site so far.
+fn export_best<B: AutodiffBackend>(dir: &RunDir, name: &str, loaded: &LoadedModel<B>, iv: &Intervention<B>, layer: usize, position: &str) -> Result<()> {
+    let placement = PlacementConfig { sites: vec![format!("{layer}.block_output")], positions: format!("span:{position}"), site_width: loaded.model.width(), ..Default::default() };
+    let config = ExportConfig::new(placement, ModelConfig::of(loaded), json!({"recipe": name, "layer": layer, "position": position}));
+    dir.check_present()?;
+    export::save(iv, config, &dir.join("intervention.safetensors"))?;
     Ok(())
 }
 
@@ -145,12 +185,15 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device
     let layers = r.layers.resolve(model.n_layers())?;
     crate::divergence::check_rank(r.rank, model.width(), &"the block outputs")?;
     ferrovene_data::filler_gap::check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied())).map_err(|e| anyhow!("{} tokenizer: {e}", r.model))?;
-    let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
+    let dir = match ctx.resume {
+        Some(d) => RunDir::reopen(d, ctx.name, ctx.as_run)?,
+        None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
+    };
+    let mut log = UnitLog::open(&dir, format!("trainer sweep {} --resume {}", ctx.name, dir.path().display()))?;
     let mut rng = Rng::new(r.seed);
     let data = sweep_data(ctx, r, model, tok, &layers, &mut rng, device)?;
-    let (results, best) = sweep_sites(ctx, r, model, &data, &layers, device)?;
+    let (results, best) = sweep_sites(ctx, r, &loaded, model, &data, &layers, &dir, &mut log, device)?;
     write_sweep(&dir, ctx.name, &r.positions, &layers, &results, data.n_test)?;
-    export_best(&dir, ctx.name, &loaded, &best)?;
     let generalization = if r.generalization {
         generalization::run(ctx, r, model, tok, &data.splits, &best, &mut rng, &dir, device)?
     } else {

@@ -8,7 +8,7 @@ use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::Transformer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cache::{mean_difference, site_batches, Cached};
 use super::recipe::FillerGapRecipe;
@@ -16,8 +16,8 @@ use crate::fit::{fit, FitConfig, FitIo};
 use crate::objectives::das::{evaluate, DasObjective, Metrics};
 use crate::schedule::Decay;
 
-/// The numbers of one site.
-#[derive(Debug, Clone, Serialize)]
+/// The numbers of one site (a unit of the sweep's [`crate::units::UnitLog`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteResult {
     /// Layer.
     pub layer: usize,
@@ -98,10 +98,11 @@ pub fn train_site<B: AutodiffBackend, M: Transformer<B>>(
 }
 
 
-/// The best site of the sweep and its trained intervention.
-pub struct Best<B: AutodiffBackend> {
-    /// Rank-`r.rank` DAS trained there.
-    pub intervention: Intervention<B>,
+/// The best site of the sweep (its trained intervention is the run's export).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Best {
+    /// Its IIA.
+    pub iia: f32,
     /// Its layer.
     pub layer: usize,
     /// Its position (span name).

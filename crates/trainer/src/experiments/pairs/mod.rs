@@ -59,7 +59,7 @@ pub fn run<B: AutodiffBackend>(method: Method, r: &PairRecipe, ctx: &RunContext<
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?;
     let examples = examples::read(r, method, tok)?;
     let dir = match ctx.resume {
-        Some(d) => RunDir::reopen(d, ctx.as_run)?,
+        Some(d) => RunDir::reopen(d, ctx.name, ctx.as_run)?,
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
     };
     let fingerprint = fnv1a(format!("{}\n{}", ctx.as_run, examples.hash).as_bytes());

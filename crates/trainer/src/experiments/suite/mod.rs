@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_data::suite::{self as suites, Suite, Task};
 use ferrovene_models::{TextTokenizer, Transformer};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub use cache::{cache, tokenize_pairs, Cached, Labels, SuitePair};
@@ -31,6 +32,7 @@ use crate::device::load_model;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd, SweepAxes};
 use crate::run_dir::RunDir;
+use crate::units::UnitLog;
 
 /// Pairs per frozen run (and per evaluation batch): many rows read the weights fewer times per
 /// row; DAS's batches are row ranges of these.
@@ -57,11 +59,23 @@ impl Experiment for SuiteRecipe {
 /// The tasks `names` picks from the suite, in the suite's order; unknown names are errors that
 /// list the suite's tasks.
 pub fn select_tasks<'s>(suite: &'s Suite, names: &Names) -> Result<Vec<(&'s String, &'s Task)>> {
-    let Some(asked) = names.list("tasks")? else { return Ok(suite.tasks.iter().collect()) };
+    let Some(asked) = names.list("tasks")?.filter(|a| !a.iter().any(|x| x == "all")) else { return Ok(suite.tasks.iter().collect()) };
     if let Some(bad) = asked.iter().find(|a| !suite.tasks.contains_key(*a)) {
-        bail!("no task `{bad}` in {} (tasks: {})", suite.path.display(), suite.tasks.keys().cloned().collect::<Vec<_>>().join(", "));
+        bail!("no task `{bad}` in {} ({})", suite.path.display(), close_names(bad, suite.tasks.keys()));
     }
     Ok(suite.tasks.iter().filter(|(n, _)| asked.contains(n)).collect())
+}
+
+/// At most 20 of `names`, those closest to `asked` first (sharing its longest prefix, then
+/// containing it), for an error about an unknown name; says how many there are in all.
+fn close_names<'a>(asked: &str, names: impl ExactSizeIterator<Item = &'a String>) -> String {
+    const SHOWN: usize = 20;
+    let total = names.len();
+    let shared = |n: &str| n.chars().zip(asked.chars()).take_while(|(a, b)| a == b).count();
+    let mut ranked: Vec<&String> = names.collect();
+    ranked.sort_by_key(|n| (std::cmp::Reverse((shared(n), n.contains(asked) || asked.contains(n.as_str()))), n.len()));
+    let shown: Vec<&str> = ranked.iter().take(SHOWN).map(|s| s.as_str()).collect();
+    if total <= SHOWN { format!("tasks: {}", shown.join(", ")) } else { format!("the closest of its {total} tasks: {}, …", shown.join(", ")) }
 }
 
 /// The control words' first tokens; they must differ.
@@ -77,6 +91,33 @@ fn control_ids(tok: &TextTokenizer, words: &[String; 2]) -> Result<[u32; 2]> {
 /// A task's training and test pairs, cached.
 type TrainTest<B> = (Vec<Cached<B>>, Vec<Cached<B>>);
 
+/// What a suite sweep keeps as it goes ([`UnitLog`]): a task's facts once its pairs are cached,
+/// then each of its layers' rows as the layer ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "unit", rename_all = "kebab-case")]
+pub enum SuiteUnit {
+    /// A task's regions and the model's accuracy on its test bases.
+    Task {
+        /// The task.
+        task: String,
+        /// Its regions, in order.
+        regions: Vec<String>,
+        /// Share of test bases where the model prefers the base's continuation.
+        accuracy: f32,
+        /// Seconds its frozen runs took.
+        frozen_s: f64,
+    },
+    /// Every method at every region of one layer of one task.
+    Layer {
+        /// The task.
+        task: String,
+        /// The layer.
+        layer: usize,
+        /// Its rows.
+        rows: Vec<Row>,
+    },
+}
+
 /// One task's sweep: its regions, the model's accuracy on its test bases, and its rows.
 struct TaskRun {
     regions: Vec<String>,
@@ -85,11 +126,57 @@ struct TaskRun {
     frozen_s: f64,
 }
 
-/// Every site of one task. `bar` advances once per site.
+/// The rows of every logged layer, tasks and layers in the sweep's order.
+fn rows_in_order(tasks: &[(&String, &Task)], layers: &[usize], log: &[SuiteUnit]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (name, _) in tasks {
+        for &l in layers {
+            for u in log {
+                if let SuiteUnit::Layer { task, layer, rows: r } = u
+                    && task == *name
+                    && *layer == l
+                {
+                    rows.extend(r.iter().cloned());
+                    break;
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Every site of one task, layer by layer, each layer logged as it ends and `results.csv`
+/// rewritten; the layers already in `log` are not run again, and a task whose layers are all
+/// there is not cached again. `bar` advances once per site.
 #[allow(clippy::too_many_arguments)]
-fn run_task<B: AutodiffBackend, M: Transformer<B>>(r: &SuiteRecipe, suite: &Suite, name: &str, model: &M, tok: &TextTokenizer, layers: &[usize], control: [u32; 2], bar: &indicatif::ProgressBar, device: &B::Device) -> Result<TaskRun> {
+fn run_task<B: AutodiffBackend, M: Transformer<B>>(
+    r: &SuiteRecipe,
+    suite: &Suite,
+    tasks: &[(&String, &Task)],
+    name: &str,
+    model: &M,
+    tok: &TextTokenizer,
+    layers: &[usize],
+    control: [u32; 2],
+    bar: &indicatif::ProgressBar,
+    (dir, log): (&RunDir, &mut UnitLog<SuiteUnit>),
+    device: &B::Device,
+) -> Result<TaskRun>
+{
     let task = &suite.tasks[name];
     let regions = task_regions(task, &r.regions)?;
+    let logged_layer = |log: &UnitLog<SuiteUnit>, l: usize| log.done().iter().any(|u| matches!(u, SuiteUnit::Layer { task, layer, .. } if task == name && *layer == l));
+    let logged_task = log.done().iter().find_map(|u| match u {
+        SuiteUnit::Task { task, accuracy, frozen_s, .. } if task == name => Some((*accuracy, *frozen_s)),
+        _ => None,
+    });
+    let task_rows = |log: &UnitLog<SuiteUnit>| rows_in_order(&[(&name.to_string(), task)], layers, log.done());
+    if let Some((accuracy, frozen_s)) = logged_task
+        && layers.iter().all(|&l| logged_layer(log, l))
+    {
+        bar.inc((regions.len() * layers.len()) as u64);
+        return Ok(TaskRun { regions, accuracy, rows: task_rows(log), frozen_s });
+    }
     let split = suites::split(suite, name, r.train_pairs, r.test_pairs, r.seed)?;
     let train = tokenize_pairs(suite, name, &split.train, &regions, control, tok)?;
     let test = tokenize_pairs(suite, name, &split.test, &regions, control, tok)?;
@@ -102,19 +189,33 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(r: &SuiteRecipe, suite: &Suit
     let frozen = |layers: &[usize]| -> Result<TrainTest<B>> {
         Ok((cache(model, tok.pad_id, &train, layers, FROZEN_CHUNK.div_ceil(r.batch_size) * r.batch_size, device)?, cache(model, tok.pad_id, &test, layers, FROZEN_CHUNK, device)?))
     };
-    let (train_c, test_c) = frozen(layers)?;
+    let todo: Vec<usize> = layers.iter().copied().filter(|&l| !logged_layer(log, l)).collect();
+    let (train_c, test_c) = frozen(&todo)?;
     let frozen_s = started.elapsed().as_secs_f64();
     let plain: Vec<[f32; 4]> = test_c.iter().flat_map(|c| c.plain().to_vec()).collect();
     let accuracy = plain.iter().filter(|p| p[1] > p[0]).count() as f32 / plain.len().max(1) as f32;
-    let mut rows = Vec::new();
+    let (accuracy, frozen_s) = match logged_task {
+        Some(logged) => logged,
+        None => {
+            log.push(SuiteUnit::Task { task: name.to_string(), regions: regions.clone(), accuracy, frozen_s })?;
+            (accuracy, frozen_s)
+        }
+    };
     let all: Vec<usize> = (0..regions.len()).collect();
     for &layer in layers {
+        if !todo.contains(&layer) {
+            bar.inc(regions.len() as u64);
+            continue;
+        }
         bar.set_message(format!("{name}, layer {layer}"));
         let scores = if r.share_frozen { score_layer(model, &train_c, &test_c, layer, &all, &methods, device)? } else { separately(model, &methods, layer, regions.len(), &frozen, device)? };
-        rows.extend(scores.into_iter().map(|(k, score)| Row { task: name.to_string(), layer, region: regions[k].clone(), score }));
+        let rows = scores.into_iter().map(|(k, score)| Row { task: name.to_string(), layer, region: regions[k].clone(), score }).collect();
+        log.push(SuiteUnit::Layer { task: name.to_string(), layer, rows })?;
+        // The numbers of every finished layer, before any picture.
+        dir.write("results.csv", report::csv(&rows_in_order(tasks, layers, log.done()))?)?;
         bar.inc(regions.len() as u64);
     }
-    Ok(TaskRun { regions, accuracy, rows, frozen_s })
+    Ok(TaskRun { regions, accuracy, rows: task_rows(log), frozen_s })
 }
 
 /// The layer's sites each with each method on its own frozen run of the pairs (what running
@@ -153,24 +254,36 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     for (name, task) in &tasks {
         task.check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied())).map_err(|e| anyhow!("{}: task `{name}` with the {} tokenizer: {e}", suite.path.display(), r.model))?;
     }
-    let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
+    // A task without any of the asked regions (slots other tasks have) has nothing to sweep.
+    let (tasks, skipped): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(_, t)| task_regions(t, &r.regions).is_ok_and(|g| !g.is_empty()));
+    let skipped: Vec<&String> = skipped.into_iter().map(|(n, _)| n).collect();
+    if tasks.is_empty() {
+        bail!("none of the tasks run has any of the regions {:?}; see `regions` in recipes/README.md", r.regions);
+    }
+    if !skipped.is_empty() {
+        eprintln!("skipped, having none of the regions asked: {}", skipped.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+    }
+    let dir = match ctx.resume {
+        Some(d) => RunDir::reopen(d, ctx.name, ctx.as_run)?,
+        None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
+    };
+    let mut log = UnitLog::open(&dir, format!("trainer sweep {} --resume {}", ctx.name, dir.path().display()))?;
     let sites: usize = tasks.iter().map(|(_, t)| task_regions(t, &r.regions).map_or(0, |g| g.len())).sum::<usize>() * layers.len();
     let bar = progress_if(ctx.progress, sites, "sites");
     let (mut rows, mut per_task, mut frozen_s) = (Vec::new(), Vec::new(), 0.0);
     for (name, task) in &tasks {
-        let t = run_task(r, &suite, name, model, tok, &layers, control, &bar, device).with_context(|| format!("task `{name}`"))?;
+        let t = run_task(r, &suite, &tasks, name, model, tok, &layers, control, &bar, (&dir, &mut log), device).with_context(|| format!("task `{name}`"))?;
         report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
         per_task.push(json!({"task": name, "description": task.description, "regions": t.regions, "model_accuracy": t.accuracy}));
         frozen_s += t.frozen_s;
         rows.extend(t.rows);
-        // Written after every task, so that a crash keeps the tasks done.
-        dir.write("results.csv", report::csv(&rows))?;
     }
     bar.finish_and_clear();
+    dir.write("results.csv", report::csv(&rows)?)?;
     dir.write("results.json", serde_json::to_string_pretty(&rows)?)?;
     let summary = summarize(&rows);
     dir.write_report(json!({
-        "recipe": ctx.name, "suite": suite.path, "tasks": per_task, "layers": layers, "methods": r.methods,
+        "recipe": ctx.name, "suite": suite.path, "tasks": per_task, "skipped_tasks": skipped, "layers": layers, "methods": r.methods,
         "summary": summary, "rows": rows,
         "timing": {"frozen_runs_s": frozen_s, "total_s": dir.elapsed(), "share_frozen": r.share_frozen},
         "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},

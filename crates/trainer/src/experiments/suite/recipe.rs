@@ -90,6 +90,14 @@ impl SuiteRecipe {
         self.layers.check()?;
         self.tasks.list("tasks")?;
         self.regions.list("regions")?;
+        for (key, names) in [("tasks", &self.tasks), ("regions", &self.regions)] {
+            if let Some(d) = names.list(key)?.and_then(crate::recipe::first_duplicate) {
+                bail!("`{key}` lists `{d}` twice: each is swept once");
+            }
+        }
+        if let Some(d) = crate::recipe::first_duplicate(&self.methods) {
+            bail!("`methods` lists `{d}` twice: each is run once");
+        }
         if self.methods.is_empty() {
             bail!("`methods` is empty: give some of {}", METHODS.join(", "));
         }
@@ -98,6 +106,9 @@ impl SuiteRecipe {
         }
         if self.train_pairs < 4 || self.test_pairs < 2 {
             bail!("`train_pairs` must be at least 4 and `test_pairs` at least 2 (both even: each combination gives a pair in each direction)");
+        }
+        if self.train_pairs.saturating_add(self.test_pairs) > ferrovene_data::suite::MAX_PAIRS_PER_TASK {
+            bail!("`train_pairs` + `test_pairs` = {} pairs per task, more than the {} a task may have", self.train_pairs as u128 + self.test_pairs as u128, ferrovene_data::suite::MAX_PAIRS_PER_TASK);
         }
         if self.batch_size == 0 || self.epochs == 0 {
             bail!("`batch_size` and `epochs` must be at least 1");

@@ -5,16 +5,17 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::site::{MethodScore, Score};
 use crate::plot::Heatmap;
 use crate::run_dir::RunDir;
 
 /// One method at one site of one task.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// The task.
     pub task: String,
@@ -27,14 +28,16 @@ pub struct Row {
     pub score: MethodScore,
 }
 
-/// Every row as CSV, with selectivity (task − control) columns.
-pub fn csv(rows: &[Row]) -> String {
-    let mut out = String::from("task,method,layer,region,iia,odds,control_iia,control_odds,selectivity_iia,selectivity_odds\n");
+/// Every row as CSV (quoted where a name needs it), with selectivity (task − control) columns.
+pub fn csv(rows: &[Row]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["task", "method", "layer", "region", "iia", "odds", "control_iia", "control_odds", "selectivity_iia", "selectivity_odds"])?;
     for r in rows {
         let (t, c, s) = (r.score.task, r.score.control, r.score.selectivity());
-        let _ = writeln!(out, "{},{},{},{},{},{},{},{},{},{}", r.task, r.score.method, r.layer, r.region, t.iia, t.odds, c.iia, c.odds, s.iia, s.odds);
+        let numbers = [t.iia, t.odds, c.iia, c.odds, s.iia, s.odds].map(|x| x.to_string());
+        w.write_record([r.task.clone(), r.score.method.clone(), r.layer.to_string(), r.region.clone()].iter().chain(&numbers))?;
     }
-    out
+    Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("writing the CSV: {e}"))?)?)
 }
 
 /// A task's heatmaps: for each method, `<method>_odds` (log odds-ratio, coloured on the task's
@@ -48,8 +51,8 @@ pub fn heatmaps(dir: &RunDir, task: &str, layers: &[usize], regions: &[String], 
             layers.iter().map(|&l| regions.iter().map(|g| mine.iter().find(|r| r.layer == l && &r.region == g && &r.score.method == m).map(|r| f(&r.score.task))).collect()).collect()
         };
         let labels = (layers.iter().map(|l| l.to_string()).collect::<Vec<_>>(), regions.to_vec());
-        let path = dir.join(format!("tasks/{task}"));
-        std::fs::create_dir_all(&path)?;
+        ferrovene_data::names::check_file_name(task).map_err(|why| anyhow::anyhow!("task name {task:?}: {why}"))?;
+        let path = dir.subfolder(Path::new("tasks").join(task))?;
         Heatmap { title: &format!("{task}: {m}, log odds-ratio (nats)"), rows: labels.0.clone(), columns: labels.1.clone(), values: grid(&|s| s.odds), scale: top, axes: ("layer", "region") }.write(&path.join(format!("{m}_odds")))?;
         Heatmap { title: &format!("{task}: {m}, IIA (p(source label) > p(base label))"), rows: labels.0, columns: labels.1, values: grid(&|s| s.iia), scale: 1.0, axes: ("layer", "region") }.write(&path.join(format!("{m}_iia")))?;
     }

@@ -12,7 +12,7 @@ use ferrovene_interventions::directions::{self, interchange_along};
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::Transformer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cache::{rows4, Cached, Labels};
 use super::stack::{logits, repeat, Stack, StackedDas, Stacked};
@@ -21,7 +21,7 @@ use crate::objectives::odds::log_odds_ratio;
 use crate::schedule::Decay;
 
 /// A method's numbers on one label set, over the test pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     /// Share of pairs with p(source label) > p(base label) after the intervention.
     pub iia: f32,
@@ -30,11 +30,13 @@ pub struct Score {
 }
 
 /// One method at one site: on the task, on the control task, and the difference (selectivity).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodScore {
     /// The method's name.
     pub method: String,
-    /// On the task.
+    /// On the task (`on_task` in JSON: a [`super::Row`] flattens this beside its own `task`,
+    /// the task's name, and one object must not hold a key twice).
+    #[serde(rename = "on_task")]
     pub task: Score,
     /// On the control task.
     pub control: Score,
