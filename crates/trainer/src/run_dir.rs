@@ -60,6 +60,7 @@ impl RunDir {
             bail!("--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`", path.display(), path.display());
         }
         let lock = lock(path)?;
+        remove_temporaries(path);
         Ok(RunDir { path: path.to_path_buf(), started: Instant::now(), config: config_of(as_run)?, _lock: lock })
     }
 
@@ -141,6 +142,21 @@ fn lock(path: &Path) -> Result<std::fs::File> {
     }
     file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id())).map_err(|e| io_error(e, "writing", &file_path))?;
     Ok(file)
+}
+
+/// Removes the temporary files [`write_atomic`] leaves when its process is killed mid-write
+/// (`.NAME.tmp-PID-N`), in `folder` and the folders in it; called once the folder is locked, so
+/// no live writer owns them.
+fn remove_temporaries(folder: &Path) {
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            remove_temporaries(&path);
+        } else if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// An error naming the holder when another process holds run folder `path` (checked before a

@@ -43,6 +43,27 @@ fn wait_for_units(child: &mut Child, out: &Path, units: usize) -> PathBuf {
     }
 }
 
+/// Starts `args` into `out/<name>`, sends `signal` (`KILL`, `TERM`) once `units` units are kept,
+/// checks how it ended (143 and the way on for SIGTERM), and resumes it; returns the run folder.
+fn interrupt_and_resume(args: &[String], out: &Path, name: &str, units: usize, sig: &str) -> PathBuf {
+    let mut child = trainer().args(args).arg("--out").arg(out).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let run = wait_for_units(&mut child, &out.join(name), units);
+    signal(&child, sig);
+    let o = child.wait_with_output().unwrap();
+    if sig == "TERM" {
+        assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("go on with: trainer sweep {name} --resume")), "{}", stderr(&o));
+    }
+    if sig == "TERM" {
+        assert!(temporaries(&run).is_empty(), "SIGTERM left {:?}", temporaries(&run));
+    }
+    let o = trainer().args(["sweep", name, "--resume"]).arg(&run).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A kill may land inside a write; the resumed run clears what the dead one left.
+    assert!(temporaries(&run).is_empty(), "after SIG{sig} and --resume: {:?}", temporaries(&run));
+    run
+}
+
 fn signal(child: &Child, name: &str) {
     let ok = Command::new("kill").args([format!("-{name}"), child.id().to_string()]).status().unwrap();
     assert!(ok.success());
@@ -112,6 +133,12 @@ fn a_filler_gap_sweep_killed_then_resumed_has_the_uninterrupted_numbers() {
     let o = trainer().args(["sweep", "das-filler-gap", "--resume"]).arg(&run).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(run.join("sweep.csv")).unwrap(), std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap());
+
+    // SIGTERM after the first site: exit 143 saying how to go on, and the same end.
+    let args: Vec<String> = filler_gap_args().iter().map(|s| s.to_string()).collect();
+    let run = interrupt_and_resume(&args, &out.join("term"), "das-filler-gap", 1, "TERM");
+    assert_eq!(std::fs::read_to_string(run.join("sweep.csv")).unwrap(), std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap(), "after SIGTERM and --resume");
+    assert_eq!(tensors(&run), tensors(&whole_run));
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -161,6 +188,14 @@ fn a_suite_sweep_stopped_by_sigterm_then_resumed_has_the_uninterrupted_numbers()
     // Every row is one JSON object without a key given twice (the task's name and its scores).
     let rows = ferrovene_data::strict_json::parse(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     assert!(rows[0]["on_task"]["iia"].is_number() && rows[0]["task"] == "agreement_simple", "{}", rows[0]);
+
+    // SIGKILL in the second task (its facts kept, none of its layers): the same end.
+    let args: Vec<String> = SUITE[..14].iter().map(|s| s.to_string()).collect();
+    let run = interrupt_and_resume(&args, &out.join("kill"), "syntax-suites", 5, "KILL");
+    for f in ["results.csv", "results.json"] {
+        assert_eq!(std::fs::read_to_string(run.join(f)).unwrap(), std::fs::read_to_string(whole_run.join(f)).unwrap(), "{f} after SIGKILL and --resume");
+    }
+    assert_eq!(units(&run), units(&whole_run));
     let _ = std::fs::remove_dir_all(&out);
 }
 
