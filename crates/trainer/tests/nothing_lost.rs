@@ -50,15 +50,20 @@ fn interrupt_and_resume(args: &[String], out: &Path, name: &str, units: usize, s
     let run = wait_for_units(&mut child, &out.join(name), units);
     signal(&child, sig);
     let o = child.wait_with_output().unwrap();
-    if sig == "TERM" {
-        assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    if sig == "TERM" || sig == "INT" {
+        assert_eq!(o.status.code(), Some(if sig == "TERM" { 143 } else { 130 }), "{}", stderr(&o));
         assert!(stderr(&o).contains(&format!("go on with: trainer sweep {name} --resume")), "{}", stderr(&o));
     }
-    if sig == "TERM" {
-        assert!(temporaries(&run).is_empty(), "SIGTERM left {:?}", temporaries(&run));
+    if sig != "KILL" {
+        assert!(temporaries(&run).is_empty(), "SIG{sig} left {:?}", temporaries(&run));
+    }
+    // The report of what was done so far says it is not the end.
+    if run.join("report.json").exists() {
+        assert_eq!(report(&run)["complete"], false);
     }
     let o = trainer().args(["sweep", name, "--resume"]).arg(&run).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(report(&run)["complete"], true);
     // A kill may land inside a write; the resumed run clears what the dead one left.
     assert!(temporaries(&run).is_empty(), "after SIG{sig} and --resume: {:?}", temporaries(&run));
     run
@@ -139,6 +144,9 @@ fn a_filler_gap_sweep_killed_then_resumed_has_the_uninterrupted_numbers() {
     let run = interrupt_and_resume(&args, &out.join("term"), "das-filler-gap", 1, "TERM");
     assert_eq!(std::fs::read_to_string(run.join("sweep.csv")).unwrap(), std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap(), "after SIGTERM and --resume");
     assert_eq!(tensors(&run), tensors(&whole_run));
+    // Ctrl-C (SIGINT) after three sites: exit 130, and the same end.
+    let run = interrupt_and_resume(&args, &out.join("int"), "das-filler-gap", 3, "INT");
+    assert_eq!(std::fs::read_to_string(run.join("sweep.csv")).unwrap(), std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap(), "after Ctrl-C and --resume");
     let _ = std::fs::remove_dir_all(&out);
 }
 

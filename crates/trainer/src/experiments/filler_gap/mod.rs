@@ -128,7 +128,10 @@ fn sweep_sites<B: AutodiffBackend, M: Transformer<B>>(
                     export_best(dir, ctx.name, loaded, &iv, *layer, position)?;
                 }
                 log.push(res.clone())?;
-                write_sweep(dir, ctx.name, &r.positions, layers, &in_site_order(&sites, log.done()), data.n_test)?;
+                let done = in_site_order(&sites, log.done());
+                write_sweep(dir, ctx.name, &r.positions, layers, &done, data.n_test)?;
+                // The report so far (`complete: false`), for an interrupted sweep; the end rewrites it.
+                dir.write_report(json!({"recipe": ctx.name, "complete": false, "sweep": done, "sites_done": log.done().len(), "sites": sites.len()}))?;
                 res
             }
         };
@@ -200,7 +203,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device
         serde_json::Value::Null
     };
     dir.write_report(json!({
-        "recipe": ctx.name, "sweep": results,
+        "recipe": ctx.name, "complete": true, "sweep": results,
         "best": {"layer": best.layer, "position": best.position},
         "generalization": generalization,
         "data": {"train_pairs": data.n_train, "test_pairs": data.n_test, "constructions": CONSTRUCTIONS},

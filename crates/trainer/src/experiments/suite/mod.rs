@@ -212,7 +212,9 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
         let rows = scores.into_iter().map(|(k, score)| Row { task: name.to_string(), layer, region: regions[k].clone(), score }).collect();
         log.push(SuiteUnit::Layer { task: name.to_string(), layer, rows })?;
         // The numbers of every finished layer, before any picture.
-        dir.write("results.csv", report::csv(&rows_in_order(tasks, layers, log.done()))?)?;
+        let done = rows_in_order(tasks, layers, log.done());
+        dir.write("results.csv", report::csv(&done)?)?;
+        dir.write("results.json", serde_json::to_string_pretty(&done)?)?;
         bar.inc(regions.len() as u64);
     }
     Ok(TaskRun { regions, accuracy, rows: task_rows(log), frozen_s })
@@ -271,23 +273,30 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     let sites: usize = tasks.iter().map(|(_, t)| task_regions(t, &r.regions).map_or(0, |g| g.len())).sum::<usize>() * layers.len();
     let bar = progress_if(ctx.progress, sites, "sites");
     let (mut rows, mut per_task, mut frozen_s) = (Vec::new(), Vec::new(), 0.0);
-    for (name, task) in &tasks {
+    let write_report = |rows: &[Row], per_task: &[serde_json::Value], frozen_s: f64, complete: bool| {
+        dir.write_report(json!({
+            "recipe": ctx.name, "complete": complete, "suite": suite.path, "tasks": per_task, "skipped_tasks": skipped, "layers": layers, "methods": r.methods,
+            "summary": summarize(rows), "rows": rows,
+            "timing": {"frozen_runs_s": frozen_s, "total_s": dir.elapsed(), "share_frozen": r.share_frozen},
+            "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
+        }))
+    };
+    for (i, (name, task)) in tasks.iter().enumerate() {
         let t = run_task(r, &suite, &tasks, name, model, tok, &layers, control, &bar, (&dir, &mut log), device).with_context(|| format!("task `{name}`"))?;
         report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
         per_task.push(json!({"task": name, "description": task.description, "regions": t.regions, "model_accuracy": t.accuracy}));
         frozen_s += t.frozen_s;
         rows.extend(t.rows);
+        if i + 1 < tasks.len() {
+            // The report of the tasks done so far (`complete: false`), for an interrupted sweep.
+            write_report(&rows, &per_task, frozen_s, false)?;
+        }
     }
     bar.finish_and_clear();
     dir.write("results.csv", report::csv(&rows)?)?;
     dir.write("results.json", serde_json::to_string_pretty(&rows)?)?;
     let summary = summarize(&rows);
-    dir.write_report(json!({
-        "recipe": ctx.name, "suite": suite.path, "tasks": per_task, "skipped_tasks": skipped, "layers": layers, "methods": r.methods,
-        "summary": summary, "rows": rows,
-        "timing": {"frozen_runs_s": frozen_s, "total_s": dir.elapsed(), "share_frozen": r.share_frozen},
-        "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
-    }))?;
+    write_report(&rows, &per_task, frozen_s, true)?;
     for t in &per_task {
         println!("{}: the model prefers the base's continuation on {:.0}% of the test bases", t["task"].as_str().unwrap_or(""), 100.0 * t["model_accuracy"].as_f64().unwrap_or(0.0));
     }
