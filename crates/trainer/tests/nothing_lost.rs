@@ -317,6 +317,12 @@ fn suite_names_are_data_never_paths_and_reserved_regions_are_refused() {
     let o = sweep(&suite);
     assert!(stderr(&o).contains("task `t`: the label variable `subject` has the empty filler"), "{}", stderr(&o));
     assert!(!out.join("runs").exists());
+    // An empty filler of another swept slot is found when the pairs are tokenised: the error
+    // names the task and the generated pair (not a line of the file, which has none per pair).
+    let suite = write_suite(&out, &task_json("t", "The {subject} {noun} near", "noun").replace("\"door\", \"table\", \"wall\"", "\"\""));
+    let o = trainer().args(["sweep", "syntax-suites", "--layers", "4", "--methods", "mean", "--regions", "noun", "--set", "train_pairs=4", "--set", "test_pairs=2", "--templates"]).arg(&suite).arg("--out").arg(out.join("runs")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("task `t`, generated pair") && stderr(&o).contains("(regions noun)"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -66,7 +66,12 @@ pub fn tokenize_pairs(suite: &Suite, task: &str, pairs: &[Example], regions: &[S
                 label: label.clone(),
                 meta: meta.clone(),
             };
-            let t = tokenize(&with_regions, tok, &suite.path, i + 1).with_context(|| format!("task `{task}`"))?;
+            // The pair was generated, not read from a line: say which pair and which regions.
+            let t = tokenize(&with_regions, tok, &suite.path, i + 1).map_err(|e| {
+                let reason = e.to_string();
+                let prefix = format!("{}:{}: ", suite.path.display(), i + 1);
+                anyhow::anyhow!("{}: task `{task}`, generated pair {} (regions {}): {}", suite.path.display(), i + 1, regions.join(", "), reason.strip_prefix(&prefix).unwrap_or(&reason))
+            })?;
             let TokenizedExample::Pair { base, mut sources, base_label: Some(LabelId::Token(yb)), label: LabelId::Token(ys) } = t else {
                 bail!("task `{task}`: a suite pair has text continuations")
             };
