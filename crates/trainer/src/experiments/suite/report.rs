@@ -145,3 +145,21 @@ pub fn table(name: &str, summaries: &[Summary]) -> String {
     out.push_str("(best site: the layer × region with the highest odds-ratio per task; layer-averaged: each layer's best region, averaged over layers)\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_commas_and_quotes_survive_the_csv() {
+        let score = |iia, odds| Score { iia, odds };
+        let row = Row { task: "a,b\"c".into(), layer: 4, region: "x, y".into(), score: MethodScore { method: "mean".into(), task: score(0.5, 1.25), control: score(0.25, -0.5) } };
+        let text = csv(&[row]).unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+        assert_eq!(records.len(), 1);
+        let r = &records[0];
+        assert_eq!((&r[0], &r[1], &r[2], &r[3]), ("a,b\"c", "mean", "4", "x, y"));
+        assert_eq!((&r[4], &r[8]), ("0.5", "0.25"), "iia and its selectivity");
+    }
+}
