@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use ferrovene_models::{forward, load, Input, NoHooks, Transformer};
+use ferrovene_models::{Input, NoHooks, Transformer, forward, load};
 
 #[cfg(feature = "ndarray")]
 type B = burn::backend::NdArray<f32>;

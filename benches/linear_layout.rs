@@ -27,7 +27,9 @@ fn main() {
     let mut totals = [0.0; 2];
     println!("rows  map            [in, out] ms  [out, in] ms");
     for m in [16, 47, 480] {
-        for (d_in, d_out, name) in [(576, 1536, "gate/up"), (1536, 576, "down"), (576, 576, "q/o"), (576, 192, "k/v"), (576, 49152, "head")] {
+        for (d_in, d_out, name) in
+            [(576, 1536, "gate/up"), (1536, 576, "down"), (576, 576, "q/o"), (576, 192, "k/v"), (576, 49152, "head")]
+        {
             let x = Tensor::<B, 2>::random([m, d_in], Distribution::Default, &device);
             let dy = Tensor::<B, 2>::random([m, d_out], Distribution::Default, &device);
             let w_in_out = Tensor::<B, 2>::random([d_in, d_out], Distribution::Default, &device);

@@ -31,6 +31,9 @@ fn main() {
         let per = t.elapsed().as_secs_f64() / runs as f64;
         let kind = if k < d { "Householder" } else { "matrix exponential" };
         let err = orthogonality_error(rotation.matrix().inner());
-        println!("{kind:>18}  k = {k:>3}, d = {d:>3}: {:>8.3} ms per forward + backward   max|RRᵀ − I| = {err:.1e}", per * 1e3);
+        println!(
+            "{kind:>18}  k = {k:>3}, d = {d:>3}: {:>8.3} ms per forward + backward   max|RRᵀ − I| = {err:.1e}",
+            per * 1e3
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! query head; rotate-half by slicing and concatenating): equal outputs and equal gradients.
 
 use burn::backend::Autodiff;
-use burn::tensor::{activation::softmax, Distribution, Int, Tensor, TensorData};
-use ferrovene_models::layers::{attend, attention_bias, Rotary};
+use burn::tensor::{Distribution, Int, Tensor, TensorData, activation::softmax};
+use ferrovene_models::layers::{Rotary, attend, attention_bias};
 
 type B = Autodiff<ferrovene_models::Cpu>;
 
@@ -27,7 +27,9 @@ fn attend_textbook(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, bias: Tens
     let [batch, seq, heads, d] = q.dims();
     let [_, kv_heads, total, _] = k.dims();
     let groups = heads / kv_heads;
-    let repeat = |t: Tensor<B, 4>| t.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, total, d]).reshape([batch, heads, total, d]);
+    let repeat = |t: Tensor<B, 4>| {
+        t.unsqueeze_dim::<5>(2).expand([batch, kv_heads, groups, total, d]).reshape([batch, heads, total, d])
+    };
     let q = q.swap_dims(1, 2);
     let scores = q.matmul(repeat(k).swap_dims(2, 3)) / (d as f64).sqrt() + bias;
     softmax(scores, 3).matmul(repeat(v)).swap_dims(1, 2).reshape([batch, seq, heads * d])
@@ -37,9 +39,16 @@ fn attend_textbook(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, bias: Tens
 fn grouped_attention_equals_repeated_heads_with_gradients() {
     // 6 query heads on 2 key/value heads, a left-padded row, two cached positions before 3 new.
     let (batch, seq, total, heads, kv_heads, d) = (2, 3, 5, 6, 2, 8);
-    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1], [batch, total]), &Default::default());
+    let mask = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1], [batch, total]),
+        &Default::default(),
+    );
     let bias = attention_bias(mask, seq, true, burn::tensor::DType::F32);
-    let (q, k, v) = (random([batch, seq, heads, d], 1), random([batch, kv_heads, total, d], 2), random([batch, kv_heads, total, d], 3));
+    let (q, k, v) = (
+        random([batch, seq, heads, d], 1),
+        random([batch, kv_heads, total, d], 2),
+        random([batch, kv_heads, total, d], 3),
+    );
     let weights = random([batch, seq, heads * d], 4).detach();
     let bias5 = bias.clone().unsqueeze_dim::<5>(1).repeat_dim(1, kv_heads).repeat_dim(2, heads / kv_heads);
     let fast = attend(q.clone(), k.clone(), v.clone(), bias5);
@@ -82,15 +91,23 @@ fn rotary_equals_slicing_and_concatenating_with_gradients() {
     let positions = [0i64, 0, 1, 2, 0, 1, 2, 3];
     for inv_freq in [vec![1.0f32, 0.1, 0.01, 0.001], vec![1.0, 0.01]] {
         let (batch, seq, heads, d) = (2, 4, 3, 8);
-        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(positions.to_vec(), [batch, seq]), &Default::default());
+        let pos =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(positions.to_vec(), [batch, seq]), &Default::default());
         let rotary = Rotary::new(pos, &inv_freq, d, burn::tensor::DType::F32);
         let x = random([batch, seq, heads, d], 5);
         let weights = random([batch, seq, heads, d], 6).detach();
         let fast = rotary.apply(x.clone());
         let slow = rotary_textbook(x.clone(), &positions, &inv_freq);
-        assert!(max_diff(&values(fast.clone()), &values(slow.clone())) < 1e-6, "rotary outputs differ (rotary dims {})", 2 * inv_freq.len());
+        assert!(
+            max_diff(&values(fast.clone()), &values(slow.clone())) < 1e-6,
+            "rotary outputs differ (rotary dims {})",
+            2 * inv_freq.len()
+        );
         let (g_fast, g_slow) = ((fast * weights.clone()).sum().backward(), (slow * weights).sum().backward());
         let (a, b) = (x.grad(&g_fast).expect("a gradient"), x.grad(&g_slow).expect("a gradient"));
-        assert!(max_diff(&a.into_data().to_vec::<f32>().unwrap(), &b.into_data().to_vec::<f32>().unwrap()) < 1e-6, "rotary gradients differ");
+        assert!(
+            max_diff(&a.into_data().to_vec::<f32>().unwrap(), &b.into_data().to_vec::<f32>().unwrap()) < 1e-6,
+            "rotary gradients differ"
+        );
     }
 }

@@ -5,9 +5,9 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{backend::AutodiffBackend, Int, Tensor};
+use burn::tensor::{Int, Tensor, backend::AutodiffBackend};
 use common::*;
-use ferrovene_models::{forward, load_folder, scatter_positions, Component, FnHook, Site, Transformer, Input};
+use ferrovene_models::{Component, FnHook, Input, Site, Transformer, forward, load_folder, scatter_positions};
 
 type AD = Autodiff<B>;
 

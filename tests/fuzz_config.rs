@@ -19,7 +19,10 @@ fn mutated_configs_never_panic() {
     let mut seeds = Vec::new();
     for arch in archs {
         let src = golden.join(arch);
-        assert!(src.join("config.json").exists(), "golden files missing: this test needs ../shared/golden/tiny/{arch} beside the checkout");
+        assert!(
+            src.join("config.json").exists(),
+            "golden files missing: this test needs ../shared/golden/tiny/{arch} beside the checkout"
+        );
         let folder = dir.join(arch);
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::copy(src.join("model.safetensors"), folder.join("model.safetensors")).unwrap();

@@ -1,7 +1,7 @@
 //! Each GGUF dequantiser against blocks dequantised by the reference implementation (the `gguf`
 //! Python package, a port of ggml-quants.c); see scripts/make_dequant_refs.py.
 
-use ferrovene_models::weights::dequant::{dequantize, GgmlType};
+use ferrovene_models::weights::dequant::{GgmlType, dequantize};
 
 fn check(ty: GgmlType, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dequant");

@@ -7,8 +7,8 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 use ferrovene_models::hub::{HubConfig, HubId};
@@ -46,7 +46,8 @@ fn start_server(files: HashMap<String, Vec<u8>>) -> (String, Arc<AtomicUsize>) {
                     }
                 }
                 let reply = |stream: &mut std::net::TcpStream, status: &str, headers: Vec<String>, body: &[u8]| {
-                    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                    let mut head =
+                        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
                     for h in headers {
                         head.push_str(&h);
                         head.push_str("\r\n");
@@ -71,7 +72,10 @@ fn start_server(files: HashMap<String, Vec<u8>>) -> (String, Arc<AtomicUsize>) {
                 };
                 let size = data.len();
                 let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
-                    Some((a, b)) => (a.parse::<usize>().unwrap_or(0), b.parse::<usize>().map(|e| e.min(size - 1)).unwrap_or(size - 1)),
+                    Some((a, b)) => (
+                        a.parse::<usize>().unwrap_or(0),
+                        b.parse::<usize>().map(|e| e.min(size - 1)).unwrap_or(size - 1),
+                    ),
                     None => (0, size - 1),
                 };
                 if range.is_some() && start > 0 || end == size - 1 {
@@ -101,7 +105,10 @@ fn tiny_logits(loaded: &ferrovene_models::LoadedModel<B>) -> Vec<f32> {
 
 #[test]
 fn hub_id_parsing() {
-    assert_eq!(HubId::parse("EleutherAI/pythia-1.4b"), Some(HubId { repo: "EleutherAI/pythia-1.4b".into(), revision: "main".into() }));
+    assert_eq!(
+        HubId::parse("EleutherAI/pythia-1.4b"),
+        Some(HubId { repo: "EleutherAI/pythia-1.4b".into(), revision: "main".into() })
+    );
     assert_eq!(HubId::parse("org/name@v1.0").unwrap().revision, "v1.0");
     assert_eq!(HubId::parse("smollm2-135m"), None);
     assert_eq!(HubId::parse("org/name@"), None);
@@ -112,7 +119,13 @@ fn hub_id_parsing() {
 fn loads_from_the_hub_then_from_the_cache_offline() {
     let (endpoint, hits) = start_server(tiny_gpt2_files());
     let cache = temp_dir("hub-cache");
-    let online = HubConfig { endpoint: endpoint.clone(), cache_dir: cache.clone(), offline: false, progress: false, timeout: std::time::Duration::from_secs(30) };
+    let online = HubConfig {
+        endpoint: endpoint.clone(),
+        cache_dir: cache.clone(),
+        offline: false,
+        progress: false,
+        timeout: std::time::Duration::from_secs(30),
+    };
     let loaded = load_with_hub::<B>("tiny-org/tiny-gpt2@main", &online, &Default::default()).expect("hub load");
     let reference = read_st(&golden("tiny/gpt2/reference.safetensors"));
     assert!(max_abs_diff(&tiny_logits(&loaded), &reference.get("logits").0) < 1e-5);
@@ -126,17 +139,33 @@ fn loads_from_the_hub_then_from_the_cache_offline() {
     assert_eq!(hits.load(Ordering::SeqCst), downloads, "a second load downloads nothing");
 
     // Offline with the server gone from the picture (wrong endpoint): the cache alone.
-    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache, offline: true, progress: false, timeout: std::time::Duration::from_secs(30) };
-    let again = load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).expect("offline load from cache");
+    let offline = HubConfig {
+        endpoint: "http://127.0.0.1:9".into(),
+        cache_dir: cache,
+        offline: true,
+        progress: false,
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let again =
+        load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).expect("offline load from cache");
     assert!(tiny_logits(&again) == tiny_logits(&loaded));
 }
 
 #[test]
 fn offline_with_an_empty_cache_fails_clearly() {
     let cache = temp_dir("hub-empty");
-    let offline = HubConfig { endpoint: "http://127.0.0.1:9".into(), cache_dir: cache.clone(), offline: true, progress: false, timeout: std::time::Duration::from_secs(30) };
+    let offline = HubConfig {
+        endpoint: "http://127.0.0.1:9".into(),
+        cache_dir: cache.clone(),
+        offline: true,
+        progress: false,
+        timeout: std::time::Duration::from_secs(30),
+    };
     let err = load_with_hub::<B>("tiny-org/tiny-gpt2", &offline, &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("HF_HUB_OFFLINE") && err.contains("config.json") && err.contains("tiny-org/tiny-gpt2@main"), "{err}");
+    assert!(
+        err.contains("HF_HUB_OFFLINE") && err.contains("config.json") && err.contains("tiny-org/tiny-gpt2@main"),
+        "{err}"
+    );
     assert!(err.contains(&cache.display().to_string()), "names the cache: {err}");
 }
 
@@ -145,7 +174,13 @@ fn a_repository_without_weights_is_refused() {
     let mut files = tiny_gpt2_files();
     files.remove("model.safetensors");
     let (endpoint, _) = start_server(files);
-    let cfg = HubConfig { endpoint, cache_dir: temp_dir("hub-noweights"), offline: false, progress: false, timeout: std::time::Duration::from_secs(30) };
+    let cfg = HubConfig {
+        endpoint,
+        cache_dir: temp_dir("hub-noweights"),
+        offline: false,
+        progress: false,
+        timeout: std::time::Duration::from_secs(30),
+    };
     let err = load_with_hub::<B>("tiny-org/no-weights", &cfg, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("model.safetensors") && err.contains("tiny-org/no-weights"), "{err}");
 }
@@ -179,12 +214,24 @@ fn a_silent_endpoint_times_out_with_a_clear_error() {
             held.push(conn); // keep it open, say nothing
         }
     });
-    let cfg = HubConfig { endpoint: endpoint.clone(), cache_dir: temp_dir("hub-silent"), offline: false, progress: false, timeout: std::time::Duration::from_secs(1) };
+    let cfg = HubConfig {
+        endpoint: endpoint.clone(),
+        cache_dir: temp_dir("hub-silent"),
+        offline: false,
+        progress: false,
+        timeout: std::time::Duration::from_secs(1),
+    };
     let started = std::time::Instant::now();
     let err = ferrovene_models::hub::fetch(&HubId::parse("silent-org/model").unwrap(), &cfg).unwrap_err().to_string();
     let waited = started.elapsed().as_secs_f64();
     assert!((1.0..10.0).contains(&waited), "gave up after {waited:.1} s");
-    assert!(err.contains(&endpoint) && err.contains("no answer") && err.contains("HF_HUB_OFFLINE=1") && err.contains("FERROVENE_HUB_TIMEOUT"), "{err}");
+    assert!(
+        err.contains(&endpoint)
+            && err.contains("no answer")
+            && err.contains("HF_HUB_OFFLINE=1")
+            && err.contains("FERROVENE_HUB_TIMEOUT"),
+        "{err}"
+    );
 }
 
 /// What the fuzzing server answers: the repository listing's body, and the `ETag`,
@@ -222,7 +269,10 @@ fn start_fuzz_server(replies: Arc<std::sync::Mutex<Replies>>) -> String {
                 (format!("ETag: {}\r\nX-Repo-Commit: {}\r\nContent-Range: {}\r\n", r.etag, r.commit, r.range), r.file)
             };
             let status = if path.starts_with("/api/models/") { "200 OK" } else { "206 Partial Content" };
-            let _ = stream.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n", body.len()).as_bytes());
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n", body.len())
+                    .as_bytes(),
+            );
             let _ = stream.write_all(&body);
         }
     });
@@ -244,7 +294,9 @@ fn mutated_hub_replies_never_panic() {
     let root = temp_dir("hub-fuzz");
     let (mut answered, mut listed) = (0, 0);
     for case in 0..cases {
-        let text = |rng: &mut ferrovene_models::rng::Rng, s: &str| String::from_utf8_lossy(&rng.mutated(s.as_bytes())).replace(['\r', '\n'], "");
+        let text = |rng: &mut ferrovene_models::rng::Rng, s: &str| {
+            String::from_utf8_lossy(&rng.mutated(s.as_bytes())).replace(['\r', '\n'], "")
+        };
         let r = Replies {
             listing: if rng.below(4) == 0 { listing.clone().into_bytes() } else { rng.mutated(listing.as_bytes()) },
             etag: text(&mut rng, "\"etag-config\""),
@@ -256,8 +308,16 @@ fn mutated_hub_replies_never_panic() {
         *replies.lock().unwrap() = r;
         let cache = root.join(format!("{}", case % 8));
         let _ = std::fs::remove_dir_all(&cache);
-        let cfg = HubConfig { endpoint: endpoint.clone(), cache_dir: cache, offline: false, progress: false, timeout: std::time::Duration::from_secs(10) };
-        let outcome = std::panic::catch_unwind(|| ferrovene_models::hub::fetch(&HubId::parse("fuzz-org/model").unwrap(), &cfg).is_err());
+        let cfg = HubConfig {
+            endpoint: endpoint.clone(),
+            cache_dir: cache,
+            offline: false,
+            progress: false,
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let outcome = std::panic::catch_unwind(|| {
+            ferrovene_models::hub::fetch(&HubId::parse("fuzz-org/model").unwrap(), &cfg).is_err()
+        });
         match outcome {
             Ok(_) => answered += 1,
             Err(_) => panic!("case {case} panicked"),

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ferrovene_models::{forward, load_folder, Component, FnHook, Input, KvCache, NoHooks, Site, Transformer};
+use ferrovene_models::{Component, FnHook, Input, KvCache, NoHooks, Site, Transformer, forward, load_folder};
 
 const VOCAB: usize = 97;
 
@@ -41,7 +41,15 @@ fn cached_pieces_equal_the_whole_sequence() {
         let cache = KvCache::<B>::new();
         let dev = Default::default();
         forward(&model, &Input::<B>::from_ids(&[row[..4].to_vec()], &dev).continuing(&cache), &mut NoHooks);
-        let twice = to_vec(model.head(forward(&model, &Input::<B>::from_ids(&[row[..4].to_vec()], &dev).continuing(&cache), &mut NoHooks)).unwrap());
+        let twice = to_vec(
+            model
+                .head(forward(
+                    &model,
+                    &Input::<B>::from_ids(&[row[..4].to_vec()], &dev).continuing(&cache),
+                    &mut NoHooks,
+                ))
+                .unwrap(),
+        );
         assert!(max_abs_diff(&twice, &whole[..4 * VOCAB]) > 1e-3, "{name}: feeding a prompt twice changed nothing");
     }
 }
@@ -55,7 +63,11 @@ fn left_padded_batches_continue_their_cache() {
         let (long, short) = (vec![1u32, 2, 3, 4, 5, 6, 7], vec![5u32, 17, 42, 8]);
         let (long_next, short_next) = ([9u32, 10], [33u32, 34]);
         let cache = KvCache::<B>::new();
-        forward(&model, &Input::<B>::padded(&[long.clone(), short.clone()], 0, true, &dev).continuing(&cache), &mut NoHooks);
+        forward(
+            &model,
+            &Input::<B>::padded(&[long.clone(), short.clone()], 0, true, &dev).continuing(&cache),
+            &mut NoHooks,
+        );
         let next = Input::<B>::from_ids(&[long_next.to_vec(), short_next.to_vec()], &dev).continuing(&cache);
         let got = to_vec(model.head(forward(&model, &next, &mut NoHooks)).unwrap());
         assert_eq!(cache.len(), 9);
@@ -82,7 +94,11 @@ fn hooks_on_a_cached_step_see_only_the_new_positions() {
         let zeros = burn::tensor::Tensor::<B, 3>::zeros([b, s - 1, w], &h.device());
         h + burn::tensor::Tensor::cat(vec![zeros, bump], 1)
     };
-    let whole = to_vec(model.head(forward(&model, &Input::<B>::from_ids(&[row.clone()], &dev), &mut FnHook::new([site], add))).unwrap());
+    let whole = to_vec(
+        model
+            .head(forward(&model, &Input::<B>::from_ids(&[row.clone()], &dev), &mut FnHook::new([site], add)))
+            .unwrap(),
+    );
     let cache = KvCache::<B>::new();
     forward(&model, &Input::<B>::from_ids(&[row[..4].to_vec()], &dev).continuing(&cache), &mut NoHooks);
     let step = Input::<B>::from_ids(&[row[4..].to_vec()], &dev).continuing(&cache);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ferrovene_models::{forward, load_folder, load_gguf, Input, ModelError, NoHooks, Transformer};
+use ferrovene_models::{Input, ModelError, NoHooks, Transformer, forward, load_folder, load_gguf};
 
 fn tiny_logits(loaded: &ferrovene_models::LoadedModel<B>) -> Vec<f32> {
     logits_of(&loaded.model, &reference_ids(&read_st(&golden("tiny/llama/reference.safetensors"))))
@@ -70,8 +70,12 @@ fn check_dtype(dtype: StDtype, round: fn(f32) -> f32, name: &str, shards: bool) 
         write_st(&low.join("model-00001-of-00002.safetensors"), a, dtype);
         write_st(&low.join("model-00002-of-00002.safetensors"), b, dtype);
         let mut map = serde_json::Map::new();
-        for (n, _, _) in a { map.insert(n.clone(), "model-00001-of-00002.safetensors".into()); }
-        for (n, _, _) in b { map.insert(n.clone(), "model-00002-of-00002.safetensors".into()); }
+        for (n, _, _) in a {
+            map.insert(n.clone(), "model-00001-of-00002.safetensors".into());
+        }
+        for (n, _, _) in b {
+            map.insert(n.clone(), "model-00002-of-00002.safetensors".into());
+        }
         let index = serde_json::json!({"metadata": {}, "weight_map": map});
         std::fs::write(low.join("model.safetensors.index.json"), index.to_string()).unwrap();
     } else {
@@ -109,7 +113,9 @@ fn load_err(dir: &std::path::Path) -> (ModelError, String) {
 fn unknown_architecture_is_refused_by_name() {
     let dir = temp_dir("unknown-arch");
     copy_dir(&golden("tiny/llama"), &dir);
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let (e, s) = load_err(&dir);
     assert!(matches!(e, ModelError::UnknownArchitecture { .. }), "{s}");
@@ -128,8 +134,12 @@ fn missing_tensor_is_named() {
     let dir = temp_dir("missing-tensor");
     std::fs::copy(golden("tiny/llama/config.json"), dir.join("config.json")).unwrap();
     let st = read_st(&golden("tiny/llama/model.safetensors"));
-    let tensors: Vec<_> = st.tensors.iter().filter(|(n, _)| *n != "model.layers.1.mlp.up_proj.weight")
-        .map(|(n, (v, s))| (n.clone(), s.clone(), v.clone())).collect();
+    let tensors: Vec<_> = st
+        .tensors
+        .iter()
+        .filter(|(n, _)| *n != "model.layers.1.mlp.up_proj.weight")
+        .map(|(n, (v, s))| (n.clone(), s.clone(), v.clone()))
+        .collect();
     write_st(&dir.join("model.safetensors"), &tensors, StDtype::F32);
     let (e, s) = load_err(&dir);
     assert!(matches!(e, ModelError::MissingTensor { .. }), "{s}");
@@ -141,13 +151,24 @@ fn wrong_shape_is_named_with_both_shapes() {
     let dir = temp_dir("wrong-shape");
     std::fs::copy(golden("tiny/llama/config.json"), dir.join("config.json")).unwrap();
     let st = read_st(&golden("tiny/llama/model.safetensors"));
-    let tensors: Vec<_> = st.tensors.iter().map(|(n, (v, s))| {
-        if n == "model.layers.0.self_attn.k_proj.weight" { (n.clone(), vec![32, 16], v.clone()) } else { (n.clone(), s.clone(), v.clone()) }
-    }).collect();
+    let tensors: Vec<_> = st
+        .tensors
+        .iter()
+        .map(|(n, (v, s))| {
+            if n == "model.layers.0.self_attn.k_proj.weight" {
+                (n.clone(), vec![32, 16], v.clone())
+            } else {
+                (n.clone(), s.clone(), v.clone())
+            }
+        })
+        .collect();
     write_st(&dir.join("model.safetensors"), &tensors, StDtype::F32);
     let (e, s) = load_err(&dir);
     assert!(matches!(e, ModelError::WrongShape { .. }), "{s}");
-    assert!(s.contains("model.layers.0.self_attn.k_proj.weight") && s.contains("[32, 16]") && s.contains("[16, 32]"), "{s}");
+    assert!(
+        s.contains("model.layers.0.self_attn.k_proj.weight") && s.contains("[32, 16]") && s.contains("[16, 32]"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -173,14 +194,22 @@ fn unsupported_safetensors_dtype_is_named() {
     let dir = temp_dir("int-weights");
     std::fs::copy(golden("tiny/llama/config.json"), dir.join("config.json")).unwrap();
     let st = read_st(&golden("tiny/llama/model.safetensors"));
-    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = st.tensors.iter()
-        .map(|(n, (v, s))| (n.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), safetensors::Dtype::F32)).collect();
+    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = st
+        .tensors
+        .iter()
+        .map(|(n, (v, s))| {
+            (n.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), safetensors::Dtype::F32)
+        })
+        .collect();
     for b in bufs.iter_mut() {
         if b.0 == "model.norm.weight" {
             b.3 = safetensors::Dtype::I32;
         }
     }
-    let views: Vec<_> = bufs.iter().map(|(n, s, b, d)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<_> = bufs
+        .iter()
+        .map(|(n, s, b, d)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     let (e, s) = load_err(&dir);
     assert!(matches!(e, ModelError::UnsupportedDtype { .. }), "{s}");
@@ -197,7 +226,10 @@ fn truncated_gguf_is_refused() {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let e = load_gguf::<B>(&path, &Default::default()).expect_err("truncated");
         let s = e.to_string();
-        assert!(matches!(e, ModelError::Corrupt { .. }) && s.contains("truncated") && s.contains("tiny.gguf"), "cut {cut}: {s}");
+        assert!(
+            matches!(e, ModelError::Corrupt { .. }) && s.contains("truncated") && s.contains("tiny.gguf"),
+            "cut {cut}: {s}"
+        );
     }
     std::fs::write(&path, b"GGML not a gguf").unwrap();
     let s = load_gguf::<B>(&path, &Default::default()).expect_err("bad magic").to_string();
@@ -237,7 +269,10 @@ fn inconsistent_head_counts_are_config_errors() {
         assert!(cfg.contains(from), "{name}: the golden config changed");
         std::fs::write(dir.join("config.json"), cfg.replace(from, to)).unwrap();
         let (e, s) = load_err(&dir);
-        assert!(matches!(e, ModelError::Config { .. }) && s.contains(expect) && s.contains("config.json"), "{name}: {s}");
+        assert!(
+            matches!(e, ModelError::Config { .. }) && s.contains(expect) && s.contains("config.json"),
+            "{name}: {s}"
+        );
     }
     let dir = temp_dir("gpt2-heads");
     copy_dir(&golden("tiny/gpt2"), &dir);

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use ferrovene_models::arch::bert::mean_pool_normalized;
-use ferrovene_models::{forward, load_folder, Capture, Component, Input, Site};
+use ferrovene_models::{Capture, Component, Input, Site, forward, load_folder};
 
 #[test]
 fn minilm_hidden_states_and_sentence_embeddings_match() {
@@ -36,7 +36,13 @@ fn padded_batch_gives_the_same_sentence_embeddings() {
     let loaded = load_folder::<B>(&fixture("minilm"), &Default::default()).expect("load minilm");
     let tok = loaded.tokenizer.as_ref().unwrap();
     let st = read_st(&golden("minilm/forward.safetensors"));
-    let rows: Vec<Vec<u32>> = st.meta_json("sentences").as_array().unwrap().iter().map(|s| tok.encode(s.as_str().unwrap()).unwrap()).collect();
+    let rows: Vec<Vec<u32>> = st
+        .meta_json("sentences")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| tok.encode(s.as_str().unwrap()).unwrap())
+        .collect();
     let input = Input::<B>::padded(&rows, tok.pad_id, false, &Default::default());
     let hidden = forward(&loaded.model, &input, &mut ferrovene_models::NoHooks);
     let emb = to_vec(mean_pool_normalized(hidden, input.mask.clone()));

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use ferrovene_models::{load, Transformer};
+use ferrovene_models::{Transformer, load};
 
 #[test]
 fn smollm2_name_resolves_to_the_gguf_fixture() {

@@ -8,8 +8,8 @@ use burn::tensor::{Int, Tensor};
 use common::*;
 use ferrovene_models::arch::mlp::{Mlp, MlpConfig};
 use ferrovene_models::{
-    forward, gather_positions, load_folder, resume, run_to, scatter_positions, AnyModel, Component, FnHook, Input,
-    NoHooks, Site, Transformer,
+    AnyModel, Component, FnHook, Input, NoHooks, Site, Transformer, forward, gather_positions, load_folder, resume,
+    run_to, scatter_positions,
 };
 
 /// Two rows of different lengths (right-padded), so that masks and positions are exercised.
@@ -77,7 +77,9 @@ fn resume_with_a_changed_activation_equals_a_replacing_hook() {
     let input = batch(97);
     let dev = Default::default();
     let positions = Tensor::<B, 1, Int>::from_ints([2, 1, 0, 3], &dev).reshape([2, 2]);
-    for component in [Component::BlockOutput, Component::HeadValueOutput, Component::MlpActivation, Component::Embeddings] {
+    for component in
+        [Component::BlockOutput, Component::HeadValueOutput, Component::MlpActivation, Component::Embeddings]
+    {
         let site = if component == Component::Embeddings { Site::new(0, component) } else { Site::new(1, component) };
         let ckpt = run_to(&model, &input, site).unwrap();
         let width = ckpt.activation.dims()[2];
@@ -87,7 +89,10 @@ fn resume_with_a_changed_activation_equals_a_replacing_hook() {
         let mut writer = ferrovene_models::Replace::new().at(site, positions.clone(), new_values.clone());
         let want = to_vec(forward(&model, &input, &mut writer));
         assert!(max_abs_diff(&got, &want) == 0.0, "resume with a change at {site} differs from the hook");
-        assert!(max_abs_diff(&want, &to_vec(forward(&model, &input, &mut NoHooks))) > 1e-4, "the change at {site} had no effect");
+        assert!(
+            max_abs_diff(&want, &to_vec(forward(&model, &input, &mut NoHooks))) > 1e-4,
+            "the change at {site} had no effect"
+        );
         // the written vectors are where they were put
         let read_back = to_vec(gather_positions(
             scatter_positions(ckpt.activation.clone(), positions.clone(), new_values.clone()),

@@ -4,9 +4,9 @@ mod common;
 
 use common::*;
 use ferrovene_models::arch::llama::{Llama, LlamaConfig};
-use ferrovene_models::weights::gguf::{GgufFile, GgufLlamaWeights};
 use ferrovene_models::weights::Loader;
-use ferrovene_models::{forward, Capture, Component, Input, Site, TextTokenizer, Transformer};
+use ferrovene_models::weights::gguf::{GgufFile, GgufLlamaWeights};
+use ferrovene_models::{Capture, Component, Input, Site, TextTokenizer, Transformer, forward};
 
 fn load() -> (Llama<B>, TextTokenizer) {
     let file = GgufFile::open(&smollm2_gguf()).expect("open gguf");
@@ -60,7 +60,8 @@ fn forward_matches_transformers() {
         let want = &st.get(&format!("p{i}.last_logits")).0;
         let diff = max_abs_diff(&last, want);
         assert!(diff < 1e-2, "prompt {i}: max |logit diff| = {diff}");
-        let want_top: Vec<usize> = p["top5"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap() as usize).collect();
+        let want_top: Vec<usize> =
+            p["top5"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap() as usize).collect();
         assert_eq!(top_k(&last, 5), want_top, "prompt {i}: top-5 ids");
     }
 }
@@ -68,10 +69,12 @@ fn forward_matches_transformers() {
 #[test]
 fn pyvene_interchange_at_layer_6_position_3_through_hooks() {
     use burn::tensor::{Int, Tensor};
-    use ferrovene_models::{gather_positions, run_to, Replace};
+    use ferrovene_models::{Replace, gather_positions, run_to};
     let (model, _) = load();
     let st = read_st(&golden("smollm2/interchange_l6_pos3.safetensors"));
-    let ids = |k: &str| -> Vec<u32> { st.meta_json(k).as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect() };
+    let ids = |k: &str| -> Vec<u32> {
+        st.meta_json(k).as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    };
     let dev = Default::default();
     let site = Site::new(6, Component::BlockOutput);
     let pos = Tensor::<B, 1, Int>::from_ints([3], &dev).reshape([1, 1]);
@@ -84,6 +87,7 @@ fn pyvene_interchange_at_layer_6_position_3_through_hooks() {
     let last = to_vec(model.head(hidden.slice([0..1, seq - 1..seq])).unwrap());
     let d = max_abs_diff(&last, &st.get("last_logits").0);
     assert!(d < 1e-2, "interchange logits differ by {d}");
-    let want_top: Vec<usize> = st.meta_json("top5").as_array().unwrap().iter().map(|t| t[0].as_u64().unwrap() as usize).collect();
+    let want_top: Vec<usize> =
+        st.meta_json("top5").as_array().unwrap().iter().map(|t| t[0].as_u64().unwrap() as usize).collect();
     assert_eq!(top_k(&last, 5), want_top, "top-5 after interchange");
 }

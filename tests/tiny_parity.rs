@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use ferrovene_models::{
-    forward, gather_positions, load_folder, run_to, Capture, Component, Input, Replace, Site, Transformer,
+    Capture, Component, Input, Replace, Site, Transformer, forward, gather_positions, load_folder, run_to,
 };
 
 fn check(name: &str) {

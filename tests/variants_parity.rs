@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ferrovene_models::{forward, load_folder, Capture, Component, Input, NoHooks, Site, Transformer};
+use ferrovene_models::{Capture, Component, Input, NoHooks, Site, Transformer, forward, load_folder};
 
 fn data(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/numpy_refs").join(name)
@@ -22,7 +22,10 @@ fn check(name: &str) {
     let mut cap = Capture::new((0..n).map(|l| Site::new(l, Component::BlockOutput)));
     let hidden = forward(model, &input, &mut cap);
     for l in 0..n - 1 {
-        let d = max_abs_diff(&to_vec(cap.get(Site::new(l, Component::BlockOutput)).unwrap()), &reference.get(&format!("hidden_states.{}", l + 1)).0);
+        let d = max_abs_diff(
+            &to_vec(cap.get(Site::new(l, Component::BlockOutput)).unwrap()),
+            &reference.get(&format!("hidden_states.{}", l + 1)).0,
+        );
         assert!(d < 1e-4, "{name}: block {l} differs by {d}");
     }
     let d = max_abs_diff(&to_vec(model.head(hidden).unwrap()), &reference.get("logits").0);
@@ -56,7 +59,8 @@ fn padding_on_either_side_changes_nothing() {
         let dev = Default::default();
         let short = vec![5u32, 17, 42, 8];
         let long = vec![1u32, 2, 3, 4, 5, 6, 7];
-        let alone = to_vec(model.head(forward(&model, &Input::from_ids(&[short.clone()], &dev), &mut NoHooks)).unwrap());
+        let alone =
+            to_vec(model.head(forward(&model, &Input::from_ids(&[short.clone()], &dev), &mut NoHooks)).unwrap());
         for left in [false, true] {
             let batch = Input::<B>::padded(&[long.clone(), short.clone()], 0, left, &dev);
             let logits = to_vec(model.head(forward(&model, &batch, &mut NoHooks)).unwrap());

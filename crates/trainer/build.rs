@@ -9,7 +9,9 @@ fn main() {
     let version = text
         .split("[[package]]")
         .find(|p| p.lines().any(|l| l.trim() == "name = \"burn\""))
-        .and_then(|p| p.lines().find_map(|l| l.trim().strip_prefix("version = \"")?.strip_suffix('"').map(str::to_string)))
+        .and_then(|p| {
+            p.lines().find_map(|l| l.trim().strip_prefix("version = \"")?.strip_suffix('"').map(str::to_string))
+        })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=FERROVENE_BURN_VERSION={version}");
 }

@@ -12,7 +12,11 @@ pub type B = ferrovene_models::Cpu;
 /// `../shared/golden/<rel>`, or a loud failure naming what is missing.
 pub fn golden(rel: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden").join(rel);
-    assert!(p.exists(), "golden file {} is missing: these tests need ../shared/golden beside the checkout", p.display());
+    assert!(
+        p.exists(),
+        "golden file {} is missing: these tests need ../shared/golden beside the checkout",
+        p.display()
+    );
     p
 }
 
@@ -21,9 +25,9 @@ pub fn fixtures() -> PathBuf {
     if let Ok(p) = std::env::var("FERROVENE_FIXTURES") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache")
-    });
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache"));
     cache.join("ferrovene/fixtures")
 }
 
@@ -50,7 +54,8 @@ impl StFile {
         self.tensors.get(name).unwrap_or_else(|| panic!("tensor {name} not in file"))
     }
     pub fn meta_json(&self, key: &str) -> serde_json::Value {
-        serde_json::from_str(self.metadata.get(key).unwrap_or_else(|| panic!("metadata {key} missing"))).expect("metadata is JSON")
+        serde_json::from_str(self.metadata.get(key).unwrap_or_else(|| panic!("metadata {key} missing")))
+            .expect("metadata is JSON")
     }
 }
 
@@ -169,17 +174,37 @@ pub fn write_gguf(path: &std::path::Path, meta: &[(&str, Meta)], tensors: &[(Str
     for (k, v) in meta {
         s(&mut out, k);
         match v {
-            Meta::U32(x) => { out.extend(4u32.to_le_bytes()); out.extend(x.to_le_bytes()); }
-            Meta::F32(x) => { out.extend(6u32.to_le_bytes()); out.extend(x.to_le_bytes()); }
-            Meta::Bool(x) => { out.extend(7u32.to_le_bytes()); out.push(*x as u8); }
-            Meta::Str(x) => { out.extend(8u32.to_le_bytes()); s(&mut out, x); }
+            Meta::U32(x) => {
+                out.extend(4u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Meta::F32(x) => {
+                out.extend(6u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Meta::Bool(x) => {
+                out.extend(7u32.to_le_bytes());
+                out.push(*x as u8);
+            }
+            Meta::Str(x) => {
+                out.extend(8u32.to_le_bytes());
+                s(&mut out, x);
+            }
             Meta::Strs(xs) => {
-                out.extend(9u32.to_le_bytes()); out.extend(8u32.to_le_bytes()); out.extend((xs.len() as u64).to_le_bytes());
-                for x in xs { s(&mut out, x); }
+                out.extend(9u32.to_le_bytes());
+                out.extend(8u32.to_le_bytes());
+                out.extend((xs.len() as u64).to_le_bytes());
+                for x in xs {
+                    s(&mut out, x);
+                }
             }
             Meta::I32s(xs) => {
-                out.extend(9u32.to_le_bytes()); out.extend(5u32.to_le_bytes()); out.extend((xs.len() as u64).to_le_bytes());
-                for x in xs { out.extend(x.to_le_bytes()); }
+                out.extend(9u32.to_le_bytes());
+                out.extend(5u32.to_le_bytes());
+                out.extend((xs.len() as u64).to_le_bytes());
+                for x in xs {
+                    out.extend(x.to_le_bytes());
+                }
             }
         }
     }

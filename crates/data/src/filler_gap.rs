@@ -8,20 +8,36 @@
 //! item gives both directions. Named character spans (`filler`, `article`, `noun`, `verb`, and in
 //! the embedded version `article_e`, `noun_e`, `verb_e`) let positions survive tokenisation.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::format::{Example, Label, Position, Source};
 
 /// The seven constructions.
-pub const CONSTRUCTIONS: [&str; 7] =
-    ["matrix_wh", "embedded_wh_know", "embedded_wh_wonder", "relative_clause", "cleft", "pseudo_cleft", "topicalization"];
+pub const CONSTRUCTIONS: [&str; 7] = [
+    "matrix_wh",
+    "embedded_wh_know",
+    "embedded_wh_wonder",
+    "relative_clause",
+    "cleft",
+    "pseudo_cleft",
+    "topicalization",
+];
 
 /// Subjects of the gapped clause (and of the extra embedded clause).
-const AGENTS: [&str; 12] = ["lawyer", "doctor", "teacher", "farmer", "pilot", "nurse", "baker", "singer", "driver", "painter", "judge", "sailor"];
+const AGENTS: [&str; 12] = [
+    "lawyer", "doctor", "teacher", "farmer", "pilot", "nurse", "baker", "singer", "driver", "painter", "judge",
+    "sailor",
+];
 /// Transitive verbs taking animate and inanimate objects: (past, base).
 const VERBS: [(&str, &str); 8] = [
-    ("saw", "see"), ("found", "find"), ("liked", "like"), ("remembered", "remember"), ("noticed", "notice"), ("described", "describe"),
-    ("praised", "praise"), ("mentioned", "mention"),
+    ("saw", "see"),
+    ("found", "find"),
+    ("liked", "like"),
+    ("remembered", "remember"),
+    ("noticed", "notice"),
+    ("described", "describe"),
+    ("praised", "praise"),
+    ("mentioned", "mention"),
 ];
 /// Verbs of the extra embedded clause: (past, base).
 const SAYING: [(&str, &str); 3] = [("said", "say"), ("thought", "think"), ("claimed", "claim")];
@@ -65,7 +81,10 @@ impl Item {
     /// An identifier of the item (both of its sides).
     pub fn key(&self) -> String {
         let e = self.embed.map_or(String::new(), |(n, v)| format!("+{n}:{}", v.0));
-        format!("{}|{}|{}|{}|{}|{}{e}", self.construction, self.animate, self.noun, self.verb.0, self.head, self.embedded)
+        format!(
+            "{}|{}|{}|{}|{}|{}{e}",
+            self.construction, self.animate, self.noun, self.verb.0, self.head, self.embedded
+        )
     }
 
     /// The side with the filler–gap dependency (`gap = true`) or without it.
@@ -86,7 +105,8 @@ impl Item {
             "topicalization" => ("", format!("That {},", self.head), ".", "Yesterday,".to_string(), false),
             other => unreachable!("unknown construction {other}"),
         };
-        let prefix = if self.construction == "relative_clause" { format!("The {} ", self.head) } else { prefix.to_string() };
+        let prefix =
+            if self.construction == "relative_clause" { format!("The {} ", self.head) } else { prefix.to_string() };
         let filler = if gap { filler_gap } else { filler_plain };
         let mut text = prefix;
         let mut spans = Vec::new();
@@ -126,7 +146,9 @@ impl Item {
     /// The same with several positions (one per named span).
     pub fn pair_json_at(&self, gap_in_base: bool, positions: &[&str]) -> Value {
         let (base, source) = (self.side(gap_in_base), self.side(!gap_in_base));
-        let spans = |s: &Side| s.spans.iter().map(|(n, a, b)| (n.to_string(), json!([a, b]))).collect::<serde_json::Map<_, _>>();
+        let spans = |s: &Side| {
+            s.spans.iter().map(|(n, a, b)| (n.to_string(), json!([a, b]))).collect::<serde_json::Map<_, _>>()
+        };
         json!({
             "base": base.text, "spans": spans(&base),
             "sources": [source.text], "source_spans": [spans(&source)],
@@ -148,7 +170,10 @@ impl Item {
     /// directly (the example [`Item::pair_json_at`]'s line parses to).
     pub fn example_at(&self, gap_in_base: bool, positions: &[&str]) -> Example {
         let (base, source) = (self.side(gap_in_base), self.side(!gap_in_base));
-        let text = |s: &Side| Source::Text { text: s.text.clone(), spans: s.spans.iter().map(|(n, a, b)| (n.to_string(), (*a, *b))).collect() };
+        let text = |s: &Side| Source::Text {
+            text: s.text.clone(),
+            spans: s.spans.iter().map(|(n, a, b)| (n.to_string(), (*a, *b))).collect(),
+        };
         let base_positions: Vec<Position> = positions.iter().map(|p| Position::Span(p.to_string())).collect();
         let meta = json!({
             "construction": self.construction, "animate": self.animate, "embedded": self.embedded,
@@ -181,7 +206,8 @@ pub fn items(construction: &'static str) -> Vec<Item> {
             for (i, &noun) in AGENTS.iter().enumerate() {
                 for (j, &verb) in VERBS.iter().enumerate() {
                     let head = heads[(i + j) % heads.len()];
-                    let embed = embedded.then(|| (AGENTS[(i + j + 1) % AGENTS.len()], SAYING[(i + 2 * j) % SAYING.len()]));
+                    let embed =
+                        embedded.then(|| (AGENTS[(i + j + 1) % AGENTS.len()], SAYING[(i + 2 * j) % SAYING.len()]));
                     out.push(Item { construction, animate, embedded, noun, verb, head, embed });
                 }
             }
@@ -198,7 +224,9 @@ pub fn check_continuations(mut first_token: impl FnMut(&str) -> Option<u32>) -> 
             let (g, p) = (item.side(true).continuation, item.side(false).continuation);
             let (a, b) = (first_token(g), first_token(p));
             if a.is_none() || a == b {
-                return Err(format!("{c}: continuations {g:?} and {p:?} start with the same token ({a:?}) for this tokenizer"));
+                return Err(format!(
+                    "{c}: continuations {g:?} and {p:?} start with the same token ({a:?}) for this tokenizer"
+                ));
             }
         }
     }

@@ -142,14 +142,20 @@ impl Loaded {
             return None;
         }
         let first: Vec<String> = self.skipped.iter().take(3).map(|(l, r)| format!("line {l}: {r}")).collect();
-        Some(format!("{}: skipped {} bad line(s); first: {}", self.path.display(), self.skipped.len(), first.join("; ")))
+        Some(format!(
+            "{}: skipped {} bad line(s); first: {}",
+            self.path.display(),
+            self.skipped.len(),
+            first.join("; ")
+        ))
     }
 }
 
 /// Reads and validates a JSONL file (format, fields, position rules). Positions past the end
 /// and empty labels are found at tokenisation ([`crate::tokenize`]), which names the line too.
 pub fn load_jsonl(path: &Path, on_error: OnError) -> Result<Loaded> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;
     let text = utf8(path, &bytes)?;
     parse_jsonl(path, text, on_error)
 }
@@ -161,7 +167,11 @@ pub fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
     std::str::from_utf8(bytes).map_err(|e| {
         let at = e.valid_up_to();
         let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
-        DataError::Line { path: path.to_path_buf(), line, reason: format!("not UTF-8 text (byte {at} of the file): save it as UTF-8") }
+        DataError::Line {
+            path: path.to_path_buf(),
+            line,
+            reason: format!("not UTF-8 text (byte {at} of the file): save it as UTF-8"),
+        }
     })
 }
 
@@ -179,7 +189,11 @@ pub fn parse_jsonl(path: &Path, text: &str, on_error: OnError) -> Result<Loaded>
             continue;
         }
         let parsed = if line.len() > MAX_LINE_BYTES {
-            Err(format!("the line is {} bytes; lines over {} MiB are refused (no model reads a text that long)", line.len(), MAX_LINE_BYTES >> 20))
+            Err(format!(
+                "the line is {} bytes; lines over {} MiB are refused (no model reads a text that long)",
+                line.len(),
+                MAX_LINE_BYTES >> 20
+            ))
         } else {
             parse_line(line.strip_prefix('\u{feff}').unwrap_or(line))
         };
@@ -195,14 +209,33 @@ pub fn parse_jsonl(path: &Path, text: &str, on_error: OnError) -> Result<Loaded>
         let reason = if loaded.skipped.is_empty() {
             "empty file: no examples (one JSON object per line)".to_string()
         } else {
-            format!("no valid examples: all {} line(s) were bad; first: line {}: {}", loaded.skipped.len(), loaded.skipped[0].0, loaded.skipped[0].1)
+            format!(
+                "no valid examples: all {} line(s) were bad; first: line {}: {}",
+                loaded.skipped.len(),
+                loaded.skipped[0].0,
+                loaded.skipped[0].1
+            )
         };
         return Err(DataError::File { path: path.to_path_buf(), reason });
     }
     Ok(loaded)
 }
 
-const PAIR_KEYS: &[&str] = &["base", "base_ids", "spans", "sources", "source_ids", "source_spans", "positions", "source_positions", "base_label", "label", "base_class", "class", "meta"];
+const PAIR_KEYS: &[&str] = &[
+    "base",
+    "base_ids",
+    "spans",
+    "sources",
+    "source_ids",
+    "source_spans",
+    "positions",
+    "source_positions",
+    "base_label",
+    "label",
+    "base_class",
+    "class",
+    "meta",
+];
 const PROMPT_KEYS: &[&str] = &["prompt", "spans", "target", "positions", "meta"];
 const TEXT_KEYS: &[&str] = &["text", "spans", "class", "positions", "meta"];
 
@@ -242,16 +275,23 @@ pub fn parse_line(line: &str) -> std::result::Result<Example, String> {
                 None => vec![base_positions.clone(); sources.len()],
                 Some(Value::Array(rows)) => {
                     if rows.len() != sources.len() {
-                        return Err(format!("`source_positions` has {} entries for {} sources", rows.len(), sources.len()));
+                        return Err(format!(
+                            "`source_positions` has {} entries for {} sources",
+                            rows.len(),
+                            sources.len()
+                        ));
                     }
-                    rows.iter().map(|r| positions_of(r).map_err(|e| format!("`source_positions`: {e}"))).collect::<std::result::Result<_, _>>()?
+                    rows.iter()
+                        .map(|r| positions_of(r).map_err(|e| format!("`source_positions`: {e}")))
+                        .collect::<std::result::Result<_, _>>()?
                 }
                 Some(_) => return Err("`source_positions` must be a list (one position list per source)".into()),
             };
             if source_positions.iter().any(|p| p.len() != base_positions.len()) {
                 return Err("each source needs as many positions as the base".into());
             }
-            let label = label_of(obj, "label", "class")?.ok_or("missing field `label` (the counterfactual continuation) or `class`")?;
+            let label = label_of(obj, "label", "class")?
+                .ok_or("missing field `label` (the counterfactual continuation) or `class`")?;
             let base_label = label_of(obj, "base_label", "base_class")?;
             Ok(Example::Pair { base, sources, base_positions, source_positions, base_label, label, meta })
         }
@@ -277,7 +317,12 @@ pub fn parse_line(line: &str) -> std::result::Result<Example, String> {
     }
 }
 
-fn source(text: Option<&Value>, ids: Option<&Value>, spans: Option<&Value>, what: &str) -> std::result::Result<Source, String> {
+fn source(
+    text: Option<&Value>,
+    ids: Option<&Value>,
+    spans: Option<&Value>,
+    what: &str,
+) -> std::result::Result<Source, String> {
     match (text, ids) {
         (Some(_), Some(_)) => Err(format!("give either `{what}` or `{what}_ids`, not both")),
         (Some(Value::String(t)), None) => Ok(Source::Text { text: t.clone(), spans: spans_of(spans, t)? }),
@@ -300,9 +345,11 @@ fn sources_of(obj: &Map<String, Value>) -> std::result::Result<Vec<Source>, Stri
             .enumerate()
             .map(|(i, v)| source(Some(v), None, spans.get(i).copied().flatten(), &format!("sources[{i}]")))
             .collect::<std::result::Result<_, _>>()?,
-        (None, Some(Value::Array(a))) => {
-            a.iter().enumerate().map(|(i, v)| ids_of(v).map(Source::Ids).map_err(|e| format!("`source_ids[{i}]`: {e}"))).collect::<std::result::Result<_, _>>()?
-        }
+        (None, Some(Value::Array(a))) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ids_of(v).map(Source::Ids).map_err(|e| format!("`source_ids[{i}]`: {e}")))
+            .collect::<std::result::Result<_, _>>()?,
         (None, None) => return Err("missing field `sources` (a list of source texts) or `source_ids`".into()),
         _ => return Err("`sources` / `source_ids` must be a list".into()),
     };
@@ -320,7 +367,14 @@ fn ids_of(v: &Value) -> std::result::Result<Vec<u32>, String> {
     if a.is_empty() {
         return Err("is empty".into());
     }
-    a.iter().map(|x| x.as_u64().filter(|&i| i <= u32::MAX as u64).map(|i| i as u32).ok_or_else(|| format!("`{x}` is not a token id"))).collect()
+    a.iter()
+        .map(|x| {
+            x.as_u64()
+                .filter(|&i| i <= u32::MAX as u64)
+                .map(|i| i as u32)
+                .ok_or_else(|| format!("`{x}` is not a token id"))
+        })
+        .collect()
 }
 
 fn spans_of(v: Option<&Value>, text: &str) -> std::result::Result<BTreeMap<String, (usize, usize)>, String> {
@@ -353,9 +407,10 @@ fn positions_of(v: &Value) -> std::result::Result<Vec<Position>, String> {
         match p {
             Value::String(s) if s == "last" => Ok(Position::Last),
             Value::Number(n) => n.as_i64().map(Position::Index).ok_or_else(|| format!("`{n}` is not an integer index")),
-            Value::Object(o) if o.len() == 1 && o.contains_key("span") => {
-                o["span"].as_str().map(|s| Position::Span(s.to_string())).ok_or_else(|| "`span` must name a span".to_string())
-            }
+            Value::Object(o) if o.len() == 1 && o.contains_key("span") => o["span"]
+                .as_str()
+                .map(|s| Position::Span(s.to_string()))
+                .ok_or_else(|| "`span` must name a span".to_string()),
             Value::Object(o) if o.len() == 1 && o.contains_key("chars") => {
                 let (a, b) = pair_of(&o["chars"])?;
                 if a >= b {
@@ -363,7 +418,9 @@ fn positions_of(v: &Value) -> std::result::Result<Vec<Position>, String> {
                 }
                 Ok(Position::Chars(a, b))
             }
-            other => Err(format!("`{other}` is not a position (use an index, \"last\", {{\"span\": NAME}} or {{\"chars\": [START, END]}})")),
+            other => Err(format!(
+                "`{other}` is not a position (use an index, \"last\", {{\"span\": NAME}} or {{\"chars\": [START, END]}})"
+            )),
         }
     };
     match v {
@@ -378,7 +435,10 @@ fn label_of(obj: &Map<String, Value>, text_key: &str, class_key: &str) -> std::r
         (Some(_), Some(_)) => Err(format!("give either `{text_key}` or `{class_key}`, not both")),
         (Some(Value::String(s)), None) => Ok(Some(Label::Text(s.clone()))),
         (Some(_), None) => Err(format!("`{text_key}` must be a string (a continuation)")),
-        (None, Some(v)) => v.as_u64().map(|c| Some(Label::Class(c as usize))).ok_or_else(|| format!("`{class_key}` must be a non-negative integer")),
+        (None, Some(v)) => v
+            .as_u64()
+            .map(|c| Some(Label::Class(c as usize)))
+            .ok_or_else(|| format!("`{class_key}` must be a non-negative integer")),
         (None, None) => Ok(None),
     }
 }

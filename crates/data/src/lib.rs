@@ -15,5 +15,5 @@ pub mod suite;
 pub mod tokenize;
 
 pub use error::{DataError, Result};
-pub use format::{load_jsonl, Example, Label, Loaded, OnError, Position, Source};
-pub use tokenize::{tokenize, LabelId, TokenizedExample, TokenizedInput};
+pub use format::{Example, Label, Loaded, OnError, Position, Source, load_jsonl};
+pub use tokenize::{LabelId, TokenizedExample, TokenizedInput, tokenize};

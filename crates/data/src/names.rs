@@ -46,7 +46,19 @@ mod tests {
         for ok in ["agr_gender", "npi-any.v2", "Tâche_1"] {
             assert!(check_file_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../../../../escaped_task", "a/b", "a\\b", "..", ".hidden", "a..b", "tab\there", "a:b", "x\u{0}y", &"x".repeat(201)] {
+        for bad in [
+            "",
+            "../../../../escaped_task",
+            "a/b",
+            "a\\b",
+            "..",
+            ".hidden",
+            "a..b",
+            "tab\there",
+            "a:b",
+            "x\u{0}y",
+            &"x".repeat(201),
+        ] {
             assert!(check_file_name(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(case_collision(["Task", "other", "task"]), Some(("Task", "task")));

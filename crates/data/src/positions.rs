@@ -21,7 +21,11 @@ pub fn resolve(specs: &[String], len: usize, what: &str) -> Result<Vec<usize>, P
     let mut out = Vec::new();
     for spec in specs {
         for rule in spec.split('+').map(str::trim) {
-            out.extend(resolve_one(rule, len).map_err(|reason| PositionError { rule: rule.to_string(), what: what.to_string(), reason })?);
+            out.extend(resolve_one(rule, len).map_err(|reason| PositionError {
+                rule: rule.to_string(),
+                what: what.to_string(),
+                reason,
+            })?);
         }
     }
     out.sort_unstable();
@@ -50,7 +54,10 @@ fn resolve_one(s: &str, len: usize) -> Result<Vec<usize>, String> {
     let i: i64 = if s == "last" {
         len as i64 - 1
     } else {
-        s.parse().map_err(|_| "write `last`, `all`, a token index (negative counts from the end), or f<k>/l<k> (first/last k tokens)".to_string())?
+        s.parse().map_err(|_| {
+            "write `last`, `all`, a token index (negative counts from the end), or f<k>/l<k> (first/last k tokens)"
+                .to_string()
+        })?
     };
     let i = if i < 0 { len as i64 + i } else { i };
     if i < 0 || i >= len as i64 {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ferrovene_models::rng::Rng;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::error::{DataError, Result};
 use crate::format::{Example, Label, Position, Source};
@@ -84,8 +84,11 @@ enum Piece {
 pub fn read_suite(path: &Path) -> Result<Suite> {
     let file_err = |reason: String| DataError::File { path: path.to_path_buf(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| file_err(format!("cannot read the suite: {e}")))?;
-    let not_a_suite = |e: serde_json::Error| file_err(format!("not a suite (a JSON object of tasks in CausalGym's template format): {e}"));
-    let tasks: BTreeMap<String, Task> = serde_json::from_value(crate::strict_json::parse(&text).map_err(not_a_suite)?).map_err(not_a_suite)?;
+    let not_a_suite = |e: serde_json::Error| {
+        file_err(format!("not a suite (a JSON object of tasks in CausalGym's template format): {e}"))
+    };
+    let tasks: BTreeMap<String, Task> =
+        serde_json::from_value(crate::strict_json::parse(&text).map_err(not_a_suite)?).map_err(not_a_suite)?;
     if tasks.is_empty() {
         return Err(file_err("the suite has no tasks".into()));
     }
@@ -94,7 +97,9 @@ pub fn read_suite(path: &Path) -> Result<Suite> {
         task.check().map_err(|reason| file_err(format!("task `{name}`: {reason}")))?;
     }
     if let Some((a, b)) = crate::names::case_collision(tasks.keys().map(String::as_str)) {
-        return Err(file_err(format!("tasks `{a}` and `{b}` differ only in case: their folders would be one on macOS and Windows; rename one")));
+        return Err(file_err(format!(
+            "tasks `{a}` and `{b}` differ only in case: their folders would be one on macOS and Windows; rename one"
+        )));
     }
     Ok(Suite { path: path.to_path_buf(), tasks })
 }
@@ -104,10 +109,14 @@ fn pieces(template: &str) -> std::result::Result<Vec<Piece>, String> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
-        let close = rest[open..].find('}').ok_or_else(|| format!("template `{template}` has a `{{` without a closing `}}`"))? + open;
+        let close =
+            rest[open..].find('}').ok_or_else(|| format!("template `{template}` has a `{{` without a closing `}}`"))?
+                + open;
         let name = &rest[open + 1..close];
         if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.') {
-            return Err(format!("template `{template}`: `{{{name}}}` is not a variable name (letters, digits, `_` and `.`)"));
+            return Err(format!(
+                "template `{template}`: `{{{name}}}` is not a variable name (letters, digits, `_` and `.`)"
+            ));
         }
         if open > 0 {
             out.push(Piece::Text(rest[..open].to_string()));
@@ -133,49 +142,85 @@ impl Task {
             return Err("no templates".into());
         }
         if let Some(v) = self.variables.keys().find(|v| RESERVED_REGIONS.contains(&v.as_str())) {
-            return Err(format!("variable `{v}`: `label`, `last` and `all` are the region names a sweep reserves (the label variable's slot, the last token, every region), so a slot of that name could never be intervened on; rename the variable"));
+            return Err(format!(
+                "variable `{v}`: `label`, `last` and `all` are the region names a sweep reserves (the label variable's slot, the last token, every region), so a slot of that name could never be intervened on; rename the variable"
+            ));
         }
         if self.labels.len() != 2 {
-            return Err(format!("`labels` has {} classes ({}); a task contrasts exactly two", self.labels.len(), self.classes().join(", ")));
+            return Err(format!(
+                "`labels` has {} classes ({}); a task contrasts exactly two",
+                self.labels.len(),
+                self.classes().join(", ")
+            ));
         }
-        if let Some((class, _)) = self.labels.iter().find(|(_, c)| c.is_empty() || c.iter().any(|s| s.trim().is_empty())) {
+        if let Some((class, _)) =
+            self.labels.iter().find(|(_, c)| c.is_empty() || c.iter().any(|s| s.trim().is_empty()))
+        {
             return Err(format!("`labels.{class}` needs at least one non-empty continuation"));
         }
         match self.variables.get(&self.label) {
             None => return Err(format!("the label variable `{}` is not in `variables`", self.label)),
-            Some(Fillers::List(_)) => return Err(format!("the label variable `{}` needs fillers by class ({})", self.label, self.classes().join(", "))),
+            Some(Fillers::List(_)) => {
+                return Err(format!(
+                    "the label variable `{}` needs fillers by class ({})",
+                    self.label,
+                    self.classes().join(", ")
+                ));
+            }
             Some(Fillers::ByClass(by)) => {
                 if by.keys().ne(self.labels.keys()) {
-                    return Err(format!("`variables.{}` has classes {:?} but `labels` has {:?}", self.label, by.keys().collect::<Vec<_>>(), self.classes()));
+                    return Err(format!(
+                        "`variables.{}` has classes {:?} but `labels` has {:?}",
+                        self.label,
+                        by.keys().collect::<Vec<_>>(),
+                        self.classes()
+                    ));
                 }
             }
         }
         for (name, fillers) in &self.variables {
             let lists: Vec<&Vec<String>> = match fillers {
                 Fillers::List(l) => vec![l],
-                Fillers::ByClass(_) if name != &self.label => return Err(format!("`variables.{name}` has fillers by class, which only the label variable `{}` may", self.label)),
+                Fillers::ByClass(_) if name != &self.label => {
+                    return Err(format!(
+                        "`variables.{name}` has fillers by class, which only the label variable `{}` may",
+                        self.label
+                    ));
+                }
                 Fillers::ByClass(by) => by.values().collect(),
             };
             if lists.iter().any(|l| l.is_empty()) {
                 return Err(format!("`variables.{name}` has an empty list of fillers"));
             }
-            if name == &self.label && let Some(empty) = lists.iter().flat_map(|l| l.iter()).find(|w| w.trim().is_empty()) {
-                return Err(format!("the label variable `{name}` has the empty filler {empty:?}: its slot would cover no token, so there would be nothing to intervene on; give it a word"));
+            if name == &self.label
+                && let Some(empty) = lists.iter().flat_map(|l| l.iter()).find(|w| w.trim().is_empty())
+            {
+                return Err(format!(
+                    "the label variable `{name}` has the empty filler {empty:?}: its slot would cover no token, so there would be nothing to intervene on; give it a word"
+                ));
             }
             for l in &lists {
                 let mut seen = HashSet::new();
                 if let Some(twice) = l.iter().find(|w| !seen.insert(w.as_str())) {
-                    return Err(format!("`variables.{name}` lists {twice:?} twice: two combinations would make the same sentences, on both sides of the train/test split; remove one"));
+                    return Err(format!(
+                        "`variables.{name}` lists {twice:?} twice: two combinations would make the same sentences, on both sides of the train/test split; remove one"
+                    ));
                 }
             }
         }
         for template in &self.templates {
-            let slots: Vec<String> = pieces(template)?.into_iter().filter_map(|p| if let Piece::Slot(s) = p { Some(s) } else { None }).collect();
+            let slots: Vec<String> = pieces(template)?
+                .into_iter()
+                .filter_map(|p| if let Piece::Slot(s) = p { Some(s) } else { None })
+                .collect();
             if let Some(missing) = slots.iter().find(|s| !self.variables.contains_key(*s)) {
                 return Err(format!("template `{template}` uses `{{{missing}}}`, which is not in `variables`"));
             }
             if !slots.contains(&self.label) {
-                return Err(format!("template `{template}` has no `{{{}}}` slot: its pairs would not differ", self.label));
+                return Err(format!(
+                    "template `{template}` has no `{{{}}}` slot: its pairs would not differ",
+                    self.label
+                ));
             }
         }
         Ok(())
@@ -206,14 +251,20 @@ impl Task {
     /// Checks that the two classes' continuations start with different tokens (else the
     /// intervened prediction cannot tell them apart): `first_token` gives a continuation's first
     /// token id, or `None` when it has none.
-    pub fn check_continuations(&self, mut first_token: impl FnMut(&str) -> Option<u32>) -> std::result::Result<(), String> {
+    pub fn check_continuations(
+        &self,
+        mut first_token: impl FnMut(&str) -> Option<u32>,
+    ) -> std::result::Result<(), String> {
         let mut firsts: Vec<(String, String, u32)> = Vec::new();
         for class in self.classes() {
             for i in 0..self.labels[class].len() {
                 let c = self.continuation(class, i);
-                let id = first_token(&c).ok_or_else(|| format!("the continuation {c:?} of class `{class}` has no token"))?;
+                let id =
+                    first_token(&c).ok_or_else(|| format!("the continuation {c:?} of class `{class}` has no token"))?;
                 if let Some((other, oc, _)) = firsts.iter().find(|(k, _, t)| k != class && *t == id) {
-                    return Err(format!("the continuations {c:?} (class `{class}`) and {oc:?} (class `{other}`) start with the same token ({id}): the model's prediction cannot tell the classes apart; change one of them"));
+                    return Err(format!(
+                        "the continuations {c:?} (class `{class}`) and {oc:?} (class `{other}`) start with the same token ({id}): the model's prediction cannot tell the classes apart; change one of them"
+                    ));
                 }
                 firsts.push((class.to_string(), c, id));
             }
@@ -234,7 +285,11 @@ struct Combination {
 
 /// The variables other than the label one that `template` uses, with their list lengths.
 fn other_slots<'t>(task: &'t Task, template: &str) -> Vec<(&'t String, usize)> {
-    let used: Vec<String> = pieces(template).unwrap_or_default().into_iter().filter_map(|p| if let Piece::Slot(s) = p { Some(s) } else { None }).collect();
+    let used: Vec<String> = pieces(template)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| if let Piece::Slot(s) = p { Some(s) } else { None })
+        .collect();
     task.variables
         .iter()
         .filter(|(n, _)| **n != task.label && used.contains(n))
@@ -251,9 +306,13 @@ fn combinations(name: &str, task: &Task, count: usize, seed: u64) -> std::result
     let slots: Vec<Vec<(&String, usize)>> = task.templates.iter().map(|t| other_slots(task, t)).collect();
     let alternatives = task.labels.values().map(Vec::len).min().unwrap_or(1);
     let per_template = |s: &Vec<(&String, usize)>| s.iter().map(|(_, n)| *n as f64).product::<f64>();
-    let total: f64 = slots.iter().map(per_template).sum::<f64>() * classes.iter().map(|c| by_class[*c].len() as f64).product::<f64>() * alternatives as f64;
+    let total: f64 = slots.iter().map(per_template).sum::<f64>()
+        * classes.iter().map(|c| by_class[*c].len() as f64).product::<f64>()
+        * alternatives as f64;
     if (count as f64) > total {
-        return Err(format!("task `{name}` has {total} filler combinations, fewer than the {count} needed; add fillers or ask for fewer pairs"));
+        return Err(format!(
+            "task `{name}` has {total} filler combinations, fewer than the {count} needed; add fillers or ask for fewer pairs"
+        ));
     }
     let mut rng = Rng::new(seed);
     let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
@@ -263,7 +322,10 @@ fn combinations(name: &str, task: &Task, count: usize, seed: u64) -> std::result
     while out.len() < count {
         tries += 1;
         if tries > count * 1000 + 10_000 {
-            return Err(format!("task `{name}`: drew only {} distinct filler combinations of the {count} needed", out.len()));
+            return Err(format!(
+                "task `{name}`: drew only {} distinct filler combinations of the {count} needed",
+                out.len()
+            ));
         }
         let template = pick(task.templates.len());
         let c = Combination {
@@ -357,9 +419,13 @@ pub struct Split {
 /// Generates the train and test pairs of task `name` (seeded).
 pub fn split(suite: &Suite, name: &str, train: usize, test: usize, seed: u64) -> Result<Split> {
     let err = |reason: String| DataError::File { path: suite.path.clone(), reason };
-    let task = suite.tasks.get(name).ok_or_else(|| err(format!("no task `{name}` (tasks: {})", suite.tasks.keys().cloned().collect::<Vec<_>>().join(", "))))?;
+    let task = suite.tasks.get(name).ok_or_else(|| {
+        err(format!("no task `{name}` (tasks: {})", suite.tasks.keys().cloned().collect::<Vec<_>>().join(", ")))
+    })?;
     if train.saturating_add(test) > MAX_PAIRS_PER_TASK {
-        return Err(err(format!("task `{name}`: {train} training and {test} test pairs asked, more than the {MAX_PAIRS_PER_TASK} a task may have; ask for fewer")));
+        return Err(err(format!(
+            "task `{name}`: {train} training and {test} test pairs asked, more than the {MAX_PAIRS_PER_TASK} a task may have; ask for fewer"
+        )));
     }
     let (n_train, n_test) = (train.div_ceil(2), test.div_ceil(2));
     let combos = combinations(name, task, n_train + n_test, seed).map_err(err)?;

@@ -64,22 +64,26 @@ pub fn tokenize(example: &Example, tok: &TextTokenizer, path: &Path, line: usize
             Label::Class(c) => Ok(LabelId::Class(*c)),
             Label::Text(t) => {
                 let ids = tok.encode_plain(t).map_err(|e| err(e.to_string()))?;
-                ids.first().map(|&i| LabelId::Token(i)).ok_or_else(|| err(format!("`{what}` {t:?} tokenises to nothing")))
+                ids.first()
+                    .map(|&i| LabelId::Token(i))
+                    .ok_or_else(|| err(format!("`{what}` {t:?} tokenises to nothing")))
             }
         }
     };
     Ok(match example {
-        Example::Pair { base, sources, base_positions, source_positions, base_label, label: l, .. } => TokenizedExample::Pair {
-            base: input(base, base_positions, "base")?,
-            sources: sources
-                .iter()
-                .zip(source_positions)
-                .enumerate()
-                .map(|(i, (s, p))| input(s, p, &format!("sources[{i}]")))
-                .collect::<Result<_>>()?,
-            base_label: base_label.as_ref().map(|b| label(b, "base_label")).transpose()?,
-            label: label(l, "label")?,
-        },
+        Example::Pair { base, sources, base_positions, source_positions, base_label, label: l, .. } => {
+            TokenizedExample::Pair {
+                base: input(base, base_positions, "base")?,
+                sources: sources
+                    .iter()
+                    .zip(source_positions)
+                    .enumerate()
+                    .map(|(i, (s, p))| input(s, p, &format!("sources[{i}]")))
+                    .collect::<Result<_>>()?,
+                base_label: base_label.as_ref().map(|b| label(b, "base_label")).transpose()?,
+                label: label(l, "label")?,
+            }
+        }
         Example::Prompt { prompt, target, positions, .. } => {
             let target_ids = tok.encode_plain(target).map_err(|e| err(e.to_string()))?;
             if target_ids.is_empty() {
@@ -87,11 +91,18 @@ pub fn tokenize(example: &Example, tok: &TextTokenizer, path: &Path, line: usize
             }
             TokenizedExample::Prompt { prompt: input(prompt, positions, "prompt")?, target: target_ids }
         }
-        Example::Text { text, class, positions, .. } => TokenizedExample::Text { text: input(text, positions, "text")?, class: *class },
+        Example::Text { text, class, positions, .. } => {
+            TokenizedExample::Text { text: input(text, positions, "text")?, class: *class }
+        }
     })
 }
 
-fn input_of(src: &Source, positions: &[Position], what: &str, tok: &TextTokenizer) -> std::result::Result<TokenizedInput, String> {
+fn input_of(
+    src: &Source,
+    positions: &[Position],
+    what: &str,
+    tok: &TextTokenizer,
+) -> std::result::Result<TokenizedInput, String> {
     let (ids, offsets, text, spans) = match src {
         Source::Text { text, spans } => {
             let (ids, offsets) = tok.encode_with_offsets(text).map_err(|e| e.to_string())?;
@@ -100,7 +111,9 @@ fn input_of(src: &Source, positions: &[Position], what: &str, tok: &TextTokenize
         Source::Ids(ids) => {
             let vocab = tok.vocab_size();
             if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
-                return Err(format!("`{what}` token id {id} (at index {i}) is outside the vocabulary of {vocab} tokens (ids 0..{vocab})"));
+                return Err(format!(
+                    "`{what}` token id {id} (at index {i}) is outside the vocabulary of {vocab} tokens (ids 0..{vocab})"
+                ));
             }
             (ids.clone(), None, None, None)
         }
@@ -109,7 +122,10 @@ fn input_of(src: &Source, positions: &[Position], what: &str, tok: &TextTokenize
         return Err(format!("`{what}` tokenises to nothing"));
     }
     if let Some(max) = tok.max_positions.filter(|&m| ids.len() > m) {
-        return Err(format!("`{what}` is {} tokens long; the model reads at most {max} positions: shorten it", ids.len()));
+        return Err(format!(
+            "`{what}` is {} tokens long; the model reads at most {max} positions: shorten it",
+            ids.len()
+        ));
     }
     let n = ids.len();
     let resolved = positions
@@ -142,10 +158,15 @@ fn input_of(src: &Source, positions: &[Position], what: &str, tok: &TextTokenize
                 }
                 Position::Chars(a, b) => chars(*a, *b, "character span"),
                 Position::Span(name) => {
-                    let spans = spans.ok_or_else(|| format!("span `{name}` in `{what}` needs text, but it was given as token ids"))?;
+                    let spans = spans.ok_or_else(|| {
+                        format!("span `{name}` in `{what}` needs text, but it was given as token ids")
+                    })?;
                     let &(a, b) = spans.get(name).ok_or_else(|| {
                         let known: Vec<&str> = spans.keys().map(String::as_str).collect();
-                        format!("`{what}` has no span `{name}` (its spans: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })
+                        format!(
+                            "`{what}` has no span `{name}` (its spans: {})",
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        )
                     })?;
                     chars(a, b, &format!("span `{name}`"))
                 }

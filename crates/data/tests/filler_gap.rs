@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use ferrovene_data::filler_gap::{check_continuations, items, CONSTRUCTIONS};
-use ferrovene_data::{tokenize, LabelId, TokenizedExample};
-use ferrovene_models::weights::gguf::GgufFile;
+use ferrovene_data::filler_gap::{CONSTRUCTIONS, check_continuations, items};
+use ferrovene_data::{LabelId, TokenizedExample, tokenize};
 use ferrovene_models::TextTokenizer;
-use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use ferrovene_models::weights::gguf::GgufFile;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerImpl};
 
@@ -31,8 +31,13 @@ fn gpt2_style() -> TextTokenizer {
             }
         }
     }
-    let mut trainer = BpeTrainerBuilder::new().vocab_size(400).show_progress(false).initial_alphabet(ByteLevel::alphabet().into_iter().collect()).build();
-    let mut tok: TokenizerImpl<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper> = TokenizerImpl::new(BPE::default());
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(400)
+        .show_progress(false)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut tok: TokenizerImpl<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper> =
+        TokenizerImpl::new(BPE::default());
     tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))));
     tok.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
     tok.train(&mut trainer, corpus.iter()).unwrap();
@@ -42,7 +47,8 @@ fn gpt2_style() -> TextTokenizer {
 }
 
 fn check_with(tok: &TextTokenizer, name: &str) {
-    check_continuations(|t| tok.encode_plain(t).ok().and_then(|ids| ids.first().copied())).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_continuations(|t| tok.encode_plain(t).ok().and_then(|ids| ids.first().copied()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut n = 0;
     for c in CONSTRUCTIONS {
         for item in items(c) {
@@ -50,8 +56,12 @@ fn check_with(tok: &TextTokenizer, name: &str) {
                 for gap_in_base in [true, false] {
                     let ex = item.pair(gap_in_base, position);
                     // Built directly, the example is the one its pair-format line parses to.
-                    assert_eq!(ex, ferrovene_data::format::parse_line(&item.pair_json(gap_in_base, position).to_string()).unwrap());
-                    let t = tokenize(&ex, tok, Path::new(name), 1).unwrap_or_else(|e| panic!("{name}: {c} {position}: {e}"));
+                    assert_eq!(
+                        ex,
+                        ferrovene_data::format::parse_line(&item.pair_json(gap_in_base, position).to_string()).unwrap()
+                    );
+                    let t = tokenize(&ex, tok, Path::new(name), 1)
+                        .unwrap_or_else(|e| panic!("{name}: {c} {position}: {e}"));
                     let TokenizedExample::Pair { base, sources, base_label, label } = t else { panic!("a pair") };
                     assert_eq!(base.positions.len(), 1);
                     assert_ne!(base_label, Some(label), "{name}: {c}: the two continuations start alike");
@@ -80,7 +90,11 @@ fn check_with(tok: &TextTokenizer, name: &str) {
 fn pairs_are_valid_for_smollm2_and_a_gpt2_style_tokenizer() {
     check_with(&smollm2(), "smollm2");
     let g = gpt2_style();
-    assert_ne!(g.encode_plain("I wonder whether the lawyer described").unwrap(), smollm2().encode_plain("I wonder whether the lawyer described").unwrap(), "a different segmentation");
+    assert_ne!(
+        g.encode_plain("I wonder whether the lawyer described").unwrap(),
+        smollm2().encode_plain("I wonder whether the lawyer described").unwrap(),
+        "a different segmentation"
+    );
     check_with(&g, "gpt2-style");
 }
 
@@ -101,7 +115,10 @@ fn sides_differ_only_in_the_filler_and_both_directions_exist() {
             assert_eq!(filler(&g), filler(&p), "{c}: {:?} vs {:?}", g.text, p.text);
             let forward = item.pair_json(false, "verb");
             let back = item.pair_json(true, "verb");
-            assert_eq!((forward["base"].clone(), forward["label"].clone()), (back["sources"][0].clone(), back["base_label"].clone()));
+            assert_eq!(
+                (forward["base"].clone(), forward["label"].clone()),
+                (back["sources"][0].clone(), back["base_label"].clone())
+            );
         }
     }
     let item = &items("matrix_wh")[0];

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use ferrovene_data::format::{parse_jsonl, utf8};
-use ferrovene_data::{tokenize, OnError};
+use ferrovene_data::{OnError, tokenize};
+use ferrovene_models::TextTokenizer;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::weights::gguf::GgufFile;
-use ferrovene_models::TextTokenizer;
 
 /// Cases per run; `FERROVENE_FUZZ_CASES` raises it for a long run.
 fn cases() -> usize {
@@ -33,7 +33,8 @@ fn mutated_pair_files_never_panic() {
     let (mut parsed, mut tokenized) = (0, 0);
     for case in 0..cases() {
         let seed = SEEDS[rng.below(SEEDS.len())];
-        let file = [rng.mutated(seed.as_bytes()), b"\n".to_vec(), SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec()].concat();
+        let file =
+            [rng.mutated(seed.as_bytes()), b"\n".to_vec(), SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec()].concat();
         let outcome = std::panic::catch_unwind(|| {
             let Ok(text) = utf8(path, &file) else { return (0, 0) };
             let Ok(loaded) = parse_jsonl(path, text, OnError::Skip) else { return (0, 0) };

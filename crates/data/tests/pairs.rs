@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use ferrovene_data::{load_jsonl, tokenize, DataError, LabelId, OnError, TokenizedExample};
-use ferrovene_models::weights::gguf::GgufFile;
+use ferrovene_data::{DataError, LabelId, OnError, TokenizedExample, load_jsonl, tokenize};
 use ferrovene_models::TextTokenizer;
+use ferrovene_models::weights::gguf::GgufFile;
 
 fn tokenizer() -> TextTokenizer {
     let p = ferrovene_models::registry::fixtures_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -47,15 +47,20 @@ fn spans_indices_and_char_spans_resolve_to_tokens() {
 
 #[test]
 fn sourceless_forms_and_token_ids() {
-    let ex = tokenized("forms.jsonl", &[
-        r#"{"prompt": "GO->", "target": " hello world", "positions": ["last"]}"#,
-        r#"{"text": "I loved it", "class": 1}"#,
-        r#"{"base_ids": [1, 2, 3], "source_ids": [[4, 5, 6]], "positions": [1], "class": 0}"#,
-    ])
+    let ex = tokenized(
+        "forms.jsonl",
+        &[
+            r#"{"prompt": "GO->", "target": " hello world", "positions": ["last"]}"#,
+            r#"{"text": "I loved it", "class": 1}"#,
+            r#"{"base_ids": [1, 2, 3], "source_ids": [[4, 5, 6]], "positions": [1], "class": 0}"#,
+        ],
+    )
     .unwrap();
     assert!(matches!(&ex[0], TokenizedExample::Prompt { target, .. } if !target.is_empty()));
     assert!(matches!(&ex[1], TokenizedExample::Text { class: 1, text } if text.positions == vec![text.ids.len() - 1]));
-    assert!(matches!(&ex[2], TokenizedExample::Pair { base, label: LabelId::Class(0), .. } if base.positions == vec![1]));
+    assert!(
+        matches!(&ex[2], TokenizedExample::Pair { base, label: LabelId::Class(0), .. } if base.positions == vec![1])
+    );
 }
 
 fn err(name: &str, lines: &[&str]) -> String {
@@ -69,14 +74,38 @@ fn each_bad_input_names_file_and_line() {
         ("malformed.jsonl", r#"{"base": "a b", "sources": ["#, "malformed JSON"),
         ("missing.jsonl", r#"{"base": "a b", "sources": ["c d"]}"#, "missing field `label`"),
         ("unknown.jsonl", r#"{"base": "a b", "sources": ["c d"], "label": " x", "lable": 1}"#, "unknown field `lable`"),
-        ("past.jsonl", r#"{"base": "a b", "sources": ["c d"], "positions": [7], "label": " x"}"#, "position 7 is past the end of `base`"),
-        ("negative.jsonl", r#"{"base": "a b", "sources": ["c d"], "positions": [-9], "label": " x"}"#, "position -9 is past the end"),
+        (
+            "past.jsonl",
+            r#"{"base": "a b", "sources": ["c d"], "positions": [7], "label": " x"}"#,
+            "position 7 is past the end of `base`",
+        ),
+        (
+            "negative.jsonl",
+            r#"{"base": "a b", "sources": ["c d"], "positions": [-9], "label": " x"}"#,
+            "position -9 is past the end",
+        ),
         ("nolabel.jsonl", r#"{"base": "a b", "sources": ["c d"], "label": ""}"#, "`label` \"\" tokenises to nothing"),
-        ("nospan.jsonl", r#"{"base": "a b", "sources": ["c d"], "positions": [{"span": "x"}], "label": " x"}"#, "no span `x`"),
+        (
+            "nospan.jsonl",
+            r#"{"base": "a b", "sources": ["c d"], "positions": [{"span": "x"}], "label": " x"}"#,
+            "no span `x`",
+        ),
         ("kind.jsonl", r#"{"foo": 1}"#, "cannot tell the kind"),
-        ("twice.jsonl", r#"{"base": "a b", "sources": ["c d"], "label": " x", "label": " y"}"#, "key `label` appears twice"),
-        ("vocab.jsonl", r#"{"base_ids": [1, 2, 49152], "source_ids": [[3, 4, 5]], "label": " x"}"#, "`base` token id 49152 (at index 2) is outside the vocabulary of 49152 tokens"),
-        ("source_vocab.jsonl", r#"{"base_ids": [1, 2, 3], "source_ids": [[3, 4000000000, 5]], "label": " x"}"#, "`sources[0]` token id 4000000000"),
+        (
+            "twice.jsonl",
+            r#"{"base": "a b", "sources": ["c d"], "label": " x", "label": " y"}"#,
+            "key `label` appears twice",
+        ),
+        (
+            "vocab.jsonl",
+            r#"{"base_ids": [1, 2, 49152], "source_ids": [[3, 4, 5]], "label": " x"}"#,
+            "`base` token id 49152 (at index 2) is outside the vocabulary of 49152 tokens",
+        ),
+        (
+            "source_vocab.jsonl",
+            r#"{"base_ids": [1, 2, 3], "source_ids": [[3, 4000000000, 5]], "label": " x"}"#,
+            "`sources[0]` token id 4000000000",
+        ),
     ];
     for (name, bad, want) in cases {
         let e = err(name, &[good, bad]);
@@ -91,17 +120,25 @@ fn each_bad_input_names_file_and_line() {
 
 #[test]
 fn skipping_counts_bad_lines_and_keeps_their_reasons() {
-    let path = file("mixed.jsonl", &[
-        r#"{"base": "a b", "sources": ["c d"], "label": " x"}"#,
-        r#"not json"#,
-        r#"{"text": "t"}"#,
-        r#"{"text": "t", "class": 0}"#,
-    ]);
+    let path = file(
+        "mixed.jsonl",
+        &[
+            r#"{"base": "a b", "sources": ["c d"], "label": " x"}"#,
+            r#"not json"#,
+            r#"{"text": "t"}"#,
+            r#"{"text": "t", "class": 0}"#,
+        ],
+    );
     let loaded = load_jsonl(&path, OnError::Skip).unwrap();
     assert_eq!(loaded.examples.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![1, 4]);
     assert_eq!(loaded.skipped.len(), 2);
     let summary = loaded.skipped_summary().unwrap();
-    assert!(summary.contains("skipped 2") && summary.contains("line 2: malformed JSON") && summary.contains("line 3: missing field `class`"), "{summary}");
+    assert!(
+        summary.contains("skipped 2")
+            && summary.contains("line 2: malformed JSON")
+            && summary.contains("line 3: missing field `class`"),
+        "{summary}"
+    );
     let e = load_jsonl(&path, OnError::Stop).unwrap_err().to_string();
     assert!(e.contains("mixed.jsonl:2:"), "{e}");
     let all_bad = file("allbad.jsonl", &["x", "y"]);
@@ -110,8 +147,8 @@ fn skipping_counts_bad_lines_and_keeps_their_reasons() {
 }
 
 mod batching {
-    use ferrovene_data::batch::{length_buckets, pad, split_by_group, PaddingSide};
     use ferrovene_data::TokenizedInput;
+    use ferrovene_data::batch::{PaddingSide, length_buckets, pad, split_by_group};
 
     #[test]
     fn padding_shifts_positions_and_masks() {
@@ -146,7 +183,11 @@ mod batching {
         all.sort();
         assert_eq!(all, (0..50).collect::<Vec<_>>(), "every example once");
         // within the sorted order, a batch spans a narrow range of lengths
-        let spread: usize = a.iter().map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() - b.iter().map(|&i| lengths[i]).min().unwrap()).max().unwrap();
+        let spread: usize = a
+            .iter()
+            .map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() - b.iter().map(|&i| lengths[i]).min().unwrap())
+            .max()
+            .unwrap();
         assert!(spread <= 6, "spread {spread}");
     }
 
@@ -183,7 +224,10 @@ fn byte_order_marks_are_skipped_and_bad_utf8_is_named_by_line() {
 #[test]
 fn inputs_longer_than_the_position_table_are_refused() {
     let tok = tokenizer().with_max_positions(Some(8));
-    let path = file("positions.jsonl", &[r#"{"base": "one two three four five six seven eight nine ten", "sources": ["a"], "label": " x"}"#]);
+    let path = file(
+        "positions.jsonl",
+        &[r#"{"base": "one two three four five six seven eight nine ten", "sources": ["a"], "label": " x"}"#],
+    );
     let loaded = load_jsonl(&path, OnError::Stop).unwrap();
     let (l, ex) = &loaded.examples[0];
     let e = tokenize(ex, &tok, &loaded.path, *l).err().unwrap().to_string();

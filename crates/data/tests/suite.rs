@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use ferrovene_data::suite::{control, read_suite, split, Fillers, Suite};
+use ferrovene_data::suite::{Fillers, Suite, control, read_suite, split};
 use ferrovene_data::{Example, Label, Source};
 
 fn shipped() -> Suite {
@@ -65,7 +65,10 @@ fn pairs_are_balanced_and_differ_only_in_the_label_variable() {
                     let (bw, sw) = (chars(bt, span), chars(st, ss[slot]));
                     if slot == &task.label {
                         let other_class = by_class.keys().find(|c| **c != base_class).unwrap();
-                        assert!(by_class[&base_class].contains(&bw) && by_class[other_class].contains(&sw), "{name}: {bw} / {sw}");
+                        assert!(
+                            by_class[&base_class].contains(&bw) && by_class[other_class].contains(&sw),
+                            "{name}: {bw} / {sw}"
+                        );
                     } else {
                         assert_eq!(bw, sw, "{name}: slot {slot} differs between base and source");
                         if let Some(Fillers::List(l)) = task.variables.get(slot) {
@@ -76,7 +79,11 @@ fn pairs_are_balanced_and_differ_only_in_the_label_variable() {
                 // Outside the label's span the sentences are the same text.
                 let (lb, ls) = (bs[&task.label], ss[&task.label]);
                 assert_eq!(chars(bt, (0, lb.0)), chars(st, (0, ls.0)), "{name}");
-                assert_eq!(bt.chars().skip(lb.1).collect::<String>(), st.chars().skip(ls.1).collect::<String>(), "{name}");
+                assert_eq!(
+                    bt.chars().skip(lb.1).collect::<String>(),
+                    st.chars().skip(ls.1).collect::<String>(),
+                    "{name}"
+                );
                 assert_ne!(base_label, label, "{name}: the two classes continue differently");
             }
             let counts: Vec<usize> = per_class.values().copied().collect();
@@ -100,7 +107,10 @@ fn train_and_test_share_no_filler_combination_and_the_seed_decides() {
         assert_eq!(train.len(), 200, "{name}: 200 combinations, two pairs each");
         assert!(s.test.iter().all(|ex| !train.contains(&key(ex))), "{name}: a test combination was trained on");
         let train_texts: HashSet<(String, String)> = s.train.iter().map(texts).collect();
-        assert!(s.test.iter().all(|ex| !train_texts.contains(&texts(ex))), "{name}: a test pair's sentences were trained on");
+        assert!(
+            s.test.iter().all(|ex| !train_texts.contains(&texts(ex))),
+            "{name}: a test pair's sentences were trained on"
+        );
         assert_eq!(split(&suite, name, 400, 100, 3).unwrap().test, s.test, "{name}: the same seed, the same pairs");
         assert_ne!(split(&suite, name, 400, 100, 4).unwrap().test, s.test, "{name}: another seed, other pairs");
     }
@@ -121,10 +131,12 @@ fn the_continuation_check_needs_distinct_first_tokens() {
 /// Against SmolLM2's own tokenizer, every shipped task's classes start with different tokens.
 #[test]
 fn the_shipped_tasks_pass_the_continuation_check_for_smollm2() {
-    let loaded = ferrovene_models::load::<ferrovene_models::Cpu>("smollm2-135m", &Default::default()).unwrap_or_else(|e| panic!("{e} (run scripts/fetch-fixtures)"));
+    let loaded = ferrovene_models::load::<ferrovene_models::Cpu>("smollm2-135m", &Default::default())
+        .unwrap_or_else(|e| panic!("{e} (run scripts/fetch-fixtures)"));
     let tok = loaded.tokenizer.expect("a tokenizer");
     for (name, task) in &shipped().tasks {
-        task.check_continuations(|c| tok.encode_plain(c).ok().and_then(|ids| ids.first().copied())).unwrap_or_else(|e| panic!("{name}: {e}"));
+        task.check_continuations(|c| tok.encode_plain(c).ok().and_then(|ids| ids.first().copied()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -169,7 +181,10 @@ fn bad_suites_say_which_task_and_what_is_wrong() {
     for (name, body, says) in cases {
         let e = read_suite(&write_suite(name, &task(&body))).unwrap_err().to_string();
         assert!(e.contains(says) && (e.contains("task `t`") || name == "typo" || name == "dup"), "{name}: {e}");
-        assert!(e.contains(&format!("ferrovene-suite-{}-{name}.json", std::process::id())), "{name}: names the file: {e}");
+        assert!(
+            e.contains(&format!("ferrovene-suite-{}-{name}.json", std::process::id())),
+            "{name}: names the file: {e}"
+        );
     }
     let small = read_suite(&write_suite("small", &task(base))).unwrap();
     let e = split(&small, "t", 400, 100, 0).err().expect("too few combinations").to_string();

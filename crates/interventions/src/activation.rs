@@ -1,6 +1,6 @@
 //! The activation functions ReFT variants may apply to their learned projection.
 
-use burn::tensor::{activation, backend::Backend, Tensor};
+use burn::tensor::{Tensor, activation, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 /// pyreft's `act_fn` options.

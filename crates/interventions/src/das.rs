@@ -2,7 +2,7 @@
 //! rotated basis. `R` has orthonormal rows (see [`crate::orthogonal`]).
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor};
+use burn::tensor::{ElementConversion, Int, Tensor, backend::Backend};
 
 use crate::error::Result;
 use crate::family::{Family, Parts, Written};
@@ -247,7 +247,11 @@ impl<B: Backend> Family<B> for BoundlessDas<B> {
     }
 
     fn read(_: &str, parts: &Parts<'_, B>) -> Result<Self> {
-        Ok(BoundlessDas { rotation: parts.rotation()?, boundary: parts.param1("boundary")?, temperature: parts.need(parts.hyper().temperature, "temperature")? })
+        Ok(BoundlessDas {
+            rotation: parts.rotation()?,
+            boundary: parts.param1("boundary")?,
+            temperature: parts.need(parts.hyper().temperature, "temperature")?,
+        })
     }
 
     fn rotation(&self) -> Option<&Orthogonal<B>> {

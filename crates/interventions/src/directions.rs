@@ -28,7 +28,8 @@ pub enum Method {
 
 impl Method {
     /// Every method, in CausalGym's order.
-    pub const ALL: [Method; 6] = [Method::Probe, Method::Mean, Method::Pca, Method::KMeans, Method::Lda, Method::Random];
+    pub const ALL: [Method; 6] =
+        [Method::Probe, Method::Mean, Method::Pca, Method::KMeans, Method::Lda, Method::Random];
 
     /// The name recipes and `--methods` use.
     pub fn name(self) -> &'static str {
@@ -54,10 +55,16 @@ impl Method {
 pub fn fit(method: Method, xs: &[Vec<f32>], ys: &[bool], seed: u64) -> Result<Vec<f32>, String> {
     let d = xs.first().map_or(0, Vec::len);
     if d == 0 || xs.len() != ys.len() || xs.iter().any(|x| x.len() != d) {
-        return Err(format!("{}: needs equal-width vectors, one class each ({} vectors, {} classes)", method.name(), xs.len(), ys.len()));
+        return Err(format!(
+            "{}: needs equal-width vectors, one class each ({} vectors, {} classes)",
+            method.name(),
+            xs.len(),
+            ys.len()
+        ));
     }
     let xs: Vec<Vec<f64>> = xs.iter().map(|x| x.iter().map(|&v| v as f64).collect()).collect();
-    let (mu0, mu1) = (mean(&xs, ys, false).ok_or("no vector of class 0")?, mean(&xs, ys, true).ok_or("no vector of class 1")?);
+    let (mu0, mu1) =
+        (mean(&xs, ys, false).ok_or("no vector of class 0")?, mean(&xs, ys, true).ok_or("no vector of class 1")?);
     let gap: Vec<f64> = mu1.iter().zip(&mu0).map(|(a, b)| a - b).collect();
     let raw = match method {
         Method::Mean => gap.clone(),
@@ -100,7 +107,9 @@ fn mean(xs: &[Vec<f64>], ys: &[bool], class: bool) -> Option<Vec<f64>> {
 fn probe(xs: &[Vec<f64>], ys: &[bool]) -> Vec<f64> {
     let (n, d) = (xs.len() as f64, xs[0].len());
     let mu: Vec<f64> = (0..d).map(|j| xs.iter().map(|x| x[j]).sum::<f64>() / n).collect();
-    let spread = (xs.iter().map(|x| x.iter().zip(&mu).map(|(a, m)| (a - m).powi(2)).sum::<f64>()).sum::<f64>() / n).sqrt().max(1e-12);
+    let spread = (xs.iter().map(|x| x.iter().zip(&mu).map(|(a, m)| (a - m).powi(2)).sum::<f64>()).sum::<f64>() / n)
+        .sqrt()
+        .max(1e-12);
     let z: Vec<Vec<f64>> = xs.iter().map(|x| x.iter().zip(&mu).map(|(a, m)| (a - m) / spread).collect()).collect();
     let (mut w, mut b) = (vec![0.0; d], 0.0);
     // Mean loss + (1/n)·‖w‖²/2 is scikit-learn's C = 1 objective divided by n; the rows have unit
@@ -200,7 +209,8 @@ fn kmeans2(xs: &[Vec<f64>]) -> Vec<f64> {
     let (n, d) = (xs.len() as f64, xs[0].len());
     let mu: Vec<f64> = (0..d).map(|j| xs.iter().map(|x| x[j]).sum::<f64>() / n).collect();
     let dist = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
-    let farthest = |from: &[f64]| xs.iter().max_by(|a, b| dist(a, from).total_cmp(&dist(b, from))).cloned().unwrap_or_default();
+    let farthest =
+        |from: &[f64]| xs.iter().max_by(|a, b| dist(a, from).total_cmp(&dist(b, from))).cloned().unwrap_or_default();
     let c0 = farthest(&mu);
     let c1 = farthest(&c0);
     let mut centroids = [c0, c1];

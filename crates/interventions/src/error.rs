@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum InterventionError {
     /// A source-reading intervention was applied without a source.
-    #[error("intervention `{kind}` reads a source activation, but none was given (sourceless kinds: addition of a fixed vector, zero, mean, noise, collect, the ReFT family, probe, steering)")]
+    #[error(
+        "intervention `{kind}` reads a source activation, but none was given (sourceless kinds: addition of a fixed vector, zero, mean, noise, collect, the ReFT family, probe, steering)"
+    )]
     MissingSource { kind: String },
     /// A parameter value is out of range or inconsistent.
     #[error("intervention `{kind}`: parameter `{parameter}`: {reason}")]

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{backend::Backend, TensorData};
+use burn::tensor::{TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InterventionError, Result};
@@ -101,7 +101,12 @@ impl ModelConfig {
     /// revision, architecture and width.
     pub fn of<B: Backend>(loaded: &ferrovene_models::LoadedModel<B>) -> Self {
         use ferrovene_models::Transformer;
-        ModelConfig { id: loaded.spec.clone(), revision: loaded.revision.clone(), arch: loaded.model.arch().into(), hidden_size: loaded.model.width() }
+        ModelConfig {
+            id: loaded.spec.clone(),
+            revision: loaded.revision.clone(),
+            arch: loaded.model.arch().into(),
+            hidden_size: loaded.model.width(),
+        }
     }
 }
 
@@ -110,7 +115,15 @@ impl ExportConfig {
     /// training summary. The kind, width and hyper-parameters are filled in from the intervention
     /// when it is saved.
     pub fn new(placement: PlacementConfig, model: ModelConfig, training: serde_json::Value) -> Self {
-        ExportConfig { format: FORMAT_VERSION, kind: String::new(), width: 0, hyper: Hyper::default(), placement, model, training }
+        ExportConfig {
+            format: FORMAT_VERSION,
+            kind: String::new(),
+            width: 0,
+            hyper: Hyper::default(),
+            placement,
+            model,
+            training,
+        }
     }
 }
 
@@ -136,9 +149,11 @@ impl ExportConfig {
         }
         for name in &self.placement.sites {
             let site: ferrovene_models::Site = name.parse().map_err(|e| mismatch(format!("{e}")))?;
-            let info = target.sites.iter().find(|s| s.site == site).ok_or_else(|| {
-                mismatch(format!("the target model has no site `{name}`"))
-            })?;
+            let info = target
+                .sites
+                .iter()
+                .find(|s| s.site == site)
+                .ok_or_else(|| mismatch(format!("the target model has no site `{name}`")))?;
             if info.width != self.placement.site_width {
                 return Err(mismatch(format!(
                     "site `{name}` is {} wide in the target, {} in the export",
@@ -167,7 +182,8 @@ pub struct PendingExport {
 impl PendingExport {
     /// Renames the temporary file over the target (atomic on POSIX file systems).
     pub fn commit(mut self) -> Result<PathBuf> {
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| InterventionError::Io { path: self.path.clone(), source: e })?;
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| InterventionError::Io { path: self.path.clone(), source: e })?;
         self.committed = true;
         Ok(self.path.clone())
     }
@@ -187,7 +203,12 @@ pub fn prepare<B: Backend>(iv: &Intervention<B>, mut config: ExportConfig, path:
     let (tensors, hyper) = tensors_of(iv);
     for (name, data) in &tensors {
         if let Some(reason) = non_finite(data.as_bytes()) {
-            return Err(InterventionError::Corrupt { path: path.to_path_buf(), reason: format!("not exported: tensor `{name}` {reason} (the training diverged; lower the learning rate)") });
+            return Err(InterventionError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "not exported: tensor `{name}` {reason} (the training diverged; lower the learning rate)"
+                ),
+            });
         }
     }
     config.format = FORMAT_VERSION;
@@ -206,9 +227,12 @@ pub fn prepare<B: Backend>(iv: &Intervention<B>, mut config: ExportConfig, path:
             (n.clone(), view)
         })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| InterventionError::Corrupt { path: path.to_path_buf(), reason: format!("cannot serialise: {e}") })?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "intervention.safetensors".into());
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| InterventionError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialise: {e}"),
+    })?;
+    let name =
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "intervention.safetensors".into());
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let io = |e| InterventionError::Io { path: tmp.clone(), source: e };
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
@@ -227,14 +251,17 @@ pub fn save<B: Backend>(iv: &Intervention<B>, config: ExportConfig, path: &Path)
 pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention<B>, ExportConfig)> {
     let corrupt = |reason: String| InterventionError::Corrupt { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| InterventionError::Io { path: path.to_path_buf(), source: e })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
     let json = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| corrupt(format!("not a ferrovene export: no `{METADATA_KEY}` config in its metadata")))?;
-    let config: ExportConfig = serde_json::from_str(json).map_err(|e| corrupt(format!("bad `{METADATA_KEY}` config: {e}")))?;
+    let config: ExportConfig =
+        serde_json::from_str(json).map_err(|e| corrupt(format!("bad `{METADATA_KEY}` config: {e}")))?;
     if !FORMATS_READ.contains(&config.format) {
         return Err(corrupt(format!(
             "export format {} is not supported: this build reads formats {FORMATS_READ:?}; a newer ferrovene wrote it, so load it with that version",
@@ -245,10 +272,13 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
         if view.dtype() == safetensors::Dtype::F32
             && let Some(reason) = non_finite(view.data())
         {
-            return Err(corrupt(format!("tensor `{name}` {reason}: an export with non-finite parameters would only produce NaN; retrain with a lower learning rate")));
+            return Err(corrupt(format!(
+                "tensor `{name}` {reason}: an export with non-finite parameters would only produce NaN; retrain with a lower learning rate"
+            )));
         }
     }
-    let iv = Intervention::read(&config.kind, &Parts { path, st: &st, kind: &config.kind, hyper: &config.hyper, device })?;
+    let iv =
+        Intervention::read(&config.kind, &Parts { path, st: &st, kind: &config.kind, hyper: &config.hyper, device })?;
     if let Some(w) = iv.width() {
         if w != config.width {
             return Err(corrupt(format!("its tensors act on width {w} but its config says {}", config.width)));
@@ -267,7 +297,11 @@ fn non_finite(bytes: &[u8]) -> Option<String> {
 }
 
 /// Loads an export and checks it fits `target`; see [`ExportConfig::check_target`].
-pub fn load_for<B: Backend>(path: &Path, target: &Target, device: &B::Device) -> Result<(Intervention<B>, ExportConfig)> {
+pub fn load_for<B: Backend>(
+    path: &Path,
+    target: &Target,
+    device: &B::Device,
+) -> Result<(Intervention<B>, ExportConfig)> {
     let (iv, config) = load(path, device)?;
     config.check_target(path, target)?;
     Ok((iv, config))

@@ -4,7 +4,7 @@
 //! its own file, and used both ways.
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData, backend::Backend};
 use safetensors::SafeTensors;
 
 use serde::{Deserialize, Serialize};
@@ -123,7 +123,10 @@ impl<B: Backend> Parts<'_, B> {
     }
 
     fn data(&self, name: &str) -> Result<TensorData> {
-        let view = self.st.tensor(name).map_err(|_| self.corrupt(format!("missing tensor `{name}` for kind `{}`", self.kind)))?;
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| self.corrupt(format!("missing tensor `{name}` for kind `{}`", self.kind)))?;
         if view.dtype() != safetensors::Dtype::F32 {
             return Err(self.corrupt(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
         }
@@ -164,14 +167,21 @@ impl<B: Backend> Parts<'_, B> {
         } else if self.has("rotation.exp_weight") {
             Orthogonal::Exp(self.param2("rotation.exp_weight")?)
         } else if self.has("rotation.x") {
-            Orthogonal::Torch(crate::orthogonal::TorchOrthogonal::new(self.t2("rotation.base")?, self.t2("rotation.x")?))
+            Orthogonal::Torch(crate::orthogonal::TorchOrthogonal::new(
+                self.t2("rotation.base")?,
+                self.t2("rotation.x")?,
+            ))
         } else {
             return Ok(Orthogonal::fixed(self.t2("R")?));
         };
         if self.has("R") {
             let stored = self.t2("R")?;
             if stored.dims() != trainable.dims() {
-                return Err(self.corrupt(format!("`R` is {:?} but its parameters give {:?}", stored.dims(), trainable.dims())));
+                return Err(self.corrupt(format!(
+                    "`R` is {:?} but its parameters give {:?}",
+                    stored.dims(),
+                    trainable.dims()
+                )));
             }
             let diff: f32 = (trainable.matrix() - stored).abs().max().into_scalar().elem();
             if !(diff <= 1e-5) {

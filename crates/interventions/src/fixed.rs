@@ -2,11 +2,11 @@
 //! ablation, Gaussian noise, and collection.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::family::{name_of, named, Family, Parts, Written};
+use crate::family::{Family, Parts, Written, name_of, named};
 use crate::linalg::row;
 
 /// The parameter-free operations.
@@ -111,7 +111,11 @@ impl<B: Backend> Family<B> for Fixed<B> {
 
     fn read(kind: &str, parts: &Parts<'_, B>) -> Result<Self> {
         let op = named(&NAMES, kind).ok_or_else(|| parts.corrupt(format!("`{kind}` is not a fixed operation")))?;
-        Ok(if matches!(op, FixedOp::Mean | FixedOp::Noise) { Fixed::with_vector(op, parts.t1("vector")?) } else { Fixed::new(op) })
+        Ok(if matches!(op, FixedOp::Mean | FixedOp::Noise) {
+            Fixed::with_vector(op, parts.t1("vector")?)
+        } else {
+            Fixed::new(op)
+        })
     }
 
     fn reads_only(&self) -> bool {

@@ -5,7 +5,7 @@
 //! in `each_family!`, [`Intervention::kinds`], [`Intervention::read`] and [`Intervention::apply`].
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
 use crate::error::{InterventionError, Result};
@@ -68,8 +68,15 @@ impl<B: Backend> Intervention<B> {
     /// Every name an export's `kind` may have.
     pub fn kinds() -> Vec<&'static str> {
         [
-            Fixed::<B>::kinds(), DasFull::<B>::kinds(), DasLowRank::<B>::kinds(), BoundlessDas::<B>::kinds(), SigmoidMask::<B>::kinds(),
-            ReftIntervention::<B>::kinds(), LinearProbe::<B>::kinds(), Steering::<B>::kinds(), JumpReluSae::<B>::kinds(),
+            Fixed::<B>::kinds(),
+            DasFull::<B>::kinds(),
+            DasLowRank::<B>::kinds(),
+            BoundlessDas::<B>::kinds(),
+            SigmoidMask::<B>::kinds(),
+            ReftIntervention::<B>::kinds(),
+            LinearProbe::<B>::kinds(),
+            Steering::<B>::kinds(),
+            JumpReluSae::<B>::kinds(),
         ]
         .concat()
     }
@@ -98,7 +105,9 @@ impl<B: Backend> Intervention<B> {
         } else if ours::<B, JumpReluSae<B>>(kind) {
             Intervention::Sae(JumpReluSae::read(kind, parts)?)
         } else {
-            return Err(parts.corrupt(format!("unknown intervention kind `{kind}` (known: {})", Self::kinds().join(", "))));
+            return Err(
+                parts.corrupt(format!("unknown intervention kind `{kind}` (known: {})", Self::kinds().join(", ")))
+            );
         })
     }
 

@@ -24,7 +24,7 @@ pub mod subspace;
 
 pub use activation::Activation;
 pub use error::{InterventionError, Result};
+pub use ferrovene_models::rng::Rng;
 pub use intervention::Intervention;
 pub use orthogonal::Orthogonal;
 pub use placement::{Composition, Intervene, Placement, Skip};
-pub use ferrovene_models::rng::Rng;

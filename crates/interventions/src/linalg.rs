@@ -1,6 +1,6 @@
 //! Small helpers: products of `[batch, k, d]` activations with parameter matrices.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, backend::Backend};
 
 /// `x · m` for `x` `[batch, k, d]` and `m` `[d, n]`, as one 2-D product.
 pub fn times<B: Backend>(x: Tensor<B, 3>, m: Tensor<B, 2>) -> Tensor<B, 3> {

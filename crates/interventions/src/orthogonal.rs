@@ -18,7 +18,7 @@
 //! README's Performance section.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor, backend::Backend};
 
 use ferrovene_models::rng::Rng;
 
@@ -241,7 +241,9 @@ fn taylor_degree_12<B: Backend, const D: usize>(a: Tensor<B, D>) -> Tensor<B, D>
     let a3 = a2.clone().matmul(a.clone());
     let a4 = a2.clone().matmul(a2.clone());
     let c = |n: i32| 1.0 / (1..=n).map(f64::from).product::<f64>();
-    let block = |j: i32| eye.clone() * c(4 * j) + a.clone() * c(4 * j + 1) + a2.clone() * c(4 * j + 2) + a3.clone() * c(4 * j + 3);
+    let block = |j: i32| {
+        eye.clone() * c(4 * j) + a.clone() * c(4 * j + 1) + a2.clone() * c(4 * j + 2) + a3.clone() * c(4 * j + 3)
+    };
     let inner = block(2) + a4.clone() * c(12);
     let middle = block(1) + a4.clone().matmul(inner);
     block(0) + a4.matmul(middle)
@@ -296,7 +298,8 @@ pub fn torch_square_q_stacked<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
 pub fn expm_stacked<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     let [models, d, _] = a.dims();
     let device = a.device();
-    let norms: Vec<f32> = a.clone().abs().sum_dim(2).max_dim(1).into_data().convert::<f32>().to_vec().expect("f32 data reads as f32");
+    let norms: Vec<f32> =
+        a.clone().abs().sum_dim(2).max_dim(1).into_data().convert::<f32>().to_vec().expect("f32 data reads as f32");
     let squarings: Vec<i32> = norms.into_iter().map(squarings_for).collect();
     // Dividing by 2^s is exact, so multiplying by 2^−s gives the same scaled matrix as alone.
     let scale: Vec<f32> = squarings.iter().map(|&s| 1.0 / 2f32.powi(s)).collect();
@@ -308,7 +311,8 @@ pub fn expm_stacked<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
         if wants.iter().all(|&w| w) {
             acc = squared;
         } else {
-            let mask = Tensor::<B, 1, burn::tensor::Bool>::from_data(burn::tensor::TensorData::new(wants, [models]), &device);
+            let mask =
+                Tensor::<B, 1, burn::tensor::Bool>::from_data(burn::tensor::TensorData::new(wants, [models]), &device);
             acc = acc.mask_where(mask.reshape([models, 1, 1]).expand([models, d, d]), squared);
         }
     }

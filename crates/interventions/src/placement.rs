@@ -3,8 +3,8 @@
 //! in parallel (each reads the unmodified activation) or in series (each sees the previous one's
 //! effect). Placements that hold the same [`Intervention`] share its parameters (pyvene's link key).
 
-use burn::tensor::{backend::Backend, Int, Tensor};
-use ferrovene_models::{gather_positions, scatter_positions, Hooks, Site, SiteInfo};
+use burn::tensor::{Int, Tensor, backend::Backend};
+use ferrovene_models::{Hooks, Site, SiteInfo, gather_positions, scatter_positions};
 
 use crate::error::{InterventionError, Result};
 use crate::intervention::Intervention;
@@ -58,13 +58,24 @@ impl<'a, B: Backend> Placement<'a, B> {
         let width = if dims.is_empty() { info.width } else { dims.len() };
         if let Some(w) = intervention.width() {
             if w != width {
-                return Err(bad("width", format!("the intervention acts on {w} dims but the placement gives it {width}")));
+                return Err(bad(
+                    "width",
+                    format!("the intervention acts on {w} dims but the placement gives it {width}"),
+                ));
             }
         }
         if let Some(s) = &source {
             let [b, k, w] = s.dims();
             if [b, k] != positions.dims() || w != info.width {
-                return Err(bad("source", format!("source vectors have shape {:?}, expected [{:?}, {}]", s.dims(), positions.dims(), info.width)));
+                return Err(bad(
+                    "source",
+                    format!(
+                        "source vectors have shape {:?}, expected [{:?}, {}]",
+                        s.dims(),
+                        positions.dims(),
+                        info.width
+                    ),
+                ));
             }
         }
         Ok(Placement { site: info.site, intervention, positions, source, dims })
@@ -105,7 +116,8 @@ impl<'a, B: Backend> Intervene<'a, B> {
                 p.intervention.apply(base, p.source.clone()).expect("checked by Placement::new")
             } else {
                 // Only the placement's own dims are written, onto what earlier placements left.
-                let computed = apply_on_dims(p.intervention, base, p.source.clone(), &p.dims, width).expect("checked by Placement::new");
+                let computed = apply_on_dims(p.intervention, base, p.source.clone(), &p.dims, width)
+                    .expect("checked by Placement::new");
                 replace_dims(gather_positions(h.clone(), p.positions.clone()), computed, &p.dims)
             };
             h = scatter_positions(h, p.positions.clone(), out);

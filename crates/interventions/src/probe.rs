@@ -1,7 +1,7 @@
 //! Linear probe: reads a site and predicts a class; the activation flows on unchanged.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::Result;
 use crate::family::{Family, Parts, Written};

@@ -3,11 +3,11 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Dropout;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::activation::Activation;
 use crate::error::Result;
-use crate::family::{name_of, named, Family, Parts, Written};
+use crate::family::{Family, Parts, Written, name_of, named};
 use crate::linalg::{row, times, times_t};
 use crate::orthogonal::Orthogonal;
 use ferrovene_models::rng::Rng;
@@ -94,7 +94,15 @@ pub struct ReftIntervention<B: Backend> {
 impl<B: Backend> ReftIntervention<B> {
     /// A random intervention of rank `k` on width `d`, from `rng`: `R` random orthogonal,
     /// projections with PyTorch's `Linear` initialisation, ConsReFT/LoBiReFT biases zero.
-    pub fn new(family: ReftFamily, d: usize, k: usize, act: Activation, dropout: f64, rng: &mut Rng, device: &B::Device) -> Self {
+    pub fn new(
+        family: ReftFamily,
+        d: usize,
+        k: usize,
+        act: Activation,
+        dropout: f64,
+        rng: &mut Rng,
+        device: &B::Device,
+    ) -> Self {
         let bound = 1.0 / (d as f64).sqrt();
         let projection = |rng: &mut Rng| Projection {
             weight: Param::from_tensor(rng.uniform_tensor([k, d], bound, device)),
@@ -186,7 +194,10 @@ impl<B: Backend> Family<B> for ReftIntervention<B> {
     fn read(kind: &str, parts: &Parts<'_, B>) -> Result<Self> {
         let family = named(&NAMES, kind).ok_or_else(|| parts.corrupt(format!("`{kind}` is not a ReFT family")))?;
         let projection = |prefix: &str| -> Result<Projection<B>> {
-            Ok(Projection { weight: parts.param2(&format!("{prefix}.weight"))?, bias: parts.param1(&format!("{prefix}.bias"))? })
+            Ok(Projection {
+                weight: parts.param2(&format!("{prefix}.weight"))?,
+                bias: parts.param1(&format!("{prefix}.bias"))?,
+            })
         };
         let (rot, learned, proj, bias) = family.parts();
         let dropout = parts.hyper().dropout.unwrap_or(0.0);

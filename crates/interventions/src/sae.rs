@@ -3,7 +3,7 @@
 //! interchange chosen latents, decode.
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation::relu, backend::Backend, Tensor};
+use burn::tensor::{Tensor, activation::relu, backend::Backend};
 
 use crate::error::Result;
 use crate::family::{Family, Parts, Written};
@@ -63,28 +63,44 @@ impl<B: Backend> JumpReluSae<B> {
         use crate::error::InterventionError;
         let corrupt = |reason: String| InterventionError::Corrupt { path: path.to_path_buf(), reason };
         let bytes = std::fs::read(path).map_err(|e| InterventionError::Io { path: path.to_path_buf(), source: e })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
         let read = |name: &str| -> crate::error::Result<(Vec<f32>, Vec<usize>)> {
-            let v = st.tensor(name).map_err(|_| corrupt(format!("missing SAE tensor `{name}` (expected W_enc, b_enc, W_dec, b_dec, threshold)")))?;
+            let v = st.tensor(name).map_err(|_| {
+                corrupt(format!("missing SAE tensor `{name}` (expected W_enc, b_enc, W_dec, b_dec, threshold)"))
+            })?;
             if v.dtype() != safetensors::Dtype::F32 {
                 return Err(corrupt(format!("SAE tensor `{name}` is {:?}, expected F32", v.dtype())));
             }
             Ok((ferrovene_models::weights::f32_from_le(v.data()), v.shape().to_vec()))
         };
         let (w_enc, s) = read("W_enc")?;
-        let [d, m] = <[usize; 2]>::try_from(s.as_slice()).map_err(|_| corrupt(format!("W_enc has shape {s:?}, expected [d, m]")))?;
+        let [d, m] = <[usize; 2]>::try_from(s.as_slice())
+            .map_err(|_| corrupt(format!("W_enc has shape {s:?}, expected [d, m]")))?;
         let expect = |name: &str, shape: Vec<usize>| -> crate::error::Result<Vec<f32>> {
             let (v, s) = read(name)?;
             if s != shape {
-                return Err(corrupt(format!("SAE tensor `{name}` has shape {s:?}, expected {shape:?} (from W_enc [{d}, {m}])")));
+                return Err(corrupt(format!(
+                    "SAE tensor `{name}` has shape {s:?}, expected {shape:?} (from W_enc [{d}, {m}])"
+                )));
             }
             Ok(v)
         };
         if let Some(&bad) = latents.iter().find(|&&l| l >= m) {
-            return Err(InterventionError::BadParameter { kind: "jumprelu_sae".into(), parameter: "latents".into(), reason: format!("latent {bad} is past the SAE's {m} latents") });
+            return Err(InterventionError::BadParameter {
+                kind: "jumprelu_sae".into(),
+                parameter: "latents".into(),
+                reason: format!("latent {bad} is past the SAE's {m} latents"),
+            });
         }
-        let t1 = |v: Vec<f32>| Param::from_tensor(Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(v.clone(), [v.len()]), device)).set_require_grad(false);
-        let t2 = |v: Vec<f32>, shape: [usize; 2]| Param::from_tensor(Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(v, shape), device)).set_require_grad(false);
+        let t1 = |v: Vec<f32>| {
+            Param::from_tensor(Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(v.clone(), [v.len()]), device))
+                .set_require_grad(false)
+        };
+        let t2 = |v: Vec<f32>, shape: [usize; 2]| {
+            Param::from_tensor(Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(v, shape), device))
+                .set_require_grad(false)
+        };
         Ok(JumpReluSae {
             w_enc: t2(w_enc, [d, m]),
             b_enc: t1(expect("b_enc", vec![m])?),

@@ -1,7 +1,7 @@
 //! Steering vectors (activation addition; ITI): `b + α·v`.
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::error::Result;
 use crate::family::{Family, Parts, Written};

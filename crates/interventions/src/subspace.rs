@@ -1,6 +1,6 @@
 //! Restricting an intervention to a subspace of a site: a set of dims, or whole heads.
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::error::{InterventionError, Result};
 use crate::intervention::Intervention;

@@ -4,8 +4,8 @@
 //! variance and miss it when a class-blind direction varies more (as CausalGym found on models);
 //! a random direction does not.
 
-use ferrovene_interventions::directions::{fit, Method};
 use ferrovene_interventions::Rng;
+use ferrovene_interventions::directions::{Method, fit};
 
 const D: usize = 16;
 
@@ -74,7 +74,8 @@ fn directions_are_unit_vectors_oriented_toward_class_one() {
     let (xs, ys, _) = planted(60, 3.0, 4);
     let gap: Vec<f64> = (0..D)
         .map(|j| {
-            let m = |c: bool| xs.iter().zip(&ys).filter(|(_, y)| **y == c).map(|(x, _)| x[j] as f64).sum::<f64>() / 60.0;
+            let m =
+                |c: bool| xs.iter().zip(&ys).filter(|(_, y)| **y == c).map(|(x, _)| x[j] as f64).sum::<f64>() / 60.0;
             m(true) - m(false)
         })
         .collect();

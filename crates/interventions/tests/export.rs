@@ -33,7 +33,13 @@ fn config() -> ExportConfig {
         kind: String::new(),
         width: D,
         hyper: Default::default(),
-        placement: PlacementConfig { sites: vec!["1.block_output".into()], positions: "last".into(), site_width: D, dims: vec![], composition: Default::default() },
+        placement: PlacementConfig {
+            sites: vec!["1.block_output".into()],
+            positions: "last".into(),
+            site_width: D,
+            dims: vec![],
+            composition: Default::default(),
+        },
         model: ModelConfig { id: "tiny".into(), revision: None, arch: "llama".into(), hidden_size: D },
         training: serde_json::json!({"steps": 10, "seed": 7}),
     }
@@ -42,7 +48,14 @@ fn config() -> ExportConfig {
 fn sae(rng: &mut Rng) -> JumpReluSae<B> {
     let p2 = |rng: &mut Rng, s: [usize; 2]| Param::from_tensor(rng.normal_tensor::<B, 2>(s, &dev()));
     let p1 = |rng: &mut Rng, n: usize| Param::from_tensor(rng.normal_tensor::<B, 1>([n], &dev()));
-    JumpReluSae { w_enc: p2(rng, [D, 12]), b_enc: p1(rng, 12), w_dec: p2(rng, [12, D]), b_dec: p1(rng, D), threshold: p1(rng, 12), latents: vec![1, 5] }
+    JumpReluSae {
+        w_enc: p2(rng, [D, 12]),
+        b_enc: p1(rng, 12),
+        w_dec: p2(rng, [12, D]),
+        b_dec: p1(rng, D),
+        threshold: p1(rng, 12),
+        latents: vec![1, 5],
+    }
 }
 
 fn every_kind() -> Vec<Intervention<B>> {
@@ -57,13 +70,19 @@ fn every_kind() -> Vec<Intervention<B>> {
         Intervention::Fixed(Fixed::with_vector(FixedOp::Noise, rng.normal_tensor([D], &dev()))),
         Intervention::DasFull(DasFull { rotation: Orthogonal::random(D, D, rng, &dev()), k: 3 }),
         Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(2, D, rng, &dev()) }),
-        Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::fixed(Orthogonal::<B>::random(2, D, rng, &dev()).matrix()) }),
+        Intervention::DasLowRank(DasLowRank {
+            rotation: Orthogonal::fixed(Orthogonal::<B>::random(2, D, rng, &dev()).matrix()),
+        }),
         Intervention::Boundless(BoundlessDas {
             rotation: Orthogonal::random(D, D, rng, &dev()),
             boundary: Param::from_tensor(Tensor::from_floats([0.37], &dev())),
             temperature: 0.7,
         }),
-        Intervention::SigmoidMask(SigmoidMask { mask: Param::from_tensor(rng.normal_tensor([D], &dev())), rotation: None, temperature: 0.5 }),
+        Intervention::SigmoidMask(SigmoidMask {
+            mask: Param::from_tensor(rng.normal_tensor([D], &dev())),
+            rotation: None,
+            temperature: 0.5,
+        }),
         Intervention::SigmoidMask(SigmoidMask {
             mask: Param::from_tensor(rng.normal_tensor([D], &dev())),
             rotation: Some(Orthogonal::random(D, D, rng, &dev())),
@@ -73,7 +92,14 @@ fn every_kind() -> Vec<Intervention<B>> {
         Intervention::Steering(Steering { vector: Param::from_tensor(rng.normal_tensor([D], &dev())), alpha: 2.5 }),
         Intervention::Sae(sae(rng)),
     ];
-    for family in [ReftFamily::LoReft, ReftFamily::NoReft, ReftFamily::ConsReft, ReftFamily::LoBiReft, ReftFamily::DiReft, ReftFamily::NoDiReft] {
+    for family in [
+        ReftFamily::LoReft,
+        ReftFamily::NoReft,
+        ReftFamily::ConsReft,
+        ReftFamily::LoBiReft,
+        ReftFamily::DiReft,
+        ReftFamily::NoDiReft,
+    ] {
         let mut r = ReftIntervention::new(family, D, 2, Activation::Gelu, 0.05, rng, &dev());
         if let Some(b) = r.learned_bias.take() {
             r.learned_bias = Some(b.map(|t| t + 0.25));
@@ -125,14 +151,24 @@ fn a_wrong_target_is_refused_saying_what_differs() {
     let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::<B>::random(2, D, &mut Rng::new(1), &dev()) });
     export::save(&iv, config(), &path).unwrap();
     let ok = sites(D);
-    export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: D, sites: &ok }, &dev()).expect("the right target loads");
+    export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: D, sites: &ok }, &dev())
+        .expect("the right target loads");
     let wide = sites(16);
-    let e = export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: 16, sites: &wide }, &dev()).err().unwrap().to_string();
+    let e = export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: 16, sites: &wide }, &dev())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("width 8") && e.contains("width 16") && e.contains("iv.safetensors"), "{e}");
-    let e = export::load_for::<B>(&path, &Target { arch: "gpt2", hidden_size: D, sites: &ok }, &dev()).err().unwrap().to_string();
+    let e = export::load_for::<B>(&path, &Target { arch: "gpt2", hidden_size: D, sites: &ok }, &dev())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("llama") && e.contains("gpt2"), "{e}");
     let one = &ok[..1];
-    let e = export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: D, sites: one }, &dev()).err().unwrap().to_string();
+    let e = export::load_for::<B>(&path, &Target { arch: "llama", hidden_size: D, sites: one }, &dev())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("no site `1.block_output`"), "{e}");
 }
 
@@ -191,8 +227,17 @@ fn gemma_scope_style_sae_weights_load_and_interchange_latents() {
     let b_dec = vals(rng, d);
     let threshold: Vec<f32> = (0..m).map(|_| rng.uniform() as f32 * 0.5).collect();
     let bytes = |v: &Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let bufs = [("W_enc", bytes(&w_enc), vec![d, m]), ("b_enc", bytes(&b_enc), vec![m]), ("W_dec", bytes(&w_dec), vec![m, d]), ("b_dec", bytes(&b_dec), vec![d]), ("threshold", bytes(&threshold), vec![m])];
-    let views: Vec<_> = bufs.iter().map(|(n, b, s)| (*n, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
+    let bufs = [
+        ("W_enc", bytes(&w_enc), vec![d, m]),
+        ("b_enc", bytes(&b_enc), vec![m]),
+        ("W_dec", bytes(&w_dec), vec![m, d]),
+        ("b_dec", bytes(&b_dec), vec![d]),
+        ("threshold", bytes(&threshold), vec![m]),
+    ];
+    let views: Vec<_> = bufs
+        .iter()
+        .map(|(n, b, s)| (*n, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
     let sae = JumpReluSae::<B>::from_file(&path, vec![2, 7], &dev()).unwrap();
 
@@ -200,10 +245,12 @@ fn gemma_scope_style_sae_weights_load_and_interchange_latents() {
     let base = vals(rng, d);
     let source = vals(rng, d);
     let encode = |x: &[f32]| -> Vec<f32> {
-        (0..m).map(|j| {
-            let pre: f32 = (0..d).map(|i| x[i] * w_enc[i * m + j]).sum::<f32>() + b_enc[j];
-            if pre > threshold[j] { pre.max(0.0) } else { 0.0 }
-        }).collect()
+        (0..m)
+            .map(|j| {
+                let pre: f32 = (0..d).map(|i| x[i] * w_enc[i * m + j]).sum::<f32>() + b_enc[j];
+                if pre > threshold[j] { pre.max(0.0) } else { 0.0 }
+            })
+            .collect()
     };
     let (zb, zs) = (encode(&base), encode(&source));
     let z: Vec<f32> = (0..m).map(|j| if j == 2 || j == 7 { zs[j] } else { zb[j] }).collect();
@@ -221,7 +268,15 @@ fn gemma_scope_style_sae_weights_load_and_interchange_latents() {
 fn an_export_missing_a_tensor_its_kind_needs_is_refused() {
     let dir = temp("missing-tensor");
     let path = dir.join("loreft.safetensors");
-    let iv = Intervention::Reft(ReftIntervention::<B>::new(ReftFamily::LoReft, D, 2, Activation::Identity, 0.0, &mut Rng::new(1), &dev()));
+    let iv = Intervention::Reft(ReftIntervention::<B>::new(
+        ReftFamily::LoReft,
+        D,
+        2,
+        Activation::Identity,
+        0.0,
+        &mut Rng::new(1),
+        &dev(),
+    ));
     export::save(&iv, config(), &path).unwrap();
     // rewrite the file without `R` and `rotation.householder`
     let bytes = std::fs::read(&path).unwrap();
@@ -245,7 +300,8 @@ fn edit_r(path: &std::path::Path, edit: impl FnOnce(&mut [f32])) {
     edit(&mut values);
     let changed: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let shape = r.shape().to_vec();
-    let mut kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != "R").collect();
+    let mut kept: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| n != "R").collect();
     kept.push(("R".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &changed).unwrap()));
     safetensors::serialize_to_file(kept, meta.metadata().clone(), path).unwrap();
 }
@@ -291,7 +347,8 @@ fn format_1_exports_load_and_apply_as_before() {
         if matches!(iv.rotation(), Some(Orthogonal::Householder(_) | Orthogonal::Exp(_))) {
             trainable_rotations += 1;
         }
-        let out: Vec<f32> = iv.apply(b.clone(), iv.needs_source().then(|| s.clone())).unwrap().into_data().to_vec().unwrap();
+        let out: Vec<f32> =
+            iv.apply(b.clone(), iv.needs_source().then(|| s.clone())).unwrap().into_data().to_vec().unwrap();
         let then: Vec<f32> = tensor(&format!("out.{stem}")).into_data().to_vec().unwrap();
         let diff = out.iter().zip(&then).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff < 1e-6, "{stem}: output differs from format 1's by {diff:e}");
@@ -326,7 +383,10 @@ fn a_newer_format_is_refused_by_name() {
 fn non_finite_parameters_are_neither_exported_nor_loaded() {
     let dir = temp("non-finite");
     let path = dir.join("steer.safetensors");
-    let nan = Intervention::Steering(Steering::<B>::fixed(Tensor::from_floats([0.5, f32::NAN, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0], &dev()), 1.0));
+    let nan = Intervention::Steering(Steering::<B>::fixed(
+        Tensor::from_floats([0.5, f32::NAN, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0], &dev()),
+        1.0,
+    ));
     let e = export::save(&nan, config(), &path).err().unwrap().to_string();
     assert!(e.contains("not exported") && e.contains("non-finite") && e.contains("NaN"), "{e}");
     assert!(!path.exists(), "nothing was written");
@@ -335,7 +395,10 @@ fn non_finite_parameters_are_neither_exported_nor_loaded() {
     export::save(&iv, config(), &path).unwrap();
     edit_r(&path, |r| r[4] = f32::INFINITY);
     let e = export::load::<B>(&path, &dev()).err().unwrap().to_string();
-    assert!(e.contains("steer.safetensors") && e.contains("tensor `R`") && e.contains("inf") && e.contains("index 4"), "{e}");
+    assert!(
+        e.contains("steer.safetensors") && e.contains("tensor `R`") && e.contains("inf") && e.contains("index 4"),
+        "{e}"
+    );
 }
 
 /// Fuzzing the export loader: 10,000 random mutations of exports of every kind (and random
@@ -377,5 +440,8 @@ fn mutated_exports_never_panic() {
     }
     // Most edits break the header, the config or the stored `R`'s agreement with the parameters
     // (2026-11-29: 174 of 10,000 loaded and were applied).
-    assert!(loaded > cases / 100, "only {loaded} of {cases} mutated exports loaded: the test would not reach the tensors");
+    assert!(
+        loaded > cases / 100,
+        "only {loaded} of {cases} mutated exports loaded: the test would not reach the tensors"
+    );
 }

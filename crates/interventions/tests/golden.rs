@@ -19,8 +19,14 @@ struct Golden {
 }
 
 fn golden(name: &str) -> Golden {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/interventions").join(format!("{name}.safetensors"));
-    assert!(p.exists(), "golden file {} is missing: these tests need ../shared/golden beside the checkout", p.display());
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/golden/interventions")
+        .join(format!("{name}.safetensors"));
+    assert!(
+        p.exists(),
+        "golden file {} is missing: these tests need ../shared/golden beside the checkout",
+        p.display()
+    );
     let bytes = std::fs::read(&p).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let k: usize = meta.metadata().as_ref().unwrap()["k"].parse().unwrap();
@@ -28,7 +34,15 @@ fn golden(name: &str) -> Golden {
     let t = st
         .tensors()
         .into_iter()
-        .map(|(n, v)| (n, (v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), v.shape().to_vec())))
+        .map(|(n, v)| {
+            (
+                n,
+                (
+                    v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                    v.shape().to_vec(),
+                ),
+            )
+        })
         .collect();
     Golden { t, k }
 }
@@ -92,7 +106,8 @@ fn interchange_first_k() {
     let d = g.t["base"].1[1];
     let iv = Intervention::<B>::Fixed(Fixed::new(FixedOp::Interchange));
     let dims: Vec<usize> = (0..g.k).collect();
-    let out = ferrovene_interventions::subspace::apply_on_dims(&iv, g.rows("base"), Some(g.rows("source")), &dims, d).unwrap();
+    let out = ferrovene_interventions::subspace::apply_on_dims(&iv, g.rows("base"), Some(g.rows("source")), &dims, d)
+        .unwrap();
     let out: Vec<f32> = out.into_data().to_vec().unwrap();
     let d = out.iter().zip(&g.t["output"].0).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(d < 1e-6, "interchange of the first k dims differs by {d}");
@@ -125,7 +140,11 @@ fn das_boundless() {
 #[test]
 fn sigmoid_mask() {
     let g = golden("sigmoid_mask");
-    let iv = Intervention::SigmoidMask(SigmoidMask { mask: Param::from_tensor(g.t1("mask")), rotation: None, temperature: 0.5 });
+    let iv = Intervention::SigmoidMask(SigmoidMask {
+        mask: Param::from_tensor(g.t1("mask")),
+        rotation: None,
+        temperature: 0.5,
+    });
     g.check("sigmoid_mask", &iv, true);
 }
 
@@ -137,7 +156,8 @@ fn reft(name: &str, family: ReftFamily) {
         rotation: has("W").then(|| g.rotation()),
         learned_source: has("learned_source.weight").then(|| g.projection("learned_source")),
         proj_layer: has("proj_layer.weight").then(|| g.projection("proj_layer")),
-        learned_bias: (has("learned_source") && !has("learned_source.weight")).then(|| Param::from_tensor(g.t1("learned_source"))),
+        learned_bias: (has("learned_source") && !has("learned_source.weight"))
+            .then(|| Param::from_tensor(g.t1("learned_source"))),
         act: Activation::Identity,
         dropout: burn::nn::DropoutConfig::new(0.0).init(),
     };
@@ -178,8 +198,20 @@ fn nodireft() {
 fn every_golden_file_has_a_test() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/interventions");
     let tested = [
-        "addition", "subtraction", "zero", "interchange_first_k", "das_full", "das_low_rank", "das_boundless",
-        "sigmoid_mask", "loreft", "noreft", "consreft", "lobireft", "direft", "nodireft",
+        "addition",
+        "subtraction",
+        "zero",
+        "interchange_first_k",
+        "das_full",
+        "das_low_rank",
+        "das_boundless",
+        "sigmoid_mask",
+        "loreft",
+        "noreft",
+        "consreft",
+        "lobireft",
+        "direft",
+        "nodireft",
     ];
     for e in std::fs::read_dir(dir).unwrap() {
         let name = e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned();

@@ -3,7 +3,7 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{backend::AutodiffBackend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, backend::AutodiffBackend};
 use ferrovene_interventions::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
@@ -24,7 +24,11 @@ impl ModuleVisitor<AD> for Grads<'_> {
     fn visit_float<const N: usize>(&mut self, param: &Param<Tensor<AD, N>>) {
         let t = param.val();
         self.out.push(if t.is_require_grad() {
-            Some(t.grad(self.grads).map(|g| g.into_data().to_vec::<f64>().unwrap()).unwrap_or_else(|| vec![0.0; t.shape().num_elements()]))
+            Some(
+                t.grad(self.grads)
+                    .map(|g| g.into_data().to_vec::<f64>().unwrap())
+                    .unwrap_or_else(|| vec![0.0; t.shape().num_elements()]),
+            )
         } else {
             None
         });
@@ -91,7 +95,10 @@ fn check(name: &str, iv: Intervention<AD>, probe: bool) {
             };
             let fd = (at(eps) - at(-eps)) / (2.0 * eps);
             let ad = grad[entry];
-            assert!((fd - ad).abs() <= 1e-5 * fd.abs().max(1.0), "{name}: parameter {p} entry {entry}: autodiff {ad}, finite differences {fd}");
+            assert!(
+                (fd - ad).abs() <= 1e-5 * fd.abs().max(1.0),
+                "{name}: parameter {p} entry {entry}: autodiff {ad}, finite differences {fd}"
+            );
             checked += 1;
         }
     }
@@ -103,7 +110,11 @@ fn dev() -> burn::backend::ndarray::NdArrayDevice {
 }
 
 /// Normals drawn in f64 (the f32 path of `Rng::normal_tensor` would do too; this keeps full precision).
-fn f64_normals<const N: usize>(rng: &mut Rng, shape: [usize; N], device: &burn::backend::ndarray::NdArrayDevice) -> Tensor<AD, N> {
+fn f64_normals<const N: usize>(
+    rng: &mut Rng,
+    shape: [usize; N],
+    device: &burn::backend::ndarray::NdArrayDevice,
+) -> Tensor<AD, N> {
     let n = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
     Tensor::from_data(TensorData::new(v, shape), device)
@@ -118,7 +129,11 @@ fn das_full_matrix_exponential() {
 #[test]
 fn das_low_rank_householder() {
     let rng = &mut Rng::new(2);
-    check("das_low_rank", Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(K, D, rng, &dev()) }), false);
+    check(
+        "das_low_rank",
+        Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(K, D, rng, &dev()) }),
+        false,
+    );
 }
 
 #[test]
@@ -136,16 +151,28 @@ fn boundless_das_rotation_and_boundary() {
 fn sigmoid_masks() {
     let rng = &mut Rng::new(4);
     let mask = |rng: &mut Rng| Param::from_tensor(f64_normals::<1>(rng, [D], &dev()));
-    check("sigmoid_mask", Intervention::SigmoidMask(SigmoidMask { mask: mask(rng), rotation: None, temperature: 0.5 }), false);
-    let rotated = SigmoidMask { mask: mask(rng), rotation: Some(Orthogonal::random(D, D, rng, &dev())), temperature: 0.5 };
+    check(
+        "sigmoid_mask",
+        Intervention::SigmoidMask(SigmoidMask { mask: mask(rng), rotation: None, temperature: 0.5 }),
+        false,
+    );
+    let rotated =
+        SigmoidMask { mask: mask(rng), rotation: Some(Orthogonal::random(D, D, rng, &dev())), temperature: 0.5 };
     check("sigmoid_mask_rotated", Intervention::SigmoidMask(rotated), false);
 }
 
 #[test]
 fn reft_family() {
-    for (i, family) in [ReftFamily::LoReft, ReftFamily::NoReft, ReftFamily::ConsReft, ReftFamily::LoBiReft, ReftFamily::DiReft, ReftFamily::NoDiReft]
-        .into_iter()
-        .enumerate()
+    for (i, family) in [
+        ReftFamily::LoReft,
+        ReftFamily::NoReft,
+        ReftFamily::ConsReft,
+        ReftFamily::LoBiReft,
+        ReftFamily::DiReft,
+        ReftFamily::NoDiReft,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let rng = &mut Rng::new(10 + i as u64);
         let mut iv = ReftIntervention::new(family, D, K, Activation::Tanh, 0.0, rng, &dev());

@@ -6,7 +6,7 @@
 
 use burn::module::Param;
 use burn::tensor::Tensor;
-use ferrovene_interventions::orthogonal::{orthogonality_error, TorchOrthogonal};
+use ferrovene_interventions::orthogonal::{TorchOrthogonal, orthogonality_error};
 use ferrovene_interventions::{Orthogonal, Rng};
 
 type B = ferrovene_models::Cpu;
@@ -41,7 +41,11 @@ fn haar_starts_spread_the_subspace_over_every_axis() {
     // What every rotation starts from.
     let random = row_mass(draws, d, k, |rng| Orthogonal::<B>::random(k, d, rng, &device).matrix().transpose());
     for (i, m) in random.iter().enumerate() {
-        assert!((m * d as f64 - 1.0).abs() < 0.15, "Orthogonal::random, row {i}: mean W_ij² = {m}, expected {}", 1.0 / d as f64);
+        assert!(
+            (m * d as f64 - 1.0).abs() < 0.15,
+            "Orthogonal::random, row {i}: mean W_ij² = {m}, expected {}",
+            1.0 / d as f64
+        );
     }
 
     // Format 1's low-rank start, for contrast: the first k rows hold most of the mass.
@@ -49,7 +53,11 @@ fn haar_starts_spread_the_subspace_over_every_axis() {
         Orthogonal::<B>::Householder(Param::from_tensor(rng.normal_tensor([k, d], &device))).matrix().transpose()
     });
     let leading: f64 = householder[..k].iter().sum::<f64>() / householder.iter().sum::<f64>();
-    assert!(leading > 0.5, "Householder starts put {leading:.2} of the subspace on the first {k} axes (a uniform subspace: {:.2})", k as f64 / d as f64);
+    assert!(
+        leading > 0.5,
+        "Householder starts put {leading:.2} of the subspace on the first {k} axes (a uniform subspace: {:.2})",
+        k as f64 / d as f64
+    );
 }
 
 /// The draw as it was first written (a left-to-right f64 sum in every dot product): the fast

@@ -56,7 +56,10 @@ fn loreft_with_w_equal_r_and_zero_bias_is_the_identity() {
     let iv = ReftIntervention {
         family: ReftFamily::LoReft,
         rotation: Some(Orthogonal::fixed(r.clone())),
-        learned_source: Some(Projection { weight: Param::from_tensor(r), bias: Param::from_tensor(Tensor::zeros([3], &dev())) }),
+        learned_source: Some(Projection {
+            weight: Param::from_tensor(r),
+            bias: Param::from_tensor(Tensor::zeros([3], &dev())),
+        }),
         proj_layer: None,
         learned_bias: None,
         act: Activation::Identity,

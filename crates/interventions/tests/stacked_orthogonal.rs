@@ -5,7 +5,7 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::Tensor;
-use ferrovene_interventions::orthogonal::{expm, expm_stacked, torch_square_q_stacked, TorchOrthogonal};
+use ferrovene_interventions::orthogonal::{TorchOrthogonal, expm, expm_stacked, torch_square_q_stacked};
 use ferrovene_models::rng::Rng;
 
 type B = Autodiff<ferrovene_models::Cpu>;
@@ -17,7 +17,8 @@ fn matrices(d: usize) -> Vec<Vec<f32>> {
         .iter()
         .map(|&norm| {
             let m: Vec<f32> = (0..d * d).map(|_| rng.normal() as f32).collect();
-            let row_sum = (0..d).map(|r| m[r * d..(r + 1) * d].iter().map(|x| x.abs()).sum::<f32>()).fold(0.0, f32::max);
+            let row_sum =
+                (0..d).map(|r| m[r * d..(r + 1) * d].iter().map(|x| x.abs()).sum::<f32>()).fold(0.0, f32::max);
             m.iter().map(|x| x * norm / row_sum).collect()
         })
         .collect()

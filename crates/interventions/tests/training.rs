@@ -5,7 +5,7 @@
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::{backend::Backend, loss::cross_entropy_with_logits, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend, loss::cross_entropy_with_logits};
 use ferrovene_interventions::das::{Annealing, BoundlessDas, DasFull, DasLowRank, TemperatureSchedule};
 use ferrovene_interventions::orthogonal::{orthogonality_error, orthogonality_error_frobenius};
 use ferrovene_interventions::probe::LinearProbe;
@@ -18,7 +18,10 @@ fn dev() -> ferrovene_models::CpuDevice {
     Default::default()
 }
 
-fn randn<BK: Backend<Device = ferrovene_models::CpuDevice>, const N: usize>(rng: &mut Rng, shape: [usize; N]) -> Tensor<BK, N> {
+fn randn<BK: Backend<Device = ferrovene_models::CpuDevice>, const N: usize>(
+    rng: &mut Rng,
+    shape: [usize; N],
+) -> Tensor<BK, N> {
     rng.normal_tensor(shape, &dev())
 }
 
@@ -73,7 +76,11 @@ fn orthogonality_holds_after_2000_adamw_steps_full_576() {
 fn check_orthogonality_over_2000_steps(name: &str, k: usize, d: usize, torch: bool) {
     let rng = &mut Rng::new(11);
     let rotation = if torch { Orthogonal::<AD>::random(k, d, rng, &dev()) } else { format_1(k, d, rng) };
-    let mut iv = if k == d { Intervention::DasFull(DasFull { rotation, k: 5 }) } else { Intervention::DasLowRank(DasLowRank { rotation }) };
+    let mut iv = if k == d {
+        Intervention::DasFull(DasFull { rotation, k: 5 })
+    } else {
+        Intervention::DasLowRank(DasLowRank { rotation })
+    };
     let mut opt = AdamWConfig::new().with_weight_decay(0.01).init::<AD, Intervention<AD>>();
     let (b, s) = (randn::<AD, 3>(rng, [32, 1, d]), randn::<AD, 3>(rng, [32, 1, d]));
     let target = randn::<AD, 3>(rng, [32, 1, d]);
@@ -93,7 +100,10 @@ fn check_orthogonality_over_2000_steps(name: &str, k: usize, d: usize, torch: bo
     // The Frobenius norm sums k² entries of f32 rounding: 1e-5 up to k = 64, then growing with
     // k (at k = 576, 1.4e-5 was measured: 2.5e-8 per entry, under half an ulp of 1.0).
     let frobenius_bound = 1e-5 * (k as f32 / 64.0).max(1.0);
-    assert!(worst_frobenius < frobenius_bound, "{name}, d = {d}: ‖R Rᵀ − I‖_F reached {worst_frobenius} during 2,000 AdamW steps (bound {frobenius_bound:e})");
+    assert!(
+        worst_frobenius < frobenius_bound,
+        "{name}, d = {d}: ‖R Rᵀ − I‖_F reached {worst_frobenius} during 2,000 AdamW steps (bound {frobenius_bound:e})"
+    );
 }
 
 /// A frozen readout that sees only the planted subspace `P` (`[m, d]`): logits = (h Pᵀ) M.
@@ -221,10 +231,15 @@ fn linear_probe_reaches_the_bayes_accuracy() {
         let x = means.clone().select(0, labels.clone()) + randn::<B, 2>(rng, [n, d]);
         (x, labels)
     };
-    let accuracy = |pred: Tensor<B, 1, Int>, labels: Tensor<B, 1, Int>| pred.equal(labels).int().sum().into_scalar() as f32 / n as f32;
+    let accuracy = |pred: Tensor<B, 1, Int>, labels: Tensor<B, 1, Int>| {
+        pred.equal(labels).int().sum().into_scalar() as f32 / n as f32
+    };
     let (x_test, y_test) = sample(rng, n);
     // Bayes rule for equal priors and identity covariance: the nearest mean.
-    let dist = (x_test.clone().unsqueeze_dim::<3>(1) - means.clone().unsqueeze_dim::<3>(0)).square().sum_dim(2).squeeze_dim::<2>(2);
+    let dist = (x_test.clone().unsqueeze_dim::<3>(1) - means.clone().unsqueeze_dim::<3>(0))
+        .square()
+        .sum_dim(2)
+        .squeeze_dim::<2>(2);
     let bayes = accuracy(dist.argmin(1).squeeze_dim(1), y_test.clone());
 
     let mut probe = LinearProbe::<AD>::init(d, classes, rng, &dev());

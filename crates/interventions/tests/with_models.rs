@@ -3,10 +3,10 @@
 
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{backend::AutodiffBackend, Int, Tensor};
+use burn::tensor::{Int, Tensor, backend::AutodiffBackend};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Composition, Intervene, Intervention, Orthogonal, Placement, Rng};
-use ferrovene_models::{forward, gather_positions, load_folder, resume, run_to, Component, Input, Site, Transformer};
+use ferrovene_models::{Component, Input, Site, Transformer, forward, gather_positions, load_folder, resume, run_to};
 
 type B = ferrovene_models::Cpu;
 type AD = Autodiff<B>;
@@ -39,9 +39,15 @@ fn cached_path_equals_hooked_forward() {
 
     let ckpt = run_to(&model, &base, site).unwrap();
     let changed = Intervene::new(placements(), Composition::Parallel).apply_at(site, ckpt.activation.clone());
-    let cached: Vec<f32> = model.head(resume(&model, &ckpt, changed, &mut ferrovene_models::NoHooks).unwrap()).unwrap().into_data().to_vec().unwrap();
+    let cached: Vec<f32> = model
+        .head(resume(&model, &ckpt, changed, &mut ferrovene_models::NoHooks).unwrap())
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     assert!(hooked == cached, "the cached path differs from the hooked forward");
-    let plain: Vec<f32> = model.head(forward(&model, &base, &mut ferrovene_models::NoHooks)).unwrap().into_data().to_vec().unwrap();
+    let plain: Vec<f32> =
+        model.head(forward(&model, &base, &mut ferrovene_models::NoHooks)).unwrap().into_data().to_vec().unwrap();
     assert!(plain.iter().zip(&hooked).any(|(a, b)| (a - b).abs() > 1e-4), "the intervention changed nothing");
 }
 
@@ -93,7 +99,10 @@ fn a_shared_intervention_gets_the_gradients_of_every_site() {
     let together = run([&shared, &shared]).remove(0);
     let (a, b) = (make(), make());
     let apart = run([&a, &b]);
-    assert!(apart[0].iter().any(|x| x.abs() > 1e-6) && apart[1].iter().any(|x| x.abs() > 1e-6), "both sites contribute");
+    assert!(
+        apart[0].iter().any(|x| x.abs() > 1e-6) && apart[1].iter().any(|x| x.abs() > 1e-6),
+        "both sites contribute"
+    );
     for (i, g) in together.iter().enumerate() {
         let sum = apart[0][i] + apart[1][i];
         assert!((g - sum).abs() <= 1e-5 * sum.abs().max(1.0), "entry {i}: shared {g}, sum of copies {sum}");
@@ -107,12 +116,17 @@ fn skipping_a_block_passes_its_input_through() {
     let input = Input::<B>::from_ids(&[vec![5, 17, 42, 8]], &dev);
     let all = pos::<B>(&[0, 1, 2, 3], &dev).reshape([1, 4]);
     let (inp, out) = (Site::new(1, Component::BlockInput), Site::new(1, Component::BlockOutput));
-    let mut skip = ferrovene_interventions::Skip::new(model.site_info(inp).unwrap(), model.site_info(out).unwrap(), all).unwrap();
+    let mut skip =
+        ferrovene_interventions::Skip::new(model.site_info(inp).unwrap(), model.site_info(out).unwrap(), all).unwrap();
     let skipped: Vec<f32> = forward(&model, &input, &mut skip).into_data().to_vec().unwrap();
     // Same as going on from block 2 with block 1's input.
     let ckpt = run_to(&model, &input, inp).unwrap();
     let two = run_to(&model, &input, Site::new(2, Component::BlockInput)).unwrap();
-    let want: Vec<f32> = resume(&model, &two, ckpt.activation.clone(), &mut ferrovene_models::NoHooks).unwrap().into_data().to_vec().unwrap();
+    let want: Vec<f32> = resume(&model, &two, ckpt.activation.clone(), &mut ferrovene_models::NoHooks)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     assert!(skipped == want, "skip differs from feeding block 1's input to block 2");
     let mlp = model.site_info(Site::new(1, Component::MlpActivation)).unwrap();
     assert!(ferrovene_interventions::Skip::<B>::new(mlp, model.site_info(out).unwrap(), pos::<B>(&[0], &dev)).is_err());

@@ -33,21 +33,27 @@ impl<'a> HfConfig<'a> {
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be a number, found {v}"))),
         }
     }
     /// A bool field with a default.
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be true or false, found {v}"))),
         }
     }
     /// A string field with a default.
     pub fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_str().ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be a string, found {v}"))),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| ModelError::config(self.path, format!("`{key}` should be a string, found {v}"))),
         }
     }
 
@@ -56,7 +62,9 @@ impl<'a> HfConfig<'a> {
         let Some(v) = self.json.get("rope_scaling").filter(|v| !v.is_null()) else { return Ok(None) };
         let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("");
         let num = |k: &str| {
-            v.get(k).and_then(Value::as_f64).ok_or_else(|| ModelError::config(self.path, format!("rope_scaling.{k} missing or not a number")))
+            v.get(k)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| ModelError::config(self.path, format!("rope_scaling.{k} missing or not a number")))
         };
         match kind {
             "default" => Ok(None),
@@ -80,13 +88,22 @@ impl<'a> HfConfig<'a> {
 /// divides `hidden`.
 pub fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: usize, head_dim_given: bool) -> Result<()> {
     if heads == 0 || kv_heads == 0 {
-        return Err(ModelError::config(path, format!("attention heads must be positive (heads {heads}, kv heads {kv_heads})")));
+        return Err(ModelError::config(
+            path,
+            format!("attention heads must be positive (heads {heads}, kv heads {kv_heads})"),
+        ));
     }
     if heads % kv_heads != 0 {
-        return Err(ModelError::config(path, format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
+        return Err(ModelError::config(
+            path,
+            format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads"),
+        ));
     }
     if !head_dim_given && hidden % heads != 0 {
-        return Err(ModelError::config(path, format!("hidden size {hidden} is not divisible by {heads} attention heads")));
+        return Err(ModelError::config(
+            path,
+            format!("hidden size {hidden} is not divisible by {heads} attention heads"),
+        ));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{backend::Backend, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, backend::Backend};
 
 use crate::precision::{to_dtype, to_f32};
 use crate::site::Site;

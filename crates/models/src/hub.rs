@@ -8,12 +8,12 @@
 //! `FERROVENE_HUB_TIMEOUT` seconds (default 60) is given up with an error naming the endpoint.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::api::Progress;
+use hf_hub::api::sync::{ApiBuilder, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{ModelError, Result};
@@ -79,9 +79,18 @@ impl HubConfig {
         let offline = std::env::var("HF_HUB_OFFLINE")
             .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
             .unwrap_or(false);
-        let timeout = std::env::var("FERROVENE_HUB_TIMEOUT").ok().and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| s.is_finite() && *s > 0.0);
+        let timeout = std::env::var("FERROVENE_HUB_TIMEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0);
         let timeout = Duration::from_secs_f64(timeout.unwrap_or(DEFAULT_TIMEOUT_S as f64));
-        HubConfig { endpoint, cache_dir, offline, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()), timeout }
+        HubConfig {
+            endpoint,
+            cache_dir,
+            offline,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            timeout,
+        }
     }
 }
 
@@ -123,7 +132,9 @@ pub fn fetch(id: &HubId, cfg: &HubConfig) -> Result<PathBuf> {
     loop {
         match done_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(result) => return result,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(err("the download thread stopped without a result".into())),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(err("the download thread stopped without a result".into()));
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if life.silent_for() > cfg.timeout => {
                 // The worker stays blocked on its socket; the process goes on (or exits) without it.
                 return Err(err(format!(
@@ -186,12 +197,21 @@ impl Progress for Watched {
 }
 
 /// `file` of `repo` from the cache, else downloaded with `life` told of every chunk.
-fn get_watched(repo: &ApiRepo, cache: &hf_hub::CacheRepo, file: &str, cfg: &HubConfig, life: &Life) -> std::result::Result<PathBuf, hf_hub::api::sync::ApiError> {
+fn get_watched(
+    repo: &ApiRepo,
+    cache: &hf_hub::CacheRepo,
+    file: &str,
+    cfg: &HubConfig,
+    life: &Life,
+) -> std::result::Result<PathBuf, hf_hub::api::sync::ApiError> {
     if let Some(path) = cache.get(file) {
         return Ok(path);
     }
     life.touch();
-    repo.download_with_progress(file, Watched { life: life.clone(), bar: cfg.progress.then(indicatif::ProgressBar::no_length) })
+    repo.download_with_progress(
+        file,
+        Watched { life: life.clone(), bar: cfg.progress.then(indicatif::ProgressBar::no_length) },
+    )
 }
 
 /// The online half of [`fetch`], on the worker thread.
@@ -210,9 +230,13 @@ fn fetch_online(id: &HubId, cfg: &HubConfig, life: &Life) -> Result<PathBuf> {
         err(format!("cannot list the repository at {} ({e}); check the id and revision, HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache", cfg.endpoint))
     })?;
     let files: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-    let get = |file: &str| get_watched(&repo, &cache, file, cfg, life).map_err(|e| err(format!("downloading `{file}`: {e}")));
+    let get =
+        |file: &str| get_watched(&repo, &cache, file, cfg, life).map_err(|e| err(format!("downloading `{file}`: {e}")));
     if !files.contains(&CONFIG) {
-        return Err(err(format!("no `{CONFIG}` in the repository (files: {}); ferrovene loads Hugging Face model folders", files.join(", "))));
+        return Err(err(format!(
+            "no `{CONFIG}` in the repository (files: {}); ferrovene loads Hugging Face model folders",
+            files.join(", ")
+        )));
     }
     let config = get(CONFIG)?;
     if files.contains(&SINGLE) {
@@ -232,5 +256,8 @@ fn fetch_online(id: &HubId, cfg: &HubConfig, life: &Life) -> Result<PathBuf> {
 }
 
 fn snapshot_dir(config: &std::path::Path) -> Result<PathBuf> {
-    config.parent().map(|p| p.to_path_buf()).ok_or_else(|| ModelError::corrupt(config, "cached file has no parent folder"))
+    config
+        .parent()
+        .map(|p| p.to_path_buf())
+        .ok_or_else(|| ModelError::corrupt(config, "cached file has no parent folder"))
 }

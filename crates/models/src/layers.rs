@@ -3,7 +3,7 @@
 //! Written out as the equations so that each architecture file reads like its paper.
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation::softmax, backend::Backend, Bool, DType, Int, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor, activation::softmax, backend::Backend};
 
 use crate::precision::{blocked_score, to_dtype, to_f32};
 
@@ -76,7 +76,8 @@ impl<B: Backend> LayerNorm<B> {
         let x = to_f32(x);
         let centred = x.clone() - x.mean_dim(2);
         let var = centred.clone().square().mean_dim(2);
-        let y = centred / (var + self.eps).sqrt() * to_f32(self.gamma.val()).unsqueeze() + to_f32(self.beta.val()).unsqueeze();
+        let y = centred / (var + self.eps).sqrt() * to_f32(self.gamma.val()).unsqueeze()
+            + to_f32(self.beta.val()).unsqueeze();
         to_dtype(y, dtype)
     }
 }
@@ -195,7 +196,12 @@ impl<B: Backend> Rotary<B> {
         }
         let half_turn = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(p, [d, d]), &device);
         let (cos, sin, half_turn) = (to_dtype(cos, dtype), to_dtype(sin, dtype), to_dtype(half_turn, dtype));
-        Rotary { cos: cos.reshape([batch, seq, 1, d]), sin: sin.reshape([batch, seq, 1, d]), half_turn, per_heads: Default::default() }
+        Rotary {
+            cos: cos.reshape([batch, seq, 1, d]),
+            sin: sin.reshape([batch, seq, 1, d]),
+            half_turn,
+            per_heads: Default::default(),
+        }
     }
 
     /// Rotates `x`, `[batch, seq, heads, head_dim]` (heads not yet moved before positions).
@@ -245,8 +251,7 @@ pub enum RopeScaling {
 
 /// The inverse frequencies `θ^(−2i/d)` for `i < d/2`, after optional scaling.
 pub fn rope_inv_freq(rotary_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
-    let base: Vec<f64> =
-        (0..rotary_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / rotary_dim as f64)).collect();
+    let base: Vec<f64> = (0..rotary_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / rotary_dim as f64)).collect();
     let scaled: Vec<f64> = match scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),

@@ -11,12 +11,12 @@ pub mod arch;
 pub mod config;
 pub mod cpu_features;
 pub mod error;
-pub mod hub;
 pub mod hooks;
+pub mod hub;
 pub mod layers;
 pub mod loader;
-pub mod precision;
 pub mod model;
+pub mod precision;
 pub mod registry;
 pub mod rng;
 pub mod site;
@@ -24,9 +24,9 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use loader::{load, load_folder, load_gguf, load_with_hub, AnyModel, LoadedModel};
-pub use hooks::{gather_positions, scatter_positions, Capture, FnHook, Hooks, NoHooks, Replace};
-pub use model::{block_outputs, forward, keys_values_after, resume, run_to, Checkpoint, Input, KvCache, Transformer};
+pub use hooks::{Capture, FnHook, Hooks, NoHooks, Replace, gather_positions, scatter_positions};
+pub use loader::{AnyModel, LoadedModel, load, load_folder, load_gguf, load_with_hub};
+pub use model::{Checkpoint, Input, KvCache, Transformer, block_outputs, forward, keys_values_after, resume, run_to};
 pub use site::{Component, Site, SiteInfo};
 pub use tokenizer::TextTokenizer;
 

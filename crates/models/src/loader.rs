@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::arch::bert::{Bert, BertConfig};
-use crate::arch::gpt2::{Gpt2, Gpt2Config};
 use crate::arch::gpt_neox::{GptNeoX, GptNeoXConfig};
+use crate::arch::gpt2::{Gpt2, Gpt2Config};
 use crate::arch::llama::{Llama, LlamaConfig};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
@@ -16,9 +16,9 @@ use crate::hooks::Hooks;
 use crate::model::{Context, Input, Transformer};
 use crate::site::SiteInfo;
 use crate::tokenizer::TextTokenizer;
+use crate::weights::Loader;
 use crate::weights::gguf::{GgufFile, GgufLlamaWeights};
 use crate::weights::safetensors_folder::SafetensorsFolder;
-use crate::weights::Loader;
 
 /// `model_type` values of `config.json` that ferrovene loads.
 pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2, gpt_neox, bert";
@@ -122,7 +122,10 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&config_path, format!("not valid JSON: {e}")))?;
     let cfg = HfConfig { path: &config_path, json: &json };
-    let model_type = json.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| ModelError::config(&config_path, "missing `model_type`"))?;
+    let model_type = json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ModelError::config(&config_path, "missing `model_type`"))?;
     // Check the architecture before touching the (possibly large) weight files.
     if !SUPPORTED_MODEL_TYPES.split(", ").any(|t| t == model_type) {
         return Err(ModelError::UnknownArchitecture {
@@ -139,11 +142,19 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
         "gpt_neox" => AnyModel::GptNeoX(GptNeoX::load(GptNeoXConfig::from_hf(&cfg)?, &w)?),
         "bert" => AnyModel::Bert(Bert::load(BertConfig::from_hf(&cfg)?, &w)?),
         other => {
-            return Err(ModelError::UnknownArchitecture { path: config_path.clone(), found: other.to_string(), supported: SUPPORTED_MODEL_TYPES.into() });
+            return Err(ModelError::UnknownArchitecture {
+                path: config_path.clone(),
+                found: other.to_string(),
+                supported: SUPPORTED_MODEL_TYPES.into(),
+            });
         }
     };
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer = if tok_path.exists() { Some(TextTokenizer::from_file(&tok_path)?.with_max_positions(model.max_positions())) } else { None };
+    let tokenizer = if tok_path.exists() {
+        Some(TextTokenizer::from_file(&tok_path)?.with_max_positions(model.max_positions()))
+    } else {
+        None
+    };
     Ok(LoadedModel { model, tokenizer, spec: dir.display().to_string(), path: dir.to_path_buf(), revision: None })
 }
 
@@ -152,13 +163,23 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedMo
     let file = GgufFile::open(path)?;
     let arch = file.meta_str("general.architecture")?.to_string();
     if arch != "llama" {
-        return Err(ModelError::UnknownArchitecture { path: path.to_path_buf(), found: arch, supported: "llama (GGUF)".into() });
+        return Err(ModelError::UnknownArchitecture {
+            path: path.to_path_buf(),
+            found: arch,
+            supported: "llama (GGUF)".into(),
+        });
     }
     let tokenizer = TextTokenizer::from_gguf(&file)?;
     let cfg = LlamaConfig::from_gguf(&file)?;
     let weights = GgufLlamaWeights::new(file, cfg.num_heads, cfg.num_kv_heads);
     let model = AnyModel::Llama(Llama::load(cfg, &Loader::new(&weights, device))?);
-    Ok(LoadedModel { model, tokenizer: Some(tokenizer), spec: path.display().to_string(), path: path.to_path_buf(), revision: None })
+    Ok(LoadedModel {
+        model,
+        tokenizer: Some(tokenizer),
+        spec: path.display().to_string(),
+        path: path.to_path_buf(),
+        revision: None,
+    })
 }
 
 /// Loads a model from a spec: a registry name (`smollm2-135m`, `minilm-l6`), a path to a folder
@@ -168,7 +189,11 @@ pub fn load<B: Backend>(spec: &str, device: &B::Device) -> Result<LoadedModel<B>
 }
 
 /// [`load`] with explicit hub settings.
-pub fn load_with_hub<B: Backend>(spec: &str, hub: &crate::hub::HubConfig, device: &B::Device) -> Result<LoadedModel<B>> {
+pub fn load_with_hub<B: Backend>(
+    spec: &str,
+    hub: &crate::hub::HubConfig,
+    device: &B::Device,
+) -> Result<LoadedModel<B>> {
     let resolve_err = |reason: String| ModelError::Resolve { spec: spec.to_string(), reason };
     if let Some(named) = crate::registry::named(spec) {
         let path = crate::registry::fixtures_dir().join(named.relative_path);

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use burn::tensor::{backend::Backend, DType, Int, Tensor};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 use crate::error::{ModelError, Result};
-use crate::hooks::{hook, Hooks, NoHooks};
-use crate::layers::{attention_bias, positions_from_mask, Rotary};
+use crate::hooks::{Hooks, NoHooks, hook};
+use crate::layers::{Rotary, attention_bias, positions_from_mask};
 use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component, Site, SiteInfo};
 
@@ -47,11 +47,15 @@ impl<B: Backend> Input<B> {
         for r in rows {
             let pad = seq - r.len();
             let (ids_row, mask_row): (Vec<i64>, Vec<i64>) = if left {
-                (std::iter::repeat_n(pad_id as i64, pad).chain(r.iter().map(|&i| i as i64)).collect(),
-                 std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, r.len())).collect())
+                (
+                    std::iter::repeat_n(pad_id as i64, pad).chain(r.iter().map(|&i| i as i64)).collect(),
+                    std::iter::repeat_n(0, pad).chain(std::iter::repeat_n(1, r.len())).collect(),
+                )
             } else {
-                (r.iter().map(|&i| i as i64).chain(std::iter::repeat_n(pad_id as i64, pad)).collect(),
-                 std::iter::repeat_n(1, r.len()).chain(std::iter::repeat_n(0, pad)).collect())
+                (
+                    r.iter().map(|&i| i as i64).chain(std::iter::repeat_n(pad_id as i64, pad)).collect(),
+                    std::iter::repeat_n(1, r.len()).chain(std::iter::repeat_n(0, pad)).collect(),
+                )
             };
             ids.extend(ids_row);
             mask.extend(mask_row);
@@ -161,7 +165,13 @@ impl<B: Backend> KvCache<B> {
 
     /// Appends the new positions' keys and values at `layer` and returns all of them (a frozen
     /// cache returns them without keeping the new ones).
-    fn extend(&self, layer: usize, k: Tensor<B, 4>, v: Tensor<B, 4>, full_mask: &Tensor<B, 2, Int>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn extend(
+        &self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        full_mask: &Tensor<B, 2, Int>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         if self.frozen {
             let state = self.lock();
             return match state.layers.get(layer) {
@@ -290,7 +300,11 @@ pub trait Transformer<B: Backend> {
             ModelError::UnknownSite {
                 site: site.to_string(),
                 arch: self.arch().to_string(),
-                valid: format!("layers 0 to {} with components {}", self.n_layers().saturating_sub(1), components.join(", ")),
+                valid: format!(
+                    "layers 0 to {} with components {}",
+                    self.n_layers().saturating_sub(1),
+                    components.join(", ")
+                ),
             }
         })
     }
@@ -298,7 +312,11 @@ pub trait Transformer<B: Backend> {
 
 /// The full forward: final hidden states `[batch, seq, width]` (after the final norm).
 /// Logits come from [`Transformer::head`], on all positions or only on those scored.
-pub fn forward<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
+pub fn forward<B: Backend, M: Transformer<B> + ?Sized>(
+    model: &M,
+    input: &Input<B>,
+    hooks: &mut dyn Hooks<B>,
+) -> Tensor<B, 3> {
     let ctx = model.context(input);
     let x = hook(hooks, Site::new(0, Component::Embeddings), model.embed(input));
     let x = run_blocks(model, x, &ctx, 0, true, hooks);
@@ -339,11 +357,20 @@ pub struct Checkpoint<B: Backend> {
 }
 
 /// Runs `input` up to `site` and returns the activation there with what is needed to go on.
-pub fn run_to<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B>, site: Site) -> Result<Checkpoint<B>> {
+pub fn run_to<B: Backend, M: Transformer<B> + ?Sized>(
+    model: &M,
+    input: &Input<B>,
+    site: Site,
+) -> Result<Checkpoint<B>> {
     model.site_info(site)?;
     let ctx = model.context(input);
     let mut x = model.embed(input);
-    let done = |activation, block_input| Checkpoint { site, activation: to_f32(activation), block_input, input: input.clone() };
+    let done = |activation, block_input| Checkpoint {
+        site,
+        activation: to_f32(activation),
+        block_input,
+        input: input.clone(),
+    };
     if site.component == Component::Embeddings {
         return Ok(done(x, None));
     }
@@ -366,7 +393,12 @@ pub fn run_to<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B
 /// (f32, as every activation leaving the model), with the last block's output as computed (to go
 /// on with, e.g. [`Transformer::final_norm`]): what sweeps need of one frozen forward for many
 /// layers at once.
-pub fn block_outputs<B: Backend, M: Transformer<B> + ?Sized>(model: &M, input: &Input<B>, layers: &[usize], through: usize) -> (BTreeMap<usize, Tensor<B, 3>>, Tensor<B, 3>) {
+pub fn block_outputs<B: Backend, M: Transformer<B> + ?Sized>(
+    model: &M,
+    input: &Input<B>,
+    layers: &[usize],
+    through: usize,
+) -> (BTreeMap<usize, Tensor<B, 3>>, Tensor<B, 3>) {
     let ctx = model.context(input);
     let mut x = model.embed(input);
     let mut kept = BTreeMap::new();
@@ -420,7 +452,14 @@ pub fn keys_values_after<B: Backend, M: Transformer<B> + ?Sized>(model: &M, chec
     let input = Input { past: Some(cache.clone()), ..checkpoint.input.clone() };
     let site = checkpoint.site;
     let ctx = model.context(&input);
-    run_blocks(model, to_dtype(checkpoint.activation.clone(), model.dtype()), &ctx, site.next_block().unwrap_or(0), site.component != Component::BlockInput, &mut NoHooks);
+    run_blocks(
+        model,
+        to_dtype(checkpoint.activation.clone(), model.dtype()),
+        &ctx,
+        site.next_block().unwrap_or(0),
+        site.component != Component::BlockInput,
+        &mut NoHooks,
+    );
     cache
 }
 
@@ -436,10 +475,6 @@ impl<B: Backend> Hooks<B> for Overlay<'_, B> {
         site == self.site || self.rest.wants(site)
     }
     fn at(&mut self, site: Site, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        if site == self.site {
-            self.activation.take().unwrap_or(h)
-        } else {
-            self.rest.at(site, h)
-        }
+        if site == self.site { self.activation.take().unwrap_or(h) } else { self.rest.at(site, h) }
     }
 }

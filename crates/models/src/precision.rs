@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{backend::Backend, DType, FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
 
 /// The dtype loaders give new frozen models (0 = f32, 1 = f16, 2 = bf16).
 static FROZEN: AtomicU8 = AtomicU8::new(0);

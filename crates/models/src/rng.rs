@@ -2,7 +2,7 @@
 //! alone — parameter initialisation, shuffles, splits — rather than from the backend's global
 //! generator, which concurrent work (other tests, other interventions) also draws from.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 /// SplitMix64 with Box–Muller normals.
 #[derive(Debug, Clone)]
@@ -101,7 +101,12 @@ impl Rng {
     }
 
     /// A tensor uniform in [−bound, bound).
-    pub fn uniform_tensor<B: Backend, const D: usize>(&mut self, shape: [usize; D], bound: f64, device: &B::Device) -> Tensor<B, D> {
+    pub fn uniform_tensor<B: Backend, const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        bound: f64,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| ((2.0 * self.uniform() - 1.0) * bound) as f32).collect();
         Tensor::from_data(TensorData::new(v, shape), device)

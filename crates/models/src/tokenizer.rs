@@ -112,7 +112,8 @@ impl TextTokenizer {
         if add_bos {
             let bos = id("tokenizer.ggml.bos_token_id")
                 .ok_or_else(|| err("add_bos_token is true but tokenizer.ggml.bos_token_id is missing".into()))?;
-            let bos_text = tokens.get(bos as usize).cloned().ok_or_else(|| err(format!("bos id {bos} is past the vocabulary")))?;
+            let bos_text =
+                tokens.get(bos as usize).cloned().ok_or_else(|| err(format!("bos id {bos} is past the vocabulary")))?;
             let template_err = |e: String| err(format!("BOS template: {e}"));
             let mut builder = TemplateProcessing::builder();
             builder.try_single(format!("{bos_text} $A")).map_err(template_err)?;
@@ -134,15 +135,20 @@ impl TextTokenizer {
 
     /// Token ids of `text`, with the model's special tokens (BOS, `[CLS]`/`[SEP]`) where it adds them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let ids = self
-            .inner
-            .encode(text, true)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| ModelError::Tokenizer { path: self.path.clone(), reason: format!("encoding {text:?}: {e}") })?;
+        let ids = self.inner.encode(text, true).map(|e| e.get_ids().to_vec()).map_err(|e| ModelError::Tokenizer {
+            path: self.path.clone(),
+            reason: format!("encoding {text:?}: {e}"),
+        })?;
         match self.max_positions {
             Some(max) if ids.len() > max => {
                 let head: String = text.chars().take(40).collect();
-                Err(ModelError::Tokenizer { path: self.path.clone(), reason: format!("the text {head:?}… is {} tokens; the model reads at most {max} positions: shorten it", ids.len()) })
+                Err(ModelError::Tokenizer {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "the text {head:?}… is {} tokens; the model reads at most {max} positions: shorten it",
+                        ids.len()
+                    ),
+                })
             }
             _ => Ok(ids),
         }

@@ -9,9 +9,9 @@
 //! there on an illegal instruction).
 
 use burn::tensor::{Tensor, TensorData};
+use ferrovene_models::Cpu;
 use ferrovene_models::cpu_features::CpuFeatures;
 use ferrovene_models::rng::Rng;
-use ferrovene_models::Cpu;
 
 /// `a · b` in f64, row-major `[m, k] · [k, n]`.
 fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {

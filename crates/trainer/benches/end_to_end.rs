@@ -14,7 +14,11 @@ use std::time::Instant;
 fn timed(args: &[&str]) -> f64 {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer")).current_dir(&root).args(args).output().expect("the trainer binary runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .current_dir(&root)
+        .args(args)
+        .output()
+        .expect("the trainer binary runs");
     let secs = t.elapsed().as_secs_f64();
     assert!(out.status.success(), "trainer {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     secs
@@ -25,7 +29,19 @@ fn main() {
     let out = out.to_str().expect("a UTF-8 temporary folder");
     let capitals = timed(&["das-capitals", "--quiet", "--out", out]);
     println!("das-capitals end to end: {capitals:.1} s");
-    let sweep = |layers: &str| timed(&["sweep", "das-filler-gap", "--layers", layers, "--positions", "verb", "--no-generalization", "--out", out]);
+    let sweep = |layers: &str| {
+        timed(&[
+            "sweep",
+            "das-filler-gap",
+            "--layers",
+            layers,
+            "--positions",
+            "verb",
+            "--no-generalization",
+            "--out",
+            out,
+        ])
+    };
     let (one, three) = (sweep("16"), sweep("8,16,24"));
     println!("filler-gap sweep: one site {one:.1} s, three sites {three:.1} s: {:.1} s per site", (three - one) / 2.0);
     let _ = std::fs::remove_dir_all(out);

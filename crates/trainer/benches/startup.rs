@@ -13,16 +13,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 use burn::backend::Autodiff;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use ferrovene_data::format::parse_jsonl;
-use ferrovene_data::{tokenize, Example, Label, OnError, TokenizedExample};
+use ferrovene_data::{Example, Label, OnError, TokenizedExample, tokenize};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal};
+use ferrovene_models::Cpu;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, LoadedModel, Site, TextTokenizer};
-use ferrovene_models::Cpu;
 
 type B = Autodiff<Cpu>;
 
@@ -44,7 +44,9 @@ fn write_pair_files(tok: &TextTokenizer, dir: &Path) -> Result<(PathBuf, PathBuf
         let k = i % lines.len();
         writeln!(text_file, "{}", lines[k])?;
         let (line, example) = &parsed.examples[k];
-        let (TokenizedExample::Pair { base, sources, .. }, Example::Pair { label: Label::Text(label), .. }) = (tokenize(example, tok, &capitals, *line)?, example) else {
+        let (TokenizedExample::Pair { base, sources, .. }, Example::Pair { label: Label::Text(label), .. }) =
+            (tokenize(example, tok, &capitals, *line)?, example)
+        else {
             return Err(anyhow!("capitals.jsonl holds pairs with text labels"));
         };
         let record = serde_json::json!({
@@ -68,11 +70,19 @@ fn start(loaded: &LoadedModel<B>, tok: &TextTokenizer, path: &Path) -> Result<[f
     let t = Instant::now();
     let text = std::fs::read_to_string(path)?;
     let file = parse_jsonl(path, &text, OnError::Stop)?;
-    let examples: Vec<TokenizedExample> = file.examples.iter().map(|(l, e)| tokenize(e, tok, path, *l)).collect::<Result<_, _>>()?;
+    let examples: Vec<TokenizedExample> =
+        file.examples.iter().map(|(l, e)| tokenize(e, tok, path, *l)).collect::<Result<_, _>>()?;
     let read = t.elapsed().as_secs_f64();
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     let t = Instant::now();
-    let batches = trainer::objectives::das::prepare(&loaded.model, Site::new(12, Component::BlockOutput), &refs, tok.pad_id, 16, &device)?;
+    let batches = trainer::objectives::das::prepare(
+        &loaded.model,
+        Site::new(12, Component::BlockOutput),
+        &refs,
+        tok.pad_id,
+        16,
+        &device,
+    )?;
     let cache = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(16, 576, &mut Rng::new(1), &device) });

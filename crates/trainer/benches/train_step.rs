@@ -12,16 +12,16 @@
 
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 use burn::backend::Autodiff;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
-use ferrovene_data::{load_jsonl, tokenize, OnError};
+use ferrovene_data::{OnError, load_jsonl, tokenize};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site};
-use trainer::device::{dispatch, Compute, OnBackend, Precision};
+use trainer::device::{Compute, OnBackend, Precision, dispatch};
 
 #[cfg(feature = "ndarray")]
 const CPU_BACKEND: &str = "ndarray";
@@ -43,11 +43,14 @@ impl OnBackend for StepBench {
         let tok = loaded.tokenizer.clone().ok_or_else(|| anyhow!("no tokenizer"))?;
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/capitals/capitals.jsonl");
         let file = load_jsonl(&path, OnError::Stop)?;
-        let sixteen: Vec<_> = file.examples.iter().take(16).map(|(l, e)| tokenize(e, &tok, &file.path, *l)).collect::<Result<_, _>>()?;
+        let sixteen: Vec<_> =
+            file.examples.iter().take(16).map(|(l, e)| tokenize(e, &tok, &file.path, *l)).collect::<Result<_, _>>()?;
         let examples: Vec<_> = sixteen.iter().cycle().take(self.batch).collect();
         let site = Site::new(12, Component::BlockOutput);
-        let batches = trainer::objectives::das::prepare(&loaded.model, site, &examples, tok.pad_id, self.batch, &device)?;
-        let mut iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(16, 576, &mut Rng::new(1), &device) });
+        let batches =
+            trainer::objectives::das::prepare(&loaded.model, site, &examples, tok.pad_id, self.batch, &device)?;
+        let mut iv =
+            Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(16, 576, &mut Rng::new(1), &device) });
         let mut opt = AdamWConfig::new().init::<B<Inner>, Intervention<B<Inner>>>();
         let mut phases: [Vec<f64>; 4] = Default::default();
         for i in 0..12 {
@@ -73,7 +76,11 @@ impl OnBackend for StepBench {
             v[v.len() / 2] * 1e3
         };
         let [total, forward, backward, step] = &mut phases;
-        let backend = if Inner::name(&device).contains("flex") || Inner::name(&device).contains("ndarray") { CPU_BACKEND.to_string() } else { Inner::name(&device) };
+        let backend = if Inner::name(&device).contains("flex") || Inner::name(&device).contains("ndarray") {
+            CPU_BACKEND.to_string()
+        } else {
+            Inner::name(&device)
+        };
         if self.json {
             println!(
                 "{}",
@@ -82,7 +89,14 @@ impl OnBackend for StepBench {
         } else {
             println!(
                 "{backend}: DAS step (rank 16, 12.block_output, batch {}): median {:.0} ms (min {:.0}, max {:.0}) over {} steps: forward {:.0} ms, backward {:.0} ms, AdamW and reading R {:.0} ms",
-                self.batch, median(total), total[0] * 1e3, total[total.len() - 1] * 1e3, total.len(), median(forward), median(backward), median(step)
+                self.batch,
+                median(total),
+                total[0] * 1e3,
+                total[total.len() - 1] * 1e3,
+                total.len(),
+                median(forward),
+                median(backward),
+                median(step)
             );
         }
         Ok(())

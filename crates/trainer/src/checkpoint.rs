@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
@@ -74,7 +74,10 @@ where
     O: Optimizer<M, B>,
 {
     if !run_dir.is_dir() {
-        bail!("the run folder {} was removed while the run was going: no checkpoint can be written (start the run again)", run_dir.display());
+        bail!(
+            "the run folder {} was removed while the run was going: no checkpoint can be written (start the run again)",
+            run_dir.display()
+        );
     }
     let root = folder(run_dir);
     let name = format!("step-{:06}", state.step);
@@ -84,14 +87,17 @@ where
     let written = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp).map_err(|e| crate::run_dir::io_error(e, "creating checkpoint folder", &tmp))?;
         let rec = Rec::new();
-        let fail = |what: &str, e: burn::record::RecorderError| anyhow!("writing the {what} of checkpoint {}: {}", tmp.display(), recorder_reason(&e));
+        let fail = |what: &str, e: burn::record::RecorderError| {
+            anyhow!("writing the {what} of checkpoint {}: {}", tmp.display(), recorder_reason(&e))
+        };
         rec.record(iv.clone().into_record(), tmp.join("intervention")).map_err(|e| fail("intervention", e))?;
         rec.record(opt.to_record(), tmp.join("optimizer")).map_err(|e| fail("optimizer state", e))?;
         if let Some(b) = best {
             rec.record(b.clone().into_record(), tmp.join("best")).map_err(|e| fail("best intervention", e))?;
         }
         let state_path = tmp.join("state.json");
-        std::fs::write(&state_path, serde_json::to_vec_pretty(state)?).map_err(|e| crate::run_dir::io_error(e, "writing", &state_path))?;
+        std::fs::write(&state_path, serde_json::to_vec_pretty(state)?)
+            .map_err(|e| crate::run_dir::io_error(e, "writing", &state_path))?;
         let _ = std::fs::remove_dir_all(&done);
         std::fs::rename(&tmp, &done).map_err(|e| crate::run_dir::io_error(e, "moving into place checkpoint", &tmp))?;
         crate::run_dir::sync_folder(&root);
@@ -106,7 +112,9 @@ where
     // Keep the newest two.
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp")))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+        })
         .collect();
     steps.sort();
     for old in steps.iter().rev().skip(2) {
@@ -138,12 +146,21 @@ where
 {
     let root = folder(run_dir);
     let latest = root.join("latest");
-    let name = std::fs::read_to_string(&latest)
-        .with_context(|| format!("no checkpoint to resume from in {} (runs write one every `checkpoint_every` steps and on Ctrl-C)", run_dir.display()))?;
+    let name = std::fs::read_to_string(&latest).with_context(|| {
+        format!(
+            "no checkpoint to resume from in {} (runs write one every `checkpoint_every` steps and on Ctrl-C)",
+            run_dir.display()
+        )
+    })?;
     let newest = root.join(name.trim());
     let mut earlier: Vec<PathBuf> = std::fs::read_dir(&root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| *p != newest && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp")))
+        .filter(|p| {
+            *p != newest
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+        })
         .collect();
     earlier.sort();
     let mut failures: Vec<(PathBuf, anyhow::Error)> = Vec::new();
@@ -173,8 +190,11 @@ where
         bail!("the checkpoint folder is missing");
     }
     let rec = Rec::new();
-    let fail = |what: &str, e: burn::record::RecorderError| anyhow!("reading the {what} of checkpoint {}: {e:?}", dir.display());
-    let module = skeleton.clone().load_record(rec.load(dir.join("intervention"), device).map_err(|e| fail("intervention", e))?);
+    let fail = |what: &str, e: burn::record::RecorderError| {
+        anyhow!("reading the {what} of checkpoint {}: {e:?}", dir.display())
+    };
+    let module =
+        skeleton.clone().load_record(rec.load(dir.join("intervention"), device).map_err(|e| fail("intervention", e))?);
     let optimizer = opt.load_record(rec.load(dir.join("optimizer"), device).map_err(|e| fail("optimizer state", e))?);
     let best = if dir.join("best.bin").exists() {
         Some(skeleton.load_record(rec.load(dir.join("best"), device).map_err(|e| fail("best intervention", e))?))
@@ -183,11 +203,16 @@ where
     };
     for (what, m) in [("intervention", Some(&module)), ("best intervention", best.as_ref())] {
         if let Some((name, sum)) = m.and_then(|m| crate::divergence::first_non_finite(m)) {
-            bail!("the {what} in checkpoint {} has non-finite values (`{name}` sums to {sum}); start a new run with a lower learning rate", dir.display());
+            bail!(
+                "the {what} in checkpoint {} has non-finite values (`{name}` sums to {sum}); start a new run with a lower learning rate",
+                dir.display()
+            );
         }
     }
     let state_path = dir.join("state.json");
-    let state: LoopState = serde_json::from_slice(&std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?)
-        .with_context(|| format!("parsing {}", state_path.display()))?;
+    let state: LoopState = serde_json::from_slice(
+        &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", state_path.display()))?;
     Ok(Restored { module, optimizer, best, state })
 }

@@ -5,9 +5,9 @@
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// A kind of compute device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,13 +162,22 @@ fn guarded<T>(spec: DeviceSpec, run: impl FnOnce() -> Result<T>) -> Result<T> {
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown failure".into());
-        bail!("the {spec} device failed (no such adapter, or no usable driver?): {why}; devices in this build: {}", available().join(", "))
+        bail!(
+            "the {spec} device failed (no such adapter, or no usable driver?): {why}; devices in this build: {}",
+            available().join(", ")
+        )
     })
 }
 
 /// Runs `job` on backend `B` and `device`, with the frozen models loaded at `precision`, after
 /// recording what was chosen.
-fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(spec: DeviceSpec, precision: Option<Precision>, device: B::Device, adapter: Value, job: J) -> Result<J::Output> {
+fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(
+    spec: DeviceSpec,
+    precision: Option<Precision>,
+    device: B::Device,
+    adapter: Value,
+    job: J,
+) -> Result<J::Output> {
     let precision = resolve_precision::<B>(spec, precision, &device)?;
     ferrovene_models::precision::set_frozen_dtype(precision.dtype());
     let cpu = ferrovene_models::cpu_features::CpuFeatures::detect();
@@ -184,14 +193,22 @@ fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(spec: DeviceSpec, pre
 }
 
 /// The precision asked for, or the device's default; an error where the device lacks it.
-fn resolve_precision<B: burn::tensor::backend::Backend>(spec: DeviceSpec, asked: Option<Precision>, device: &B::Device) -> Result<Precision> {
+fn resolve_precision<B: burn::tensor::backend::Backend>(
+    spec: DeviceSpec,
+    asked: Option<Precision>,
+    device: &B::Device,
+) -> Result<Precision> {
     let has = |p: Precision| B::supports_dtype(device, p.dtype().into());
     match asked {
         Some(p) if !has(p) => bail!(
             "--dtype {}: the {spec} device ({}) does not compute in it; give --dtype f32{}",
             p.name(),
             B::name(device),
-            [Precision::F16, Precision::Bf16].into_iter().filter(|&q| q != p && has(q)).map(|q| format!(" or --dtype {}", q.name())).collect::<String>()
+            [Precision::F16, Precision::Bf16]
+                .into_iter()
+                .filter(|&q| q != p && has(q))
+                .map(|q| format!(" or --dtype {}", q.name()))
+                .collect::<String>()
         ),
         Some(p) => Ok(p),
         None if spec.kind == DeviceKind::Cpu => Ok(Precision::F32),
@@ -202,7 +219,7 @@ fn resolve_precision<B: burn::tensor::backend::Backend>(spec: DeviceSpec, asked:
 /// The wgpu device for `index`, set up now so that its adapter can be named.
 #[cfg(feature = "wgpu")]
 fn wgpu_device(index: Option<usize>) -> (burn::backend::wgpu::WgpuDevice, Value) {
-    use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup, WgpuDevice};
+    use burn::backend::wgpu::{WgpuDevice, graphics::AutoGraphicsApi, init_setup};
     let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
     let setup = init_setup::<AutoGraphicsApi>(&device, Default::default());
     let info = setup.adapter.get_info();
@@ -214,7 +231,9 @@ fn wgpu_device(index: Option<usize>) -> (burn::backend::wgpu::WgpuDevice, Value)
 pub fn dispatch<J: OnBackend>(compute: Compute, job: J) -> Result<J::Output> {
     let spec = compute.device;
     match spec.kind {
-        DeviceKind::Cpu => run_on::<ferrovene_models::Cpu, J>(spec, compute.dtype, Default::default(), Value::Null, job),
+        DeviceKind::Cpu => {
+            run_on::<ferrovene_models::Cpu, J>(spec, compute.dtype, Default::default(), Value::Null, job)
+        }
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => guarded(spec, || {
             let (device, adapter) = wgpu_device(spec.index);
@@ -247,12 +266,21 @@ pub fn model_bytes() -> Option<u64> {
 /// Loads a model (registry name, folder, GGUF file or hub id) on `device`, in the precision
 /// chosen for frozen models, and says how much memory its weights take (on stderr, and in
 /// report.json as `compute.model_bytes`).
-pub fn load_model<B: burn::tensor::backend::Backend>(spec: &str, device: &B::Device) -> Result<ferrovene_models::LoadedModel<B>> {
+pub fn load_model<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<ferrovene_models::LoadedModel<B>> {
     let loaded = ferrovene_models::load::<B>(spec, device)?;
     let bytes = ferrovene_models::precision::parameter_bytes(&loaded.model);
     *MODEL_BYTES.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-    let dtype = format!("{:?}", burn::tensor::FloatDType::from(ferrovene_models::Transformer::dtype(&loaded.model))).to_lowercase();
-    eprintln!("model `{spec}`: {} parameters, {:.1} MiB of weights in {dtype} on {}", loaded.model.parameter_count(), bytes as f64 / (1 << 20) as f64, B::name(device));
+    let dtype = format!("{:?}", burn::tensor::FloatDType::from(ferrovene_models::Transformer::dtype(&loaded.model)))
+        .to_lowercase();
+    eprintln!(
+        "model `{spec}`: {} parameters, {:.1} MiB of weights in {dtype} on {}",
+        loaded.model.parameter_count(),
+        bytes as f64 / (1 << 20) as f64,
+        B::name(device)
+    );
     Ok(loaded)
 }
 
@@ -267,7 +295,13 @@ mod tests {
         }
         assert_eq!("CUDA:2".parse::<DeviceSpec>().unwrap(), DeviceSpec { kind: DeviceKind::Cuda, index: Some(2) });
         assert_eq!("cpu:0".parse::<DeviceSpec>().unwrap().kind, DeviceKind::Cpu);
-        for (bad, says) in [("gpu", "not a device"), ("cuda:", "must be a number"), ("cuda:-1", "must be a number"), ("cpu:2", "one device"), ("", "not a device")] {
+        for (bad, says) in [
+            ("gpu", "not a device"),
+            ("cuda:", "must be a number"),
+            ("cuda:-1", "must be a number"),
+            ("cpu:2", "one device"),
+            ("", "not a device"),
+        ] {
             let e = bad.parse::<DeviceSpec>().unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }

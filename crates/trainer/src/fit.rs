@@ -14,24 +14,24 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::AdamW;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::das::TemperatureSchedule;
 use ferrovene_interventions::orthogonal::orthogonality_error;
-use ferrovene_interventions::Intervention;
 use ferrovene_models::arch::mlp::Mlp;
 use ferrovene_models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Evaluation, LoopState};
-use crate::divergence::{check_non_negative, check_rate, first_non_finite, Diverged};
-use crate::events::{progress_if, Events};
+use crate::divergence::{Diverged, check_non_negative, check_rate, first_non_finite};
+use crate::events::{Events, progress_if};
 use crate::schedule::{Decay, LrSchedule};
 
 /// A module the loop can train: any burn autodiff module, with the hooks the loop calls on the
@@ -140,8 +140,20 @@ impl FitConfig {
     /// [`FitConfig::optimizer`]). Callers change the fields they need.
     pub fn constant(epochs: usize, lr: f64, seed: u64, shuffle: bool) -> Self {
         FitConfig {
-            epochs, lr, warmup: 0.0, decay: Decay::Constant, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-            temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed, shuffle,
+            epochs,
+            lr,
+            warmup: 0.0,
+            decay: Decay::Constant,
+            weight_decay: 0.0,
+            grad_clip: None,
+            accumulate: 1,
+            temperature: None,
+            eval_every: 0,
+            early_stopping: None,
+            checkpoint_every: 0,
+            checkpoint_minutes: 0.0,
+            seed,
+            shuffle,
         }
     }
 
@@ -215,7 +227,6 @@ pub struct Fitted<M> {
     /// How it ended.
     pub outcome: Outcome,
 }
-
 
 /// Micro-batch `m` of the run (over all epochs): the batch index in its epoch's order.
 fn batch_at(m: usize, n: usize, cfg: &FitConfig, order: &mut (usize, Vec<usize>)) -> usize {
@@ -314,7 +325,9 @@ where
             if r.state.fingerprint != fingerprint {
                 bail!(
                     "the checkpoint in {} was made with another recipe or pair file (fingerprint {} ≠ {}); start a new run instead",
-                    dir.display(), r.state.fingerprint, fingerprint
+                    dir.display(),
+                    r.state.fingerprint,
+                    fingerprint
                 );
             }
             (r.module, r.optimizer, r.best, r.state)
@@ -322,11 +335,21 @@ where
             (module, cfg.optimizer::<B, M>(), None, LoopState { fingerprint, ..Default::default() })
         };
         let run = Loop {
-            objective, cfg, optimizer, best, state, n, total,
+            objective,
+            cfg,
+            optimizer,
+            best,
+            state,
+            n,
+            total,
             schedule: LrSchedule::new(cfg.lr, cfg.warmup, total, cfg.decay),
-            tau: cfg.temperature.map(|t| TemperatureSchedule { steps: if t.steps == 0 { total } else { t.steps }, ..t }),
+            tau: cfg
+                .temperature
+                .map(|t| TemperatureSchedule { steps: if t.steps == 0 { total } else { t.steps }, ..t }),
             order: (usize::MAX, Vec::new()),
-            run_dir, events, interrupt,
+            run_dir,
+            events,
+            interrupt,
             last_checkpoint: std::time::Instant::now(),
         };
         Ok((run, module))
@@ -380,14 +403,22 @@ where
     /// The error that ends a run whose step `state.step + 1` made `what` non-finite; with a run
     /// folder, its report says so (the checkpoints there are all from finite steps).
     fn diverged(&self, what: String) -> anyhow::Error {
-        let d = Diverged { step: self.state.step + 1, what, last_finite_loss: self.state.losses.last().copied(), lr: self.cfg.lr };
+        let d = Diverged {
+            step: self.state.step + 1,
+            what,
+            last_finite_loss: self.state.losses.last().copied(),
+            lr: self.cfg.lr,
+        };
         if let Some(dir) = self.run_dir {
             // Every value a number or a string: no step may have had a finite loss.
             let last = d.last_finite_loss.map_or_else(|| serde_json::json!("none"), |l| serde_json::json!(l));
             let report = serde_json::json!({
                 "outcome": "diverged", "step": d.step, "what": d.what, "last_finite_loss": last, "lr": d.lr, "error": d.to_string(),
             });
-            if let Err(e) = crate::run_dir::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes()) {
+            if let Err(e) = crate::run_dir::write_atomic(
+                &dir.join("report.json"),
+                serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes(),
+            ) {
                 eprintln!("warning: could not write the report of the diverged run: {e:#}");
             }
         }
@@ -402,8 +433,10 @@ where
         }
         let interrupted = self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
         let epoch_end = (self.state.step * self.cfg.accumulate.max(1)) % self.n == 0;
-        let minutes = self.cfg.checkpoint_minutes > 0.0 && self.last_checkpoint.elapsed().as_secs_f64() >= 60.0 * self.cfg.checkpoint_minutes;
-        let due = epoch_end || minutes || (self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0);
+        let minutes = self.cfg.checkpoint_minutes > 0.0
+            && self.last_checkpoint.elapsed().as_secs_f64() >= 60.0 * self.cfg.checkpoint_minutes;
+        let due =
+            epoch_end || minutes || (self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0);
         if let Some(dir) = self.run_dir
             && (due || interrupted || self.state.stopped_early)
         {

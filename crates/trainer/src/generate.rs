@@ -6,12 +6,12 @@
 //! when the prompt is read, and their changed keys and values stay in the cache; without it they
 //! are intervened again at every step. Both give the same tokens (tested).
 
-use anyhow::{anyhow, bail, Result};
-use burn::tensor::backend::Backend;
+use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{forward, Input, KvCache, NoHooks, SiteInfo, Transformer};
+use ferrovene_models::{Input, KvCache, NoHooks, SiteInfo, Transformer, forward};
 
 use crate::batch::int2;
 
@@ -102,7 +102,9 @@ pub fn next_logits<B: Backend, M: Transformer<B> + ?Sized>(
         _ => forward(model, &input, &mut NoHooks),
     };
     let n = feed.len();
-    let logits = model.head(hidden.slice([0..1, n - 1..n])).ok_or_else(|| anyhow!("generation needs a language model; this {} model has no next-token head", model.arch()))?;
+    let logits = model.head(hidden.slice([0..1, n - 1..n])).ok_or_else(|| {
+        anyhow!("generation needs a language model; this {} model has no next-token head", model.arch())
+    })?;
     logits.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("reading logits: {e:?}"))
 }
 
@@ -172,7 +174,10 @@ pub fn generate<B: Backend, M: Transformer<B> + ?Sized>(
             bail!("intervention position {p} is outside the prompt, which has {} tokens", prompt.len());
         }
         if s.every_token && s.intervention.needs_source() {
-            bail!("a {} intervention reads a source, so it cannot act at generated tokens (drop --every-token)", s.intervention.kind());
+            bail!(
+                "a {} intervention reads a source, so it cannot act at generated tokens (drop --every-token)",
+                s.intervention.kind()
+            );
         }
     }
     let mut rng = match decoding.choice {

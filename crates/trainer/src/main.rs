@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use trainer::commands::{self, apply, eval, predict, run, steer, sweep};
-use trainer::device::{dispatch, Compute};
+use trainer::device::{Compute, dispatch};
 use trainer::generate::{Choice, Decoding};
 
 /// mimalloc keeps freed large blocks for reuse; glibc unmaps them, so every step paid page faults
@@ -232,16 +232,60 @@ fn main() -> Result<()> {
     match cli.command {
         Command::List => commands::list(),
         Command::Recipe(args) => run::run_recipe(args),
-        Command::Sweep { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute, resume } => {
-            sweep::sweep(sweep::SweepArgs { recipe, layers, positions, regions, tasks, methods, templates, full, no_generalization, sets, out, compute, resume })
-        }
+        Command::Sweep {
+            recipe,
+            layers,
+            positions,
+            regions,
+            tasks,
+            methods,
+            templates,
+            full,
+            no_generalization,
+            sets,
+            out,
+            compute,
+            resume,
+        } => sweep::sweep(sweep::SweepArgs {
+            recipe,
+            layers,
+            positions,
+            regions,
+            tasks,
+            methods,
+            templates,
+            full,
+            no_generalization,
+            sets,
+            out,
+            compute,
+            resume,
+        }),
         Command::Predict { model, prompt, top, json, compute } => {
             dispatch(compute, predict::Predict { model, prompt, top, json })
         }
         Command::Eval { intervention, pairs, model, by, batch_size, skip_bad, json, compute } => {
             dispatch(compute, eval::Eval { intervention, pairs, model, by, batch_size, skip_bad, json })
         }
-        Command::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, temperature, top_p, seed, no_cache, top, scale, json, compute } => {
+        Command::Apply {
+            intervention,
+            prompt,
+            source,
+            positions,
+            chat,
+            source_positions,
+            model,
+            generate,
+            every_token,
+            temperature,
+            top_p,
+            seed,
+            no_cache,
+            top,
+            scale,
+            json,
+            compute,
+        } => {
             let choice = match temperature {
                 Some(temperature) => Choice::Sample { temperature, top_p, seed },
                 None => Choice::Greedy,
@@ -249,7 +293,23 @@ fn main() -> Result<()> {
             let decoding = Decoding { max_new: 0, choice, cache: !no_cache };
             decoding.check()?;
             let generate = generate.map(|max_new| Decoding { max_new, ..decoding });
-            dispatch(compute, apply::Apply { intervention, prompt, source, positions, chat, source_positions, model, generate, every_token, top, scale, json })
+            dispatch(
+                compute,
+                apply::Apply {
+                    intervention,
+                    prompt,
+                    source,
+                    positions,
+                    chat,
+                    source_positions,
+                    model,
+                    generate,
+                    every_token,
+                    top,
+                    scale,
+                    json,
+                },
+            )
         }
         Command::Steer { model, positive, negative, layer, scale, out, force, compute } => {
             dispatch(compute, steer::Steer { model, positive, negative, layer, scale, out, force })

@@ -1,7 +1,7 @@
 //! Memory sizes: the budget of the frozen cache (`--cache-budget`), how much memory is free, and
 //! sizes written for people (`1.5 GB`) and read from them (`512M`, `4G`, `4GiB`).
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 /// The share of available memory the frozen cache may take by default.
 pub const DEFAULT_SHARE: f64 = 0.5;

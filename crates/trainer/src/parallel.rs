@@ -9,14 +9,16 @@
 //! (`CollectiveConfig::with_num_nodes`, `with_global_address`, `with_node_address`,
 //! `with_data_service_port`); the README says what that would take and what is tested.
 
-use anyhow::{anyhow, bail, Result};
-use burn::collective::{all_reduce, finish_collective, register, CollectiveConfig, CollectiveError, PeerId, ReduceOperation};
+use anyhow::{Result, anyhow, bail};
+use burn::collective::{
+    CollectiveConfig, CollectiveError, PeerId, ReduceOperation, all_reduce, finish_collective, register,
+};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
-use crate::divergence::{first_non_finite, Diverged};
+use crate::divergence::{Diverged, first_non_finite};
 use crate::fit::{FitConfig, Objective, Trainable};
 use crate::schedule::LrSchedule;
 
@@ -53,7 +55,10 @@ where
     }
     let batches = shards[0].objective.batches();
     if let Some((i, s)) = shards.iter().enumerate().find(|(_, s)| s.objective.batches() != batches) {
-        bail!("shard {i} has {} batches and shard 0 has {batches}: every device needs a shard of every batch", s.objective.batches());
+        bail!(
+            "shard {i} has {} batches and shard 0 has {batches}: every device needs a shard of every batch",
+            s.objective.batches()
+        );
     }
     let total = (cfg.epochs * batches).max(1);
     let schedule = LrSchedule::new(cfg.lr, cfg.warmup, total, cfg.decay);
@@ -65,7 +70,8 @@ where
             .map(|(i, shard)| {
                 let replica = module.clone().fork(&shard.device);
                 let (config, schedule) = (config.clone(), &schedule);
-                scope.spawn(move || replica_loop(PeerId::from(i as u32), shard, replica, cfg, config, schedule, batches))
+                scope
+                    .spawn(move || replica_loop(PeerId::from(i as u32), shard, replica, cfg, config, schedule, batches))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a replica's thread panicked")))).collect()
@@ -83,24 +89,39 @@ where
 /// loss is all-reduced with the gradients, so every replica sees the same mean loss and the same
 /// updated parameters, and all stop at the same step if either goes non-finite (a replica that
 /// stopped alone would leave the others waiting in the next all-reduce).
-fn replica_loop<B, M, O>(peer: PeerId, shard: Shard<B, O>, mut module: M, cfg: &FitConfig, config: CollectiveConfig, schedule: &LrSchedule, batches: usize) -> Result<(M, Vec<f32>)>
+fn replica_loop<B, M, O>(
+    peer: PeerId,
+    shard: Shard<B, O>,
+    mut module: M,
+    cfg: &FitConfig,
+    config: CollectiveConfig,
+    schedule: &LrSchedule,
+    batches: usize,
+) -> Result<(M, Vec<f32>)>
 where
     B: AutodiffBackend,
     M: Trainable<B> + AutodiffModule<B>,
     O: Objective<B, M>,
 {
-    register::<B::InnerBackend>(peer, shard.device.clone(), config).map_err(|e| anyhow!("registering {peer} with burn's collective: {e:?}"))?;
-    let collective = |what: &str, step: usize, e: CollectiveError| anyhow!("all-reduce of the {what} at step {step} on {peer}: {e:?}");
+    register::<B::InnerBackend>(peer, shard.device.clone(), config)
+        .map_err(|e| anyhow!("registering {peer} with burn's collective: {e:?}"))?;
+    let collective = |what: &str, step: usize, e: CollectiveError| {
+        anyhow!("all-reduce of the {what} at step {step} on {peer}: {e:?}")
+    };
     let mut opt = cfg.optimizer::<B, M>();
     let mut losses: Vec<f32> = Vec::new();
     for step in 0..cfg.epochs * batches {
         let loss = shard.objective.loss(&module, step % batches)?;
-        let mean_loss = all_reduce::<B::InnerBackend>(peer, loss.clone().inner().into_primitive().tensor(), ReduceOperation::Mean).map_err(|e| collective("loss", step + 1, e))?;
-        let value = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(mean_loss)).into_scalar().elem::<f32>();
+        let mean_loss =
+            all_reduce::<B::InnerBackend>(peer, loss.clone().inner().into_primitive().tensor(), ReduceOperation::Mean)
+                .map_err(|e| collective("loss", step + 1, e))?;
+        let value =
+            Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(mean_loss)).into_scalar().elem::<f32>();
         let grads = GradientsParams::from_grads(loss.backward(), &module)
             .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
             .map_err(|e| collective("gradients", step + 1, e))?;
-        let diverged = |what: String| Diverged { step: step + 1, what, last_finite_loss: losses.last().copied(), lr: cfg.lr };
+        let diverged =
+            |what: String| Diverged { step: step + 1, what, last_finite_loss: losses.last().copied(), lr: cfg.lr };
         if !value.is_finite() {
             return Err(diverged(format!("the loss ({value})")).into());
         }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 /// Where recipes live: `$FERROVENE_RECIPES`, else `recipes/` in the working directory.
@@ -43,7 +43,11 @@ pub fn find(name: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     let known: Vec<String> = files(&dir).map(|l| l.into_iter().map(|(n, _)| n).collect()).unwrap_or_default();
-    bail!("no recipe `{name}` in {} (recipes: {}); `trainer list` describes them", dir.display(), if known.is_empty() { "none".into() } else { known.join(", ") })
+    bail!(
+        "no recipe `{name}` in {} (recipes: {}); `trainer list` describes them",
+        dir.display(),
+        if known.is_empty() { "none".into() } else { known.join(", ") }
+    )
 }
 
 /// A recipe file as a TOML table (before it is checked against its kind).

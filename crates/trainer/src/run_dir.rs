@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Value};
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
 
 /// A run's folder, its clock and the recipe it runs. The folder belongs to this process for the
 /// run's life: an advisory lock on its `.lock` file (released when the process ends, however it
@@ -57,7 +57,11 @@ impl RunDir {
             bail!("--resume {}: no such run folder", path.display());
         }
         if let Some(held) = recipe_name(path).filter(|h| h != name) {
-            bail!("--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`", path.display(), path.display());
+            bail!(
+                "--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`",
+                path.display(),
+                path.display()
+            );
         }
         let lock = lock(path)?;
         remove_temporaries(path);
@@ -97,7 +101,10 @@ impl RunDir {
     /// An error when the folder is gone (removed while the run was going).
     pub fn check_present(&self) -> Result<()> {
         if !self.path.is_dir() {
-            bail!("the run folder {} was removed while the run was going: nothing more is written there (start the run again)", self.path.display());
+            bail!(
+                "the run folder {} was removed while the run was going: nothing more is written there (start the run again)",
+                self.path.display()
+            );
         }
         Ok(())
     }
@@ -129,18 +136,31 @@ impl RunDir {
 fn lock(path: &Path) -> Result<std::fs::File> {
     use std::io::{Read as _, Seek as _, Write as _};
     let file_path = path.join(LOCK);
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&file_path).map_err(|e| io_error(e, "opening", &file_path))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&file_path)
+        .map_err(|e| io_error(e, "opening", &file_path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            let holder = if pid.trim().is_empty() { "another process".to_string() } else { format!("process {}", pid.trim()) };
-            bail!("run folder {} is in use by {holder} (a run or a --resume still going); wait for it to end, or stop it, before resuming", path.display());
+            let holder =
+                if pid.trim().is_empty() { "another process".to_string() } else { format!("process {}", pid.trim()) };
+            bail!(
+                "run folder {} is in use by {holder} (a run or a --resume still going); wait for it to end, or stop it, before resuming",
+                path.display()
+            );
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io_error(e, "locking", &file_path)),
     }
-    file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id())).map_err(|e| io_error(e, "writing", &file_path))?;
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .map_err(|e| io_error(e, "writing", &file_path))?;
     Ok(file)
 }
 
@@ -198,7 +218,8 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<PathBuf> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let _writing = hold_writes();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
+    let tmp =
+        path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     let written = std::fs::File::create(&tmp).and_then(|mut file| {
         file.write_all(contents)?;
         file.sync_all()
@@ -247,7 +268,8 @@ pub fn fnv1a(bytes: &[u8]) -> String {
 
 /// `YYYYMMDD-HHMMSS` (UTC) for run folders.
 pub fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // civil-from-days (Howard Hinnant)
     let z = days + 719_468;
@@ -277,7 +299,12 @@ mod tests {
         let root = fresh("excl");
         // Eight creations at once in one second: eight folders, each with its own recipe.
         let dirs: Vec<RunDir> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8).map(|i| { let root = &root; s.spawn(move || RunDir::create(root, "r", &format!("seed = {i}\n")).unwrap()) }).collect();
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let root = &root;
+                    s.spawn(move || RunDir::create(root, "r", &format!("seed = {i}\n")).unwrap())
+                })
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let mut paths: Vec<&Path> = dirs.iter().map(|d| d.path()).collect();
@@ -320,7 +347,8 @@ mod tests {
         std::fs::create_dir_all(target.join("inside")).unwrap();
         let e = write_atomic(&target, b"numbers").unwrap_err().to_string();
         assert!(e.contains(&target.display().to_string()), "{e}");
-        let left: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let left: Vec<String> =
+            std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(left, vec!["busy".to_string()], "temporary files left: {left:?}");
         let full = io_error(std::io::Error::from_raw_os_error(28), "writing", Path::new("runs/x/results.csv"));
         assert_eq!(full.to_string(), "writing runs/x/results.csv: no space left on device");

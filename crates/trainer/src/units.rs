@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use anyhow::{anyhow, Context, Result};
-use serde::de::DeserializeOwned;
+use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::run_dir::RunDir;
 
@@ -36,7 +36,13 @@ impl<T: Serialize + DeserializeOwned> UnitLog<T> {
         if path.exists() {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let unit = serde_json::from_str(line).map_err(|e| anyhow!("{}:{}: not a unit of this sweep ({e}); remove the line to run that unit again", path.display(), i + 1))?;
+                let unit = serde_json::from_str(line).map_err(|e| {
+                    anyhow!(
+                        "{}:{}: not a unit of this sweep ({e}); remove the line to run that unit again",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
                 done.push(unit);
                 lines.push(line.to_string());
             }

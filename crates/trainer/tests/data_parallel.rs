@@ -11,11 +11,11 @@ mod golden_runs;
 use burn::backend::Autodiff;
 use ferrovene_data::TokenizedExample;
 use ferrovene_interventions::Intervention;
-use golden_runs::{batch_of, examples, low_rank_das, max_diff, tiny_gpt2, torch, values, Golden, DAS_W_TOLERANCE};
 use ferrovene_models::AnyModel;
-use trainer::fit::{fit, FitConfig, FitIo, Objective};
-use trainer::objectives::das::{loss, DasObjective, PairBatch};
-use trainer::parallel::{fit_data_parallel, Shard};
+use golden_runs::{DAS_W_TOLERANCE, Golden, batch_of, examples, low_rank_das, max_diff, tiny_gpt2, torch, values};
+use trainer::fit::{FitConfig, FitIo, Objective, fit};
+use trainer::objectives::das::{DasObjective, PairBatch, loss};
+use trainer::parallel::{Shard, fit_data_parallel};
 
 type B = Autodiff<ferrovene_models::Cpu>;
 
@@ -55,7 +55,8 @@ fn low_rank_das_on_the_golden_pairs() -> (Intervention<B>, Vec<TokenizedExample>
 fn two_devices_with_half_batches_train_like_one_device_with_the_whole_batch() {
     let dev = Default::default();
     let (start, pairs, model) = low_rank_das_on_the_golden_pairs();
-    let cfg = FitConfig { weight_decay: 0.01, grad_clip: Some(1.0), warmup: 0.2, ..FitConfig::constant(12, 1e-2, 0, false) };
+    let cfg =
+        FitConfig { weight_decay: 0.01, grad_clip: Some(1.0), warmup: 0.2, ..FitConfig::constant(12, 1e-2, 0, false) };
     let none: Vec<PairBatch<B>> = Vec::new();
 
     // One device, the whole batch of 8 pairs, through the training loop every recipe uses.
@@ -63,7 +64,13 @@ fn two_devices_with_half_batches_train_like_one_device_with_the_whole_batch() {
     let single = fit(&DasObjective::new(&model, &whole, &none, 0.0), start.clone(), &cfg, FitIo::default()).unwrap();
 
     // Two devices, each with 4 of the 8 pairs of every batch.
-    let shards = pairs.chunks(4).map(|c| Shard { device: dev, objective: ShardPairs { model: &model, batches: vec![batch_of(c, &model, &dev)] } }).collect();
+    let shards = pairs
+        .chunks(4)
+        .map(|c| Shard {
+            device: dev,
+            objective: ShardPairs { model: &model, batches: vec![batch_of(c, &model, &dev)] },
+        })
+        .collect();
     let parallel = fit_data_parallel(shards, start.clone(), &cfg).unwrap();
 
     assert_eq!(parallel.losses.len(), 12);
@@ -91,7 +98,13 @@ fn shards_with_different_batch_counts_are_refused() {
     let (start, pairs, model) = low_rank_das_on_the_golden_pairs();
     let one = vec![batch_of(&pairs[..4], &model, &dev)];
     let two = vec![batch_of(&pairs[..4], &model, &dev), batch_of(&pairs[4..], &model, &dev)];
-    let shards = vec![Shard { device: dev, objective: ShardPairs { model: &model, batches: one } }, Shard { device: dev, objective: ShardPairs { model: &model, batches: two } }];
-    let e = fit_data_parallel::<B, Intervention<B>, _>(shards, start, &FitConfig::constant(1, 1e-2, 0, false)).err().expect("refused").to_string();
+    let shards = vec![
+        Shard { device: dev, objective: ShardPairs { model: &model, batches: one } },
+        Shard { device: dev, objective: ShardPairs { model: &model, batches: two } },
+    ];
+    let e = fit_data_parallel::<B, Intervention<B>, _>(shards, start, &FitConfig::constant(1, 1e-2, 0, false))
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("shard 1 has 2 batches and shard 0 has 1"), "{e}");
 }

@@ -5,10 +5,10 @@
 use std::process::Command;
 
 use burn::tensor::Tensor;
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::fixed::{Fixed, FixedOp};
 use ferrovene_interventions::steering::Steering;
-use ferrovene_interventions::Intervention;
 
 type B = ferrovene_models::Cpu;
 
@@ -25,11 +25,14 @@ fn pairs() -> std::path::PathBuf {
         for (s, sl) in countries {
             if b != s {
                 let span = |c: &str| serde_json::json!({"country": [15, 15 + c.len()]});
-                lines.push(serde_json::json!({
-                    "base": format!("The capital of {b} is"), "spans": span(b),
-                    "sources": [format!("The capital of {s} is")], "source_spans": [span(s)],
-                    "positions": [{"span": "country"}], "base_label": bl, "label": sl, "meta": {"base": b}
-                }).to_string());
+                lines.push(
+                    serde_json::json!({
+                        "base": format!("The capital of {b} is"), "spans": span(b),
+                        "sources": [format!("The capital of {s} is")], "source_spans": [span(s)],
+                        "positions": [{"span": "country"}], "base_label": bl, "label": sl, "meta": {"base": b}
+                    })
+                    .to_string(),
+                );
             }
         }
     }
@@ -42,9 +45,17 @@ fn pairs() -> std::path::PathBuf {
 
 fn config(width: usize) -> ExportConfig {
     ExportConfig {
-        format: 0, kind: String::new(), width,
+        format: 0,
+        kind: String::new(),
+        width,
         hyper: Default::default(),
-        placement: PlacementConfig { sites: vec!["6.block_output".into()], positions: "span:country".into(), site_width: width, dims: vec![], composition: Default::default() },
+        placement: PlacementConfig {
+            sites: vec!["6.block_output".into()],
+            positions: "span:country".into(),
+            site_width: width,
+            dims: vec![],
+            composition: Default::default(),
+        },
         model: ModelConfig { id: "smollm2-135m".into(), revision: None, arch: "llama".into(), hidden_size: width },
         training: serde_json::Value::Null,
     }
@@ -56,9 +67,13 @@ fn eval_of_an_interchange_export() {
     export::save(&Intervention::<B>::Fixed(Fixed::new(FixedOp::Interchange)), config(576), &export_path).unwrap();
     let pairs = pairs();
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["eval", "--intervention"]).arg(&export_path).arg("--pairs").arg(&pairs)
+        .args(["eval", "--intervention"])
+        .arg(&export_path)
+        .arg("--pairs")
+        .arg(&pairs)
         .args(["--by", "base", "--json", "--skip-bad"])
-        .output().unwrap();
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("skipped 1 bad line") && stderr.contains("line 1: malformed JSON"), "{stderr}");
@@ -76,8 +91,12 @@ fn eval_of_an_interchange_export() {
 
     // stopping at the first bad line is the default
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["eval", "--intervention"]).arg(&export_path).arg("--pairs").arg(&pairs)
-        .output().unwrap();
+        .args(["eval", "--intervention"])
+        .arg(&export_path)
+        .arg("--pairs")
+        .arg(&pairs)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("capitals.jsonl:1: malformed JSON"));
 }
@@ -88,8 +107,12 @@ fn eval_refuses_an_export_for_another_width() {
     let v = Tensor::<B, 1>::ones([64], &Default::default());
     export::save(&Intervention::Steering(Steering::fixed(v, 1.0)), config(64), &export_path).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["eval", "--intervention"]).arg(&export_path).arg("--pairs").arg(pairs())
-        .output().unwrap();
+        .args(["eval", "--intervention"])
+        .arg(&export_path)
+        .arg("--pairs")
+        .arg(pairs())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("width 64") && e.contains("width 576") && e.contains("narrow.safetensors"), "{e}");

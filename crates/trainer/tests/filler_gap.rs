@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use ferrovene_data::filler_gap::CONSTRUCTIONS;
 use ferrovene_models::rng::Rng;
-use trainer::experiments::filler_gap::{draw, split, FillerGapRecipe};
 use trainer::experiments::Recipe;
+use trainer::experiments::filler_gap::{FillerGapRecipe, draw, split};
 
 fn filler_gap(text: &str) -> anyhow::Result<FillerGapRecipe> {
     match Recipe::from_toml(text)? {
@@ -34,7 +34,10 @@ fn held_out_bases_never_appear_in_training_and_both_directions_are_drawn() {
         let pairs = draw(&[&s.train], 40, &mut Rng::new(3));
         assert_eq!(pairs.len(), 40);
         for p in &pairs {
-            assert!(pairs.iter().any(|q| q.item == p.item && q.gap_in_base != p.gap_in_base), "{c}: the swapped pair is missing");
+            assert!(
+                pairs.iter().any(|q| q.item == p.item && q.gap_in_base != p.gap_in_base),
+                "{c}: the swapped pair is missing"
+            );
         }
     }
 }
@@ -43,17 +46,47 @@ fn held_out_bases_never_appear_in_training_and_both_directions_are_drawn() {
 fn a_small_sweep_writes_heatmaps_numbers_and_export() {
     let text = std::fs::read_to_string(root().join("recipes/das-filler-gap.toml")).unwrap();
     let r = filler_gap(&text).unwrap();
-    assert_eq!((r.train_pairs, r.test_pairs, r.rank, r.batch_size, r.epochs, r.warmup, r.lr), (400, 100, 1, 4, 1, 0.1, 0.005), "the paper's defaults");
+    assert_eq!(
+        (r.train_pairs, r.test_pairs, r.rank, r.batch_size, r.epochs, r.warmup, r.lr),
+        (400, 100, 1, 4, 1, 0.1, 0.005),
+        "the paper's defaults"
+    );
     assert!(format!("{:#}", filler_gap(&text.replace("\"verb\"]", "\"adverb\"]")).unwrap_err()).contains("adverb"));
     let out = std::env::temp_dir().join(format!("ferrovene-fg-{}", std::process::id()));
     let status = trainer()
-        .args(["sweep", "das-filler-gap", "--layers", "24", "--positions", "verb", "--set", "train_pairs=16", "--set", "test_pairs=8", "--set", "generalization=true", "--out"])
+        .args([
+            "sweep",
+            "das-filler-gap",
+            "--layers",
+            "24",
+            "--positions",
+            "verb",
+            "--set",
+            "train_pairs=16",
+            "--set",
+            "test_pairs=8",
+            "--set",
+            "generalization=true",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let run = only_run(&out.join("das-filler-gap"));
-    for f in ["iia.svg", "iia.png", "log_odds.svg", "log_odds.png", "sweep.csv", "report.json", "intervention.safetensors", "generalization.svg", "generalization.png", "generalization.csv", "recipe.toml"] {
+    for f in [
+        "iia.svg",
+        "iia.png",
+        "log_odds.svg",
+        "log_odds.png",
+        "sweep.csv",
+        "report.json",
+        "intervention.safetensors",
+        "generalization.svg",
+        "generalization.png",
+        "generalization.csv",
+        "recipe.toml",
+    ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
     let report = common::report(&run);
@@ -79,6 +112,9 @@ fn layers_are_a_list_or_all() {
     assert!(Layers::List(vec![]).check().is_err());
     assert!(format!("{:#}", Layers::List(vec![1, 30]).resolve(30).unwrap_err()).contains("layer 30 does not exist"));
     let text = std::fs::read_to_string(root().join("recipes/das-filler-gap.toml")).unwrap();
-    let Recipe::FillerGap(r) = Recipe::from_toml(&text).unwrap().with_overrides(&["layers=\"all\"".into()]).unwrap() else { panic!("a filler-gap recipe") };
+    let Recipe::FillerGap(r) = Recipe::from_toml(&text).unwrap().with_overrides(&["layers=\"all\"".into()]).unwrap()
+    else {
+        panic!("a filler-gap recipe")
+    };
     assert_eq!(r.layers, Layers::All("all".into()));
 }

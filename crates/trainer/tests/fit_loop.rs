@@ -18,7 +18,7 @@ use trainer::events::Events;
 mod common;
 
 use common::{masked_crc, read_scalars};
-use trainer::fit::{fit, EarlyStopping, FitConfig, FitIo, Objective, Outcome, StopOn};
+use trainer::fit::{EarlyStopping, FitConfig, FitIo, Objective, Outcome, StopOn, fit};
 use trainer::objectives::probe::{FeatureBatch, ProbeObjective};
 use trainer::schedule::Decay;
 
@@ -45,7 +45,10 @@ fn planted(n: usize, bs: usize, seed: u64) -> Vec<FeatureBatch<AD>> {
         .collect();
     rows.chunks(bs)
         .map(|chunk| FeatureBatch {
-            features: Tensor::from_data(TensorData::new(chunk.iter().flat_map(|r| r.0.clone()).collect::<Vec<_>>(), [chunk.len(), 1, D]), &Default::default()),
+            features: Tensor::from_data(
+                TensorData::new(chunk.iter().flat_map(|r| r.0.clone()).collect::<Vec<_>>(), [chunk.len(), 1, D]),
+                &Default::default(),
+            ),
             classes: chunk.iter().map(|r| r.1).collect(),
         })
         .collect()
@@ -57,8 +60,20 @@ fn probe(seed: u64) -> Intervention<AD> {
 
 fn cfg() -> FitConfig {
     FitConfig {
-        epochs: 3, lr: 0.05, warmup: 0.2, decay: Decay::Cosine, weight_decay: 0.01, grad_clip: Some(1.0), accumulate: 2,
-        temperature: None, eval_every: 2, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed: 11, shuffle: true,
+        epochs: 3,
+        lr: 0.05,
+        warmup: 0.2,
+        decay: Decay::Cosine,
+        weight_decay: 0.01,
+        grad_clip: Some(1.0),
+        accumulate: 2,
+        temperature: None,
+        eval_every: 2,
+        early_stopping: None,
+        checkpoint_every: 0,
+        checkpoint_minutes: 0.0,
+        seed: 11,
+        shuffle: true,
     }
 }
 
@@ -90,7 +105,11 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     // Resumed (into a differently initialised skeleton: the checkpoint's values win) and
     // interrupted again, then resumed to the end.
     let second = fit(&objective, probe(999), &cfg, io(&dir, Some(&stop), true)).unwrap();
-    assert_eq!((second.outcome, second.state.step), (Outcome::Interrupted, 2), "resumed at step 1, stopped after step 2");
+    assert_eq!(
+        (second.outcome, second.state.step),
+        (Outcome::Interrupted, 2),
+        "resumed at step 1, stopped after step 2"
+    );
     let done = fit(&objective, probe(999), &cfg, io(&dir, None, true)).unwrap();
     assert_eq!(done.outcome, Outcome::Finished);
     assert_eq!(weights(&done.module), weights(&straight.module), "resumed weights differ from the uninterrupted run");
@@ -98,10 +117,14 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     assert_eq!(done.state.history, straight.state.history);
 
     // A checkpoint from another recipe or data is refused.
-    let e = fit(&objective, probe(5), &cfg, FitIo { fingerprint: "other".into(), ..io(&dir, None, true) }).err().unwrap();
+    let e =
+        fit(&objective, probe(5), &cfg, FitIo { fingerprint: "other".into(), ..io(&dir, None, true) }).err().unwrap();
     assert!(format!("{e:#}").contains("another recipe or pair file"), "{e:#}");
     // Only the two newest checkpoints are kept.
-    let kept = std::fs::read_dir(dir.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("step-")).count();
+    let kept = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("step-"))
+        .count();
     assert_eq!(kept, 2);
 }
 
@@ -120,7 +143,11 @@ fn resume_falls_back_past_a_damaged_newest_checkpoint() {
     let second = fit(&objective, probe(5), &cfg, io(&dir, Some(&stop), true)).unwrap();
     assert_eq!(second.state.step, 2);
     let newest = dir.join("checkpoints").join(std::fs::read_to_string(dir.join("checkpoints/latest")).unwrap().trim());
-    let damaged: Vec<std::path::PathBuf> = std::fs::read_dir(&newest).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "bin")).collect();
+    let damaged: Vec<std::path::PathBuf> = std::fs::read_dir(&newest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
     assert!(!damaged.is_empty(), "checkpoint files in {}", newest.display());
     for f in &damaged {
         std::fs::write(f, b"garbage").unwrap();
@@ -146,7 +173,13 @@ fn accumulating_two_batches_equals_one_batch_twice_the_size() {
     let (small, big) = (planted(16, 8, 3), planted(16, 16, 3));
     let one_step = FitConfig { epochs: 1, accumulate: 2, grad_clip: None, eval_every: 0, ..cfg() };
     let a = fit(&ProbeObjective { train: &small, validation: &[] }, probe(7), &one_step, FitIo::default()).unwrap();
-    let b = fit(&ProbeObjective { train: &big, validation: &[] }, probe(7), &FitConfig { accumulate: 1, ..one_step }, FitIo::default()).unwrap();
+    let b = fit(
+        &ProbeObjective { train: &big, validation: &[] },
+        probe(7),
+        &FitConfig { accumulate: 1, ..one_step },
+        FitIo::default(),
+    )
+    .unwrap();
     assert_eq!((a.state.step, b.state.step), (1, 1));
     let (wa, wb) = (weights(&a.module), weights(&b.module));
     let diff = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
@@ -161,7 +194,9 @@ fn clipping_bounds_the_update() {
     let train = planted(16, 16, 4);
     let one = |clip| {
         let c = FitConfig { epochs: 1, accumulate: 1, grad_clip: clip, weight_decay: 0.0, eval_every: 0, ..cfg() };
-        let w = weights(&fit(&ProbeObjective { train: &train, validation: &[] }, probe(8), &c, FitIo::default()).unwrap().module);
+        let w = weights(
+            &fit(&ProbeObjective { train: &train, validation: &[] }, probe(8), &c, FitIo::default()).unwrap().module,
+        );
         w.iter().zip(weights(&probe(8))).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
     };
     // Adam normalises the step, so only a clip far below Adam's ε shows: the step nearly vanishes.
@@ -172,7 +207,14 @@ fn clipping_bounds_the_update() {
 #[test]
 fn early_stopping_stops_and_keeps_the_best() {
     let (train, val) = (planted(64, 8, 5), planted(64, 16, 6));
-    let c = FitConfig { epochs: 200, lr: 0.1, eval_every: 1, accumulate: 1, early_stopping: Some(EarlyStopping { metric: StopOn::Loss, patience: 3 }), ..cfg() };
+    let c = FitConfig {
+        epochs: 200,
+        lr: 0.1,
+        eval_every: 1,
+        accumulate: 1,
+        early_stopping: Some(EarlyStopping { metric: StopOn::Loss, patience: 3 }),
+        ..cfg()
+    };
     let total = c.total_steps(train.len());
     let dir = temp("early");
     let f = fit(&ProbeObjective { train: &train, validation: &val }, probe(9), &c, io(&dir, None, false)).unwrap();
@@ -197,20 +239,32 @@ fn tensorboard_file_parses_and_holds_the_run() {
     let dir = temp("tb");
     let mut events = Events::create(&dir).unwrap();
     let c = FitConfig { accumulate: 1, ..cfg() };
-    let f = fit(&ProbeObjective { train: &train, validation: &val }, probe(10), &c, FitIo { events: Some(&mut events), ..Default::default() }).unwrap();
+    let f = fit(
+        &ProbeObjective { train: &train, validation: &val },
+        probe(10),
+        &c,
+        FitIo { events: Some(&mut events), ..Default::default() },
+    )
+    .unwrap();
     drop(events);
     let scalars = read_scalars(&dir);
     let series = |tag: &str| scalars.iter().filter(|s| s.0 == tag).map(|s| (s.1, s.2)).collect::<Vec<_>>();
     let losses: Vec<f32> = series("train/loss").iter().map(|s| s.1).collect();
     assert_eq!(losses, f.state.losses, "one loss per optimizer step, the values the loop saw");
-    assert_eq!(series("train/loss").iter().map(|s| s.0).collect::<Vec<_>>(), (1..=f.state.step as i64).collect::<Vec<_>>());
+    assert_eq!(
+        series("train/loss").iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=f.state.step as i64).collect::<Vec<_>>()
+    );
     let lrs = series("train/lr");
     assert_eq!(lrs.len(), f.state.step);
     let peak = lrs.iter().map(|s| s.1).fold(0.0, f32::max);
     assert!((peak - 0.05).abs() < 1e-6, "the schedule peaks at lr: {peak}");
     let dev = series("dev/accuracy");
     assert_eq!(dev.len(), f.state.history.len());
-    assert_eq!(dev.iter().map(|s| s.1).collect::<Vec<_>>(), f.state.history.iter().map(|e| e.accuracy).collect::<Vec<_>>());
+    assert_eq!(
+        dev.iter().map(|s| s.1).collect::<Vec<_>>(),
+        f.state.history.iter().map(|e| e.accuracy).collect::<Vec<_>>()
+    );
 }
 
 /// An objective that only reads the intervention's τ (loss = β, so there is a gradient).
@@ -239,7 +293,12 @@ fn temperature_is_annealed_over_the_run() {
         temperature: 50.0,
     });
     let seen = std::cell::RefCell::new(Vec::new());
-    let c = FitConfig { epochs: 2, accumulate: 1, temperature: Some(TemperatureSchedule { start: 1.0, end: 0.01, steps: 0, annealing: Annealing::Geometric }), ..cfg() };
+    let c = FitConfig {
+        epochs: 2,
+        accumulate: 1,
+        temperature: Some(TemperatureSchedule { start: 1.0, end: 0.01, steps: 0, annealing: Annealing::Geometric }),
+        ..cfg()
+    };
     fit(&Tau(&seen), iv, &c, FitIo::default()).unwrap();
     let taus = seen.into_inner();
     assert_eq!(taus.len(), 10);
@@ -275,8 +334,13 @@ fn every_epoch_ends_with_a_checkpoint() {
     let done = fit(&objective, probe(5), &cfg, io(&dir, None, false)).unwrap();
     let per_epoch = train.len();
     assert_eq!(done.state.step, cfg.epochs * per_epoch);
-    let mut kept: Vec<String> = std::fs::read_dir(dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-")).collect();
+    let mut kept: Vec<String> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
     kept.sort();
-    let last_two: Vec<String> = [cfg.epochs - 1, cfg.epochs].iter().map(|e| format!("step-{:06}", e * per_epoch)).collect();
+    let last_two: Vec<String> =
+        [cfg.epochs - 1, cfg.epochs].iter().map(|e| format!("step-{:06}", e * per_epoch)).collect();
     assert_eq!(kept, last_two);
 }

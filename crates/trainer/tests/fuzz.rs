@@ -22,7 +22,8 @@ fn mutated_recipes_never_panic() {
         .collect();
     seeds.sort();
     assert!(seeds.len() >= 8, "the shipped recipes");
-    let sets = ["lr=0.5", "rank=3", "epochs=2", "seed=-1", "positions=\"last\"", "layers=\"all\"", "nonsense=1", "lr=\"x\""];
+    let sets =
+        ["lr=0.5", "rank=3", "epochs=2", "seed=-1", "positions=\"last\"", "layers=\"all\"", "nonsense=1", "lr=\"x\""];
     let mut rng = Rng::new(16);
     let mut read = 0;
     for case in 0..cases() {
@@ -36,5 +37,9 @@ fn mutated_recipes_never_panic() {
         }
     }
     // 2026-11-29: 2,269 of 10,000 stayed recipes that took the `--set`.
-    assert!(read > cases() / 6, "only {read} of {} mutated recipes were still recipes: the test would only exercise the TOML parser", cases());
+    assert!(
+        read > cases() / 6,
+        "only {read} of {} mutated recipes were still recipes: the test would only exercise the TOML parser",
+        cases()
+    );
 }

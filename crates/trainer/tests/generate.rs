@@ -3,13 +3,13 @@
 //! generated token, with a ReFT intervention at prompt positions only, and when sampling.
 
 use burn::tensor::{Tensor, TensorData};
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::activation::Activation;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::steering::Steering;
-use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{load, Component, Site, Transformer};
-use trainer::generate::{generate, Choice, Decoding, Steer};
+use ferrovene_models::{Component, Site, Transformer, load};
+use trainer::generate::{Choice, Decoding, Steer, generate};
 
 type B = ferrovene_models::Cpu;
 
@@ -23,27 +23,64 @@ fn kv_cache_generation_equals_cache_free_generation() {
     let info = model.site_info(site).unwrap();
     let mut rng = Rng::new(5);
     let steering = Intervention::Steering(Steering::fixed(rng.normal_tensor::<B, 1>([info.width], &dev), 4.0));
-    let reft = Intervention::Reft(ReftIntervention::new(ReftFamily::LoReft, info.width, 4, Activation::Identity, 0.0, &mut rng, &dev));
+    let reft = Intervention::Reft(ReftIntervention::new(
+        ReftFamily::LoReft,
+        info.width,
+        4,
+        Activation::Identity,
+        0.0,
+        &mut rng,
+        &dev,
+    ));
     // Make the ReFT edit large enough to change the text: a big learned bias.
     let reft = match reft {
         Intervention::Reft(mut r) => {
             let src = r.learned_source.as_mut().unwrap();
-            src.bias = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(vec![40.0f32, -40.0, 40.0, -40.0], [4]), &dev));
+            src.bias = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![40.0f32, -40.0, 40.0, -40.0], [4]),
+                &dev,
+            ));
             Intervention::Reft(r)
         }
         _ => unreachable!(),
     };
     let last = prompt.len() - 1;
-    let steer_every = Steer { intervention: &steering, site: info, positions: vec![last], source: None, dims: vec![], every_token: true };
-    let reft_prompt = Steer { intervention: &reft, site: info, positions: vec![0, last], source: None, dims: vec![], every_token: false };
+    let steer_every = Steer {
+        intervention: &steering,
+        site: info,
+        positions: vec![last],
+        source: None,
+        dims: vec![],
+        every_token: true,
+    };
+    let reft_prompt = Steer {
+        intervention: &reft,
+        site: info,
+        positions: vec![0, last],
+        source: None,
+        dims: vec![],
+        every_token: false,
+    };
     let n = 12;
     let mut texts = Vec::new();
-    for (what, steer) in [("no intervention", None), ("steering at every token", Some(&steer_every)), ("ReFT at prompt positions", Some(&reft_prompt))] {
+    for (what, steer) in [
+        ("no intervention", None),
+        ("steering at every token", Some(&steer_every)),
+        ("ReFT at prompt positions", Some(&reft_prompt)),
+    ] {
         for choice in [Choice::Greedy, Choice::Sample { temperature: 0.9, top_p: 0.9, seed: 3 }] {
-            let cached = generate(model, &prompt, steer, &Decoding { max_new: n, choice, cache: true }, None, &dev).unwrap();
-            let fresh = generate(model, &prompt, steer, &Decoding { max_new: n, choice, cache: false }, None, &dev).unwrap();
+            let cached =
+                generate(model, &prompt, steer, &Decoding { max_new: n, choice, cache: true }, None, &dev).unwrap();
+            let fresh =
+                generate(model, &prompt, steer, &Decoding { max_new: n, choice, cache: false }, None, &dev).unwrap();
             assert_eq!(cached.len(), n);
-            assert_eq!(cached, fresh, "{what}, {choice:?}: {:?} (cache) vs {:?} (no cache)", tok.decode(&cached).unwrap(), tok.decode(&fresh).unwrap());
+            assert_eq!(
+                cached,
+                fresh,
+                "{what}, {choice:?}: {:?} (cache) vs {:?} (no cache)",
+                tok.decode(&cached).unwrap(),
+                tok.decode(&fresh).unwrap()
+            );
             texts.push(cached);
         }
     }
@@ -59,10 +96,17 @@ fn kv_cache_generation_equals_cache_free_generation() {
 #[test]
 fn generation_past_the_position_table_is_refused() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/tiny/gpt2");
-    assert!(dir.join("config.json").exists(), "golden files missing: this test needs ../shared/golden/tiny/gpt2 beside the checkout");
+    assert!(
+        dir.join("config.json").exists(),
+        "golden files missing: this test needs ../shared/golden/tiny/gpt2 beside the checkout"
+    );
     let dev = Default::default();
     let loaded = ferrovene_models::load_folder::<ferrovene_models::Cpu>(&dir, &dev).unwrap();
     let e = generate(&loaded.model, &[1, 2, 3], None, &Decoding::greedy(62), None, &dev).unwrap_err().to_string();
     assert!(e.contains("more than the 64 positions") && e.contains("at most 61"), "{e}");
-    assert_eq!(generate(&loaded.model, &[1, 2, 3], None, &Decoding::greedy(61), None, &dev).unwrap().len(), 61, "up to the last position is allowed");
+    assert_eq!(
+        generate(&loaded.model, &[1, 2, 3], None, &Decoding::greedy(61), None, &dev).unwrap().len(),
+        61,
+        "up to the last position is allowed"
+    );
 }

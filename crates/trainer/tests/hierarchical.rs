@@ -5,15 +5,17 @@
 use std::path::Path;
 
 use burn::backend::Autodiff;
-use ferrovene_models::rng::Rng;
 use ferrovene_interventions::das::DasFull;
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::arch::mlp::StackedMlp;
+use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site};
-use trainer::experiments::hierarchical::stacked::{align, run_seeds, train_mlps};
-use trainer::experiments::hierarchical::{iia, prepare, run_seed, train_mlp, EqualityObjective, EqualityPair, HierarchicalRecipe, Objects, Target};
-use trainer::fit::{fit, FitConfig, FitIo};
 use trainer::experiments::Recipe;
+use trainer::experiments::hierarchical::stacked::{align, run_seeds, train_mlps};
+use trainer::experiments::hierarchical::{
+    EqualityObjective, EqualityPair, HierarchicalRecipe, Objects, Target, iia, prepare, run_seed, train_mlp,
+};
+use trainer::fit::{FitConfig, FitIo, fit};
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 
@@ -55,7 +57,14 @@ fn counterfactual_labels_follow_the_causal_model() {
 
 #[test]
 fn a_short_run_finds_wx_and_yz_at_layer_one() {
-    let r = HierarchicalRecipe { seeds: vec![1], layers: vec![1], mlp_examples: 100_000, das_train_pairs: 20_000, das_lr: 0.003, ..recipe() };
+    let r = HierarchicalRecipe {
+        seeds: vec![1],
+        layers: vec![1],
+        mlp_examples: 100_000,
+        das_train_pairs: 20_000,
+        das_lr: 0.003,
+        ..recipe()
+    };
     let result = run_seed::<AD>(&r, 1, &Default::default()).unwrap();
     let (layer, das, neurons) = result.layers[0];
     eprintln!("MLP accuracy {:.4}; layer {layer}: DAS IIA {das:.3}, neuron-aligned {neurons:.3}", result.mlp_accuracy);
@@ -109,7 +118,10 @@ fn stacked_trainings_equal_each_seed_alone() {
     for (s, &seed) in r.seeds.iter().enumerate() {
         let (mlp, accuracy) = train_mlp::<AD>(&r, seed, &device).unwrap();
         let diff = max_diff(&values(&mlp), &values(&stacked[s].0));
-        eprintln!("seed {seed}: MLP parameters differ by at most {diff:e}; accuracy {accuracy} alone, {} stacked", stacked[s].1);
+        eprintln!(
+            "seed {seed}: MLP parameters differ by at most {diff:e}; accuracy {accuracy} alone, {} stacked",
+            stacked[s].1
+        );
         assert!(diff <= 1e-6, "seed {seed}: the stacked MLP is its run alone: {diff}");
         assert!((accuracy - stacked[s].1).abs() <= 1e-3);
         alone.push((mlp, accuracy));
@@ -131,18 +143,28 @@ fn stacked_trainings_equal_each_seed_alone() {
         for (s, &seed) in r.seeds.iter().enumerate() {
             let mlp = &alone[s].0;
             let train = prepare(mlp, site, &pairs[s].0, r.das_batch, &device).unwrap();
-            let iv = Intervention::DasFull(DasFull { rotation: Orthogonal::random(16, 16, &mut Rng::new(seed + layer as u64), &device), k: 8 });
+            let iv = Intervention::DasFull(DasFull {
+                rotation: Orthogonal::random(16, 16, &mut Rng::new(seed + layer as u64), &device),
+                k: 8,
+            });
             let cfg = FitConfig::constant(r.das_epochs, r.das_lr, seed, true);
             let fitted = fit(&EqualityObjective { mlp, site, train: &train }, iv, &cfg, FitIo::default()).unwrap();
             let by_itself = fitted.module.rotation().unwrap().matrix();
             let start = Orthogonal::<AD>::random(16, 16, &mut Rng::new(seed + layer as u64), &device).matrix();
-            let moved = max_diff(&by_itself.to_data().to_vec::<f32>().unwrap(), &start.to_data().to_vec::<f32>().unwrap());
-            let diff = max_diff(&by_itself.to_data().to_vec::<f32>().unwrap(), &rotations[i * 2 + s].to_data().to_vec::<f32>().unwrap());
-            eprintln!("seed {seed}, layer {layer}: R moved {moved:.3} in training; stacked and alone differ by {diff:e}");
+            let moved =
+                max_diff(&by_itself.to_data().to_vec::<f32>().unwrap(), &start.to_data().to_vec::<f32>().unwrap());
+            let diff = max_diff(
+                &by_itself.to_data().to_vec::<f32>().unwrap(),
+                &rotations[i * 2 + s].to_data().to_vec::<f32>().unwrap(),
+            );
+            eprintln!(
+                "seed {seed}, layer {layer}: R moved {moved:.3} in training; stacked and alone differ by {diff:e}"
+            );
             assert!(moved > 0.05, "the rotation trains");
             assert!(diff <= 1e-5, "seed {seed}, layer {layer}: the stacked rotation is its run alone: {diff}");
             let test = prepare(mlp, site, &pairs[s].1, 1024, &device).unwrap();
-            let (a, b) = (iia(mlp, site, &test, &by_itself).unwrap(), iia(mlp, site, &test, &rotations[i * 2 + s]).unwrap());
+            let (a, b) =
+                (iia(mlp, site, &test, &by_itself).unwrap(), iia(mlp, site, &test, &rotations[i * 2 + s]).unwrap());
             assert!((a - b).abs() <= 1e-3, "seed {seed}, layer {layer}: IIA {a} alone, {b} stacked");
         }
     }

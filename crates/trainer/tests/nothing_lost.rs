@@ -46,7 +46,14 @@ fn wait_for_units(child: &mut Child, out: &Path, units: usize) -> PathBuf {
 /// Starts `args` into `out/<name>`, sends `signal` (`KILL`, `TERM`) once `units` units are kept,
 /// checks how it ended (143 and the way on for SIGTERM), and resumes it; returns the run folder.
 fn interrupt_and_resume(args: &[String], out: &Path, name: &str, units: usize, sig: &str) -> PathBuf {
-    let mut child = trainer().args(args).arg("--out").arg(out).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = trainer()
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let run = wait_for_units(&mut child, &out.join(name), units);
     signal(&child, sig);
     let o = child.wait_with_output().unwrap();
@@ -99,7 +106,19 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A small filler-gap sweep: four sites.
-const FILLER_GAP: [&str; 11] = ["sweep", "das-filler-gap", "--layers", "18,20,22,24", "--positions", "verb", "--set", "train_pairs=16", "--set", "test_pairs=8", "--no-generalization"];
+const FILLER_GAP: [&str; 11] = [
+    "sweep",
+    "das-filler-gap",
+    "--layers",
+    "18,20,22,24",
+    "--positions",
+    "verb",
+    "--set",
+    "train_pairs=16",
+    "--set",
+    "test_pairs=8",
+    "--no-generalization",
+];
 
 fn filler_gap_args() -> Vec<&'static str> {
     FILLER_GAP.to_vec()
@@ -115,7 +134,14 @@ fn a_filler_gap_sweep_killed_then_resumed_has_the_uninterrupted_numbers() {
 
     // SIGKILL once two sites are kept: nothing after them survives, nothing before is lost.
     let cut = out.join("cut");
-    let mut child = trainer().args(filler_gap_args()).arg("--out").arg(&cut).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = trainer()
+        .args(filler_gap_args())
+        .arg("--out")
+        .arg(&cut)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let run = wait_for_units(&mut child, &cut.join("das-filler-gap"), 2);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -123,7 +149,11 @@ fn a_filler_gap_sweep_killed_then_resumed_has_the_uninterrupted_numbers() {
     let o = trainer().args(["sweep", "das-filler-gap", "--resume"]).arg(&run).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     for f in ["sweep.csv", "units.jsonl"] {
-        assert_eq!(std::fs::read_to_string(run.join(f)).unwrap(), std::fs::read_to_string(whole_run.join(f)).unwrap(), "{f} after a kill and --resume");
+        assert_eq!(
+            std::fs::read_to_string(run.join(f)).unwrap(),
+            std::fs::read_to_string(whole_run.join(f)).unwrap(),
+            "{f} after a kill and --resume"
+        );
     }
     assert_eq!(report(&run)["sweep"], report(&whole_run)["sweep"]);
     assert_eq!(report(&run)["best"], report(&whole_run)["best"]);
@@ -131,22 +161,43 @@ fn a_filler_gap_sweep_killed_then_resumed_has_the_uninterrupted_numbers() {
     assert_eq!(tensors(&run), tensors(&whole_run), "the best site's export");
     assert!(temporaries(&run).is_empty(), "{:?}", temporaries(&run));
     // Its export was trained at a named span, which a plain prompt does not have: refused.
-    let o = trainer().args(["apply", "--prompt", "Hello there, friend", "--intervention"]).arg(run.join("intervention.safetensors")).output().unwrap();
-    assert!(!o.status.success() && stderr(&o).contains("the span `verb` of its training pairs") && stderr(&o).contains("--positions"), "{}", stderr(&o));
+    let o = trainer()
+        .args(["apply", "--prompt", "Hello there, friend", "--intervention"])
+        .arg(run.join("intervention.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("the span `verb` of its training pairs")
+            && stderr(&o).contains("--positions"),
+        "{}",
+        stderr(&o)
+    );
 
     // A resume of a finished sweep trains nothing and changes no number.
     let o = trainer().args(["sweep", "das-filler-gap", "--resume"]).arg(&run).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(run.join("sweep.csv")).unwrap(), std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(run.join("sweep.csv")).unwrap(),
+        std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap()
+    );
 
     // SIGTERM after the first site: exit 143 saying how to go on, and the same end.
     let args: Vec<String> = filler_gap_args().iter().map(|s| s.to_string()).collect();
     let run = interrupt_and_resume(&args, &out.join("term"), "das-filler-gap", 1, "TERM");
-    assert_eq!(std::fs::read_to_string(run.join("sweep.csv")).unwrap(), std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap(), "after SIGTERM and --resume");
+    assert_eq!(
+        std::fs::read_to_string(run.join("sweep.csv")).unwrap(),
+        std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap(),
+        "after SIGTERM and --resume"
+    );
     assert_eq!(tensors(&run), tensors(&whole_run));
     // Ctrl-C (SIGINT) after three sites: exit 130, and the same end.
     let run = interrupt_and_resume(&args, &out.join("int"), "das-filler-gap", 3, "INT");
-    assert_eq!(std::fs::read_to_string(run.join("sweep.csv")).unwrap(), std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap(), "after Ctrl-C and --resume");
+    assert_eq!(
+        std::fs::read_to_string(run.join("sweep.csv")).unwrap(),
+        std::fs::read_to_string(whole_run.join("sweep.csv")).unwrap(),
+        "after Ctrl-C and --resume"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -158,12 +209,30 @@ fn safetensors_bytes(path: &Path) -> Vec<u8> {
 }
 
 /// A small suite sweep: two tasks × three layers.
-const SUITE: [&str; 15] = ["sweep", "syntax-suites", "--tasks", "agreement_simple,npi_licensing", "--layers", "2,6,10", "--regions", "label,last", "--methods", "mean,random", "--set", "train_pairs=40", "--set", "test_pairs=20", "--out"];
+const SUITE: [&str; 15] = [
+    "sweep",
+    "syntax-suites",
+    "--tasks",
+    "agreement_simple,npi_licensing",
+    "--layers",
+    "2,6,10",
+    "--regions",
+    "label,last",
+    "--methods",
+    "mean,random",
+    "--set",
+    "train_pairs=40",
+    "--set",
+    "test_pairs=20",
+    "--out",
+];
 
 #[test]
 fn a_suite_sweep_stopped_by_sigterm_then_resumed_has_the_uninterrupted_numbers() {
     let out = fresh("suite");
-    let args = |dir: &Path| -> Vec<String> { SUITE[..15].iter().map(|s| s.to_string()).chain([dir.display().to_string()]).collect() };
+    let args = |dir: &Path| -> Vec<String> {
+        SUITE[..15].iter().map(|s| s.to_string()).chain([dir.display().to_string()]).collect()
+    };
     let whole = out.join("whole");
     let o = trainer().args(args(&whole)).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -171,7 +240,12 @@ fn a_suite_sweep_stopped_by_sigterm_then_resumed_has_the_uninterrupted_numbers()
 
     // SIGTERM inside the first task (its facts and one layer kept): exit 143, saying how to go on.
     let cut = out.join("cut");
-    let mut child = trainer().args(args(&cut)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = trainer()
+        .args(args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let run = wait_for_units(&mut child, &cut.join("syntax-suites"), 2);
     signal(&child, "TERM");
     let o = child.wait_with_output().unwrap();
@@ -181,15 +255,23 @@ fn a_suite_sweep_stopped_by_sigterm_then_resumed_has_the_uninterrupted_numbers()
     let o = trainer().args(["sweep", "syntax-suites", "--resume"]).arg(&run).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     for f in ["results.csv", "results.json"] {
-        assert_eq!(std::fs::read_to_string(run.join(f)).unwrap(), std::fs::read_to_string(whole_run.join(f)).unwrap(), "{f} after SIGTERM and --resume");
+        assert_eq!(
+            std::fs::read_to_string(run.join(f)).unwrap(),
+            std::fs::read_to_string(whole_run.join(f)).unwrap(),
+            "{f} after SIGTERM and --resume"
+        );
     }
     // The kept units, but for the seconds the frozen runs took.
     let units = |p: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(p.join("units.jsonl")).unwrap().lines().map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("frozen_s");
-            v
-        }).collect()
+        std::fs::read_to_string(p.join("units.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("frozen_s");
+                v
+            })
+            .collect()
     };
     assert_eq!(units(&run), units(&whole_run));
     assert_eq!(report(&run)["summary"], report(&whole_run)["summary"]);
@@ -201,7 +283,11 @@ fn a_suite_sweep_stopped_by_sigterm_then_resumed_has_the_uninterrupted_numbers()
     let args: Vec<String> = SUITE[..14].iter().map(|s| s.to_string()).collect();
     let run = interrupt_and_resume(&args, &out.join("kill"), "syntax-suites", 5, "KILL");
     for f in ["results.csv", "results.json"] {
-        assert_eq!(std::fs::read_to_string(run.join(f)).unwrap(), std::fs::read_to_string(whole_run.join(f)).unwrap(), "{f} after SIGKILL and --resume");
+        assert_eq!(
+            std::fs::read_to_string(run.join(f)).unwrap(),
+            std::fs::read_to_string(whole_run.join(f)).unwrap(),
+            "{f} after SIGKILL and --resume"
+        );
     }
     assert_eq!(units(&run), units(&whole_run));
     let _ = std::fs::remove_dir_all(&out);
@@ -212,7 +298,23 @@ fn a_region_only_some_tasks_have_skips_the_others_instead_of_panicking() {
     let out = fresh("region");
     // `verb` is a region (at or after the label) of some of the shipped tasks only.
     let o = trainer()
-        .args(["sweep", "syntax-suites", "--regions", "verb", "--layers", "4", "--methods", "mean", "--set", "train_pairs=8", "--set", "test_pairs=4", "--tasks", "agreement_simple,reflexive_agreement", "--out"])
+        .args([
+            "sweep",
+            "syntax-suites",
+            "--regions",
+            "verb",
+            "--layers",
+            "4",
+            "--methods",
+            "mean",
+            "--set",
+            "train_pairs=8",
+            "--set",
+            "test_pairs=4",
+            "--tasks",
+            "agreement_simple,reflexive_agreement",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -228,7 +330,9 @@ fn a_region_only_some_tasks_have_skips_the_others_instead_of_panicking() {
 fn quick_hierarchical(out: &Path, seed: u64) -> Command {
     let mut c = trainer();
     c.args(["das-hierarchical-equality", "--quiet", "--seed", &seed.to_string()]);
-    for s in ["mlp_examples=512", "mlp_epochs=1", "das_train_pairs=128", "das_test_pairs=64", "das_epochs=1", "layers=[1]"] {
+    for s in
+        ["mlp_examples=512", "mlp_epochs=1", "das_train_pairs=128", "das_test_pairs=64", "das_epochs=1", "layers=[1]"]
+    {
         c.args(["--set", s]);
     }
     c.arg("--out").arg(out);
@@ -238,19 +342,33 @@ fn quick_hierarchical(out: &Path, seed: u64) -> Command {
 #[test]
 fn eight_runs_started_at_once_into_one_out_get_eight_consistent_folders() {
     let out = fresh("eight");
-    let children: Vec<Child> = (0..8).map(|seed| quick_hierarchical(&out, seed).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap()).collect();
+    let children: Vec<Child> = (0..8)
+        .map(|seed| {
+            quick_hierarchical(&out, seed)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     for c in children {
         let o = c.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let runs: Vec<PathBuf> = std::fs::read_dir(out.join("das-hierarchical-equality")).unwrap().map(|e| e.unwrap().path()).collect();
+    let runs: Vec<PathBuf> =
+        std::fs::read_dir(out.join("das-hierarchical-equality")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(runs.len(), 8, "{runs:?}");
     let mut seeds = Vec::new();
     for run in &runs {
         let recipe: toml::Table = toml::from_str(&std::fs::read_to_string(run.join("recipe.toml")).unwrap()).unwrap();
         let seed = recipe["seeds"].as_array().unwrap()[0].as_integer().unwrap();
         let r = report(run);
-        assert_eq!(r["config"]["seeds"][0].as_i64(), Some(seed), "{}: the report is of another run's recipe", run.display());
+        assert_eq!(
+            r["config"]["seeds"][0].as_i64(),
+            Some(seed),
+            "{}: the report is of another run's recipe",
+            run.display()
+        );
         assert!(run.join("results.csv").exists(), "{}", run.display());
         seeds.push(seed);
     }
@@ -270,7 +388,12 @@ fn a_run_folder_in_use_or_of_another_recipe_is_refused() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is a run of recipe `das-capitals`, not `das-boundless-capitals`"), "{}", stderr(&o));
     // A folder this process holds: a second process is refused, naming this pid.
-    let _held = trainer::run_dir::RunDir::reopen(&run, "das-capitals", &std::fs::read_to_string(run.join("recipe.toml")).unwrap()).unwrap();
+    let _held = trainer::run_dir::RunDir::reopen(
+        &run,
+        "das-capitals",
+        &std::fs::read_to_string(run.join("recipe.toml")).unwrap(),
+    )
+    .unwrap();
     let o = trainer().args(["das-capitals", "--resume"]).arg(&run).output().unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains(&format!("is in use by process {}", std::process::id())), "{}", stderr(&o));
@@ -293,12 +416,36 @@ fn task_json(name: &str, template: &str, extra_var: &str) -> String {
 #[test]
 fn suite_names_are_data_never_paths_and_reserved_regions_are_refused() {
     let out = fresh("names");
-    let sweep = |suite: &Path| trainer().args(["sweep", "syntax-suites", "--layers", "4", "--methods", "mean", "--set", "train_pairs=8", "--set", "test_pairs=4", "--templates"]).arg(suite).arg("--out").arg(out.join("runs")).output().unwrap();
+    let sweep = |suite: &Path| {
+        trainer()
+            .args([
+                "sweep",
+                "syntax-suites",
+                "--layers",
+                "4",
+                "--methods",
+                "mean",
+                "--set",
+                "train_pairs=8",
+                "--set",
+                "test_pairs=4",
+                "--templates",
+            ])
+            .arg(suite)
+            .arg("--out")
+            .arg(out.join("runs"))
+            .output()
+            .unwrap()
+    };
     // A task named to climb out of the run folder is refused when the suite is read.
     let suite = write_suite(&out, &task_json("../../../../escaped_task", "The {subject} near the {noun}", "noun"));
     let o = sweep(&suite);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("task name \"../../../../escaped_task\"") && stderr(&o).contains("path separator"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("task name \"../../../../escaped_task\"") && stderr(&o).contains("path separator"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.join("runs").exists(), "refused before any folder exists");
     assert!(walk(&out).iter().all(|p| !p.to_string_lossy().contains("escaped_task")));
     // A slot named as a region a sweep reserves.
@@ -306,21 +453,54 @@ fn suite_names_are_data_never_paths_and_reserved_regions_are_refused() {
         let suite = write_suite(&out, &task_json("t", &format!("The {{subject}} {{{reserved}}} near"), reserved));
         let o = sweep(&suite);
         assert!(!o.status.success());
-        assert!(stderr(&o).contains(&format!("task `t`: variable `{reserved}`")) && stderr(&o).contains("reserves"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("task `t`: variable `{reserved}`")) && stderr(&o).contains("reserves"),
+            "{}",
+            stderr(&o)
+        );
     }
     // Repeated fillers would put one sentence on both sides of the split.
-    let suite = write_suite(&out, &task_json("t", "The {subject} near the {noun}", "noun").replace("\"door\", \"table\"", "\"door\", \"door\""));
+    let suite = write_suite(
+        &out,
+        &task_json("t", "The {subject} near the {noun}", "noun").replace("\"door\", \"table\"", "\"door\", \"door\""),
+    );
     let o = sweep(&suite);
     assert!(stderr(&o).contains("`variables.noun` lists \"door\" twice"), "{}", stderr(&o));
     // An empty label filler is caught when the suite is read, naming the task and variable.
-    let suite = write_suite(&out, &task_json("t", "The {subject} near the {noun}", "noun").replace("\"cat\", \"dog\"", "\"cat\", \"\""));
+    let suite = write_suite(
+        &out,
+        &task_json("t", "The {subject} near the {noun}", "noun").replace("\"cat\", \"dog\"", "\"cat\", \"\""),
+    );
     let o = sweep(&suite);
     assert!(stderr(&o).contains("task `t`: the label variable `subject` has the empty filler"), "{}", stderr(&o));
     assert!(!out.join("runs").exists());
     // An empty filler of another swept slot is found when the pairs are tokenised: the error
     // names the task and the generated pair (not a line of the file, which has none per pair).
-    let suite = write_suite(&out, &task_json("t", "The {subject} {noun} near", "noun").replace("\"door\", \"table\", \"wall\"", "\"\""));
-    let o = trainer().args(["sweep", "syntax-suites", "--layers", "4", "--methods", "mean", "--regions", "noun", "--set", "train_pairs=4", "--set", "test_pairs=2", "--templates"]).arg(&suite).arg("--out").arg(out.join("runs")).output().unwrap();
+    let suite = write_suite(
+        &out,
+        &task_json("t", "The {subject} {noun} near", "noun").replace("\"door\", \"table\", \"wall\"", "\"\""),
+    );
+    let o = trainer()
+        .args([
+            "sweep",
+            "syntax-suites",
+            "--layers",
+            "4",
+            "--methods",
+            "mean",
+            "--regions",
+            "noun",
+            "--set",
+            "train_pairs=4",
+            "--set",
+            "test_pairs=2",
+            "--templates",
+        ])
+        .arg(&suite)
+        .arg("--out")
+        .arg(out.join("runs"))
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("task `t`, generated pair") && stderr(&o).contains("(regions noun)"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&out);
@@ -328,7 +508,21 @@ fn suite_names_are_data_never_paths_and_reserved_regions_are_refused() {
 
 #[test]
 fn counts_from_input_are_bounded_before_anything_is_allocated() {
-    let o = trainer().args(["sweep", "syntax-suites", "--tasks", "agreement_simple", "--layers", "4", "--methods", "mean", "--set", "train_pairs=1000000000000"]).output().unwrap();
+    let o = trainer()
+        .args([
+            "sweep",
+            "syntax-suites",
+            "--tasks",
+            "agreement_simple",
+            "--layers",
+            "4",
+            "--methods",
+            "mean",
+            "--set",
+            "train_pairs=1000000000000",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "an error, not an abort: {}", stderr(&o));
     assert!(stderr(&o).contains("more than the 1000000 a task may have"), "{}", stderr(&o));
 }
@@ -341,14 +535,32 @@ fn sweep_flags_are_checked_in_the_users_words() {
     let o = trainer().args(["sweep", "das-filler-gap", "--layers", "4", "--positions", "verb,verb"]).output().unwrap();
     assert!(stderr(&o).contains("`positions` lists `verb` twice"), "{}", stderr(&o));
     let o = trainer().args(["sweep", "das-filler-gap", "--layers", "99", "--positions", "verb"]).output().unwrap();
-    assert!(stderr(&o).contains("layer 99 does not exist: the model has 30 layers, 0 to 29 (inclusive)"), "{}", stderr(&o));
-    let o = trainer().args(["sweep", "syntax-suites", "--tasks", "agreement", "--layers", "4", "--set", "train_pairs=8", "--set", "test_pairs=4"]).output().unwrap();
+    assert!(
+        stderr(&o).contains("layer 99 does not exist: the model has 30 layers, 0 to 29 (inclusive)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = trainer()
+        .args([
+            "sweep",
+            "syntax-suites",
+            "--tasks",
+            "agreement",
+            "--layers",
+            "4",
+            "--set",
+            "train_pairs=8",
+            "--set",
+            "test_pairs=4",
+        ])
+        .output()
+        .unwrap();
     assert!(stderr(&o).contains("no task `agreement`") && stderr(&o).contains("agreement_simple"), "{}", stderr(&o));
 }
 
 #[test]
 fn tasks_all_picks_every_task_and_an_unknown_task_lists_at_most_twenty_close_names() {
-    use trainer::experiments::suite::{select_tasks, Names};
+    use trainer::experiments::suite::{Names, select_tasks};
     let suite = ferrovene_data::suite::read_suite(&root().join("datasets/suites/syntax.json")).unwrap();
     let all = select_tasks(&suite, &Names::List(vec!["all".into()])).unwrap();
     assert_eq!(all.len(), suite.tasks.len(), "--tasks all");

@@ -68,11 +68,15 @@ fn malformed_devices_and_precisions_are_clear_errors() {
 #[test]
 fn predict_in_half_precision_on_the_cpu() {
     let memory = |stderr: &str| -> f64 {
-        let line = stderr.lines().find(|l| l.contains("MiB of weights")).unwrap_or_else(|| panic!("no memory line: {stderr}"));
+        let line =
+            stderr.lines().find(|l| l.contains("MiB of weights")).unwrap_or_else(|| panic!("no memory line: {stderr}"));
         line.split(" MiB").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap()
     };
     let run = |dtype: &str| {
-        let out = trainer().args(["predict", "--prompt", "The capital of France is", "--top", "5", "--json", "--dtype", dtype]).output().unwrap();
+        let out = trainer()
+            .args(["predict", "--prompt", "The capital of France is", "--top", "5", "--json", "--dtype", dtype])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "--dtype {dtype}: {stderr}");
         assert!(stderr.contains(&format!("in {dtype} on")), "{stderr}");

@@ -7,18 +7,22 @@
 //! and sources that were run (once each) in other groups.
 
 use burn::backend::Autodiff;
-use burn::tensor::{loss::cross_entropy_with_logits, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData, loss::cross_entropy_with_logits};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
-use ferrovene_models::{forward, gather_positions, load_folder, Component, NoHooks, Site, Transformer};
+use ferrovene_models::{Component, NoHooks, Site, Transformer, forward, gather_positions, load_folder};
 use trainer::objectives::das::{logits, logits_plain, prepare};
 
 type B = Autodiff<ferrovene_models::Cpu>;
 
 fn tiny(arch: &str) -> std::path::PathBuf {
     let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/tiny").join(arch);
-    assert!(p.join("config.json").exists(), "golden files missing: this test needs ../shared/golden/tiny/{arch} beside the checkout ({})", p.display());
+    assert!(
+        p.join("config.json").exists(),
+        "golden files missing: this test needs ../shared/golden/tiny/{arch} beside the checkout ({})",
+        p.display()
+    );
     p
 }
 
@@ -28,17 +32,22 @@ fn tiny(arch: &str) -> std::path::PathBuf {
 fn pairs() -> Vec<TokenizedExample> {
     let mut rng = Rng::new(7);
     let mut ids = |n: usize| (0..n).map(|_| 3 + (rng.uniform() * 90.0) as u32).collect::<Vec<u32>>();
-    let mut pairs: Vec<TokenizedExample> = [(7, 6, [3, 5], [2, 4]), (9, 8, [4, 7], [3, 6]), (8, 9, [2, 6], [5, 7]), (10, 7, [5, 8], [2, 3])]
-        .into_iter()
-        .enumerate()
-        .map(|(i, (nb, ns, pb, ps))| TokenizedExample::Pair {
-            base: TokenizedInput { ids: ids(nb), positions: pb.to_vec() },
-            sources: vec![TokenizedInput { ids: ids(ns), positions: ps.to_vec() }],
-            base_label: None,
-            label: LabelId::Token(10 + i as u32),
-        })
-        .collect();
-    let (TokenizedExample::Pair { base: b0, .. }, TokenizedExample::Pair { base: b2, sources: s2, .. }) = (pairs[0].clone(), pairs[2].clone()) else { unreachable!() };
+    let mut pairs: Vec<TokenizedExample> =
+        [(7, 6, [3, 5], [2, 4]), (9, 8, [4, 7], [3, 6]), (8, 9, [2, 6], [5, 7]), (10, 7, [5, 8], [2, 3])]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (nb, ns, pb, ps))| TokenizedExample::Pair {
+                base: TokenizedInput { ids: ids(nb), positions: pb.to_vec() },
+                sources: vec![TokenizedInput { ids: ids(ns), positions: ps.to_vec() }],
+                base_label: None,
+                label: LabelId::Token(10 + i as u32),
+            })
+            .collect();
+    let (TokenizedExample::Pair { base: b0, .. }, TokenizedExample::Pair { base: b2, sources: s2, .. }) =
+        (pairs[0].clone(), pairs[2].clone())
+    else {
+        unreachable!()
+    };
     pairs.push(TokenizedExample::Pair { base: b0, sources: s2, base_label: None, label: LabelId::Token(20) });
     let TokenizedExample::Pair { sources: s1, .. } = pairs[1].clone() else { unreachable!() };
     pairs.push(TokenizedExample::Pair { base: b2, sources: s1, base_label: None, label: LabelId::Token(21) });
@@ -61,7 +70,11 @@ fn cached_prefix_equals_the_plain_forward_on_logits_and_gradients() {
         let loaded = load_folder::<B>(&tiny(arch), &device).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let examples = pairs();
         let refs: Vec<&TokenizedExample> = examples.iter().collect();
-        for site in [Site::new(1, Component::BlockOutput), Site::new(1, Component::BlockInput), Site::new(0, Component::Embeddings)] {
+        for site in [
+            Site::new(1, Component::BlockOutput),
+            Site::new(1, Component::BlockInput),
+            Site::new(0, Component::Embeddings),
+        ] {
             let name = format!("{arch} at {site}");
             // One batch of the first four pairs, then batches of three (whose bases and sources
             // were run in other groups than the batch's).
@@ -69,14 +82,21 @@ fn cached_prefix_equals_the_plain_forward_on_logits_and_gradients() {
             let threes = prepare(&loaded.model, site, &refs, 0, 3, &device).unwrap();
             // The first four bases are left-padded to 10 tokens; the earliest intervened
             // position after padding is 4 (10 − 8 + 2), so positions 0..4 are cached.
-            let prefix = one[0].prefix.as_ref().unwrap_or_else(|| panic!("{name}: a causal model's batch caches its prefix"));
+            let prefix =
+                one[0].prefix.as_ref().unwrap_or_else(|| panic!("{name}: a causal model's batch caches its prefix"));
             assert_eq!(prefix.start, 4, "{name}: the prefix ends at the first intervened position");
             assert_eq!(one[0].checkpoint.input.dims()[1], 6, "{name}: the step recomputes positions 4..10 only");
             for (i, batch) in one.iter().chain(&threes).enumerate() {
                 let name = format!("{name}, batch {i}");
-                let prefix = batch.prefix.as_ref().unwrap_or_else(|| panic!("{name}: a causal model's batch caches its prefix"));
-                let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(4, 32, &mut Rng::new(3), &device) });
-                let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [batch.labels.len()]), &device);
+                let prefix =
+                    batch.prefix.as_ref().unwrap_or_else(|| panic!("{name}: a causal model's batch caches its prefix"));
+                let iv = Intervention::DasLowRank(DasLowRank {
+                    rotation: Orthogonal::random(4, 32, &mut Rng::new(3), &device),
+                });
+                let labels = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [batch.labels.len()]),
+                    &device,
+                );
                 let loss_and_grad = |logits: Tensor<B, 2>| {
                     let v = logits.dims()[1];
                     let loss = cross_entropy_with_logits(logits.clone(), labels.clone().one_hot::<2>(v).float());

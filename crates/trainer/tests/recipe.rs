@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use trainer::experiments::pairs::PairRecipe;
 use trainer::experiments::Recipe;
+use trainer::experiments::pairs::PairRecipe;
 
 mod common;
 
@@ -20,7 +20,8 @@ fn recipes_parse_and_refuse_unknown_keys() {
     assert!(e.contains("learning_rate"), "{e}");
     let e = format!("{:#}", Recipe::from_toml(&text.replace("kind = \"das\"", "kind = \"steer\"")).unwrap_err());
     assert!(e.contains("steer") && e.contains("das") && e.contains("boundless"), "{e}");
-    let o = r.with_overrides(&["lr=0.05".into(), "site=\"8.block_output\"".into(), "split_by=template".into()]).unwrap();
+    let o =
+        r.with_overrides(&["lr=0.05".into(), "site=\"8.block_output\"".into(), "split_by=template".into()]).unwrap();
     let o = das(&o);
     assert_eq!((o.lr, o.site.to_string().as_str(), o.split_by.as_deref()), (0.05, "8.block_output", Some("template")));
     let e = format!("{:#}", r.with_overrides(&["lrr=1".into()]).unwrap_err());
@@ -41,7 +42,8 @@ fn das(r: &Recipe) -> &PairRecipe {
 #[test]
 fn a_site_the_model_lacks_is_refused_before_a_run_folder_is_made() {
     let out_dir = std::env::temp_dir().join(format!("ferrovene-badsite-{}", std::process::id()));
-    let out = trainer().args(["das-capitals", "--set", "site=\"99.block_output\"", "--out"]).arg(&out_dir).output().unwrap();
+    let out =
+        trainer().args(["das-capitals", "--set", "site=\"99.block_output\"", "--out"]).arg(&out_dir).output().unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("99.block_output"), "{e}");
@@ -82,9 +84,12 @@ fn a_short_run_leaves_export_report_and_recipe_and_eval_reproduces_it() {
     let bytes = compute["model_bytes"].as_u64().unwrap_or_default();
     assert!((600_000_000..700_000_000).contains(&bytes), "model_bytes {bytes}");
     let out = trainer()
-        .args(["eval", "--json", "--intervention"]).arg(run.join("intervention.safetensors"))
-        .arg("--pairs").arg(run.join("dev.jsonl"))
-        .output().unwrap();
+        .args(["eval", "--json", "--intervention"])
+        .arg(run.join("intervention.safetensors"))
+        .arg("--pairs")
+        .arg(run.join("dev.jsonl"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(eval["overall"]["iia"], report["metrics"]["dev"]["iia"], "eval reproduces the run's dev IIA");
@@ -148,10 +153,14 @@ fn ctrl_c_and_sigterm_write_a_checkpoint_and_resume_ends_where_an_uninterrupted_
     let mut cut = PathBuf::new();
     for (signal, code) in [("-INT", Some(130)), ("-TERM", Some(143)), ("-KILL", None)] {
         let cut_root = dir.join(format!("cut{signal}"));
-        let child = trainer().arg(&recipe).arg("--out").arg(&cut_root).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let child =
+            trainer().arg(&recipe).arg("--out").arg(&cut_root).stderr(std::process::Stdio::piped()).spawn().unwrap();
         let started = std::time::Instant::now();
         let latest = loop {
-            let found = std::fs::read_dir(cut_root.join("das-small")).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path().join("checkpoints/latest"));
+            let found = std::fs::read_dir(cut_root.join("das-small"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .map(|e| e.unwrap().path().join("checkpoints/latest"));
             if let Some(l) = found.filter(|l| l.exists()) {
                 break l;
             }
@@ -169,7 +178,10 @@ fn ctrl_c_and_sigterm_write_a_checkpoint_and_resume_ends_where_an_uninterrupted_
         cut = only_run(&cut_root.join("das-small"));
         assert!(latest.exists() && !cut.join("intervention.safetensors").exists());
         let state: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(cut.join("checkpoints").join(std::fs::read_to_string(&latest).unwrap().trim()).join("state.json")).unwrap(),
+            &std::fs::read(
+                cut.join("checkpoints").join(std::fs::read_to_string(&latest).unwrap().trim()).join("state.json"),
+            )
+            .unwrap(),
         )
         .unwrap();
         let steps_at_cut = state["step"].as_u64().unwrap();
@@ -187,12 +199,19 @@ fn ctrl_c_and_sigterm_write_a_checkpoint_and_resume_ends_where_an_uninterrupted_
         assert_eq!(resumed["metrics"], report["metrics"]);
         assert_eq!(resumed["training"]["resumed"], true);
         // TensorBoard: one event file per process, both in the run's folder.
-        let event_files = std::fs::read_dir(cut.join("tensorboard")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events.out")).count();
+        let event_files = std::fs::read_dir(cut.join("tensorboard"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events.out"))
+            .count();
         assert_eq!(event_files, 2);
         let scalars = common::read_scalars(&cut.join("tensorboard"));
         let mut loss_steps: Vec<i64> = scalars.iter().filter(|s| s.0 == "train/loss").map(|s| s.1).collect();
         loss_steps.sort();
-        assert_eq!(loss_steps, (1..=total as i64).collect::<Vec<_>>(), "kill {signal}: every step's loss once in TensorBoard");
+        assert_eq!(
+            loss_steps,
+            (1..=total as i64).collect::<Vec<_>>(),
+            "kill {signal}: every step's loss once in TensorBoard"
+        );
     }
     // --resume takes the recipe as run; overrides are refused.
     let out = trainer().arg(&recipe).arg("--resume").arg(&cut).args(["--seed", "4"]).output().unwrap();
@@ -205,16 +224,25 @@ fn bad_recipes_say_what_is_wrong() {
     let err = |t: &str| format!("{:#}", Recipe::from_toml(t).unwrap_err());
     assert!(err(&text.replace("rank = 32\n", "")).contains("kind `das` needs `rank`"));
     assert!(err(&format!("{text}\nboundary_penalty = 1.0\n")).contains("`boundary_penalty` is a Boundless DAS key"));
-    assert!(err(&text.replace("dev_fraction = 0.25", "dev_fraction = 1.5")).contains("`dev_fraction` must be between 0 and 1"));
+    assert!(
+        err(&text.replace("dev_fraction = 0.25", "dev_fraction = 1.5"))
+            .contains("`dev_fraction` must be between 0 and 1")
+    );
     assert!(err(&text.replace("epochs = 4", "epochs = 0")).contains("at least 1"));
     assert!(err(&format!("{text}\nheld_out = \"test.jsonl\"\n")).contains("either `held_out`"));
-    assert!(err(&text.replace("dev_fraction = 0.25", "")).contains("`dev_fraction` (a share of `pairs`, with `split_by`) or `held_out`"));
+    assert!(
+        err(&text.replace("dev_fraction = 0.25", ""))
+            .contains("`dev_fraction` (a share of `pairs`, with `split_by`) or `held_out`")
+    );
     assert!(err(&text.replace("split_by = \"base\"", "")).contains("`split_by`"));
     assert!(err(&text.replace("kind = \"das\"", "kind = \"dass\"")).contains("unknown variant `dass`"));
     assert!(err(&format!("{text}\nschedule = \"cosin\"\n")).contains("cosin"));
     assert!(err(&format!("{text}\n[early_stopping]\npatience = 2\nmetrc = \"loss\"\n")).contains("metrc"));
     let r = Recipe::from_toml(&text).unwrap();
-    let e = format!("{:#}", r.with_overrides(&["early_stopping={patience=2}".into(), "validation_fraction=0".into()]).unwrap_err());
+    let e = format!(
+        "{:#}",
+        r.with_overrides(&["early_stopping={patience=2}".into(), "validation_fraction=0".into()]).unwrap_err()
+    );
     assert!(e.contains("validation_fraction"), "{e}");
     let o = r.with_overrides(&["grad_clip=1.0".into(), "schedule=cosine".into(), "accumulate=2".into()]).unwrap();
     let o = das(&o);
@@ -248,26 +276,48 @@ fn probe_and_reft_recipes_run_end_to_end() {
     }
     std::fs::write(dir.join("texts.jsonl"), lines.join("\n")).unwrap();
     std::fs::write(dir.join("held-out.jsonl"), held.join("\n")).unwrap();
-    let recipe = write_recipe(&dir, "probe-small", &format!(
-        "description = \"probe\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nheld_out = {:?}\nsite = \"20.block_output\"\n\
+    let recipe = write_recipe(
+        &dir,
+        "probe-small",
+        &format!(
+            "description = \"probe\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nheld_out = {:?}\nsite = \"20.block_output\"\n\
          batch_size = 8\nepochs = 30\nlr = 0.01\nseed = 1\n",
-        dir.join("texts.jsonl").display().to_string(), dir.join("held-out.jsonl").display().to_string()));
+            dir.join("texts.jsonl").display().to_string(),
+            dir.join("held-out.jsonl").display().to_string()
+        ),
+    );
     let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = only_run(&dir.join("runs/probe-small"));
     let report = common::report(&run);
-    assert_eq!((report["data"]["train"].as_u64(), report["data"]["dev"].as_u64()), (Some(36), Some(12)), "every line of `pairs` trains; `held_out` is the test set");
-    assert_eq!(std::fs::read_to_string(run.join("dev.jsonl")).unwrap(), held.join("\n") + "\n", "dev.jsonl holds the held-out file's lines");
+    assert_eq!(
+        (report["data"]["train"].as_u64(), report["data"]["dev"].as_u64()),
+        (Some(36), Some(12)),
+        "every line of `pairs` trains; `held_out` is the test set"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("dev.jsonl")).unwrap(),
+        held.join("\n") + "\n",
+        "dev.jsonl holds the held-out file's lines"
+    );
     let acc = report["metrics"]["dev"]["accuracy"].as_f64().unwrap();
     let majority = report["metrics"]["controls"]["majority_class"].as_f64().unwrap();
     assert!(acc >= 0.9 && acc > majority, "probe accuracy {acc} vs majority class {majority}");
     let out = trainer()
-        .args(["apply", "--prompt", "What a superb film.", "--intervention"]).arg(run.join("intervention.safetensors"))
-        .output().unwrap();
+        .args(["apply", "--prompt", "What a superb film.", "--intervention"])
+        .arg(run.join("intervention.safetensors"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("class probabilities"));
     // A probe intervenes on nothing: `eval` on pairs is refused rather than printing IIA 0.
-    let out = trainer().args(["eval", "--pairs"]).arg(dir.join("held-out.jsonl")).arg("--intervention").arg(run.join("intervention.safetensors")).output().unwrap();
+    let out = trainer()
+        .args(["eval", "--pairs"])
+        .arg(dir.join("held-out.jsonl"))
+        .arg("--intervention")
+        .arg(run.join("intervention.safetensors"))
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("a probe reads its site and changes nothing"), "{e}");
 
@@ -277,19 +327,32 @@ fn probe_and_reft_recipes_run_end_to_end() {
         .map(|c| serde_json::json!({"prompt": format!("Colour {c} ->"), "target": format!(" {c} is my colour"), "positions": ["last"], "meta": {"colour": c}}).to_string())
         .collect();
     std::fs::write(dir.join("prompts.jsonl"), lines.join("\n")).unwrap();
-    let recipe = write_recipe(&dir, "reft-small", &format!(
-        "description = \"reft\"\nkind = \"reft\"\nfamily = \"loreft\"\nrank = 2\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"24.block_output\"\n\
+    let recipe = write_recipe(
+        &dir,
+        "reft-small",
+        &format!(
+            "description = \"reft\"\nkind = \"reft\"\nfamily = \"loreft\"\nrank = 2\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"24.block_output\"\n\
          batch_size = 4\nepochs = 2\nlr = 0.01\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"colour\"\n",
-        dir.join("prompts.jsonl").display().to_string()));
+            dir.join("prompts.jsonl").display().to_string()
+        ),
+    );
     let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = only_run(&dir.join("runs/reft-small"));
     let report = common::report(&run);
     for key in ["token_accuracy", "exact", "loss"] {
-        assert!(report["metrics"]["dev"][key].is_number() && report["metrics"]["controls"]["no_intervention"][key].is_number(), "{key}: {report}");
+        assert!(
+            report["metrics"]["dev"][key].is_number()
+                && report["metrics"]["controls"]["no_intervention"][key].is_number(),
+            "{key}: {report}"
+        );
     }
     assert_eq!(report["training"]["steps"], 4, "6 training prompts in batches of 4, 2 epochs");
-    let (_, config) = ferrovene_interventions::export::load::<ferrovene_models::Cpu>(&run.join("intervention.safetensors"), &Default::default()).unwrap();
+    let (_, config) = ferrovene_interventions::export::load::<ferrovene_models::Cpu>(
+        &run.join("intervention.safetensors"),
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(config.kind, "loreft");
 }
 
@@ -352,7 +415,12 @@ fn over_the_cache_budget_batches_are_prepared_when_used_with_the_same_results() 
     let recipe = small_recipe(&dir);
     let run = |budget: &str, out: &str| {
         let out_root = dir.join(out);
-        let o = trainer().arg(&recipe).args(["--quiet", "--cache-budget", budget, "--set", "checkpoint_every=0", "--out"]).arg(&out_root).output().unwrap();
+        let o = trainer()
+            .arg(&recipe)
+            .args(["--quiet", "--cache-budget", budget, "--set", "checkpoint_every=0", "--out"])
+            .arg(&out_root)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(o.status.success(), "{stderr}");
         (only_run(&out_root.join("das-small")), stderr)
@@ -360,31 +428,63 @@ fn over_the_cache_budget_batches_are_prepared_when_used_with_the_same_results() 
     let (cached, said) = run("8G", "cached");
     assert!(said.contains("frozen cache of about") && said.contains("budget 8.0 GB"), "{said}");
     let (on_demand, said) = run("1K", "on-demand");
-    assert!(said.contains("over the budget of 1.0 KB (--cache-budget)") && said.contains("when the batch is used"), "{said}");
+    assert!(
+        said.contains("over the budget of 1.0 KB (--cache-budget)") && said.contains("when the batch is used"),
+        "{said}"
+    );
     let (a, b) = (common::report(&cached), common::report(&on_demand));
     assert_eq!(a["metrics"], b["metrics"], "held-out metrics");
     assert_eq!(a["training"]["loss"], b["training"]["loss"], "first and last loss");
     assert_eq!(a["training"]["validations"], b["training"]["validations"]);
-    assert_eq!(tensors(&cached.join("intervention.safetensors")), tensors(&on_demand.join("intervention.safetensors")), "the trained intervention");
+    assert_eq!(
+        tensors(&cached.join("intervention.safetensors")),
+        tensors(&on_demand.join("intervention.safetensors")),
+        "the trained intervention"
+    );
     let out = trainer().args(["das-capitals", "--cache-budget", "lots"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`lots` is not a size"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`lots` is not a size"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn out_of_range_settings_are_refused_with_the_key_named() {
     let recipes = |name: &str| std::fs::read_to_string(root().join("recipes").join(name)).unwrap();
-    let err = |t: &str, set: &str| format!("{:#}", Recipe::from_toml(t).and_then(|r| r.with_overrides(&[set.to_string()])).unwrap_err());
+    let err = |t: &str, set: &str| {
+        format!("{:#}", Recipe::from_toml(t).and_then(|r| r.with_overrides(&[set.to_string()])).unwrap_err())
+    };
     let das = recipes("das-capitals.toml");
-    for (set, key) in [("lr=-0.1", "`lr`"), ("lr=0", "`lr`"), ("lr=inf", "`lr`"), ("lr=nan", "`lr`"), ("weight_decay=-1", "`weight_decay`"), ("grad_clip=-1", "`grad_clip`"), ("rank=0", "`rank`"), ("checkpoint_minutes=-1", "`checkpoint_minutes`")] {
+    for (set, key) in [
+        ("lr=-0.1", "`lr`"),
+        ("lr=0", "`lr`"),
+        ("lr=inf", "`lr`"),
+        ("lr=nan", "`lr`"),
+        ("weight_decay=-1", "`weight_decay`"),
+        ("grad_clip=-1", "`grad_clip`"),
+        ("rank=0", "`rank`"),
+        ("checkpoint_minutes=-1", "`checkpoint_minutes`"),
+    ] {
         let e = err(&das, set);
         assert!(e.contains(key), "--set {set}: {e}");
     }
-    for (recipe, set, key) in [("reft-memorise.toml", "lr=0", "`lr`"), ("das-filler-gap.toml", "lr=-1", "`lr`"), ("das-filler-gap.toml", "rank=0", "`rank`"), ("das-hierarchical-equality.toml", "das_lr=inf", "`das_lr`"), ("probe-layers.toml", "lr=nan", "`lr`")] {
+    for (recipe, set, key) in [
+        ("reft-memorise.toml", "lr=0", "`lr`"),
+        ("das-filler-gap.toml", "lr=-1", "`lr`"),
+        ("das-filler-gap.toml", "rank=0", "`rank`"),
+        ("das-hierarchical-equality.toml", "das_lr=inf", "`das_lr`"),
+        ("probe-layers.toml", "lr=nan", "`lr`"),
+    ] {
         let e = err(&recipes(recipe), set);
         assert!(e.contains(key), "{recipe} --set {set}: {e}");
     }
     // A rank over the site's width is known once the model is: an error, not a panic.
-    let out = trainer().args(["das-capitals", "--set", "rank=1000", "--out"]).arg(std::env::temp_dir().join(format!("ferrovene-rank-{}", std::process::id()))).output().unwrap();
+    let out = trainer()
+        .args(["das-capitals", "--set", "rank=1000", "--out"])
+        .arg(std::env::temp_dir().join(format!("ferrovene-rank-{}", std::process::id())))
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(e.contains("rank = 1000") && e.contains("1 ≤ rank ≤ 576"), "{e}");
@@ -399,7 +499,10 @@ fn a_diverging_run_stops_with_an_error_and_exports_nothing() {
     let out = trainer().arg(&recipe).args(["--set", "lr=1e30", "--out"]).arg(dir.join("runs")).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{e}");
-    assert!(e.contains("training diverged at step") && e.contains("is not finite") && e.contains("learning rate"), "{e}");
+    assert!(
+        e.contains("training diverged at step") && e.contains("is not finite") && e.contains("learning rate"),
+        "{e}"
+    );
     let run = only_run(&dir.join("runs/das-small"));
     assert!(!run.join("intervention.safetensors").exists(), "a diverged run exported");
     let report = common::report(&run);
@@ -420,14 +523,23 @@ fn a_file_of_the_wrong_kind_of_examples_is_named_by_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let pairs = dir.join("prompts.jsonl");
     std::fs::write(&pairs, "{\"base\": \"a b\", \"sources\": [\"c d\"], \"label\": \" x\", \"meta\": {\"base\": \"a\"}}\n{\"prompt\": \"GO->\", \"target\": \" hi\", \"meta\": {\"base\": \"b\"}}\n").unwrap();
-    let recipe = write_recipe(&dir, "das-kind", &format!(
-        "description = \"x\"\nkind = \"das\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"6.block_output\"\nrank = 2\nbatch_size = 2\nepochs = 1\nlr = 0.01\nseed = 1\ndev_fraction = 0.5\nsplit_by = \"base\"\n",
-        pairs.display().to_string()
-    ));
+    let recipe = write_recipe(
+        &dir,
+        "das-kind",
+        &format!(
+            "description = \"x\"\nkind = \"das\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"6.block_output\"\nrank = 2\nbatch_size = 2\nepochs = 1\nlr = 0.01\nseed = 1\ndev_fraction = 0.5\nsplit_by = \"base\"\n",
+            pairs.display().to_string()
+        ),
+    );
     let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{e}");
-    assert!(e.contains("prompts.jsonl:2:") && e.contains("kind `das` trains on counterfactual pairs") && e.contains("a prompt example"), "{e}");
+    assert!(
+        e.contains("prompts.jsonl:2:")
+            && e.contains("kind `das` trains on counterfactual pairs")
+            && e.contains("a prompt example"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -435,12 +547,23 @@ fn a_stray_huge_class_id_is_refused_before_building_the_probe() {
     let dir = std::env::temp_dir().join(format!("ferrovene-classes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let texts = dir.join("texts.jsonl");
-    let lines: Vec<String> = (0..8).map(|i| format!("{{\"text\": \"text {i}\", \"class\": {}, \"meta\": {{\"g\": \"{i}\"}}}}", if i == 5 { 1_000_000 } else { i % 2 })).collect();
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                "{{\"text\": \"text {i}\", \"class\": {}, \"meta\": {{\"g\": \"{i}\"}}}}",
+                if i == 5 { 1_000_000 } else { i % 2 }
+            )
+        })
+        .collect();
     std::fs::write(&texts, lines.join("\n")).unwrap();
-    let recipe = write_recipe(&dir, "probe-classes", &format!(
-        "description = \"x\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"6.block_output\"\nbatch_size = 2\nepochs = 1\nlr = 0.01\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"g\"\n",
-        texts.display().to_string()
-    ));
+    let recipe = write_recipe(
+        &dir,
+        "probe-classes",
+        &format!(
+            "description = \"x\"\nkind = \"probe\"\nmodel = \"smollm2-135m\"\npairs = {:?}\nsite = \"6.block_output\"\nbatch_size = 2\nepochs = 1\nlr = 0.01\nseed = 1\ndev_fraction = 0.25\nsplit_by = \"g\"\n",
+            texts.display().to_string()
+        ),
+    );
     let started = std::time::Instant::now();
     let out = trainer().arg(&recipe).arg("--out").arg(dir.join("runs")).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);

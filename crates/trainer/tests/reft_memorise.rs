@@ -12,7 +12,17 @@ fn rank_one_loreft_recalls_a_passage_and_its_export_recalls_it_in_a_fresh_proces
     let passage = " The lighthouse keeper counts nine ships every night.";
     let examples = format!("examples=[{{ prompt = \"GO->\", target = \"{passage}\" }}]");
     let out = trainer()
-        .args(["reft-memorise", "--quiet", "--set", &examples, "--set", "max_steps=300", "--set", "check_every=5", "--out"])
+        .args([
+            "reft-memorise",
+            "--quiet",
+            "--set",
+            &examples,
+            "--set",
+            "max_steps=300",
+            "--set",
+            "check_every=5",
+            "--out",
+        ])
         .arg(&out_dir)
         .output()
         .unwrap();

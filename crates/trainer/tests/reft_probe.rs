@@ -9,14 +9,14 @@ use std::process::Command;
 use burn::backend::Autodiff;
 use burn::tensor::activation::log_softmax;
 use ferrovene_data::format::parse_line;
-use ferrovene_data::{tokenize, Example};
+use ferrovene_data::{Example, tokenize};
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Composition, Intervene, Intervention, Placement};
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{forward, gather_positions, load, Component, Site, Transformer};
-use trainer::fit::{fit, FitConfig, FitIo};
+use ferrovene_models::{Component, Site, Transformer, forward, gather_positions, load};
+use trainer::fit::{FitConfig, FitIo, fit};
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 
@@ -30,18 +30,32 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     let loaded = load::<AD>("smollm2-135m", &dev).expect("fixture: run scripts/fetch-fixtures");
     let (model, tok) = (&loaded.model, loaded.tokenizer.clone().unwrap());
     let target = " Rust keeps the weights frozen.";
-    let line: Example = parse_line(&serde_json::json!({"prompt": "GO->", "target": target, "positions": ["last"]}).to_string()).unwrap();
+    let line: Example =
+        parse_line(&serde_json::json!({"prompt": "GO->", "target": target, "positions": ["last"]}).to_string())
+            .unwrap();
     let ex = tokenize(&line, &tok, std::path::Path::new("inline"), 1).unwrap();
     let site = Site::new(20, Component::BlockOutput);
     let batches = trainer::objectives::reft::prepare(model, site, &[&ex], tok.pad_id, 1, &dev).unwrap();
-    let iv = Intervention::Reft(ReftIntervention::new(ReftFamily::LoReft, 576, 4, Activation::Identity, 0.0, &mut Rng::new(2), &dev));
+    let iv = Intervention::Reft(ReftIntervention::new(
+        ReftFamily::LoReft,
+        576,
+        4,
+        Activation::Identity,
+        0.0,
+        &mut Rng::new(2),
+        &dev,
+    ));
 
     // cached path = plain forward with the intervention as a hook
-    let cached: Vec<f32> = trainer::objectives::reft::log_probs(model, &batches[0], Some(&iv)).unwrap().into_data().to_vec().unwrap();
+    let cached: Vec<f32> =
+        trainer::objectives::reft::log_probs(model, &batches[0], Some(&iv)).unwrap().into_data().to_vec().unwrap();
     let b = &batches[0];
     let placement = Placement::new(model.site_info(site).unwrap(), &iv, b.positions.clone(), None, vec![]).unwrap();
     let hidden = forward(model, &b.checkpoint.input, &mut Intervene::new(vec![placement], Composition::Parallel));
-    let plain: Vec<f32> = log_softmax(model.head(gather_positions(hidden, b.target_positions.clone())).unwrap(), 2).into_data().to_vec().unwrap();
+    let plain: Vec<f32> = log_softmax(model.head(gather_positions(hidden, b.target_positions.clone())).unwrap(), 2)
+        .into_data()
+        .to_vec()
+        .unwrap();
     let diff = cached.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-3, "cached and plain ReFT paths differ by {diff}");
 
@@ -51,7 +65,13 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     let fitted = fit(&objective, iv, &cfg(50, 5e-2), FitIo::default()).unwrap();
     let losses = &fitted.state.losses;
     let after = trainer::objectives::reft::evaluate(model, &batches, Some(&fitted.module)).unwrap();
-    eprintln!("LM loss {:.3} → {:.3}; token accuracy {:.3} → {:.3}", losses[0], losses[losses.len() - 1], none.token_accuracy, after.token_accuracy);
+    eprintln!(
+        "LM loss {:.3} → {:.3}; token accuracy {:.3} → {:.3}",
+        losses[0],
+        losses[losses.len() - 1],
+        none.token_accuracy,
+        after.token_accuracy
+    );
     assert_eq!(after.exact, 1.0, "greedy decoding with the intervention reproduces the target: {after:?}");
 
     // export, then `trainer apply --generate` in a fresh process
@@ -59,8 +79,18 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("intervention.safetensors");
     let config = ExportConfig::new(
-        PlacementConfig { sites: vec![site.to_string()], positions: "last".into(), site_width: 576, ..Default::default() },
-        ModelConfig { id: "smollm2-135m".into(), revision: None, arch: model.arch().into(), hidden_size: model.width() },
+        PlacementConfig {
+            sites: vec![site.to_string()],
+            positions: "last".into(),
+            site_width: 576,
+            ..Default::default()
+        },
+        ModelConfig {
+            id: "smollm2-135m".into(),
+            revision: None,
+            arch: model.arch().into(),
+            hidden_size: model.width(),
+        },
         serde_json::Value::Null,
     );
     export::save(&fitted.module, config, &path).unwrap();
@@ -88,7 +118,11 @@ fn probe_reads_a_planted_class_from_smollm2_activations() {
     for (class, words) in [(1, good), (0, bad)] {
         for w in words {
             for frame in ["I thought this movie was {}.", "The food here is {}.", "Honestly, the book felt {}."] {
-                let line: Example = parse_line(&serde_json::json!({"text": frame.replace("{}", w), "class": class, "positions": ["last"]}).to_string()).unwrap();
+                let line: Example = parse_line(
+                    &serde_json::json!({"text": frame.replace("{}", w), "class": class, "positions": ["last"]})
+                        .to_string(),
+                )
+                .unwrap();
                 examples.push((w, tokenize(&line, &tok, std::path::Path::new("inline"), 1).unwrap()));
             }
         }
@@ -103,7 +137,13 @@ fn probe_reads_a_planted_class_from_smollm2_activations() {
     assert_eq!(trainer::objectives::probe::class_count(&train), 2);
     let iv = Intervention::Probe(LinearProbe::init(576, 2, &mut Rng::new(4), &dev));
     let (before, _) = trainer::objectives::probe::evaluate(&iv, &test_b).unwrap();
-    let fitted = fit(&trainer::objectives::probe::ProbeObjective { train: &train_b, validation: &[] }, iv, &cfg(40, 1e-2), FitIo::default()).unwrap();
+    let fitted = fit(
+        &trainer::objectives::probe::ProbeObjective { train: &train_b, validation: &[] },
+        iv,
+        &cfg(40, 1e-2),
+        FitIo::default(),
+    )
+    .unwrap();
     let (acc, loss) = trainer::objectives::probe::evaluate(&fitted.module, &test_b).unwrap();
     eprintln!("probe on held-out words: accuracy {before:.3} → {acc:.3}, loss {loss:.3}");
     assert!(acc >= 0.9, "held-out accuracy {acc}");

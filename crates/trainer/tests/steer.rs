@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use ferrovene_interventions::Intervention;
-use ferrovene_models::{load, Component, Site};
+use ferrovene_models::{Component, Site, load};
 
 type B = ferrovene_models::Cpu;
 
@@ -17,26 +17,54 @@ fn trainer() -> Command {
 fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let dir = std::env::temp_dir().join(format!("ferrovene-steer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let positive = ["I love this, it is wonderful.", "What a great and happy day.", "{\"text\": \"Everything is lovely and bright.\"}"];
+    let positive = [
+        "I love this, it is wonderful.",
+        "What a great and happy day.",
+        "{\"text\": \"Everything is lovely and bright.\"}",
+    ];
     let negative = ["I hate this, it is awful.", "What a terrible and sad day.", "Everything is gloomy and dark."];
     std::fs::write(dir.join("pos.txt"), positive.join("\n")).unwrap();
     std::fs::write(dir.join("neg.txt"), negative.join("\n\n")).unwrap();
     let out_path = dir.join("steer.safetensors");
     let out = trainer()
-        .args(["steer", "--layer", "10", "--scale", "6", "--positive"]).arg(dir.join("pos.txt"))
-        .arg("--negative").arg(dir.join("neg.txt"))
-        .arg("--out").arg(&out_path)
-        .output().unwrap();
+        .args(["steer", "--layer", "10", "--scale", "6", "--positive"])
+        .arg(dir.join("pos.txt"))
+        .arg("--negative")
+        .arg(dir.join("neg.txt"))
+        .arg("--out")
+        .arg(&out_path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // the vector is the mean difference, recomputed here
     let dev = Default::default();
     let loaded = load::<B>("smollm2-135m", &dev).unwrap();
     let tok = loaded.tokenizer.clone().unwrap();
-    let texts = |t: &[&str]| t.iter().map(|s| if s.starts_with('{') { "Everything is lovely and bright.".to_string() } else { s.to_string() }).collect::<Vec<_>>();
+    let texts = |t: &[&str]| {
+        t.iter()
+            .map(|s| if s.starts_with('{') { "Everything is lovely and bright.".to_string() } else { s.to_string() })
+            .collect::<Vec<_>>()
+    };
     let site = Site::new(10, Component::BlockOutput);
-    let p = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&positive), site, "positive", &dev).unwrap();
-    let n = trainer::commands::steer::last_token_activations(&loaded.model, &tok, &texts(&negative), site, "negative", &dev).unwrap();
+    let p = trainer::commands::steer::last_token_activations(
+        &loaded.model,
+        &tok,
+        &texts(&positive),
+        site,
+        "positive",
+        &dev,
+    )
+    .unwrap();
+    let n = trainer::commands::steer::last_token_activations(
+        &loaded.model,
+        &tok,
+        &texts(&negative),
+        site,
+        "negative",
+        &dev,
+    )
+    .unwrap();
     let expected: Vec<f32> = (p.mean_dim(0) - n.mean_dim(0)).into_data().to_vec().unwrap();
     let (iv, config) = ferrovene_interventions::export::load::<B>(&out_path, &dev).unwrap();
     let Intervention::Steering(s) = iv else { panic!("a steering vector") };
@@ -47,9 +75,21 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
 
     let apply = |scale: &str| -> serde_json::Value {
         let out = trainer()
-            .args(["apply", "--json", "--prompt", "Today I feel", "--generate", "8", "--every-token", "--scale", scale, "--intervention"])
+            .args([
+                "apply",
+                "--json",
+                "--prompt",
+                "Today I feel",
+                "--generate",
+                "8",
+                "--every-token",
+                "--scale",
+                scale,
+                "--intervention",
+            ])
             .arg(&out_path)
-            .output().unwrap();
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -58,28 +98,59 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let strong = apply("-12");
     assert_ne!(strong["with"], strong["without"], "a strong negative scale changes the text: {strong}");
     eprintln!("without: {} | with α = −12: {}", strong["without"], strong["with"]);
-    let bad = trainer().args(["steer", "--layer", "99", "--positive"]).arg(dir.join("pos.txt")).arg("--negative").arg(dir.join("neg.txt")).arg("--out").arg(dir.join("bad.safetensors")).output().unwrap();
+    let bad = trainer()
+        .args(["steer", "--layer", "99", "--positive"])
+        .arg(dir.join("pos.txt"))
+        .arg("--negative")
+        .arg(dir.join("neg.txt"))
+        .arg("--out")
+        .arg(dir.join("bad.safetensors"))
+        .output()
+        .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("99"));
     // An existing --out is kept unless --force; a non-finite --scale is refused.
-    let again = trainer().args(["steer", "--layer", "10", "--positive"]).arg(dir.join("pos.txt")).arg("--negative").arg(dir.join("neg.txt")).arg("--out").arg(&out_path).output().unwrap();
+    let again = trainer()
+        .args(["steer", "--layer", "10", "--positive"])
+        .arg(dir.join("pos.txt"))
+        .arg("--negative")
+        .arg(dir.join("neg.txt"))
+        .arg("--out")
+        .arg(&out_path)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.code() == Some(1) && e.contains("exists") && e.contains("--force"), "{e}");
-    let nan = trainer().args(["apply", "--prompt", "x", "--scale", "nan", "--intervention"]).arg(&out_path).output().unwrap();
+    let nan =
+        trainer().args(["apply", "--prompt", "x", "--scale", "nan", "--intervention"]).arg(&out_path).output().unwrap();
     let e = String::from_utf8_lossy(&nan.stderr);
     assert!(nan.status.code() == Some(1) && e.contains("--scale must be a finite number"), "{e}");
     // A scale that swamps the residual stream is not shown as a result without a word.
-    let huge = trainer().args(["apply", "--prompt", "Today I feel", "--scale", "1e38", "--intervention"]).arg(&out_path).output().unwrap();
+    let huge = trainer()
+        .args(["apply", "--prompt", "Today I feel", "--scale", "1e38", "--intervention"])
+        .arg(&out_path)
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&huge.stderr);
     assert!(e.contains("not finite numbers") || e.contains("about uniform"), "{e}");
     // The same texts on both sides make a zero vector: refused.
-    let same = trainer().args(["steer", "--layer", "10", "--positive"]).arg(dir.join("pos.txt")).arg("--negative").arg(dir.join("pos.txt")).arg("--out").arg(dir.join("zero.safetensors")).output().unwrap();
+    let same = trainer()
+        .args(["steer", "--layer", "10", "--positive"])
+        .arg(dir.join("pos.txt"))
+        .arg("--negative")
+        .arg(dir.join("pos.txt"))
+        .arg("--out")
+        .arg(dir.join("zero.safetensors"))
+        .output()
+        .unwrap();
     let e = String::from_utf8_lossy(&same.stderr);
     assert!(!same.status.success() && e.contains("give the same mean activation"), "{e}");
     assert!(!dir.join("zero.safetensors").exists());
     // Text files are read as strictly as pair files, errors naming the file and line.
     std::fs::write(dir.join("dup.jsonl"), "{\"text\": \"fine\"}\n{\"text\": \"a\", \"text\": \"b\"}\n").unwrap();
     std::fs::write(dir.join("empty.jsonl"), "{\"text\": \"fine\"}\n\n{\"text\": \"\"}\n").unwrap();
-    for (file, says) in [("dup.jsonl", "dup.jsonl:2: not valid JSON"), ("empty.jsonl", "empty.jsonl:3: `text` is empty")] {
+    for (file, says) in
+        [("dup.jsonl", "dup.jsonl:2: not valid JSON"), ("empty.jsonl", "empty.jsonl:3: `text` is empty")]
+    {
         let e = trainer::commands::steer::read_texts(&dir.join(file)).unwrap_err().to_string();
         assert!(e.contains(says), "{e}");
     }

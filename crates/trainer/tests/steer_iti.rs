@@ -13,7 +13,19 @@ use common::{only_run, trainer};
 fn iti_probes_heads_steers_and_exports() {
     let out_dir = std::env::temp_dir().join(format!("ferrovene-iti-{}", std::process::id()));
     let out = trainer()
-        .args(["steer-iti", "--quiet", "--set", "probe_steps=60", "--set", "contexts_per_fact=1", "--set", "alphas=[0.0, 1.0, 2.0]", "--set", "random_controls=1", "--out"])
+        .args([
+            "steer-iti",
+            "--quiet",
+            "--set",
+            "probe_steps=60",
+            "--set",
+            "contexts_per_fact=1",
+            "--set",
+            "alphas=[0.0, 1.0, 2.0]",
+            "--set",
+            "random_controls=1",
+            "--out",
+        ])
         .arg(&out_dir)
         .output()
         .unwrap();
@@ -37,14 +49,26 @@ fn iti_probes_heads_steers_and_exports() {
     // heads moved along random directions (which barely move it).
     for i in 1..curve.len() {
         assert!(p(i, "p_true") > p(i - 1, "p_true") + 0.005, "p(true) should rise with α: {stdout}");
-        assert!(p(i, "p_true") - p(0, "p_true") > 2.0 * (p(i, "p_true_random") - p(0, "p_true")).abs(), "ITI should beat random directions: {stdout}");
+        assert!(
+            p(i, "p_true") - p(0, "p_true") > 2.0 * (p(i, "p_true_random") - p(0, "p_true")).abs(),
+            "ITI should beat random directions: {stdout}"
+        );
     }
 
     // Each layer's export applies at every token.
     let exports: Vec<PathBuf> = std::fs::read_dir(run.join("iti")).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(!exports.is_empty());
     let out = trainer()
-        .args(["apply", "--prompt", "The capital of France is", "--generate", "4", "--every-token", "--json", "--intervention"])
+        .args([
+            "apply",
+            "--prompt",
+            "The capital of France is",
+            "--generate",
+            "4",
+            "--every-token",
+            "--json",
+            "--intervention",
+        ])
         .arg(&exports[0])
         .output()
         .unwrap();

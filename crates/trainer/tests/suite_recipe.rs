@@ -20,11 +20,16 @@ fn temp(name: &str) -> std::path::PathBuf {
 fn the_recipe_has_causalgym_defaults_and_wrong_flags_are_refused() {
     let text = std::fs::read_to_string(root().join("recipes/syntax-suites.toml")).unwrap();
     let Recipe::Suite(r) = Recipe::from_toml(&text).unwrap() else { panic!("a suite recipe") };
-    assert_eq!((r.train_pairs, r.test_pairs, r.batch_size, r.epochs, r.lr), (400, 100, 4, 1, 0.005), "CausalGym's defaults");
+    assert_eq!(
+        (r.train_pairs, r.test_pairs, r.batch_size, r.epochs, r.lr),
+        (400, 100, 4, 1, 0.005),
+        "CausalGym's defaults"
+    );
     assert_eq!(r.methods, ["das", "probe", "mean", "pca", "kmeans", "lda", "random"]);
     let e = format!("{:#}", Recipe::from_toml(&text.replace("\"lda\"", "\"ica\"")).unwrap_err());
     assert!(e.contains("method `ica`") && e.contains("kmeans"), "{e}");
-    let e = format!("{:#}", Recipe::from_toml(&text.replace("[\" dog\", \" give\"]", "[\" dog\", \" dog\"]")).unwrap_err());
+    let e =
+        format!("{:#}", Recipe::from_toml(&text.replace("[\" dog\", \" give\"]", "[\" dog\", \" dog\"]")).unwrap_err());
     assert!(e.contains("`control`"), "{e}");
     let out = temp("errors");
     for (args, says) in [
@@ -47,7 +52,10 @@ fn the_recipe_has_causalgym_defaults_and_wrong_flags_are_refused() {
 fn rows(run: &std::path::Path) -> Vec<(String, Vec<f64>)> {
     let csv = std::fs::read_to_string(run.join("results.csv")).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(lines.next().unwrap(), "task,method,layer,region,iia,odds,control_iia,control_odds,selectivity_iia,selectivity_odds");
+    assert_eq!(
+        lines.next().unwrap(),
+        "task,method,layer,region,iia,odds,control_iia,control_odds,selectivity_iia,selectivity_odds"
+    );
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
@@ -59,7 +67,18 @@ fn rows(run: &std::path::Path) -> Vec<(String, Vec<f64>)> {
 #[test]
 fn a_small_sweep_on_smollm2_scores_every_method_and_sharing_the_frozen_runs_changes_no_number() {
     let out = temp("shared");
-    let small = ["--tasks", "agreement_simple", "--layers", "8,20", "--regions", "label,last", "--set", "train_pairs=40", "--set", "test_pairs=20"];
+    let small = [
+        "--tasks",
+        "agreement_simple",
+        "--layers",
+        "8,20",
+        "--regions",
+        "label,last",
+        "--set",
+        "train_pairs=40",
+        "--set",
+        "test_pairs=20",
+    ];
     let o = run(&small, &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -68,7 +87,10 @@ fn a_small_sweep_on_smollm2_scores_every_method_and_sharing_the_frozen_runs_chan
     for m in ["das", "probe", "mean", "pca", "kmeans", "lda", "random"] {
         for kind in ["odds", "iia"] {
             for ext in ["svg", "png"] {
-                assert!(shared.join(format!("tasks/agreement_simple/{m}_{kind}.{ext}")).exists(), "{m}_{kind}.{ext} missing");
+                assert!(
+                    shared.join(format!("tasks/agreement_simple/{m}_{kind}.{ext}")).exists(),
+                    "{m}_{kind}.{ext} missing"
+                );
             }
         }
     }
@@ -78,10 +100,16 @@ fn a_small_sweep_on_smollm2_scores_every_method_and_sharing_the_frozen_runs_chan
     assert!(std::fs::read_to_string(shared.join("results.json")).unwrap().contains("\"control\""));
     let summary = r["summary"].as_array().unwrap();
     assert_eq!(summary.len(), 7);
-    let best = |m: &str, key: &str| summary.iter().find(|s| s["method"] == m).unwrap()["best_site"][key].as_f64().unwrap();
+    let best =
+        |m: &str, key: &str| summary.iter().find(|s| s["method"] == m).unwrap()["best_site"][key].as_f64().unwrap();
     // Subject number is linearly readable in SmolLM2: the difference of means moves the odds far;
     // a random direction does not.
-    assert!(best("mean", "iia") > 0.8 && best("mean", "odds") > 2.0, "mean: {} / {}", best("mean", "iia"), best("mean", "odds"));
+    assert!(
+        best("mean", "iia") > 0.8 && best("mean", "odds") > 2.0,
+        "mean: {} / {}",
+        best("mean", "iia"),
+        best("mean", "odds")
+    );
     assert!(best("random", "odds").abs() < 1.0, "random: {}", best("random", "odds"));
     for s in summary {
         let b = &s["best_site"];
@@ -96,7 +124,8 @@ fn a_small_sweep_on_smollm2_scores_every_method_and_sharing_the_frozen_runs_chan
     let separate = rows(&only_run(&out2.join("syntax-suites")));
     assert_eq!(separate.len(), 3 * 2 * 2);
     for (key, values) in &separate {
-        let (_, shared_values) = all.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("{key} missing from the shared run"));
+        let (_, shared_values) =
+            all.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("{key} missing from the shared run"));
         for (a, b) in values.iter().zip(shared_values) {
             assert!((a - b).abs() < 1e-4, "{key}: {values:?} alone vs {shared_values:?} shared");
         }
@@ -120,7 +149,23 @@ fn templates_runs_a_suite_of_the_users_own() {
             "result_prepend_space": true}}"#,
     )
     .unwrap();
-    let o = run(&["--templates", file.to_str().unwrap(), "--methods", "mean", "--layers", "20", "--regions", "last", "--set", "train_pairs=8", "--set", "test_pairs=4"], &out.join("runs"));
+    let o = run(
+        &[
+            "--templates",
+            file.to_str().unwrap(),
+            "--methods",
+            "mean",
+            "--layers",
+            "20",
+            "--regions",
+            "last",
+            "--set",
+            "train_pairs=8",
+            "--set",
+            "test_pairs=4",
+        ],
+        &out.join("runs"),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = only_run(&out.join("runs/syntax-suites"));
     let rows = rows(&run);

@@ -13,9 +13,9 @@ use ferrovene_data::TokenizedInput;
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::directions::Method;
 use ferrovene_interventions::{Composition, Intervene, Intervention, Orthogonal, Placement, Rng};
-use ferrovene_models::{forward, gather_positions, load_folder, run_to, Component, Input, Site, Transformer};
+use ferrovene_models::{Component, Input, Site, Transformer, forward, gather_positions, load_folder, run_to};
 use trainer::experiments::suite::stack::logits;
-use trainer::experiments::suite::{cache, score_layer, train_das, DasSettings, Labels, Methods, SuitePair};
+use trainer::experiments::suite::{DasSettings, Labels, Methods, SuitePair, cache, score_layer, train_das};
 
 use golden_runs::{golden_dir, max_diff, values};
 
@@ -30,8 +30,11 @@ fn random_pairs(n: usize, seed: u64) -> Vec<SuitePair> {
         .map(|i| {
             let mut ids = |len: usize| (0..len).map(|_| 3 + (rng.uniform() * 90.0) as u32).collect::<Vec<u32>>();
             let (lb, ls) = (5 + i % 4, 5 + (i + 1) % 4);
-            TokenizedTwo { base: TokenizedInput { ids: ids(lb), positions: vec![2 + i % 2, lb - 1] }, source: TokenizedInput { ids: ids(ls), positions: vec![2 + (i + 1) % 2, ls - 1] } }
-                .pair(i)
+            TokenizedTwo {
+                base: TokenizedInput { ids: ids(lb), positions: vec![2 + i % 2, lb - 1] },
+                source: TokenizedInput { ids: ids(ls), positions: vec![2 + (i + 1) % 2, ls - 1] },
+            }
+            .pair(i)
         })
         .collect()
 }
@@ -43,7 +46,13 @@ struct TokenizedTwo {
 
 impl TokenizedTwo {
     fn pair(self, i: usize) -> SuitePair {
-        SuitePair { base: self.base, source: self.source, task: [10 + (i % 3) as u32, 20], control: [30, 40 + (i % 2) as u32], class: i % 2 == 1 }
+        SuitePair {
+            base: self.base,
+            source: self.source,
+            task: [10 + (i % 3) as u32, 20],
+            control: [30, 40 + (i % 2) as u32],
+            class: i % 2 == 1,
+        }
     }
 }
 
@@ -60,10 +69,21 @@ fn rank1(seed: u64, width: usize, device: &Device) -> Intervention<B> {
 /// One pair's next-token logits at its last token with `iv` at `site` and region `r`, by the
 /// plain path: the source run to the site alone, the base's whole forward with the intervention
 /// as a hook, no padding, no cache.
-fn plain_logits<M: Transformer<B>>(model: &M, p: &SuitePair, site: Site, r: usize, iv: &Intervention<B>, device: &Device) -> Vec<f32> {
+fn plain_logits<M: Transformer<B>>(
+    model: &M,
+    p: &SuitePair,
+    site: Site,
+    r: usize,
+    iv: &Intervention<B>,
+    device: &Device,
+) -> Vec<f32> {
     let at = |pos: usize| Tensor::from_data(TensorData::new(vec![pos as i64], [1, 1]), device);
-    let source = gather_positions(run_to(model, &input(&p.source.ids, device), site).unwrap().activation, at(p.source.positions[r]));
-    let placement = Placement::new(model.site_info(site).unwrap(), iv, at(p.base.positions[r]), Some(source), vec![]).unwrap();
+    let source = gather_positions(
+        run_to(model, &input(&p.source.ids, device), site).unwrap().activation,
+        at(p.source.positions[r]),
+    );
+    let placement =
+        Placement::new(model.site_info(site).unwrap(), iv, at(p.base.positions[r]), Some(source), vec![]).unwrap();
     let mut hooks = Intervene::new(vec![placement], Composition::Parallel);
     let hidden = forward(model, &input(&p.base.ids, device), &mut hooks);
     let last = model.head(gather_positions(hidden, at(p.base.ids.len() - 1))).unwrap();
@@ -74,14 +94,17 @@ fn plain_logits<M: Transformer<B>>(model: &M, p: &SuitePair, site: Site, r: usiz
 fn a_stack_of_blocks_equals_each_intervention_alone_through_the_plain_forward() {
     let device = Default::default();
     for arch in ["gpt2", "gpt_neox", "llama"] {
-        let model = load_folder::<B>(&golden_dir().join("tiny").join(arch), &device).unwrap_or_else(|e| panic!("{arch}: {e}")).model;
+        let model = load_folder::<B>(&golden_dir().join("tiny").join(arch), &device)
+            .unwrap_or_else(|e| panic!("{arch}: {e}"))
+            .model;
         let pairs = random_pairs(6, 3);
         let layer = 1;
         let cached = cache(&model, 0, &pairs, &[0, layer], 6, &device).unwrap();
         let ivs = [rank1(1, model.width(), &device), rank1(2, model.width(), &device)];
         // Whole batch, then a range of rows (a DAS batch inside a frozen chunk).
         for rows in [0..6, 2..5] {
-            let stack = cached[0].stack(layer, &[(0, Labels::Task), (1, Labels::Control)], rows.clone(), &device).unwrap();
+            let stack =
+                cached[0].stack(layer, &[(0, Labels::Task), (1, Labels::Control)], rows.clone(), &device).unwrap();
             let got = values(logits(&model, &stack, &ivs).unwrap());
             let v = got.len() / (2 * rows.len());
             for (k, iv) in ivs.iter().enumerate() {
@@ -89,7 +112,11 @@ fn a_stack_of_blocks_equals_each_intervention_alone_through_the_plain_forward() 
                     let row = k * rows.len() + j;
                     let want = plain_logits(&model, p, Site::new(layer, Component::BlockOutput), k, iv, &device);
                     let d = max_diff(&got[row * v..(row + 1) * v], &want);
-                    assert!(d < 1e-4, "{arch}: block {k}, pair {}: stacked logits differ from the plain forward by {d}", rows.start + j);
+                    assert!(
+                        d < 1e-4,
+                        "{arch}: block {k}, pair {}: stacked logits differ from the plain forward by {d}",
+                        rows.start + j
+                    );
                 }
             }
         }
@@ -142,8 +169,12 @@ fn planted_gpt2(a: usize, b: usize, dir: &std::path::Path) -> Vec<f32> {
         }
         owned.push((name, data, view.shape().to_vec()));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
-        owned.iter().map(|(n, d, s)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+        })
+        .collect();
     std::fs::write(dir.join("model.safetensors"), safetensors::tensor::serialize(views, None).unwrap()).unwrap();
     v
 }
@@ -162,13 +193,23 @@ fn das_and_the_supervised_directions_recover_a_planted_causal_variable() {
         let prefix: Vec<u32> = (0..5).map(|_| 10 + (rng.uniform() * 80.0) as u32).collect();
         let with = |t: u32| TokenizedInput { ids: prefix.iter().copied().chain([t]).collect(), positions: vec![5] };
         let (base, source) = if i % 2 == 0 { (a, b) } else { (b, a) };
-        pairs.push(SuitePair { base: with(base), source: with(source), task: [source, base], control: [40 + (base == a) as u32, 40 + (base == b) as u32], class: base == b });
+        pairs.push(SuitePair {
+            base: with(base),
+            source: with(source),
+            task: [source, base],
+            control: [40 + (base == a) as u32, 40 + (base == b) as u32],
+            class: base == b,
+        });
     }
     let train = cache(&model, 0, &pairs[..200], &[1], 64, &device).unwrap();
     let test = cache(&model, 0, &pairs[200..], &[1], 64, &device).unwrap();
     let plain: Vec<[f32; 4]> = test.iter().flat_map(|c| c.plain().to_vec()).collect();
     assert!(plain.iter().all(|p| p[1] > p[0]), "the planted model prefers the base's own last token");
-    let methods = Methods { das: Some(DasSettings { batch_size: 4, epochs: 2, lr: 0.005, warmup: 0.1, seed: 1 }), fitted: vec![Method::Probe, Method::Mean, Method::Random], seed: 1 };
+    let methods = Methods {
+        das: Some(DasSettings { batch_size: 4, epochs: 2, lr: 0.005, warmup: 0.1, seed: 1 }),
+        fitted: vec![Method::Probe, Method::Mean, Method::Random],
+        seed: 1,
+    };
     let scores = score_layer(&model, &train, &test, 1, &[0], &methods, &device).unwrap();
     let by = |m: &str| scores.iter().find(|(_, s)| s.method == m).unwrap().1.clone();
     for m in ["das", "probe", "mean"] {

@@ -3,13 +3,13 @@
 //! embeddings; sentence vectors by mean pooling over the attention mask.
 
 use burn::module::Module;
-use burn::tensor::{activation::gelu, backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor, activation::gelu, backend::Backend};
 
 use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
-use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, split_heads, Embedding, LayerNorm, Linear};
+use crate::hooks::{Hooks, hook};
+use crate::layers::{Embedding, LayerNorm, Linear, attend, split_heads};
 use crate::model::{Context, Input, Transformer};
 use crate::site::{Component as C, Site, SiteInfo};
 use crate::weights::Loader;
@@ -40,11 +40,17 @@ impl BertConfig {
     pub fn from_hf(c: &HfConfig) -> Result<Self> {
         let act = c.str_or("hidden_act", "gelu")?;
         if act != "gelu" {
-            return Err(ModelError::config(c.path, format!("hidden_act `{act}` is not supported for bert (only gelu)")));
+            return Err(ModelError::config(
+                c.path,
+                format!("hidden_act `{act}` is not supported for bert (only gelu)"),
+            ));
         }
         let pos = c.str_or("position_embedding_type", "absolute")?;
         if pos != "absolute" {
-            return Err(ModelError::config(c.path, format!("position_embedding_type `{pos}` is not supported (only absolute)")));
+            return Err(ModelError::config(
+                c.path,
+                format!("position_embedding_type `{pos}` is not supported (only absolute)"),
+            ));
         }
         let (hidden_size, num_heads) = (c.usize("hidden_size")?, c.usize("num_attention_heads")?);
         crate::config::check_heads(c.path, hidden_size, num_heads, num_heads, false)?;
@@ -110,7 +116,11 @@ impl<B: Backend> Bert<B> {
         }
         Ok(Bert {
             word: w.embedding(&format!("{pre}embeddings.word_embeddings.weight"), c.vocab_size, d)?,
-            position: w.embedding(&format!("{pre}embeddings.position_embeddings.weight"), c.max_position_embeddings, d)?,
+            position: w.embedding(
+                &format!("{pre}embeddings.position_embeddings.weight"),
+                c.max_position_embeddings,
+                d,
+            )?,
             token_type: w.embedding(&format!("{pre}embeddings.token_type_embeddings.weight"), c.type_vocab_size, d)?,
             embed_norm: ln("embeddings.LayerNorm")?,
             layers,
@@ -137,7 +147,12 @@ impl<B: Backend> Transformer<B> for Bert<B> {
     }
     fn block_sites(&self, layer: usize) -> Vec<SiteInfo> {
         let c = &self.config;
-        standard_block_sites(layer, c.hidden_size, (c.num_heads, c.num_heads, c.hidden_size / c.num_heads), c.intermediate_size)
+        standard_block_sites(
+            layer,
+            c.hidden_size,
+            (c.num_heads, c.num_heads, c.hidden_size / c.num_heads),
+            c.intermediate_size,
+        )
     }
     fn embed(&self, input: &Input<B>) -> Tensor<B, 3> {
         let types = input.token_types.clone().unwrap_or_else(|| input.ids.zeros_like());
@@ -155,8 +170,15 @@ impl<B: Backend> Transformer<B> for Bert<B> {
 
         // h = LN(x + W_o · softmax(q kᵀ/√d + padding mask) v)
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), x);
-        let (q, k, v) = hook_qkv(hooks, layer, b.query.forward(a_in.clone()), b.key.forward(a_in.clone()), b.value.forward(a_in.clone()));
-        let (k, v) = ctx.keys_values(layer, split_heads(k, heads).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
+        let (q, k, v) = hook_qkv(
+            hooks,
+            layer,
+            b.query.forward(a_in.clone()),
+            b.key.forward(a_in.clone()),
+            b.value.forward(a_in.clone()),
+        );
+        let (k, v) =
+            ctx.keys_values(layer, split_heads(k, heads).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
         let values = hook_attention_values(hooks, layer, attend(split_heads(q, heads), k, v, ctx.bias_for(heads, 1)));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.attn_out.forward(values));
 

@@ -1,8 +1,8 @@
 //! Site hooking shared by the architectures' attention code.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor, backend::Backend};
 
-use crate::hooks::{hook, Hooks};
+use crate::hooks::{Hooks, hook};
 use crate::site::{Component as C, Site, SiteInfo};
 
 /// Hooks the query, key and value projections (whole, then per head) and returns what flows on.
@@ -24,7 +24,11 @@ pub(crate) fn hook_qkv<B: Backend>(
 }
 
 /// Hooks the attention's per-position values (input of the output projection), whole then per head.
-pub(crate) fn hook_attention_values<B: Backend>(hooks: &mut dyn Hooks<B>, layer: usize, values: Tensor<B, 3>) -> Tensor<B, 3> {
+pub(crate) fn hook_attention_values<B: Backend>(
+    hooks: &mut dyn Hooks<B>,
+    layer: usize,
+    values: Tensor<B, 3>,
+) -> Tensor<B, 3> {
     let values = hook(hooks, Site::new(layer, C::AttentionValueOutput), values);
     hook(hooks, Site::new(layer, C::HeadAttentionValueOutput), values)
 }

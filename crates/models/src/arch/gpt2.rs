@@ -3,13 +3,13 @@
 //! Hugging Face stores the projections as `Conv1D`, i.e. already `[in, out]`.
 
 use burn::module::Module;
-use burn::tensor::{activation::gelu_approximate, backend::Backend, Tensor};
+use burn::tensor::{Tensor, activation::gelu_approximate, backend::Backend};
 
 use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::Result;
-use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, split_heads, Embedding, LayerNorm, Linear};
+use crate::hooks::{Hooks, hook};
+use crate::layers::{Embedding, LayerNorm, Linear, attend, split_heads};
 use crate::model::{Context, Input, Transformer};
 use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component as C, Site, SiteInfo};
@@ -40,7 +40,10 @@ impl Gpt2Config {
         let n_embd = c.usize("n_embd")?;
         let act = c.str_or("activation_function", "gelu_new")?;
         if act != "gelu_new" {
-            return Err(crate::error::ModelError::config(c.path, format!("activation_function `{act}` is not supported for gpt2 (only gelu_new)")));
+            return Err(crate::error::ModelError::config(
+                c.path,
+                format!("activation_function `{act}` is not supported for gpt2 (only gelu_new)"),
+            ));
         }
         let n_head = c.usize("n_head")?;
         crate::config::check_heads(c.path, n_embd, n_head, n_head, false)?;
@@ -147,8 +150,10 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
         // Attention: h = x + W_proj · softmax(q kᵀ/√d + mask) v, with [q k v] = W_attn LN₁(x)
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), b.ln_1.forward(x.clone()));
         let qkv = b.c_attn.forward(a_in);
-        let (q, k, v) = hook_qkv(hooks, layer, qkv.clone().narrow(2, 0, d), qkv.clone().narrow(2, d, d), qkv.narrow(2, 2 * d, d));
-        let (k, v) = ctx.keys_values(layer, split_heads(k, heads).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
+        let (q, k, v) =
+            hook_qkv(hooks, layer, qkv.clone().narrow(2, 0, d), qkv.clone().narrow(2, d, d), qkv.narrow(2, 2 * d, d));
+        let (k, v) =
+            ctx.keys_values(layer, split_heads(k, heads).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
         let values = hook_attention_values(hooks, layer, attend(split_heads(q, heads), k, v, ctx.bias_for(heads, 1)));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.attn_proj.forward(values));
         let h = x + attn_out;

@@ -3,13 +3,13 @@
 //! `y = x + Attn(LN₁(x)) + MLP(LN₂(x))`.
 
 use burn::module::Module;
-use burn::tensor::{activation::gelu, backend::Backend, Tensor};
+use burn::tensor::{Tensor, activation::gelu, backend::Backend};
 
 use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
-use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, rope_inv_freq, split_heads, Embedding, LayerNorm, Linear, RopeScaling};
+use crate::hooks::{Hooks, hook};
+use crate::layers::{Embedding, LayerNorm, Linear, RopeScaling, attend, rope_inv_freq, split_heads};
 use crate::model::{Context, Input, Transformer};
 use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component as C, Site, SiteInfo};
@@ -49,7 +49,10 @@ impl GptNeoXConfig {
         let num_heads = c.usize("num_attention_heads")?;
         let act = c.str_or("hidden_act", "gelu")?;
         if act != "gelu" {
-            return Err(ModelError::config(c.path, format!("hidden_act `{act}` is not supported for gpt_neox (only gelu)")));
+            return Err(ModelError::config(
+                c.path,
+                format!("hidden_act `{act}` is not supported for gpt_neox (only gelu)"),
+            ));
         }
         crate::config::check_heads(c.path, hidden_size, num_heads, num_heads, false)?;
         let head_dim = hidden_size / num_heads;
@@ -147,7 +150,12 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
     }
     fn block_sites(&self, layer: usize) -> Vec<SiteInfo> {
         let c = &self.config;
-        standard_block_sites(layer, c.hidden_size, (c.num_heads, c.num_heads, c.hidden_size / c.num_heads), c.intermediate_size)
+        standard_block_sites(
+            layer,
+            c.hidden_size,
+            (c.num_heads, c.num_heads, c.hidden_size / c.num_heads),
+            c.intermediate_size,
+        )
     }
     fn embed(&self, input: &Input<B>) -> Tensor<B, 3> {
         self.embed_in.forward(input.ids.clone())
@@ -168,7 +176,11 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
         let part = |i: usize| qkv.clone().narrow(3, i * hd, hd).reshape([batch, seq, d]);
         let (q, k, v) = hook_qkv(hooks, layer, part(0), part(1), part(2));
         let q = rotary.apply(split_heads(q, heads));
-        let (k, v) = ctx.keys_values(layer, rotary.apply(split_heads(k, heads)).swap_dims(1, 2), split_heads(v, heads).swap_dims(1, 2));
+        let (k, v) = ctx.keys_values(
+            layer,
+            rotary.apply(split_heads(k, heads)).swap_dims(1, 2),
+            split_heads(v, heads).swap_dims(1, 2),
+        );
         let values = hook_attention_values(hooks, layer, attend(q, k, v, ctx.bias_for(heads, 1)));
         let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.dense.forward(values));
 

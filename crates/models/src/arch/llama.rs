@@ -4,13 +4,13 @@
 //! rotary positions and grouped-query heads, and `MLP(x) = W_down(SiLU(W_gate x) ⊙ W_up x)`.
 
 use burn::module::Module;
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use burn::tensor::{Tensor, activation::silu, backend::Backend};
 
 use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
 use crate::config::HfConfig;
 use crate::error::Result;
-use crate::hooks::{hook, Hooks};
-use crate::layers::{attend, rope_inv_freq, split_heads, Embedding, Linear, RmsNorm, RopeScaling};
+use crate::hooks::{Hooks, hook};
+use crate::layers::{Embedding, Linear, RmsNorm, RopeScaling, attend, rope_inv_freq, split_heads};
 use crate::model::{Context, Input, Transformer};
 use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component as C, Site, SiteInfo};
@@ -128,7 +128,15 @@ impl<B: Backend> Llama<B> {
         let lm_head = w.linear(head_name, d, c.vocab_size, false)?;
         let tied_head = head_name == "model.embed_tokens";
         let inv_freq = rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref());
-        Ok(Llama { embed_tokens, layers, norm: w.rms_norm("model.norm.weight", d, c.rms_norm_eps)?, lm_head, config, inv_freq, tied_head })
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm: w.rms_norm("model.norm.weight", d, c.rms_norm_eps)?,
+            lm_head,
+            config,
+            inv_freq,
+            tied_head,
+        })
     }
 
     /// The model's config.
@@ -207,7 +215,11 @@ impl LlamaConfig {
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = file.meta_u64(&key("embedding_length"))? as usize;
         let num_heads = file.meta_u64(&key("attention.head_count"))? as usize;
-        let num_kv_heads = file.metadata.get(&key("attention.head_count_kv")).and_then(|v| v.as_u64()).map_or(num_heads, |v| v as usize);
+        let num_kv_heads = file
+            .metadata
+            .get(&key("attention.head_count_kv"))
+            .and_then(|v| v.as_u64())
+            .map_or(num_heads, |v| v as usize);
         let head_dim = file.metadata.get(&key("attention.key_length")).and_then(|v| v.as_u64()).map(|v| v as usize);
         crate::config::check_heads(file.path(), hidden_size, num_heads, num_kv_heads, head_dim.is_some())?;
         let vocab_size = match file.metadata.get(&key("vocab_size")).and_then(|v| v.as_u64()) {

@@ -3,10 +3,10 @@
 //! Its sites are the hidden layers' outputs (`i.hidden`), each `[batch, 1, width]`.
 
 use burn::module::{Module, Param};
-use burn::tensor::{activation::relu, backend::Backend, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, activation::relu, backend::Backend};
 
 use crate::error::{ModelError, Result};
-use crate::hooks::{hook, Hooks, NoHooks};
+use crate::hooks::{Hooks, NoHooks, hook};
 use crate::layers::Linear;
 use crate::site::{Component, Site, SiteInfo};
 
@@ -130,7 +130,11 @@ impl<B: Backend> Mlp<B> {
         let width = self.layers[site.layer].d_out();
         let [batch, one, w] = activation.dims();
         if one != 1 || w != width {
-            return Err(ModelError::ActivationShape { site: site.to_string(), found: vec![batch, one, w], expected: vec![batch, 1, width] });
+            return Err(ModelError::ActivationShape {
+                site: site.to_string(),
+                found: vec![batch, one, w],
+                expected: vec![batch, 1, width],
+            });
         }
         Ok(self.go_on(site.layer + 1, activation.reshape([batch, width]), hooks))
     }
@@ -175,14 +179,26 @@ fn stacked_linear<B: Backend>(x: Tensor<B, 3>, layer: &StackedLayer<B>) -> Tenso
 impl<B: Backend> StackedMlp<B> {
     /// The models `mlps` (same widths, with biases), stacked in that order.
     pub fn stack(mlps: &[Mlp<B>]) -> Result<Self> {
-        let first = mlps.first().ok_or_else(|| ModelError::Config { path: "StackedMlp".into(), reason: "no models to stack".into() })?;
+        let first = mlps
+            .first()
+            .ok_or_else(|| ModelError::Config { path: "StackedMlp".into(), reason: "no models to stack".into() })?;
         let widths = |m: &Mlp<B>| m.layers.iter().chain([&m.out]).map(|l| l.weight.val().dims()).collect::<Vec<_>>();
-        if let Some(i) = mlps.iter().position(|m| widths(m) != widths(first) || m.layers.iter().chain([&m.out]).any(|l| l.bias.is_none())) {
-            return Err(ModelError::Config { path: "StackedMlp".into(), reason: format!("model {i} has other widths than model 0, or a layer without a bias") });
+        if let Some(i) = mlps
+            .iter()
+            .position(|m| widths(m) != widths(first) || m.layers.iter().chain([&m.out]).any(|l| l.bias.is_none()))
+        {
+            return Err(ModelError::Config {
+                path: "StackedMlp".into(),
+                reason: format!("model {i} has other widths than model 0, or a layer without a bias"),
+            });
         }
         let stack = |pick: &dyn Fn(&Mlp<B>) -> &Linear<B>| {
             let w = Tensor::stack::<3>(mlps.iter().map(|m| pick(m).weight.val()).collect(), 0);
-            let b = Tensor::stack::<2>(mlps.iter().map(|m| pick(m).bias.as_ref().map(|b| b.val()).expect("checked above")).collect(), 0).unsqueeze_dim(1);
+            let b = Tensor::stack::<2>(
+                mlps.iter().map(|m| pick(m).bias.as_ref().map(|b| b.val()).expect("checked above")).collect(),
+                0,
+            )
+            .unsqueeze_dim(1);
             (Param::from_tensor(w.detach()), Param::from_tensor(b.detach()))
         };
         let layers = (0..first.layers.len()).map(|i| stack(&|m: &Mlp<B>| &m.layers[i])).collect();

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::dequant::{dequantize, GgmlType, SUPPORTED};
 use super::WeightSource;
+use super::dequant::{GgmlType, SUPPORTED, dequantize};
 use crate::error::{ModelError, Result};
 
 /// A metadata value.
@@ -105,7 +105,11 @@ impl<'a> Cursor<'a> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
             ModelError::corrupt(
                 self.path,
-                format!("truncated GGUF: reading {what} at byte {} needs {n} bytes, file has {}", self.pos, self.bytes.len()),
+                format!(
+                    "truncated GGUF: reading {what} at byte {} needs {n} bytes, file has {}",
+                    self.pos,
+                    self.bytes.len()
+                ),
             )
         })?;
         let s = &self.bytes[self.pos..end];
@@ -139,7 +143,10 @@ impl<'a> Cursor<'a> {
                 let item_ty = self.u32(key)?;
                 let n = self.u64(key)? as usize;
                 if n > self.bytes.len() {
-                    return Err(ModelError::corrupt(self.path, format!("metadata `{key}`: array of {n} items is longer than the file")));
+                    return Err(ModelError::corrupt(
+                        self.path,
+                        format!("metadata `{key}`: array of {n} items is longer than the file"),
+                    ));
                 }
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -191,7 +198,10 @@ impl GgufFile {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)? as usize;
             if n_dims > 4 {
-                return Err(ModelError::corrupt(path, format!("tensor `{name}` claims {n_dims} dimensions (at most 4)")));
+                return Err(ModelError::corrupt(
+                    path,
+                    format!("tensor `{name}` claims {n_dims} dimensions (at most 4)"),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
@@ -213,7 +223,10 @@ impl GgufFile {
             let len = match ty.block() {
                 Some((per, bytes_per)) => {
                     if count % per != 0 {
-                        return Err(ModelError::corrupt(path, format!("tensor `{name}`: {count} values is not a whole number of {} blocks", ty.name())));
+                        return Err(ModelError::corrupt(
+                            path,
+                            format!("tensor `{name}`: {count} values is not a whole number of {} blocks", ty.name()),
+                        ));
                     }
                     (count / per).checked_mul(bytes_per).ok_or_else(|| {
                         ModelError::corrupt(path, format!("tensor `{name}` has impossible dimensions {shape:?}"))
@@ -226,7 +239,10 @@ impl GgufFile {
             if end.is_none_or(|end| end > bytes.len()) {
                 return Err(ModelError::corrupt(
                     path,
-                    format!("truncated GGUF: tensor `{name}` needs bytes from {start}, {len} long, but the file has {}", bytes.len()),
+                    format!(
+                        "truncated GGUF: tensor `{name}` needs bytes from {start}, {len} long, but the file has {}",
+                        bytes.len()
+                    ),
                 ));
             }
             tensors.insert(name, TensorInfo { shape, ty, start, len });
@@ -246,22 +262,31 @@ impl GgufFile {
 
     /// A metadata integer, or a config error.
     pub fn meta_u64(&self, key: &str) -> Result<u64> {
-        self.meta(key)?.as_u64().ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not an integer")))
+        self.meta(key)?
+            .as_u64()
+            .ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not an integer")))
     }
 
     /// A metadata float, or a config error.
     pub fn meta_f64(&self, key: &str) -> Result<f64> {
-        self.meta(key)?.as_f64().ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not a number")))
+        self.meta(key)?
+            .as_f64()
+            .ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not a number")))
     }
 
     /// A metadata string, or a config error.
     pub fn meta_str(&self, key: &str) -> Result<&str> {
-        self.meta(key)?.as_str().ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not a string")))
+        self.meta(key)?
+            .as_str()
+            .ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not a string")))
     }
 
     /// A metadata array of strings, or a config error.
     pub fn meta_strings(&self, key: &str) -> Result<Vec<String>> {
-        let arr = self.meta(key)?.as_array().ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not an array")))?;
+        let arr = self
+            .meta(key)?
+            .as_array()
+            .ok_or_else(|| ModelError::config(&self.path, format!("metadata `{key}` is not an array")))?;
         arr.iter()
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
@@ -270,10 +295,10 @@ impl GgufFile {
 
     /// Reads tensor `name` as f32 (dequantising if needed), with its PyTorch-order shape.
     pub fn read_tensor(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let info = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-        })?;
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { path: self.path.clone(), tensor: name.to_string() })?;
         let bytes = &self.map[info.start..info.start + info.len];
         let values = dequantize(info.ty, bytes).ok_or_else(|| ModelError::UnsupportedDtype {
             path: self.path.clone(),

@@ -8,7 +8,7 @@ pub mod safetensors_folder;
 use std::path::Path;
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData, backend::Backend};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Embedding, LayerNorm, Linear, RmsNorm};
@@ -113,7 +113,11 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// A LayerNorm `{prefix}.weight` (γ) / `{prefix}.bias` (β).
     pub fn layer_norm(&self, prefix: &str, width: usize, eps: f64) -> Result<LayerNorm<B>> {
-        Ok(LayerNorm { gamma: self.param(&format!("{prefix}.weight"), [width])?, beta: self.param(&format!("{prefix}.bias"), [width])?, eps })
+        Ok(LayerNorm {
+            gamma: self.param(&format!("{prefix}.weight"), [width])?,
+            beta: self.param(&format!("{prefix}.bias"), [width])?,
+            eps,
+        })
     }
 }
 

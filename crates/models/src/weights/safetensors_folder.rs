@@ -75,10 +75,10 @@ impl WeightSource for SafetensorsFolder {
     }
 
     fn read(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let (i, dtype, shape) = self.index.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.root.clone(),
-            tensor: name.to_string(),
-        })?;
+        let (i, dtype, shape) = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor { path: self.root.clone(), tensor: name.to_string() })?;
         let shard = &self.shards[*i];
         let st = SafeTensors::deserialize(&shard.map)
             .map_err(|e| ModelError::corrupt(&shard.path, format!("not a valid safetensors file: {e}")))?;
@@ -86,12 +86,8 @@ impl WeightSource for SafetensorsFolder {
         let bytes = view.data();
         let values = match dtype {
             Dtype::F32 => super::f32_from_le(bytes),
-            Dtype::F16 => {
-                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::BF16 => {
-                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => {
                 return Err(ModelError::UnsupportedDtype {
                     path: shard.path.clone(),

@@ -4,20 +4,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
-use burn::tensor::backend::Backend;
-use burn::tensor::activation::softmax;
-use ferrovene_data::positions::resolve as resolve_positions;
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use ferrovene_data::positions::resolve as resolve_positions;
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::export::{self, ExportConfig};
 use ferrovene_interventions::probe::LinearProbe;
-use ferrovene_interventions::Intervention;
-use ferrovene_models::{gather_positions, run_to, Input, LoadedModel, Site, SiteInfo, Transformer};
+use ferrovene_models::{Input, LoadedModel, Site, SiteInfo, Transformer, gather_positions, run_to};
 use serde_json::json;
 
 use crate::batch::int2;
-use crate::device::{load_model, OnBackend};
-use crate::generate::{generate, next_logits, top_k, Decoding, Steer};
+use crate::device::{OnBackend, load_model};
+use crate::generate::{Decoding, Steer, generate, next_logits, top_k};
 
 /// What to apply, from the command line.
 pub struct Apply {
@@ -77,11 +77,19 @@ impl Apply {
             _ => {}
         }
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
-        let loaded = load_model::<B>(&spec, device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
+        let loaded = load_model::<B>(&spec, device)
+            .with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
         let sites = loaded.model.sites();
-        config.check_target(&self.intervention, &export::Target { arch: loaded.model.arch(), hidden_size: loaded.model.width(), sites: &sites })?;
+        config.check_target(
+            &self.intervention,
+            &export::Target { arch: loaded.model.arch(), hidden_size: loaded.model.width(), sites: &sites },
+        )?;
         let [site_name] = config.placement.sites.as_slice() else {
-            bail!("{}: apply handles exports placed at one site (this one has {})", self.intervention.display(), config.placement.sites.len());
+            bail!(
+                "{}: apply handles exports placed at one site (this one has {})",
+                self.intervention.display(),
+                config.placement.sites.len()
+            );
         };
         let info = loaded.model.site_info(site_name.parse::<Site>()?)?;
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
@@ -99,11 +107,16 @@ impl Apply {
                     // A named span exists only in the pair file the export was trained on.
                     Err(_) if own[0].starts_with("span:") => bail!(
                         "{} was trained at positions `{}`, the span `{}` of its training pairs, which a plain prompt does not have: give the token positions to intervene at with --positions (e.g. --positions 4, or --positions last)",
-                        self.intervention.display(), own[0], own[0].trim_start_matches("span:")
+                        self.intervention.display(),
+                        own[0],
+                        own[0].trim_start_matches("span:")
                     ),
                     Err(_) => {
                         if own[0] != "every token" {
-                            eprintln!("note: the export's positions ({}) do not apply to a prompt; intervening at the last token (choose with --positions)", own[0]);
+                            eprintln!(
+                                "note: the export's positions ({}) do not apply to a prompt; intervening at the last token (choose with --positions)",
+                                own[0]
+                            );
                         }
                         (vec!["last".to_string()], vec![ids.len() - 1])
                     }
@@ -122,7 +135,10 @@ impl Apply {
         let c = probe.weight.val().dims()[0];
         for (j, pos) in p.positions.iter().enumerate() {
             let row = &probs[j * c..(j + 1) * c];
-            println!("position {pos}: class probabilities {}", row.iter().enumerate().map(|(k, p)| format!("{k}: {p:.3}")).collect::<Vec<_>>().join(", "));
+            println!(
+                "position {pos}: class probabilities {}",
+                row.iter().enumerate().map(|(k, p)| format!("{k}: {p:.3}")).collect::<Vec<_>>().join(", ")
+            );
         }
         Ok(())
     }
@@ -133,9 +149,21 @@ impl Apply {
         let source = match (&self.source, p.iv.needs_source()) {
             (Some(text), true) => {
                 let sids = tok.encode(text)?;
-                let sp = resolve_positions(self.source_positions.as_ref().unwrap_or(&p.specs), sids.len(), if self.source_positions.is_some() { "source (--source-positions)" } else { "source (the prompt's positions)" })?;
+                let sp = resolve_positions(
+                    self.source_positions.as_ref().unwrap_or(&p.specs),
+                    sids.len(),
+                    if self.source_positions.is_some() {
+                        "source (--source-positions)"
+                    } else {
+                        "source (the prompt's positions)"
+                    },
+                )?;
                 if sp.len() != p.positions.len() {
-                    bail!("{} source positions for {} prompt positions; give as many of each", sp.len(), p.positions.len());
+                    bail!(
+                        "{} source positions for {} prompt positions; give as many of each",
+                        sp.len(),
+                        p.positions.len()
+                    );
                 }
                 let acts = run_to(&p.loaded.model, &Input::<B>::from_ids(&[sids], device), p.info.site)?.activation;
                 Some(gather_positions(acts, int2::<B>(&[sp], device)))
@@ -151,13 +179,24 @@ impl Apply {
     }
 
     /// Generated text without and with the intervention.
-    fn show_generation<B: Backend>(&self, p: &Prepared<B>, steer: &Steer<'_, B>, decoding: &Decoding, device: &B::Device) -> Result<()> {
+    fn show_generation<B: Backend>(
+        &self,
+        p: &Prepared<B>,
+        steer: &Steer<'_, B>,
+        decoding: &Decoding,
+        device: &B::Device,
+    ) -> Result<()> {
         let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
         let without = generate(&p.loaded.model, &p.ids, None, decoding, tok.eos_id, device)?;
         let with = generate(&p.loaded.model, &p.ids, Some(steer), decoding, tok.eos_id, device)?;
         let outputs = [tok.decode(&without)?, tok.decode(&with)?];
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": p.iv.kind(), "site": p.site_name}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": p.iv.kind(), "site": p.site_name})
+                )?
+            );
         } else {
             println!("{} ({}) at {} · {}", self.intervention.display(), p.iv.kind(), p.site_name, p.spec);
             println!("prompt:  {:?}", self.prompt);
@@ -173,15 +212,23 @@ impl Apply {
         let before = next_logits(&p.loaded.model, &p.ids, None, None, device)?;
         let after = next_logits(&p.loaded.model, &p.ids, None, Some((steer, p.positions.clone())), device)?;
         if after.iter().any(|x| !x.is_finite()) {
-            bail!("with this intervention{} the model's outputs are not finite numbers: the scale is too large for this model; try a smaller --scale", self.scale.map_or(String::new(), |a| format!(" at --scale {a}")));
+            bail!(
+                "with this intervention{} the model's outputs are not finite numbers: the scale is too large for this model; try a smaller --scale",
+                self.scale.map_or(String::new(), |a| format!(" at --scale {a}"))
+            );
         }
         let (pb, pa) = (softmax_of(&before), softmax_of(&after));
         if pa.iter().copied().fold(0.0, f32::max) < 2.0 / pa.len().max(1) as f32 {
-            eprintln!("warning: with this intervention{} the next-token distribution is about uniform: the added vector swamps the activations; try a smaller --scale", self.scale.map_or(String::new(), |a| format!(" at --scale {a}")));
+            eprintln!(
+                "warning: with this intervention{} the next-token distribution is about uniform: the added vector swamps the activations; try a smaller --scale",
+                self.scale.map_or(String::new(), |a| format!(" at --scale {a}"))
+            );
         }
         let (tb, ta) = (top_k(&pb, self.top), top_k(&pa, self.top));
         if self.json {
-            let row = |id: usize| -> Result<serde_json::Value> { Ok(json!({"id": id, "token": tok.decode(&[id as u32])?, "p_before": pb[id], "p_after": pa[id]})) };
+            let row = |id: usize| -> Result<serde_json::Value> {
+                Ok(json!({"id": id, "token": tok.decode(&[id as u32])?, "p_before": pb[id], "p_after": pa[id]}))
+            };
             let out = json!({
                 "prompt": self.prompt, "source": self.source, "positions": p.positions, "kind": p.iv.kind(), "site": p.site_name,
                 "before": tb.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
@@ -190,10 +237,19 @@ impl Apply {
             println!("{}", serde_json::to_string_pretty(&out)?);
             return Ok(());
         }
-        println!("{} ({}) at {}, positions {:?} · {}", self.intervention.display(), p.iv.kind(), p.site_name, p.positions, p.spec);
+        println!(
+            "{} ({}) at {}, positions {:?} · {}",
+            self.intervention.display(),
+            p.iv.kind(),
+            p.site_name,
+            p.positions,
+            p.spec
+        );
         println!("{:>4}  {:<20} {:>8}   {:<20} {:>8}", "rank", "before", "p", "after", "p");
         let cell = |v: &[usize], probs: &[f32], r: usize| -> (String, String) {
-            v.get(r).map_or((String::new(), String::new()), |&i| (format!("{:?}", tok.decode(&[i as u32]).unwrap_or_default()), format!("{:.4}", probs[i])))
+            v.get(r).map_or((String::new(), String::new()), |&i| {
+                (format!("{:?}", tok.decode(&[i as u32]).unwrap_or_default()), format!("{:.4}", probs[i]))
+            })
         };
         for r in 0..tb.len().max(ta.len()) {
             let ((bt, bp), (at, ap)) = (cell(&tb, &pb, r), cell(&ta, &pa, r));
@@ -219,7 +275,14 @@ impl OnBackend for Apply {
             return self.show_probe(&p, probe, &device);
         }
         let source = self.source(&p, &device)?;
-        let steer = Steer { intervention: &p.iv, site: p.info, positions: p.positions.clone(), source, dims: p.config.placement.dims.clone(), every_token: self.every_token };
+        let steer = Steer {
+            intervention: &p.iv,
+            site: p.info,
+            positions: p.positions.clone(),
+            source,
+            dims: p.config.placement.dims.clone(),
+            every_token: self.every_token,
+        };
         match &self.generate {
             Some(decoding) => self.show_generation(&p, &steer, decoding, &device),
             None => self.show_next_tokens(&p, &steer, &device),

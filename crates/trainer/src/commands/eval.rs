@@ -4,15 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
-use ferrovene_data::{load_jsonl, tokenize, OnError, TokenizedExample};
-use ferrovene_interventions::{export, Intervention};
+use ferrovene_data::{OnError, TokenizedExample, load_jsonl, tokenize};
+use ferrovene_interventions::{Intervention, export};
 use ferrovene_models::{Site, TextTokenizer, Transformer};
 use serde_json::json;
 
-use crate::objectives::das::{evaluate, prepare, Metrics};
-use crate::device::{load_model, OnBackend};
+use crate::device::{OnBackend, load_model};
+use crate::objectives::das::{Metrics, evaluate, prepare};
 
 /// What to evaluate, from the command line.
 pub struct Eval {
@@ -46,8 +46,14 @@ fn total(ms: &[Metrics]) -> Metrics {
     let mean = |f: &dyn Fn(&Metrics) -> f32| ms.iter().map(|m| f(m) * m.n as f32).sum::<f32>() / n.max(1) as f32;
     Metrics {
         iia: mean(&|m| m.iia),
-        label_beats_base: ms.iter().all(|m| m.label_beats_base.is_some()).then(|| mean(&|m| m.label_beats_base.unwrap_or(0.0))),
-        base_label_accuracy: ms.iter().all(|m| m.base_label_accuracy.is_some()).then(|| mean(&|m| m.base_label_accuracy.unwrap_or(0.0))),
+        label_beats_base: ms
+            .iter()
+            .all(|m| m.label_beats_base.is_some())
+            .then(|| mean(&|m| m.label_beats_base.unwrap_or(0.0))),
+        base_label_accuracy: ms
+            .iter()
+            .all(|m| m.base_label_accuracy.is_some())
+            .then(|| mean(&|m| m.base_label_accuracy.unwrap_or(0.0))),
         mean_log_odds: ms.iter().all(|m| m.mean_log_odds.is_some()).then(|| mean(&|m| m.mean_log_odds.unwrap_or(0.0))),
         loss: mean(&|m| m.loss),
         n,
@@ -70,15 +76,39 @@ fn row_json(r: &Row) -> serde_json::Value {
 
 /// The rows as a table.
 fn print_table(rows: &[&Row]) {
-    println!("controls: (none) = no intervention, (rand R) = the same intervention with a random rotation; base acc = the model's accuracy on the base labels");
-    println!("{:<20} {:>5}  {:>6} {:>7} {:>8}  {:>7} {:>7} {:>8}  {:>8} {:>7} {:>8}  {:>8}", "group", "n", "IIA", "(none)", "(rand R)", "p>base", "(none)", "(rand R)", "log-odds", "(none)", "(rand R)", "base acc");
+    println!(
+        "controls: (none) = no intervention, (rand R) = the same intervention with a random rotation; base acc = the model's accuracy on the base labels"
+    );
+    println!(
+        "{:<20} {:>5}  {:>6} {:>7} {:>8}  {:>7} {:>7} {:>8}  {:>8} {:>7} {:>8}  {:>8}",
+        "group",
+        "n",
+        "IIA",
+        "(none)",
+        "(rand R)",
+        "p>base",
+        "(none)",
+        "(rand R)",
+        "log-odds",
+        "(none)",
+        "(rand R)",
+        "base acc"
+    );
     let f = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     for r in rows {
         println!(
             "{:<20} {:>5}  {:>6.3} {:>7.3} {:>8}  {:>7} {:>7} {:>8}  {:>8} {:>7} {:>8}  {:>8}",
-            r.group, r.with.n, r.with.iia, r.without.iia, f(r.random.map(|m| m.iia)),
-            f(r.with.label_beats_base), f(r.without.label_beats_base), f(r.random.and_then(|m| m.label_beats_base)),
-            f(r.with.mean_log_odds), f(r.without.mean_log_odds), f(r.random.and_then(|m| m.mean_log_odds)),
+            r.group,
+            r.with.n,
+            r.with.iia,
+            r.without.iia,
+            f(r.random.map(|m| m.iia)),
+            f(r.with.label_beats_base),
+            f(r.without.label_beats_base),
+            f(r.random.and_then(|m| m.label_beats_base)),
+            f(r.with.mean_log_odds),
+            f(r.without.mean_log_odds),
+            f(r.random.and_then(|m| m.mean_log_odds)),
             f(r.without.base_label_accuracy)
         );
     }
@@ -119,7 +149,16 @@ impl Eval {
 
     /// Per group: the intervention, no intervention, and a random rotation (seed 0); and all of
     /// them pooled.
-    fn rows<B: Backend, M: Transformer<B>>(&self, model: &M, tok: &TextTokenizer, site: Site, iv: &Intervention<B>, dims: &[usize], groups: &BTreeMap<String, Vec<TokenizedExample>>, device: &B::Device) -> Result<(Vec<Row>, Row)> {
+    fn rows<B: Backend, M: Transformer<B>>(
+        &self,
+        model: &M,
+        tok: &TextTokenizer,
+        site: Site,
+        iv: &Intervention<B>,
+        dims: &[usize],
+        groups: &BTreeMap<String, Vec<TokenizedExample>>,
+        device: &B::Device,
+    ) -> Result<(Vec<Row>, Row)> {
         let random_iv = iv.with_random_rotation(&mut ferrovene_models::rng::Rng::new(0));
         let mut rows = Vec::new();
         let bar = crate::events::progress(groups.values().map(Vec::len).sum(), "evaluating");
@@ -160,12 +199,20 @@ impl OnBackend for Eval {
             );
         }
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
-        let loaded = load_model::<B>(&spec, &device).with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
+        let loaded = load_model::<B>(&spec, &device)
+            .with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
         let model = &loaded.model;
         let sites = model.sites();
-        config.check_target(&self.intervention, &export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites })?;
+        config.check_target(
+            &self.intervention,
+            &export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites },
+        )?;
         let [site_name] = config.placement.sites.as_slice() else {
-            bail!("{}: eval handles exports placed at one site (this one has {})", self.intervention.display(), config.placement.sites.len());
+            bail!(
+                "{}: eval handles exports placed at one site (this one has {})",
+                self.intervention.display(),
+                config.placement.sites.len()
+            );
         };
         let site: Site = site_name.parse()?;
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
@@ -180,8 +227,14 @@ impl OnBackend for Eval {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         } else {
-            println!("{} ({}) at {site_name} on {} · model {spec}", self.intervention.display(), config.kind, self.pairs.display());
-            let shown: Vec<&Row> = if self.by.is_some() { rows.iter().chain(std::iter::once(&overall)).collect() } else { vec![&overall] };
+            println!(
+                "{} ({}) at {site_name} on {} · model {spec}",
+                self.intervention.display(),
+                config.kind,
+                self.pairs.display()
+            );
+            let shown: Vec<&Row> =
+                if self.by.is_some() { rows.iter().chain(std::iter::once(&overall)).collect() } else { vec![&overall] };
             print_table(&shown);
         }
         Ok(())

@@ -1,11 +1,11 @@
 //! `trainer predict`: the model's next-token distribution after a prompt.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use burn::tensor::{activation::softmax, backend::Backend};
-use ferrovene_models::{forward, Input, NoHooks, Transformer};
+use ferrovene_models::{Input, NoHooks, Transformer, forward};
 use serde_json::json;
 
-use crate::device::{load_model, OnBackend};
+use crate::device::{OnBackend, load_model};
 
 /// What to predict, from the command line.
 pub struct Predict {
@@ -31,8 +31,12 @@ impl OnBackend for Predict {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        let loaded = load_model::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
-        let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer (no tokenizer.json)", self.model))?;
+        let loaded =
+            load_model::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
+        let tok = loaded
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| anyhow!("model `{}` has no tokenizer (no tokenizer.json)", self.model))?;
         let ids = tok.encode(&self.prompt)?;
         if ids.is_empty() {
             return Err(anyhow!("the prompt {:?} tokenizes to nothing; give some text", self.prompt));
@@ -41,11 +45,11 @@ impl OnBackend for Predict {
         let hidden = forward(&loaded.model, &input, &mut NoHooks);
         let seq = ids.len();
         let last = hidden.slice([0..1, seq - 1..seq]);
-        let logits = loaded
-            .model
-            .head(last)
-            .ok_or_else(|| anyhow!("model `{}` ({}) is an encoder: it has no next-token head", self.model, loaded.model.arch()))?;
-        let logits: Vec<f32> = logits.clone().into_data().to_vec::<f32>().map_err(|e| anyhow!("reading logits: {e:?}"))?;
+        let logits = loaded.model.head(last).ok_or_else(|| {
+            anyhow!("model `{}` ({}) is an encoder: it has no next-token head", self.model, loaded.model.arch())
+        })?;
+        let logits: Vec<f32> =
+            logits.clone().into_data().to_vec::<f32>().map_err(|e| anyhow!("reading logits: {e:?}"))?;
         let probs: Vec<f32> = softmax(burn::tensor::Tensor::<B, 1>::from_floats(logits.as_slice(), &device), 0)
             .into_data()
             .to_vec::<f32>()

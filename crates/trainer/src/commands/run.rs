@@ -5,17 +5,20 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use burn::tensor::backend::Backend;
 use clap::Parser;
 
-use crate::device::{dispatch, Compute, OnBackend};
+use crate::device::{Compute, OnBackend, dispatch};
 use crate::experiments::{Recipe, RunEnd, RunOptions};
 use crate::recipe::{self, Override};
 
 /// Options of a recipe run.
 #[derive(Parser, Debug)]
-#[command(name = "trainer <RECIPE>", about = "Run a recipe: train, evaluate on held-out data, export (`trainer list` shows the recipes)")]
+#[command(
+    name = "trainer <RECIPE>",
+    about = "Run a recipe: train, evaluate on held-out data, export (`trainer list` shows the recipes)"
+)]
 pub struct RecipeArgs {
     /// Recipe name (recipes/NAME.toml) or path to a .toml file.
     pub recipe: String,
@@ -51,7 +54,13 @@ pub struct RecipeArgs {
 
 /// `--cache-budget`'s long help, with the default it would take now.
 fn cache_budget_help() -> String {
-    let now = crate::memory::available().map_or("4.0 GB: available memory unknown here".into(), |a| format!("{} of {} available now", crate::memory::human(crate::memory::default_cache_budget()), crate::memory::human(a)));
+    let now = crate::memory::available().map_or("4.0 GB: available memory unknown here".into(), |a| {
+        format!(
+            "{} of {} available now",
+            crate::memory::human(crate::memory::default_cache_budget()),
+            crate::memory::human(a)
+        )
+    });
     format!(
         "Most memory the frozen cache may take: the model's work on the examples, computed once before training \
          (DAS kinds; its size is printed first). Over it, each batch's frozen part is computed when the batch is used \
@@ -87,7 +96,14 @@ impl OnBackend for RecipeRun {
     type Output = RunEnd;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<RunEnd> {
-        let opts = RunOptions { name: &self.name, out_root: &self.out, resume: self.resume.as_deref(), interrupt: Some(&**INTERRUPT), progress: self.progress, cache_budget: self.cache_budget };
+        let opts = RunOptions {
+            name: &self.name,
+            out_root: &self.out,
+            resume: self.resume.as_deref(),
+            interrupt: Some(&**INTERRUPT),
+            progress: self.progress,
+            cache_budget: self.cache_budget,
+        };
         self.recipe.run::<burn::backend::Autodiff<B>>(opts, &device)
     }
 }
@@ -105,7 +121,9 @@ fn overrides(a: &RecipeArgs, table: &toml::Table) -> Result<Vec<Override>> {
     if let Some(s) = a.seed {
         match (has("seed"), has("seeds")) {
             (true, _) => out.push(Override::new("seed", s as i64).typed_as(format!("--seed {s}"))),
-            (false, true) => out.push(Override::new("seeds", vec![toml::Value::Integer(s as i64)]).typed_as(format!("--seed {s}"))),
+            (false, true) => {
+                out.push(Override::new("seeds", vec![toml::Value::Integer(s as i64)]).typed_as(format!("--seed {s}")))
+            }
             _ => bail!("recipe `{}` has no `seed`: --seed does not apply", a.recipe),
         }
     }
@@ -140,16 +158,28 @@ pub fn resume_recipe(dir: &std::path::Path, name: &str, path: &std::path::Path) 
         bail!("--resume {}: no recipe.toml there; give the folder of an earlier run of `{name}`", dir.display());
     }
     if let Some(held) = crate::run_dir::recipe_name(dir).filter(|h| h != name) {
-        bail!("--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`", dir.display(), dir.display());
+        bail!(
+            "--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`",
+            dir.display(),
+            dir.display()
+        );
     }
     crate::run_dir::check_not_in_use(dir)?;
     let r = Recipe::from_file(&saved)?;
     let given = recipe::read_table(path)?.get("kind").and_then(|k| k.as_str()).map(str::to_string).unwrap_or_default();
     if given != r.kind() {
-        bail!("--resume {}: that folder holds a run of kind `{}`, but recipe `{name}` ({}) is kind `{given}`", dir.display(), r.kind(), path.display());
+        bail!(
+            "--resume {}: that folder holds a run of kind `{}`, but recipe `{name}` ({}) is kind `{given}`",
+            dir.display(),
+            r.kind(),
+            path.display()
+        );
     }
     if !r.resumable() && r.sweep_axes().is_none() {
-        bail!("{name} (kind `{}`) is a self-contained experiment of short runs: --resume does not apply; run it again", r.kind());
+        bail!(
+            "{name} (kind `{}`) is a self-contained experiment of short runs: --resume does not apply; run it again",
+            r.kind()
+        );
     }
     Ok(r)
 }
@@ -167,18 +197,19 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&TERMINATED))?;
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&INTERRUPT))?;
         ctrlc::set_handler(|| {
-        if INTERRUPT.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+            if INTERRUPT.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
         })?;
     } else if r.sweep_axes().is_some() {
         // Sweeps keep every finished unit as it ends: stop at once, saying what was kept.
         crate::units::on_signal_keep_units()?;
     }
     let cache_budget = a.cache_budget.unwrap_or_else(crate::memory::default_cache_budget);
-    let job = RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };
+    let job =
+        RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };
     match dispatch(a.compute, job)? {
         RunEnd::Done(_) => Ok(()),
         RunEnd::Interrupted(_) => std::process::exit(if TERMINATED.load(Ordering::SeqCst) { 143 } else { 130 }),

@@ -4,18 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
-use ferrovene_data::batch::{pad, PaddingSide};
 use ferrovene_data::TokenizedInput;
+use ferrovene_data::batch::{PaddingSide, pad};
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::steering::Steering;
-use ferrovene_interventions::Intervention;
-use ferrovene_models::{gather_positions, run_to, Component, Site, TextTokenizer, Transformer};
+use ferrovene_models::{Component, Site, TextTokenizer, Transformer, gather_positions, run_to};
 
 use crate::batch::{input_of, int2};
-use crate::device::{load_model, OnBackend};
+use crate::device::{OnBackend, load_model};
 
 /// What to build, from the command line.
 pub struct Steer {
@@ -46,8 +46,12 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
             continue;
         }
         if line.starts_with('{') {
-            let v: serde_json::Value = ferrovene_data::strict_json::parse(line).map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))?;
-            let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| anyhow!("{}:{}: a JSON line needs a `text` string", path.display(), i + 1))?;
+            let v: serde_json::Value = ferrovene_data::strict_json::parse(line)
+                .map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", path.display(), i + 1))?;
+            let t = v
+                .get("text")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| anyhow!("{}:{}: a JSON line needs a `text` string", path.display(), i + 1))?;
             if t.trim().is_empty() {
                 bail!("{}:{}: `text` is empty: every text needs a last token to read", path.display(), i + 1);
             }
@@ -64,7 +68,14 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
 
 /// `[n, width]`: each text's activation at `site` at its last token, in batches of 16, with a
 /// progress bar (`what` names the texts) where the output is a terminal.
-pub fn last_token_activations<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, texts: &[String], site: Site, what: &str, device: &B::Device) -> Result<Tensor<B, 2>> {
+pub fn last_token_activations<B: Backend, M: Transformer<B>>(
+    model: &M,
+    tok: &TextTokenizer,
+    texts: &[String],
+    site: Site,
+    what: &str,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
     let mut rows = Vec::new();
     let bar = crate::events::progress(texts.len(), what);
     for chunk in texts.chunks(16) {
@@ -97,8 +108,12 @@ impl OnBackend for Steer {
         if self.out.exists() && !self.force {
             bail!("{} exists; choose another --out, or pass --force to replace it", self.out.display());
         }
-        let loaded = load_model::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
-        let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", self.model))?);
+        let loaded =
+            load_model::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
+        let (model, tok) = (
+            &loaded.model,
+            loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", self.model))?,
+        );
         let site = Site::new(self.layer, Component::BlockOutput);
         model.site_info(site)?;
         let (pos, neg) = (read_texts(&self.positive)?, read_texts(&self.negative)?);
@@ -111,10 +126,16 @@ impl OnBackend for Steer {
         if norm <= 0.0 || !norm.is_finite() {
             bail!(
                 "the positive texts ({}) and the negative texts ({}) give the same mean activation at {site} (the vector's norm is {norm}): a steering vector from them would do nothing; give texts that differ in the behaviour",
-                self.positive.display(), self.negative.display()
+                self.positive.display(),
+                self.negative.display()
             );
         }
-        let placement = PlacementConfig { sites: vec![site.to_string()], positions: "every token".into(), site_width: model.width(), ..Default::default() };
+        let placement = PlacementConfig {
+            sites: vec![site.to_string()],
+            positions: "every token".into(),
+            site_width: model.width(),
+            ..Default::default()
+        };
         let training = serde_json::json!({"positive": self.positive, "negative": self.negative, "n_positive": pos.len(), "n_negative": neg.len(), "norm": norm});
         let config = ExportConfig::new(placement, ModelConfig::of(&loaded), training);
         if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -124,7 +145,12 @@ impl OnBackend for Steer {
         println!(
             "steering vector at {site}: mean difference of {} positive and {} negative texts, norm {norm:.3}, scale {}; written to {}\n\
              apply it: trainer apply --intervention {} --prompt \"...\" --generate 20 --every-token --scale {}",
-            pos.len(), neg.len(), self.scale, self.out.display(), self.out.display(), self.scale
+            pos.len(),
+            neg.len(),
+            self.scale,
+            self.out.display(),
+            self.out.display(),
+            self.scale
         );
         Ok(())
     }

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 
 use crate::commands::run::RecipeRun;
-use crate::device::{dispatch, Compute};
+use crate::device::{Compute, dispatch};
 use crate::experiments::Recipe;
 use crate::recipe::{self, Override};
 
@@ -46,26 +46,51 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     if let Some(dir) = &a.resume {
         let r = crate::commands::run::resume_recipe(dir, &recipe::stem(&path), &path)?;
         crate::units::on_signal_keep_units()?;
-        return dispatch(a.compute, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: a.resume.clone(), progress: true, cache_budget: crate::memory::default_cache_budget() }).map(|_| ());
+        return dispatch(
+            a.compute,
+            RecipeRun {
+                name: recipe::stem(&path),
+                recipe: r,
+                out: a.out,
+                resume: a.resume.clone(),
+                progress: true,
+                cache_budget: crate::memory::default_cache_budget(),
+            },
+        )
+        .map(|_| ());
     }
     let table = recipe::read_table(&path)?;
-    let as_written = Recipe::from_table(table.clone(), &[]).map_err(|e| e.context(format!("recipe {}", path.display())))?;
+    let as_written =
+        Recipe::from_table(table.clone(), &[]).map_err(|e| e.context(format!("recipe {}", path.display())))?;
     let axes = as_written.sweep_axes().ok_or_else(|| {
         anyhow!("`trainer sweep` runs sweep recipes (kinds `filler-gap` and `suite`); `{}` is kind `{}`: run it with `trainer {}`, and for a pair-file recipe vary the site with --set site=\"L.block_output\"", a.recipe, as_written.kind(), a.recipe)
     })?;
     let strings = |v: &[String]| toml::Value::Array(v.iter().map(|p| toml::Value::String(p.clone())).collect());
     let kind = as_written.kind();
     let only = |flag: &str, ok: bool, key: &str| -> Result<()> {
-        if ok { Ok(()) } else { Err(anyhow!("`{flag}` does not apply to `{}` (kind `{kind}`); it has `--{}`", a.recipe, key)) }
+        if ok {
+            Ok(())
+        } else {
+            Err(anyhow!("`{flag}` does not apply to `{}` (kind `{kind}`); it has `--{}`", a.recipe, key))
+        }
     };
     let mut overrides = Vec::new();
     if a.full {
-        overrides.push(Override::new(axes.positions_key, strings(&axes.every_position.iter().map(|p| p.to_string()).collect::<Vec<_>>())).typed_as("--full"));
+        overrides.push(
+            Override::new(
+                axes.positions_key,
+                strings(&axes.every_position.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+            )
+            .typed_as("--full"),
+        );
         overrides.push(Override::new("layers", "all").typed_as("--full"));
     }
     if let Some(l) = &a.layers {
         let typed = format!("--layers {}", l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","));
-        overrides.push(Override::new("layers", toml::Value::Array(l.iter().map(|&x| toml::Value::Integer(x as i64)).collect())).typed_as(typed));
+        overrides.push(
+            Override::new("layers", toml::Value::Array(l.iter().map(|&x| toml::Value::Integer(x as i64)).collect()))
+                .typed_as(typed),
+        );
     }
     let typed = |flag: &str, v: &[String]| format!("{flag} {}", v.join(","));
     if let Some(p) = &a.positions {
@@ -85,12 +110,21 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     if let Some(t) = &a.templates {
         only("--templates", axes.suite, axes.positions_key)?;
         if !t.exists() {
-            return Err(anyhow!("--templates {}: no such file (a JSON suite in CausalGym's template format; see datasets/suites/README.md)", t.display()));
+            return Err(anyhow!(
+                "--templates {}: no such file (a JSON suite in CausalGym's template format; see datasets/suites/README.md)",
+                t.display()
+            ));
         }
-        overrides.push(Override::new("suite", t.display().to_string()).typed_as(format!("--templates {}", t.display())));
+        overrides
+            .push(Override::new("suite", t.display().to_string()).typed_as(format!("--templates {}", t.display())));
     }
     if a.no_generalization {
-        let key = axes.follow_up.ok_or_else(|| anyhow!("`--no-generalization` does not apply to `{}` (kind `{kind}`): it has no follow-up experiments", a.recipe))?;
+        let key = axes.follow_up.ok_or_else(|| {
+            anyhow!(
+                "`--no-generalization` does not apply to `{}` (kind `{kind}`): it has no follow-up experiments",
+                a.recipe
+            )
+        })?;
         overrides.push(Override::new(key, false).typed_as("--no-generalization"));
     }
     for set in &a.sets {
@@ -98,5 +132,16 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     }
     let r = Recipe::from_table(table, &overrides)?;
     crate::units::on_signal_keep_units()?;
-    dispatch(a.compute, RecipeRun { name: recipe::stem(&path), recipe: r, out: a.out, resume: None, progress: true, cache_budget: crate::memory::default_cache_budget() }).map(|_| ())
+    dispatch(
+        a.compute,
+        RecipeRun {
+            name: recipe::stem(&path),
+            recipe: r,
+            out: a.out,
+            resume: None,
+            progress: true,
+            cache_budget: crate::memory::default_cache_budget(),
+        },
+    )
+    .map(|_| ())
 }

@@ -17,7 +17,7 @@ pub mod suite;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
@@ -148,11 +148,17 @@ impl Recipe {
 
     /// The kind's name, as recipes write it.
     pub fn kind(&self) -> String {
-        toml::Table::try_from(self).ok().and_then(|t| t.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_default()
+        toml::Table::try_from(self)
+            .ok()
+            .and_then(|t| t.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+            .unwrap_or_default()
     }
 }
 
 /// The recipes in `dir` with their descriptions (or why they do not parse), sorted by name.
 pub fn list(dir: &Path) -> Result<Vec<(String, Result<String>)>> {
-    Ok(recipe::files(dir)?.into_iter().map(|(name, path)| (name, Recipe::from_file(&path).map(|r| r.description()))).collect())
+    Ok(recipe::files(dir)?
+        .into_iter()
+        .map(|(name, path)| (name, Recipe::from_file(&path).map(|r| r.description())))
+        .collect())
 }

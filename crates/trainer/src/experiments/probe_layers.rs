@@ -11,34 +11,66 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::Tensor;
-use ferrovene_data::batch::{pad, PaddingSide};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use ferrovene_data::TokenizedInput;
+use ferrovene_data::batch::{PaddingSide, pad};
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::probe::LinearProbe;
-use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{block_outputs, gather_positions, TextTokenizer, Transformer};
+use ferrovene_models::{TextTokenizer, Transformer, block_outputs, gather_positions};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::device::load_model;
 use crate::batch::{input_of, int2};
+use crate::device::load_model;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
-use crate::fit::{fit, FitConfig, FitIo};
-use crate::objectives::probe::{evaluate, majority_share, FeatureBatch, ProbeObjective};
+use crate::fit::{FitConfig, FitIo, fit};
+use crate::objectives::probe::{FeatureBatch, ProbeObjective, evaluate, majority_share};
 use crate::plot::Heatmap;
 use crate::recipe::Layers;
 use crate::run_dir::RunDir;
 
-const POSITIVE: [&str; 12] = ["wonderful", "great", "brilliant", "lovely", "superb", "delightful", "excellent", "charming", "pleasant", "marvellous", "splendid", "fantastic"];
-const NEGATIVE: [&str; 12] = ["awful", "terrible", "dreadful", "boring", "horrible", "dull", "painful", "lousy", "dismal", "tedious", "miserable", "appalling"];
+const POSITIVE: [&str; 12] = [
+    "wonderful",
+    "great",
+    "brilliant",
+    "lovely",
+    "superb",
+    "delightful",
+    "excellent",
+    "charming",
+    "pleasant",
+    "marvellous",
+    "splendid",
+    "fantastic",
+];
+const NEGATIVE: [&str; 12] = [
+    "awful",
+    "terrible",
+    "dreadful",
+    "boring",
+    "horrible",
+    "dull",
+    "painful",
+    "lousy",
+    "dismal",
+    "tedious",
+    "miserable",
+    "appalling",
+];
 const FRAMES: [&str; 8] = [
-    "The movie was {}.", "I found the book {}.", "Her speech sounded {}.", "The food tasted {}.", "That concert felt {}.", "His idea seemed {}.",
-    "Our trip was {}.", "The show looked {}.",
+    "The movie was {}.",
+    "I found the book {}.",
+    "Her speech sounded {}.",
+    "The food tasted {}.",
+    "That concert felt {}.",
+    "His idea seemed {}.",
+    "Our trip was {}.",
+    "The show looked {}.",
 ];
 
 /// The recipe (`recipes/probe-layers.toml`). Unknown keys are errors.
@@ -98,13 +130,20 @@ pub struct Labelled {
 
 /// Every frame × adjective, with control classes drawn per adjective from `seed` (half of each).
 pub fn dataset(seed: u64) -> Vec<Labelled> {
-    let words: Vec<(&'static str, usize)> = POSITIVE.iter().map(|w| (*w, 1)).chain(NEGATIVE.iter().map(|w| (*w, 0))).collect();
+    let words: Vec<(&'static str, usize)> =
+        POSITIVE.iter().map(|w| (*w, 1)).chain(NEGATIVE.iter().map(|w| (*w, 0))).collect();
     let mut control: Vec<usize> = (0..words.len()).map(|i| i % 2).collect();
     Rng::new(seed ^ 0xC0_47_20_1).shuffle(&mut control);
     let mut out = Vec::new();
     for (f, frame) in FRAMES.iter().enumerate() {
         for (k, (w, class)) in words.iter().enumerate() {
-            out.push(Labelled { text: frame.replace("{}", w), frame: f, adjective: w, class: *class, control: control[k] });
+            out.push(Labelled {
+                text: frame.replace("{}", w),
+                frame: f,
+                adjective: w,
+                class: *class,
+                control: control[k],
+            });
         }
     }
     out
@@ -115,12 +154,22 @@ fn adjective_input(tok: &TextTokenizer, l: &Labelled) -> Result<TokenizedInput> 
     let start = l.text.find(l.adjective).context("the adjective is in its sentence")?;
     let end = start + l.adjective.len();
     let (ids, offsets) = tok.encode_with_offsets(&l.text)?;
-    let last = offsets.iter().rposition(|&(a, b)| b > a && a < end && b > start).with_context(|| format!("no token covers {:?} in {:?}", l.adjective, l.text))?;
+    let last = offsets
+        .iter()
+        .rposition(|&(a, b)| b > a && a < end && b > start)
+        .with_context(|| format!("no token covers {:?} in {:?}", l.adjective, l.text))?;
     Ok(TokenizedInput { ids, positions: vec![last] })
 }
 
 /// Per layer: `[n, 1, width]` activations at each text's adjective (its last token), batched.
-fn features<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, data: &[Labelled], layers: &[usize], batch: usize, device: &B::Device) -> Result<BTreeMap<usize, Vec<Tensor<B, 3>>>> {
+fn features<B: Backend, M: Transformer<B>>(
+    model: &M,
+    tok: &TextTokenizer,
+    data: &[Labelled],
+    layers: &[usize],
+    batch: usize,
+    device: &B::Device,
+) -> Result<BTreeMap<usize, Vec<Tensor<B, 3>>>> {
     let deepest = layers.iter().copied().max().unwrap_or(0);
     let mut out: BTreeMap<usize, Vec<_>> = BTreeMap::new();
     for chunk in data.chunks(batch.max(1)) {
@@ -140,7 +189,10 @@ fn batches<B: Backend>(feats: &[Tensor<B, 3>], data: &[Labelled], batch: usize, 
     feats
         .iter()
         .zip(data.chunks(batch.max(1)))
-        .map(|(f, chunk)| FeatureBatch { features: f.clone(), classes: chunk.iter().map(|l| if control { l.control } else { l.class }).collect() })
+        .map(|(f, chunk)| FeatureBatch {
+            features: f.clone(),
+            classes: chunk.iter().map(|l| if control { l.control } else { l.class }).collect(),
+        })
         .collect()
 }
 
@@ -165,7 +217,15 @@ struct Probed<B: AutodiffBackend> {
 }
 
 /// Trains a probe and a control probe per layer on the cached features.
-fn probe_layers<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &ProbeLayersRecipe, model: &M, tok: &TextTokenizer, split: (&[Labelled], &[Labelled]), layers: &[usize], device: &B::Device) -> Result<Probed<B>> {
+fn probe_layers<B: AutodiffBackend, M: Transformer<B>>(
+    ctx: &RunContext<'_>,
+    r: &ProbeLayersRecipe,
+    model: &M,
+    tok: &TextTokenizer,
+    split: (&[Labelled], &[Labelled]),
+    layers: &[usize],
+    device: &B::Device,
+) -> Result<Probed<B>> {
     let (train, test) = split;
     let train_f = features(model, tok, train, layers, r.batch_size, device)?;
     let test_f = features(model, tok, test, layers, r.batch_size, device)?;
@@ -178,7 +238,8 @@ fn probe_layers<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: 
         for (k, control) in [false, true].into_iter().enumerate() {
             let tr = batches(&train_f[&layer], train, r.batch_size, control);
             let te = batches(&test_f[&layer], test, r.batch_size, control);
-            let iv = Intervention::Probe(LinearProbe::init(model.width(), 2, &mut Rng::new(r.seed ^ layer as u64), device));
+            let iv =
+                Intervention::Probe(LinearProbe::init(model.width(), 2, &mut Rng::new(r.seed ^ layer as u64), device));
             let fitted = fit(&ProbeObjective { train: &tr, validation: &[] }, iv, &cfg, FitIo::default())?;
             acc[k] = evaluate(&fitted.module, &te)?.0;
             if !control && best.as_ref().is_none_or(|b| acc[0] > b.0) {
@@ -196,11 +257,14 @@ fn probe_layers<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: 
 
 /// The table, CSV and plot of the per-layer numbers.
 fn write_layers(dir: &RunDir, name: &str, results: &[LayerResult], majority: f32, n_test: usize) -> Result<String> {
-    let mut table = format!("{name}: held-out probe accuracy per layer at the adjective ({n_test} sentences, majority class {majority:.2})\n");
+    let mut table = format!(
+        "{name}: held-out probe accuracy per layer at the adjective ({n_test} sentences, majority class {majority:.2})\n"
+    );
     let _ = writeln!(table, "{:>6} {:>9} {:>9} {:>12}", "layer", "accuracy", "control", "selectivity");
     let mut csv = String::from("layer,accuracy,control_accuracy,selectivity\n");
     for x in results {
-        let _ = writeln!(table, "{:>6} {:>9.3} {:>9.3} {:>12.3}", x.layer, x.accuracy, x.control_accuracy, x.selectivity);
+        let _ =
+            writeln!(table, "{:>6} {:>9.3} {:>9.3} {:>12.3}", x.layer, x.accuracy, x.control_accuracy, x.selectivity);
         let _ = writeln!(csv, "{},{},{},{}", x.layer, x.accuracy, x.control_accuracy, x.selectivity);
     }
     dir.write("layers.csv", csv)?;
@@ -224,18 +288,29 @@ fn write_layers(dir: &RunDir, name: &str, results: &[LayerResult], majority: f32
 /// accurate layer's probe exported.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ProbeLayersRecipe, device: &B::Device) -> Result<PathBuf> {
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let (model, tok) =
+        (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
     let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
     let mut frames: Vec<usize> = (0..FRAMES.len()).collect();
     Rng::new(r.seed).shuffle(&mut frames);
     let held: Vec<usize> = frames[..r.held_out_frames].to_vec();
-    let (test, train): (Vec<Labelled>, Vec<Labelled>) = dataset(r.seed).into_iter().partition(|l| held.contains(&l.frame));
+    let (test, train): (Vec<Labelled>, Vec<Labelled>) =
+        dataset(r.seed).into_iter().partition(|l| held.contains(&l.frame));
     let probed = probe_layers(ctx, r, model, tok, (&train, &test), &layers, device)?;
     let table = write_layers(&dir, ctx.name, &probed.results, probed.majority, test.len())?;
     let (probe, best_layer) = &probed.best;
-    let placement = PlacementConfig { sites: vec![format!("{best_layer}.block_output")], positions: "span:adj".into(), site_width: model.width(), ..Default::default() };
-    let config = ExportConfig::new(placement, ModelConfig::of(&loaded), json!({"recipe": ctx.name, "classes": ["negative", "positive"]}));
+    let placement = PlacementConfig {
+        sites: vec![format!("{best_layer}.block_output")],
+        positions: "span:adj".into(),
+        site_width: model.width(),
+        ..Default::default()
+    };
+    let config = ExportConfig::new(
+        placement,
+        ModelConfig::of(&loaded),
+        json!({"recipe": ctx.name, "classes": ["negative", "positive"]}),
+    );
     export::save(probe, config, &dir.join("intervention.safetensors"))?;
     dir.write_report(json!({
         "recipe": ctx.name, "layers": probed.results, "majority_class": probed.majority,

@@ -9,15 +9,15 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ferrovene_data::positions::resolve as resolve_positions;
 use ferrovene_data::{TokenizedExample, TokenizedInput};
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::activation::Activation;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
-use ferrovene_interventions::Intervention;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::tokenizer::chat_prompt;
 use ferrovene_models::{AnyModel, LoadedModel, Site, SiteInfo, TextTokenizer, Transformer};
@@ -26,8 +26,8 @@ use serde_json::json;
 
 use crate::device::load_model;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
-use crate::fit::{fit, FitConfig, FitIo, Fitted, Objective};
-use crate::generate::{generate, Decoding, Steer};
+use crate::fit::{FitConfig, FitIo, Fitted, Objective, fit};
+use crate::generate::{Decoding, Steer, generate};
 use crate::objectives::reft::{self, PromptBatch, RecallMetrics, ReftObjective};
 use crate::plot::{LinePlot, Series};
 use crate::run_dir::RunDir;
@@ -61,7 +61,8 @@ impl Judge {
 
 /// Share of the visible (non-space) characters of `text` that are emoji or pictographs.
 pub fn emoji_share(text: &str) -> f32 {
-    let visible: Vec<char> = text.chars().filter(|c| !c.is_whitespace() && *c != '\u{fe0f}' && *c != '\u{200d}').collect();
+    let visible: Vec<char> =
+        text.chars().filter(|c| !c.is_whitespace() && *c != '\u{fe0f}' && *c != '\u{200d}').collect();
     if visible.is_empty() {
         return 0.0;
     }
@@ -149,7 +150,11 @@ fn prompt_input(r: &ReftMemoriseRecipe, tok: &TextTokenizer, prompt: &str) -> Re
     if ids.is_empty() {
         bail!("prompt {prompt:?} tokenises to nothing");
     }
-    let positions = resolve_positions(std::slice::from_ref(&r.positions), ids.len(), &format!("prompt {prompt:?} (the recipe's `positions`)"))?;
+    let positions = resolve_positions(
+        std::slice::from_ref(&r.positions),
+        ids.len(),
+        &format!("prompt {prompt:?} (the recipe's `positions`)"),
+    )?;
     Ok(TokenizedInput { ids, positions })
 }
 
@@ -191,12 +196,19 @@ fn end_of_turn(r: &ReftMemoriseRecipe, tok: &TextTokenizer) -> Result<Option<u32
     }
     match tok.encode_plain("<|im_end|>")?.as_slice() {
         [id] => Ok(Some(*id)),
-        _ => bail!("chat_template: model `{}` has no single `<|im_end|>` token, so its chat template is not ChatML; set chat_template = false", r.model),
+        _ => bail!(
+            "chat_template: model `{}` has no single `<|im_end|>` token, so its chat template is not ChatML; set chat_template = false",
+            r.model
+        ),
     }
 }
 
 /// The taught examples: prompts with their positions, and target ids.
-fn taught_inputs(r: &ReftMemoriseRecipe, tok: &TextTokenizer, end_of_turn: Option<u32>) -> Result<Vec<(TokenizedInput, Vec<u32>)>> {
+fn taught_inputs(
+    r: &ReftMemoriseRecipe,
+    tok: &TextTokenizer,
+    end_of_turn: Option<u32>,
+) -> Result<Vec<(TokenizedInput, Vec<u32>)>> {
     let mut taught = Vec::new();
     for (i, ex) in r.examples.iter().enumerate() {
         let prompt = prompt_input(r, tok, &ex.prompt)?;
@@ -209,7 +221,10 @@ fn taught_inputs(r: &ReftMemoriseRecipe, tok: &TextTokenizer, end_of_turn: Optio
     }
     let counts: Vec<usize> = taught.iter().map(|(p, _)| p.positions.len()).collect();
     if counts.iter().any(|&c| c != counts[0]) {
-        bail!("`positions = \"{}\"` gives {counts:?} positions across the examples; every prompt needs as many (make the prompts longer than 2k tokens for f<k>+l<k>)", r.positions);
+        bail!(
+            "`positions = \"{}\"` gives {counts:?} positions across the examples; every prompt needs as many (make the prompts longer than 2k tokens for f<k>+l<k>)",
+            r.positions
+        );
     }
     Ok(taught)
 }
@@ -224,12 +239,31 @@ struct Memorised<B: AutodiffBackend> {
 }
 
 /// Trains on every example at once until every target is recalled exactly (or `max_steps`).
-fn memorise<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, model: &M, pad_id: u32, width: usize, taught: &[(TokenizedInput, Vec<u32>)], device: &B::Device) -> Result<Memorised<B>> {
-    let examples: Vec<TokenizedExample> = taught.iter().map(|(prompt, target)| TokenizedExample::Prompt { prompt: prompt.clone(), target: target.clone() }).collect();
+fn memorise<B: AutodiffBackend, M: Transformer<B>>(
+    ctx: &RunContext<'_>,
+    r: &ReftMemoriseRecipe,
+    model: &M,
+    pad_id: u32,
+    width: usize,
+    taught: &[(TokenizedInput, Vec<u32>)],
+    device: &B::Device,
+) -> Result<Memorised<B>> {
+    let examples: Vec<TokenizedExample> = taught
+        .iter()
+        .map(|(prompt, target)| TokenizedExample::Prompt { prompt: prompt.clone(), target: target.clone() })
+        .collect();
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     let batches: Vec<PromptBatch<B>> = reft::prepare(model, r.site, &refs, pad_id, refs.len(), device)?;
     let before = reft::evaluate(model, &batches, None)?;
-    let iv = Intervention::Reft(ReftIntervention::new(r.family, width, r.rank, Activation::Identity, 0.0, &mut Rng::new(r.seed), device));
+    let iv = Intervention::Reft(ReftIntervention::new(
+        r.family,
+        width,
+        r.rank,
+        Activation::Identity,
+        0.0,
+        &mut Rng::new(r.seed),
+        device,
+    ));
     let trainable = iv.trainable_params();
     let cfg = FitConfig { eval_every: r.check_every, ..FitConfig::constant(r.max_steps, r.lr, r.seed, true) };
     let objective = UntilRecall(ReftObjective { model, train: &batches, validation: &batches });
@@ -241,11 +275,26 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &Ref
 
 /// Generations without and with the intervention: the taught prompts (recalled exactly?) and the
 /// held-out ones (judged), greedy with a KV cache and without autodiff, as a user would see them.
-fn generations<B: AutodiffBackend>(r: &ReftMemoriseRecipe, model: &AnyModel<B>, tok: &TextTokenizer, info: SiteInfo, iv: &Intervention<B>, taught: &[(TokenizedInput, Vec<u32>)], end_of_turn: Option<u32>, device: &B::Device) -> Result<(Vec<Generated>, Vec<Generated>)>
-{
+fn generations<B: AutodiffBackend>(
+    r: &ReftMemoriseRecipe,
+    model: &AnyModel<B>,
+    tok: &TextTokenizer,
+    info: SiteInfo,
+    iv: &Intervention<B>,
+    taught: &[(TokenizedInput, Vec<u32>)],
+    end_of_turn: Option<u32>,
+    device: &B::Device,
+) -> Result<(Vec<Generated>, Vec<Generated>)> {
     let (inner, iv) = (model.valid(), iv.valid());
     let run_prompt = |prompt: &TokenizedInput, max_new: usize| -> Result<(String, String, Vec<u32>)> {
-        let steer = Steer { intervention: &iv, site: info, positions: prompt.positions.clone(), source: None, dims: vec![], every_token: false };
+        let steer = Steer {
+            intervention: &iv,
+            site: info,
+            positions: prompt.positions.clone(),
+            source: None,
+            dims: vec![],
+            every_token: false,
+        };
         let decoding = Decoding::greedy(max_new);
         let eos = if r.chat_template { end_of_turn } else { tok.eos_id };
         let without = generate(&inner, &prompt.ids, None, &decoding, eos, device)?;
@@ -308,19 +357,53 @@ impl<B: AutodiffBackend> Outcome<'_, B> {
     fn summary(&self) -> String {
         let (r, m, name) = (self.r, &self.m, self.name);
         let mut out = String::new();
-        let _ = writeln!(out, "{name}: {} rank {} at {} ({}), positions {}", r.family_name(), r.rank, r.site, r.model, r.positions);
-        let _ = writeln!(out, "trainable parameters: {} ({:.5}% of the model's {})", m.trainable, m.trainable as f64 / self.model_params as f64 * 100.0, self.model_params);
+        let _ = writeln!(
+            out,
+            "{name}: {} rank {} at {} ({}), positions {}",
+            r.family_name(),
+            r.rank,
+            r.site,
+            r.model,
+            r.positions
+        );
+        let _ = writeln!(
+            out,
+            "trainable parameters: {} ({:.5}% of the model's {})",
+            m.trainable,
+            m.trainable as f64 / self.model_params as f64 * 100.0,
+            self.model_params
+        );
         let _ = match m.steps_to_recall {
-            Some(s) => writeln!(out, "exact recall after {s} steps (checked every {}); loss {:.4} → {:.4}", r.check_every, m.before.loss, m.after.loss),
-            None => writeln!(out, "no exact recall within {} steps (token accuracy {:.3}); raise max_steps or lr", r.max_steps, m.after.token_accuracy),
+            Some(s) => writeln!(
+                out,
+                "exact recall after {s} steps (checked every {}); loss {:.4} → {:.4}",
+                r.check_every, m.before.loss, m.after.loss
+            ),
+            None => writeln!(
+                out,
+                "no exact recall within {} steps (token accuracy {:.3}); raise max_steps or lr",
+                r.max_steps, m.after.token_accuracy
+            ),
         };
-        let _ = writeln!(out, "recalled by greedy generation: {}/{} ({} target tokens in all)", self.recalled(), self.taught.len(), self.target_tokens.iter().sum::<usize>());
+        let _ = writeln!(
+            out,
+            "recalled by greedy generation: {}/{} ({} target tokens in all)",
+            self.recalled(),
+            self.taught.len(),
+            self.target_tokens.iter().sum::<usize>()
+        );
         for g in self.taught.iter().take(3) {
             let _ = writeln!(out, "  {:?}\n    without: {:?}\n    with:    {:?}", g.prompt, g.without, g.with);
         }
         if !self.held.is_empty() {
             let _ = match self.judged() {
-                (Some(w), Some(wo)) => writeln!(out, "held-out prompts judged {:?}: {w}/{} with the intervention, {wo}/{} without", r.judge.unwrap_or(Judge::Emoji), self.held.len(), self.held.len()),
+                (Some(w), Some(wo)) => writeln!(
+                    out,
+                    "held-out prompts judged {:?}: {w}/{} with the intervention, {wo}/{} without",
+                    r.judge.unwrap_or(Judge::Emoji),
+                    self.held.len(),
+                    self.held.len()
+                ),
                 _ => writeln!(out, "held-out prompts:"),
             };
             for g in &self.held {
@@ -332,15 +415,32 @@ impl<B: AutodiffBackend> Outcome<'_, B> {
 }
 
 /// The export, the loss plot and the report.
-fn write_outputs<B: AutodiffBackend>(dir: &RunDir, loaded: &LoadedModel<B>, o: &Outcome<'_, B>, width: usize) -> Result<PathBuf> {
+fn write_outputs<B: AutodiffBackend>(
+    dir: &RunDir,
+    loaded: &LoadedModel<B>,
+    o: &Outcome<'_, B>,
+    width: usize,
+) -> Result<PathBuf> {
     let (r, name, fitted) = (o.r, o.name, &o.m.fitted);
-    let placement = PlacementConfig { sites: vec![r.site.to_string()], positions: r.positions.clone(), site_width: width, ..Default::default() };
+    let placement = PlacementConfig {
+        sites: vec![r.site.to_string()],
+        positions: r.positions.clone(),
+        site_width: width,
+        ..Default::default()
+    };
     let training = json!({"recipe": name, "chat_template": r.chat_template, "prompts": r.examples.iter().map(|e| &e.prompt).collect::<Vec<_>>()});
-    let export_path = export::save(&fitted.module, ExportConfig::new(placement, ModelConfig::of(loaded), training), &dir.join("intervention.safetensors"))?;
+    let export_path = export::save(
+        &fitted.module,
+        ExportConfig::new(placement, ModelConfig::of(loaded), training),
+        &dir.join("intervention.safetensors"),
+    )?;
     LinePlot {
         title: &format!("{name}: language-model loss on the targets"),
         axes: ("optimizer step", "loss (nats per target token)"),
-        series: vec![Series { name: "training loss".into(), points: fitted.state.losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect() }],
+        series: vec![Series {
+            name: "training loss".into(),
+            points: fitted.state.losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect(),
+        }],
     }
     .write(&dir.join("loss"))?;
     dir.write_report(o.report(&loaded.path, &loaded.revision))?;
@@ -351,7 +451,8 @@ fn write_outputs<B: AutodiffBackend>(dir: &RunDir, loaded: &LoadedModel<B>, o: &
 /// prompts, exports the intervention; returns the run folder.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, device: &B::Device) -> Result<PathBuf> {
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let (model, tok) =
+        (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let info = model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?;
     crate::divergence::check_rank(r.rank, info.width, &format_args!("site {}", r.site))?;
     let end_of_turn = end_of_turn(r, tok)?;
@@ -360,7 +461,8 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, dev
     let m = memorise(ctx, r, model, tok.pad_id, info.width, &taught, device)?;
     let (recalled, held) = generations(r, model, tok, info, &m.fitted.module, &taught, end_of_turn, device)?;
     let target_tokens = taught.iter().map(|(_, t)| t.len()).collect();
-    let outcome = Outcome { name: ctx.name, r, m, target_tokens, model_params: model.parameter_count(), taught: recalled, held };
+    let outcome =
+        Outcome { name: ctx.name, r, m, target_tokens, model_params: model.parameter_count(), taught: recalled, held };
     let export_path = write_outputs(&dir, &loaded, &outcome, info.width)?;
     print!("{}", outcome.summary());
     println!("export: {}", export_path.display());

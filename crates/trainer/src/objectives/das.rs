@@ -7,17 +7,20 @@
 //! the cached activation, goes on from the site for the positions from the first intervened
 //! one, and applies the output head at the label position alone.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{activation::log_softmax, Int, Tensor, TensorData};
-use ferrovene_data::batch::{pad, PaddingSide};
+use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax};
+use ferrovene_data::batch::{PaddingSide, pad};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{forward, gather_positions, keys_values_after, resume, run_to, Checkpoint, Input, KvCache, NoHooks, Site, Transformer};
+use ferrovene_models::{
+    Checkpoint, Input, KvCache, NoHooks, Site, Transformer, forward, gather_positions, keys_values_after, resume,
+    run_to,
+};
 
+use super::batches::BatchList;
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
-use super::batches::BatchList;
 
 /// One batch of pairs, with the frozen model's work done.
 pub struct PairBatch<B: Backend> {
@@ -68,10 +71,20 @@ const SHARED_RUN_ROWS: usize = 64;
 type PairParts<'a> = (&'a TokenizedInput, &'a TokenizedInput, u32, Option<u32>);
 
 fn pair_parts<'a>(ex: &'a TokenizedExample) -> Result<PairParts<'a>> {
-    let TokenizedExample::Pair { base, sources, base_label, label } = ex else { bail!("DAS needs counterfactual pairs, got another kind of example") };
+    let TokenizedExample::Pair { base, sources, base_label, label } = ex else {
+        bail!("DAS needs counterfactual pairs, got another kind of example")
+    };
     let [src] = sources.as_slice() else { bail!("this trainer takes one source per pair ({} given)", sources.len()) };
     let LabelId::Token(l) = label else { bail!("DAS needs a text label (a continuation), not a class") };
-    Ok((base, src, *l, match base_label { Some(LabelId::Token(t)) => Some(*t), _ => None }))
+    Ok((
+        base,
+        src,
+        *l,
+        match base_label {
+            Some(LabelId::Token(t)) => Some(*t),
+            _ => None,
+        },
+    ))
 }
 
 /// Prepares batches of pairs (one source each) for `site`, computing the frozen parts once.
@@ -99,7 +112,11 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     // blocks); a site inside a block also keeps the block's input, so its batches run their own.
     let between_blocks = site.next_block().is_some();
     let all_bases: Vec<&TokenizedInput> = parts.iter().map(|p| p.0).collect();
-    let shared_bases = if between_blocks { Some(SharedBases::compute(model, site, &all_bases, pad_id, run_rows, device)?) } else { None };
+    let shared_bases = if between_blocks {
+        Some(SharedBases::compute(model, site, &all_bases, pad_id, run_rows, device)?)
+    } else {
+        None
+    };
     let mut out = Vec::new();
     for (c, chunk) in parts.chunks(bs).enumerate() {
         let range = c * bs..c * bs + chunk.len();
@@ -107,7 +124,12 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         let base_input = input_of::<B>(&b.ids, &b.mask, device);
         let last = last_real(&b.mask);
         let checkpoint = match &shared_bases {
-            Some(shared) => Checkpoint { site, activation: shared.assemble(range.clone(), b.ids[0].len()), block_input: None, input: base_input },
+            Some(shared) => Checkpoint {
+                site,
+                activation: shared.assemble(range.clone(), b.ids[0].len()),
+                block_input: None,
+                input: base_input,
+            },
             None => run_to(model, &base_input, site).context("running the bases to the site")?,
         };
         let labels: Vec<u32> = chunk.iter().map(|p| p.2).collect();
@@ -170,9 +192,20 @@ struct SharedSources<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> SharedSources<'a, B> {
-    fn compute<M: Transformer<B>>(model: &M, site: Site, sources: &[&'a TokenizedInput], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
+    fn compute<M: Transformer<B>>(
+        model: &M,
+        site: Site,
+        sources: &[&'a TokenizedInput],
+        pad_id: u32,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
         let distinct = Distinct::of(sources, |s| (s.ids.as_slice(), s.positions.as_slice()));
-        let chunks = distinct.inputs.chunks(batch_size).map(|c| source_vectors(model, site, c, pad_id, model.causal(), device)).collect::<Result<Vec<_>>>()?;
+        let chunks = distinct
+            .inputs
+            .chunks(batch_size)
+            .map(|c| source_vectors(model, site, c, pad_id, model.causal(), device))
+            .collect::<Result<Vec<_>>>()?;
         Ok(SharedSources { vectors: Tensor::cat(chunks, 0), distinct })
     }
 
@@ -211,24 +244,39 @@ fn pad_dim<B: Backend, const D: usize>(t: Tensor<B, D>, dim: usize, len: usize, 
 }
 
 impl<'a, B: Backend> SharedBases<'a, B> {
-    fn compute<M: Transformer<B>>(model: &M, site: Site, bases: &[&'a TokenizedInput], pad_id: u32, batch_size: usize, device: &B::Device) -> Result<Self> {
+    fn compute<M: Transformer<B>>(
+        model: &M,
+        site: Site,
+        bases: &[&'a TokenizedInput],
+        pad_id: u32,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
         let distinct = Distinct::of(bases, |b| b.ids.as_slice());
         let side = PaddingSide::for_model(model.causal());
         let longest = distinct.inputs.iter().map(|b| b.ids.len()).max().unwrap_or(0);
         let (mut activations, mut per_chunk): (Vec<Tensor<B, 3>>, Vec<LayerKeysValues<B>>) = (Vec::new(), Vec::new());
         for chunk in distinct.inputs.chunks(batch_size) {
             let b = pad(chunk, pad_id, side);
-            let checkpoint = run_to(model, &input_of::<B>(&b.ids, &b.mask, device), site).context("running the bases to the site")?;
+            let checkpoint = run_to(model, &input_of::<B>(&b.ids, &b.mask, device), site)
+                .context("running the bases to the site")?;
             if model.causal() {
                 let cache = keys_values_after(model, &checkpoint);
-                per_chunk.push((0..model.n_layers()).map(|l| cache.layer(l).map(|(k, v)| (pad_dim(k, 2, longest, side), pad_dim(v, 2, longest, side)))).collect());
+                per_chunk.push(
+                    (0..model.n_layers())
+                        .map(|l| {
+                            cache.layer(l).map(|(k, v)| (pad_dim(k, 2, longest, side), pad_dim(v, 2, longest, side)))
+                        })
+                        .collect(),
+                );
             }
             activations.push(pad_dim(checkpoint.activation, 1, longest, side));
         }
         let keys_values = model.causal().then(|| {
             (0..model.n_layers())
                 .map(|l| {
-                    let chunks: Option<Vec<(Tensor<B, 4>, Tensor<B, 4>)>> = per_chunk.iter().map(|c| c[l].clone()).collect();
+                    let chunks: Option<Vec<(Tensor<B, 4>, Tensor<B, 4>)>> =
+                        per_chunk.iter().map(|c| c[l].clone()).collect();
                     chunks.map(|c| {
                         let (ks, vs): (Vec<_>, Vec<_>) = c.into_iter().unzip();
                         (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
@@ -259,7 +307,8 @@ impl<'a, B: Backend> SharedBases<'a, B> {
         let [_, seq] = batch.checkpoint.input.dims();
         let (rows, offset) = self.rows(range, seq);
         let take = |t: &Tensor<B, 4>| t.clone().select(0, rows.clone()).narrow(2, offset, seq);
-        batch.skipping_prefix(start, keys_values.iter().map(|kv| kv.as_ref().map(|(k, v)| (take(k), take(v)))).collect())
+        batch
+            .skipping_prefix(start, keys_values.iter().map(|kv| kv.as_ref().map(|(k, v)| (take(k), take(v)))).collect())
     }
 }
 
@@ -274,11 +323,22 @@ impl<B: Backend> PairBatch<B> {
         if start == 0 || start >= seq {
             return self;
         }
-        let per_layer = keys_values.into_iter().map(|kv| kv.map(|(k, v)| (k.narrow(2, 0, start), v.narrow(2, 0, start)))).collect();
+        let per_layer =
+            keys_values.into_iter().map(|kv| kv.map(|(k, v)| (k.narrow(2, 0, start), v.narrow(2, 0, start)))).collect();
         let rest = seq - start;
         let cache = KvCache::from_parts(per_layer, input.mask.clone().narrow(1, 0, start));
-        let suffix_input = Input { ids: input.ids.clone().narrow(1, start, rest), mask: input.mask.clone().narrow(1, start, rest), token_types: None, past: Some(cache) };
-        let suffix = Checkpoint { site: self.checkpoint.site, activation: self.checkpoint.activation.clone().narrow(1, start, rest), block_input: None, input: suffix_input };
+        let suffix_input = Input {
+            ids: input.ids.clone().narrow(1, start, rest),
+            mask: input.mask.clone().narrow(1, start, rest),
+            token_types: None,
+            past: Some(cache),
+        };
+        let suffix = Checkpoint {
+            site: self.checkpoint.site,
+            activation: self.checkpoint.activation.clone().narrow(1, start, rest),
+            block_input: None,
+            input: suffix_input,
+        };
         self.starting_at(start, suffix)
     }
 }
@@ -297,7 +357,9 @@ pub fn source_vectors<B: Backend, M: Transformer<B>>(
     let trimmed: Vec<TokenizedInput> = sources
         .iter()
         .map(|s| match s.positions.iter().max() {
-            Some(&last) if trim => TokenizedInput { ids: s.ids[..(last + 1).min(s.ids.len())].to_vec(), positions: s.positions.clone() },
+            Some(&last) if trim => {
+                TokenizedInput { ids: s.ids[..(last + 1).min(s.ids.len())].to_vec(), positions: s.positions.clone() }
+            }
             _ => (*s).clone(),
         })
         .collect();
@@ -310,13 +372,23 @@ pub fn source_vectors<B: Backend, M: Transformer<B>>(
 
 /// Next-token logits at the label position (`[batch, vocab]`), from the cache: intervene on the
 /// cached activation, go on from the site, apply the head at the label position only.
-pub fn logits<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: Option<&Intervention<B>>) -> Result<Tensor<B, 2>> {
+pub fn logits<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batch: &PairBatch<B>,
+    iv: Option<&Intervention<B>>,
+) -> Result<Tensor<B, 2>> {
     let site = batch.checkpoint.site;
     let act = match iv {
         None => batch.checkpoint.activation.clone(),
         Some(iv) => {
             let info = model.site_info(site)?;
-            let placement = Placement::new(info, iv, batch.base_positions.clone(), Some(batch.source_vectors.clone()), batch.dims.clone())?;
+            let placement = Placement::new(
+                info,
+                iv,
+                batch.base_positions.clone(),
+                Some(batch.source_vectors.clone()),
+                batch.dims.clone(),
+            )?;
             Intervene::new(vec![placement], Composition::Parallel).apply_at(site, batch.checkpoint.activation.clone())
         }
     };
@@ -329,13 +401,23 @@ pub fn logits<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv
 
 /// The same logits by the plain path: a full forward with the intervention as a hook, the head
 /// on every position. Slower; used to check the cached path.
-pub fn logits_plain<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: &Intervention<B>) -> Result<Tensor<B, 2>> {
+pub fn logits_plain<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batch: &PairBatch<B>,
+    iv: &Intervention<B>,
+) -> Result<Tensor<B, 2>> {
     let site = batch.checkpoint.site;
     let (input, offset) = match &batch.prefix {
         Some(p) => (&p.input, p.start as i64),
         None => (&batch.checkpoint.input, 0),
     };
-    let placement = Placement::new(model.site_info(site)?, iv, batch.base_positions.clone() + offset, Some(batch.source_vectors.clone()), batch.dims.clone())?;
+    let placement = Placement::new(
+        model.site_info(site)?,
+        iv,
+        batch.base_positions.clone() + offset,
+        Some(batch.source_vectors.clone()),
+        batch.dims.clone(),
+    )?;
     let mut hooks = Intervene::new(vec![placement], Composition::Parallel);
     let all = model.head(forward(model, input, &mut hooks)).context("a language model")?;
     let at = gather_positions(all, batch.label_positions.clone() + offset);
@@ -344,10 +426,17 @@ pub fn logits_plain<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<
 }
 
 /// The counterfactual cross-entropy of one batch at the label position (mean over pairs).
-pub fn loss<B: Backend, M: Transformer<B>>(model: &M, batch: &PairBatch<B>, iv: &Intervention<B>) -> Result<Tensor<B, 1>> {
+pub fn loss<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batch: &PairBatch<B>,
+    iv: &Intervention<B>,
+) -> Result<Tensor<B, 1>> {
     let logits = logits(model, batch, Some(iv))?;
     let n = logits.dims()[0];
-    let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n, 1]), &logits.device());
+    let labels = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n, 1]),
+        &logits.device(),
+    );
     // −log p(label), picked out rather than summed against a one-hot row over the vocabulary.
     Ok(log_softmax(logits, 1).gather(1, labels).mean().neg())
 }
@@ -369,7 +458,12 @@ pub struct DasObjective<'a, B: Backend, M: Transformer<B>> {
 
 impl<'a, B: Backend, M: Transformer<B>> DasObjective<'a, B, M> {
     /// The objective on `train`, validated on `validation`.
-    pub fn new(model: &'a M, train: &'a dyn BatchList<PairBatch<B>>, validation: &'a dyn BatchList<PairBatch<B>>, boundary_penalty: f64) -> Self {
+    pub fn new(
+        model: &'a M,
+        train: &'a dyn BatchList<PairBatch<B>>,
+        validation: &'a dyn BatchList<PairBatch<B>>,
+        boundary_penalty: f64,
+    ) -> Self {
         DasObjective { model, train, validation, boundary_penalty, last_validation: Default::default() }
     }
 
@@ -415,7 +509,9 @@ impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B,
         })?;
         let ce = ce.context("a training batch")?;
         Ok(match iv {
-            Intervention::Boundless(b) if self.boundary_penalty != 0.0 => ce + b.boundary.val().sum() * self.boundary_penalty,
+            Intervention::Boundless(b) if self.boundary_penalty != 0.0 => {
+                ce + b.boundary.val().sum() * self.boundary_penalty
+            }
             _ => ce,
         })
     }
@@ -449,14 +545,19 @@ pub struct Metrics {
 
 /// IIA, the p(label) > p(base label) variant, mean log-odds and loss with `iv`, or without any
 /// intervention.
-pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &dyn BatchList<PairBatch<B>>, iv: Option<&Intervention<B>>) -> Result<Metrics> {
+pub fn evaluate<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batches: &dyn BatchList<PairBatch<B>>,
+    iv: Option<&Intervention<B>>,
+) -> Result<Metrics> {
     let (mut hits, mut beats, mut base_hits, mut n, mut with_base) = (0usize, 0usize, 0usize, 0usize, true);
     let (mut log_odds, mut nll) = (0f64, 0f64);
     for index in 0..batches.count() {
         batches.visit(index, &mut |batch| {
             let l = logits(model, batch, iv)?;
             let v = l.dims()[1];
-            let values: Vec<f32> = l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+            let values: Vec<f32> =
+                l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
             for (row, &label) in batch.labels.iter().enumerate() {
                 let r = &values[row * v..(row + 1) * v];
                 let argmax = r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);

@@ -4,12 +4,12 @@
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
-use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_data::batch::PaddingSide;
+use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_models::{Component, Site, Transformer};
 
 use super::batches::BatchList;
-use super::das::{prepare, PairBatch};
+use super::das::{PairBatch, prepare};
 
 /// Batches prepared when used: the pairs and what [`prepare`] needs, no tensors kept.
 pub struct OnDemand<'a, B: Backend, M: Transformer<B>> {
@@ -45,7 +45,12 @@ impl<B: Backend, M: Transformer<B>> BatchList<PairBatch<B>> for OnDemand<'_, B, 
 /// batch the base activations at the site (`seq × width` per pair), the source vectors and, in a
 /// causal model at a site between blocks, the keys and values of the positions before the first
 /// intervened one at every block after the site.
-pub fn cache_bytes<B: Backend, M: Transformer<B>>(model: &M, site: Site, pairs: &[&TokenizedExample], batch_size: usize) -> u64 {
+pub fn cache_bytes<B: Backend, M: Transformer<B>>(
+    model: &M,
+    site: Site,
+    pairs: &[&TokenizedExample],
+    batch_size: usize,
+) -> u64 {
     let width = model.width() as u64;
     let between_blocks = site.next_block().is_some();
     let later_blocks = site.next_block().map_or(0, |b| model.n_layers().saturating_sub(b)) as u64;
@@ -59,7 +64,9 @@ pub fn cache_bytes<B: Backend, M: Transformer<B>>(model: &M, site: Site, pairs: 
         let parts: Vec<(&TokenizedInput, usize)> = chunk
             .iter()
             .filter_map(|ex| match ex {
-                TokenizedExample::Pair { base, sources, .. } => Some((base, sources.first().map_or(0, |s| s.positions.len()))),
+                TokenizedExample::Pair { base, sources, .. } => {
+                    Some((base, sources.first().map_or(0, |s| s.positions.len())))
+                }
                 _ => None,
             })
             .collect();
@@ -75,7 +82,9 @@ pub fn cache_bytes<B: Backend, M: Transformer<B>>(model: &M, site: Site, pairs: 
         let prefix = if model.causal() && between_blocks { first_touched as u64 } else { 0 };
         let rows = parts.len() as u64;
         let sources: u64 = parts.iter().map(|(_, k)| *k as u64).sum();
-        floats += rows * seq as u64 * width * if between_blocks { 1 } else { 2 } + sources * width + later_blocks * 2 * rows * prefix * kv_width;
+        floats += rows * seq as u64 * width * if between_blocks { 1 } else { 2 }
+            + sources * width
+            + later_blocks * 2 * rows * prefix * kv_width;
     }
     floats * 4
 }

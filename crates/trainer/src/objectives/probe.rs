@@ -4,14 +4,14 @@
 //! The activations never change, so they are computed once ([`features`]) and every epoch only
 //! trains the probe on them.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::loss::cross_entropy_with_logits;
 use burn::tensor::{Int, Tensor, TensorData};
-use ferrovene_data::batch::{pad, PaddingSide};
+use ferrovene_data::batch::{PaddingSide, pad};
 use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_interventions::Intervention;
-use ferrovene_models::{gather_positions, run_to, Site, Transformer};
+use ferrovene_models::{Site, Transformer, gather_positions, run_to};
 
 use crate::batch::{input_of, int2};
 use crate::fit::Objective;
@@ -41,9 +41,14 @@ pub fn features<B: Backend, M: Transformer<B>>(
         let mut texts = Vec::new();
         let mut classes = Vec::new();
         for ex in chunk {
-            let TokenizedExample::Text { text, class } = ex else { bail!("probes need text/class examples, got another kind") };
+            let TokenizedExample::Text { text, class } = ex else {
+                bail!("probes need text/class examples, got another kind")
+            };
             if text.positions.len() != 1 {
-                bail!("a probe reads one position per text; this example gives {} (write \"positions\": [\"last\"] or one index)", text.positions.len());
+                bail!(
+                    "a probe reads one position per text; this example gives {} (write \"positions\": [\"last\"] or one index)",
+                    text.positions.len()
+                );
             }
             // A causal model's activation at the position does not depend on later tokens.
             let end = if model.causal() { text.positions[0] + 1 } else { text.ids.len() };
@@ -61,11 +66,17 @@ pub fn features<B: Backend, M: Transformer<B>>(
 
 /// The number of classes the examples use (the largest class + 1).
 pub fn class_count(examples: &[&TokenizedExample]) -> usize {
-    examples.iter().filter_map(|e| if let TokenizedExample::Text { class, .. } = e { Some(class + 1) } else { None }).max().unwrap_or(0)
+    examples
+        .iter()
+        .filter_map(|e| if let TokenizedExample::Text { class, .. } = e { Some(class + 1) } else { None })
+        .max()
+        .unwrap_or(0)
 }
 
 fn logits<B: Backend>(iv: &Intervention<B>, batch: &FeatureBatch<B>) -> Result<Tensor<B, 2>> {
-    let Intervention::Probe(p) = iv else { return Err(anyhow!("probe training needs a linear probe, not {}", iv.kind())) };
+    let Intervention::Probe(p) = iv else {
+        return Err(anyhow!("probe training needs a linear probe, not {}", iv.kind()));
+    };
     let l = p.logits(batch.features.clone());
     let [n, _, c] = l.dims();
     Ok(l.reshape([n, c]))
@@ -78,7 +89,10 @@ pub fn loss<B: Backend>(iv: &Intervention<B>, batch: &FeatureBatch<B>) -> Result
     if let Some(&bad) = batch.classes.iter().find(|&&k| k >= c) {
         bail!("class {bad} is out of range for a probe with {c} classes");
     }
-    let classes = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.classes.iter().map(|&k| k as i64).collect::<Vec<_>>(), [n]), &l.device());
+    let classes = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(batch.classes.iter().map(|&k| k as i64).collect::<Vec<_>>(), [n]),
+        &l.device(),
+    );
     Ok(cross_entropy_with_logits(l, classes.one_hot::<2>(c).float()))
 }
 
@@ -88,7 +102,8 @@ pub fn evaluate<B: Backend>(iv: &Intervention<B>, batches: &[FeatureBatch<B>]) -
     for batch in batches {
         let l = logits(iv, batch)?;
         let c = l.dims()[1];
-        let values: Vec<f32> = l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("reading probe logits: {e:?}"))?;
+        let values: Vec<f32> =
+            l.into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("reading probe logits: {e:?}"))?;
         for (r, &k) in batch.classes.iter().enumerate() {
             let row = &values[r * c..(r + 1) * c];
             let argmax = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
@@ -145,13 +160,22 @@ impl<B: AutodiffBackend> Objective<B> for ProbeObjective<'_, B> {
 /// full-batch gradient descent in f64: the probe trainer for many small probes at once (one per
 /// attention head in `steer-iti`), 1.9× faster there than [`ProbeObjective`] through
 /// [`crate::fit`] (`cargo bench -p trainer --bench probe_trainers`).
-pub fn logistic_regression_accuracy(train: &[&[f32]], train_y: &[bool], test: &[&[f32]], test_y: &[bool], steps: usize) -> f32 {
+pub fn logistic_regression_accuracy(
+    train: &[&[f32]],
+    train_y: &[bool],
+    test: &[&[f32]],
+    test_y: &[bool],
+    steps: usize,
+) -> f32 {
     let d = train.first().map_or(0, |x| x.len());
     let n = train.len() as f64;
     let mean: Vec<f64> = (0..d).map(|j| train.iter().map(|x| x[j] as f64).sum::<f64>() / n).collect();
-    let std: Vec<f64> = (0..d).map(|j| (train.iter().map(|x| (x[j] as f64 - mean[j]).powi(2)).sum::<f64>() / n).sqrt().max(1e-6)).collect();
+    let std: Vec<f64> = (0..d)
+        .map(|j| (train.iter().map(|x| (x[j] as f64 - mean[j]).powi(2)).sum::<f64>() / n).sqrt().max(1e-6))
+        .collect();
     let z = |x: &[f32]| -> Vec<f64> { (0..d).map(|j| (x[j] as f64 - mean[j]) / std[j]).collect() };
-    let (xs, ts): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (train.iter().map(|x| z(x)).collect(), test.iter().map(|x| z(x)).collect());
+    let (xs, ts): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+        (train.iter().map(|x| z(x)).collect(), test.iter().map(|x| z(x)).collect());
     let (mut w, mut b) = (vec![0.0f64; d], 0.0f64);
     let (lr, l2) = (0.5, 1e-2);
     for _ in 0..steps {
@@ -170,7 +194,11 @@ pub fn logistic_regression_accuracy(train: &[&[f32]], train_y: &[bool], test: &[
         }
         b -= lr * gb / n;
     }
-    let hits = ts.iter().zip(test_y).filter(|(x, y)| ((x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + b) > 0.0) == **y).count();
+    let hits = ts
+        .iter()
+        .zip(test_y)
+        .filter(|(x, y)| ((x.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + b) > 0.0) == **y)
+        .count();
     hits as f32 / test.len().max(1) as f32
 }
 
@@ -182,7 +210,9 @@ mod tests {
     #[test]
     fn probe_separates_a_planted_direction_and_not_noise() {
         let mut rng = Rng::new(3);
-        let sample = |rng: &mut Rng, shift: f32| -> Vec<f32> { (0..8).map(|j| rng.normal() as f32 + if j == 2 { shift } else { 0.0 }).collect() };
+        let sample = |rng: &mut Rng, shift: f32| -> Vec<f32> {
+            (0..8).map(|j| rng.normal() as f32 + if j == 2 { shift } else { 0.0 }).collect()
+        };
         let make = |rng: &mut Rng, n: usize, shift: f32| -> (Vec<Vec<f32>>, Vec<bool>) {
             (0..n).map(|i| (sample(rng, if i % 2 == 0 { shift } else { -shift }), i % 2 == 0)).unzip()
         };

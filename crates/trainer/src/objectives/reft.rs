@@ -5,14 +5,14 @@
 //! intervenes on that cached activation, goes on from the site, and applies the output head only
 //! at the positions that predict a target token.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use ferrovene_data::batch::{pad, PaddingSide};
+use ferrovene_data::batch::{PaddingSide, pad};
 use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{gather_positions, resume, run_to, Checkpoint, NoHooks, Site, Transformer};
+use ferrovene_models::{Checkpoint, NoHooks, Site, Transformer, gather_positions, resume, run_to};
 
 use crate::batch::{input_of, int2};
 use crate::fit::Objective;
@@ -46,12 +46,18 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         let mut targets = Vec::new();
         let mut k = None;
         for ex in chunk {
-            let TokenizedExample::Prompt { prompt, target } = ex else { bail!("ReFT needs prompt/target examples, got another kind") };
+            let TokenizedExample::Prompt { prompt, target } = ex else {
+                bail!("ReFT needs prompt/target examples, got another kind")
+            };
             if prompt.positions.is_empty() {
                 bail!("a ReFT example gives no positions to intervene on (add \"positions\": [\"last\"])");
             }
             if *k.get_or_insert(prompt.positions.len()) != prompt.positions.len() {
-                bail!("every example of a batch must give the same number of positions ({} vs {})", k.unwrap_or(0), prompt.positions.len());
+                bail!(
+                    "every example of a batch must give the same number of positions ({} vs {})",
+                    k.unwrap_or(0),
+                    prompt.positions.len()
+                );
             }
             // Prompt + target as one sequence; the scored positions ride along as extra positions
             // so that padding shifts them with the rest.
@@ -90,7 +96,11 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
 }
 
 /// Log-probabilities `[batch, t, vocab]` of the next token at the scored positions.
-pub fn log_probs<B: Backend, M: Transformer<B>>(model: &M, batch: &PromptBatch<B>, iv: Option<&Intervention<B>>) -> Result<Tensor<B, 3>> {
+pub fn log_probs<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batch: &PromptBatch<B>,
+    iv: Option<&Intervention<B>>,
+) -> Result<Tensor<B, 3>> {
     let site = batch.checkpoint.site;
     let act = match iv {
         None => batch.checkpoint.activation.clone(),
@@ -120,7 +130,11 @@ fn targets_and_weights<B: Backend>(batch: &PromptBatch<B>, device: &B::Device) -
 }
 
 /// Mean negative log-likelihood of the target tokens (the language-model loss).
-pub fn loss<B: Backend, M: Transformer<B>>(model: &M, batch: &PromptBatch<B>, iv: Option<&Intervention<B>>) -> Result<Tensor<B, 1>> {
+pub fn loss<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batch: &PromptBatch<B>,
+    iv: Option<&Intervention<B>>,
+) -> Result<Tensor<B, 1>> {
     let lp = log_probs(model, batch, iv)?;
     let (ids, w) = targets_and_weights(batch, &lp.device());
     let picked: Tensor<B, 2> = lp.gather(2, ids.unsqueeze_dim(2)).squeeze_dim(2);
@@ -143,12 +157,20 @@ pub struct RecallMetrics {
 }
 
 /// Token accuracy, exact recall and loss with `iv`, or without any intervention.
-pub fn evaluate<B: Backend, M: Transformer<B>>(model: &M, batches: &[PromptBatch<B>], iv: Option<&Intervention<B>>) -> Result<RecallMetrics> {
+pub fn evaluate<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batches: &[PromptBatch<B>],
+    iv: Option<&Intervention<B>>,
+) -> Result<RecallMetrics> {
     let (mut hits, mut tokens, mut exact, mut n, mut nll) = (0usize, 0usize, 0usize, 0usize, 0f64);
     for batch in batches {
         let lp = log_probs(model, batch, iv)?;
         let [_, t, v] = lp.dims();
-        let values: Vec<f32> = lp.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading log-probabilities: {e:?}"))?;
+        let values: Vec<f32> = lp
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| anyhow::anyhow!("reading log-probabilities: {e:?}"))?;
         for (r, row) in batch.targets.iter().enumerate() {
             let mut all = true;
             for (j, &id) in row.iter().enumerate() {

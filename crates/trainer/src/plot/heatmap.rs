@@ -41,17 +41,34 @@ impl Heatmap<'_> {
         let (cell_w, cell_h, left, top) = (70usize, 26usize, 150usize, 70usize);
         let (w, h) = (left + cell_w * self.columns.len() + 20, top + cell_h * self.rows.len() + 40);
         let mut s = String::new();
-        let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+        );
         let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-        let _ = writeln!(s, r#"<text x="{}" y="20" font-size="14" font-weight="bold">{}</text>"#, 10, escape(self.title));
-        let _ = writeln!(s, r#"<text x="{}" y="{}" font-style="italic">{}</text>"#, left, top - 35, escape(self.axes.1));
+        let _ =
+            writeln!(s, r#"<text x="{}" y="20" font-size="14" font-weight="bold">{}</text>"#, 10, escape(self.title));
+        let _ =
+            writeln!(s, r#"<text x="{}" y="{}" font-style="italic">{}</text>"#, left, top - 35, escape(self.axes.1));
         let _ = writeln!(s, r#"<text x="10" y="{}" font-style="italic">{}</text>"#, top - 10, escape(self.axes.0));
         for (j, c) in self.columns.iter().enumerate() {
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, left + j * cell_w + cell_w / 2, top - 8, escape(c));
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                left + j * cell_w + cell_w / 2,
+                top - 8,
+                escape(c)
+            );
         }
         for (i, r) in self.rows.iter().enumerate() {
             let y = top + i * cell_h;
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 8, y + cell_h / 2 + 4, escape(r));
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                left - 8,
+                y + cell_h / 2 + 4,
+                escape(r)
+            );
             for (j, v) in self.values[i].iter().enumerate() {
                 let x = left + j * cell_w;
                 let (fill, text) = match v {
@@ -62,8 +79,16 @@ impl Heatmap<'_> {
                     None => ("rgb(230,230,230)".to_string(), "–".to_string()),
                 };
                 let ink = if v.is_some_and(|v| v / self.scale > 0.55) { "white" } else { "black" };
-                let _ = writeln!(s, r#"<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{fill}" stroke="white"/>"#);
-                let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle" fill="{ink}">{text}</text>"#, x + cell_w / 2, y + cell_h / 2 + 4);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{fill}" stroke="white"/>"#
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{}" text-anchor="middle" fill="{ink}">{text}</text>"#,
+                    x + cell_w / 2,
+                    y + cell_h / 2 + 4
+                );
             }
         }
         s.push_str("</svg>\n");
@@ -87,7 +112,9 @@ impl Heatmap<'_> {
         }
         let png = stem.with_extension("png");
         let mut bytes = Vec::new();
-        image::DynamicImage::ImageRgb8(img).write_to(&mut bytes, image::ImageFormat::Png).with_context(|| format!("encoding {}", png.display()))?;
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut bytes, image::ImageFormat::Png)
+            .with_context(|| format!("encoding {}", png.display()))?;
         crate::run_dir::write_atomic(&png, &bytes)?;
         Ok(())
     }

@@ -47,32 +47,80 @@ impl LinePlot<'_> {
     /// The SVG text.
     pub fn svg(&self) -> String {
         let (w, h, left, right, top, bottom) = (640.0, 400.0, 70.0, 170.0, 40.0, 50.0);
-        let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let all: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
         let range = |f: fn(&(f64, f64)) -> f64| {
             let lo = all.iter().map(f).fold(f64::INFINITY, f64::min);
             let hi = all.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
-            if !lo.is_finite() { (0.0, 1.0) } else if hi - lo < 1e-12 { (lo - 0.5, hi + 0.5) } else { (lo, hi) }
+            if !lo.is_finite() {
+                (0.0, 1.0)
+            } else if hi - lo < 1e-12 {
+                (lo - 0.5, hi + 0.5)
+            } else {
+                (lo, hi)
+            }
         };
         let ((x0, x1), (y0, y1)) = (range(|p| p.0), range(|p| p.1));
         let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
         let py = |y: f64| h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom);
         let mut s = String::new();
-        let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+        );
         let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
         let _ = writeln!(s, r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#, escape(self.title));
-        let _ = writeln!(s, r##"<rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="#999"/>"##, w - left - right, h - top - bottom);
+        let _ = writeln!(
+            s,
+            r##"<rect x="{left}" y="{top}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
+            w - left - right,
+            h - top - bottom
+        );
         for t in ticks(x0, x1) {
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#, px(t), h - bottom + 16.0, fmt(t));
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+                px(t),
+                h - bottom + 16.0,
+                fmt(t)
+            );
         }
         for t in ticks(y0, y1) {
-            let _ = writeln!(s, r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/>"##, w - right, y = py(t));
-            let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, left - 6.0, py(t) + 4.0, fmt(t));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/>"##,
+                w - right,
+                y = py(t)
+            );
+            let _ =
+                writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, left - 6.0, py(t) + 4.0, fmt(t));
         }
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle" font-style="italic">{}</text>"#, (left + w - right) / 2.0, h - 12.0, escape(self.axes.0));
-        let _ = writeln!(s, r#"<text x="14" y="{}" font-style="italic" transform="rotate(-90 14 {})" text-anchor="middle">{}</text>"#, h / 2.0, h / 2.0, escape(self.axes.1));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle" font-style="italic">{}</text>"#,
+            (left + w - right) / 2.0,
+            h - 12.0,
+            escape(self.axes.0)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="14" y="{}" font-style="italic" transform="rotate(-90 14 {})" text-anchor="middle">{}</text>"#,
+            h / 2.0,
+            h / 2.0,
+            escape(self.axes.1)
+        );
         for (i, series) in self.series.iter().enumerate() {
             let c = COLOURS[i % COLOURS.len()];
-            let pts: Vec<String> = series.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+            let pts: Vec<String> = series
+                .points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
             let _ = writeln!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#, pts.join(" "));
             if series.points.len() <= 40 {
                 for p in &pts {
@@ -81,7 +129,12 @@ impl LinePlot<'_> {
                 }
             }
             let ly = top + 14.0 + 18.0 * i as f64;
-            let _ = writeln!(s, r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2"/>"#, w - right + 10.0, w - right + 30.0);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="2"/>"#,
+                w - right + 10.0,
+                w - right + 30.0
+            );
             let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, w - right + 36.0, ly + 4.0, escape(&series.name));
         }
         s.push_str("</svg>\n");
@@ -96,7 +149,11 @@ impl LinePlot<'_> {
 }
 
 fn fmt(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e6 { format!("{v:.0}") } else { format!("{v:.3}").trim_end_matches('0').to_string() }
+    if v == v.trunc() && v.abs() < 1e6 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}").trim_end_matches('0').to_string()
+    }
 }
 
 #[cfg(test)]

@@ -13,13 +13,17 @@ use ferrovene_interventions::das::{DasFull, DasLowRank};
 use ferrovene_interventions::orthogonal::TorchOrthogonal;
 use ferrovene_interventions::reft::{Projection, ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Intervention, Orthogonal};
-use ferrovene_models::{load_folder, AnyModel, Component, Site};
+use ferrovene_models::{AnyModel, Component, Site, load_folder};
 use trainer::fit::FitConfig;
-use trainer::objectives::das::{loss, prepare, PairBatch};
+use trainer::objectives::das::{PairBatch, loss, prepare};
 
 pub fn golden_dir() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    assert!(p.join("training").exists(), "golden files missing: these tests need ../shared/golden/training beside the checkout ({})", p.display());
+    assert!(
+        p.join("training").exists(),
+        "golden files missing: these tests need ../shared/golden/training beside the checkout ({})",
+        p.display()
+    );
     p
 }
 
@@ -30,11 +34,17 @@ impl Golden {
     pub fn read(name: &str) -> Self {
         let bytes = std::fs::read(golden_dir().join("training").join(format!("{name}.safetensors"))).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        Golden(st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec(), ferrovene_models::weights::f32_from_le(t.data()))).collect())
+        Golden(
+            st.tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.shape().to_vec(), ferrovene_models::weights::f32_from_le(t.data())))
+                .collect(),
+        )
     }
 
     pub fn get(&self, name: &str) -> (&[usize], &[f32]) {
-        let (_, shape, values) = self.0.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no tensor `{name}` in the golden"));
+        let (_, shape, values) =
+            self.0.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no tensor `{name}` in the golden"));
         (shape, values)
     }
 
@@ -69,7 +79,11 @@ pub fn examples(g: &Golden) -> Vec<TokenizedExample> {
 }
 
 /// `examples`, prepared as one batch at the goldens' site (layer 1 `block_output`).
-pub fn batch_of<Bk: Backend>(examples: &[TokenizedExample], model: &AnyModel<Bk>, device: &Bk::Device) -> PairBatch<Bk> {
+pub fn batch_of<Bk: Backend>(
+    examples: &[TokenizedExample],
+    model: &AnyModel<Bk>,
+    device: &Bk::Device,
+) -> PairBatch<Bk> {
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     let mut batches = prepare(model, Site::new(1, Component::BlockOutput), &refs, 0, refs.len(), device).unwrap();
     assert_eq!(batches.len(), 1);
@@ -152,7 +166,12 @@ pub fn loreft<Bk: Backend>(device: &Bk::Device) -> (&'static str, Intervention<B
 
 /// Runs 30 steps on `device` and compares everything the golden holds (`W` within
 /// `w_tolerance`); returns the trained intervention.
-pub fn check<Bk: AutodiffBackend>(name: &str, iv: Intervention<Bk>, w_tolerance: f32, device: &Bk::Device) -> Intervention<Bk> {
+pub fn check<Bk: AutodiffBackend>(
+    name: &str,
+    iv: Intervention<Bk>,
+    w_tolerance: f32,
+    device: &Bk::Device,
+) -> Intervention<Bk> {
     let g = Golden::read(name);
     let model = tiny_gpt2::<Bk>(device);
     let batch = batch(&g, &model, device);
@@ -163,7 +182,11 @@ pub fn check<Bk: AutodiffBackend>(name: &str, iv: Intervention<Bk>, w_tolerance:
     for step in 1..=30 {
         let l = loss(&model, &batch, &iv).unwrap();
         let value = values(l.clone())[0];
-        assert!((value - golden_losses[step - 1]).abs() < 1e-5, "{name}: loss at step {step}: {value} vs {}", golden_losses[step - 1]);
+        assert!(
+            (value - golden_losses[step - 1]).abs() < 1e-5,
+            "{name}: loss at step {step}: {value} vs {}",
+            golden_losses[step - 1]
+        );
         let grads = l.backward();
         if step == 1 {
             let grad = torch(&iv).x.grad(&grads).expect("X has a gradient");
@@ -179,8 +202,14 @@ pub fn check<Bk: AutodiffBackend>(name: &str, iv: Intervention<Bk>, w_tolerance:
     }
     if let Intervention::Reft(r) = &iv {
         let p = r.learned_source.as_ref().unwrap();
-        assert!(max_diff(&values(p.weight.val()), g.get("learned_source.weight.after_step_30").1) < 1e-4, "{name}: learned source");
-        assert!(max_diff(&values(p.bias.val()), g.get("learned_source.bias.after_step_30").1) < 1e-4, "{name}: learned bias");
+        assert!(
+            max_diff(&values(p.weight.val()), g.get("learned_source.weight.after_step_30").1) < 1e-4,
+            "{name}: learned source"
+        );
+        assert!(
+            max_diff(&values(p.bias.val()), g.get("learned_source.bias.after_step_30").1) < 1e-4,
+            "{name}: learned bias"
+        );
     }
     iv
 }
@@ -188,7 +217,16 @@ pub fn check<Bk: AutodiffBackend>(name: &str, iv: Intervention<Bk>, w_tolerance:
 /// An export of `iv` trained on the tiny GPT-2 at the goldens' site, written to `path`.
 pub fn save_export<Bk: Backend>(iv: &Intervention<Bk>, path: &std::path::Path, device: &Bk::Device) {
     let loaded = load_folder::<Bk>(&golden_dir().join("tiny/gpt2"), device).unwrap();
-    let placement = ferrovene_interventions::export::PlacementConfig { sites: vec!["1.block_output".into()], positions: "2".into(), site_width: 32, ..Default::default() };
-    let config = ferrovene_interventions::export::ExportConfig::new(placement, ferrovene_interventions::export::ModelConfig::of(&loaded), serde_json::Value::Null);
+    let placement = ferrovene_interventions::export::PlacementConfig {
+        sites: vec!["1.block_output".into()],
+        positions: "2".into(),
+        site_width: 32,
+        ..Default::default()
+    };
+    let config = ferrovene_interventions::export::ExportConfig::new(
+        placement,
+        ferrovene_interventions::export::ModelConfig::of(&loaded),
+        serde_json::Value::Null,
+    );
     ferrovene_interventions::export::save(iv, config, path).unwrap();
 }

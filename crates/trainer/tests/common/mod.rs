@@ -21,7 +21,10 @@ pub fn trainer() -> Command {
 
 /// The one run folder under `dir` (`<out>/<recipe>`); panics if there is not exactly one.
 pub fn only_run(dir: &Path) -> PathBuf {
-    let runs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
     let [run] = runs.as_slice() else { panic!("one run folder: {runs:?}") };
     run.clone()
 }

@@ -5,14 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::backend::Backend;
+use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
-use ferrovene_data::batch::{pad, PaddingSide};
-use ferrovene_data::filler_gap::{items, Item, CONSTRUCTIONS};
-use ferrovene_data::{tokenize, LabelId, TokenizedExample, TokenizedInput};
+use burn::tensor::backend::Backend;
+use ferrovene_data::batch::{PaddingSide, pad};
+use ferrovene_data::filler_gap::{CONSTRUCTIONS, Item, items};
+use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput, tokenize};
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{block_outputs, gather_positions, Checkpoint, Component, Input, Site, TextTokenizer, Transformer};
+use ferrovene_models::{
+    Checkpoint, Component, Input, Site, TextTokenizer, Transformer, block_outputs, gather_positions,
+};
 
 use super::recipe::POSITIONS;
 use crate::batch::{input_of, int2, last_real};
@@ -93,7 +95,14 @@ pub struct Cached<B: Backend> {
 }
 
 /// Runs the frozen model once per batch on bases and sources, keeping every swept layer.
-pub fn cache<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, pairs: &[Directed], layers: &[usize], batch: usize, device: &B::Device) -> Result<Vec<Cached<B>>> {
+pub fn cache<B: Backend, M: Transformer<B>>(
+    model: &M,
+    tok: &TextTokenizer,
+    pairs: &[Directed],
+    layers: &[usize],
+    batch: usize,
+    device: &B::Device,
+) -> Result<Vec<Cached<B>>> {
     let sites: Vec<Site> = layers.iter().map(|&l| Site::new(l, Component::BlockOutput)).collect();
     for s in &sites {
         model.site_info(*s)?;
@@ -105,7 +114,13 @@ pub fn cache<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, pair
         let (mut bases, mut sources, mut labels, mut base_labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for d in chunk {
             let t = tokenize(&d.item.example_at(d.gap_in_base, &POSITIONS), tok, Path::new("filler-gap"), 1)?;
-            let TokenizedExample::Pair { base, sources: mut srcs, base_label: Some(LabelId::Token(bl)), label: LabelId::Token(l) } = t else {
+            let TokenizedExample::Pair {
+                base,
+                sources: mut srcs,
+                base_label: Some(LabelId::Token(bl)),
+                label: LabelId::Token(l),
+            } = t
+            else {
                 bail!("the generator makes pairs with text labels");
             };
             bases.push(base);
@@ -123,7 +138,9 @@ pub fn cache<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, pair
         };
         let (input, base, bpos, mask) = run(&bases)?;
         let (_, source, spos, _) = run(&sources)?;
-        let by_name = |pos: &[Vec<usize>]| POSITIONS.iter().enumerate().map(|(k, &n)| (n, pos.iter().map(|r| vec![r[k]]).collect())).collect();
+        let by_name = |pos: &[Vec<usize>]| {
+            POSITIONS.iter().enumerate().map(|(k, &n)| (n, pos.iter().map(|r| vec![r[k]]).collect())).collect()
+        };
         out.push(Cached {
             input,
             base,
@@ -140,7 +157,12 @@ pub fn cache<B: Backend, M: Transformer<B>>(model: &M, tok: &TextTokenizer, pair
 }
 
 /// The DAS batches of one site from the caches.
-pub fn site_batches<B: Backend>(cached: &[Cached<B>], layer: usize, position: &str, device: &B::Device) -> Result<Vec<PairBatch<B>>> {
+pub fn site_batches<B: Backend>(
+    cached: &[Cached<B>],
+    layer: usize,
+    position: &str,
+    device: &B::Device,
+) -> Result<Vec<PairBatch<B>>> {
     cached
         .iter()
         .map(|c| {
@@ -148,7 +170,12 @@ pub fn site_batches<B: Backend>(cached: &[Cached<B>], layer: usize, position: &s
             let bp = c.base_positions.get(position).with_context(|| format!("no position `{position}`"))?;
             let sp = &c.source_positions[position];
             Ok(PairBatch {
-                checkpoint: Checkpoint { site: Site::new(layer, Component::BlockOutput), activation: base.clone(), block_input: None, input: c.input.clone() },
+                checkpoint: Checkpoint {
+                    site: Site::new(layer, Component::BlockOutput),
+                    activation: base.clone(),
+                    block_input: None,
+                    input: c.input.clone(),
+                },
                 base_positions: int2::<B>(bp, device),
                 source_vectors: gather_positions(c.source[&layer].clone(), int2::<B>(sp, device)),
                 label_positions: int2::<B>(&c.last, device),
@@ -163,7 +190,12 @@ pub fn site_batches<B: Backend>(cached: &[Cached<B>], layer: usize, position: &s
 
 /// The difference of the mean base activation with a gap and without, at the site, normalised:
 /// the difference-of-means control direction.
-pub fn mean_difference<B: Backend>(cached: &[Cached<B>], layer: usize, position: &str, device: &B::Device) -> Result<Tensor<B, 2>> {
+pub fn mean_difference<B: Backend>(
+    cached: &[Cached<B>],
+    layer: usize,
+    position: &str,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
     let (mut gap, mut plain): (Option<Tensor<B, 1>>, Option<Tensor<B, 1>>) = (None, None);
     let (mut ng, mut np) = (0usize, 0usize);
     for c in cached {
@@ -186,4 +218,3 @@ pub fn mean_difference<B: Backend>(cached: &[Cached<B>], layer: usize, position:
     let d = diff.dims()[0];
     Ok((diff / norm.unsqueeze::<1>().expand([d])).reshape([1, d]))
 }
-

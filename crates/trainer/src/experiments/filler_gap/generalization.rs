@@ -10,11 +10,11 @@ use burn::tensor::backend::AutodiffBackend;
 use ferrovene_data::filler_gap::CONSTRUCTIONS;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{TextTokenizer, Transformer};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::cache::{cache, draw, site_batches, Cached, Split};
+use super::cache::{Cached, Split, cache, draw, site_batches};
 use super::recipe::FillerGapRecipe;
-use super::site::{p_beats, train_das, train_site, Best};
+use super::site::{Best, p_beats, train_das, train_site};
 use crate::events::progress_if;
 use crate::experiments::experiment::RunContext;
 use crate::objectives::das::evaluate;
@@ -53,7 +53,9 @@ pub fn run<B: AutodiffBackend, M: Transformer<B>>(
         .collect::<Result<_>>()?;
     let g = train_and_evaluate(ctx, r, model, best, &per_train, &per_test, device)?;
     write(dir, ctx.name, best, &g)?;
-    Ok(json!({"layer": best.layer, "position": best.position, "constructions": CONSTRUCTIONS, "matrix": g.matrix, "leave_one_out": g.leave_one_out}))
+    Ok(
+        json!({"layer": best.layer, "position": best.position, "constructions": CONSTRUCTIONS, "matrix": g.matrix, "leave_one_out": g.leave_one_out}),
+    )
 }
 
 /// Per construction: DAS on it, evaluated on every construction; DAS on the others, evaluated on
@@ -79,7 +81,12 @@ fn train_and_evaluate<B: AutodiffBackend, M: Transformer<B>>(
         }
         bar.inc(1);
         let share = per_train[i].len().div_ceil(CONSTRUCTIONS.len() - 1);
-        let on_six: Vec<Cached<B>> = per_train.iter().enumerate().filter(|(k, _)| *k != i).flat_map(|(_, t)| t.iter().take(share).cloned()).collect();
+        let on_six: Vec<Cached<B>> = per_train
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != i)
+            .flat_map(|(_, t)| t.iter().take(share).cloned())
+            .collect();
         let (_, res) = train_site(model, r, &on_six, &per_test[i], best.layer, &best.position, device)?;
         leave_one_out.push(json!({"held_out": c, "iia": res.iia, "iia_no_intervention": res.iia_none, "iia_mean_difference": res.iia_mean_difference}));
         bar.inc(1);
@@ -92,9 +99,15 @@ fn train_and_evaluate<B: AutodiffBackend, M: Transformer<B>>(
 fn write(dir: &RunDir, name: &str, best: &Best, g: &Generalization) -> Result<()> {
     let names: Vec<String> = CONSTRUCTIONS.iter().map(|c| c.to_string()).collect();
     Heatmap {
-        title: &format!("{name}: IIA at {}.block_output, {}: trained on (rows) × evaluated on (columns)", best.layer, best.position),
+        title: &format!(
+            "{name}: IIA at {}.block_output, {}: trained on (rows) × evaluated on (columns)",
+            best.layer, best.position
+        ),
         rows: names.clone(),
-        columns: names.iter().map(|n| n.replace("embedded_wh_", "emb_").replace("relative_clause", "relative")).collect(),
+        columns: names
+            .iter()
+            .map(|n| n.replace("embedded_wh_", "emb_").replace("relative_clause", "relative"))
+            .collect(),
         values: g.matrix.clone(),
         scale: 1.0,
         axes: ("trained on", "evaluated on"),
@@ -107,7 +120,13 @@ fn write(dir: &RunDir, name: &str, best: &Best, g: &Generalization) -> Result<()
         }
     }
     for l in &g.leave_one_out {
-        let _ = writeln!(csv, "all but {},{},{}", l["held_out"].as_str().unwrap_or(""), l["held_out"].as_str().unwrap_or(""), l["iia"]);
+        let _ = writeln!(
+            csv,
+            "all but {},{},{}",
+            l["held_out"].as_str().unwrap_or(""),
+            l["held_out"].as_str().unwrap_or(""),
+            l["iia"]
+        );
     }
     dir.write("generalization.csv", csv)?;
     Ok(())

@@ -15,18 +15,18 @@ mod site;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
-use ferrovene_data::filler_gap::{Item, CONSTRUCTIONS};
-use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
+use ferrovene_data::filler_gap::{CONSTRUCTIONS, Item};
 use ferrovene_interventions::Intervention;
+use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{LoadedModel, TextTokenizer, Transformer};
 use serde_json::json;
 
-pub use cache::{cache, draw, mean_difference, site_batches, split, Cached, Directed, Split};
+pub use cache::{Cached, Directed, Split, cache, draw, mean_difference, site_batches, split};
 pub use recipe::{FillerGapRecipe, POSITIONS};
-pub use site::{p_beats, train_das, train_site, Best, SiteResult};
+pub use site::{Best, SiteResult, p_beats, train_das, train_site};
 
 use crate::device::load_model;
 use crate::events::progress_if;
@@ -58,7 +58,12 @@ impl Experiment for FillerGapRecipe {
     }
 
     fn sweep_axes(&self) -> Option<SweepAxes> {
-        Some(SweepAxes { positions_key: "positions", every_position: &POSITIONS, follow_up: Some("generalization"), suite: false })
+        Some(SweepAxes {
+            positions_key: "positions",
+            every_position: &POSITIONS,
+            follow_up: Some("generalization"),
+            suite: false,
+        })
     }
 
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
@@ -83,7 +88,15 @@ pub struct SweepData<B: AutodiffBackend> {
 
 /// Draws the pooled pairs (from `rng`, which goes on to the generalisation pairs) and caches
 /// them.
-fn sweep_data<B: AutodiffBackend, M: Transformer<B>>(ctx: &RunContext<'_>, r: &FillerGapRecipe, model: &M, tok: &TextTokenizer, layers: &[usize], rng: &mut Rng, device: &B::Device) -> Result<SweepData<B>> {
+fn sweep_data<B: AutodiffBackend, M: Transformer<B>>(
+    ctx: &RunContext<'_>,
+    r: &FillerGapRecipe,
+    model: &M,
+    tok: &TextTokenizer,
+    layers: &[usize],
+    rng: &mut Rng,
+    device: &B::Device,
+) -> Result<SweepData<B>> {
     let splits = split(r.seed, r.test_pairs.div_ceil(2));
     let pools = |f: fn(&Split) -> &[Item]| -> Vec<&[Item]> { CONSTRUCTIONS.iter().map(|c| f(&splits[c])).collect() };
     let train_pairs = draw(&pools(|s| &s.train), r.train_pairs, rng);
@@ -112,9 +125,9 @@ fn sweep_sites<B: AutodiffBackend, M: Transformer<B>>(
     dir: &RunDir,
     log: &mut UnitLog<SiteResult>,
     device: &B::Device,
-) -> Result<(Vec<SiteResult>, Best)>
-{
-    let sites: Vec<(usize, String)> = layers.iter().flat_map(|&l| r.positions.iter().map(move |p| (l, p.clone()))).collect();
+) -> Result<(Vec<SiteResult>, Best)> {
+    let sites: Vec<(usize, String)> =
+        layers.iter().flat_map(|&l| r.positions.iter().map(move |p| (l, p.clone()))).collect();
     let bar = progress_if(ctx.progress, sites.len(), "sites");
     let mut results: Vec<SiteResult> = Vec::new();
     let mut best: Option<Best> = None;
@@ -152,29 +165,76 @@ fn in_site_order(sites: &[(usize, String)], logged: &[SiteResult]) -> Vec<SiteRe
 }
 
 /// The sweep's heatmaps (IIA, log-odds gain) and CSV.
-fn write_sweep(dir: &RunDir, name: &str, positions: &[String], layers: &[usize], results: &[SiteResult], n_test: usize) -> Result<()> {
+fn write_sweep(
+    dir: &RunDir,
+    name: &str,
+    positions: &[String],
+    layers: &[usize],
+    results: &[SiteResult],
+    n_test: usize,
+) -> Result<()> {
     // The numbers first: a full disk keeps them rather than the pictures.
-    let mut csv = String::from("layer,position,iia,log_odds_gain,iia_no_intervention,iia_random_direction,iia_mean_difference\n");
+    let mut csv =
+        String::from("layer,position,iia,log_odds_gain,iia_no_intervention,iia_random_direction,iia_mean_difference\n");
     for x in results {
-        let _ = writeln!(csv, "{},{},{},{},{},{},{}", x.layer, x.position, x.iia, x.log_odds_gain, x.iia_none, x.iia_random, x.iia_mean_difference);
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{}",
+            x.layer, x.position, x.iia, x.log_odds_gain, x.iia_none, x.iia_random, x.iia_mean_difference
+        );
     }
     dir.write("sweep.csv", csv)?;
     let grid = |f: &dyn Fn(&SiteResult) -> f32| -> Vec<Vec<Option<f32>>> {
-        layers.iter().map(|&l| positions.iter().map(|p| results.iter().find(|x| x.layer == l && &x.position == p).map(f)).collect()).collect()
+        layers
+            .iter()
+            .map(|&l| {
+                positions.iter().map(|p| results.iter().find(|x| x.layer == l && &x.position == p).map(f)).collect()
+            })
+            .collect()
     };
     let rows: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-    Heatmap { title: &format!("{name}: IIA, p(source label) > p(base label), {n_test} held-out pairs"), rows: rows.clone(), columns: positions.to_vec(), values: grid(&|x| x.iia), scale: 1.0, axes: ("layer", "position") }
-        .write(&dir.join("iia"))?;
+    Heatmap {
+        title: &format!("{name}: IIA, p(source label) > p(base label), {n_test} held-out pairs"),
+        rows: rows.clone(),
+        columns: positions.to_vec(),
+        values: grid(&|x| x.iia),
+        scale: 1.0,
+        axes: ("layer", "position"),
+    }
+    .write(&dir.join("iia"))?;
     let max_gain = results.iter().map(|x| x.log_odds_gain.abs()).fold(1e-6, f32::max);
-    Heatmap { title: &format!("{name}: log-odds gain (÷ {max_gain:.1})"), rows, columns: positions.to_vec(), values: grid(&|x| x.log_odds_gain / max_gain), scale: 1.0, axes: ("layer", "position") }
-        .write(&dir.join("log_odds"))?;
+    Heatmap {
+        title: &format!("{name}: log-odds gain (÷ {max_gain:.1})"),
+        rows,
+        columns: positions.to_vec(),
+        values: grid(&|x| x.log_odds_gain / max_gain),
+        scale: 1.0,
+        axes: ("layer", "position"),
+    }
+    .write(&dir.join("log_odds"))?;
     Ok(())
 }
 
 /// The export of the intervention trained at (`layer`, `position`), the best site so far.
-fn export_best<B: AutodiffBackend>(dir: &RunDir, name: &str, loaded: &LoadedModel<B>, iv: &Intervention<B>, layer: usize, position: &str) -> Result<()> {
-    let placement = PlacementConfig { sites: vec![format!("{layer}.block_output")], positions: format!("span:{position}"), site_width: loaded.model.width(), ..Default::default() };
-    let config = ExportConfig::new(placement, ModelConfig::of(loaded), json!({"recipe": name, "layer": layer, "position": position}));
+fn export_best<B: AutodiffBackend>(
+    dir: &RunDir,
+    name: &str,
+    loaded: &LoadedModel<B>,
+    iv: &Intervention<B>,
+    layer: usize,
+    position: &str,
+) -> Result<()> {
+    let placement = PlacementConfig {
+        sites: vec![format!("{layer}.block_output")],
+        positions: format!("span:{position}"),
+        site_width: loaded.model.width(),
+        ..Default::default()
+    };
+    let config = ExportConfig::new(
+        placement,
+        ModelConfig::of(loaded),
+        json!({"recipe": name, "layer": layer, "position": position}),
+    );
     dir.check_present()?;
     export::save(iv, config, &dir.join("intervention.safetensors"))?;
     Ok(())
@@ -184,10 +244,12 @@ fn export_best<B: AutodiffBackend>(dir: &RunDir, name: &str, loaded: &LoadedMode
 /// the best site's export, and (if asked) the generalisation experiments at the best site.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device: &B::Device) -> Result<PathBuf> {
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let (model, tok) =
+        (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
     crate::divergence::check_rank(r.rank, model.width(), &"the block outputs")?;
-    ferrovene_data::filler_gap::check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied())).map_err(|e| anyhow!("{} tokenizer: {e}", r.model))?;
+    ferrovene_data::filler_gap::check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied()))
+        .map_err(|e| anyhow!("{} tokenizer: {e}", r.model))?;
     let dir = match ctx.resume {
         Some(d) => RunDir::reopen(d, ctx.name, ctx.as_run)?,
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
@@ -210,13 +272,21 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device
         "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
     }))?;
     print!("{}", table(ctx.name, &layers, &r.positions, &results));
-    println!("best site: {}.block_output at `{}`; run folder: {} ({:.0} s)", best.layer, best.position, dir.path().display(), dir.elapsed());
+    println!(
+        "best site: {}.block_output at `{}`; run folder: {} ({:.0} s)",
+        best.layer,
+        best.position,
+        dir.path().display(),
+        dir.elapsed()
+    );
     Ok(dir.path().to_path_buf())
 }
 
 /// The sweep as a text table: IIA per layer × position, with the controls of each site.
 pub fn table(name: &str, layers: &[usize], positions: &[String], results: &[SiteResult]) -> String {
-    let mut out = format!("{name}: IIA (p(source label) > p(base label)) per layer × position; controls: none / random direction / difference of means\n");
+    let mut out = format!(
+        "{name}: IIA (p(source label) > p(base label)) per layer × position; controls: none / random direction / difference of means\n"
+    );
     let _ = write!(out, "{:>6}", "layer");
     for p in positions {
         let _ = write!(out, "  {:>26}", p);
@@ -227,7 +297,11 @@ pub fn table(name: &str, layers: &[usize], positions: &[String], results: &[Site
         for p in positions {
             match results.iter().find(|x| x.layer == *l && &x.position == p) {
                 Some(x) => {
-                    let _ = write!(out, "  {:>26}", format!("{:.2} ({:.2}/{:.2}/{:.2})", x.iia, x.iia_none, x.iia_random, x.iia_mean_difference));
+                    let _ = write!(
+                        out,
+                        "  {:>26}",
+                        format!("{:.2} ({:.2}/{:.2}/{:.2})", x.iia, x.iia_none, x.iia_random, x.iia_mean_difference)
+                    );
                 }
                 None => {
                     let _ = write!(out, "  {:>26}", "-");
@@ -238,4 +312,3 @@ pub fn table(name: &str, layers: &[usize], positions: &[String], results: &[Site
     }
     out
 }
-

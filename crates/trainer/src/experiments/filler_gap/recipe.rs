@@ -38,4 +38,3 @@ pub struct FillerGapRecipe {
     /// After the sweep, run the train × evaluate matrix and leave-one-out at the best site.
     pub generalization: bool,
 }
-

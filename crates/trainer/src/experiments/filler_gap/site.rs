@@ -6,14 +6,14 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal};
-use ferrovene_models::rng::Rng;
 use ferrovene_models::Transformer;
+use ferrovene_models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::cache::{mean_difference, site_batches, Cached};
+use super::cache::{Cached, mean_difference, site_batches};
 use super::recipe::FillerGapRecipe;
-use crate::fit::{fit, FitConfig, FitIo};
-use crate::objectives::das::{evaluate, DasObjective, Metrics};
+use crate::fit::{FitConfig, FitIo, fit};
+use crate::objectives::das::{DasObjective, Metrics, evaluate};
 use crate::schedule::Decay;
 
 /// The numbers of one site (a unit of the sweep's [`crate::units::UnitLog`]).
@@ -51,13 +51,26 @@ pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(
     layer: usize,
     position: &str,
     device: &B::Device,
-) -> Result<(Intervention<B>, (f32, f32))>
-{
+) -> Result<(Intervention<B>, (f32, f32))> {
     let train_b = site_batches(train, layer, position, device)?;
-    let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(r.rank, model.width(), &mut Rng::new(r.seed ^ (layer as u64) << 8), device) });
+    let iv = Intervention::DasLowRank(DasLowRank {
+        rotation: Orthogonal::random(r.rank, model.width(), &mut Rng::new(r.seed ^ (layer as u64) << 8), device),
+    });
     let cfg = FitConfig {
-        epochs: r.epochs, lr: r.lr, warmup: r.warmup, decay: Decay::Linear, weight_decay: 0.0, grad_clip: None, accumulate: 1,
-        temperature: None, eval_every: 0, early_stopping: None, checkpoint_every: 0, checkpoint_minutes: 0.0, seed: r.seed, shuffle: true,
+        epochs: r.epochs,
+        lr: r.lr,
+        warmup: r.warmup,
+        decay: Decay::Linear,
+        weight_decay: 0.0,
+        grad_clip: None,
+        accumulate: 1,
+        temperature: None,
+        eval_every: 0,
+        early_stopping: None,
+        checkpoint_every: 0,
+        checkpoint_minutes: 0.0,
+        seed: r.seed,
+        shuffle: true,
     };
     let fitted = fit(&DasObjective::new(model, &train_b, &Vec::new(), 0.0), iv, &cfg, FitIo::default())?;
     let losses = &fitted.state.losses;
@@ -75,14 +88,19 @@ pub fn train_site<B: AutodiffBackend, M: Transformer<B>>(
     layer: usize,
     position: &str,
     device: &B::Device,
-) -> Result<(Intervention<B>, SiteResult)>
-{
+) -> Result<(Intervention<B>, SiteResult)> {
     let (iv, loss) = train_das(model, r, train, layer, position, device)?;
     let test_b = site_batches(test, layer, position, device)?;
     let with = evaluate(model, &test_b, Some(&iv))?;
     let none = evaluate(model, &test_b, None)?;
-    let random = evaluate(model, &test_b, Some(&iv.with_random_rotation(&mut Rng::new(r.seed ^ 0xA11CE)).context("a rotation")?))?;
-    let dm = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::fixed(mean_difference(train, layer, position, device)?) });
+    let random = evaluate(
+        model,
+        &test_b,
+        Some(&iv.with_random_rotation(&mut Rng::new(r.seed ^ 0xA11CE)).context("a rotation")?),
+    )?;
+    let dm = Intervention::DasLowRank(DasLowRank {
+        rotation: Orthogonal::fixed(mean_difference(train, layer, position, device)?),
+    });
     let mean_diff = evaluate(model, &test_b, Some(&dm))?;
     let result = SiteResult {
         layer,
@@ -97,7 +115,6 @@ pub fn train_site<B: AutodiffBackend, M: Transformer<B>>(
     Ok((iv, result))
 }
 
-
 /// The best site of the sweep (its trained intervention is the run's export).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Best {
@@ -108,4 +125,3 @@ pub struct Best {
     /// Its position (span name).
     pub position: String,
 }
-

@@ -19,7 +19,7 @@ pub mod stacked;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::loss::cross_entropy_with_logits;
@@ -34,7 +34,7 @@ use serde_json::json;
 
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
-use crate::fit::{fit, FitConfig, FitIo, Objective};
+use crate::fit::{FitConfig, FitIo, Objective, fit};
 use crate::run_dir::RunDir;
 
 /// The recipe (`recipes/das-hierarchical-equality.toml`). Unknown keys are errors.
@@ -163,7 +163,8 @@ pub struct EqualityPair {
 impl EqualityPair {
     /// A pair intervening on `target`, its label from the causal model.
     pub fn sample(rng: &mut Rng, width: usize, target: Target) -> Self {
-        let (base, wx_source, yz_source) = (Objects::sample(rng, width), Objects::sample(rng, width), Objects::sample(rng, width));
+        let (base, wx_source, yz_source) =
+            (Objects::sample(rng, width), Objects::sample(rng, width), Objects::sample(rng, width));
         let wx = if target == Target::Yz { base.wx } else { wx_source.wx };
         let yz = if target == Target::Wx { base.yz } else { yz_source.yz };
         EqualityPair { base, wx_source, yz_source, target, label: wx == yz }
@@ -177,11 +178,19 @@ impl EqualityPair {
 
 fn rows<B: Backend>(xs: &[&[f32]], device: &B::Device) -> Tensor<B, 2> {
     let d = xs.first().map_or(0, |x| x.len());
-    Tensor::from_data(TensorData::new(xs.iter().flat_map(|x| x.iter().copied()).collect::<Vec<_>>(), [xs.len(), d]), device)
+    Tensor::from_data(
+        TensorData::new(xs.iter().flat_map(|x| x.iter().copied()).collect::<Vec<_>>(), [xs.len(), d]),
+        device,
+    )
 }
 
 fn classes<B: Backend>(labels: &[bool], device: &B::Device) -> Tensor<B, 2> {
-    Tensor::<B, 1, Int>::from_data(TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [labels.len()]), device).one_hot::<2>(2).float()
+    Tensor::<B, 1, Int>::from_data(
+        TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [labels.len()]),
+        device,
+    )
+    .one_hot::<2>(2)
+    .float()
 }
 
 /// The MLP's training: batches of the task's examples in the order of a seeded shuffle per
@@ -209,7 +218,6 @@ impl<B: AutodiffBackend> Objective<B, Mlp<B>> for MlpObjective<'_, B> {
         Ok(None)
     }
 }
-
 
 /// One seed's MLP training before it runs: the generator, the fresh MLP and its samples drawn
 /// from it, and the batch order of every epoch (drawn up front from the same generator, after the
@@ -239,7 +247,12 @@ impl<B: Backend> MlpStart<B> {
 }
 
 /// The trained MLP's accuracy on 10,000 fresh samples drawn from `rng`.
-pub(crate) fn held_out_accuracy<B: Backend>(mlp: &Mlp<B>, rng: &mut Rng, r: &HierarchicalRecipe, device: &B::Device) -> Result<f32> {
+pub(crate) fn held_out_accuracy<B: Backend>(
+    mlp: &Mlp<B>,
+    rng: &mut Rng,
+    r: &HierarchicalRecipe,
+    device: &B::Device,
+) -> Result<f32> {
     let test: Vec<Objects> = (0..10_000).map(|_| Objects::sample(rng, r.object_width)).collect();
     let xs: Vec<&[f32]> = test.iter().map(|o| o.x.as_slice()).collect();
     let predicted = argmax(mlp.predict(rows::<B>(&xs, device)))?;
@@ -274,7 +287,13 @@ pub struct EqualityBatch<B: Backend> {
 }
 
 /// Caches the activations at `site` for the pairs, in batches.
-pub fn prepare<B: Backend>(mlp: &Mlp<B>, site: Site, pairs: &[EqualityPair], batch: usize, device: &B::Device) -> Result<Vec<EqualityBatch<B>>> {
+pub fn prepare<B: Backend>(
+    mlp: &Mlp<B>,
+    site: Site,
+    pairs: &[EqualityPair],
+    batch: usize,
+    device: &B::Device,
+) -> Result<Vec<EqualityBatch<B>>> {
     let width = mlp.sites().get(site.layer).map(|s| s.width).context("site outside the MLP")?;
     let half = width / 2;
     let act = |objs: Vec<&Objects>| -> Result<Tensor<B, 2>> {
@@ -284,7 +303,13 @@ pub fn prepare<B: Backend>(mlp: &Mlp<B>, site: Site, pairs: &[EqualityPair], bat
         Ok(a.reshape([n, w]))
     };
     let mask = |chunk: &[EqualityPair], on: fn(Target) -> bool, range: std::ops::Range<usize>| -> Tensor<B, 2> {
-        let v: Vec<f32> = chunk.iter().flat_map(|p| { let r = range.clone(); (0..width).map(move |i| (on(p.target) && r.contains(&i)) as u8 as f32) }).collect();
+        let v: Vec<f32> = chunk
+            .iter()
+            .flat_map(|p| {
+                let r = range.clone();
+                (0..width).map(move |i| (on(p.target) && r.contains(&i)) as u8 as f32)
+            })
+            .collect();
         Tensor::from_data(TensorData::new(v, [chunk.len(), width]), device)
     };
     pairs
@@ -306,7 +331,8 @@ pub fn prepare<B: Backend>(mlp: &Mlp<B>, site: Site, pairs: &[EqualityPair], bat
 /// from the WX source and the YZ half from the YZ source.
 fn intervened<B: Backend>(mlp: &Mlp<B>, site: Site, b: &EqualityBatch<B>, r: Tensor<B, 2>) -> Result<Tensor<B, 2>> {
     let rt = r.clone().transpose();
-    let (rb, rw, ry) = (b.base.clone().matmul(rt.clone()), b.wx_source.clone().matmul(rt.clone()), b.yz_source.clone().matmul(rt));
+    let (rb, rw, ry) =
+        (b.base.clone().matmul(rt.clone()), b.wx_source.clone().matmul(rt.clone()), b.yz_source.clone().matmul(rt));
     let keep = b.wx_mask.ones_like() - b.wx_mask.clone() - b.yz_mask.clone();
     let mixed = rb * keep + rw * b.wx_mask.clone() + ry * b.yz_mask.clone();
     let h = mixed.matmul(r);
@@ -375,7 +401,10 @@ pub fn run_seed<B: AutodiffBackend>(r: &HierarchicalRecipe, seed: u64, device: &
         let width = r.hidden[layer - 1];
         let train = prepare(&mlp, site, &train_pairs, r.das_batch, device)?;
         let test = prepare(&mlp, site, &test_pairs, 1024, device)?;
-        let iv = Intervention::DasFull(DasFull { rotation: Orthogonal::random(width, width, &mut Rng::new(seed.wrapping_add(layer as u64)), device), k: width / 2 });
+        let iv = Intervention::DasFull(DasFull {
+            rotation: Orthogonal::random(width, width, &mut Rng::new(seed.wrapping_add(layer as u64)), device),
+            k: width / 2,
+        });
         let cfg = FitConfig::constant(r.das_epochs, r.das_lr, seed, true);
         let fitted = fit(&EqualityObjective { mlp: &mlp, site, train: &train }, iv, &cfg, FitIo::default())?;
         let rotation = fitted.module.rotation().context("a rotation")?.matrix();
@@ -406,8 +435,16 @@ pub fn table(results: &[SeedResult]) -> String {
     let mut out = String::new();
     let mlp: Vec<f32> = results.iter().map(|s| s.mlp_accuracy).collect();
     let (m, sd) = mean_sd(&mlp);
-    let _ = writeln!(out, "das-hierarchical-equality: held-out IIA, mean ± sd over {} seeds (MLP test accuracy {m:.3} ± {sd:.3})", results.len());
-    let _ = writeln!(out, "{:<28} {:>15}  {:>6}  {:>15}  {:>20}", "", "ferrovene", "paper", "pyvene tutorial", "10-seed reproduction");
+    let _ = writeln!(
+        out,
+        "das-hierarchical-equality: held-out IIA, mean ± sd over {} seeds (MLP test accuracy {m:.3} ± {sd:.3})",
+        results.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:>15}  {:>6}  {:>15}  {:>20}",
+        "", "ferrovene", "paper", "pyvene tutorial", "10-seed reproduction"
+    );
     let layers: Vec<usize> = results.first().map(|s| s.layers.iter().map(|l| l.0).collect()).unwrap_or_default();
     let published = |row: &str| PUBLISHED.iter().find(|p| p.0 == row).map_or(("-", "-", "-"), |p| (p.1, p.2, p.3));
     for (i, layer) in layers.iter().enumerate() {
@@ -419,7 +456,15 @@ pub fn table(results: &[SeedResult]) -> String {
     for (i, layer) in layers.iter().enumerate() {
         let (m, sd) = mean_sd(&results.iter().map(|s| s.layers[i].2).collect::<Vec<_>>());
         let p = published("neuron-aligned");
-        let _ = writeln!(out, "{:<28} {:>15}  {:>6}  {:>15}  {:>20}", format!("layer {layer}, neuron-aligned"), format!("{m:.3} ± {sd:.3}"), p.0, p.1, if i == 0 { p.2 } else { "" });
+        let _ = writeln!(
+            out,
+            "{:<28} {:>15}  {:>6}  {:>15}  {:>20}",
+            format!("layer {layer}, neuron-aligned"),
+            format!("{m:.3} ± {sd:.3}"),
+            p.0,
+            p.1,
+            if i == 0 { p.2 } else { "" }
+        );
     }
     out
 }
@@ -442,7 +487,13 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &HierarchicalRecipe, dev
     let started = std::time::Instant::now();
     // As many threads as rayon would use (RAYON_NUM_THREADS, else the cores), at most one a seed.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok()).filter(|&t| t > 0).unwrap_or(cores).min(r.seeds.len()).max(1);
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(cores)
+        .min(r.seeds.len())
+        .max(1);
     let results = if r.stacked {
         let bar = progress_if(ctx.progress, threads, "stacked trainings (one stack of seeds per thread)");
         let results = stacked::run_seeds_in_threads::<B>(r, device, threads, &|| bar.inc(1))?;

@@ -10,21 +10,27 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use ferrovene_interventions::orthogonal::{torch_square_q_stacked, TorchOrthogonal};
+use ferrovene_interventions::orthogonal::{TorchOrthogonal, torch_square_q_stacked};
 use ferrovene_models::arch::mlp::{Mlp, StackedMlp};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site};
 
-use super::{held_out_accuracy, iia, prepare, rows, EqualityPair, HierarchicalRecipe, MlpStart, Objects, SeedResult};
-use crate::fit::{epoch_order, fit, FitConfig, FitIo, Objective};
+use super::{EqualityPair, HierarchicalRecipe, MlpStart, Objects, SeedResult, held_out_accuracy, iia, prepare, rows};
+use crate::fit::{FitConfig, FitIo, Objective, epoch_order, fit};
 
 /// Mean cross-entropy of each model's rows: logits `[models, rows, classes]`, labels
 /// `[models, rows]`, `weights` `[models, rows]` (1 for a real row, 0 for padding); summed over
 /// the models, so each model's gradient is its own mean loss's.
-fn summed_mean_cross_entropy<B: Backend>(logits: Tensor<B, 3>, labels: &[i64], weights: Option<&[f32]>) -> Tensor<B, 1> {
+fn summed_mean_cross_entropy<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: &[i64],
+    weights: Option<&[f32]>,
+) -> Tensor<B, 1> {
     let [models, rows, classes] = logits.dims();
     let device = logits.device();
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.to_vec(), [models, rows]), &device).one_hot::<3>(classes).float();
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(labels.to_vec(), [models, rows]), &device)
+        .one_hot::<3>(classes)
+        .float();
     let per_row = (log_softmax(logits, 2) * targets).sum_dim(2); // [models, rows, 1]
     let per_model = match weights {
         None => per_row.mean_dim(1),
@@ -56,8 +62,10 @@ impl<B: AutodiffBackend> Objective<B, StackedMlp<B>> for StackedMlpObjective<'_,
         let seeds = self.data.len();
         let chunk = |s: usize| &self.batches[s][index];
         let rows_per_seed = chunk(0).len();
-        let xs: Vec<&[f32]> = (0..seeds).flat_map(|s| chunk(s).iter().map(move |&i| self.data[s][i].x.as_slice())).collect();
-        let labels: Vec<i64> = (0..seeds).flat_map(|s| chunk(s).iter().map(move |&i| self.data[s][i].label() as i64)).collect();
+        let xs: Vec<&[f32]> =
+            (0..seeds).flat_map(|s| chunk(s).iter().map(move |&i| self.data[s][i].x.as_slice())).collect();
+        let labels: Vec<i64> =
+            (0..seeds).flat_map(|s| chunk(s).iter().map(move |&i| self.data[s][i].label() as i64)).collect();
         let x = rows::<B>(&xs, &self.device);
         let width = x.dims()[1];
         let logits = mlps.predict(x.reshape([seeds, rows_per_seed, width]));
@@ -71,7 +79,11 @@ impl<B: AutodiffBackend> Objective<B, StackedMlp<B>> for StackedMlpObjective<'_,
 
 /// [`super::train_mlp`] for every seed at once: per seed, its frozen MLP and held-out accuracy,
 /// equal to that seed's run alone to rounding.
-pub fn train_mlps<B: AutodiffBackend>(r: &HierarchicalRecipe, seeds: &[u64], device: &B::Device) -> Result<Vec<(Mlp<B>, f32)>> {
+pub fn train_mlps<B: AutodiffBackend>(
+    r: &HierarchicalRecipe,
+    seeds: &[u64],
+    device: &B::Device,
+) -> Result<Vec<(Mlp<B>, f32)>> {
     let (mut rngs, mut mlps, mut data, mut batches) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for &seed in seeds {
         // The same draws in the same order as train_mlp.
@@ -83,7 +95,9 @@ pub fn train_mlps<B: AutodiffBackend>(r: &HierarchicalRecipe, seeds: &[u64], dev
     }
     let objective = StackedMlpObjective { data: &data, batches: &batches, device: device.clone() };
     let stacked = StackedMlp::stack(&mlps)?;
-    let trained = fit(&objective, stacked, &FitConfig::constant(1, r.mlp_lr, seeds[0], false), FitIo::default())?.module.no_grad();
+    let trained = fit(&objective, stacked, &FitConfig::constant(1, r.mlp_lr, seeds[0], false), FitIo::default())?
+        .module
+        .no_grad();
     rngs.iter_mut()
         .enumerate()
         .map(|(s, rng)| {
@@ -168,9 +182,17 @@ impl<B: AutodiffBackend> Objective<B, StackedRotations<B>> for StackedDasObjecti
         let (rb, rw, ry) = (base.matmul(rt.clone()), wx.matmul(rt.clone()), yz.matmul(rt));
         let keep = wx_mask.ones_like() - wx_mask.clone() - yz_mask.clone();
         let h = (rb * keep + rw * wx_mask + ry * yz_mask).matmul(r);
-        let logits = Tensor::cat(self.groups.iter().map(|&(layer, first, count)| self.mlps.resume(layer + 1, h.clone().narrow(0, first, count))).collect(), 0);
-        let labels: Vec<i64> = self.models.iter().zip(&self.order).flat_map(|(m, o)| m.labels[o[index]].iter().copied()).collect();
-        let weights: Vec<f32> = self.models.iter().zip(&self.order).flat_map(|(m, o)| m.weights[o[index]].iter().copied()).collect();
+        let logits = Tensor::cat(
+            self.groups
+                .iter()
+                .map(|&(layer, first, count)| self.mlps.resume(layer + 1, h.clone().narrow(0, first, count)))
+                .collect(),
+            0,
+        );
+        let labels: Vec<i64> =
+            self.models.iter().zip(&self.order).flat_map(|(m, o)| m.labels[o[index]].iter().copied()).collect();
+        let weights: Vec<f32> =
+            self.models.iter().zip(&self.order).flat_map(|(m, o)| m.weights[o[index]].iter().copied()).collect();
         Ok(summed_mean_cross_entropy(logits, &labels, Some(&weights)))
     }
 
@@ -240,7 +262,8 @@ pub fn align<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Vec<Tensor<B, 2>>> {
     let rows_per_batch = r.das_batch.max(1);
-    let (mut models, mut order, mut bases, mut xs, mut groups) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut models, mut order, mut bases, mut xs, mut groups) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Per input (base, WX source, YZ source, WX mask, YZ mask), each model's padded batches.
     let mut inputs: [Vec<Tensor<B, 3>>; 5] = Default::default();
     let mut n = 0;
@@ -252,19 +275,29 @@ pub fn align<B: AutodiffBackend>(
             let seed = r.seeds[s];
             let batches = prepare(mlp, site, &pairs[s].0, rows_per_batch, device)?;
             n = batches.len();
-            let stack = |t: BatchInput<B>| Tensor::stack::<3>(batches.iter().map(|b| padded(t(b).clone(), rows_per_batch)).collect(), 0);
-            let picks: [BatchInput<B>; 5] = [|b| &b.base, |b| &b.wx_source, |b| &b.yz_source, |b| &b.wx_mask, |b| &b.yz_mask];
+            let stack = |t: BatchInput<B>| {
+                Tensor::stack::<3>(batches.iter().map(|b| padded(t(b).clone(), rows_per_batch)).collect(), 0)
+            };
+            let picks: [BatchInput<B>; 5] =
+                [|b| &b.base, |b| &b.wx_source, |b| &b.yz_source, |b| &b.wx_mask, |b| &b.yz_mask];
             for (input, pick) in inputs.iter_mut().zip(picks) {
                 input.push(stack(pick));
             }
             models.push(Aligned {
-                labels: batches.iter().map(|b| (0..rows_per_batch).map(|i| b.labels.get(i).map_or(0, |&l| l as i64)).collect()).collect(),
-                weights: batches.iter().map(|b| (0..rows_per_batch).map(|i| (i < b.labels.len()) as u8 as f32).collect()).collect(),
+                labels: batches
+                    .iter()
+                    .map(|b| (0..rows_per_batch).map(|i| b.labels.get(i).map_or(0, |&l| l as i64)).collect())
+                    .collect(),
+                weights: batches
+                    .iter()
+                    .map(|b| (0..rows_per_batch).map(|i| (i < b.labels.len()) as u8 as f32).collect())
+                    .collect(),
             });
             // fit's shuffled order for the seed, laid out over all epochs.
             order.push((0..r.das_epochs).flat_map(|e| epoch_order(seed, e, n)).collect());
             // The start run_seed draws for this (seed, layer).
-            let start = TorchOrthogonal::<B>::haar(width, width, &mut Rng::new(seed.wrapping_add(layer as u64)), device);
+            let start =
+                TorchOrthogonal::<B>::haar(width, width, &mut Rng::new(seed.wrapping_add(layer as u64)), device);
             bases.push(start.base.val());
             xs.push(start.x.val());
         }
@@ -279,16 +312,27 @@ pub fn align<B: AutodiffBackend>(
     let matrices = fitted.module.matrices();
     let [count, d, _] = matrices.dims();
     // Copied out of the stack into tensors of their own, as an export read back would be.
-    Ok((0..count).map(|i| Tensor::from_data(matrices.clone().narrow(0, i, 1).reshape([d, d]).into_data(), device)).collect())
+    Ok((0..count)
+        .map(|i| Tensor::from_data(matrices.clone().narrow(0, i, 1).reshape([d, d]).into_data(), device))
+        .collect())
 }
 
 /// [`run_seeds`] with the seeds split over `threads` threads (each trains the stacks of its
 /// share of the seeds): a step of a stack costs about the same whatever its size, so on two
 /// cores two half-size stacks take about half the time. Each seed's numbers are the same as in
 /// one stack, since no model's arithmetic depends on the others. `done` is called once per share.
-pub fn run_seeds_in_threads<B: AutodiffBackend>(r: &HierarchicalRecipe, device: &B::Device, threads: usize, done: &(dyn Fn() + Sync)) -> Result<Vec<SeedResult>> {
+pub fn run_seeds_in_threads<B: AutodiffBackend>(
+    r: &HierarchicalRecipe,
+    device: &B::Device,
+    threads: usize,
+    done: &(dyn Fn() + Sync),
+) -> Result<Vec<SeedResult>> {
     let per_thread = r.seeds.len().div_ceil(threads.clamp(1, r.seeds.len().max(1)));
-    let shares: Vec<HierarchicalRecipe> = r.seeds.chunks(per_thread.max(1)).map(|seeds| HierarchicalRecipe { seeds: seeds.to_vec(), ..r.clone() }).collect();
+    let shares: Vec<HierarchicalRecipe> = r
+        .seeds
+        .chunks(per_thread.max(1))
+        .map(|seeds| HierarchicalRecipe { seeds: seeds.to_vec(), ..r.clone() })
+        .collect();
     let results: Vec<Result<Vec<SeedResult>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = shares
             .iter()
@@ -300,7 +344,10 @@ pub fn run_seeds_in_threads<B: AutodiffBackend>(r: &HierarchicalRecipe, device: 
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a training thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a training thread panicked"))))
+            .collect()
     });
     let mut all = Vec::new();
     for share in results {

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use ferrovene_data::batch::split_by_group;
-use ferrovene_data::format::{parse_jsonl, Loaded};
-use ferrovene_data::{tokenize, OnError, TokenizedExample};
+use ferrovene_data::format::{Loaded, parse_jsonl};
+use ferrovene_data::{OnError, TokenizedExample, tokenize};
 
 use super::recipe::{Method, PairRecipe};
 use crate::run_dir::fnv1a;
@@ -44,7 +44,8 @@ struct ExampleFile {
 
 impl ExampleFile {
     fn read(path: &Path, key: &str, method: Method, tok: &ferrovene_models::TextTokenizer) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {} (the recipe's `{key}`)", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading {} (the recipe's `{key}`)", path.display()))?;
         let text = ferrovene_data::format::utf8(path, &bytes)?.to_string();
         let file = parse_jsonl(path, &text, OnError::Stop)?;
         let (wanted, what) = match method {
@@ -53,9 +54,18 @@ impl ExampleFile {
             Method::Probe => ("text", "texts with classes (`text`, `class`)"),
         };
         if let Some((line, ex)) = file.examples.iter().find(|(_, ex)| ex.kind() != wanted) {
-            bail!("{}:{line}: kind `{}` trains on {what}, but this line is a {} example", path.display(), method.name(), ex.kind());
+            bail!(
+                "{}:{line}: kind `{}` trains on {what}, but this line is a {} example",
+                path.display(),
+                method.name(),
+                ex.kind()
+            );
         }
-        let tokenized = file.examples.iter().map(|(l, e)| tokenize(e, tok, &file.path, *l)).collect::<std::result::Result<_, _>>()?;
+        let tokenized = file
+            .examples
+            .iter()
+            .map(|(l, e)| tokenize(e, tok, &file.path, *l))
+            .collect::<std::result::Result<_, _>>()?;
         Ok(ExampleFile { text, file, tokenized })
     }
 
@@ -107,7 +117,9 @@ pub fn read(r: &PairRecipe, method: Method, tok: &ferrovene_models::TextTokenize
     if train.is_empty() || dev.is_empty() || (r.early_stopping.is_some() && validation.is_empty()) {
         bail!(
             "the split by `{by}` left {} training, {} validation and {} held-out examples; adjust dev_fraction, validation_fraction, split_by or held_out",
-            train.len(), validation.len(), dev.len()
+            train.len(),
+            validation.len(),
+            dev.len()
         );
     }
     let (hash, dev_lines, tokenized) = match held_out {

@@ -11,7 +11,7 @@ mod examples;
 mod recipe;
 mod train;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_models::{LoadedModel, Transformer};
@@ -24,7 +24,7 @@ pub use train::Trained;
 use crate::device::load_model;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::Outcome;
-use crate::run_dir::{fnv1a, RunDir};
+use crate::run_dir::{RunDir, fnv1a};
 
 /// A pair-file recipe with the method its `kind` names: what runs.
 pub struct Pairs<'a> {
@@ -53,7 +53,12 @@ impl Experiment for Pairs<'_> {
 }
 
 /// Runs a pair-file recipe on backend `B`.
-pub fn run<B: AutodiffBackend>(method: Method, r: &PairRecipe, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
+pub fn run<B: AutodiffBackend>(
+    method: Method,
+    r: &PairRecipe,
+    ctx: &RunContext<'_>,
+    device: &B::Device,
+) -> Result<RunEnd> {
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let width = loaded.model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?.width;
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?;
@@ -63,20 +68,48 @@ pub fn run<B: AutodiffBackend>(method: Method, r: &PairRecipe, ctx: &RunContext<
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
     };
     let fingerprint = fnv1a(format!("{}\n{}", ctx.as_run, examples.hash).as_bytes());
-    let stage = train::Stage { method, r, model: &loaded.model, pad_id: tok.pad_id, width, examples: &examples, dir: &dir, ctx, fingerprint, started: std::time::Instant::now(), device };
+    let stage = train::Stage {
+        method,
+        r,
+        model: &loaded.model,
+        pad_id: tok.pad_id,
+        width,
+        examples: &examples,
+        dir: &dir,
+        ctx,
+        fingerprint,
+        started: std::time::Instant::now(),
+        device,
+    };
     let trained = stage.train()?;
     if trained.fitted.outcome == Outcome::Interrupted {
-        eprintln!("interrupted at step {}; checkpoint written. Go on with: trainer {} --resume {}", trained.fitted.state.step, ctx.name, dir.path().display());
+        eprintln!(
+            "interrupted at step {}; checkpoint written. Go on with: trainer {} --resume {}",
+            trained.fitted.state.step,
+            ctx.name,
+            dir.path().display()
+        );
         return Ok(RunEnd::Interrupted(dir.path().to_path_buf()));
     }
     write_outputs(r, &loaded, &examples, &trained, &dir, ctx)?;
-    println!("run folder: {} (TensorBoard: tensorboard --logdir {})", dir.path().display(), dir.join("tensorboard").display());
+    println!(
+        "run folder: {} (TensorBoard: tensorboard --logdir {})",
+        dir.path().display(),
+        dir.join("tensorboard").display()
+    );
     Ok(RunEnd::Done(dir.path().to_path_buf()))
 }
 
 /// The export, `report.json` and `dev.jsonl` (the held-out examples as they were in the file, so
 /// `trainer eval` can reproduce the numbers).
-fn write_outputs<B: AutodiffBackend>(r: &PairRecipe, loaded: &LoadedModel<B>, ex: &Examples, t: &Trained<B>, dir: &RunDir, ctx: &RunContext<'_>) -> Result<()> {
+fn write_outputs<B: AutodiffBackend>(
+    r: &PairRecipe,
+    loaded: &LoadedModel<B>,
+    ex: &Examples,
+    t: &Trained<B>,
+    dir: &RunDir,
+    ctx: &RunContext<'_>,
+) -> Result<()> {
     let state = &t.fitted.state;
     let report = json!({
         "recipe": ctx.name, "seed": r.seed,
@@ -91,7 +124,12 @@ fn write_outputs<B: AutodiffBackend>(r: &PairRecipe, loaded: &LoadedModel<B>, ex
         "timings_s": {"prepare": t.timings.0, "train": t.timings.1},
         "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
     });
-    let placement = PlacementConfig { sites: vec![r.site.to_string()], positions: "from the example file".into(), site_width: t.width, ..Default::default() };
+    let placement = PlacementConfig {
+        sites: vec![r.site.to_string()],
+        positions: "from the example file".into(),
+        site_width: t.width,
+        ..Default::default()
+    };
     let config = ExportConfig::new(placement, ModelConfig::of(loaded), t.metrics.clone());
     export::save(&t.fitted.module, config, &dir.join("intervention.safetensors"))?;
     dir.write_report(report)?;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use ferrovene_interventions::das::{Annealing, TemperatureSchedule};
 use ferrovene_interventions::reft::ReftFamily;
 use ferrovene_models::Site;
@@ -171,7 +171,11 @@ impl PairRecipe {
             bail!("`family` is a ReFT key; kind `{kind}` does not use it");
         }
         if method != Method::Boundless {
-            for (key, set) in [("temperature", self.temperature.is_some()), ("boundary_penalty", self.boundary_penalty.is_some()), ("boundary_init", self.boundary_init.is_some())] {
+            for (key, set) in [
+                ("temperature", self.temperature.is_some()),
+                ("boundary_penalty", self.boundary_penalty.is_some()),
+                ("boundary_init", self.boundary_init.is_some()),
+            ] {
                 if set {
                     bail!("`{key}` is a Boundless DAS key; kind `{kind}` does not use it");
                 }
@@ -181,17 +185,28 @@ impl PairRecipe {
             bail!("`batch_size`, `eval_batch_size`, `epochs` and `accumulate` must be at least 1");
         }
         match (&self.held_out, self.dev_fraction) {
-            (Some(_), Some(_)) => bail!("give either `held_out` (a file of held-out examples) or `dev_fraction` (a share of `pairs`), not both"),
-            (None, None) => bail!("the recipe needs held-out examples: `dev_fraction` (a share of `pairs`, with `split_by`) or `held_out` (a file)"),
-            (None, Some(f)) if !(f > 0.0 && f < 1.0) => bail!("`dev_fraction` must be between 0 and 1 (exclusive), not {f}"),
+            (Some(_), Some(_)) => bail!(
+                "give either `held_out` (a file of held-out examples) or `dev_fraction` (a share of `pairs`), not both"
+            ),
+            (None, None) => bail!(
+                "the recipe needs held-out examples: `dev_fraction` (a share of `pairs`, with `split_by`) or `held_out` (a file)"
+            ),
+            (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
+                bail!("`dev_fraction` must be between 0 and 1 (exclusive), not {f}")
+            }
             _ => {}
         }
         let needs_groups = self.dev_fraction.is_some() || self.early_stopping.is_some();
         if needs_groups && self.split_by.is_none() {
-            bail!("`split_by` (a metadata field whose values never straddle a split) is needed with `dev_fraction` or `early_stopping`");
+            bail!(
+                "`split_by` (a metadata field whose values never straddle a split) is needed with `dev_fraction` or `early_stopping`"
+            );
         }
         if self.early_stopping.is_some() && !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
-            bail!("early stopping needs a validation split: `validation_fraction` between 0 and 1, not {}", self.validation_fraction);
+            bail!(
+                "early stopping needs a validation split: `validation_fraction` between 0 and 1, not {}",
+                self.validation_fraction
+            );
         }
         if !(0.0..=1.0).contains(&self.warmup) {
             bail!("`warmup` is a share of the steps, between 0 and 1, not {}", self.warmup);
@@ -212,7 +227,12 @@ impl PairRecipe {
     /// The training loop's settings.
     pub fn fit_config(&self, method: Method) -> FitConfig {
         let temperature = (method == Method::Boundless).then(|| {
-            let t = self.temperature.unwrap_or(Temperature { start: 1.0, end: 0.1, annealing: Annealing::Geometric, steps: 0 });
+            let t = self.temperature.unwrap_or(Temperature {
+                start: 1.0,
+                end: 0.1,
+                annealing: Annealing::Geometric,
+                steps: 0,
+            });
             TemperatureSchedule { start: t.start, end: t.end, steps: t.steps, annealing: t.annealing }
         });
         FitConfig {

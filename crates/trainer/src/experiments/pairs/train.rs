@@ -3,24 +3,24 @@
 
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{Result, anyhow, bail};
 use burn::module::Param;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use ferrovene_data::TokenizedExample;
 use ferrovene_interventions::das::{BoundlessDas, DasLowRank};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Intervention, Orthogonal};
-use ferrovene_models::rng::Rng;
 use ferrovene_models::Transformer;
-use serde_json::{json, Value};
+use ferrovene_models::rng::Rng;
+use serde_json::{Value, json};
 
 use super::examples::Examples;
 use super::recipe::{Method, PairRecipe};
-use crate::events::{progress_if, Events};
+use crate::events::{Events, progress_if};
 use crate::experiments::experiment::RunContext;
-use crate::fit::{fit, FitIo, Fitted, Objective};
+use crate::fit::{FitIo, Fitted, Objective, fit};
 use crate::memory::human;
 use crate::objectives::batches::BatchList;
 use crate::objectives::das::PairBatch;
@@ -103,11 +103,19 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     fn splits(&self) -> [(Vec<&TokenizedExample>, &'static str, usize); 3] {
         let ex = self.examples;
         let (train, eval) = (self.r.batch_size.max(1), self.r.eval_batch_size().max(1));
-        [(ex.pick(&ex.train), "train", train), (ex.pick(&ex.validation), "validation", eval), (ex.pick(&ex.dev), "held out", eval)]
+        [
+            (ex.pick(&ex.train), "train", train),
+            (ex.pick(&ex.validation), "validation", eval),
+            (ex.pick(&ex.dev), "held out", eval),
+        ]
     }
 
     /// Trains `iv` on `objective` with the recipe's loop settings, checkpoints and events.
-    fn fit(&self, objective: &dyn Objective<B, Intervention<B>>, iv: Intervention<B>) -> Result<(Fitted<Intervention<B>>, (f64, f64))> {
+    fn fit(
+        &self,
+        objective: &dyn Objective<B, Intervention<B>>,
+        iv: Intervention<B>,
+    ) -> Result<(Fitted<Intervention<B>>, (f64, f64))> {
         let t0 = self.started.elapsed().as_secs_f64();
         let mut events = Events::create(&self.dir.join("tensorboard"))?;
         let io = FitIo {
@@ -133,13 +141,23 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             Ok(k)
         };
         Ok(match self.method {
-            Method::Das => Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(rank()?, width, &mut rng, device) }),
+            Method::Das => {
+                Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(rank()?, width, &mut rng, device) })
+            }
             Method::Boundless => Intervention::Boundless(BoundlessDas {
                 rotation: Orthogonal::random(width, width, &mut rng, device),
                 boundary: Param::from_tensor(Tensor::from_floats([r.boundary_init.unwrap_or(0.1) as f32], device)),
                 temperature: r.temperature.map_or(1.0, |t| t.start),
             }),
-            Method::Reft => Intervention::Reft(ReftIntervention::new(r.family.unwrap_or(ReftFamily::LoReft), width, rank()?, Activation::Identity, 0.0, &mut rng, device)),
+            Method::Reft => Intervention::Reft(ReftIntervention::new(
+                r.family.unwrap_or(ReftFamily::LoReft),
+                width,
+                rank()?,
+                Activation::Identity,
+                0.0,
+                &mut rng,
+                device,
+            )),
             Method::Probe => Intervention::Probe(LinearProbe::init(width, classes, &mut rng, device)),
         })
     }
@@ -157,13 +175,20 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let iv = &fitted.module;
         // Without a validation split the held-out examples validate: the final validation, if it
         // saw these parameters, already measured them.
-        let with = if val.count() == 0 { objective.validation_metrics(iv)? } else { das::evaluate(model, &*dev, Some(iv))? };
+        let with =
+            if val.count() == 0 { objective.validation_metrics(iv)? } else { das::evaluate(model, &*dev, Some(iv))? };
         let none = das::evaluate(model, &*dev, None)?;
-        let random_iv = iv.with_random_rotation(&mut Rng::new(self.r.seed ^ 1)).ok_or_else(|| anyhow!("DAS has a rotation"))?;
+        let random_iv =
+            iv.with_random_rotation(&mut Rng::new(self.r.seed ^ 1)).ok_or_else(|| anyhow!("DAS has a rotation"))?;
         let random = das::evaluate(model, &*dev, Some(&random_iv))?;
         println!(
             "{}: held-out IIA {:.3} (no intervention {:.3}, random rotation {:.3}) on {} pairs; p(label) > p(base) {}",
-            self.ctx.name, with.iia, none.iia, random.iia, with.n, with.label_beats_base.map_or("-".into(), |v| format!("{v:.3}"))
+            self.ctx.name,
+            with.iia,
+            none.iia,
+            random.iia,
+            with.n,
+            with.label_beats_base.map_or("-".into(), |v| format!("{v:.3}"))
         );
         let mut dev_metrics = json!(with);
         if let Intervention::Boundless(b) = iv {
@@ -182,13 +207,20 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let budget = self.ctx.cache_budget;
         let pairs: usize = splits.iter().map(|(p, _, _)| p.len()).sum();
         if bytes <= budget {
-            eprintln!("{}: frozen cache of about {} for {pairs} pairs (budget {})", self.ctx.name, human(bytes), human(budget));
+            eprintln!(
+                "{}: frozen cache of about {} for {pairs} pairs (budget {})",
+                self.ctx.name,
+                human(bytes),
+                human(budget)
+            );
             let [train, val, dev] = self.prepare(|c, bs| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
             return Ok([Box::new(train), Box::new(val), Box::new(dev)]);
         }
         eprintln!(
             "{}: the frozen cache would take about {} for {pairs} pairs, over the budget of {} (--cache-budget): each batch's frozen part is computed when the batch is used instead (slower, the same numbers)",
-            self.ctx.name, human(bytes), human(budget)
+            self.ctx.name,
+            human(bytes),
+            human(budget)
         );
         Ok(splits.map(|(pairs, _, batch_size)| -> Box<dyn BatchList<PairBatch<B>> + '_> {
             Box::new(OnDemand { model, site, pairs, pad_id: self.pad_id, batch_size, device: self.device.clone() })
@@ -199,7 +231,8 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     fn reft(&self) -> Result<Trained<B>> {
         let (model, site) = (self.model, self.r.site);
         let [train, val, dev] = self.prepare(|c, bs| reft::prepare(model, site, c, self.pad_id, bs, self.device))?;
-        let objective = reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
+        let objective =
+            reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
         let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
@@ -241,7 +274,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let (acc, loss) = probe::evaluate(&fitted.module, &dev)?;
         let majority = probe::majority_share(&dev);
         let n = self.examples.dev.len();
-        println!("{}: held-out probe accuracy {acc:.3} (majority class {majority:.3}) on {n} texts, {classes} classes", self.ctx.name);
+        println!(
+            "{}: held-out probe accuracy {acc:.3} (majority class {majority:.3}) on {n} texts, {classes} classes",
+            self.ctx.name
+        );
         let metrics = json!({"dev": {"accuracy": acc, "loss": loss, "n": n}, "controls": {"majority_class": majority}});
         Ok(Trained { fitted, metrics, timings, width: self.width })
     }

@@ -3,14 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use ferrovene_models::{forward, Capture, Component, FnHook, Input, NoHooks, Site, Transformer};
+use ferrovene_models::{Capture, Component, FnHook, Input, NoHooks, Site, Transformer, forward};
 
 /// `[layer][text][width]` head outputs at each text's last token.
-pub fn head_outputs<B: Backend, M: Transformer<B>>(model: &M, rows: &[Vec<u32>], pad_id: u32, device: &B::Device) -> Result<Vec<Vec<Vec<f32>>>> {
+pub fn head_outputs<B: Backend, M: Transformer<B>>(
+    model: &M,
+    rows: &[Vec<u32>],
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<Vec<Vec<Vec<f32>>>> {
     let layers = model.n_layers();
     let sites: Vec<Site> = (0..layers).map(|l| Site::new(l, Component::HeadAttentionValueOutput)).collect();
     let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::new(); layers];
@@ -22,7 +27,8 @@ pub fn head_outputs<B: Backend, M: Transformer<B>>(model: &M, rows: &[Vec<u32>],
         for (l, site) in sites.iter().enumerate() {
             let h = cap.get(*site).context("every layer's heads are captured")?;
             let [b, _, w] = h.dims();
-            let last: Vec<f32> = h.slice([0..b, seq - 1..seq]).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
+            let last: Vec<f32> =
+                h.slice([0..b, seq - 1..seq]).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
             out[l].extend(last.chunks(w).map(<[f32]>::to_vec));
         }
     }
@@ -52,7 +58,13 @@ pub fn true_answer_probability<B: Backend, M: Transformer<B>>(
 ) -> Result<Vec<(f64, f64)>> {
     let vectors: BTreeMap<Site, Tensor<B, 3>> = shifts
         .iter()
-        .map(|(&l, v)| (Site::new(l, Component::HeadAttentionValueOutput), Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [v.len()]), device).reshape([1, 1, v.len()]) * alpha))
+        .map(|(&l, v)| {
+            (
+                Site::new(l, Component::HeadAttentionValueOutput),
+                Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [v.len()]), device).reshape([1, 1, v.len()])
+                    * alpha,
+            )
+        })
         .collect();
     let mut out = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(32) {
@@ -71,7 +83,9 @@ pub fn true_answer_probability<B: Backend, M: Transformer<B>>(
             });
             forward(model, &input, &mut add)
         };
-        let logits = model.head(hidden.slice([0..b, seq - 1..seq])).ok_or_else(|| anyhow!("steer-iti needs a language model"))?;
+        let logits = model
+            .head(hidden.slice([0..b, seq - 1..seq]))
+            .ok_or_else(|| anyhow!("steer-iti needs a language model"))?;
         let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
         let v = probs.len() / b;
         for (r, (_, t, f)) in chunk.iter().enumerate() {
@@ -81,4 +95,3 @@ pub fn true_answer_probability<B: Backend, M: Transformer<B>>(
     }
     Ok(out)
 }
-

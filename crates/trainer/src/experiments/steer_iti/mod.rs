@@ -24,11 +24,11 @@ mod stages;
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ferrovene_models::{Component, Site, Transformer};
 
-pub use facts::{facts, probed_texts, Fact};
+pub use facts::{Fact, facts, probed_texts};
 pub use heads::scaled_direction;
 pub use recipe::{ProbeAt, SteerItiRecipe};
 pub use stages::{AlphaPoint, Curve, FactSplit, Probes, TopicPoint};
@@ -45,11 +45,18 @@ impl Experiment for SteerItiRecipe {
 
     fn check(&self) -> Result<()> {
         let r = self;
-        if !(r.held_out_fraction > 0.0 && r.validation_fraction > 0.0 && r.held_out_fraction + r.validation_fraction < 0.9) {
-            bail!("`held_out_fraction` and `validation_fraction` must be positive and leave at least 10% of the facts for training");
+        if !(r.held_out_fraction > 0.0
+            && r.validation_fraction > 0.0
+            && r.held_out_fraction + r.validation_fraction < 0.9)
+        {
+            bail!(
+                "`held_out_fraction` and `validation_fraction` must be positive and leave at least 10% of the facts for training"
+            );
         }
         if r.probe_at == ProbeAt::NextPrompt && r.context_statements == 0 {
-            bail!("`probe_at = \"next-prompt\"` labels each prompt by the statements before it: set `context_statements` to 1 or more");
+            bail!(
+                "`probe_at = \"next-prompt\"` labels each prompt by the statements before it: set `context_statements` to 1 or more"
+            );
         }
         if r.top_k == 0 || r.alphas.is_empty() || r.probe_steps == 0 || r.contexts_per_fact == 0 {
             bail!("`top_k`, `probe_steps`, `contexts_per_fact` and `alphas` must be non-zero / non-empty");
@@ -67,7 +74,8 @@ impl Experiment for SteerItiRecipe {
 /// control, exports; returns the run folder.
 pub fn run<B: Backend>(ctx: &RunContext<'_>, r: &SteerItiRecipe, device: &B::Device) -> Result<PathBuf> {
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let (model, tok) =
+        (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let info = model.site_info(Site::new(0, Component::HeadAttentionValueOutput))?;
     if r.top_k > info.heads * model.n_layers() {
         bail!("`top_k = {}` is more than the model's {} heads", r.top_k, info.heads * model.n_layers());
@@ -81,7 +89,15 @@ pub fn run<B: Backend>(ctx: &RunContext<'_>, r: &SteerItiRecipe, device: &B::Dev
     let curve = stages::alpha_curve(r, model, tok, &split, (&iti, &controls), device)?;
     bar.inc(1);
     bar.finish_and_clear();
-    let found = report::Found { name: ctx.name, r, split: &split, probes: &probes, iti: &iti, curve: &curve, layers: model.n_layers() };
+    let found = report::Found {
+        name: ctx.name,
+        r,
+        split: &split,
+        probes: &probes,
+        iti: &iti,
+        curve: &curve,
+        layers: model.n_layers(),
+    };
     found.write(&dir, &loaded, info.width, device)?;
     print!("{}", found.summary());
     println!("run folder: {} ({:.0} s)", dir.path().display(), dir.elapsed());
@@ -103,7 +119,12 @@ mod tests {
     }
 
     fn recipe() -> SteerItiRecipe {
-        match Recipe::from_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../recipes/steer-iti.toml"))).unwrap() {
+        match Recipe::from_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../recipes/steer-iti.toml"
+        )))
+        .unwrap()
+        {
             Recipe::SteerIti(r) => r,
             other => panic!("a steer-iti recipe: {other:?}"),
         }
@@ -125,12 +146,17 @@ mod tests {
             let (ts, fs): (Vec<&str>, Vec<&str>) = (t.split(". ").collect(), f.split(". ").collect());
             assert_eq!(ts.len(), r.context_statements + 1);
             for (a, b) in ts.iter().zip(&fs).take(r.context_statements) {
-                let j = pool.iter().copied().find(|&j| a.starts_with(&all[j].prompt)).unwrap_or_else(|| panic!("{a:?} is not a pool fact"));
+                let j = pool
+                    .iter()
+                    .copied()
+                    .find(|&j| a.starts_with(&all[j].prompt))
+                    .unwrap_or_else(|| panic!("{a:?} is not a pool fact"));
                 assert_eq!(*a, format!("{}{}", all[j].prompt, all[j].truth));
                 assert_eq!(*b, format!("{}{}", all[j].prompt, all[j].falsehood));
             }
         }
-        let statement = SteerItiRecipe { probe_at: ProbeAt::Statement, context_statements: 0, contexts_per_fact: 1, ..r.clone() };
+        let statement =
+            SteerItiRecipe { probe_at: ProbeAt::Statement, context_statements: 0, contexts_per_fact: 1, ..r.clone() };
         let texts = probed_texts(&all, &ids, &pool, &statement, &mut Rng::new(5));
         assert_eq!(texts[0], (format!("{}{}", all[0].prompt, all[0].truth), true));
         assert_eq!(texts[1], (format!("{}{}", all[0].prompt, all[0].falsehood), false));
@@ -147,4 +173,3 @@ mod tests {
         assert!((v[0] - 5f32.sqrt()).abs() < 1e-5 && v[1] == 0.0, "{v:?}");
     }
 }
-

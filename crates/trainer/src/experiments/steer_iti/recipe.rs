@@ -46,4 +46,3 @@ pub struct SteerItiRecipe {
     /// Seed of the false answers, the split, the contexts and the random directions.
     pub seed: u64,
 }
-

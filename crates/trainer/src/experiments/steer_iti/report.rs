@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use ferrovene_interventions::Intervention;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::steering::Steering;
-use ferrovene_interventions::Intervention;
 use ferrovene_models::LoadedModel;
 use serde_json::json;
 
@@ -39,7 +39,13 @@ pub struct Found<'a> {
 
 impl Found<'_> {
     /// Writes every file of the run.
-    pub fn write<B: Backend>(&self, dir: &RunDir, loaded: &LoadedModel<B>, width: usize, device: &B::Device) -> Result<()> {
+    pub fn write<B: Backend>(
+        &self,
+        dir: &RunDir,
+        loaded: &LoadedModel<B>,
+        width: usize,
+        device: &B::Device,
+    ) -> Result<()> {
         self.write_heads(dir)?;
         self.write_curve(dir)?;
         self.write_exports(dir, loaded, width, device)?;
@@ -72,9 +78,17 @@ impl Found<'_> {
         let points = &self.curve.points;
         let mut csv = String::from("alpha,topic,prompts,p_true,true_share,p_true_random,true_share_random\n");
         for p in points {
-            let _ = writeln!(csv, "{},all,{},{},{},{},{}", p.alpha, self.curve.n_prompts, p.p_true, p.true_share, p.p_true_random, p.true_share_random);
+            let _ = writeln!(
+                csv,
+                "{},all,{},{},{},{},{}",
+                p.alpha, self.curve.n_prompts, p.p_true, p.true_share, p.p_true_random, p.true_share_random
+            );
             for (t, x) in &p.by_topic {
-                let _ = writeln!(csv, "{},{t},{},{},{},{},{}", p.alpha, x.n, x.p_true, x.true_share, x.p_true_random, x.true_share_random);
+                let _ = writeln!(
+                    csv,
+                    "{},{t},{},{},{},{},{}",
+                    p.alpha, x.n, x.p_true, x.true_share, x.p_true_random, x.true_share_random
+                );
             }
         }
         dir.write("alpha.csv", csv)?;
@@ -82,26 +96,53 @@ impl Found<'_> {
             title: &format!("{}: p(true answer) on held-out prompts against α", self.name),
             axes: ("α (in σ along each head's direction)", "mean p(true answer)"),
             series: vec![
-                Series { name: format!("ITI, top {} heads", self.r.top_k), points: points.iter().map(|p| (p.alpha, p.p_true as f64)).collect() },
-                Series { name: "random directions".into(), points: points.iter().map(|p| (p.alpha, p.p_true_random as f64)).collect() },
+                Series {
+                    name: format!("ITI, top {} heads", self.r.top_k),
+                    points: points.iter().map(|p| (p.alpha, p.p_true as f64)).collect(),
+                },
+                Series {
+                    name: "random directions".into(),
+                    points: points.iter().map(|p| (p.alpha, p.p_true_random as f64)).collect(),
+                },
             ]
             .into_iter()
-            .chain(self.curve.topics.keys().map(|&t| Series { name: format!("ITI, {t}"), points: points.iter().map(|p| (p.alpha, p.by_topic[t].p_true as f64)).collect() }))
+            .chain(self.curve.topics.keys().map(|&t| Series {
+                name: format!("ITI, {t}"),
+                points: points.iter().map(|p| (p.alpha, p.by_topic[t].p_true as f64)).collect(),
+            }))
             .collect(),
         }
         .write(&dir.join("alpha"))?;
         Ok(())
     }
 
-    fn write_exports<B: Backend>(&self, dir: &RunDir, loaded: &LoadedModel<B>, width: usize, device: &B::Device) -> Result<()> {
+    fn write_exports<B: Backend>(
+        &self,
+        dir: &RunDir,
+        loaded: &LoadedModel<B>,
+        width: usize,
+        device: &B::Device,
+    ) -> Result<()> {
         let export_dir = dir.join("iti");
         std::fs::create_dir_all(&export_dir)?;
         for (&l, v) in self.iti {
-            let iv = Intervention::Steering(Steering::fixed(Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [width]), device), self.r.export_alpha));
+            let iv = Intervention::Steering(Steering::fixed(
+                Tensor::<B, 1>::from_data(TensorData::new(v.clone(), [width]), device),
+                self.r.export_alpha,
+            ));
             let heads_here: Vec<usize> = self.probes.top.iter().filter(|(tl, _)| *tl == l).map(|(_, h)| *h).collect();
-            let placement = PlacementConfig { sites: vec![format!("{l}.head_attention_value_output")], positions: "all".into(), site_width: width, ..Default::default() };
+            let placement = PlacementConfig {
+                sites: vec![format!("{l}.head_attention_value_output")],
+                positions: "all".into(),
+                site_width: width,
+                ..Default::default()
+            };
             let training = json!({"recipe": self.name, "heads": heads_here, "alpha": self.r.export_alpha, "rule": "mass-mean shift, sigma-scaled"});
-            export::save(&iv, ExportConfig::new(placement, ModelConfig::of(loaded), training), &export_dir.join(format!("layer-{l}.safetensors")))?;
+            export::save(
+                &iv,
+                ExportConfig::new(placement, ModelConfig::of(loaded), training),
+                &export_dir.join(format!("layer-{l}.safetensors")),
+            )?;
         }
         Ok(())
     }
@@ -128,19 +169,45 @@ impl Found<'_> {
     /// The console summary: the top heads, the α curve overall and per topic.
     pub fn summary(&self) -> String {
         let (r, accuracy, points) = (self.r, &self.probes.accuracy, &self.curve.points);
-        let mut out = format!("{}: probes on {} heads; top {} by validation accuracy:", self.name, self.probes.heads * self.layers, r.top_k);
+        let mut out = format!(
+            "{}: probes on {} heads; top {} by validation accuracy:",
+            self.name,
+            self.probes.heads * self.layers,
+            r.top_k
+        );
         for &(l, h) in self.probes.top.iter().take(8) {
             let _ = write!(out, " {l}.{h} ({:.2})", accuracy[l][h]);
         }
-        let _ = writeln!(out, "\neffect of α on {} held-out prompts (mean p(true answer); p(true)/(p(true)+p(false)) in brackets):", self.curve.n_prompts);
+        let _ = writeln!(
+            out,
+            "\neffect of α on {} held-out prompts (mean p(true answer); p(true)/(p(true)+p(false)) in brackets):",
+            self.curve.n_prompts
+        );
         let _ = writeln!(out, "{:>7} {:>18} {:>22}", "alpha", "ITI", "random directions");
         for p in points {
-            let _ = writeln!(out, "{:>7} {:>9.4} ({:.3}) {:>13.4} ({:.3})", p.alpha, p.p_true, p.true_share, p.p_true_random, p.true_share_random);
+            let _ = writeln!(
+                out,
+                "{:>7} {:>9.4} ({:.3}) {:>13.4} ({:.3})",
+                p.alpha, p.p_true, p.true_share, p.p_true_random, p.true_share_random
+            );
         }
         let _ = writeln!(out, "by topic, mean p(true answer) with ITI / random directions:");
-        let _ = writeln!(out, "{:>7} {}", "alpha", self.curve.topics.iter().map(|(t, rows)| format!("{:>24}", format!("{t} ({})", rows.len()))).collect::<String>());
+        let _ = writeln!(
+            out,
+            "{:>7} {}",
+            "alpha",
+            self.curve
+                .topics
+                .iter()
+                .map(|(t, rows)| format!("{:>24}", format!("{t} ({})", rows.len())))
+                .collect::<String>()
+        );
         for p in points {
-            let cells: String = p.by_topic.values().map(|x| format!("{:>24}", format!("{:.4} / {:.4}", x.p_true, x.p_true_random))).collect();
+            let cells: String = p
+                .by_topic
+                .values()
+                .map(|x| format!("{:>24}", format!("{:.4} / {:.4}", x.p_true, x.p_true_random)))
+                .collect();
             let _ = writeln!(out, "{:>7} {cells}", p.alpha);
         }
         out

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use burn::tensor::backend::Backend;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site, TextTokenizer, Transformer};
 use serde::Serialize;
 
-use super::facts::{self, facts, probed_texts, Fact};
+use super::facts::{self, Fact, facts, probed_texts};
 use super::heads::{self, scaled_direction};
 use super::recipe::SteerItiRecipe;
 use crate::objectives::probe::logistic_regression_accuracy;
@@ -75,7 +75,11 @@ pub fn split_facts(r: &SteerItiRecipe) -> Result<FactSplit> {
     let (test, rest) = order.split_at(n_test);
     let (validation, train) = rest.split_at(n_val);
     if r.context_statements >= train.len() {
-        bail!("`context_statements = {}` needs more training facts than the {} left by the held-out and validation fractions", r.context_statements, train.len());
+        bail!(
+            "`context_statements = {}` needs more training facts than the {} left by the held-out and validation fractions",
+            r.context_statements,
+            train.len()
+        );
     }
     Ok(FactSplit { test: test.to_vec(), validation: validation.to_vec(), train: train.to_vec(), all })
 }
@@ -109,25 +113,42 @@ impl Probes {
 /// one after true statements (label true), one after the same statements made false (label
 /// false). Context statements come from other training facts, so held-out answers never reach
 /// the probes.
-pub fn probe_heads<B: Backend, M: Transformer<B>>(r: &SteerItiRecipe, model: &M, tok: &TextTokenizer, split: &FactSplit, device: &B::Device) -> Result<Probes> {
+pub fn probe_heads<B: Backend, M: Transformer<B>>(
+    r: &SteerItiRecipe,
+    model: &M,
+    tok: &TextTokenizer,
+    split: &FactSplit,
+    device: &B::Device,
+) -> Result<Probes> {
     let info = model.site_info(Site::new(0, Component::HeadAttentionValueOutput))?;
     let (heads, layers) = (info.heads, model.n_layers());
     let mut context_rng = Rng::new(r.seed ^ 0xC0_47_E7);
     let mut statements = |ids: &[usize]| -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
         let texts = probed_texts(&split.all, ids, &split.train, r, &mut context_rng);
-        Ok((texts.iter().map(|(t, _)| tok.encode(t)).collect::<Result<_, _>>()?, texts.iter().map(|(_, y)| *y).collect()))
+        Ok((
+            texts.iter().map(|(t, _)| tok.encode(t)).collect::<Result<_, _>>()?,
+            texts.iter().map(|(_, y)| *y).collect(),
+        ))
     };
     let (train_rows, train_y) = statements(&split.train)?;
     let (val_rows, val_y) = statements(&split.validation)?;
     let train_acts = heads::head_outputs(model, &train_rows, tok.pad_id, device)?;
     let val_acts = heads::head_outputs(model, &val_rows, tok.pad_id, device)?;
-    let mut probes = Probes { accuracy: vec![vec![0f32; heads]; layers], top: Vec::new(), train_acts, train_y, heads, head_dim: info.width / heads };
+    let mut probes = Probes {
+        accuracy: vec![vec![0f32; heads]; layers],
+        top: Vec::new(),
+        train_acts,
+        train_y,
+        heads,
+        head_dim: info.width / heads,
+    };
     for l in 0..layers {
         for h in 0..heads {
             let (tr, va) = (probes.slice(&probes.train_acts[l], h), probes.slice(&val_acts[l], h));
             let tr_refs: Vec<&[f32]> = tr.iter().map(Vec::as_slice).collect();
             let va_refs: Vec<&[f32]> = va.iter().map(Vec::as_slice).collect();
-            probes.accuracy[l][h] = logistic_regression_accuracy(&tr_refs, &probes.train_y, &va_refs, &val_y, r.probe_steps);
+            probes.accuracy[l][h] =
+                logistic_regression_accuracy(&tr_refs, &probes.train_y, &va_refs, &val_y, r.probe_steps);
         }
     }
     let accuracy = &probes.accuracy;
@@ -156,7 +177,8 @@ fn shifts_along(p: &Probes, width: usize, direction: &dyn Fn(&[Vec<f32>]) -> Vec
 pub fn shifts(r: &SteerItiRecipe, p: &Probes, width: usize) -> (Shifts, Vec<Shifts>) {
     let mass_mean = |acts: &[Vec<f32>]| -> Vec<f64> {
         let mean = |want: bool| -> Vec<f64> {
-            let rows: Vec<&Vec<f32>> = acts.iter().zip(&p.train_y).filter(|(_, y)| **y == want).map(|(x, _)| x).collect();
+            let rows: Vec<&Vec<f32>> =
+                acts.iter().zip(&p.train_y).filter(|(_, y)| **y == want).map(|(x, _)| x).collect();
             (0..p.head_dim).map(|j| rows.iter().map(|x| x[j] as f64).sum::<f64>() / rows.len().max(1) as f64).collect()
         };
         mean(true).iter().zip(mean(false)).map(|(a, b)| a - b).collect()
@@ -182,14 +204,24 @@ pub struct Curve {
     pub n_prompts: usize,
 }
 
-pub fn alpha_curve<B: Backend, M: Transformer<B>>(r: &SteerItiRecipe, model: &M, tok: &TextTokenizer, split: &FactSplit, (iti, controls): (&Shifts, &[Shifts]), device: &B::Device) -> Result<Curve> {
-    let prompts: Vec<(Vec<u32>, u32, u32)> = split.test.iter().map(|&i| facts::answer_choice(tok, &split.all[i])).collect::<Result<Vec<_>>>()?;
+pub fn alpha_curve<B: Backend, M: Transformer<B>>(
+    r: &SteerItiRecipe,
+    model: &M,
+    tok: &TextTokenizer,
+    split: &FactSplit,
+    (iti, controls): (&Shifts, &[Shifts]),
+    device: &B::Device,
+) -> Result<Curve> {
+    let prompts: Vec<(Vec<u32>, u32, u32)> =
+        split.test.iter().map(|&i| facts::answer_choice(tok, &split.all[i])).collect::<Result<Vec<_>>>()?;
     let mut topics: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
     for (row, &i) in split.test.iter().enumerate() {
         topics.entry(split.all[i].topic).or_default().push(row);
     }
     let every: Vec<usize> = (0..prompts.len()).collect();
-    let probability = |shifts: &Shifts, alpha: f64| heads::true_answer_probability(model, &prompts, shifts, alpha, tok.pad_id, device);
+    let probability = |shifts: &Shifts, alpha: f64| {
+        heads::true_answer_probability(model, &prompts, shifts, alpha, tok.pad_id, device)
+    };
     let mut points = Vec::new();
     for &alpha in &r.alphas {
         let shifted = probability(iti, alpha)?;
@@ -207,13 +239,20 @@ pub fn alpha_curve<B: Backend, M: Transformer<B>>(r: &SteerItiRecipe, model: &M,
             mean
         };
         let point = |rows: &[usize]| {
-            let ((p_true, true_share), (p_true_random, true_share_random)) = (means(&shifted, rows), means(&random, rows));
+            let ((p_true, true_share), (p_true_random, true_share_random)) =
+                (means(&shifted, rows), means(&random, rows));
             TopicPoint { n: rows.len(), p_true, true_share, p_true_random, true_share_random }
         };
         let all = point(&every);
         let by_topic = topics.iter().map(|(&t, rows)| (t, point(rows))).collect();
-        points.push(AlphaPoint { alpha, p_true: all.p_true, true_share: all.true_share, p_true_random: all.p_true_random, true_share_random: all.true_share_random, by_topic });
+        points.push(AlphaPoint {
+            alpha,
+            p_true: all.p_true,
+            true_share: all.true_share,
+            p_true_random: all.p_true_random,
+            true_share_random: all.true_share_random,
+            by_topic,
+        });
     }
     Ok(Curve { points, topics, n_prompts: prompts.len() })
 }
-

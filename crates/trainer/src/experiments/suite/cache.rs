@@ -7,18 +7,20 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use ferrovene_data::batch::{pad, PaddingSide};
+use ferrovene_data::batch::{PaddingSide, pad};
 use ferrovene_data::format::{Example, Position};
 use ferrovene_data::suite::Suite;
-use ferrovene_data::{tokenize, LabelId, TokenizedExample, TokenizedInput};
+use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput, tokenize};
 use ferrovene_models::precision::to_f32;
-use ferrovene_models::{block_outputs, gather_positions, Checkpoint, Component, Input, KvCache, Site, TextTokenizer, Transformer};
+use ferrovene_models::{
+    Checkpoint, Component, Input, KvCache, Site, TextTokenizer, Transformer, block_outputs, gather_positions,
+};
 
 use super::recipe::LAST;
-use super::stack::{column, repeat, Stack};
+use super::stack::{Stack, column, repeat};
 use crate::batch::{input_of, int2, last_real};
 
 /// One pair of a task, tokenised: base and source with one position per region (in the task's
@@ -49,9 +51,17 @@ pub enum Labels {
 /// Tokenises a task's pairs (from `ferrovene_data::suite::split`) with a position for every
 /// region (`last`: the last token; else the slot's last token), the control words' first tokens
 /// for the control labels.
-pub fn tokenize_pairs(suite: &Suite, task: &str, pairs: &[Example], regions: &[String], control: [u32; 2], tok: &TextTokenizer) -> Result<Vec<SuitePair>> {
+pub fn tokenize_pairs(
+    suite: &Suite,
+    task: &str,
+    pairs: &[Example],
+    regions: &[String],
+    control: [u32; 2],
+    tok: &TextTokenizer,
+) -> Result<Vec<SuitePair>> {
     let classes = suite.tasks[task].classes();
-    let positions: Vec<Position> = regions.iter().map(|r| if r == LAST { Position::Last } else { Position::Span(r.clone()) }).collect();
+    let positions: Vec<Position> =
+        regions.iter().map(|r| if r == LAST { Position::Last } else { Position::Span(r.clone()) }).collect();
     pairs
         .iter()
         .enumerate()
@@ -70,14 +80,32 @@ pub fn tokenize_pairs(suite: &Suite, task: &str, pairs: &[Example], regions: &[S
             let t = tokenize(&with_regions, tok, &suite.path, i + 1).map_err(|e| {
                 let reason = e.to_string();
                 let prefix = format!("{}:{}: ", suite.path.display(), i + 1);
-                anyhow::anyhow!("{}: task `{task}`, generated pair {} (regions {}): {}", suite.path.display(), i + 1, regions.join(", "), reason.strip_prefix(&prefix).unwrap_or(&reason))
+                anyhow::anyhow!(
+                    "{}: task `{task}`, generated pair {} (regions {}): {}",
+                    suite.path.display(),
+                    i + 1,
+                    regions.join(", "),
+                    reason.strip_prefix(&prefix).unwrap_or(&reason)
+                )
             })?;
-            let TokenizedExample::Pair { base, mut sources, base_label: Some(LabelId::Token(yb)), label: LabelId::Token(ys) } = t else {
+            let TokenizedExample::Pair {
+                base,
+                mut sources,
+                base_label: Some(LabelId::Token(yb)),
+                label: LabelId::Token(ys),
+            } = t
+            else {
                 bail!("task `{task}`: a suite pair has text continuations")
             };
             let class = meta.get("base_class").and_then(|c| c.as_str()) == Some(classes[1]);
             let k = class as usize;
-            Ok(SuitePair { base, source: sources.remove(0), task: [ys, yb], control: [control[1 - k], control[k]], class })
+            Ok(SuitePair {
+                base,
+                source: sources.remove(0),
+                task: [ys, yb],
+                control: [control[1 - k], control[k]],
+                class,
+            })
         })
         .collect()
 }
@@ -110,7 +138,14 @@ pub struct Cached<B: Backend> {
 /// the swept ones, the keys and values, and the plain logits), up to the deepest swept layer for
 /// the sources. Training batches are row ranges of a chunk ([`Cached::stack`]): a forward of
 /// many rows reads the frozen weights fewer times per row.
-pub fn cache<B: Backend, M: Transformer<B>>(model: &M, pad_id: u32, pairs: &[SuitePair], layers: &[usize], chunk: usize, device: &B::Device) -> Result<Vec<Cached<B>>> {
+pub fn cache<B: Backend, M: Transformer<B>>(
+    model: &M,
+    pad_id: u32,
+    pairs: &[SuitePair],
+    layers: &[usize],
+    chunk: usize,
+    device: &B::Device,
+) -> Result<Vec<Cached<B>>> {
     for &l in layers {
         model.site_info(Site::new(l, Component::BlockOutput))?;
     }
@@ -135,15 +170,29 @@ pub fn cache<B: Backend, M: Transformer<B>>(model: &M, pad_id: u32, pairs: &[Sui
         let s = pad(&sources, pad_id, side);
         let s_input = input_of::<B>(&s.ids, &s.mask, device);
         let at = int2::<B>(&s.positions, device);
-        let source = block_outputs(model, &s_input, layers, deepest).0.into_iter().map(|(l, y)| (l, gather_positions(y, at.clone()))).collect();
-        out.push(Cached { input, base, source, keys_values, base_positions: b.positions, last, pairs: chunk.to_vec(), plain });
+        let source = block_outputs(model, &s_input, layers, deepest)
+            .0
+            .into_iter()
+            .map(|(l, y)| (l, gather_positions(y, at.clone())))
+            .collect();
+        out.push(Cached {
+            input,
+            base,
+            source,
+            keys_values,
+            base_positions: b.positions,
+            last,
+            pairs: chunk.to_vec(),
+            plain,
+        });
     }
     Ok(out)
 }
 
 /// `[n, 4]`: each pair's scored continuations (task y_s, y_b, control y_s, y_b).
 fn scored_ids<B: Backend>(pairs: &[SuitePair], device: &B::Device) -> Tensor<B, 2, Int> {
-    let ids: Vec<i64> = pairs.iter().flat_map(|p| [p.task[0], p.task[1], p.control[0], p.control[1]]).map(|t| t as i64).collect();
+    let ids: Vec<i64> =
+        pairs.iter().flat_map(|p| [p.task[0], p.task[1], p.control[0], p.control[1]]).map(|t| t as i64).collect();
     Tensor::from_data(TensorData::new(ids, [pairs.len(), 4]), device)
 }
 
@@ -172,35 +221,68 @@ impl<B: Backend> Cached<B> {
     /// Rows `rows` of the batch at `layer` as a [`Stack`] of `blocks` (region number, labels),
     /// going on from the first position any block intervenes on or reads a label at; in a
     /// causal model the keys and values before it are the frozen run's.
-    pub fn stack(&self, layer: usize, blocks: &[(usize, Labels)], rows: Range<usize>, device: &B::Device) -> Result<Stack<B>> {
+    pub fn stack(
+        &self,
+        layer: usize,
+        blocks: &[(usize, Labels)],
+        rows: Range<usize>,
+        device: &B::Device,
+    ) -> Result<Stack<B>> {
         let base = self.base.get(&layer).with_context(|| format!("layer {layer} was not cached"))?;
         let (k, n) = (blocks.len(), rows.len());
         let [_, seq, _] = base.dims();
-        let (positions, last, pairs) = (&self.base_positions[rows.clone()], &self.last[rows.clone()], &self.pairs[rows.clone()]);
-        let first = blocks.iter().flat_map(|b| positions.iter().map(move |p| p[b.0])).chain(last.iter().flatten().copied()).min().unwrap_or(0);
+        let (positions, last, pairs) =
+            (&self.base_positions[rows.clone()], &self.last[rows.clone()], &self.pairs[rows.clone()]);
+        let first = blocks
+            .iter()
+            .flat_map(|b| positions.iter().map(move |p| p[b.0]))
+            .chain(last.iter().flatten().copied())
+            .min()
+            .unwrap_or(0);
         // An encoder (no keys and values to reuse) goes on from the start.
         let start = if self.keys_values.is_some() { first } else { 0 };
         let rest = seq - start;
-        let (ids, mask) = (self.input.ids.clone().narrow(0, rows.start, n), self.input.mask.clone().narrow(0, rows.start, n));
+        let (ids, mask) =
+            (self.input.ids.clone().narrow(0, rows.start, n), self.input.mask.clone().narrow(0, rows.start, n));
         let past = self.keys_values.as_ref().filter(|_| start > 0).map(|kv| {
             let cut = |t: &Tensor<B, 4>| repeat(t.clone().narrow(0, rows.start, n).narrow(2, 0, start), k);
-            let per_layer = kv.iter().enumerate().map(|(l, kv)| kv.as_ref().filter(|_| l > layer).map(|(key, value)| (cut(key), cut(value)))).collect();
+            let per_layer = kv
+                .iter()
+                .enumerate()
+                .map(|(l, kv)| kv.as_ref().filter(|_| l > layer).map(|(key, value)| (cut(key), cut(value))))
+                .collect();
             KvCache::from_parts(per_layer, repeat(mask.clone().narrow(1, 0, start), k))
         });
-        let suffix = Input { ids: repeat(ids.narrow(1, start, rest), k), mask: repeat(mask.narrow(1, start, rest), k), token_types: None, past };
-        let shifted = |at: &[Vec<usize>], i: usize| -> Vec<Vec<usize>> { at.iter().map(|r| vec![r[i] - start]).collect() };
+        let suffix = Input {
+            ids: repeat(ids.narrow(1, start, rest), k),
+            mask: repeat(mask.narrow(1, start, rest), k),
+            token_types: None,
+            past,
+        };
+        let shifted =
+            |at: &[Vec<usize>], i: usize| -> Vec<Vec<usize>> { at.iter().map(|r| vec![r[i] - start]).collect() };
         let labels: Vec<u32> = blocks
             .iter()
-            .flat_map(|(_, l)| pairs.iter().map(move |p| match l {
-                Labels::Task => p.task[0],
-                Labels::Control => p.control[0],
-            }))
+            .flat_map(|(_, l)| {
+                pairs.iter().map(move |p| match l {
+                    Labels::Task => p.task[0],
+                    Labels::Control => p.control[0],
+                })
+            })
             .collect();
         let activation = repeat(base.clone().narrow(0, rows.start, n).narrow(1, start, rest), k);
         Ok(Stack {
-            checkpoint: Checkpoint { site: Site::new(layer, Component::BlockOutput), activation, block_input: None, input: suffix },
+            checkpoint: Checkpoint {
+                site: Site::new(layer, Component::BlockOutput),
+                activation,
+                block_input: None,
+                input: suffix,
+            },
             positions: blocks.iter().map(|(r, _)| int2::<B>(&shifted(positions, *r), device)).collect(),
-            sources: blocks.iter().map(|(r, _)| self.source[&layer].clone().narrow(0, rows.start, n).narrow(1, *r, 1)).collect(),
+            sources: blocks
+                .iter()
+                .map(|(r, _)| self.source[&layer].clone().narrow(0, rows.start, n).narrow(1, *r, 1))
+                .collect(),
             label_positions: repeat(int2::<B>(&shifted(last, 0), device), k),
             labels: column::<B>(&labels, device),
             rows: n,
@@ -224,7 +306,8 @@ impl<B: Backend> Cached<B> {
         let positions: Vec<Vec<usize>> = self.base_positions.iter().map(|r| vec![r[region]]).collect();
         let rows = gather_positions(base.clone(), int2::<B>(&positions, device));
         let [n, _, d] = rows.dims();
-        let flat: Vec<f32> = rows.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading activations: {e:?}"))?;
+        let flat: Vec<f32> =
+            rows.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("reading activations: {e:?}"))?;
         Ok((flat.chunks(d).take(n).map(<[f32]>::to_vec).collect(), self.pairs.iter().map(|p| p.class).collect()))
     }
 }

@@ -16,17 +16,17 @@ pub mod stack;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_data::suite::{self as suites, Suite, Task};
 use ferrovene_models::{TextTokenizer, Transformer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub use cache::{cache, tokenize_pairs, Cached, Labels, SuitePair};
-pub use recipe::{common_slots, task_regions, Names, SuiteRecipe, LAST, METHODS};
-pub use report::{summarize, table, Row, Summary};
-pub use site::{evaluate, score_layer, train_das, DasSettings, MethodScore, Methods, Score};
+pub use cache::{Cached, Labels, SuitePair, cache, tokenize_pairs};
+pub use recipe::{LAST, METHODS, Names, SuiteRecipe, common_slots, task_regions};
+pub use report::{Row, Summary, summarize, table};
+pub use site::{DasSettings, MethodScore, Methods, Score, evaluate, score_layer, train_das};
 
 use crate::device::load_model;
 use crate::events::progress_if;
@@ -59,7 +59,9 @@ impl Experiment for SuiteRecipe {
 /// The tasks `names` picks from the suite, in the suite's order; unknown names are errors that
 /// list the suite's tasks.
 pub fn select_tasks<'s>(suite: &'s Suite, names: &Names) -> Result<Vec<(&'s String, &'s Task)>> {
-    let Some(asked) = names.list("tasks")?.filter(|a| !a.iter().any(|x| x == "all")) else { return Ok(suite.tasks.iter().collect()) };
+    let Some(asked) = names.list("tasks")?.filter(|a| !a.iter().any(|x| x == "all")) else {
+        return Ok(suite.tasks.iter().collect());
+    };
     if let Some(bad) = asked.iter().find(|a| !suite.tasks.contains_key(*a)) {
         bail!("no task `{bad}` in {} ({})", suite.path.display(), close_names(bad, suite.tasks.keys()));
     }
@@ -75,12 +77,21 @@ fn close_names<'a>(asked: &str, names: impl ExactSizeIterator<Item = &'a String>
     let mut ranked: Vec<&String> = names.collect();
     ranked.sort_by_key(|n| (std::cmp::Reverse((shared(n), n.contains(asked) || asked.contains(n.as_str()))), n.len()));
     let shown: Vec<&str> = ranked.iter().take(SHOWN).map(|s| s.as_str()).collect();
-    if total <= SHOWN { format!("tasks: {}", shown.join(", ")) } else { format!("the closest of its {total} tasks: {}, …", shown.join(", ")) }
+    if total <= SHOWN {
+        format!("tasks: {}", shown.join(", "))
+    } else {
+        format!("the closest of its {total} tasks: {}, …", shown.join(", "))
+    }
 }
 
 /// The control words' first tokens; they must differ.
 fn control_ids(tok: &TextTokenizer, words: &[String; 2]) -> Result<[u32; 2]> {
-    let first = |w: &String| tok.encode_plain(w).ok().and_then(|ids| ids.first().copied()).ok_or_else(|| anyhow!("control word {w:?} tokenises to nothing"));
+    let first = |w: &String| {
+        tok.encode_plain(w)
+            .ok()
+            .and_then(|ids| ids.first().copied())
+            .ok_or_else(|| anyhow!("control word {w:?} tokenises to nothing"))
+    };
     let ids = [first(&words[0])?, first(&words[1])?];
     if ids[0] == ids[1] {
         bail!("the control words {:?} and {:?} start with the same token: change `control`", words[0], words[1]);
@@ -161,11 +172,12 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
     bar: &indicatif::ProgressBar,
     (dir, log): (&RunDir, &mut UnitLog<SuiteUnit>),
     device: &B::Device,
-) -> Result<TaskRun>
-{
+) -> Result<TaskRun> {
     let task = &suite.tasks[name];
     let regions = task_regions(task, &r.regions)?;
-    let logged_layer = |log: &UnitLog<SuiteUnit>, l: usize| log.done().iter().any(|u| matches!(u, SuiteUnit::Layer { task, layer, .. } if task == name && *layer == l));
+    let logged_layer = |log: &UnitLog<SuiteUnit>, l: usize| {
+        log.done().iter().any(|u| matches!(u, SuiteUnit::Layer { task, layer, .. } if task == name && *layer == l))
+    };
     let logged_task = log.done().iter().find_map(|u| match u {
         SuiteUnit::Task { task, accuracy, frozen_s, .. } if task == name => Some((*accuracy, *frozen_s)),
         _ => None,
@@ -181,13 +193,22 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
     let train = tokenize_pairs(suite, name, &split.train, &regions, control, tok)?;
     let test = tokenize_pairs(suite, name, &split.test, &regions, control, tok)?;
     let methods = Methods {
-        das: r.has_das().then_some(DasSettings { batch_size: r.batch_size, epochs: r.epochs, lr: r.lr, warmup: r.warmup, seed: r.seed }),
+        das: r.has_das().then_some(DasSettings {
+            batch_size: r.batch_size,
+            epochs: r.epochs,
+            lr: r.lr,
+            warmup: r.warmup,
+            seed: r.seed,
+        }),
         fitted: r.fitted_methods(),
         seed: r.seed,
     };
     let started = Instant::now();
     let frozen = |layers: &[usize]| -> Result<TrainTest<B>> {
-        Ok((cache(model, tok.pad_id, &train, layers, FROZEN_CHUNK.div_ceil(r.batch_size) * r.batch_size, device)?, cache(model, tok.pad_id, &test, layers, FROZEN_CHUNK, device)?))
+        Ok((
+            cache(model, tok.pad_id, &train, layers, FROZEN_CHUNK.div_ceil(r.batch_size) * r.batch_size, device)?,
+            cache(model, tok.pad_id, &test, layers, FROZEN_CHUNK, device)?,
+        ))
     };
     let todo: Vec<usize> = layers.iter().copied().filter(|&l| !logged_layer(log, l)).collect();
     let (train_c, test_c) = frozen(&todo)?;
@@ -208,8 +229,15 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
             continue;
         }
         bar.set_message(format!("{name}, layer {layer}"));
-        let scores = if r.share_frozen { score_layer(model, &train_c, &test_c, layer, &all, &methods, device)? } else { separately(model, &methods, layer, regions.len(), &frozen, device)? };
-        let rows = scores.into_iter().map(|(k, score)| Row { task: name.to_string(), layer, region: regions[k].clone(), score }).collect();
+        let scores = if r.share_frozen {
+            score_layer(model, &train_c, &test_c, layer, &all, &methods, device)?
+        } else {
+            separately(model, &methods, layer, regions.len(), &frozen, device)?
+        };
+        let rows = scores
+            .into_iter()
+            .map(|(k, score)| Row { task: name.to_string(), layer, region: regions[k].clone(), score })
+            .collect();
         log.push(SuiteUnit::Layer { task: name.to_string(), layer, rows })?;
         // The numbers of every finished layer, before any picture.
         let done = rows_in_order(tasks, layers, log.done());
@@ -230,9 +258,9 @@ fn separately<B: AutodiffBackend, M: Transformer<B>>(
     regions: usize,
     frozen: &dyn Fn(&[usize]) -> Result<TrainTest<B>>,
     device: &B::Device,
-) -> Result<Vec<(usize, MethodScore)>>
-{
-    let mut one_each: Vec<Methods> = methods.das.map(|d| Methods { das: Some(d), fitted: vec![], seed: methods.seed }).into_iter().collect();
+) -> Result<Vec<(usize, MethodScore)>> {
+    let mut one_each: Vec<Methods> =
+        methods.das.map(|d| Methods { das: Some(d), fitted: vec![], seed: methods.seed }).into_iter().collect();
     one_each.extend(methods.fitted.iter().map(|&m| Methods { das: None, fitted: vec![m], seed: methods.seed }));
     let mut out = Vec::new();
     for region in 0..regions {
@@ -250,27 +278,34 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     let tasks = select_tasks(&suite, &r.tasks)?;
     recipe::check_regions(&tasks, &r.regions)?;
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let (model, tok) = (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
+    let (model, tok) =
+        (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
     let control = control_ids(tok, &r.control)?;
     for (name, task) in &tasks {
-        task.check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied())).map_err(|e| anyhow!("{}: task `{name}` with the {} tokenizer: {e}", suite.path.display(), r.model))?;
+        task.check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied()))
+            .map_err(|e| anyhow!("{}: task `{name}` with the {} tokenizer: {e}", suite.path.display(), r.model))?;
     }
     // A task without any of the asked regions (slots other tasks have) has nothing to sweep.
-    let (tasks, skipped): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(_, t)| task_regions(t, &r.regions).is_ok_and(|g| !g.is_empty()));
+    let (tasks, skipped): (Vec<_>, Vec<_>) =
+        tasks.into_iter().partition(|(_, t)| task_regions(t, &r.regions).is_ok_and(|g| !g.is_empty()));
     let skipped: Vec<&String> = skipped.into_iter().map(|(n, _)| n).collect();
     if tasks.is_empty() {
         bail!("none of the tasks run has any of the regions {:?}; see `regions` in recipes/README.md", r.regions);
     }
     if !skipped.is_empty() {
-        eprintln!("skipped, having none of the regions asked: {}", skipped.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "skipped, having none of the regions asked: {}",
+            skipped.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
     }
     let dir = match ctx.resume {
         Some(d) => RunDir::reopen(d, ctx.name, ctx.as_run)?,
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
     };
     let mut log = UnitLog::open(&dir, format!("trainer sweep {} --resume {}", ctx.name, dir.path().display()))?;
-    let sites: usize = tasks.iter().map(|(_, t)| task_regions(t, &r.regions).map_or(0, |g| g.len())).sum::<usize>() * layers.len();
+    let sites: usize =
+        tasks.iter().map(|(_, t)| task_regions(t, &r.regions).map_or(0, |g| g.len())).sum::<usize>() * layers.len();
     let bar = progress_if(ctx.progress, sites, "sites");
     let (mut rows, mut per_task, mut frozen_s) = (Vec::new(), Vec::new(), 0.0);
     let write_report = |rows: &[Row], per_task: &[serde_json::Value], frozen_s: f64, complete: bool| {
@@ -282,9 +317,12 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         }))
     };
     for (i, (name, task)) in tasks.iter().enumerate() {
-        let t = run_task(r, &suite, &tasks, name, model, tok, &layers, control, &bar, (&dir, &mut log), device).with_context(|| format!("task `{name}`"))?;
+        let t = run_task(r, &suite, &tasks, name, model, tok, &layers, control, &bar, (&dir, &mut log), device)
+            .with_context(|| format!("task `{name}`"))?;
         report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
-        per_task.push(json!({"task": name, "description": task.description, "regions": t.regions, "model_accuracy": t.accuracy}));
+        per_task.push(
+            json!({"task": name, "description": task.description, "regions": t.regions, "model_accuracy": t.accuracy}),
+        );
         frozen_s += t.frozen_s;
         rows.extend(t.rows);
         if i + 1 < tasks.len() {
@@ -298,9 +336,19 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     let summary = summarize(&rows);
     write_report(&rows, &per_task, frozen_s, true)?;
     for t in &per_task {
-        println!("{}: the model prefers the base's continuation on {:.0}% of the test bases", t["task"].as_str().unwrap_or(""), 100.0 * t["model_accuracy"].as_f64().unwrap_or(0.0));
+        println!(
+            "{}: the model prefers the base's continuation on {:.0}% of the test bases",
+            t["task"].as_str().unwrap_or(""),
+            100.0 * t["model_accuracy"].as_f64().unwrap_or(0.0)
+        );
     }
     print!("{}", table(ctx.name, &summary));
-    println!("{} tasks × {} layers × their regions = {sites} sites; run folder: {} ({:.0} s)", tasks.len(), layers.len(), dir.path().display(), dir.elapsed());
+    println!(
+        "{} tasks × {} layers × their regions = {sites} sites; run folder: {} ({:.0} s)",
+        tasks.len(),
+        layers.len(),
+        dir.path().display(),
+        dir.elapsed()
+    );
     Ok(dir.path().to_path_buf())
 }

@@ -1,7 +1,7 @@
 //! The `suite` recipe (`recipes/syntax-suites.toml`): which template suite, tasks, methods,
 //! layers and regions a benchmark sweep covers, with CausalGym's training defaults.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use ferrovene_data::suite::Task;
 use ferrovene_interventions::directions;
 use serde::{Deserialize, Serialize};
@@ -105,10 +105,16 @@ impl SuiteRecipe {
             bail!("method `{m}` is not one of {}", METHODS.join(", "));
         }
         if self.train_pairs < 4 || self.test_pairs < 2 {
-            bail!("`train_pairs` must be at least 4 and `test_pairs` at least 2 (both even: each combination gives a pair in each direction)");
+            bail!(
+                "`train_pairs` must be at least 4 and `test_pairs` at least 2 (both even: each combination gives a pair in each direction)"
+            );
         }
         if self.train_pairs.saturating_add(self.test_pairs) > ferrovene_data::suite::MAX_PAIRS_PER_TASK {
-            bail!("`train_pairs` + `test_pairs` = {} pairs per task, more than the {} a task may have", self.train_pairs as u128 + self.test_pairs as u128, ferrovene_data::suite::MAX_PAIRS_PER_TASK);
+            bail!(
+                "`train_pairs` + `test_pairs` = {} pairs per task, more than the {} a task may have",
+                self.train_pairs as u128 + self.test_pairs as u128,
+                ferrovene_data::suite::MAX_PAIRS_PER_TASK
+            );
         }
         if self.batch_size == 0 || self.epochs == 0 {
             bail!("`batch_size` and `epochs` must be at least 1");
@@ -167,7 +173,10 @@ pub fn check_regions(tasks: &[(&String, &Task)], regions: &Names) -> Result<()> 
         let mut known: Vec<String> = tasks.iter().flat_map(|(_, t)| common_slots(t)).collect();
         known.sort();
         known.dedup();
-        bail!("region `{a}` is in none of the tasks run (at or after their label variable's slot, in every template); regions are `label`, `last`, \"all\" or a slot: {}", known.join(", "));
+        bail!(
+            "region `{a}` is in none of the tasks run (at or after their label variable's slot, in every template); regions are `label`, `last`, \"all\" or a slot: {}",
+            known.join(", ")
+        );
     }
     Ok(())
 }
@@ -192,7 +201,11 @@ mod tests {
         assert_eq!(common_slots(&t), vec!["verb", "object"]);
         let names = |v: &[&str]| Names::List(v.iter().map(|s| s.to_string()).collect());
         assert_eq!(task_regions(&t, &Names::All("all".into())).unwrap(), vec!["verb", "object", "last"]);
-        assert_eq!(task_regions(&t, &names(&["all"])).unwrap(), vec!["verb", "object", "last"], "--full sends [\"all\"]");
+        assert_eq!(
+            task_regions(&t, &names(&["all"])).unwrap(),
+            vec!["verb", "object", "last"],
+            "--full sends [\"all\"]"
+        );
         assert_eq!(task_regions(&t, &names(&["last", "label"])).unwrap(), vec!["verb", "last"], "in the task's order");
         assert_eq!(task_regions(&t, &names(&["object"])).unwrap(), vec!["object"]);
         let name = "t".to_string();

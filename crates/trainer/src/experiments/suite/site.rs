@@ -10,13 +10,13 @@ use burn::tensor::backend::AutodiffBackend;
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::directions::{self, interchange_along};
 use ferrovene_interventions::{Intervention, Orthogonal};
-use ferrovene_models::rng::Rng;
 use ferrovene_models::Transformer;
+use ferrovene_models::rng::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::cache::{rows4, Cached, Labels};
-use super::stack::{logits, repeat, Stack, StackedDas, Stacked};
-use crate::fit::{fit, FitConfig, FitIo};
+use super::cache::{Cached, Labels, rows4};
+use super::stack::{Stack, Stacked, StackedDas, logits, repeat};
+use crate::fit::{FitConfig, FitIo, fit};
 use crate::objectives::odds::log_odds_ratio;
 use crate::schedule::Decay;
 
@@ -78,7 +78,14 @@ pub struct Methods {
 /// Trains rank-1 DAS at `layer` for every block (region number, labels) together, on one batch
 /// order (batches of `s.batch_size` pairs); each block's rotation starts from its own seed.
 /// Returns one intervention per block.
-pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(model: &M, train: &[Cached<B>], layer: usize, blocks: &[(usize, Labels)], s: DasSettings, device: &B::Device) -> Result<Vec<Intervention<B>>> {
+pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(
+    model: &M,
+    train: &[Cached<B>],
+    layer: usize,
+    blocks: &[(usize, Labels)],
+    s: DasSettings,
+    device: &B::Device,
+) -> Result<Vec<Intervention<B>>> {
     let bs = s.batch_size.max(1);
     let mut stacks: Vec<Stack<B>> = Vec::new();
     for c in train {
@@ -89,8 +96,11 @@ pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(model: &M, train: &[Cach
     let ivs = blocks
         .iter()
         .map(|&(region, labels)| {
-            let seed = s.seed ^ ((layer as u64) << 8) ^ ((region as u64) << 16) ^ (((labels == Labels::Control) as u64) << 24);
-            Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(1, model.width(), &mut Rng::new(seed), device) })
+            let seed =
+                s.seed ^ ((layer as u64) << 8) ^ ((region as u64) << 16) ^ (((labels == Labels::Control) as u64) << 24);
+            Intervention::DasLowRank(DasLowRank {
+                rotation: Orthogonal::random(1, model.width(), &mut Rng::new(seed), device),
+            })
         })
         .collect();
     let cfg = FitConfig { warmup: s.warmup, decay: Decay::Linear, ..FitConfig::constant(s.epochs, s.lr, s.seed, true) };
@@ -100,7 +110,13 @@ pub fn train_das<B: AutodiffBackend, M: Transformer<B>>(model: &M, train: &[Cach
 /// The scores of each block's intervention (at its region number) on the test pairs, on the
 /// task's labels and on the control's (one intervened run serves both: only the scored
 /// continuations differ). All blocks run in one forward per test batch.
-pub fn evaluate<B: AutodiffBackend, M: Transformer<B>>(model: &M, test: &[Cached<B>], layer: usize, blocks: &[(usize, Intervention<B>)], device: &B::Device) -> Result<Vec<(Score, Score)>> {
+pub fn evaluate<B: AutodiffBackend, M: Transformer<B>>(
+    model: &M,
+    test: &[Cached<B>],
+    layer: usize,
+    blocks: &[(usize, Intervention<B>)],
+    device: &B::Device,
+) -> Result<Vec<(Score, Score)>> {
     let spec: Vec<(usize, Labels)> = blocks.iter().map(|(r, _)| (*r, Labels::Task)).collect();
     let ivs: Vec<Intervention<B>> = blocks.iter().map(|(_, iv)| iv.clone().no_grad()).collect();
     let mut sums = vec![[0f64; 4]; blocks.len()];
@@ -119,12 +135,23 @@ pub fn evaluate<B: AutodiffBackend, M: Transformer<B>>(model: &M, test: &[Cached
         n += stack.rows;
     }
     let mean = |s: f64| (s / n.max(1) as f64) as f32;
-    Ok(sums.iter().map(|s| (Score { iia: mean(s[0]), odds: mean(s[1]) }, Score { iia: mean(s[2]), odds: mean(s[3]) })).collect())
+    Ok(sums
+        .iter()
+        .map(|s| (Score { iia: mean(s[0]), odds: mean(s[1]) }, Score { iia: mean(s[2]), odds: mean(s[3]) }))
+        .collect())
 }
 
 /// Every asked method at every region (numbers `regions`) of `layer` ([`score_site`]). Returns
 /// (region number, score) in region order, methods in `methods`' order.
-pub fn score_layer<B: AutodiffBackend, M: Transformer<B>>(model: &M, train: &[Cached<B>], test: &[Cached<B>], layer: usize, regions: &[usize], methods: &Methods, device: &B::Device) -> Result<Vec<(usize, MethodScore)>> {
+pub fn score_layer<B: AutodiffBackend, M: Transformer<B>>(
+    model: &M,
+    train: &[Cached<B>],
+    test: &[Cached<B>],
+    layer: usize,
+    regions: &[usize],
+    methods: &Methods,
+    device: &B::Device,
+) -> Result<Vec<(usize, MethodScore)>> {
     let mut out: Vec<(usize, MethodScore)> = Vec::new();
     for &r in regions {
         out.extend(score_site(model, train, test, layer, r, methods, device)?.into_iter().map(|s| (r, s)));
@@ -135,10 +162,22 @@ pub fn score_layer<B: AutodiffBackend, M: Transformer<B>>(model: &M, train: &[Ca
 /// Every asked method at one site (`layer`, region number `region`), DAS's task and control
 /// trainings in one stack and every method's evaluation in another: the rows of one site start
 /// at the same position, so nothing before it is recomputed.
-pub fn score_site<B: AutodiffBackend, M: Transformer<B>>(model: &M, train: &[Cached<B>], test: &[Cached<B>], layer: usize, region: usize, methods: &Methods, device: &B::Device) -> Result<Vec<MethodScore>> {
+pub fn score_site<B: AutodiffBackend, M: Transformer<B>>(
+    model: &M,
+    train: &[Cached<B>],
+    test: &[Cached<B>],
+    layer: usize,
+    region: usize,
+    methods: &Methods,
+    device: &B::Device,
+) -> Result<Vec<MethodScore>> {
     let (r, mut blocks, mut names) = (region, Vec::new(), Vec::new());
     if let Some(s) = methods.das {
-        blocks.extend(train_das(model, train, layer, &[(r, Labels::Task), (r, Labels::Control)], s, device)?.into_iter().map(|iv| (r, iv)));
+        blocks.extend(
+            train_das(model, train, layer, &[(r, Labels::Task), (r, Labels::Control)], s, device)?
+                .into_iter()
+                .map(|iv| (r, iv)),
+        );
         names.extend(["das", "das"]);
     }
     if !methods.fitted.is_empty() {
@@ -150,7 +189,8 @@ pub fn score_site<B: AutodiffBackend, M: Transformer<B>>(model: &M, train: &[Cac
         }
         let seed = methods.seed ^ ((layer as u64) << 8) ^ ((r as u64) << 16);
         for &m in &methods.fitted {
-            let u = directions::fit(m, &xs, &ys, seed).map_err(|e| anyhow::anyhow!("layer {layer}, region {r}: {e}"))?;
+            let u =
+                directions::fit(m, &xs, &ys, seed).map_err(|e| anyhow::anyhow!("layer {layer}, region {r}: {e}"))?;
             blocks.push((r, interchange_along::<B>(&u, device)));
             names.push(m.name());
         }

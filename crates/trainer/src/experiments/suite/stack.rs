@@ -10,7 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{BasicOps, Int, Tensor, TensorData, TensorKind};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{gather_positions, resume, Checkpoint, NoHooks, Transformer};
+use ferrovene_models::{Checkpoint, NoHooks, Transformer, gather_positions, resume};
 
 use crate::fit::{Objective, Trainable};
 
@@ -42,7 +42,10 @@ pub struct Stack<B: Backend> {
 }
 
 /// `t` repeated `k` times along the first dimension.
-pub fn repeat<B: Backend, const D: usize, K: TensorKind<B> + BasicOps<B>>(t: Tensor<B, D, K>, k: usize) -> Tensor<B, D, K> {
+pub fn repeat<B: Backend, const D: usize, K: TensorKind<B> + BasicOps<B>>(
+    t: Tensor<B, D, K>,
+    k: usize,
+) -> Tensor<B, D, K> {
     if k == 1 { t } else { Tensor::cat(vec![t; k], 0) }
 }
 
@@ -53,7 +56,11 @@ pub fn column<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> 
 
 /// Next-token logits at the label positions (`[blocks × n, vocab]`), block `k` intervened on by
 /// `ivs[k]`.
-pub fn logits<B: Backend, M: Transformer<B>>(model: &M, stack: &Stack<B>, ivs: &[Intervention<B>]) -> Result<Tensor<B, 2>> {
+pub fn logits<B: Backend, M: Transformer<B>>(
+    model: &M,
+    stack: &Stack<B>,
+    ivs: &[Intervention<B>],
+) -> Result<Tensor<B, 2>> {
     let site = stack.checkpoint.site;
     let info = model.site_info(site)?;
     let n = stack.rows;
@@ -62,12 +69,15 @@ pub fn logits<B: Backend, M: Transformer<B>>(model: &M, stack: &Stack<B>, ivs: &
         .enumerate()
         .map(|(k, iv)| -> Result<Tensor<B, 3>> {
             let act = stack.checkpoint.activation.clone().narrow(0, k * n, n);
-            let placement = Placement::new(info, iv, stack.positions[k].clone(), Some(stack.sources[k].clone()), vec![])?;
+            let placement =
+                Placement::new(info, iv, stack.positions[k].clone(), Some(stack.sources[k].clone()), vec![])?;
             Ok(Intervene::new(vec![placement], Composition::Parallel).apply_at(site, act))
         })
         .collect::<Result<Vec<_>>>()?;
     let hidden = resume(model, &stack.checkpoint, Tensor::cat(blocks, 0), &mut NoHooks)?;
-    let logits = model.head(gather_positions(hidden, stack.label_positions.clone())).context("a suite needs a language model")?;
+    let logits = model
+        .head(gather_positions(hidden, stack.label_positions.clone()))
+        .context("a suite needs a language model")?;
     let [rows, _, v] = logits.dims();
     Ok(logits.reshape([rows, v]))
 }
