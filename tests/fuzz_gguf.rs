@@ -77,7 +77,7 @@ fn small_gguf() -> Vec<u8> {
     out.extend(n_kv.to_le_bytes());
     out.extend(kv);
     out.extend(infos);
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     for i in 0..32 {

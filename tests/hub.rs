@@ -39,10 +39,10 @@ fn start_server(files: HashMap<String, Vec<u8>>) -> (String, Arc<AtomicUsize>) {
                     if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
                         break;
                     }
-                    if let Some((k, v)) = h.split_once(':') {
-                        if k.eq_ignore_ascii_case("range") {
-                            range = Some(v.trim().trim_start_matches("bytes=").to_string());
-                        }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("range")
+                    {
+                        range = Some(v.trim().trim_start_matches("bytes=").to_string());
                     }
                 }
                 let reply = |stream: &mut std::net::TcpStream, status: &str, headers: Vec<String>, body: &[u8]| {

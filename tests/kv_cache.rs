@@ -96,7 +96,11 @@ fn hooks_on_a_cached_step_see_only_the_new_positions() {
     };
     let whole = to_vec(
         model
-            .head(forward(&model, &Input::<B>::from_ids(&[row.clone()], &dev), &mut FnHook::new([site], add)))
+            .head(forward(
+                &model,
+                &Input::<B>::from_ids(std::slice::from_ref(&row), &dev),
+                &mut FnHook::new([site], add),
+            ))
             .unwrap(),
     );
     let cache = KvCache::<B>::new();

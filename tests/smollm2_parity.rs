@@ -41,7 +41,7 @@ fn forward_matches_transformers() {
     let layers = [0usize, 1, 7, 15, 29];
     for (i, p) in golden_json["prompts"].as_array().unwrap().iter().enumerate() {
         let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let input = Input::<B>::from_ids(&[ids.clone()], &Default::default());
+        let input = Input::<B>::from_ids(std::slice::from_ref(&ids), &Default::default());
         let mut sites: Vec<Site> = layers.iter().map(|&l| Site::new(l, Component::BlockOutput)).collect();
         sites.push(Site::new(0, Component::Embeddings));
         let mut cap = Capture::new(sites);

@@ -59,8 +59,9 @@ fn padding_on_either_side_changes_nothing() {
         let dev = Default::default();
         let short = vec![5u32, 17, 42, 8];
         let long = vec![1u32, 2, 3, 4, 5, 6, 7];
-        let alone =
-            to_vec(model.head(forward(&model, &Input::from_ids(&[short.clone()], &dev), &mut NoHooks)).unwrap());
+        let alone = to_vec(
+            model.head(forward(&model, &Input::from_ids(std::slice::from_ref(&short), &dev), &mut NoHooks)).unwrap(),
+        );
         for left in [false, true] {
             let batch = Input::<B>::padded(&[long.clone(), short.clone()], 0, left, &dev);
             let logits = to_vec(model.head(forward(&model, &batch, &mut NoHooks)).unwrap());

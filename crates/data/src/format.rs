@@ -152,7 +152,7 @@ impl Loaded {
 }
 
 /// Reads and validates a JSONL file (format, fields, position rules). Positions past the end
-/// and empty labels are found at tokenisation ([`crate::tokenize`]), which names the line too.
+/// and empty labels are found at tokenisation ([`crate::tokenize()`]), which names the line too.
 pub fn load_jsonl(path: &Path, on_error: OnError) -> Result<Loaded> {
     let bytes = std::fs::read(path)
         .map_err(|e| DataError::File { path: path.to_path_buf(), reason: format!("cannot read: {e}") })?;

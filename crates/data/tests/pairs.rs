@@ -64,7 +64,7 @@ fn sourceless_forms_and_token_ids() {
 }
 
 fn err(name: &str, lines: &[&str]) -> String {
-    tokenized(name, lines).err().expect("should fail").to_string()
+    tokenized(name, lines).expect_err("should fail").to_string()
 }
 
 #[test]

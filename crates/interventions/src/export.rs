@@ -279,10 +279,10 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
     }
     let iv =
         Intervention::read(&config.kind, &Parts { path, st: &st, kind: &config.kind, hyper: &config.hyper, device })?;
-    if let Some(w) = iv.width() {
-        if w != config.width {
-            return Err(corrupt(format!("its tensors act on width {w} but its config says {}", config.width)));
-        }
+    if let Some(w) = iv.width()
+        && w != config.width
+    {
+        return Err(corrupt(format!("its tensors act on width {w} but its config says {}", config.width)));
     }
     Ok((iv, config))
 }

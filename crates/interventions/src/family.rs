@@ -184,7 +184,7 @@ impl<B: Backend> Parts<'_, B> {
                 )));
             }
             let diff: f32 = (trainable.matrix() - stored).abs().max().into_scalar().elem();
-            if !(diff <= 1e-5) {
+            if diff.is_nan() || diff > 1e-5 {
                 return Err(self.corrupt(format!(
                     "the stored `R` differs from the one its parameters (`rotation.*`) give by {diff:e} (max |ΔR|, allowed 1e-5): \
                      the file was edited or damaged; export it again, or remove the `rotation.*` tensors to load `R` as a fixed rotation"

@@ -13,20 +13,20 @@ use crate::linalg::row;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FixedOp {
-    /// [VanillaIntervention] the source's vector replaces the base's.
+    /// pyvene's `VanillaIntervention`: the source's vector replaces the base's.
     Interchange,
-    /// [AdditionIntervention] `b + s`.
+    /// pyvene's `AdditionIntervention`: `b + s`.
     Addition,
-    /// [SubtractionIntervention] `b − s`.
+    /// pyvene's `SubtractionIntervention`: `b − s`.
     Subtraction,
-    /// [ZeroIntervention] zero.
+    /// pyvene's `ZeroIntervention`: zero.
     Zero,
     /// Mean ablation: a given mean vector (over a reference set).
     Mean,
-    /// [NoiseIntervention] `b + σ ⊙ ε`, `ε ~ N(0, I)`; `σ` typically a multiple of the reference
+    /// pyvene's `NoiseIntervention`: `b + σ ⊙ ε`, `ε ~ N(0, I)`; `σ` typically a multiple of the reference
     /// standard deviation (causal tracing). Draws from the backend's generator.
     Noise,
-    /// [CollectIntervention] `b` unchanged (the caller records it).
+    /// pyvene's `CollectIntervention`: `b` unchanged (the caller records it).
     Collect,
 }
 

@@ -19,6 +19,9 @@ use crate::steering::Steering;
 
 /// Any intervention. Each acts on `[batch, k, width]` vectors (the activations at `k` selected
 /// positions of each example, restricted to a subspace when one is given at placement).
+// A few interventions per run, built once: boxing the large variants would cost burn's `Module`
+// derive its plain field access for no memory anyone would notice.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Intervention<B: Backend> {
     /// Parameter-free operations.

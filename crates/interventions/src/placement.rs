@@ -56,13 +56,10 @@ impl<'a, B: Backend> Placement<'a, B> {
             return Err(bad("subspace", format!("dim {d} is outside the site's width {}", info.width)));
         }
         let width = if dims.is_empty() { info.width } else { dims.len() };
-        if let Some(w) = intervention.width() {
-            if w != width {
-                return Err(bad(
-                    "width",
-                    format!("the intervention acts on {w} dims but the placement gives it {width}"),
-                ));
-            }
+        if let Some(w) = intervention.width()
+            && w != width
+        {
+            return Err(bad("width", format!("the intervention acts on {w} dims but the placement gives it {width}")));
         }
         if let Some(s) = &source {
             let [b, k, w] = s.dims();
@@ -135,7 +132,7 @@ impl<B: Backend> Hooks<B> for Intervene<'_, B> {
     }
 }
 
-/// [SkipIntervention] a component's output replaced by its input at chosen positions: the
+/// pyvene's `SkipIntervention`: a component's output replaced by its input at chosen positions: the
 /// activation read at `input` is written at `output` later in the same forward (e.g.
 /// `block_input` → `block_output` skips a whole block; `mlp_input` → `mlp_output`).
 pub struct Skip<B: Backend> {

@@ -68,6 +68,8 @@ fn haar_left_to_right(d: usize, rng: &mut Rng) -> Vec<f32> {
         for _ in 0..2 {
             for i in 0..j {
                 let dot: f64 = (0..d).map(|r| cols[i][r] * cols[j][r]).sum();
+                // Two rows of `cols` at once: an iterator over one would borrow both.
+                #[allow(clippy::needless_range_loop)]
                 for r in 0..d {
                     cols[j][r] -= dot * cols[i][r];
                 }

@@ -93,13 +93,13 @@ pub fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: usize, he
             format!("attention heads must be positive (heads {heads}, kv heads {kv_heads})"),
         ));
     }
-    if heads % kv_heads != 0 {
+    if !heads.is_multiple_of(kv_heads) {
         return Err(ModelError::config(
             path,
             format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads"),
         ));
     }
-    if !head_dim_given && hidden % heads != 0 {
+    if !head_dim_given && !hidden.is_multiple_of(heads) {
         return Err(ModelError::config(
             path,
             format!("hidden size {hidden} is not divisible by {heads} attention heads"),

@@ -432,11 +432,12 @@ where
             outcome = self.validate(module)?;
         }
         let interrupted = self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
-        let epoch_end = (self.state.step * self.cfg.accumulate.max(1)) % self.n == 0;
+        let epoch_end = (self.state.step * self.cfg.accumulate.max(1)).is_multiple_of(self.n);
         let minutes = self.cfg.checkpoint_minutes > 0.0
             && self.last_checkpoint.elapsed().as_secs_f64() >= 60.0 * self.cfg.checkpoint_minutes;
-        let due =
-            epoch_end || minutes || (self.cfg.checkpoint_every > 0 && self.state.step % self.cfg.checkpoint_every == 0);
+        let due = epoch_end
+            || minutes
+            || (self.cfg.checkpoint_every > 0 && self.state.step.is_multiple_of(self.cfg.checkpoint_every));
         if let Some(dir) = self.run_dir
             && (due || interrupted || self.state.stopped_early)
         {

@@ -31,7 +31,7 @@ fn rank_one_loreft_recalls_a_passage_and_its_export_recalls_it_in_a_fresh_proces
     let run = only_run(&out_dir.join("reft-memorise"));
     let report = common::report(&run);
     let steps = report["steps_to_exact_recall"].as_u64().unwrap_or_else(|| panic!("no exact recall: {stdout}"));
-    assert!(steps > 0 && steps % 5 == 0, "recall is checked every 5 steps: {steps}");
+    assert!(steps > 0 && steps.is_multiple_of(5), "recall is checked every 5 steps: {steps}");
     assert_eq!(report["recalled_by_generation"], 1, "greedy generation reproduces the passage: {stdout}");
     assert_eq!(report["taught"][0]["with"], passage);
     assert_ne!(report["taught"][0]["without"], passage, "the model alone does not say it");

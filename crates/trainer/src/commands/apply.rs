@@ -129,8 +129,9 @@ impl Apply {
 
     /// A probe's class probabilities at each position.
     fn show_probe<B: Backend>(&self, p: &Prepared<B>, probe: &LinearProbe<B>, device: &B::Device) -> Result<()> {
-        let acts = run_to(&p.loaded.model, &Input::<B>::from_ids(&[p.ids.clone()], device), p.info.site)?.activation;
-        let logits = probe.logits(gather_positions(acts, int2::<B>(&[p.positions.clone()], device)));
+        let acts = run_to(&p.loaded.model, &Input::<B>::from_ids(std::slice::from_ref(&p.ids), device), p.info.site)?
+            .activation;
+        let logits = probe.logits(gather_positions(acts, int2::<B>(std::slice::from_ref(&p.positions), device)));
         let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
         let c = probe.weight.val().dims()[0];
         for (j, pos) in p.positions.iter().enumerate() {

@@ -41,7 +41,7 @@ impl OnBackend for Predict {
         if ids.is_empty() {
             return Err(anyhow!("the prompt {:?} tokenizes to nothing; give some text", self.prompt));
         }
-        let input = Input::<B>::from_ids(&[ids.clone()], &device);
+        let input = Input::<B>::from_ids(std::slice::from_ref(&ids), &device);
         let hidden = forward(&loaded.model, &input, &mut NoHooks);
         let seq = ids.len();
         let last = hidden.slice([0..1, seq - 1..seq]);

@@ -40,26 +40,32 @@ pub struct SweepArgs {
     pub resume: Option<PathBuf>,
 }
 
-/// Runs the sweep.
+/// Runs the sweep (or goes on with the one in `--resume`'s folder).
 pub fn sweep(a: SweepArgs) -> Result<()> {
     let path = recipe::find(&a.recipe)?;
-    if let Some(dir) = &a.resume {
-        let r = crate::commands::run::resume_recipe(dir, &recipe::stem(&path), &path)?;
-        crate::units::on_signal_keep_units()?;
-        return dispatch(
-            a.compute,
-            RecipeRun {
-                name: recipe::stem(&path),
-                recipe: r,
-                out: a.out,
-                resume: a.resume.clone(),
-                progress: true,
-                cache_budget: crate::memory::default_cache_budget(),
-            },
-        )
-        .map(|_| ());
-    }
-    let table = recipe::read_table(&path)?;
+    let (recipe, resume) = match &a.resume {
+        Some(dir) => (crate::commands::run::resume_recipe(dir, &recipe::stem(&path), &path)?, a.resume.clone()),
+        None => {
+            let table = recipe::read_table(&path)?;
+            let overrides = overrides(&a, &path, &table)?;
+            (Recipe::from_table(table, &overrides)?, None)
+        }
+    };
+    crate::units::on_signal_keep_units()?;
+    let run = RecipeRun {
+        name: recipe::stem(&path),
+        recipe,
+        out: a.out,
+        resume,
+        progress: true,
+        cache_budget: crate::memory::default_cache_budget(),
+    };
+    dispatch(a.compute, run).map(|_| ())
+}
+
+/// The overrides the sweep's flags make on the recipe's `table` (file `path`), each shown in
+/// errors as the user typed it; a flag the recipe's kind has no axis for is refused.
+fn overrides(a: &SweepArgs, path: &std::path::Path, table: &toml::Table) -> Result<Vec<Override>> {
     let as_written =
         Recipe::from_table(table.clone(), &[]).map_err(|e| e.context(format!("recipe {}", path.display())))?;
     let axes = as_written.sweep_axes().ok_or_else(|| {
@@ -130,18 +136,5 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     for set in &a.sets {
         overrides.push(set.parse()?);
     }
-    let r = Recipe::from_table(table, &overrides)?;
-    crate::units::on_signal_keep_units()?;
-    dispatch(
-        a.compute,
-        RecipeRun {
-            name: recipe::stem(&path),
-            recipe: r,
-            out: a.out,
-            resume: None,
-            progress: true,
-            cache_budget: crate::memory::default_cache_budget(),
-        },
-    )
-    .map(|_| ())
+    Ok(overrides)
 }

@@ -133,7 +133,7 @@ pub fn dataset(seed: u64) -> Vec<Labelled> {
     let words: Vec<(&'static str, usize)> =
         POSITIVE.iter().map(|w| (*w, 1)).chain(NEGATIVE.iter().map(|w| (*w, 0))).collect();
     let mut control: Vec<usize> = (0..words.len()).map(|i| i % 2).collect();
-    Rng::new(seed ^ 0xC0_47_20_1).shuffle(&mut control);
+    Rng::new(seed ^ 0x0C04_7201).shuffle(&mut control);
     let mut out = Vec::new();
     for (f, frame) in FRAMES.iter().enumerate() {
         for (k, (w, class)) in words.iter().enumerate() {

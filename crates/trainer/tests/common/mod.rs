@@ -45,7 +45,7 @@ pub fn masked_crc(data: &[u8]) -> u32 {
         }
     }
     let crc = !crc;
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xA282_EAD8)
+    crc.rotate_right(15).wrapping_add(0xA282_EAD8)
 }
 
 /// `(tag, step, value)` of every scalar in the event files of `dir`; panics on a bad record.

@@ -46,7 +46,7 @@ pub fn split(seed: u64, test_items: usize) -> BTreeMap<&'static str, Split> {
         .map(|(k, &c)| {
             let all = items(c);
             let mut groups: Vec<String> = all.iter().map(Item::group).collect::<BTreeSet<_>>().into_iter().collect();
-            Rng::new(seed ^ (k as u64 + 1) * 0x51_7CC1).shuffle(&mut groups);
+            Rng::new(seed ^ ((k as u64 + 1) * 0x51_7CC1)).shuffle(&mut groups);
             let mut held = BTreeSet::new();
             let mut count = 0;
             for g in &groups {

@@ -142,6 +142,8 @@ pub fn probe_heads<B: Backend, M: Transformer<B>>(
         heads,
         head_dim: info.width / heads,
     };
+    // `l` picks the same layer from two lists (training and validation activations).
+    #[allow(clippy::needless_range_loop)]
     for l in 0..layers {
         for h in 0..heads {
             let (tr, va) = (probes.slice(&probes.train_acts[l], h), probes.slice(&val_acts[l], h));
