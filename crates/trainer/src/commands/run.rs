@@ -196,13 +196,18 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
         // it does when it sees them.
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&TERMINATED))?;
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&INTERRUPT))?;
-        ctrlc::set_handler(|| {
-            if INTERRUPT.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
-                std::process::exit(130);
+        // Ctrl-C on a thread of signal-hook's (which may print): the first asks for a checkpoint,
+        // a second quits at once.
+        let mut ctrl_c = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])?;
+        std::thread::spawn(move || {
+            for _ in ctrl_c.forever() {
+                if INTERRUPT.swap(true, Ordering::SeqCst) {
+                    eprintln!("\nsecond Ctrl-C: quitting without a checkpoint");
+                    std::process::exit(130);
+                }
+                eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
             }
-            eprintln!("\nCtrl-C: writing a checkpoint after this step (Ctrl-C again to quit at once)");
-        })?;
+        });
     } else if r.sweep_axes().is_some() {
         // Sweeps keep every finished unit as it ends: stop at once, saying what was kept.
         crate::units::on_signal_keep_units()?;
