@@ -172,28 +172,16 @@ pub fn tensors_of<B: Backend>(iv: &Intervention<B>) -> (Vec<(String, TensorData)
 }
 
 /// A written temporary file waiting to replace the target; dropped without
-/// [`PendingExport::commit`], it is removed and the target is untouched.
-pub struct PendingExport {
-    tmp: PathBuf,
-    path: PathBuf,
-    committed: bool,
-}
+/// [`PendingExport::commit`], it is removed and the target is untouched
+/// ([`ferrovene_models::atomic_file`], the one atomic write of every crate).
+pub struct PendingExport(ferrovene_models::atomic_file::PendingFile);
 
 impl PendingExport {
-    /// Renames the temporary file over the target (atomic on POSIX file systems).
-    pub fn commit(mut self) -> Result<PathBuf> {
-        std::fs::rename(&self.tmp, &self.path)
-            .map_err(|e| InterventionError::Io { path: self.path.clone(), source: e })?;
-        self.committed = true;
-        Ok(self.path.clone())
-    }
-}
-
-impl Drop for PendingExport {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+    /// Renames the temporary file over the target (atomic on POSIX file systems) and syncs its
+    /// folder.
+    pub fn commit(self) -> Result<PathBuf> {
+        let path = self.0.path().to_path_buf();
+        self.0.commit().map_err(|e| InterventionError::Io { path, source: e })
     }
 }
 
@@ -231,15 +219,9 @@ pub fn prepare<B: Backend>(iv: &Intervention<B>, mut config: ExportConfig, path:
         path: path.to_path_buf(),
         reason: format!("cannot serialise: {e}"),
     })?;
-    let name =
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "intervention.safetensors".into());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |e| InterventionError::Io { path: tmp.clone(), source: e };
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    let pending = PendingExport { tmp: tmp.clone(), path: path.to_path_buf(), committed: false };
-    file.write_all(&bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(pending)
+    ferrovene_models::atomic_file::prepare(path, |f| f.write_all(&bytes))
+        .map(PendingExport)
+        .map_err(|e| InterventionError::Io { path: path.to_path_buf(), source: e })
 }
 
 /// Writes the export to `path` atomically (temporary file, then rename).

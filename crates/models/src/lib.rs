@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+pub mod atomic_file;
 pub mod config;
 pub mod cpu_features;
 pub mod error;

@@ -96,8 +96,7 @@ where
             rec.record(b.clone().into_record(), tmp.join("best")).map_err(|e| fail("best intervention", e))?;
         }
         let state_path = tmp.join("state.json");
-        std::fs::write(&state_path, serde_json::to_vec_pretty(state)?)
-            .map_err(|e| crate::run_dir::io_error(e, "writing", &state_path))?;
+        crate::run_dir::write_atomic(&state_path, &serde_json::to_vec_pretty(state)?)?;
         let _ = std::fs::remove_dir_all(&done);
         std::fs::rename(&tmp, &done).map_err(|e| crate::run_dir::io_error(e, "moving into place checkpoint", &tmp))?;
         crate::run_dir::sync_folder(&root);

@@ -208,28 +208,13 @@ fn config_of(as_run: &str) -> Result<Value> {
     Ok(serde_json::to_value(table)?)
 }
 
-/// Writes a file atomically: a temporary file beside `path` (named for this process and write,
-/// so two writers never share one), synced to disk, renamed over `path`, then the folder synced
-/// so the rename itself survives a power loss. A kill leaves the old file or the new one, never
-/// half of one; an error (a full disk) removes the temporary file and names `path`.
+/// Writes a file atomically through [`ferrovene_models::atomic_file`] (the one atomic write of
+/// every crate: a temporary file of its own beside `path`, synced, renamed over it, the folder
+/// synced). A kill leaves the old file or the new one, never half of one; an error (a full disk)
+/// removes the temporary file and names `path`.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<PathBuf> {
-    use std::io::Write as _;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static WRITES: AtomicU64 = AtomicU64::new(0);
     let _writing = hold_writes();
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp =
-        path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
-    let written = std::fs::File::create(&tmp).and_then(|mut file| {
-        file.write_all(contents)?;
-        file.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_error(e, "writing", path));
-    }
-    sync_folder(path.parent().unwrap_or(Path::new(".")));
-    Ok(path.to_path_buf())
+    ferrovene_models::atomic_file::write(path, contents).map_err(|e| io_error(e, "writing", path))
 }
 
 /// Held while [`write_atomic`] writes; an exit on a signal takes it first, so that it never
@@ -241,14 +226,8 @@ pub fn hold_writes() -> std::sync::MutexGuard<'static, ()> {
     WRITING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Syncs a folder's entries to disk (what makes a rename into it durable); best effort, as some
-/// file systems refuse to open a folder for it.
-pub fn sync_folder(folder: &Path) {
-    let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
-    if let Ok(f) = std::fs::File::open(folder) {
-        let _ = f.sync_all();
-    }
-}
+/// Syncs a folder's entries to disk (what makes a rename into it durable).
+pub use ferrovene_models::atomic_file::sync_folder;
 
 /// The machine a run ran on (OS, architecture, CPUs).
 pub fn machine() -> Value {
