@@ -13,7 +13,7 @@ fn cases() -> usize {
 
 #[test]
 fn mutated_configs_never_panic() {
-    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/tiny");
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tiny");
     let dir = std::env::temp_dir().join(format!("ferrovene-fuzz-config-{}", std::process::id()));
     let archs = ["gpt2", "gpt_neox", "llama"];
     let mut seeds = Vec::new();
@@ -21,7 +21,7 @@ fn mutated_configs_never_panic() {
         let src = golden.join(arch);
         assert!(
             src.join("config.json").exists(),
-            "golden files missing: this test needs ../shared/golden/tiny/{arch} beside the checkout"
+            "golden files missing: this test reads tests/golden/tiny/{arch} (copied from ../shared/golden)"
         );
         let folder = dir.join(arch);
         std::fs::create_dir_all(&folder).unwrap();

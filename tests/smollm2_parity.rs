@@ -1,4 +1,4 @@
-//! SmolLM2-135M-Instruct from the GGUF fixture against transformers (../shared/golden/smollm2).
+//! SmolLM2-135M-Instruct from the GGUF fixture against transformers (tests/golden/smollm2).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The tiny random GPT-2, GPT-NeoX and Llama checkpoints of ../shared/golden/tiny, loaded from
+//! The tiny random GPT-2, GPT-NeoX and Llama checkpoints of tests/golden/tiny, loaded from
 //! their Hugging Face folders, against transformers' logits and hidden states (1e-5), and the
 //! tiny GPT-2 pyvene interchange reproduced through the hook API.
 

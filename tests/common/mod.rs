@@ -9,12 +9,12 @@ use burn::tensor::Tensor;
 
 pub type B = ferrovene_models::Cpu;
 
-/// `../shared/golden/<rel>`, or a loud failure naming what is missing.
+/// `tests/golden/<rel>`, or a loud failure naming what is missing.
 pub fn golden(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden").join(rel);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(rel);
     assert!(
         p.exists(),
-        "golden file {} is missing: these tests need ../shared/golden beside the checkout",
+        "golden file {} is missing: these tests read tests/golden (copied from ../shared/golden)",
         p.display()
     );
     p

@@ -1,4 +1,4 @@
-//! Every file of ../shared/golden/interventions matched within 1e-6: the weights from the file,
+//! Every file of tests/golden/interventions matched within 1e-6: the weights from the file,
 //! applied to its base and source rows. pyvene's materialised `W` (`d × k`, rotated = h·W) is
 //! our `R = Wᵀ`.
 
@@ -20,11 +20,11 @@ struct Golden {
 
 fn golden(name: &str) -> Golden {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/golden/interventions")
+        .join("../../tests/golden/interventions")
         .join(format!("{name}.safetensors"));
     assert!(
         p.exists(),
-        "golden file {} is missing: these tests need ../shared/golden beside the checkout",
+        "golden file {} is missing: these tests read tests/golden (copied from ../shared/golden)",
         p.display()
     );
     let bytes = std::fs::read(&p).unwrap();
@@ -196,7 +196,7 @@ fn nodireft() {
 
 #[test]
 fn every_golden_file_has_a_test() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/interventions");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/interventions");
     let tested = [
         "addition",
         "subtraction",

@@ -12,7 +12,7 @@ type B = ferrovene_models::Cpu;
 type AD = Autodiff<B>;
 
 fn tiny() -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/tiny/llama");
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/tiny/llama");
     assert!(p.exists(), "golden folder {} is missing", p.display());
     p
 }

@@ -73,6 +73,27 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
+    save_then(run_dir, iv, opt, best, state, || {})
+}
+
+/// [`save`], calling `before_latest` once the checkpoint's folder is in place and before
+/// `latest` names it. The loop flushes its TensorBoard scalars there: a kill after `latest`
+/// moves then finds every step up to it on disk, and one before it finds the older checkpoint,
+/// whose later steps the resumed run logs again (a kill inside the flush can only cut steps
+/// past the checkpoint that `latest` still names).
+pub fn save_then<B, M, O>(
+    run_dir: &Path,
+    iv: &M,
+    opt: &O,
+    best: Option<&M>,
+    state: &LoopState,
+    before_latest: impl FnOnce(),
+) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
     if !run_dir.is_dir() {
         bail!(
             "the run folder {} was removed while the run was going: no checkpoint can be written (start the run again)",
@@ -107,6 +128,7 @@ where
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    before_latest();
     crate::run_dir::write_atomic(&root.join("latest"), name.as_bytes())?;
     // Keep the newest two.
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)?

@@ -441,11 +441,13 @@ where
         if let Some(dir) = self.run_dir
             && (due || interrupted || self.state.stopped_early)
         {
-            checkpoint::save(dir, module, &self.optimizer, self.best.as_ref(), &self.state)?;
+            let events = self.events.as_deref_mut();
+            checkpoint::save_then(dir, module, &self.optimizer, self.best.as_ref(), &self.state, || {
+                if let Some(ev) = events {
+                    ev.flush();
+                }
+            })?;
             self.last_checkpoint = std::time::Instant::now();
-            if let Some(ev) = self.events.as_deref_mut() {
-                ev.flush();
-            }
         }
         if self.state.stopped_early {
             return Ok(Some(outcome.unwrap_or(Outcome::StoppedEarly)));

@@ -95,10 +95,10 @@ fn kv_cache_generation_equals_cache_free_generation() {
 /// refuses a generation that would run past it, instead of indexing past the table.
 #[test]
 fn generation_past_the_position_table_is_refused() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/tiny/gpt2");
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/tiny/gpt2");
     assert!(
         dir.join("config.json").exists(),
-        "golden files missing: this test needs ../shared/golden/tiny/gpt2 beside the checkout"
+        "golden files missing: this test reads tests/golden/tiny/gpt2 (copied from ../shared/golden)"
     );
     let dev = Default::default();
     let loaded = ferrovene_models::load_folder::<ferrovene_models::Cpu>(&dir, &dev).unwrap();

@@ -7,7 +7,7 @@ fn trainer() -> Command {
 }
 
 fn golden_forward() -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/smollm2/forward.json");
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/smollm2/forward.json");
     assert!(p.exists(), "golden file {} is missing", p.display());
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }

@@ -17,10 +17,10 @@ use trainer::objectives::das::{logits, logits_plain, prepare};
 type B = Autodiff<ferrovene_models::Cpu>;
 
 fn tiny(arch: &str) -> std::path::PathBuf {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/tiny").join(arch);
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/tiny").join(arch);
     assert!(
         p.join("config.json").exists(),
-        "golden files missing: this test needs ../shared/golden/tiny/{arch} beside the checkout ({})",
+        "golden files missing: this test reads tests/golden/tiny/{arch} (copied from ../shared/golden) ({})",
         p.display()
     );
     p

@@ -1,4 +1,4 @@
-//! Whole short training runs against pyvene and pyreft (`../shared/golden/training/`): 30 Adam
+//! Whole short training runs against pyvene and pyreft (`tests/golden/training/`): 30 Adam
 //! steps of low-rank DAS (rank 4), full DAS (interchange dim 8) and LoReFT (rank 4) on the tiny
 //! GPT-2, layer 1 `block_output`, from the golden's `base` and `X` with torch's orthogonal
 //! parametrisation (`Orthogonal::Torch`): the loss at every step within 1e-5, the first gradient

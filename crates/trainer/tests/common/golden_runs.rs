@@ -1,4 +1,4 @@
-//! The training goldens' runs (`../shared/golden/training/`), generic over the backend: the CPU
+//! The training goldens' runs (`tests/golden/training/`), generic over the backend: the CPU
 //! tests (training_golden.rs) and the GPU tier (gpu.rs) run the same code.
 #![allow(dead_code)]
 
@@ -18,10 +18,10 @@ use trainer::fit::FitConfig;
 use trainer::objectives::das::{PairBatch, loss, prepare};
 
 pub fn golden_dir() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden");
     assert!(
         p.join("training").exists(),
-        "golden files missing: these tests need ../shared/golden/training beside the checkout ({})",
+        "golden files missing: these tests read tests/golden/training (copied from ../shared/golden) ({})",
         p.display()
     );
     p

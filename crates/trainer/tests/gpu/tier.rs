@@ -18,7 +18,7 @@ use trainer::objectives::das::{logits as das_logits, prepare, PairBatch};
 
 type Cpu = ferrovene_models::Cpu;
 
-/// `../shared/golden/<rel>`.
+/// `tests/golden/<rel>`.
 fn golden(rel: &str) -> std::path::PathBuf {
     crate::golden_runs::golden_dir().join(rel)
 }
