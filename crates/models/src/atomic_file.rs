@@ -64,6 +64,21 @@ pub fn write(path: &Path, contents: &[u8]) -> io::Result<PathBuf> {
     prepare(path, |f| f.write_all(contents))?.commit()
 }
 
+/// Removes the temporary files a writer killed mid-write left (`.NAME.tmp-PID-N`, as [`prepare`]
+/// names them) in `folder` and the folders in it. Call it only on a folder no live writer uses
+/// (one this process has locked).
+pub fn remove_left_over(folder: &Path) {
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            remove_left_over(&path);
+        } else if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Syncs a folder's entries to disk (what makes a rename into it durable); best effort, as some
 /// file systems refuse to open a folder for it.
 pub fn sync_folder(folder: &Path) {

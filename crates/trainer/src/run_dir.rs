@@ -56,15 +56,9 @@ impl RunDir {
         if !path.is_dir() {
             bail!("--resume {}: no such run folder", path.display());
         }
-        if let Some(held) = recipe_name(path).filter(|h| h != name) {
-            bail!(
-                "--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`",
-                path.display(),
-                path.display()
-            );
-        }
+        check_recipe_name(path, name)?;
         let lock = lock(path)?;
-        remove_temporaries(path);
+        ferrovene_models::atomic_file::remove_left_over(path);
         Ok(RunDir { path: path.to_path_buf(), started: Instant::now(), config: config_of(as_run)?, _lock: lock })
     }
 
@@ -164,25 +158,23 @@ fn lock(path: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Removes the temporary files [`write_atomic`] leaves when its process is killed mid-write
-/// (`.NAME.tmp-PID-N`), in `folder` and the folders in it; called once the folder is locked, so
-/// no live writer owns them.
-fn remove_temporaries(folder: &Path) {
-    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if path.is_dir() {
-            remove_temporaries(&path);
-        } else if name.starts_with('.') && name.contains(".tmp-") {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-}
-
 /// An error naming the holder when another process holds run folder `path` (checked before a
 /// `--resume` loads anything; the run takes the lock itself when it reopens the folder).
 pub fn check_not_in_use(path: &Path) -> Result<()> {
     lock(path).map(drop)
+}
+
+/// An error when run folder `path` says it is a run of a recipe other than `name` (what
+/// `--resume` checks before loading anything, and [`RunDir::reopen`] again).
+pub fn check_recipe_name(path: &Path, name: &str) -> Result<()> {
+    match recipe_name(path).filter(|held| held != name) {
+        Some(held) => bail!(
+            "--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`",
+            path.display(),
+            path.display()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The recipe name a run folder says it is a run of: `recipe.toml`'s first line (`None` for

@@ -21,7 +21,6 @@ pub const FILE: &str = "units.jsonl";
 /// The finished units of one sweep, in the order they finished.
 pub struct UnitLog<T> {
     path: PathBuf,
-    lines: Vec<String>,
     done: Vec<T>,
     /// What Ctrl-C prints: the count kept and the command that goes on.
     resume_hint: String,
@@ -32,7 +31,7 @@ impl<T: Serialize + DeserializeOwned> UnitLog<T> {
     /// one. `resume_command` is the command that goes on (printed on interruption).
     pub fn open(dir: &RunDir, resume_command: String) -> Result<Self> {
         let path = dir.join(FILE);
-        let (mut lines, mut done) = (Vec::new(), Vec::new());
+        let mut done = Vec::new();
         if path.exists() {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -44,10 +43,9 @@ impl<T: Serialize + DeserializeOwned> UnitLog<T> {
                     )
                 })?;
                 done.push(unit);
-                lines.push(line.to_string());
             }
         }
-        let log = UnitLog { path, lines, done, resume_hint: resume_command };
+        let log = UnitLog { path, done, resume_hint: resume_command };
         log.announce();
         Ok(log)
     }
@@ -60,9 +58,13 @@ impl<T: Serialize + DeserializeOwned> UnitLog<T> {
     /// Adds a finished unit and rewrites the file (atomically: a kill leaves the file with or
     /// without this unit, never half of it).
     pub fn push(&mut self, unit: T) -> Result<()> {
-        self.lines.push(serde_json::to_string(&unit)?);
         self.done.push(unit);
-        crate::run_dir::write_atomic(&self.path, (self.lines.join("\n") + "\n").as_bytes())?;
+        let mut text = String::new();
+        for u in &self.done {
+            text += &serde_json::to_string(u)?;
+            text.push('\n');
+        }
+        crate::run_dir::write_atomic(&self.path, text.as_bytes())?;
         self.announce();
         Ok(())
     }

@@ -98,26 +98,22 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let strong = apply("-12");
     assert_ne!(strong["with"], strong["without"], "a strong negative scale changes the text: {strong}");
     eprintln!("without: {} | with α = −12: {}", strong["without"], strong["with"]);
-    let bad = trainer()
-        .args(["steer", "--layer", "99", "--positive"])
-        .arg(dir.join("pos.txt"))
-        .arg("--negative")
-        .arg(dir.join("neg.txt"))
-        .arg("--out")
-        .arg(dir.join("bad.safetensors"))
-        .output()
-        .unwrap();
+    // `trainer steer` at `layer` from two text files into `out`.
+    let steer = |layer: &str, positive: &str, negative: &str, out: &std::path::Path| {
+        trainer()
+            .args(["steer", "--layer", layer, "--positive"])
+            .arg(dir.join(positive))
+            .arg("--negative")
+            .arg(dir.join(negative))
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let bad = steer("99", "pos.txt", "neg.txt", &dir.join("bad.safetensors"));
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("99"));
     // An existing --out is kept unless --force; a non-finite --scale is refused.
-    let again = trainer()
-        .args(["steer", "--layer", "10", "--positive"])
-        .arg(dir.join("pos.txt"))
-        .arg("--negative")
-        .arg(dir.join("neg.txt"))
-        .arg("--out")
-        .arg(&out_path)
-        .output()
-        .unwrap();
+    let again = steer("10", "pos.txt", "neg.txt", &out_path);
     let e = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.code() == Some(1) && e.contains("exists") && e.contains("--force"), "{e}");
     let nan =
@@ -133,15 +129,7 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     let e = String::from_utf8_lossy(&huge.stderr);
     assert!(e.contains("not finite numbers") || e.contains("about uniform"), "{e}");
     // The same texts on both sides make a zero vector: refused.
-    let same = trainer()
-        .args(["steer", "--layer", "10", "--positive"])
-        .arg(dir.join("pos.txt"))
-        .arg("--negative")
-        .arg(dir.join("pos.txt"))
-        .arg("--out")
-        .arg(dir.join("zero.safetensors"))
-        .output()
-        .unwrap();
+    let same = steer("10", "pos.txt", "pos.txt", &dir.join("zero.safetensors"));
     let e = String::from_utf8_lossy(&same.stderr);
     assert!(!same.status.success() && e.contains("give the same mean activation"), "{e}");
     assert!(!dir.join("zero.safetensors").exists());

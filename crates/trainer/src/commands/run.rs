@@ -157,13 +157,7 @@ pub fn resume_recipe(dir: &std::path::Path, name: &str, path: &std::path::Path) 
     if !saved.exists() {
         bail!("--resume {}: no recipe.toml there; give the folder of an earlier run of `{name}`", dir.display());
     }
-    if let Some(held) = crate::run_dir::recipe_name(dir).filter(|h| h != name) {
-        bail!(
-            "--resume {}: that folder is a run of recipe `{held}`, not `{name}`; resume it with `trainer {held} --resume {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
+    crate::run_dir::check_recipe_name(dir, name)?;
     crate::run_dir::check_not_in_use(dir)?;
     let r = Recipe::from_file(&saved)?;
     let given = recipe::read_table(path)?.get("kind").and_then(|k| k.as_str()).map(str::to_string).unwrap_or_default();

@@ -129,34 +129,35 @@ fn sweep_sites<B: AutodiffBackend, M: Transformer<B>>(
     let sites: Vec<(usize, String)> =
         layers.iter().flat_map(|&l| r.positions.iter().map(move |p| (l, p.clone()))).collect();
     let bar = progress_if(ctx.progress, sites.len(), "sites");
-    let mut results: Vec<SiteResult> = Vec::new();
     let mut best: Option<Best> = None;
     for (layer, position) in &sites {
         let logged = log.done().iter().find(|u| u.layer == *layer && &u.position == position).cloned();
-        let res = match logged {
-            Some(res) => res,
+        let (res, trained) = match logged {
+            Some(res) => (res, None),
             None => {
                 let (iv, res) = train_site(model, r, &data.train, &data.test, *layer, position, device)?;
-                if best.as_ref().is_none_or(|b| res.iia > b.iia) {
-                    export_best(dir, ctx.name, loaded, &iv, *layer, position)?;
-                }
-                log.push(res.clone())?;
-                let done = in_site_order(&sites, log.done());
-                write_sweep(dir, ctx.name, &r.positions, layers, &done, data.n_test)?;
-                // The report so far (`complete: false`), for an interrupted sweep; the end rewrites it.
-                dir.write_report(json!({"recipe": ctx.name, "complete": false, "sweep": done, "sites_done": log.done().len(), "sites": sites.len()}))?;
-                res
+                (res, Some(iv))
             }
         };
+        let beats_every_earlier = best.as_ref().is_none_or(|b| res.iia > b.iia);
+        if let Some(iv) = trained {
+            if beats_every_earlier {
+                export_best(dir, ctx.name, loaded, &iv, *layer, position)?;
+            }
+            log.push(res.clone())?;
+            let done = in_site_order(&sites, log.done());
+            write_sweep(dir, ctx.name, &r.positions, layers, &done, data.n_test)?;
+            // The report so far (`complete: false`), for an interrupted sweep; the end rewrites it.
+            dir.write_report(json!({"recipe": ctx.name, "complete": false, "sweep": done, "sites_done": log.done().len(), "sites": sites.len()}))?;
+        }
         bar.set_message(format!("{layer}.{position}: IIA {:.2}", res.iia));
         bar.inc(1);
-        if best.as_ref().is_none_or(|b| res.iia > b.iia) {
+        if beats_every_earlier {
             best = Some(Best { iia: res.iia, layer: *layer, position: position.clone() });
         }
-        results.push(res);
     }
     bar.finish_and_clear();
-    Ok((results, best.context("no sites")?))
+    Ok((in_site_order(&sites, log.done()), best.context("no sites")?))
 }
 
 /// The logged numbers of the sites done so far, in site order.
