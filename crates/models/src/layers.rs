@@ -2,9 +2,12 @@
 //!
 //! Written out as the equations so that each architecture file reads like its paper.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::tensor::{Bool, DType, Int, Tensor, activation::softmax, backend::Backend};
 
+use crate::bf16_linear::Bf16Weight;
 use crate::precision::{blocked_score, to_dtype, to_f32};
 
 /// `y = x W + b`, with `W` stored `[in, out]` (PyTorch's `[out, in]` is transposed on load).
@@ -16,6 +19,10 @@ pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     /// `[out]`, if the layer has one.
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The weight packed for the CPU's bf16 kernel, where the loader chose it
+    /// ([`crate::precision::FrozenStorage::Bf16Products`]); `weight` then holds its bf16 values.
+    #[module(skip)]
+    pub bf16: Option<Arc<Bf16Weight>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -26,7 +33,19 @@ impl<B: Backend> Linear<B> {
         let [d_out, d_in] = self.weight.val().dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         dims[D - 1] = d_out;
-        let y: Tensor<B, D> = x.reshape([rows, d_in]).matmul(self.weight.val().transpose()).reshape(dims);
+        let x = x.reshape([rows, d_in]);
+        let x = match &self.bf16 {
+            Some(packed) => packed.product(x),
+            None => Err(x),
+        };
+        let y: Tensor<B, D> = match x {
+            Ok(y) => y,
+            Err(x) => {
+                let dtype = x.dtype();
+                x.matmul(to_dtype(self.weight.val(), dtype).transpose())
+            }
+        }
+        .reshape(dims);
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,

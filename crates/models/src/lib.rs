@@ -9,6 +9,8 @@
 
 pub mod arch;
 pub mod atomic_file;
+pub mod bf16_gemm;
+pub mod bf16_linear;
 pub mod config;
 pub mod cpu_features;
 pub mod error;

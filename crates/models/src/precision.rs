@@ -2,8 +2,15 @@
 //! the memory, what makes 1B–8B models fit one GPU) while everything outside it — the activations
 //! hooks see, the logits, the interventions and their training — stays f32: the model casts at
 //! its boundaries (sites, head, checkpoints), and computes norms and softmax in f32 inside.
+//!
+//! On the CPU backend (burn-flex), bf16 means something narrower where the CPU has AVX512-BF16
+//! ([`FrozenStorage::Bf16Products`]): only the frozen linear maps' products take bf16 operands
+//! (with f32 sums, [`crate::bf16_linear`]); every other tensor stays f32, because burn-flex runs
+//! its other bf16 ops through f32 conversions, slower than f32 itself. Without the instructions,
+//! or with [`set_bf16_kernel`]`(false)`, bf16 on the CPU keeps the whole model in bf16 (the
+//! fallback: correct, and about 3× slower than f32).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
@@ -29,6 +36,54 @@ pub fn frozen_dtype() -> FloatDType {
         1 => FloatDType::F16,
         2 => FloatDType::BF16,
         _ => FloatDType::F32,
+    }
+}
+
+/// Whether loaders may use the CPU's bf16 kernel (true unless [`set_bf16_kernel`] said no).
+static BF16_KERNEL: AtomicBool = AtomicBool::new(true);
+
+/// Allows (the default) or forbids the bf16 kernel for models loaded from now on; forbidden,
+/// bf16 on the CPU takes the fallback (to check one against the other).
+pub fn set_bf16_kernel(allowed: bool) {
+    BF16_KERNEL.store(allowed, Ordering::Relaxed);
+}
+
+/// How loaders store a frozen model's weights on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrozenStorage {
+    /// Every weight in this dtype, and the model computes in it.
+    Plain(FloatDType),
+    /// Linear maps' weights packed in bf16 for the CPU's bf16 kernel, everything else f32.
+    Bf16Products,
+}
+
+impl FrozenStorage {
+    /// How models loaded now on backend `B` store their weights: [`FrozenStorage::Bf16Products`]
+    /// for bf16 on burn-flex where the CPU has AVX512-BF16 and the kernel is allowed, else the
+    /// frozen dtype as it is.
+    pub fn for_backend<B: Backend>() -> Self {
+        let dtype = frozen_dtype();
+        if dtype == FloatDType::BF16 && BF16_KERNEL.load(Ordering::Relaxed) && crate::bf16_linear::runs_on::<B>() {
+            FrozenStorage::Bf16Products
+        } else {
+            FrozenStorage::Plain(dtype)
+        }
+    }
+
+    /// The dtype of the weights that are not packed (and of the activations).
+    pub fn tensor_dtype(self) -> FloatDType {
+        match self {
+            FrozenStorage::Plain(dtype) => dtype,
+            FrozenStorage::Bf16Products => FloatDType::F32,
+        }
+    }
+
+    /// What the report calls it: `bf16 products (AVX512-BF16)`, or the dtype.
+    pub fn describe(self) -> String {
+        match self {
+            FrozenStorage::Plain(dtype) => format!("{:?}", DType::from(dtype)).to_lowercase(),
+            FrozenStorage::Bf16Products => "bf16 products (AVX512-BF16), f32 elsewhere".into(),
+        }
     }
 }
 

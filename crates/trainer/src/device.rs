@@ -186,6 +186,7 @@ fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(
         "backend": B::name(&device),
         "adapter": adapter,
         "dtype": precision.name(),
+        "frozen_storage": ferrovene_models::precision::FrozenStorage::for_backend::<B>().describe(),
         "cpu": cpu,
         "cpu_f32_kernels": cpu.f32_kernels(),
     }));
@@ -271,14 +272,21 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
     device: &B::Device,
 ) -> Result<ferrovene_models::LoadedModel<B>> {
     let loaded = ferrovene_models::load::<B>(spec, device)?;
-    let bytes = ferrovene_models::precision::parameter_bytes(&loaded.model);
+    // The packings for the bf16 kernel are not parameters: counted beside them.
+    let packed = ferrovene_models::bf16_linear::packed_bytes() as u64;
+    let bytes = ferrovene_models::precision::parameter_bytes(&loaded.model) + packed;
     *MODEL_BYTES.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
-    let dtype = format!("{:?}", burn::tensor::FloatDType::from(ferrovene_models::Transformer::dtype(&loaded.model)))
-        .to_lowercase();
+    let storage = ferrovene_models::precision::FrozenStorage::for_backend::<B>();
+    let packed = if packed > 0 {
+        format!(" ({:.1} MiB packed for the bf16 products)", packed as f64 / (1 << 20) as f64)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "model `{spec}`: {} parameters, {:.1} MiB of weights in {dtype} on {}",
+        "model `{spec}`: {} parameters, {:.1} MiB of weights{packed} in {} on {}",
         loaded.model.parameter_count(),
         bytes as f64 / (1 << 20) as f64,
+        storage.describe(),
         B::name(device)
     );
     Ok(loaded)

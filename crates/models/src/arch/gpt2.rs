@@ -111,7 +111,7 @@ impl<B: Backend> Gpt2<B> {
             wpe: w.embedding(&format!("{pre}wpe.weight"), c.n_positions, d)?,
             blocks,
             ln_f: ln("ln_f")?,
-            head: w.linear(&format!("{pre}wte"), d, c.vocab_size, false)?,
+            head: w.head(&format!("{pre}wte"), d, c.vocab_size)?,
             config,
         })
     }

@@ -127,7 +127,7 @@ impl<B: Backend> GptNeoX<B> {
             embed_in: w.embedding("gpt_neox.embed_in.weight", c.vocab_size, d)?,
             layers,
             final_layer_norm: w.layer_norm("gpt_neox.final_layer_norm", d, eps)?,
-            embed_out: w.linear(head, d, c.vocab_size, false)?,
+            embed_out: w.head(head, d, c.vocab_size)?,
             tied_head: head == "gpt_neox.embed_in",
             inv_freq: rope_inv_freq(c.rotary_dim, c.rotary_base, c.rope_scaling.as_ref()),
             config,

@@ -125,7 +125,7 @@ impl<B: Backend> Llama<B> {
         // A checkpoint without `lm_head.weight` ties the head to the embeddings.
         let head_name =
             if c.tie_word_embeddings || !w.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
-        let lm_head = w.linear(head_name, d, c.vocab_size, false)?;
+        let lm_head = w.head(head_name, d, c.vocab_size)?;
         let tied_head = head_name == "model.embed_tokens";
         let inv_freq = rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref());
         Ok(Llama {

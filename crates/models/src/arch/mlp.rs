@@ -44,6 +44,7 @@ impl<B: Backend> Mlp<B> {
             Linear {
                 weight: Param::from_tensor(contiguous(Tensor::random([d_in, d_out], u, device).transpose())),
                 bias: Some(Param::from_tensor(Tensor::random([d_out], u, device))),
+                bf16: None,
             }
         };
         let mut layers = Vec::with_capacity(config.hidden.len());
@@ -66,6 +67,7 @@ impl<B: Backend> Mlp<B> {
                 // view at the start would make the first product take another kernel path).
                 weight: Param::from_tensor(contiguous(rng.uniform_tensor([d_in, d_out], bound, device).transpose())),
                 bias: Some(Param::from_tensor(rng.uniform_tensor([d_out], bound, device))),
+                bf16: None,
             }
         };
         let mut layers = Vec::with_capacity(config.hidden.len());
@@ -217,6 +219,7 @@ impl<B: Backend> StackedMlp<B> {
             Linear {
                 weight: Param::from_tensor(layer.0.val().narrow(0, i, 1).reshape([d_out, d_in])),
                 bias: Some(Param::from_tensor(layer.1.val().narrow(0, i, 1).reshape([d_out]))),
+                bf16: None,
             }
         };
         Mlp { layers: self.layers.iter().map(pick).collect(), out: pick(&self.out) }

@@ -6,12 +6,15 @@ pub mod gguf;
 pub mod safetensors_folder;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::Param;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData, backend::Backend};
 
+use crate::bf16_linear::Bf16Weight;
 use crate::error::{ModelError, Result};
 use crate::layers::{Embedding, LayerNorm, Linear, RmsNorm};
+use crate::precision::FrozenStorage;
 
 /// A set of named tensors, each readable as f32 in PyTorch's (row-major, `[out, in]`) layout.
 pub trait WeightSource {
@@ -28,14 +31,17 @@ pub struct Loader<'a, B: Backend> {
     source: &'a dyn WeightSource,
     device: B::Device,
     /// The precision the weights are stored in on the device.
+    storage: FrozenStorage,
+    /// The dtype of the tensors not packed for the bf16 kernel.
     dtype: FloatDType,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
     /// A loader reading from `source` onto `device`, in the precision set for frozen models
-    /// ([`crate::precision::frozen_dtype`]; f32 unless set).
+    /// ([`crate::precision::frozen_dtype`]; f32 unless set; see [`FrozenStorage::for_backend`]).
     pub fn new(source: &'a dyn WeightSource, device: &B::Device) -> Self {
-        Loader { source, device: device.clone(), dtype: crate::precision::frozen_dtype() }
+        let storage = FrozenStorage::for_backend::<B>();
+        Loader { source, device: device.clone(), storage, dtype: storage.tensor_dtype() }
     }
 
     /// `values` (row-major, `shape`) on the device in the loader's precision, converted tensor by
@@ -82,23 +88,51 @@ impl<'a, B: Backend> Loader<'a, B> {
         Ok(Param::from_tensor(self.tensor(name, expected)?).set_require_grad(false))
     }
 
-    /// A PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
+    /// A PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`), inside
+    /// a block (its products take the bf16 kernel where the loader packs for it).
     pub fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let weight = self.tensor(&format!("{prefix}.weight"), [d_out, d_in])?;
-        self.linear_from(prefix, weight, d_out, bias)
+        let weight = self.values(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        self.linear_from(prefix, weight, [d_out, d_in], bias, self.storage == FrozenStorage::Bf16Products)
+    }
+
+    /// The output head `{name}` `[vocab, in]`, as a linear map without bias that stays in the
+    /// activations' dtype (f32 beside the bf16 kernel: the logits decide every metric).
+    pub fn head(&self, name: &str, d_in: usize, vocab: usize) -> Result<Linear<B>> {
+        let weight = self.values(&format!("{name}.weight"), &[vocab, d_in])?;
+        self.linear_from(name, weight, [vocab, d_in], false, false)
     }
 
     /// A GPT-2 `Conv1D` (`{prefix}.weight` `[in, out]`, transposed to a `Linear`'s `[out, in]`;
     /// `{prefix}.bias`).
     pub fn conv1d(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
         let w = self.values(&format!("{prefix}.weight"), &[d_in, d_out])?;
-        let weight = self.on_device(transpose(&w, d_in, d_out), [d_out, d_in]);
-        self.linear_from(prefix, weight, d_out, true)
+        self.linear_from(
+            prefix,
+            transpose(&w, d_in, d_out),
+            [d_out, d_in],
+            true,
+            self.storage == FrozenStorage::Bf16Products,
+        )
     }
 
-    fn linear_from(&self, prefix: &str, weight: Tensor<B, 2>, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let bias = if bias { Some(self.param(&format!("{prefix}.bias"), [d_out])?) } else { None };
-        Ok(Linear { weight: Param::from_tensor(weight).set_require_grad(false), bias })
+    /// A linear map from `[out, in]` values: packed for the bf16 kernel (the weight tensor then
+    /// kept in bf16, the values the kernel sees) or a plain tensor in the loader's dtype.
+    fn linear_from(
+        &self,
+        prefix: &str,
+        values: Vec<f32>,
+        shape: [usize; 2],
+        bias: bool,
+        pack: bool,
+    ) -> Result<Linear<B>> {
+        let bias = if bias { Some(self.param(&format!("{prefix}.bias"), [shape[0]])?) } else { None };
+        let (weight, bf16) = if pack {
+            let packed = Arc::new(Bf16Weight::new(&values, shape[0], shape[1]));
+            (Tensor::from_data(TensorData::new(values, shape), (&self.device, DType::BF16)), Some(packed))
+        } else {
+            (self.on_device(values, shape), None)
+        };
+        Ok(Linear { weight: Param::from_tensor(weight).set_require_grad(false), bias, bf16 })
     }
 
     /// An embedding table `{name}` of shape `[rows, width]`.
