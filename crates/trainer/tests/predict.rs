@@ -63,8 +63,10 @@ fn malformed_devices_and_precisions_are_clear_errors() {
     assert!(!out.status.success() && err.contains("f16") && err.contains("bf16"), "{err}");
 }
 
-/// A half-precision model on the CPU: its weights take half the memory (said on stderr) and it
-/// still predicts " Paris" first, with probabilities near transformers' f32 ones.
+/// A half-precision model on the CPU. All in bf16 (`FERROVENE_BF16_KERNEL=off`, and any CPU
+/// without AVX512-BF16): its weights take half the memory (said on stderr). With the bf16
+/// products, where the CPU has them: said on stderr. Both still predict " Paris" first, with
+/// probabilities near the f32 ones.
 #[test]
 fn predict_in_half_precision_on_the_cpu() {
     let memory = |stderr: &str| -> f64 {
@@ -72,22 +74,30 @@ fn predict_in_half_precision_on_the_cpu() {
             stderr.lines().find(|l| l.contains("MiB of weights")).unwrap_or_else(|| panic!("no memory line: {stderr}"));
         line.split(" MiB").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap()
     };
-    let run = |dtype: &str| {
+    let run = |dtype: &str, kernel: &str, says: &str| {
         let out = trainer()
             .args(["predict", "--prompt", "The capital of France is", "--top", "5", "--json", "--dtype", dtype])
+            .env("FERROVENE_BF16_KERNEL", kernel)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "--dtype {dtype}: {stderr}");
-        assert!(stderr.contains(&format!("in {dtype} on")), "{stderr}");
+        assert!(stderr.contains(&format!("in {says} on")), "{stderr}");
         (serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), memory(&stderr))
     };
-    let (full, full_mib) = run("f32");
-    let (half, half_mib) = run("bf16");
+    let (full, full_mib) = run("f32", "on", "f32");
+    let (half, half_mib) = run("bf16", "off", "bf16");
     assert!((half_mib / full_mib - 0.5).abs() < 1e-3, "bf16 weights take {half_mib} MiB, f32 {full_mib}");
-    assert_eq!(half["top"][0]["token"], " Paris", "{half}");
-    let (p_full, p_half) = (full["top"][0]["p"].as_f64().unwrap(), half["top"][0]["p"].as_f64().unwrap());
-    assert!((p_full - p_half).abs() < 0.05, "p(Paris) {p_half} in bf16, {p_full} in f32");
+    let p_full = full["top"][0]["p"].as_f64().unwrap();
+    let mut runs = vec![("all bf16", half)];
+    if ferrovene_models::bf16_gemm::available() {
+        runs.push(("bf16 products", run("bf16", "on", "bf16 products (AVX512-BF16), f32 elsewhere").0));
+    }
+    for (name, out) in runs {
+        assert_eq!(out["top"][0]["token"], " Paris", "{name}: {out}");
+        let p = out["top"][0]["p"].as_f64().unwrap();
+        assert!((p_full - p).abs() < 0.05, "p(Paris) {p} in {name}, {p_full} in f32");
+    }
 }
 
 #[test]
