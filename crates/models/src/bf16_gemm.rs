@@ -20,14 +20,8 @@ const MR: usize = 8;
 
 /// Whether this CPU runs the bf16 kernel (AVX-512 F and BF16, as the OS exposes them).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    let cpu = crate::cpu_features::CpuFeatures::detect();
+    cpu.avx512f && cpu.avx512_bf16
 }
 
 /// A `[k, n]` matrix rounded to bf16 (round to nearest even) in the kernel's layout: panels of 32

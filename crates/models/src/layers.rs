@@ -34,18 +34,17 @@ impl<B: Backend> Linear<B> {
         let rows = dims[..D - 1].iter().product::<usize>();
         dims[D - 1] = d_out;
         let x = x.reshape([rows, d_in]);
-        let x = match &self.bf16 {
+        // The bf16 kernel where the loader packed for it and the backend runs it, else burn's product.
+        let bf16 = match &self.bf16 {
             Some(packed) => packed.product(x),
             None => Err(x),
         };
-        let y: Tensor<B, D> = match x {
-            Ok(y) => y,
-            Err(x) => {
+        let y: Tensor<B, D> = bf16
+            .unwrap_or_else(|x| {
                 let dtype = x.dtype();
                 x.matmul(to_dtype(self.weight.val(), dtype).transpose())
-            }
-        }
-        .reshape(dims);
+            })
+            .reshape(dims);
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,

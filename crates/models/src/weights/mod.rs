@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::module::Param;
-use burn::tensor::{DType, FloatDType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use crate::bf16_linear::Bf16Weight;
 use crate::error::{ModelError, Result};
@@ -32,22 +32,24 @@ pub struct Loader<'a, B: Backend> {
     device: B::Device,
     /// The precision the weights are stored in on the device.
     storage: FrozenStorage,
-    /// The dtype of the tensors not packed for the bf16 kernel.
-    dtype: FloatDType,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
     /// A loader reading from `source` onto `device`, in the precision set for frozen models
     /// ([`crate::precision::frozen_dtype`]; f32 unless set; see [`FrozenStorage::for_backend`]).
     pub fn new(source: &'a dyn WeightSource, device: &B::Device) -> Self {
-        let storage = FrozenStorage::for_backend::<B>();
-        Loader { source, device: device.clone(), storage, dtype: storage.tensor_dtype() }
+        Loader { source, device: device.clone(), storage: FrozenStorage::for_backend::<B>() }
+    }
+
+    /// Whether the blocks' linear maps are packed for the bf16 kernel.
+    fn packs_linear_maps(&self) -> bool {
+        self.storage == FrozenStorage::Bf16Products
     }
 
     /// `values` (row-major, `shape`) on the device in the loader's precision, converted tensor by
     /// tensor so that a half-precision model never holds its f32 copy.
     fn on_device<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
-        Tensor::from_data(TensorData::new(values, shape), (&self.device, DType::from(self.dtype)))
+        Tensor::from_data(TensorData::new(values, shape), (&self.device, DType::from(self.storage.tensor_dtype())))
     }
 
     /// Whether the source holds `name`.
@@ -92,7 +94,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// a block (its products take the bf16 kernel where the loader packs for it).
     pub fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
         let weight = self.values(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        self.linear_from(prefix, weight, [d_out, d_in], bias, self.storage == FrozenStorage::Bf16Products)
+        self.linear_from(prefix, weight, [d_out, d_in], bias, self.packs_linear_maps())
     }
 
     /// The output head `{name}` `[vocab, in]`, as a linear map without bias that stays in the
@@ -106,13 +108,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// `{prefix}.bias`).
     pub fn conv1d(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
         let w = self.values(&format!("{prefix}.weight"), &[d_in, d_out])?;
-        self.linear_from(
-            prefix,
-            transpose(&w, d_in, d_out),
-            [d_out, d_in],
-            true,
-            self.storage == FrozenStorage::Bf16Products,
-        )
+        self.linear_from(prefix, transpose(&w, d_in, d_out), [d_out, d_in], true, self.packs_linear_maps())
     }
 
     /// A linear map from `[out, in]` values: packed for the bf16 kernel (the weight tensor then
