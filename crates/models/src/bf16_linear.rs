@@ -21,6 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 
 use crate::bf16_gemm::{self, PackedB};
+use crate::layout::same_type;
 
 /// A `[out, in]` weight rounded to bf16 and packed for the forward and the input gradient.
 #[derive(Debug)]
@@ -98,11 +99,6 @@ pub fn runs_on<B: Backend>() -> bool {
     use std::any::TypeId;
     let flex = TypeId::of::<B>() == TypeId::of::<Flex>() || TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>();
     flex && bf16_gemm::available()
-}
-
-/// `t` as the type it is (a `TypeId` match made it a concrete backend's tensor).
-fn same_type<T: 'static, U: 'static>(t: T) -> U {
-    *(Box::new(t) as Box<dyn Any>).downcast::<U>().expect("a tensor of the backend it came from")
 }
 
 /// `x · b` for a `[rows, b.k()]` f32 tensor, as a `[rows, b.n()]` f32 tensor.

@@ -164,18 +164,14 @@ pub struct StackedMlp<B: Backend> {
     out: StackedLayer<B>,
 }
 
-/// `[models, rows, in]` through one stacked layer: `x Wᵀ + b` per model.
+/// `[models, rows, in]` through one stacked layer: `x Wᵀ + b` per model, and its ReLU when
+/// `relu` ([`crate::fused_layer::stacked_affine`]: one autodiff node on burn-flex).
 ///
 /// The operands are laid out as a model alone has them, so that each model's numbers are its
 /// own to the last bit: `W` row-major, read transposed by the product, as an [`Mlp`]'s is (a
 /// product takes its kernel path from its operands' strides, and paths round differently).
-fn stacked_linear<B: Backend>(x: Tensor<B, 3>, layer: &StackedLayer<B>) -> Tensor<B, 3> {
-    let y = x.matmul(layer.0.val().swap_dims(1, 2));
-    // The bias repeated over the rows first: burn-flex adds a `[models, 1, out]` broadcast one
-    // element by element (a strided walk, a fifth of a stacked step), two contiguous operands
-    // with SIMD. The values and the gradient (a sum over the rows) are the same.
-    let rows = y.dims()[1];
-    y + layer.1.val().repeat_dim(1, rows)
+fn stacked_linear<B: Backend>(x: Tensor<B, 3>, layer: &StackedLayer<B>, relu: bool) -> Tensor<B, 3> {
+    crate::fused_layer::stacked_affine(x, layer.0.val(), layer.1.val(), relu)
 }
 
 impl<B: Backend> StackedMlp<B> {
@@ -233,13 +229,13 @@ impl<B: Backend> StackedMlp<B> {
 
     /// The activations `[models, batch, width]` after hidden layer `layer` (0-based).
     pub fn run_to(&self, x: Tensor<B, 3>, layer: usize) -> Tensor<B, 3> {
-        self.layers[..=layer].iter().fold(x, |h, l| relu(stacked_linear(h, l)))
+        self.layers[..=layer].iter().fold(x, |h, l| stacked_linear(h, l, true))
     }
 
     /// Logits from the activations `h` (`[models, batch, width]`) placed after hidden layer
     /// `from − 1` (so `from = 0` takes inputs): layers `from..`, then the output layer.
     pub fn resume(&self, from: usize, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.layers[from..].iter().fold(h, |h, l| relu(stacked_linear(h, l)));
-        stacked_linear(h, &self.out)
+        let h = self.layers[from..].iter().fold(h, |h, l| stacked_linear(h, l, true));
+        stacked_linear(h, &self.out, false)
     }
 }
