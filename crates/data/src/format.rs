@@ -181,6 +181,21 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// [`load_jsonl`] on text already read from `path` (for callers that also hash or copy it);
 /// errors name `path` and the line.
+///
+/// ```
+/// use std::path::Path;
+/// use ferrovene_data::{Example, OnError, format::parse_jsonl};
+///
+/// let text = r#"{"base": "The capital of France is", "sources": ["The capital of Italy is"], "positions": [4], "label": " Rome"}
+/// {"base": "The capital of Spain is", "sources": ["The capital of Japan is"], "positions": [4], "label": " Tokyo", "colour": 3}"#;
+/// // The second line has a key the format does not know: with OnError::Skip it is left out and counted.
+/// let loaded = parse_jsonl(Path::new("pairs.jsonl"), text, OnError::Skip)?;
+/// assert_eq!(loaded.examples.len(), 1);
+/// assert!(matches!(loaded.examples[0].1, Example::Pair { .. }));
+/// assert_eq!(loaded.skipped.len(), 1);
+/// assert!(parse_jsonl(Path::new("pairs.jsonl"), text, OnError::Stop).unwrap_err().to_string().contains("pairs.jsonl:2"));
+/// # Ok::<(), ferrovene_data::DataError>(())
+/// ```
 pub fn parse_jsonl(path: &Path, text: &str, on_error: OnError) -> Result<Loaded> {
     let mut loaded = Loaded { path: path.to_path_buf(), examples: Vec::new(), skipped: Vec::new() };
     for (i, line) in text.lines().enumerate() {

@@ -145,6 +145,19 @@ impl<B: Backend> Orthogonal<B> {
     /// A random rotation with `k` orthonormal rows in `d` dims, from `rng`: torch's
     /// parametrisation from a Haar-random `base` ([`TorchOrthogonal::haar`]), so `R` spans a
     /// uniformly random `k`-dimensional subspace.
+    ///
+    /// ```
+    /// use ferrovene_interventions::{Orthogonal, Rng};
+    /// use ferrovene_models::Cpu;
+    ///
+    /// let r = Orthogonal::<Cpu>::random(4, 16, &mut Rng::new(0), &Default::default());
+    /// let w = r.matrix(); // [4, 16], orthonormal rows: R Rᵀ = I
+    /// let gram: Vec<f32> = w.clone().matmul(w.transpose()).into_data().to_vec().unwrap();
+    /// for (i, g) in gram.iter().enumerate() {
+    ///     let identity = if i % 5 == 0 { 1.0 } else { 0.0 };
+    ///     assert!((g - identity).abs() < 1e-5, "entry {i}: {g}");
+    /// }
+    /// ```
     pub fn random(k: usize, d: usize, rng: &mut Rng, device: &B::Device) -> Self {
         Orthogonal::Torch(TorchOrthogonal::haar(k, d, rng, device))
     }

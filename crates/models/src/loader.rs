@@ -184,6 +184,15 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedMo
 
 /// Loads a model from a spec: a registry name (`smollm2-135m`, `minilm-l6`), a path to a folder
 /// or a `.gguf` file, or a hub id `org/name[@revision]` (hub settings from the environment).
+///
+/// ```
+/// use ferrovene_models::{Cpu, Transformer, load};
+///
+/// // The embedded default model (scripts/fetch-fixtures downloads it).
+/// let loaded = load::<Cpu>("smollm2-135m", &Default::default())?;
+/// assert_eq!((loaded.model.arch(), loaded.model.width(), loaded.model.n_layers()), ("llama", 576, 30));
+/// # Ok::<(), ferrovene_models::ModelError>(())
+/// ```
 pub fn load<B: Backend>(spec: &str, device: &B::Device) -> Result<LoadedModel<B>> {
     load_with_hub(spec, &crate::hub::HubConfig::from_env(), device)
 }

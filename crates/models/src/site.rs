@@ -148,6 +148,17 @@ impl FromStr for Component {
     }
 }
 
+/// Reads a site as recipes and exports write it: `LAYER.COMPONENT`, or `embeddings`.
+///
+/// ```
+/// use ferrovene_models::{Component, Site};
+///
+/// let site: Site = "6.block_output".parse()?;
+/// assert_eq!(site, Site::new(6, Component::BlockOutput));
+/// assert_eq!(site.to_string(), "6.block_output");
+/// assert!("6.residual".parse::<Site>().is_err(), "unknown components are refused");
+/// # Ok::<(), ferrovene_models::site::SiteParseError>(())
+/// ```
 impl FromStr for Site {
     type Err = SiteParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

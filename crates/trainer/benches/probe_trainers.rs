@@ -13,9 +13,9 @@ use burn::tensor::{Tensor, TensorData};
 use ferrovene_interventions::Intervention;
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_models::rng::Rng;
-use trainer::fit::{FitConfig, FitIo, fit};
-use trainer::objectives::probe::{FeatureBatch, ProbeObjective, logistic_regression_accuracy};
-use trainer::schedule::Decay;
+use ferrovene_trainer::fit::{FitConfig, FitIo, fit};
+use ferrovene_trainer::objectives::probe::{FeatureBatch, ProbeObjective, logistic_regression_accuracy};
+use ferrovene_trainer::schedule::Decay;
 
 type B = Autodiff<ferrovene_models::Cpu>;
 

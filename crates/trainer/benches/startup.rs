@@ -75,7 +75,7 @@ fn start(loaded: &LoadedModel<B>, tok: &TextTokenizer, path: &Path) -> Result<[f
     let read = t.elapsed().as_secs_f64();
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
     let t = Instant::now();
-    let batches = trainer::objectives::das::prepare(
+    let batches = ferrovene_trainer::objectives::das::prepare(
         &loaded.model,
         Site::new(12, Component::BlockOutput),
         &refs,
@@ -87,7 +87,7 @@ fn start(loaded: &LoadedModel<B>, tok: &TextTokenizer, path: &Path) -> Result<[f
     let t = Instant::now();
     let iv = Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(16, 576, &mut Rng::new(1), &device) });
     let mut opt = AdamWConfig::new().init::<B, Intervention<B>>();
-    let loss = trainer::objectives::das::loss(&loaded.model, &batches[0], &iv)?;
+    let loss = ferrovene_trainer::objectives::das::loss(&loaded.model, &batches[0], &iv)?;
     let grads = GradientsParams::from_grads(loss.backward(), &iv);
     let iv = opt.step(1e-2, iv, grads);
     let _ = iv.rotation().ok_or_else(|| anyhow!("a rotation"))?.matrix().into_data();
@@ -97,7 +97,7 @@ fn start(loaded: &LoadedModel<B>, tok: &TextTokenizer, path: &Path) -> Result<[f
 fn main() -> Result<()> {
     let device = Default::default();
     let t = Instant::now();
-    let loaded = trainer::device::load_model::<B>("smollm2-135m", &device)?;
+    let loaded = ferrovene_trainer::device::load_model::<B>("smollm2-135m", &device)?;
     println!("model loaded in {:.2} s", t.elapsed().as_secs_f64());
     let tok = loaded.tokenizer.clone().ok_or_else(|| anyhow!("no tokenizer"))?;
     let dir = std::env::temp_dir().join(format!("ferrovene-bench-startup-{}", std::process::id()));

@@ -21,7 +21,7 @@ use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site};
-use trainer::device::{Compute, OnBackend, Precision, dispatch};
+use ferrovene_trainer::device::{Compute, OnBackend, Precision, dispatch};
 
 #[cfg(feature = "ndarray")]
 const CPU_BACKEND: &str = "ndarray";
@@ -39,7 +39,7 @@ impl OnBackend for StepBench {
 
     fn run<Inner: Backend>(self, device: Inner::Device) -> Result<()> {
         type B<I> = Autodiff<I>;
-        let loaded = trainer::device::load_model::<B<Inner>>("smollm2-135m", &device)?;
+        let loaded = ferrovene_trainer::device::load_model::<B<Inner>>("smollm2-135m", &device)?;
         let tok = loaded.tokenizer.clone().ok_or_else(|| anyhow!("no tokenizer"))?;
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/capitals/capitals.jsonl");
         let file = load_jsonl(&path, OnError::Stop)?;
@@ -47,15 +47,21 @@ impl OnBackend for StepBench {
             file.examples.iter().take(16).map(|(l, e)| tokenize(e, &tok, &file.path, *l)).collect::<Result<_, _>>()?;
         let examples: Vec<_> = sixteen.iter().cycle().take(self.batch).collect();
         let site = Site::new(12, Component::BlockOutput);
-        let batches =
-            trainer::objectives::das::prepare(&loaded.model, site, &examples, tok.pad_id, self.batch, &device)?;
+        let batches = ferrovene_trainer::objectives::das::prepare(
+            &loaded.model,
+            site,
+            &examples,
+            tok.pad_id,
+            self.batch,
+            &device,
+        )?;
         let mut iv =
             Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(16, 576, &mut Rng::new(1), &device) });
         let mut opt = AdamWConfig::new().init::<B<Inner>, Intervention<B<Inner>>>();
         let mut phases: [Vec<f64>; 4] = Default::default();
         for i in 0..12 {
             let t = Instant::now();
-            let loss = trainer::objectives::das::loss(&loaded.model, &batches[0], &iv)?;
+            let loss = ferrovene_trainer::objectives::das::loss(&loaded.model, &batches[0], &iv)?;
             let _ = loss.clone().into_data(); // forces the forward
             let forward = t.elapsed().as_secs_f64();
             let grads = loss.backward();
@@ -84,7 +90,7 @@ impl OnBackend for StepBench {
         if self.json {
             println!(
                 "{}",
-                serde_json::json!({"backend": backend, "compute": trainer::device::chosen(), "batch": self.batch, "median_ms": median(total), "forward_ms": median(forward), "backward_ms": median(backward), "optimizer_ms": median(step), "steps": total.len()})
+                serde_json::json!({"backend": backend, "compute": ferrovene_trainer::device::chosen(), "batch": self.batch, "median_ms": median(total), "forward_ms": median(forward), "backward_ms": median(backward), "optimizer_ms": median(step), "steps": total.len()})
             );
         } else {
             println!(

@@ -268,6 +268,40 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 }
 
 /// Trains `module` on `objective`.
+///
+/// ```
+/// use burn::backend::Autodiff;
+/// use burn::tensor::Tensor;
+/// use ferrovene_interventions::Intervention;
+/// use ferrovene_interventions::steering::Steering;
+/// use ferrovene_models::Cpu;
+/// use ferrovene_trainer::fit::{FitConfig, FitIo, Objective, fit};
+///
+/// type B = Autodiff<Cpu>;
+///
+/// /// Pull a learned steering vector towards `target`: loss = |v − target|².
+/// struct TowardsTarget(Tensor<B, 1>);
+///
+/// impl Objective<B> for TowardsTarget {
+///     fn batches(&self) -> usize { 1 }
+///     fn loss(&self, iv: &Intervention<B>, _batch: usize) -> anyhow::Result<Tensor<B, 1>> {
+///         let Intervention::Steering(s) = iv else { anyhow::bail!("a steering vector") };
+///         Ok((s.vector.val() - self.0.clone()).powf_scalar(2.0).sum())
+///     }
+///     fn validate(&self, _: &Intervention<B>) -> anyhow::Result<Option<(f32, f32)>> { Ok(None) }
+/// }
+///
+/// let device = Default::default();
+/// let target = Tensor::<B, 1>::from_floats([1.0, -2.0, 0.5], &device);
+/// let mut start = Steering::fixed(Tensor::zeros([3], &device), 1.0);
+/// start.vector = start.vector.set_require_grad(true);
+/// let cfg = FitConfig::constant(300, 0.05, 0, false); // 300 epochs of one batch, Adam at 0.05
+/// let fitted = fit(&TowardsTarget(target), Intervention::Steering(start), &cfg, FitIo::default())?;
+/// let losses = &fitted.state.losses;
+/// assert_eq!(losses.len(), 300);
+/// assert!(losses[299] < 1e-3 * losses[0], "{} → {}", losses[0], losses[299]);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn fit<B, M, O>(objective: &O, module: M, cfg: &FitConfig, io: FitIo<'_>) -> Result<Fitted<M>>
 where
     B: AutodiffBackend,

@@ -1,10 +1,10 @@
-//! `trainer`: the ferrovene command line; each subcommand is a function of [`trainer::commands`].
+//! `trainer`: the ferrovene command line; each subcommand is a function of [`ferrovene_trainer::commands`].
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use trainer::commands::{self, apply, eval, predict, run, steer, sweep};
-use trainer::device::{Compute, dispatch};
-use trainer::generate::{Choice, Decoding};
+use ferrovene_trainer::commands::{self, apply, eval, predict, run, steer, sweep};
+use ferrovene_trainer::device::{Compute, dispatch};
+use ferrovene_trainer::generate::{Choice, Decoding};
 
 /// mimalloc keeps freed large blocks for reuse; glibc unmaps them, so every step paid page faults
 /// and page zeroing for its activations (about 6% of a DAS step in perf).
@@ -177,7 +177,7 @@ enum Command {
         /// The source text, for interventions that read one (DAS).
         #[arg(long)]
         source: Option<String>,
-        /// Token positions to intervene on: `last`, `all`, indices (negative from the end), or f<k>/l<k> for
+        /// Token positions to intervene on: `last`, `all`, indices (negative from the end), or `f<k>`/`l<k>` for
         /// the first/last k tokens (`f5+l5`, pyreft's rule); comma-separated. Default: the
         /// export's own rule when it is one of these, else `last`.
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]

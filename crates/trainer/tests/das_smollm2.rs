@@ -12,9 +12,9 @@ use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 use ferrovene_models::{Component, Site, Transformer, load};
-use trainer::fit::{FitConfig, FitIo, fit};
-use trainer::objectives::das::{DasObjective, evaluate, logits, logits_plain, prepare, source_vectors};
-use trainer::schedule::Decay;
+use ferrovene_trainer::fit::{FitConfig, FitIo, fit};
+use ferrovene_trainer::objectives::das::{DasObjective, evaluate, logits, logits_plain, prepare, source_vectors};
+use ferrovene_trainer::schedule::Decay;
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 

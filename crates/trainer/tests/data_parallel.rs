@@ -1,4 +1,4 @@
-//! Data-parallel training (`trainer::parallel`, burn's collective all-reduce): two replicas on
+//! Data-parallel training (`ferrovene_trainer::parallel`, burn's collective all-reduce): two replicas on
 //! two CPU devices of burn's collective (two peers of the flex backend), each with half of every
 //! batch, train low-rank DAS to what `fit::fit` reaches on one device with the whole batch — the
 //! loss at every step and the trained rotation, within float tolerance.
@@ -12,10 +12,10 @@ use burn::backend::Autodiff;
 use ferrovene_data::TokenizedExample;
 use ferrovene_interventions::Intervention;
 use ferrovene_models::AnyModel;
+use ferrovene_trainer::fit::{FitConfig, FitIo, Objective, fit};
+use ferrovene_trainer::objectives::das::{DasObjective, PairBatch, loss};
+use ferrovene_trainer::parallel::{Shard, fit_data_parallel};
 use golden_runs::{DAS_W_TOLERANCE, Golden, batch_of, examples, low_rank_das, max_diff, tiny_gpt2, torch, values};
-use trainer::fit::{FitConfig, FitIo, Objective, fit};
-use trainer::objectives::das::{DasObjective, PairBatch, loss};
-use trainer::parallel::{Shard, fit_data_parallel};
 
 type B = Autodiff<ferrovene_models::Cpu>;
 

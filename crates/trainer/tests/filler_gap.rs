@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use ferrovene_data::filler_gap::CONSTRUCTIONS;
 use ferrovene_models::rng::Rng;
-use trainer::experiments::Recipe;
-use trainer::experiments::filler_gap::{FillerGapRecipe, draw, split};
+use ferrovene_trainer::experiments::Recipe;
+use ferrovene_trainer::experiments::filler_gap::{FillerGapRecipe, draw, split};
 
 fn filler_gap(text: &str) -> anyhow::Result<FillerGapRecipe> {
     match Recipe::from_toml(text)? {
@@ -106,7 +106,7 @@ fn a_small_sweep_writes_heatmaps_numbers_and_export() {
 
 #[test]
 fn layers_are_a_list_or_all() {
-    use trainer::recipe::Layers;
+    use ferrovene_trainer::recipe::Layers;
     assert_eq!(Layers::All("all".into()).resolve(3).unwrap(), vec![0, 1, 2]);
     assert!(Layers::All("every".into()).check().is_err());
     assert!(Layers::List(vec![]).check().is_err());

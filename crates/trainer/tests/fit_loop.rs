@@ -13,14 +13,14 @@ use ferrovene_interventions::das::{Annealing, BoundlessDas, TemperatureSchedule}
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::rng::Rng;
-use trainer::events::Events;
+use ferrovene_trainer::events::Events;
 
 mod common;
 
 use common::{masked_crc, read_scalars};
-use trainer::fit::{EarlyStopping, FitConfig, FitIo, Objective, Outcome, StopOn, fit};
-use trainer::objectives::probe::{FeatureBatch, ProbeObjective};
-use trainer::schedule::Decay;
+use ferrovene_trainer::fit::{EarlyStopping, FitConfig, FitIo, Objective, Outcome, StopOn, fit};
+use ferrovene_trainer::objectives::probe::{FeatureBatch, ProbeObjective};
+use ferrovene_trainer::schedule::Decay;
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 const D: usize = 8;
@@ -223,7 +223,7 @@ fn early_stopping_stops_and_keeps_the_best() {
     let best = f.state.best.unwrap();
     assert_eq!(f.state.step, best.step + 3, "three validations without a better loss");
     assert!(f.state.history.iter().all(|e| e.loss >= best.loss));
-    let (acc, loss) = trainer::objectives::probe::evaluate(&f.module, &val).unwrap();
+    let (acc, loss) = ferrovene_trainer::objectives::probe::evaluate(&f.module, &val).unwrap();
     assert_eq!((acc, loss), (best.accuracy, best.loss), "the returned probe is the best one, not the last");
     assert!(acc >= 0.9, "the planted direction is found: {acc}");
     // Resuming a run that stopped early returns the same best probe without training.
@@ -318,7 +318,8 @@ fn a_checkpoint_with_non_finite_values_is_refused() {
     let first = fit(&objective, probe(5), &cfg, io(&dir, Some(&stop), false)).unwrap();
     let Intervention::Probe(p) = probe(5) else { unreachable!() };
     let nan = Intervention::Probe(LinearProbe { weight: p.weight.map(|w| w * f32::NAN), ..p });
-    trainer::checkpoint::save(&dir, &nan, &cfg.optimizer::<AD, Intervention<AD>>(), None, &first.state).unwrap();
+    ferrovene_trainer::checkpoint::save(&dir, &nan, &cfg.optimizer::<AD, Intervention<AD>>(), None, &first.state)
+        .unwrap();
     let e = format!("{:#}", fit(&objective, probe(5), &cfg, io(&dir, None, true)).err().unwrap());
     assert!(e.contains("non-finite values") && e.contains("weight"), "{e}");
 }

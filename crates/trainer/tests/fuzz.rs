@@ -3,7 +3,7 @@
 //! a panic.
 
 use ferrovene_models::rng::Rng;
-use trainer::experiments::Recipe;
+use ferrovene_trainer::experiments::Recipe;
 
 mod common;
 

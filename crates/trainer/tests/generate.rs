@@ -9,7 +9,7 @@ use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::steering::Steering;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site, Transformer, load};
-use trainer::generate::{Choice, Decoding, Steer, generate};
+use ferrovene_trainer::generate::{Choice, Decoding, Steer, generate};
 
 type B = ferrovene_models::Cpu;
 

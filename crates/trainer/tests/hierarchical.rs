@@ -10,12 +10,12 @@ use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::arch::mlp::StackedMlp;
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site};
-use trainer::experiments::Recipe;
-use trainer::experiments::hierarchical::stacked::{align, run_seeds, train_mlps};
-use trainer::experiments::hierarchical::{
+use ferrovene_trainer::experiments::Recipe;
+use ferrovene_trainer::experiments::hierarchical::stacked::{align, run_seeds, train_mlps};
+use ferrovene_trainer::experiments::hierarchical::{
     EqualityObjective, EqualityPair, HierarchicalRecipe, Objects, Target, iia, prepare, run_seed, train_mlp,
 };
-use trainer::fit::{FitConfig, FitIo, fit};
+use ferrovene_trainer::fit::{FitConfig, FitIo, fit};
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 

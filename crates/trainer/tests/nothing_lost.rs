@@ -382,13 +382,13 @@ fn a_run_folder_in_use_or_of_another_recipe_is_refused() {
     let out = fresh("lock");
     // The folder a run of das-capitals starts with (the recipe as run, under its name).
     let text = std::fs::read_to_string(root().join("recipes/das-capitals.toml")).unwrap();
-    let run = trainer::run_dir::RunDir::create(&out, "das-capitals", &text).unwrap().path().to_path_buf();
+    let run = ferrovene_trainer::run_dir::RunDir::create(&out, "das-capitals", &text).unwrap().path().to_path_buf();
     // Another recipe's name: refused, naming what the folder holds.
     let o = trainer().args(["das-boundless-capitals", "--resume"]).arg(&run).output().unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is a run of recipe `das-capitals`, not `das-boundless-capitals`"), "{}", stderr(&o));
     // A folder this process holds: a second process is refused, naming this pid.
-    let _held = trainer::run_dir::RunDir::reopen(
+    let _held = ferrovene_trainer::run_dir::RunDir::reopen(
         &run,
         "das-capitals",
         &std::fs::read_to_string(run.join("recipe.toml")).unwrap(),
@@ -560,7 +560,7 @@ fn sweep_flags_are_checked_in_the_users_words() {
 
 #[test]
 fn tasks_all_picks_every_task_and_an_unknown_task_lists_at_most_twenty_close_names() {
-    use trainer::experiments::suite::{Names, select_tasks};
+    use ferrovene_trainer::experiments::suite::{Names, select_tasks};
     let suite = ferrovene_data::suite::read_suite(&root().join("datasets/suites/syntax.json")).unwrap();
     let all = select_tasks(&suite, &Names::List(vec!["all".into()])).unwrap();
     assert_eq!(all.len(), suite.tasks.len(), "--tasks all");

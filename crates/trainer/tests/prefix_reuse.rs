@@ -12,7 +12,7 @@ use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 use ferrovene_models::{Component, NoHooks, Site, Transformer, forward, gather_positions, load_folder};
-use trainer::objectives::das::{logits, logits_plain, prepare};
+use ferrovene_trainer::objectives::das::{logits, logits_plain, prepare};
 
 type B = Autodiff<ferrovene_models::Cpu>;
 

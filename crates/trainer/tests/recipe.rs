@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use trainer::experiments::Recipe;
-use trainer::experiments::pairs::PairRecipe;
+use ferrovene_trainer::experiments::Recipe;
+use ferrovene_trainer::experiments::pairs::PairRecipe;
 
 mod common;
 
@@ -246,7 +246,7 @@ fn bad_recipes_say_what_is_wrong() {
     assert!(e.contains("validation_fraction"), "{e}");
     let o = r.with_overrides(&["grad_clip=1.0".into(), "schedule=cosine".into(), "accumulate=2".into()]).unwrap();
     let o = das(&o);
-    assert_eq!((o.grad_clip, o.schedule, o.accumulate), (Some(1.0), trainer::schedule::Decay::Cosine, 2));
+    assert_eq!((o.grad_clip, o.schedule, o.accumulate), (Some(1.0), ferrovene_trainer::schedule::Decay::Cosine, 2));
 }
 
 fn write_recipe(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -358,7 +358,7 @@ fn probe_and_reft_recipes_run_end_to_end() {
 
 #[test]
 fn every_shipped_recipe_parses_and_round_trips_with_its_kind() {
-    let files = trainer::recipe::files(&root().join("recipes")).unwrap();
+    let files = ferrovene_trainer::recipe::files(&root().join("recipes")).unwrap();
     assert!(files.len() >= 8, "{files:?}");
     for (name, path) in files {
         let r = Recipe::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
@@ -396,7 +396,7 @@ fn shorthands_and_overrides_set_only_keys_the_kind_has() {
 
 #[test]
 fn overrides_are_toml_values_and_bare_words_are_strings() {
-    use trainer::recipe::Override;
+    use ferrovene_trainer::recipe::Override;
     let o: Override = "lr=0.05".parse().unwrap();
     assert_eq!((o.key.as_str(), o.value.clone()), ("lr", toml::Value::Float(0.05)));
     let o: Override = "layers=[0, 6]".parse().unwrap();

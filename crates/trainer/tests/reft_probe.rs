@@ -16,7 +16,7 @@ use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Composition, Intervene, Intervention, Placement};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::{Component, Site, Transformer, forward, gather_positions, load};
-use trainer::fit::{FitConfig, FitIo, fit};
+use ferrovene_trainer::fit::{FitConfig, FitIo, fit};
 
 type AD = Autodiff<ferrovene_models::Cpu>;
 
@@ -35,7 +35,7 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
             .unwrap();
     let ex = tokenize(&line, &tok, std::path::Path::new("inline"), 1).unwrap();
     let site = Site::new(20, Component::BlockOutput);
-    let batches = trainer::objectives::reft::prepare(model, site, &[&ex], tok.pad_id, 1, &dev).unwrap();
+    let batches = ferrovene_trainer::objectives::reft::prepare(model, site, &[&ex], tok.pad_id, 1, &dev).unwrap();
     let iv = Intervention::Reft(ReftIntervention::new(
         ReftFamily::LoReft,
         576,
@@ -47,8 +47,11 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     ));
 
     // cached path = plain forward with the intervention as a hook
-    let cached: Vec<f32> =
-        trainer::objectives::reft::log_probs(model, &batches[0], Some(&iv)).unwrap().into_data().to_vec().unwrap();
+    let cached: Vec<f32> = ferrovene_trainer::objectives::reft::log_probs(model, &batches[0], Some(&iv))
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     let b = &batches[0];
     let placement = Placement::new(model.site_info(site).unwrap(), &iv, b.positions.clone(), None, vec![]).unwrap();
     let hidden = forward(model, &b.checkpoint.input, &mut Intervene::new(vec![placement], Composition::Parallel));
@@ -59,12 +62,12 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     let diff = cached.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(diff < 1e-3, "cached and plain ReFT paths differ by {diff}");
 
-    let none = trainer::objectives::reft::evaluate(model, &batches, None).unwrap();
+    let none = ferrovene_trainer::objectives::reft::evaluate(model, &batches, None).unwrap();
     assert_eq!(none.exact, 0.0, "the model does not say this by itself");
-    let objective = trainer::objectives::reft::ReftObjective { model, train: &batches, validation: &[] };
+    let objective = ferrovene_trainer::objectives::reft::ReftObjective { model, train: &batches, validation: &[] };
     let fitted = fit(&objective, iv, &cfg(50, 5e-2), FitIo::default()).unwrap();
     let losses = &fitted.state.losses;
-    let after = trainer::objectives::reft::evaluate(model, &batches, Some(&fitted.module)).unwrap();
+    let after = ferrovene_trainer::objectives::reft::evaluate(model, &batches, Some(&fitted.module)).unwrap();
     eprintln!(
         "LM loss {:.3} → {:.3}; token accuracy {:.3} → {:.3}",
         losses[0],
@@ -132,20 +135,20 @@ fn probe_reads_a_planted_class_from_smollm2_activations() {
     let train: Vec<_> = examples.iter().filter(|(w, _)| !held.contains(w)).map(|(_, e)| e).collect();
     let test: Vec<_> = examples.iter().filter(|(w, _)| held.contains(w)).map(|(_, e)| e).collect();
     let site = Site::new(20, Component::BlockOutput);
-    let train_b = trainer::objectives::probe::features(model, site, &train, tok.pad_id, 8, &dev).unwrap();
-    let test_b = trainer::objectives::probe::features(model, site, &test, tok.pad_id, 8, &dev).unwrap();
-    assert_eq!(trainer::objectives::probe::class_count(&train), 2);
+    let train_b = ferrovene_trainer::objectives::probe::features(model, site, &train, tok.pad_id, 8, &dev).unwrap();
+    let test_b = ferrovene_trainer::objectives::probe::features(model, site, &test, tok.pad_id, 8, &dev).unwrap();
+    assert_eq!(ferrovene_trainer::objectives::probe::class_count(&train), 2);
     let iv = Intervention::Probe(LinearProbe::init(576, 2, &mut Rng::new(4), &dev));
-    let (before, _) = trainer::objectives::probe::evaluate(&iv, &test_b).unwrap();
+    let (before, _) = ferrovene_trainer::objectives::probe::evaluate(&iv, &test_b).unwrap();
     let fitted = fit(
-        &trainer::objectives::probe::ProbeObjective { train: &train_b, validation: &[] },
+        &ferrovene_trainer::objectives::probe::ProbeObjective { train: &train_b, validation: &[] },
         iv,
         &cfg(40, 1e-2),
         FitIo::default(),
     )
     .unwrap();
-    let (acc, loss) = trainer::objectives::probe::evaluate(&fitted.module, &test_b).unwrap();
+    let (acc, loss) = ferrovene_trainer::objectives::probe::evaluate(&fitted.module, &test_b).unwrap();
     eprintln!("probe on held-out words: accuracy {before:.3} → {acc:.3}, loss {loss:.3}");
     assert!(acc >= 0.9, "held-out accuracy {acc}");
-    assert_eq!(trainer::objectives::probe::majority_share(&test_b), 0.5);
+    assert_eq!(ferrovene_trainer::objectives::probe::majority_share(&test_b), 0.5);
 }

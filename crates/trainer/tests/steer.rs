@@ -47,7 +47,7 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
             .collect::<Vec<_>>()
     };
     let site = Site::new(10, Component::BlockOutput);
-    let p = trainer::commands::steer::last_token_activations(
+    let p = ferrovene_trainer::commands::steer::last_token_activations(
         &loaded.model,
         &tok,
         &texts(&positive),
@@ -56,7 +56,7 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
         &dev,
     )
     .unwrap();
-    let n = trainer::commands::steer::last_token_activations(
+    let n = ferrovene_trainer::commands::steer::last_token_activations(
         &loaded.model,
         &tok,
         &texts(&negative),
@@ -139,7 +139,7 @@ fn steer_builds_the_mean_difference_and_apply_uses_it() {
     for (file, says) in
         [("dup.jsonl", "dup.jsonl:2: not valid JSON"), ("empty.jsonl", "empty.jsonl:3: `text` is empty")]
     {
-        let e = trainer::commands::steer::read_texts(&dir.join(file)).unwrap_err().to_string();
+        let e = ferrovene_trainer::commands::steer::read_texts(&dir.join(file)).unwrap_err().to_string();
         assert!(e.contains(says), "{e}");
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{only_run, report, root, trainer};
-use trainer::experiments::Recipe;
+use ferrovene_trainer::experiments::Recipe;
 
 fn run(args: &[&str], out: &std::path::Path) -> std::process::Output {
     trainer().args(["sweep", "syntax-suites"]).args(args).arg("--out").arg(out).output().unwrap()

@@ -14,8 +14,8 @@ use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::directions::Method;
 use ferrovene_interventions::{Composition, Intervene, Intervention, Orthogonal, Placement, Rng};
 use ferrovene_models::{Component, Input, Site, Transformer, forward, gather_positions, load_folder, run_to};
-use trainer::experiments::suite::stack::logits;
-use trainer::experiments::suite::{DasSettings, Labels, Methods, SuitePair, cache, score_layer, train_das};
+use ferrovene_trainer::experiments::suite::stack::logits;
+use ferrovene_trainer::experiments::suite::{DasSettings, Labels, Methods, SuitePair, cache, score_layer, train_das};
 
 use golden_runs::{golden_dir, max_diff, values};
 

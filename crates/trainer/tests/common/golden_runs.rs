@@ -14,8 +14,8 @@ use ferrovene_interventions::orthogonal::TorchOrthogonal;
 use ferrovene_interventions::reft::{Projection, ReftFamily, ReftIntervention};
 use ferrovene_interventions::{Activation, Intervention, Orthogonal};
 use ferrovene_models::{AnyModel, Component, Site, load_folder};
-use trainer::fit::FitConfig;
-use trainer::objectives::das::{PairBatch, loss, prepare};
+use ferrovene_trainer::fit::FitConfig;
+use ferrovene_trainer::objectives::das::{PairBatch, loss, prepare};
 
 pub fn golden_dir() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden");
