@@ -15,7 +15,7 @@
 //! The matrix exponential is a degree-12 Taylor series after scaling to norm ≤ 1/4, `s`
 //! squarings, then two Newton–Schulz steps that remove the rounding the squarings accumulate in
 //! f32. Measured (`cargo bench --bench orthogonal`, 2-core CPU, forward + backward): see the
-//! README's Performance section.
+//! book's Performance chapter (docs/src/performance.md).
 
 use burn::module::{Module, Param};
 use burn::tensor::{ElementConversion, Tensor, backend::Backend};

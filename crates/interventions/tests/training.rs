@@ -63,7 +63,7 @@ fn orthogonality_holds_after_2000_adamw_steps() {
 
 /// The full rotation at SmolLM2's width (d = 576): 2,000 steps of a 576 × 576 matrix exponential
 /// take about 10 minutes on 2 cores, too long for every test run; run it with
-/// `cargo test --test training -- --ignored` (result in the README).
+/// `cargo test --test training -- --ignored` (result in docs/src/correctness.md).
 #[test]
 #[ignore]
 fn orthogonality_holds_after_2000_adamw_steps_full_576() {

@@ -36,7 +36,7 @@ pub use site::{Component, Site, SiteInfo};
 pub use tokenizer::TextTokenizer;
 
 /// The CPU backend: burn's flex, measured faster than ndarray on this project's machine (2.4× on
-/// a DAS training step, 1.1× on a forward pass; README, Performance).
+/// a DAS training step, 1.1× on a forward pass; the book, docs/src/performance.md).
 pub type Cpu = burn::backend::Flex;
 /// The CPU backend's device.
 pub type CpuDevice = burn::backend::flex::FlexDevice;

@@ -7,7 +7,7 @@
 //!
 //! Several machines: burn's collective takes the same calls with a global orchestrator
 //! (`CollectiveConfig::with_num_nodes`, `with_global_address`, `with_node_address`,
-//! `with_data_service_port`); the README says what that would take and what is tested.
+//! `with_data_service_port`); the book (docs/src/devices.md) says what that would take and what is tested.
 
 use anyhow::{Result, anyhow, bail};
 use burn::collective::{
