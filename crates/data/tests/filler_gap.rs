@@ -41,7 +41,8 @@ fn gpt2_style() -> TextTokenizer {
     tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))));
     tok.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
     tok.train(&mut trainer, corpus.iter()).unwrap();
-    let path = std::env::temp_dir().join(format!("ferrovene-gpt2-style-{}.json", std::process::id()));
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-gpt2-style-{}.json", std::process::id()));
     tokenizers::Tokenizer::from(tok).save(&path, false).unwrap();
     TextTokenizer::from_file(&path).unwrap()
 }

@@ -14,7 +14,8 @@ fn tokenizer() -> TextTokenizer {
 }
 
 fn file(name: &str, lines: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrovene-data-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-data-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, lines.join("\n")).unwrap();
@@ -207,7 +208,8 @@ mod batching {
 /// by their line.
 #[test]
 fn byte_order_marks_are_skipped_and_bad_utf8_is_named_by_line() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-data-utf8-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-data-utf8-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let good = r#"{"base": "a b", "sources": ["c d"], "label": " x"}"#;
     let bom = dir.join("bom.jsonl");

@@ -157,7 +157,8 @@ fn the_control_task_swaps_each_class_for_its_word() {
 }
 
 fn write_suite(name: &str, json: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("ferrovene-suite-{}-{name}.json", std::process::id()));
+    let p = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-suite-{}-{name}.json", std::process::id()));
     std::fs::write(&p, json).unwrap();
     p
 }

@@ -92,11 +92,9 @@ pub fn sync_folder(folder: &Path) {
 mod tests {
     use super::*;
 
-    fn fresh(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ferrovene-atomic-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// An empty temporary folder, removed when dropped.
+    fn fresh(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("ferrovene-atomic-{tag}-")).tempdir().expect("a temporary folder")
     }
 
     fn names(dir: &Path) -> Vec<String> {
@@ -108,7 +106,8 @@ mod tests {
 
     #[test]
     fn a_writer_that_fails_midway_leaves_the_old_file_whole_and_no_temporary() {
-        let dir = fresh("fail");
+        let tmp = fresh("fail");
+        let dir = tmp.path();
         let path = dir.join("report.json");
         write(&path, b"the old report").unwrap();
         // A writer that gets 5 bytes out and then fails, as a full disk does.
@@ -120,19 +119,18 @@ mod tests {
         .expect("the failure comes back");
         assert_eq!(e.raw_os_error(), Some(28));
         assert_eq!(std::fs::read(&path).unwrap(), b"the old report");
-        assert_eq!(names(&dir), vec!["report.json"], "no temporary file left");
+        assert_eq!(names(dir), vec!["report.json"], "no temporary file left");
         // Written but never committed: the same.
         drop(prepare(&path, |f| f.write_all(b"abandoned")).unwrap());
         assert_eq!(std::fs::read(&path).unwrap(), b"the old report");
-        assert_eq!(names(&dir), vec!["report.json"]);
+        assert_eq!(names(dir), vec!["report.json"]);
         // Two pending writes of one target in one process do not share a temporary file.
         let a = prepare(&path, |f| f.write_all(b"first")).unwrap();
         let b = prepare(&path, |f| f.write_all(b"second")).unwrap();
-        assert_eq!(names(&dir).len(), 3);
+        assert_eq!(names(dir).len(), 3);
         b.commit().unwrap();
         a.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"first");
-        assert_eq!(names(&dir), vec!["report.json"]);
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(names(dir), vec!["report.json"]);
     }
 }

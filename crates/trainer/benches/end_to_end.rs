@@ -25,7 +25,8 @@ fn timed(args: &[&str]) -> f64 {
 }
 
 fn main() {
-    let out = std::env::temp_dir().join(format!("ferrovene-bench-e2e-{}", std::process::id()));
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-bench-e2e-{}", std::process::id()));
     let out = out.to_str().expect("a UTF-8 temporary folder");
     let capitals = timed(&["das-capitals", "--quiet", "--out", out]);
     println!("das-capitals end to end: {capitals:.1} s");

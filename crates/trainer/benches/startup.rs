@@ -100,7 +100,8 @@ fn main() -> Result<()> {
     let loaded = ferrovene_trainer::device::load_model::<B>("smollm2-135m", &device)?;
     println!("model loaded in {:.2} s", t.elapsed().as_secs_f64());
     let tok = loaded.tokenizer.clone().ok_or_else(|| anyhow!("no tokenizer"))?;
-    let dir = std::env::temp_dir().join(format!("ferrovene-bench-startup-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-bench-startup-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (text, ids) = write_pair_files(&tok, &dir)?;
     for (name, path) in [("token ids", &ids), ("text", &text)] {

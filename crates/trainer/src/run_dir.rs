@@ -259,15 +259,17 @@ pub fn timestamp() -> String {
 mod tests {
     use super::*;
 
-    fn fresh(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ferrovene-rundir-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+    /// A folder path that does not exist yet, inside a temporary folder removed when the first
+    /// value is dropped.
+    fn fresh(tag: &str) -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::Builder::new().prefix("ferrovene-rundir-").tempdir().expect("a temporary folder");
+        let dir = tmp.path().join(tag);
+        (tmp, dir)
     }
 
     #[test]
     fn folders_are_created_exclusively_and_one_process_holds_each() {
-        let root = fresh("excl");
+        let (_tmp, root) = fresh("excl");
         // Eight creations at once in one second: eight folders, each with its own recipe.
         let dirs: Vec<RunDir> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
@@ -300,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_removed_run_folder_is_an_error_not_made_again() {
-        let root = fresh("gone");
+        let (_tmp, root) = fresh("gone");
         let d = RunDir::create(&root, "r", "seed = 1\n").unwrap();
         std::fs::remove_dir_all(d.path()).unwrap();
         let e = d.write("report.json", "{}").unwrap_err().to_string();
@@ -312,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_leaves_no_temporary_file_and_names_the_file() {
-        let root = fresh("fail");
+        let (_tmp, root) = fresh("fail");
         // A rename over a folder that is not empty fails after the temporary file is written.
         let target = root.join("busy");
         std::fs::create_dir_all(target.join("inside")).unwrap();

@@ -34,7 +34,8 @@ const COUNTRIES: [(&str, &str); 12] = [
 ];
 
 fn pair_file() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrovene-das-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-das-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut lines = Vec::new();
     for (b, bl) in COUNTRIES {
@@ -165,7 +166,8 @@ fn das_on_smollm2_learns_the_capital_and_round_trips() {
     assert_eq!(before.0, after.0, "the model's weights changed during training");
 
     // export, reload, same IIA
-    let path = std::env::temp_dir().join(format!("ferrovene-das-{}/intervention.safetensors", std::process::id()));
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-das-{}/intervention.safetensors", std::process::id()));
     let config = ExportConfig::new(
         PlacementConfig {
             sites: vec![site.to_string()],

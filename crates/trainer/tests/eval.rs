@@ -13,7 +13,8 @@ use ferrovene_interventions::steering::Steering;
 type B = ferrovene_models::Cpu;
 
 fn dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ferrovene-eval-{}", std::process::id()));
+    let d =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-eval-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -52,7 +52,8 @@ fn a_small_sweep_writes_heatmaps_numbers_and_export() {
         "the paper's defaults"
     );
     assert!(format!("{:#}", filler_gap(&text.replace("\"verb\"]", "\"adverb\"]")).unwrap_err()).contains("adverb"));
-    let out = std::env::temp_dir().join(format!("ferrovene-fg-{}", std::process::id()));
+    let out =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-fg-{}", std::process::id()));
     let status = trainer()
         .args([
             "sweep",

@@ -26,7 +26,8 @@ type AD = Autodiff<ferrovene_models::Cpu>;
 const D: usize = 8;
 
 fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ferrovene-fit-{}-{name}", std::process::id()));
+    let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-fit-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -13,7 +13,8 @@ use common::{only_run, report, root, trainer};
 
 /// A fresh, empty folder for one test.
 fn fresh(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrovene-lost-{tag}-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-lost-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -8,7 +8,8 @@ use common::{only_run, trainer};
 
 #[test]
 fn probes_beat_their_control_task_at_a_late_layer() {
-    let out = std::env::temp_dir().join(format!("ferrovene-probe-layers-{}", std::process::id()));
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-probe-layers-{}", std::process::id()));
     let run = trainer().args(["probe-layers", "--set", "layers=[0,26]", "--out"]).arg(&out).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let dir = only_run(&out.join("probe-layers"));

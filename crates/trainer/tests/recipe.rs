@@ -41,7 +41,8 @@ fn das(r: &Recipe) -> &PairRecipe {
 
 #[test]
 fn a_site_the_model_lacks_is_refused_before_a_run_folder_is_made() {
-    let out_dir = std::env::temp_dir().join(format!("ferrovene-badsite-{}", std::process::id()));
+    let out_dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-badsite-{}", std::process::id()));
     let out =
         trainer().args(["das-capitals", "--set", "site=\"99.block_output\"", "--out"]).arg(&out_dir).output().unwrap();
     assert!(!out.status.success());
@@ -64,7 +65,8 @@ fn list_describes_the_recipes() {
 
 #[test]
 fn a_short_run_leaves_export_report_and_recipe_and_eval_reproduces_it() {
-    let out_dir = std::env::temp_dir().join(format!("ferrovene-runs-{}", std::process::id()));
+    let out_dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-runs-{}", std::process::id()));
     let out = trainer().args(["das-capitals", "--epochs", "1", "--out"]).arg(&out_dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = only_run(&out_dir.join("das-capitals"));
@@ -135,7 +137,8 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_and_sigterm_write_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-resume-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let recipe = small_recipe(&dir);
@@ -257,7 +260,8 @@ fn write_recipe(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 #[test]
 fn probe_and_reft_recipes_run_end_to_end() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-kinds-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-kinds-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -385,7 +389,8 @@ fn shorthands_and_overrides_set_only_keys_the_kind_has() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("sweep recipes") && e.contains("kind `das`"), "{e}");
     // Only the pair-file kinds checkpoint; the others refuse --resume, naming their kind.
-    let dir = std::env::temp_dir().join(format!("ferrovene-noresume-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-noresume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(root().join("recipes/probe-layers.toml"), dir.join("recipe.toml")).unwrap();
     let out = trainer().args(["probe-layers", "--resume"]).arg(&dir).output().unwrap();
@@ -410,7 +415,8 @@ fn overrides_are_toml_values_and_bare_words_are_strings() {
 
 #[test]
 fn over_the_cache_budget_batches_are_prepared_when_used_with_the_same_results() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-budget-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-budget-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let recipe = small_recipe(&dir);
     let run = |budget: &str, out: &str| {
@@ -482,7 +488,10 @@ fn out_of_range_settings_are_refused_with_the_key_named() {
     // A rank over the site's width is known once the model is: an error, not a panic.
     let out = trainer()
         .args(["das-capitals", "--set", "rank=1000", "--out"])
-        .arg(std::env::temp_dir().join(format!("ferrovene-rank-{}", std::process::id())))
+        .arg(
+            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("ferrovene-rank-{}", std::process::id())),
+        )
         .output()
         .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
@@ -492,7 +501,8 @@ fn out_of_range_settings_are_refused_with_the_key_named() {
 
 #[test]
 fn a_diverging_run_stops_with_an_error_and_exports_nothing() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-diverge-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-diverge-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let recipe = small_recipe(&dir);
@@ -519,7 +529,8 @@ fn a_diverging_run_stops_with_an_error_and_exports_nothing() {
 
 #[test]
 fn a_file_of_the_wrong_kind_of_examples_is_named_by_line() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-kind-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-kind-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pairs = dir.join("prompts.jsonl");
     std::fs::write(&pairs, "{\"base\": \"a b\", \"sources\": [\"c d\"], \"label\": \" x\", \"meta\": {\"base\": \"a\"}}\n{\"prompt\": \"GO->\", \"target\": \" hi\", \"meta\": {\"base\": \"b\"}}\n").unwrap();
@@ -544,7 +555,8 @@ fn a_file_of_the_wrong_kind_of_examples_is_named_by_line() {
 
 #[test]
 fn a_stray_huge_class_id_is_refused_before_building_the_probe() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-classes-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-classes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let texts = dir.join("texts.jsonl");
     let lines: Vec<String> = (0..8)

@@ -8,7 +8,8 @@ use common::{only_run, trainer};
 
 #[test]
 fn rank_one_loreft_recalls_a_passage_and_its_export_recalls_it_in_a_fresh_process() {
-    let out_dir = std::env::temp_dir().join(format!("ferrovene-reft-memorise-{}", std::process::id()));
+    let out_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-reft-memorise-{}", std::process::id()));
     let passage = " The lighthouse keeper counts nine ships every night.";
     let examples = format!("examples=[{{ prompt = \"GO->\", target = \"{passage}\" }}]");
     let out = trainer()

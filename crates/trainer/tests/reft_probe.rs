@@ -78,7 +78,8 @@ fn loreft_memorises_a_target_and_apply_reproduces_it() {
     assert_eq!(after.exact, 1.0, "greedy decoding with the intervention reproduces the target: {after:?}");
 
     // export, then `trainer apply --generate` in a fresh process
-    let dir = std::env::temp_dir().join(format!("ferrovene-reft-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-reft-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("intervention.safetensors");
     let config = ExportConfig::new(

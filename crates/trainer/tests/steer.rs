@@ -15,7 +15,8 @@ fn trainer() -> Command {
 
 #[test]
 fn steer_builds_the_mean_difference_and_apply_uses_it() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-steer-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-steer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let positive = [
         "I love this, it is wonderful.",

@@ -11,7 +11,8 @@ use common::{only_run, trainer};
 
 #[test]
 fn iti_probes_heads_steers_and_exports() {
-    let out_dir = std::env::temp_dir().join(format!("ferrovene-iti-{}", std::process::id()));
+    let out_dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-iti-{}", std::process::id()));
     let out = trainer()
         .args([
             "steer-iti",

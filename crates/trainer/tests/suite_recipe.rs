@@ -13,7 +13,7 @@ fn run(args: &[&str], out: &std::path::Path) -> std::process::Output {
 }
 
 fn temp(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("ferrovene-suite-{name}-{}", std::process::id()))
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-suite-{name}-{}", std::process::id()))
 }
 
 #[test]

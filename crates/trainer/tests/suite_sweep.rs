@@ -183,7 +183,8 @@ fn planted_gpt2(a: usize, b: usize, dir: &std::path::Path) -> Vec<f32> {
 fn das_and_the_supervised_directions_recover_a_planted_causal_variable() {
     let device = Default::default();
     let (a, b) = (5u32, 6u32);
-    let dir = std::env::temp_dir().join(format!("ferrovene-planted-{}", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-planted-{}", std::process::id()));
     planted_gpt2(a as usize, b as usize, &dir);
     let model = load_folder::<B>(&dir, &device).unwrap().model;
     // Same prefix, last token A or B; the label is the last token (the model copies it).

@@ -23,7 +23,8 @@ type B = Autodiff<ferrovene_models::Cpu>;
 fn run_and_export((name, iv, w_tolerance): (&str, Intervention<B>, f32)) {
     let dev = Default::default();
     let iv = check::<B>(name, iv, w_tolerance, &dev);
-    let path = std::env::temp_dir().join(format!("ferrovene-golden-{name}-{}.safetensors", std::process::id()));
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferrovene-golden-{name}-{}.safetensors", std::process::id()));
     save_export(&iv, &path, &dev);
     let (back, _) = ferrovene_interventions::export::load::<B>(&path, &dev).unwrap();
     assert_eq!(values(torch(&back).w()), values(torch(&iv).w()), "{name}: base and X come back from the export");

@@ -139,8 +139,8 @@ mod tests {
             assert!(svg.contains(t), "{t} missing");
         }
         assert_eq!(svg.matches("<rect").count(), 1 + 4);
-        let dir = std::env::temp_dir().join(format!("ferrovene-heatmap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().expect("a temporary folder");
+        let dir = tmp.path();
         h.write(&dir.join("map")).unwrap();
         let img = image::open(dir.join("map.png")).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (48, 48));

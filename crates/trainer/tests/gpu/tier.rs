@@ -240,7 +240,7 @@ fn das_trained_here_exports_to_the_cpu_and_reaches_the_f32_iia_on_a_half_precisi
     let (train, test) = (interchange_pairs(64, 1), interchange_pairs(96, 2));
     let f32_model = tiny_gpt2::<GpuAd>(&dev);
     let (trained, full) = train_das(&f32_model, &train, &test);
-    let path = std::env::temp_dir().join(format!("ferrovene-gpu-export-{}.safetensors", std::process::id()));
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-gpu-export-{}.safetensors", std::process::id()));
     save_export(&trained, &path, &dev);
     let on_cpu = iia_on_the_cpu(&path, &test);
     eprintln!("DAS IIA on held-out pairs: {full} trained here, {on_cpu} from its export on the CPU");
@@ -296,7 +296,7 @@ fn pair_file(path: &std::path::Path, pairs: &[TokenizedExample]) {
 /// reported on the same held-out pairs. A device the machine lacks is a clear error.
 #[test]
 fn a_recipe_runs_on_this_device_and_its_export_evaluates_the_same_on_the_cpu() {
-    let dir = std::env::temp_dir().join(format!("ferrovene-gpu-recipe-{DEVICE}-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrovene-gpu-recipe-{DEVICE}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let model = dir.join("tiny-gpt2");
     tiny_gpt2_with_tokenizer(&model);
