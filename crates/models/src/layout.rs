@@ -8,7 +8,6 @@
 
 use std::any::Any;
 
-use burn::backend::Autodiff;
 use burn::backend::flex::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
@@ -24,11 +23,8 @@ pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
             let flex = if flex.is_contiguous() { flex } else { flex.to_contiguous() };
             same_type(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(flex)))
         }
-        Err(t) => match t.downcast::<Tensor<Autodiff<Flex>, D>>() {
-            // Under autodiff the view is part of the graph; leave it to the graph.
-            Ok(t) => same_type(*t),
-            Err(t) => *t.downcast::<Tensor<B, D>>().expect("the tensor given in"),
-        },
+        // Every other backend, autodiff included (there the view is part of the graph).
+        Err(t) => *t.downcast::<Tensor<B, D>>().expect("the tensor given in"),
     }
 }
 
@@ -40,6 +36,7 @@ pub(crate) fn same_type<T: 'static, U: 'static>(t: T) -> U {
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::Autodiff;
     use burn::tensor::Distribution;
 
     use super::*;
