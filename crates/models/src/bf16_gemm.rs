@@ -120,16 +120,44 @@ mod x86 {
 
     use crate::bf16_gemm::{MR, NR, PackedB, bits};
 
+    /// Products of at most this many rows split `B`'s panels between tasks, not the rows.
+    const FEW_ROWS: usize = 64;
+    /// `A`s of fewer values are converted on the calling thread (a task costs more).
+    const SERIAL_PACK: usize = 1 << 16;
+
+    /// The output's base pointer, shared by tasks that write disjoint parts of it.
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    // SAFETY: only dereferenced through `at` by tasks writing disjoint elements.
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
+    impl OutPtr {
+        /// The element `offset` past the base.
+        ///
+        /// # Safety
+        /// `offset` lies within the output.
+        unsafe fn at(self, offset: usize) -> *mut f32 {
+            // SAFETY: the caller's.
+            unsafe { self.0.add(offset) }
+        }
+    }
+
     /// `A` rounded to bf16 in pairs along `k` (one `u32` per pair, the even column low), rows
     /// padded with zeros to a multiple of [`MR`] so every micro-tile reads whole rows.
     #[target_feature(enable = "avx512f,avx512bf16")]
     fn pack_a(a: &[f32], m: usize, k: usize, pairs: usize) -> Vec<u32> {
         let rows = m.div_ceil(MR) * MR;
         let mut packed = vec![0u32; rows * pairs];
-        packed.par_chunks_mut(pairs).take(m).enumerate().for_each(|(i, out)| {
-            // The closure inherits the enclosing function's target features.
-            convert_row(&a[i * k..(i + 1) * k], out)
-        });
+        if m * k < SERIAL_PACK {
+            for (i, out) in packed.chunks_mut(pairs).take(m).enumerate() {
+                convert_row(&a[i * k..(i + 1) * k], out)
+            }
+        } else {
+            packed.par_chunks_mut(pairs).take(m).enumerate().for_each(|(i, out)| {
+                // The closure inherits the enclosing function's target features.
+                convert_row(&a[i * k..(i + 1) * k], out)
+            });
+        }
         packed
     }
 
@@ -215,8 +243,39 @@ mod x86 {
         }
         let packed = pack_a(a, m, b.k, pairs);
         let tasks = rayon::current_num_threads() * 2;
-        let rows_per_task = (m.div_ceil(tasks).div_ceil(MR) * MR).clamp(MR, 128);
         let (packed, panels) = (&packed, &b.data);
+        if m <= FEW_ROWS {
+            // Few rows: tasks of whole panels, each over every row block, so that every panel of
+            // `B` is read from memory once (tasks of rows would each read all of `B`) while the
+            // packed rows, at most FEW_ROWS × k, stay in cache.
+            let panel_count = n.div_ceil(NR);
+            let panels_per_task = panel_count.div_ceil(tasks.min(panel_count));
+            let out = OutPtr(c.as_mut_ptr());
+            panels.par_chunks(panels_per_task * pairs * NR).enumerate().for_each(|(t, group)| {
+                for (g, panel) in group.chunks(pairs * NR).enumerate() {
+                    let p = t * panels_per_task + g;
+                    let cols = (n - p * NR).min(NR);
+                    for block in (0..m).step_by(MR) {
+                        // SAFETY: as below; the tasks write disjoint column ranges of `c`, which
+                        // outlives them (`for_each` returns when every task has ended).
+                        unsafe {
+                            tile(
+                                packed.as_ptr().add(block * pairs),
+                                pairs,
+                                panel.as_ptr(),
+                                pairs,
+                                out.at(block * n + p * NR),
+                                n,
+                                (m - block).min(MR),
+                                cols,
+                            )
+                        }
+                    }
+                }
+            });
+            return c;
+        }
+        let rows_per_task = (m.div_ceil(tasks).div_ceil(MR) * MR).clamp(MR, 128);
         c.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, chunk)| {
             let (first, rows_here) = (t * rows_per_task, chunk.len() / n);
             for (p, panel) in panels.chunks(pairs * NR).enumerate() {
@@ -288,9 +347,21 @@ mod tests {
 
     #[test]
     fn kernel_matches_f32_within_the_bf16_bound_on_every_edge_shape() {
-        // Odd k, partial panels and row blocks, one row, a panel exactly full, k past 32.
-        for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (8, 64, 32), (9, 33, 33), (17, 70, 65), (40, 576, 48), (5, 1536, 20)]
-        {
+        // Odd k, partial panels and row blocks, one row, a panel exactly full, k past 32; panels
+        // shared unevenly between the tasks of a few-row product (33 × 200: 7 panels); products
+        // of more rows than FEW_ROWS, split by rows (70, 130).
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (8, 64, 32),
+            (9, 33, 33),
+            (17, 70, 65),
+            (40, 576, 48),
+            (5, 1536, 20),
+            (33, 96, 200),
+            (70, 100, 70),
+            (130, 40, 33),
+        ] {
             check_against_f32(m, k, n, matmul);
             check_against_f32(m, k, n, matmul_scalar);
         }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod cpu_features;
 pub mod error;
 pub mod fused_layer;
+pub mod head_loss;
 pub mod hooks;
 pub mod hub;
 pub mod layers;

@@ -81,6 +81,9 @@ impl<B: Backend> Transformer<B> for AnyModel<B> {
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         each!(self, m => m.head(hidden))
     }
+    fn head_map(&self) -> Option<&crate::layers::Linear<B>> {
+        each!(self, m => m.head_map())
+    }
     fn dtype(&self) -> burn::tensor::DType {
         each!(self, m => m.dtype())
     }

@@ -271,6 +271,12 @@ pub trait Transformer<B: Backend> {
     fn final_norm(&self, x: Tensor<B, 3>) -> Tensor<B, 3>;
     /// Next-token logits (f32) from final hidden states, for language models; `None` for encoders.
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>>;
+    /// The head's linear map, where [`Transformer::head`] is exactly that map applied to the
+    /// hidden state in the model's precision (no bias term of its own, no soft-capping): a loss
+    /// at the head can then skip the logits ([`crate::head_loss`]). `None` otherwise.
+    fn head_map(&self) -> Option<&crate::layers::Linear<B>> {
+        None
+    }
     /// The precision of the weights and of the activations inside (f32, f16, bf16). Whatever it
     /// is, hooks, checkpoints, [`forward`] and [`Transformer::head`] hand out f32.
     fn dtype(&self) -> DType;

@@ -4,7 +4,8 @@
 //! 1e-5, on logits and on the intervention's gradient: for the tiny GPT-2, GPT-NeoX and Llama,
 //! at a block output, a block input and the embeddings, on left-padded batches of different
 //! lengths with two intervened positions per example, including batches assembled from bases
-//! and sources that were run (once each) in other groups.
+//! and sources that were run (once each) in other groups. The training loss (`das::loss`, taken at
+//! the head without the logits) equals the plain path's cross-entropy, value and gradient.
 
 use burn::backend::Autodiff;
 use burn::tensor::{Int, Tensor, TensorData, loss::cross_entropy_with_logits};
@@ -12,7 +13,7 @@ use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::{Intervention, Orthogonal, Rng};
 use ferrovene_models::{Component, NoHooks, Site, Transformer, forward, gather_positions, load_folder};
-use ferrovene_trainer::objectives::das::{logits, logits_plain, prepare};
+use ferrovene_trainer::objectives::das::{logits, logits_plain, loss as das_loss, prepare};
 
 type B = Autodiff<ferrovene_models::Cpu>;
 
@@ -68,6 +69,7 @@ fn cached_prefix_equals_the_plain_forward_on_logits_and_gradients() {
     let device = Default::default();
     for arch in ["gpt2", "gpt_neox", "llama"] {
         let loaded = load_folder::<B>(&tiny(arch), &device).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert!(loaded.model.head_map().is_some(), "{arch}: the head is a plain map, so the loss takes the one pass");
         let examples = pairs();
         let refs: Vec<&TokenizedExample> = examples.iter().collect();
         for site in [
@@ -97,20 +99,30 @@ fn cached_prefix_equals_the_plain_forward_on_logits_and_gradients() {
                     TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [batch.labels.len()]),
                     &device,
                 );
+                let rotation_grad = |loss: Tensor<B, 1>, logits: Option<Vec<f32>>| {
+                    let value = values(loss.clone().inner())[0];
+                    let grads = loss.backward();
+                    let Some(Orthogonal::Torch(t)) = iv.rotation() else { panic!("a torch rotation") };
+                    (logits.unwrap_or_default(), values(t.x.grad(&grads).expect("X has a gradient")), value)
+                };
                 let loss_and_grad = |logits: Tensor<B, 2>| {
                     let v = logits.dims()[1];
                     let loss = cross_entropy_with_logits(logits.clone(), labels.clone().one_hot::<2>(v).float());
-                    let grads = loss.backward();
-                    let Some(Orthogonal::Torch(t)) = iv.rotation() else { panic!("a torch rotation") };
-                    (values(logits.inner()), values(t.x.grad(&grads).expect("X has a gradient")))
+                    rotation_grad(loss, Some(values(logits.inner())))
                 };
-                let (fast, fast_grad) = loss_and_grad(logits(&loaded.model, batch, Some(&iv)).unwrap());
-                let (plain, plain_grad) = loss_and_grad(logits_plain(&loaded.model, batch, &iv).unwrap());
+                let (fast, fast_grad, _) = loss_and_grad(logits(&loaded.model, batch, Some(&iv)).unwrap());
+                let (plain, plain_grad, plain_loss) = loss_and_grad(logits_plain(&loaded.model, batch, &iv).unwrap());
                 let d = max_diff(&fast, &plain);
                 assert!(d < 1e-5, "{name}: logits differ by {d}");
                 let g = max_diff(&fast_grad, &plain_grad);
                 let scale = plain_grad.iter().fold(0f32, |m, x| m.max(x.abs()));
                 assert!(scale > 0.0 && g < 1e-5, "{name}: gradients differ by {g} (largest entry {scale})");
+                // The training loss, taken at the head without the logits (one pass over the head),
+                // equals the plain path's cross-entropy, in value and gradient.
+                let (_, loss_grad, loss) = rotation_grad(das_loss(&loaded.model, batch, &iv).unwrap(), None);
+                assert!((loss - plain_loss).abs() < 1e-5, "{name}: training loss {loss} against {plain_loss}");
+                let g = max_diff(&loss_grad, &plain_grad);
+                assert!(g < 1e-5, "{name}: the training loss's gradient differs by {g} (largest entry {scale})");
 
                 // Without an intervention too (the no-intervention control): a plain forward of the
                 // whole base input, the head at the label positions.

@@ -171,6 +171,9 @@ impl<B: Backend> Transformer<B> for Gpt2<B> {
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         Some(to_f32(self.head.forward(to_dtype(hidden, self.dtype()))))
     }
+    fn head_map(&self) -> Option<&Linear<B>> {
+        Some(&self.head)
+    }
     fn dtype(&self) -> burn::tensor::DType {
         self.wte.dtype()
     }

@@ -198,6 +198,9 @@ impl<B: Backend> Transformer<B> for GptNeoX<B> {
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         Some(to_f32(self.embed_out.forward(to_dtype(hidden, self.dtype()))))
     }
+    fn head_map(&self) -> Option<&Linear<B>> {
+        Some(&self.embed_out)
+    }
     fn dtype(&self) -> burn::tensor::DType {
         self.embed_in.dtype()
     }

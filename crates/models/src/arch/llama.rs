@@ -202,6 +202,9 @@ impl<B: Backend> Transformer<B> for Llama<B> {
     fn head(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         Some(to_f32(self.lm_head.forward(to_dtype(hidden, self.dtype()))))
     }
+    fn head_map(&self) -> Option<&Linear<B>> {
+        Some(&self.lm_head)
+    }
     fn dtype(&self) -> burn::tensor::DType {
         self.embed_tokens.dtype()
     }

@@ -9,10 +9,11 @@
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax};
+use burn::tensor::{Int, Tensor, TensorData};
 use ferrovene_data::batch::{PaddingSide, pad};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
 use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
+use ferrovene_models::head_loss::model_nll;
 use ferrovene_models::{
     Checkpoint, Input, KvCache, NoHooks, Site, Transformer, forward, gather_positions, keys_values_after, resume,
     run_to,
@@ -377,6 +378,19 @@ pub fn logits<B: Backend, M: Transformer<B>>(
     batch: &PairBatch<B>,
     iv: Option<&Intervention<B>>,
 ) -> Result<Tensor<B, 2>> {
+    let hidden = label_hidden(model, batch, iv)?;
+    let logits = model.head(hidden).context("DAS on next-token labels needs a language model")?;
+    let [n, _, v] = logits.dims();
+    Ok(logits.reshape([n, v]))
+}
+
+/// The final hidden state at the label position (`[batch, 1, width]`), from the cache: intervene on
+/// the cached activation and go on from the site.
+fn label_hidden<B: Backend, M: Transformer<B>>(
+    model: &M,
+    batch: &PairBatch<B>,
+    iv: Option<&Intervention<B>>,
+) -> Result<Tensor<B, 3>> {
     let site = batch.checkpoint.site;
     let act = match iv {
         None => batch.checkpoint.activation.clone(),
@@ -393,10 +407,7 @@ pub fn logits<B: Backend, M: Transformer<B>>(
         }
     };
     let hidden = resume(model, &batch.checkpoint, act, &mut NoHooks)?;
-    let at = gather_positions(hidden, batch.label_positions.clone());
-    let logits = model.head(at).context("DAS on next-token labels needs a language model")?;
-    let [n, _, v] = logits.dims();
-    Ok(logits.reshape([n, v]))
+    Ok(gather_positions(hidden, batch.label_positions.clone()))
 }
 
 /// The same logits by the plain path: a full forward with the intervention as a hook, the head
@@ -426,19 +437,21 @@ pub fn logits_plain<B: Backend, M: Transformer<B>>(
 }
 
 /// The counterfactual cross-entropy of one batch at the label position (mean over pairs).
+///
+/// Computed from the hidden state at the label without the logits where the model's head allows
+/// ([`ferrovene_models::head_loss`]: one pass over the head for the loss and its gradient); the
+/// same numbers as `−log_softmax(logits(…))[label]` up to f32 summation order.
 pub fn loss<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PairBatch<B>,
     iv: &Intervention<B>,
 ) -> Result<Tensor<B, 1>> {
-    let logits = logits(model, batch, Some(iv))?;
-    let n = logits.dims()[0];
-    let labels = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(batch.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n, 1]),
-        &logits.device(),
-    );
-    // −log p(label), picked out rather than summed against a one-hot row over the vocabulary.
-    Ok(log_softmax(logits, 1).gather(1, labels).mean().neg())
+    let hidden = label_hidden(model, batch, Some(iv))?;
+    let [n, _, width] = hidden.dims();
+    let labels: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
+    let nll = model_nll(model, hidden.reshape([n, width]), &labels)
+        .context("DAS on next-token labels needs a language model")?;
+    Ok(nll.mean())
 }
 
 /// DAS as a training objective: counterfactual cross-entropy on the training batches (plus
