@@ -95,6 +95,12 @@ fn start(loaded: &LoadedModel<B>, tok: &TextTokenizer, path: &Path) -> Result<[f
 }
 
 fn main() -> Result<()> {
+    // On a rayon worker, as the trainer runs its command.
+    ferrovene_trainer::threads::on_worker(startup)
+}
+
+/// The bench itself.
+fn startup() -> Result<()> {
     let device = Default::default();
     let t = Instant::now();
     let loaded = ferrovene_trainer::device::load_model::<B>("smollm2-135m", &device)?;

@@ -121,5 +121,7 @@ fn main() -> Result<()> {
         Some(other) => return Err(anyhow!("--dtype {other}: give f32, f16 or bf16")),
     };
     let batch = value("--batch").map(|b| b.parse::<usize>()).transpose()?.unwrap_or(16).max(1);
-    dispatch(Compute { device, dtype }, StepBench { batch, json: args.iter().any(|a| a == "--json") })
+    let json = args.iter().any(|a| a == "--json");
+    // On a rayon worker, as the trainer runs its command.
+    ferrovene_trainer::threads::on_worker(move || dispatch(Compute { device, dtype }, StepBench { batch, json }))
 }

@@ -31,4 +31,5 @@ pub mod plot;
 pub mod recipe;
 pub mod run_dir;
 pub mod schedule;
+pub mod threads;
 pub mod units;

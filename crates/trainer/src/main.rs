@@ -229,14 +229,8 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The command runs on one of rayon's workers, not beside them: a product that splits its work
-    // then hands it to the other worker directly, instead of queueing it for both and sleeping
-    // until they finish (about 10% of a DAS step on 2 cores). The workers get the main thread's
-    // stack size; with one worker the command stays on the main thread, so that code that waits
-    // on threads of its own (the hierarchical recipe's seeds) leaves a worker free for them.
-    // RAYON_NUM_THREADS still sets the count.
-    rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global()?;
-    if rayon::current_num_threads() > 1 { rayon::scope(move |_| command(cli)) } else { command(cli) }
+    // On a rayon worker: each parallel product then wakes no sleeping caller (threads.rs).
+    ferrovene_trainer::threads::on_worker(move || command(cli))
 }
 
 /// Runs the parsed command.
