@@ -384,8 +384,7 @@ pub fn logits<B: Backend, M: Transformer<B>>(
     Ok(logits.reshape([n, v]))
 }
 
-/// The final hidden state at the label position (`[batch, 1, width]`), from the cache: intervene on
-/// the cached activation and go on from the site.
+/// The final hidden state at the label position (`[batch, 1, width]`), from the cache.
 fn label_hidden<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PairBatch<B>,
@@ -436,11 +435,8 @@ pub fn logits_plain<B: Backend, M: Transformer<B>>(
     Ok(at.reshape([n, v]))
 }
 
-/// The counterfactual cross-entropy of one batch at the label position (mean over pairs).
-///
-/// Computed from the hidden state at the label without the logits where the model's head allows
-/// ([`ferrovene_models::head_loss`]: one pass over the head for the loss and its gradient); the
-/// same numbers as `−log_softmax(logits(…))[label]` up to f32 summation order.
+/// The counterfactual cross-entropy of one batch at the label position (mean over pairs), taken
+/// at the head without the logits where it can be ([`ferrovene_models::head_loss`]).
 pub fn loss<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PairBatch<B>,
