@@ -73,21 +73,21 @@ impl Partial {
         }
     }
 
-    /// Both states as one: each rescaled to the larger maximum, then added.
+    /// Both states as one: each rescaled to the larger maximum, then added. A part that saw no
+    /// finite logit (its maximum still −∞) adds nothing but its NaNs, so a diverged input gives a
+    /// NaN loss, not an error.
     fn merge(mut self, other: Partial, width: usize) -> Partial {
         for i in 0..self.max.len() {
+            self.label_logit[i] = self.label_logit[i].or(other.label_logit[i]);
             let max = self.max[i].max(other.max[i]);
-            if max == f32::NEG_INFINITY {
-                continue;
-            }
-            let (mine, theirs) = ((self.max[i] - max).exp(), (other.max[i] - max).exp());
+            let scale = |m: f32| if m == f32::NEG_INFINITY { 0.0 } else { (m - max).exp() };
+            let (mine, theirs) = (scale(self.max[i]), scale(other.max[i]));
             self.sum[i] = self.sum[i] * mine + other.sum[i] * theirs;
             let row = i * width..(i + 1) * width;
             for (a, b) in self.acc[row.clone()].iter_mut().zip(&other.acc[row]) {
                 *a = *a * mine + *b * theirs;
             }
             self.max[i] = max;
-            self.label_logit[i] = self.label_logit[i].or(other.label_logit[i]);
         }
         self
     }
@@ -392,6 +392,19 @@ mod tests {
             .map(|(i, v)| (0..width).map(|k| x[i * width + k] * w[v * width + k]).sum::<f32>().abs())
             .fold(0f32, f32::max);
         assert!(largest > 89.0, "logits up to {largest} stay inside exp's f32 range");
+    }
+
+    #[test]
+    fn a_non_finite_input_gives_a_nan_loss_not_a_panic() {
+        // What a diverged run hands the loss: the divergence check must see a NaN.
+        let (rows, width, vocab) = (3, 8, 2 * BLOCK + 9);
+        let mut x = values(rows * width, 3, 1.0);
+        x[0] = f32::NAN; // row 0: every logit NaN
+        x[width] = f32::INFINITY; // row 1: logits ±∞ or NaN
+        let w = values(vocab * width, 4, 1.0);
+        let out = nll_and_gradient(&x, rows, width, &w, &[1, vocab - 1, BLOCK]);
+        assert!(out.loss[0].is_nan() && out.loss[1].is_nan(), "losses {:?}", out.loss);
+        assert!(out.loss[2].is_finite(), "a finite row stays finite: {:?}", out.loss);
     }
 
     #[test]
