@@ -68,7 +68,7 @@ pub fn fit(method: Method, xs: &[Vec<f32>], ys: &[bool], seed: u64) -> Result<Ve
     let gap: Vec<f64> = mu1.iter().zip(&mu0).map(|(a, b)| a - b).collect();
     let raw = match method {
         Method::Mean => gap.clone(),
-        Method::Probe => probe(&xs, ys),
+        Method::Probe => probe(&xs, ys)?,
         Method::Lda => lda(&xs, ys, &mu0, &mu1, &gap),
         Method::Pca => first_component(&xs, seed),
         Method::KMeans => kmeans2(&xs),
@@ -99,39 +99,19 @@ fn mean(xs: &[Vec<f64>], ys: &[bool], class: bool) -> Option<Vec<f64>> {
     Some((0..d).map(|j| members.iter().map(|x| x[j]).sum::<f64>() / members.len() as f64).collect())
 }
 
-/// L2-regularised logistic regression by full-batch gradient descent, as CausalGym's
-/// (scikit-learn's default, `C = 1`: the penalty `‖w‖² / 2` against the summed loss) on the
-/// centred activations divided by one common scale (their root-mean-square spread), so that the
-/// penalty stays isotropic in the activations' own coordinates: a per-feature standardisation
-/// would reweight the direction toward the features that vary least.
-fn probe(xs: &[Vec<f64>], ys: &[bool]) -> Vec<f64> {
+/// L2-regularised logistic regression (scikit-learn's default, `C = 1`: [`crate::logistic`]), as
+/// CausalGym's probe, on the centred activations divided by one common scale (their
+/// root-mean-square spread), so that the penalty stays isotropic in the activations' own
+/// coordinates: a per-feature standardisation would reweight the direction toward the features
+/// that vary least.
+fn probe(xs: &[Vec<f64>], ys: &[bool]) -> Result<Vec<f64>, String> {
     let (n, d) = (xs.len() as f64, xs[0].len());
     let mu: Vec<f64> = (0..d).map(|j| xs.iter().map(|x| x[j]).sum::<f64>() / n).collect();
     let spread = (xs.iter().map(|x| x.iter().zip(&mu).map(|(a, m)| (a - m).powi(2)).sum::<f64>()).sum::<f64>() / n)
         .sqrt()
         .max(1e-12);
     let z: Vec<Vec<f64>> = xs.iter().map(|x| x.iter().zip(&mu).map(|(a, m)| (a - m) / spread).collect()).collect();
-    let (mut w, mut b) = (vec![0.0; d], 0.0);
-    // Mean loss + (1/n)·‖w‖²/2 is scikit-learn's C = 1 objective divided by n; the rows have unit
-    // mean square norm, so a step of 1 is within the loss's curvature.
-    let (lr, l2) = (1.0, 1.0 / n);
-    for _ in 0..500 {
-        let mut gw = vec![0.0; d];
-        let mut gb = 0.0;
-        for (x, &y) in z.iter().zip(ys) {
-            let p = 1.0 / (1.0 + (-(dot(&w, x) + b)).exp());
-            let e = p - if y { 1.0 } else { 0.0 };
-            for (g, v) in gw.iter_mut().zip(x) {
-                *g += e * v;
-            }
-            gb += e;
-        }
-        for j in 0..d {
-            w[j] -= lr * (gw[j] / n + l2 * w[j]);
-        }
-        b -= lr * gb / n;
-    }
-    w
+    Ok(crate::logistic::fit(&z, ys, 1.0).map_err(|e| format!("probe: {e}"))?.weights)
 }
 
 /// Fisher's discriminant with the pooled within-class covariance, shrunk by 1e-3 of its mean
@@ -153,29 +133,7 @@ fn lda(xs: &[Vec<f64>], ys: &[bool], mu0: &[f64], mu1: &[f64], gap: &[f64]) -> V
     for (i, row) in cov.iter_mut().enumerate() {
         row[i] += shrink;
     }
-    solve_spd(cov, gap)
-}
-
-/// `A⁻¹ b` for symmetric positive definite `A` (lower triangle given) by Cholesky.
-fn solve_spd(mut a: Vec<Vec<f64>>, b: &[f64]) -> Vec<f64> {
-    let d = b.len();
-    for j in 0..d {
-        let s = a[j][j] - (0..j).map(|k| a[j][k] * a[j][k]).sum::<f64>();
-        a[j][j] = s.max(1e-300).sqrt();
-        for i in j + 1..d {
-            let s = a[i][j] - (0..j).map(|k| a[i][k] * a[j][k]).sum::<f64>();
-            a[i][j] = s / a[j][j];
-        }
-    }
-    let mut y = vec![0.0; d];
-    for i in 0..d {
-        y[i] = (b[i] - (0..i).map(|k| a[i][k] * y[k]).sum::<f64>()) / a[i][i];
-    }
-    let mut x = vec![0.0; d];
-    for i in (0..d).rev() {
-        x[i] = (y[i] - (i + 1..d).map(|k| a[k][i] * x[k]).sum::<f64>()) / a[i][i];
-    }
-    x
+    crate::logistic::solve_spd(cov, gap)
 }
 
 /// The first principal component of the centred vectors, by 300 power iterations on `XᵀX`

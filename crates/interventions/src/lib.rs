@@ -14,6 +14,7 @@ pub mod family;
 pub mod fixed;
 pub mod intervention;
 pub mod linalg;
+pub mod logistic;
 pub mod orthogonal;
 pub mod placement;
 pub mod probe;

@@ -18,7 +18,7 @@ fn iti_probes_heads_steers_and_exports() {
             "steer-iti",
             "--quiet",
             "--set",
-            "probe_steps=60",
+            "probe_c=1",
             "--set",
             "contexts_per_fact=1",
             "--set",

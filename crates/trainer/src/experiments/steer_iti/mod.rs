@@ -58,8 +58,14 @@ impl Experiment for SteerItiRecipe {
                 "`probe_at = \"next-prompt\"` labels each prompt by the statements before it: set `context_statements` to 1 or more"
             );
         }
-        if r.top_k == 0 || r.alphas.is_empty() || r.probe_steps == 0 || r.contexts_per_fact == 0 {
-            bail!("`top_k`, `probe_steps`, `contexts_per_fact` and `alphas` must be non-zero / non-empty");
+        if r.top_k == 0 || r.alphas.is_empty() || r.contexts_per_fact == 0 {
+            bail!("`top_k`, `contexts_per_fact` and `alphas` must be non-zero / non-empty");
+        }
+        if !(r.probe_c > 0.0 && r.probe_c.is_finite()) {
+            bail!(
+                "`probe_c` = {}: the probes' inverse regularisation must be a positive number (1 is scikit-learn's default)",
+                r.probe_c
+            );
         }
         Ok(())
     }

@@ -41,8 +41,9 @@ pub struct SteerItiRecipe {
     pub export_alpha: f64,
     /// Random-direction controls averaged at each α.
     pub random_controls: usize,
-    /// Gradient steps of each head's logistic regression.
-    pub probe_steps: usize,
+    /// Inverse regularisation `C` of each head's logistic regression (scikit-learn's; 1 is its
+    /// default and what ITI used).
+    pub probe_c: f64,
     /// Seed of the false answers, the split, the contexts and the random directions.
     pub seed: u64,
 }

@@ -150,7 +150,7 @@ pub fn probe_heads<B: Backend, M: Transformer<B>>(
             let tr_refs: Vec<&[f32]> = tr.iter().map(Vec::as_slice).collect();
             let va_refs: Vec<&[f32]> = va.iter().map(Vec::as_slice).collect();
             probes.accuracy[l][h] =
-                logistic_regression_accuracy(&tr_refs, &probes.train_y, &va_refs, &val_y, r.probe_steps);
+                logistic_regression_accuracy(&tr_refs, &probes.train_y, &va_refs, &val_y, r.probe_c)?;
         }
     }
     let accuracy = &probes.accuracy;
