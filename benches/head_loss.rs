@@ -14,20 +14,11 @@ use ferrovene_models::layers::Linear;
 
 type B = Autodiff<ferrovene_models::Cpu>;
 
+mod common;
+
 /// Median milliseconds of `f` over 15 runs after 3 warm-ups.
 fn millis(f: impl Fn()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    let mut times: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    common::median_millis(3, 15, f)
 }
 
 fn main() {
