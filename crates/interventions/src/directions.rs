@@ -9,6 +9,8 @@
 
 use ferrovene_models::rng::Rng;
 
+use crate::logistic::dot;
+
 /// A way to find a direction from two classes' activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
@@ -83,10 +85,6 @@ pub fn fit(method: Method, xs: &[Vec<f32>], ys: &[bool], seed: u64) -> Result<Ve
         return Err(format!("{}: the direction came out {norm} long (identical classes?)", method.name()));
     }
     Ok(raw.iter().map(|v| (sign * v / norm) as f32).collect())
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The mean of the vectors of class `class`.

@@ -35,7 +35,8 @@ impl Logistic {
     }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// `a · b`.
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 

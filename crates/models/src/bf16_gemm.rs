@@ -229,8 +229,50 @@ mod x86 {
         }
     }
 
-    /// Tasks of whole row blocks, each over every panel (a panel, up to 96 KB at k = 1536, stays
-    /// in L2 while the task's row blocks pass over it).
+    /// One task's share of `C`: the rows `rows` (starting on a row block) against the panels in
+    /// `group`, the first of which is panel `first_panel`; each panel stays in cache while the
+    /// rows' blocks pass over it.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; `packed` holds `pairs` values for every row up to
+    /// `rows.end` rounded up to [`MR`] (padded); `out` points at `C`, `n` columns wide, with room
+    /// for these rows; no other task writes these rows in these panels' columns meanwhile.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tiles(
+        packed: &[u32],
+        pairs: usize,
+        rows: std::ops::Range<usize>,
+        group: &[u32],
+        first_panel: usize,
+        n: usize,
+        out: OutPtr,
+    ) {
+        for (g, panel) in group.chunks(pairs * NR).enumerate() {
+            let p = first_panel + g;
+            let cols = (n - p * NR).min(NR);
+            for block in rows.clone().step_by(MR) {
+                // SAFETY: `packed` has MR whole rows from any block start (padded); the panel has
+                // pairs × NR values; the tile writes `rows` rows of `cols` inside this share.
+                unsafe {
+                    tile(
+                        packed.as_ptr().add(block * pairs),
+                        pairs,
+                        panel.as_ptr(),
+                        pairs,
+                        out.at(block * n + p * NR),
+                        n,
+                        (rows.end - block).min(MR),
+                        cols,
+                    )
+                }
+            }
+        }
+    }
+
+    /// `C = A B`, split between rayon's tasks: by panels of `B` for few rows (each panel of `B`
+    /// is then read from memory once, where tasks of rows would each read all of `B`, and the
+    /// packed rows, at most FEW_ROWS × k, stay in cache), by row blocks otherwise (a panel, up to
+    /// 96 KB at k = 1536, stays in L2 while the task's row blocks pass over it).
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BF16.
@@ -244,60 +286,23 @@ mod x86 {
         let packed = pack_a(a, m, b.k, pairs);
         let tasks = rayon::current_num_threads() * 2;
         let (packed, panels) = (&packed, &b.data);
+        let out = OutPtr(c.as_mut_ptr());
+        // SAFETY (both splits): the tasks write disjoint parts of `c` (their own panels' columns,
+        // or their own rows), which outlives them: `for_each` returns when every task has ended.
         if m <= FEW_ROWS {
-            // Few rows: tasks of whole panels, each over every row block, so that every panel of
-            // `B` is read from memory once (tasks of rows would each read all of `B`) while the
-            // packed rows, at most FEW_ROWS × k, stay in cache.
             let panel_count = n.div_ceil(NR);
             let panels_per_task = panel_count.div_ceil(tasks.min(panel_count));
-            let out = OutPtr(c.as_mut_ptr());
-            panels.par_chunks(panels_per_task * pairs * NR).enumerate().for_each(|(t, group)| {
-                for (g, panel) in group.chunks(pairs * NR).enumerate() {
-                    let p = t * panels_per_task + g;
-                    let cols = (n - p * NR).min(NR);
-                    for block in (0..m).step_by(MR) {
-                        // SAFETY: as below; the tasks write disjoint column ranges of `c`, which
-                        // outlives them (`for_each` returns when every task has ended).
-                        unsafe {
-                            tile(
-                                packed.as_ptr().add(block * pairs),
-                                pairs,
-                                panel.as_ptr(),
-                                pairs,
-                                out.at(block * n + p * NR),
-                                n,
-                                (m - block).min(MR),
-                                cols,
-                            )
-                        }
-                    }
-                }
+            panels
+                .par_chunks(panels_per_task * pairs * NR)
+                .enumerate()
+                .for_each(|(t, group)| unsafe { tiles(packed, pairs, 0..m, group, t * panels_per_task, n, out) });
+        } else {
+            let rows_per_task = (m.div_ceil(tasks).div_ceil(MR) * MR).clamp(MR, 128);
+            (0..m.div_ceil(rows_per_task)).into_par_iter().for_each(|t| unsafe {
+                let first = t * rows_per_task;
+                tiles(packed, pairs, first..(first + rows_per_task).min(m), panels, 0, n, out)
             });
-            return c;
         }
-        let rows_per_task = (m.div_ceil(tasks).div_ceil(MR) * MR).clamp(MR, 128);
-        c.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, chunk)| {
-            let (first, rows_here) = (t * rows_per_task, chunk.len() / n);
-            for (p, panel) in panels.chunks(pairs * NR).enumerate() {
-                let cols = (n - p * NR).min(NR);
-                for block in (0..rows_here).step_by(MR) {
-                    // SAFETY: `packed` has MR whole rows from any block start (padded); the panel
-                    // has pairs × NR values; the tile writes `rows` rows of `cols` within `chunk`.
-                    unsafe {
-                        tile(
-                            packed.as_ptr().add((first + block) * pairs),
-                            pairs,
-                            panel.as_ptr(),
-                            pairs,
-                            chunk.as_mut_ptr().add(block * n + p * NR),
-                            n,
-                            (rows_here - block).min(MR),
-                            cols,
-                        )
-                    }
-                }
-            }
-        });
         c
     }
 }
