@@ -1,6 +1,7 @@
-//! The tiny random GPT-2, GPT-NeoX and Llama checkpoints of tests/golden/tiny, loaded from
-//! their Hugging Face folders, against transformers' logits and hidden states (1e-5), and the
-//! tiny GPT-2 pyvene interchange reproduced through the hook API.
+//! The tiny random checkpoints of tests/golden/tiny (GPT-2, GPT-NeoX, Llama, Gemma 2 and 3,
+//! Qwen 3, Phi-3, OLMo 2, Mistral with its sliding window), loaded from their Hugging Face
+//! folders, against transformers' logits and hidden states (1e-5), and the tiny GPT-2 pyvene
+//! interchange reproduced through the hook API.
 
 mod common;
 
@@ -50,6 +51,57 @@ fn tiny_gpt_neox_matches_transformers() {
 #[test]
 fn tiny_llama_matches_transformers() {
     check("llama");
+}
+
+/// Every parameter of these checkpoints was perturbed and their 12-token inputs are longer than
+/// the 4-token sliding windows, so the (1 + w) norms, biases, soft caps, q/k norms and windows
+/// all move the numbers checked.
+#[test]
+fn tiny_gemma2_matches_transformers() {
+    check("gemma2");
+}
+
+#[test]
+fn tiny_gemma3_matches_transformers() {
+    check("gemma3");
+}
+
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    check("qwen3");
+}
+
+#[test]
+fn tiny_phi3_matches_transformers() {
+    check("phi3");
+}
+
+#[test]
+fn tiny_olmo2_matches_transformers() {
+    check("olmo2");
+}
+
+#[test]
+fn tiny_mistral_matches_transformers() {
+    check("mistral");
+}
+
+/// The window is what makes Mistral's golden differ from plain causal attention: the same
+/// checkpoint with its `sliding_window` removed must not match (so `check("mistral")` can fail).
+#[test]
+fn mistral_without_its_window_differs() {
+    let dir = golden("tiny/mistral");
+    let work = temp_dir("mistral-no-window");
+    copy_dir(&dir, &work);
+    let config_path = work.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["sliding_window"] = serde_json::Value::Null;
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let model = load_folder::<B>(&work, &Default::default()).expect("load").model;
+    let reference = read_st(&dir.join("reference.safetensors"));
+    let logits = logits_of(&model, &reference_ids(&reference));
+    let d = max_abs_diff(&logits, &reference.get("logits").0);
+    assert!(d > 1e-3, "removing the sliding window changed the logits by only {d}");
 }
 
 #[test]

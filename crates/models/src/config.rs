@@ -83,6 +83,71 @@ impl<'a> HfConfig<'a> {
     }
 }
 
+/// Which layers attend through a sliding window, and how wide, from a `config.json`.
+#[derive(Debug, Clone, Copy)]
+pub enum WindowLayers {
+    /// Every layer, when `sliding_window` is set (Mistral, Phi-3).
+    All,
+    /// Layers from `max_window_layers` on, when `use_sliding_window` is true (Qwen 2 and 3).
+    FromMaxWindowLayers,
+    /// Every other layer, starting with layer 0 (Gemma 2).
+    EveryOther,
+    /// All but every `sliding_window_pattern`-th layer (Gemma 3; default pattern 6).
+    AllButEveryNth,
+}
+
+impl<'a> HfConfig<'a> {
+    /// The sliding window of each of `layers` layers (`None`: full attention). `layer_types`
+    /// (`"sliding_attention"` / `"full_attention"`, written by transformers ≥ 4.53) decides where
+    /// present; otherwise `default`, the rule the model's own transformers class applies.
+    pub fn layer_windows(&self, layers: usize, default: WindowLayers) -> Result<Vec<Option<usize>>> {
+        let window = self.opt_usize("sliding_window")?;
+        if matches!(default, WindowLayers::FromMaxWindowLayers) && !self.bool_or("use_sliding_window", false)? {
+            return Ok(vec![None; layers]);
+        }
+        let Some(window) = window else { return Ok(vec![None; layers]) };
+        if window == 0 {
+            return Err(ModelError::config(self.path, "`sliding_window` must be positive"));
+        }
+        if let Some(types) = self.json.get("layer_types").filter(|v| !v.is_null()) {
+            let types = types.as_array().filter(|t| t.len() == layers).ok_or_else(|| {
+                ModelError::config(
+                    self.path,
+                    format!("`layer_types` should be a list of {layers} strings, one per layer"),
+                )
+            })?;
+            return types
+                .iter()
+                .enumerate()
+                .map(|(l, t)| match t.as_str() {
+                    Some("sliding_attention") => Ok(Some(window)),
+                    Some("full_attention") => Ok(None),
+                    _ => Err(ModelError::config(
+                        self.path,
+                        format!("`layer_types[{l}]` is {t}; expected \"sliding_attention\" or \"full_attention\""),
+                    )),
+                })
+                .collect();
+        }
+        let sliding: Box<dyn Fn(usize) -> bool> = match default {
+            WindowLayers::All => Box::new(|_| true),
+            WindowLayers::FromMaxWindowLayers => {
+                let from = self.opt_usize("max_window_layers")?.unwrap_or(0);
+                Box::new(move |l| l >= from)
+            }
+            WindowLayers::EveryOther => Box::new(|l| l % 2 == 0),
+            WindowLayers::AllButEveryNth => {
+                let n = match self.opt_usize("sliding_window_pattern")? {
+                    Some(n) => n,
+                    None => self.opt_usize("_sliding_window_pattern")?.unwrap_or(6),
+                };
+                Box::new(move |l| n == 0 || !(l + 1).is_multiple_of(n))
+            }
+        };
+        Ok((0..layers).map(|l| sliding(l).then_some(window)).collect())
+    }
+}
+
 /// Checks that attention dimensions fit together (so that no later division or reshape fails):
 /// `heads > 0`, `kv_heads` divides `heads`, and, where the head width is derived, `heads`
 /// divides `hidden`.

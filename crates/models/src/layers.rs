@@ -133,6 +133,21 @@ pub fn positions_from_mask<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 2, 
     (mask.cumsum(1) - 1).clamp_min(0)
 }
 
+/// `[queries, total]`: true where a query is more than `window − 1` positions after a key, so
+/// that each query sees itself and the `window − 1` keys before it (sliding-window attention, as
+/// transformers masks it: key index > query index − window). The queries are the last `queries`
+/// of the `total` positions.
+pub fn outside_window<B: Backend>(
+    queries: usize,
+    total: usize,
+    window: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Bool> {
+    let past = total - queries;
+    let blocked: Vec<bool> = (0..queries).flat_map(|i| (0..total).map(move |j| past + i >= j + window)).collect();
+    Tensor::from_data(burn::tensor::TensorData::new(blocked, [queries, total]), device)
+}
+
 /// The additive attention bias `[batch, 1, queries, total]` for the last `queries` of the `total`
 /// positions in `mask` (all of them without a KV cache): 0 where a query may see a key, a large
 /// negative number elsewhere (later keys when `causal`, padded keys always), in `dtype`.
@@ -161,12 +176,42 @@ pub fn attention_bias<B: Backend>(mask: Tensor<B, 2, Int>, queries: usize, causa
 ///
 /// The groups share their key/value head by broadcasting, not by copying it per query head.
 pub fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, bias: Tensor<B, 5>) -> Tensor<B, 3> {
+    attend_scored(q, k, v, bias, Scores::default())
+}
+
+/// How attention turns `q kᵀ` into scores before the bias: the scale (`1/√d` unless given) and
+/// an optional soft cap `c · tanh(s / c)` (Gemma 2).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Scores {
+    /// Multiplies `q kᵀ`; `None` divides by `√head_dim`.
+    pub scale: Option<f64>,
+    /// Soft-capping of the scaled scores, `c · tanh(s / c)`.
+    pub softcap: Option<f64>,
+}
+
+/// [`attend`] with the scores of `scores`: `softmax(cap(q kᵀ · scale) + bias) v`.
+pub fn attend_scored<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Tensor<B, 5>,
+    scores: Scores,
+) -> Tensor<B, 3> {
     let [batch, seq, heads, d] = q.dims();
     let kv_heads = k.dims()[1];
     let groups = heads / kv_heads;
     let q = q.reshape([batch, seq, kv_heads, groups, d]).permute([0, 2, 3, 1, 4]); // [b, kv, g, seq, d]
     let k_t = k.unsqueeze_dim::<5>(2).swap_dims(3, 4); // [b, kv, 1, d, total]
-    let scores = q.matmul(k_t) / (d as f64).sqrt() + bias;
+    let raw = q.matmul(k_t);
+    let scaled = match scores.scale {
+        None => raw / (d as f64).sqrt(),
+        Some(scale) => raw * scale,
+    };
+    let capped = match scores.softcap {
+        None => scaled,
+        Some(cap) => (scaled / cap).tanh() * cap,
+    };
+    let scores = capped + bias;
     // The softmax in f32 whatever the model's precision, as transformers does.
     let weights = to_dtype(softmax(to_f32(scores), 4), v.dtype());
     let values = weights.matmul(v.unsqueeze_dim::<5>(2)); // [b, kv, g, seq, d]

@@ -7,9 +7,11 @@ use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::arch::bert::{Bert, BertConfig};
+use crate::arch::gemma::{Gemma, GemmaConfig};
 use crate::arch::gpt_neox::{GptNeoX, GptNeoXConfig};
 use crate::arch::gpt2::{Gpt2, Gpt2Config};
 use crate::arch::llama::{Llama, LlamaConfig};
+use crate::arch::olmo2::{Olmo2, Olmo2Config};
 use crate::config::HfConfig;
 use crate::error::{ModelError, Result};
 use crate::hooks::Hooks;
@@ -21,13 +23,18 @@ use crate::weights::gguf::{GgufFile, GgufLlamaWeights};
 use crate::weights::safetensors_folder::SafetensorsFolder;
 
 /// `model_type` values of `config.json` that ferrovene loads.
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, gpt2, gpt_neox, bert";
+pub const SUPPORTED_MODEL_TYPES: &str =
+    "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, olmo2, gpt2, gpt_neox, bert";
 
 /// Any of the transformer architectures.
 #[derive(Module, Debug)]
 pub enum AnyModel<B: Backend> {
-    /// Llama, Mistral, Qwen2, SmolLM2.
+    /// Llama, Mistral, Qwen 2 and 3, Phi-3, SmolLM2.
     Llama(Llama<B>),
+    /// Gemma 2 and 3.
+    Gemma(Gemma<B>),
+    /// OLMo 2.
+    Olmo2(Olmo2<B>),
     /// GPT-2.
     Gpt2(Gpt2<B>),
     /// GPT-NeoX / Pythia.
@@ -40,6 +47,8 @@ macro_rules! each {
     ($self:expr, $m:ident => $body:expr) => {
         match $self {
             AnyModel::Llama($m) => $body,
+            AnyModel::Gemma($m) => $body,
+            AnyModel::Olmo2($m) => $body,
             AnyModel::Gpt2($m) => $body,
             AnyModel::GptNeoX($m) => $body,
             AnyModel::Bert($m) => $body,
@@ -95,6 +104,8 @@ impl<B: Backend> AnyModel<B> {
     pub fn parameter_count(&self) -> usize {
         let shared = match self {
             AnyModel::Llama(m) => m.shared_parameters(),
+            AnyModel::Gemma(m) => m.shared_parameters(),
+            AnyModel::Olmo2(m) => m.shared_parameters(),
             AnyModel::Gpt2(m) => m.shared_parameters(),
             AnyModel::GptNeoX(m) => m.shared_parameters(),
             AnyModel::Bert(_) => 0,
@@ -140,7 +151,11 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
     let weights = SafetensorsFolder::open(dir)?;
     let w = Loader::new(&weights, device);
     let model = match model_type {
-        "llama" | "mistral" | "qwen2" => AnyModel::Llama(Llama::load(LlamaConfig::from_hf(&cfg)?, &w)?),
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => {
+            AnyModel::Llama(Llama::load(LlamaConfig::from_hf(&cfg)?, &w)?)
+        }
+        "gemma2" | "gemma3_text" => AnyModel::Gemma(Gemma::load(GemmaConfig::from_hf(&cfg)?, &w)?),
+        "olmo2" => AnyModel::Olmo2(Olmo2::load(Olmo2Config::from_hf(&cfg)?, &w)?),
         "gpt2" => AnyModel::Gpt2(Gpt2::load(Gpt2Config::from_hf(&cfg)?, &w)?),
         "gpt_neox" => AnyModel::GptNeoX(GptNeoX::load(GptNeoXConfig::from_hf(&cfg)?, &w)?),
         "bert" => AnyModel::Bert(Bert::load(BertConfig::from_hf(&cfg)?, &w)?),

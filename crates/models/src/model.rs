@@ -8,7 +8,7 @@ use burn::tensor::{DType, Int, Tensor, backend::Backend};
 
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, NoHooks, hook};
-use crate::layers::{Rotary, attention_bias, positions_from_mask};
+use crate::layers::{Rotary, attention_bias, outside_window, positions_from_mask};
 use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component, Site, SiteInfo};
 
@@ -200,10 +200,13 @@ pub struct Context<B: Backend> {
     pub bias: Tensor<B, 4>,
     /// Rotary angles for the batch's positions, if the model uses them.
     pub rotary: Option<Rotary<B>>,
+    /// Rotary angles of the sliding-window layers, where they have a base of their own (Gemma 3).
+    pub rotary_local: Option<Rotary<B>>,
     /// The cache being extended, with the mask of every position (cached and new).
     cache: Option<(KvCache<B>, Tensor<B, 2, Int>)>,
-    /// `bias` repeated to the shape attention adds it to, built by the first block that asks.
-    bias_by_heads: std::cell::RefCell<Option<((usize, usize), Tensor<B, 5>)>>,
+    /// `bias` repeated to the shape attention adds it to (per head count, group count and
+    /// sliding window), built by the first block that asks.
+    bias_by_heads: std::cell::RefCell<Vec<(BiasKey, Tensor<B, 5>)>>,
 }
 
 impl<B: Backend> Context<B> {
@@ -214,21 +217,50 @@ impl<B: Backend> Context<B> {
         let rotary = rotary.map(|(f, head_dim)| Rotary::new(input.positions(), f, head_dim, dtype));
         let full = input.full_mask();
         let bias = attention_bias(full.clone(), input.dims()[1], causal, dtype);
-        Context { bias, rotary, cache: input.past.clone().map(|c| (c, full)), bias_by_heads: Default::default() }
+        Context {
+            bias,
+            rotary,
+            rotary_local: None,
+            cache: input.past.clone().map(|c| (c, full)),
+            bias_by_heads: Default::default(),
+        }
+    }
+
+    /// This context with rotary angles of their own for sliding-window layers (Gemma 3's
+    /// `rope_local_base_freq`): `inv_freq` and the head width, as for [`Context::new`].
+    pub fn with_local_rotary(mut self, input: &Input<B>, inv_freq: &[f32], head_dim: usize, dtype: DType) -> Self {
+        self.rotary_local = Some(Rotary::new(input.positions(), inv_freq, head_dim, dtype));
+        self
     }
 
     /// The bias as [`crate::layers::attend`] adds it, `[batch, kv_heads, groups, seq, total]`:
     /// repeated once per batch rather than broadcast in every block (a broadcast add walks the
     /// scores element by element on the CPU backend).
     pub fn bias_for(&self, kv_heads: usize, groups: usize) -> Tensor<B, 5> {
+        self.bias_for_window(kv_heads, groups, None)
+    }
+
+    /// [`Context::bias_for`] of a layer that attends only to the last `window` positions
+    /// (sliding-window attention, [`crate::layers::outside_window`]); `None` is full attention.
+    pub fn bias_for_window(&self, kv_heads: usize, groups: usize, window: Option<usize>) -> Tensor<B, 5> {
+        let key = BiasKey { kv_heads, groups, window };
         let mut cached = self.bias_by_heads.borrow_mut();
-        if let Some((key, bias)) = &*cached
-            && *key == (kv_heads, groups)
-        {
+        if let Some((_, bias)) = cached.iter().find(|(k, _)| *k == key) {
             return bias.clone();
         }
-        let bias = self.bias.clone().unsqueeze_dim::<5>(1).repeat_dim(1, kv_heads).repeat_dim(2, groups);
-        *cached = Some(((kv_heads, groups), bias.clone()));
+        let bias = match window {
+            None => self.bias.clone(),
+            Some(window) => {
+                let [batch, one, queries, total] = self.bias.dims();
+                let blocked = outside_window::<B>(queries, total, window, &self.bias.device())
+                    .reshape([1, 1, queries, total])
+                    .expand([batch, one, queries, total]);
+                let score = crate::precision::blocked_score(self.bias.dtype());
+                self.bias.clone().mask_fill(blocked, score)
+            }
+        };
+        let bias = bias.unsqueeze_dim::<5>(1).repeat_dim(1, kv_heads).repeat_dim(2, groups);
+        cached.push((key, bias.clone()));
         bias
     }
 
@@ -240,6 +272,14 @@ impl<B: Backend> Context<B> {
             None => (k, v),
         }
     }
+}
+
+/// What a repeated attention bias was built for (see [`Context::bias_for_window`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct BiasKey {
+    kv_heads: usize,
+    groups: usize,
+    window: Option<usize>,
 }
 
 /// One transformer architecture, written as embeddings → blocks → final norm → head.

@@ -1,16 +1,20 @@
-//! The Llama family (Touvron et al. 2023): Llama 2/3, SmolLM2, Mistral, Qwen2.
+//! The Llama family (Touvron et al. 2023): Llama 2/3, SmolLM2, Mistral, Qwen 2 and 3, Phi-3.
 //!
 //! Pre-norm decoder: `h = x + Attn(RMSNorm(x))`, `y = h + MLP(RMSNorm(h))`, where attention uses
 //! rotary positions and grouped-query heads, and `MLP(x) = W_down(SiLU(W_gate x) ⊙ W_up x)`.
+//! The members differ only inside attention ([`super::attention`]): Mistral and Phi-3 attend
+//! through a sliding window, Qwen 3 normalises each query and key head, Phi-3 keeps q/k/v and
+//! gate/up fused in one matrix each (split on load) and may rotate part of each head.
 
 use burn::module::Module;
 use burn::tensor::{Tensor, activation::silu, backend::Backend};
 
-use super::common::{hook_attention_values, hook_qkv, standard_block_sites};
-use crate::config::HfConfig;
+use super::attention::{AttentionShape, QkNorm, SelfAttention};
+use super::common::standard_block_sites;
+use crate::config::{HfConfig, WindowLayers};
 use crate::error::Result;
 use crate::hooks::{Hooks, hook};
-use crate::layers::{Embedding, Linear, RmsNorm, RopeScaling, attend, rope_inv_freq, split_heads};
+use crate::layers::{Embedding, Linear, RmsNorm, RopeScaling, Scores, rope_inv_freq};
 use crate::model::{Context, Input, Transformer};
 use crate::precision::{to_dtype, to_f32};
 use crate::site::{Component as C, Site, SiteInfo};
@@ -43,30 +47,54 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (Qwen2).
     pub qkv_bias: bool,
+    /// The architecture's name: `llama` (Llama, Mistral, Qwen 2, SmolLM2), `qwen3` or `phi3`.
+    pub arch: &'static str,
+    /// Query/key norms (per head for Qwen 3).
+    pub qk_norm: QkNorm,
+    /// Each layer's sliding window (`None`: full attention).
+    pub windows: Vec<Option<usize>>,
+    /// Dimensions of each head that rotate (Phi-3's `partial_rotary_factor`; else `head_dim`).
+    pub rotary_dim: usize,
+    /// q/k/v in one `qkv_proj` and gate/up in one `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
 }
 
 impl LlamaConfig {
-    /// From a Hugging Face `config.json` (`model_type` llama, mistral or qwen2).
+    /// From a Hugging Face `config.json` (`model_type` llama, mistral, qwen2, qwen3 or phi3).
     pub fn from_hf(c: &HfConfig) -> Result<Self> {
         let hidden_size = c.usize("hidden_size")?;
         let num_heads = c.usize("num_attention_heads")?;
-        let qwen = c.str_or("model_type", "llama")? == "qwen2";
+        let model_type = c.str_or("model_type", "llama")?;
+        let (arch, qk_norm, window_rule) = match model_type {
+            "qwen3" => ("qwen3", QkNorm::PerHead, WindowLayers::FromMaxWindowLayers),
+            "phi3" => ("phi3", QkNorm::None, WindowLayers::All),
+            "qwen2" => ("llama", QkNorm::None, WindowLayers::FromMaxWindowLayers),
+            _ => ("llama", QkNorm::None, WindowLayers::All),
+        };
         let num_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
         let head_dim = c.opt_usize("head_dim")?;
         crate::config::check_heads(c.path, hidden_size, num_heads, num_kv_heads, head_dim.is_some())?;
+        let head_dim = head_dim.unwrap_or(hidden_size / num_heads);
+        let num_layers = c.usize("num_hidden_layers")?;
+        let rotary_dim = (head_dim as f64 * c.f64_or("partial_rotary_factor", 1.0)?) as usize;
         Ok(LlamaConfig {
             vocab_size: c.usize("vocab_size")?,
             hidden_size,
             intermediate_size: c.usize("intermediate_size")?,
-            num_layers: c.usize("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
-            head_dim: head_dim.unwrap_or(hidden_size / num_heads),
+            head_dim,
             rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
             rope_theta: c.f64_or("rope_theta", 10_000.0)?,
             rope_scaling: c.rope_scaling()?,
             tie_word_embeddings: c.bool_or("tie_word_embeddings", false)?,
-            qkv_bias: c.bool_or("attention_bias", qwen)?,
+            qkv_bias: c.bool_or("attention_bias", model_type == "qwen2")?,
+            arch,
+            qk_norm,
+            windows: c.layer_windows(num_layers, window_rule)?,
+            rotary_dim: rotary_dim.clamp(2, head_dim) & !1,
+            fused_projections: model_type == "phi3",
         })
     }
 }
@@ -75,10 +103,7 @@ impl LlamaConfig {
 #[derive(Module, Debug)]
 pub struct LlamaBlock<B: Backend> {
     input_norm: RmsNorm<B>,
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
-    o: Linear<B>,
+    attn: SelfAttention<B>,
     post_attention_norm: RmsNorm<B>,
     gate: Linear<B>,
     up: Linear<B>,
@@ -107,17 +132,56 @@ impl<B: Backend> Llama<B> {
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
         let mut layers = Vec::with_capacity(c.num_layers);
+        let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
+            let ([q, k, v], [gate, up]) = if c.fused_projections {
+                let qkv = w.linear_split(&format!("{p}.self_attn.qkv_proj"), d, &[q_width, kv_width, kv_width])?;
+                let gate_up = w.linear_split(&format!("{p}.mlp.gate_up_proj"), d, &[c.intermediate_size; 2])?;
+                (take(qkv), take(gate_up))
+            } else {
+                (
+                    [
+                        w.linear(&format!("{p}.self_attn.q_proj"), d, q_width, c.qkv_bias)?,
+                        w.linear(&format!("{p}.self_attn.k_proj"), d, kv_width, c.qkv_bias)?,
+                        w.linear(&format!("{p}.self_attn.v_proj"), d, kv_width, c.qkv_bias)?,
+                    ],
+                    [
+                        w.linear(&format!("{p}.mlp.gate_proj"), d, c.intermediate_size, false)?,
+                        w.linear(&format!("{p}.mlp.up_proj"), d, c.intermediate_size, false)?,
+                    ],
+                )
+            };
+            let (q_norm, k_norm) = match c.qk_norm {
+                QkNorm::None => (None, None),
+                _ => (
+                    Some(w.rms_norm(&format!("{p}.self_attn.q_norm.weight"), hd, c.rms_norm_eps)?),
+                    Some(w.rms_norm(&format!("{p}.self_attn.k_norm.weight"), hd, c.rms_norm_eps)?),
+                ),
+            };
+            let shape = AttentionShape {
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: hd,
+                qk_norm: c.qk_norm,
+                scores: Scores::default(),
+                window: c.windows.get(l).copied().flatten(),
+                local_rotary: false,
+            };
             layers.push(LlamaBlock {
                 input_norm: w.rms_norm(&format!("{p}.input_layernorm.weight"), d, c.rms_norm_eps)?,
-                q: w.linear(&format!("{p}.self_attn.q_proj"), d, c.num_heads * hd, c.qkv_bias)?,
-                k: w.linear(&format!("{p}.self_attn.k_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?,
-                v: w.linear(&format!("{p}.self_attn.v_proj"), d, c.num_kv_heads * hd, c.qkv_bias)?,
-                o: w.linear(&format!("{p}.self_attn.o_proj"), c.num_heads * hd, d, false)?,
+                attn: SelfAttention {
+                    q,
+                    k,
+                    v,
+                    o: w.linear(&format!("{p}.self_attn.o_proj"), q_width, d, false)?,
+                    q_norm,
+                    k_norm,
+                    shape,
+                },
                 post_attention_norm: w.rms_norm(&format!("{p}.post_attention_layernorm.weight"), d, c.rms_norm_eps)?,
-                gate: w.linear(&format!("{p}.mlp.gate_proj"), d, c.intermediate_size, false)?,
-                up: w.linear(&format!("{p}.mlp.up_proj"), d, c.intermediate_size, false)?,
+                gate,
+                up,
                 down: w.linear(&format!("{p}.mlp.down_proj"), c.intermediate_size, d, false)?,
             });
         }
@@ -127,7 +191,7 @@ impl<B: Backend> Llama<B> {
             if c.tie_word_embeddings || !w.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
         let lm_head = w.head(head_name, d, c.vocab_size)?;
         let tied_head = head_name == "model.embed_tokens";
-        let inv_freq = rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref());
+        let inv_freq = rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope_scaling.as_ref());
         Ok(Llama {
             embed_tokens,
             layers,
@@ -152,7 +216,7 @@ impl<B: Backend> Llama<B> {
 
 impl<B: Backend> Transformer<B> for Llama<B> {
     fn arch(&self) -> &'static str {
-        "llama"
+        self.config.arch
     }
     fn causal(&self) -> bool {
         true
@@ -175,18 +239,11 @@ impl<B: Backend> Transformer<B> for Llama<B> {
     }
     fn block(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {
         let b = &self.layers[layer];
-        let c = &self.config;
-        let rotary = ctx.rotary.as_ref().expect("llama context has rotary angles");
 
         // Attention: h = x + W_o · softmax(RoPE(q) RoPE(k)ᵀ/√d + mask) v
         let a_in = hook(hooks, Site::new(layer, C::AttentionInput), b.input_norm.forward(x.clone()));
-        let (q, k, v) = hook_qkv(hooks, layer, b.q.forward(a_in.clone()), b.k.forward(a_in.clone()), b.v.forward(a_in));
-        let q = rotary.apply(split_heads(q, c.num_heads));
-        let k = rotary.apply(split_heads(k, c.num_kv_heads)).swap_dims(1, 2);
-        let (k, v) = ctx.keys_values(layer, k, split_heads(v, c.num_kv_heads).swap_dims(1, 2));
-        let bias = ctx.bias_for(c.num_kv_heads, c.num_heads / c.num_kv_heads);
-        let values = hook_attention_values(hooks, layer, attend(q, k, v, bias));
-        let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), b.o.forward(values));
+        let attn = b.attn.forward(layer, a_in, ctx, hooks);
+        let attn_out = hook(hooks, Site::new(layer, C::AttentionOutput), attn);
         let h = x + attn_out;
 
         // MLP: y = h + W_down(SiLU(W_gate m) ⊙ W_up m), m = RMSNorm(h)
@@ -252,6 +309,16 @@ impl LlamaConfig {
             rope_scaling,
             tie_word_embeddings: !file.tensors.contains_key("output.weight"),
             qkv_bias: file.tensors.contains_key("blk.0.attn_q.bias"),
+            arch: "llama",
+            qk_norm: QkNorm::None,
+            windows: Vec::new(),
+            rotary_dim: head_dim.unwrap_or(hidden_size / num_heads),
+            fused_projections: false,
         })
     }
+}
+
+/// The maps of a fused matrix split in `N`, as an array.
+fn take<B: Backend, const N: usize>(maps: Vec<Linear<B>>) -> [Linear<B>; N] {
+    maps.try_into().unwrap_or_else(|_| unreachable!("linear_split returns one map per width"))
 }

@@ -104,6 +104,21 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.linear_from(name, weight, [vocab, d_in], false, false)
     }
 
+    /// A fused `nn.Linear` without bias (`{prefix}.weight`, `[Σ outs, in]`: Phi-3's `qkv_proj`
+    /// and `gate_up_proj`) split by rows into one linear map per width of `outs`, in order.
+    pub fn linear_split(&self, prefix: &str, d_in: usize, outs: &[usize]) -> Result<Vec<Linear<B>>> {
+        let total = outs.iter().sum::<usize>();
+        let weight = self.values(&format!("{prefix}.weight"), &[total, d_in])?;
+        let mut start = 0;
+        outs.iter()
+            .map(|&d_out| {
+                let rows = weight[start * d_in..(start + d_out) * d_in].to_vec();
+                start += d_out;
+                self.linear_from(prefix, rows, [d_out, d_in], false, self.packs_linear_maps())
+            })
+            .collect()
+    }
+
     /// A GPT-2 `Conv1D` (`{prefix}.weight` `[in, out]`, transposed to a `Linear`'s `[out, in]`;
     /// `{prefix}.bias`).
     pub fn conv1d(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
@@ -139,6 +154,16 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// An RMSNorm with weight `{name}`.
     pub fn rms_norm(&self, name: &str, width: usize, eps: f64) -> Result<RmsNorm<B>> {
         Ok(RmsNorm { gamma: self.param(name, [width])?, eps })
+    }
+
+    /// An RMSNorm whose scale is `offset + w` for the stored `w`: Gemma keeps `w` around 0 and
+    /// scales by `1 + w` (transformers' `Gemma2RMSNorm`); the sum is taken once, in f32.
+    pub fn rms_norm_offset(&self, name: &str, width: usize, eps: f64, offset: f32) -> Result<RmsNorm<B>> {
+        let values = self.values(name, &[width])?.into_iter().map(|w| offset + w).collect();
+        // Kept in f32 whatever the storage: the norm computes in f32, and `1 + w` rounded to
+        // half precision would lose what transformers keeps.
+        let gamma = Tensor::from_data(TensorData::new(values, [width]), (&self.device, DType::F32));
+        Ok(RmsNorm { gamma: Param::from_tensor(gamma).set_require_grad(false), eps })
     }
 
     /// A LayerNorm `{prefix}.weight` (γ) / `{prefix}.bias` (β).
