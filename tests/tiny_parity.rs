@@ -91,7 +91,8 @@ fn tiny_mistral_matches_transformers() {
 #[test]
 fn mistral_without_its_window_differs() {
     let dir = golden("tiny/mistral");
-    let work = temp_dir("mistral-no-window");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().to_path_buf();
     copy_dir(&dir, &work);
     let config_path = work.join("config.json");
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();

@@ -172,3 +172,67 @@ pub fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: usize, he
     }
     Ok(())
 }
+
+/// The dimensions every decoder's GGUF metadata gives, under `{arch}.` keys as llama.cpp writes
+/// them (`general.architecture` names the arch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufDims {
+    /// `general.architecture`.
+    pub arch: String,
+    /// `embedding_length`.
+    pub hidden_size: usize,
+    /// `attention.head_count`.
+    pub num_heads: usize,
+    /// `attention.head_count_kv` (default: the head count).
+    pub num_kv_heads: usize,
+    /// `attention.key_length` (default: hidden / heads).
+    pub head_dim: usize,
+    /// `block_count`.
+    pub num_layers: usize,
+    /// `feed_forward_length`.
+    pub intermediate_size: usize,
+    /// `vocab_size`, else the tokenizer's token count.
+    pub vocab_size: usize,
+    /// `attention.layer_norm_rms_epsilon`.
+    pub rms_norm_eps: f64,
+    /// `rope.freq_base` (default 10 000).
+    pub rope_theta: f64,
+    /// `attention.sliding_window`, where present and not 0.
+    pub sliding_window: Option<usize>,
+}
+
+impl GgufDims {
+    /// Reads the dimensions, checking that the heads fit together.
+    pub fn read(file: &crate::weights::gguf::GgufFile) -> Result<Self> {
+        let arch = file.meta_str("general.architecture")?.to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let opt_u64 = |k: &str| file.metadata.get(&key(k)).and_then(|v| v.as_u64());
+        let hidden_size = file.meta_u64(&key("embedding_length"))? as usize;
+        let num_heads = file.meta_u64(&key("attention.head_count"))? as usize;
+        let num_kv_heads = opt_u64("attention.head_count_kv").map_or(num_heads, |v| v as usize);
+        let head_dim = opt_u64("attention.key_length").map(|v| v as usize);
+        check_heads(file.path(), hidden_size, num_heads, num_kv_heads, head_dim.is_some())?;
+        let vocab_size = match opt_u64("vocab_size") {
+            Some(v) => v as usize,
+            None => file.meta_strings("tokenizer.ggml.tokens")?.len(),
+        };
+        Ok(GgufDims {
+            hidden_size,
+            num_heads,
+            num_kv_heads,
+            head_dim: head_dim.unwrap_or(hidden_size / num_heads),
+            num_layers: file.meta_u64(&key("block_count"))? as usize,
+            intermediate_size: file.meta_u64(&key("feed_forward_length"))? as usize,
+            vocab_size,
+            rms_norm_eps: file.meta_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: file.metadata.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            sliding_window: opt_u64("attention.sliding_window").filter(|&w| w > 0).map(|w| w as usize),
+            arch,
+        })
+    }
+
+    /// `{arch}.{k}` as a float, if present.
+    pub fn opt_f64(&self, file: &crate::weights::gguf::GgufFile, k: &str) -> Option<f64> {
+        file.metadata.get(&format!("{}.{k}", self.arch)).and_then(|v| v.as_f64())
+    }
+}

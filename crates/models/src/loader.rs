@@ -176,28 +176,45 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
     Ok(LoadedModel { model, tokenizer, spec: dir.display().to_string(), path: dir.to_path_buf(), revision: None })
 }
 
-/// Loads a GGUF file (llama architecture), its tokenizer rebuilt from the metadata.
+/// Architectures (`general.architecture`) of the GGUF files ferrovene loads.
+pub const SUPPORTED_GGUF_ARCHITECTURES: &str = "llama, qwen2, qwen3, phi3, gemma2, gemma3, olmo2";
+
+/// Loads a GGUF file, its tokenizer rebuilt from the metadata where it is byte-level BPE
+/// (`tokenizer.ggml.model` = `gpt2`: Llama 3, SmolLM2, Qwen, OLMo 2). Gemma's and Phi-3's
+/// SentencePiece vocabularies are not rebuilt: such a model loads without a tokenizer (the
+/// library's forward and hooks take token ids; commands that read text say it has none).
 pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
     let file = GgufFile::open(path)?;
     let arch = file.meta_str("general.architecture")?.to_string();
-    if arch != "llama" {
+    if !SUPPORTED_GGUF_ARCHITECTURES.split(", ").any(|a| a == arch) {
         return Err(ModelError::UnknownArchitecture {
             path: path.to_path_buf(),
             found: arch,
-            supported: "llama (GGUF)".into(),
+            supported: format!("{SUPPORTED_GGUF_ARCHITECTURES} (GGUF)"),
         });
     }
-    let tokenizer = TextTokenizer::from_gguf(&file)?;
-    let cfg = LlamaConfig::from_gguf(&file)?;
-    let weights = GgufLlamaWeights::new(file, cfg.num_heads, cfg.num_kv_heads);
-    let model = AnyModel::Llama(Llama::load(cfg, &Loader::new(&weights, device))?);
-    Ok(LoadedModel {
-        model,
-        tokenizer: Some(tokenizer),
-        spec: path.display().to_string(),
-        path: path.to_path_buf(),
-        revision: None,
-    })
+    let tokenizer = match file.meta_str("tokenizer.ggml.model") {
+        Ok("gpt2") => Some(TextTokenizer::from_gguf(&file)?),
+        _ => None,
+    };
+    let model = match arch.as_str() {
+        "gemma2" | "gemma3" => {
+            let cfg = GemmaConfig::from_gguf(&file)?;
+            let weights = GgufLlamaWeights::for_arch(file, &arch, cfg.num_heads, cfg.num_kv_heads);
+            AnyModel::Gemma(Gemma::load(cfg, &Loader::new(&weights, device))?)
+        }
+        "olmo2" => {
+            let cfg = Olmo2Config::from_gguf(&file)?;
+            let weights = GgufLlamaWeights::for_arch(file, &arch, cfg.num_heads, cfg.num_kv_heads);
+            AnyModel::Olmo2(Olmo2::load(cfg, &Loader::new(&weights, device))?)
+        }
+        _ => {
+            let cfg = LlamaConfig::from_gguf(&file)?;
+            let weights = GgufLlamaWeights::for_arch(file, &arch, cfg.num_heads, cfg.num_kv_heads);
+            AnyModel::Llama(Llama::load(cfg, &Loader::new(&weights, device))?)
+        }
+    };
+    Ok(LoadedModel { model, tokenizer, spec: path.display().to_string(), path: path.to_path_buf(), revision: None })
 }
 
 /// Loads a model from a spec: a registry name (`smollm2-135m`, `minilm-l6`), a path to a folder

@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, activation::gelu_approximate, backend::Backend};
 
 use super::attention::{AttentionShape, QkNorm, SelfAttention};
 use super::common::standard_block_sites;
-use crate::config::{HfConfig, WindowLayers};
+use crate::config::{GgufDims, HfConfig, WindowLayers};
 use crate::error::{ModelError, Result};
 use crate::hooks::{Hooks, hook};
 use crate::layers::{Embedding, Linear, RmsNorm, RopeScaling, Scores, rope_inv_freq};
@@ -71,6 +71,9 @@ pub struct GemmaConfig {
     pub attention_bias: bool,
     /// The output head is the token embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Added to every stored norm weight: 1 for Hugging Face checkpoints (which store `w` and
+    /// scale by `1 + w`), 0 for GGUF files (llama.cpp's converter stores `1 + w`).
+    pub norm_offset: f32,
 }
 
 impl GemmaConfig {
@@ -126,6 +129,54 @@ impl GemmaConfig {
             windows: c.layer_windows(num_layers, rule)?,
             attention_bias: c.bool_or("attention_bias", false)?,
             tie_word_embeddings: c.bool_or("tie_word_embeddings", true)?,
+            norm_offset: 1.0,
+        })
+    }
+}
+
+impl GemmaConfig {
+    /// From a `gemma2` or `gemma3` GGUF file's metadata, as llama.cpp reads it: attention scaled
+    /// by the head width (by `hidden / heads` for Gemma 2 27B, 46 layers), Gemma 2's caps
+    /// (`attn_logit_softcapping`, `final_logit_softcapping`), the window on every other layer
+    /// (Gemma 2) or on five layers of six (Gemma 3, `attention.sliding_window_pattern` where
+    /// written), window layers rotated with base 10 000 (`rope.freq_base_swa` where written).
+    pub fn from_gguf(file: &crate::weights::gguf::GgufFile) -> Result<Self> {
+        let g = GgufDims::read(file)?;
+        let two = g.arch == "gemma2";
+        let layers = g.num_layers;
+        let windows = match g.sliding_window {
+            None => vec![None; layers],
+            Some(w) if two => (0..layers).map(|l| (l % 2 == 0).then_some(w)).collect(),
+            Some(w) => {
+                let key = format!("{}.attention.sliding_window_pattern", g.arch);
+                let n = file.metadata.get(&key).and_then(|v| v.as_u64()).unwrap_or(6) as usize;
+                (0..layers).map(|l| (n == 0 || !(l + 1).is_multiple_of(n)).then_some(w)).collect()
+            }
+        };
+        let scalar = if two && layers == 46 { (g.hidden_size / g.num_heads) as f64 } else { g.head_dim as f64 };
+        Ok(GemmaConfig {
+            version: if two { GemmaVersion::Two } else { GemmaVersion::Three },
+            vocab_size: g.vocab_size,
+            hidden_size: g.hidden_size,
+            intermediate_size: g.intermediate_size,
+            num_layers: layers,
+            num_heads: g.num_heads,
+            num_kv_heads: g.num_kv_heads,
+            head_dim: g.head_dim,
+            rms_norm_eps: g.rms_norm_eps,
+            rope_theta: g.rope_theta,
+            rope_local_theta: if two { None } else { Some(g.opt_f64(file, "rope.freq_base_swa").unwrap_or(10_000.0)) },
+            rope_scaling: match g.opt_f64(file, "rope.scaling.factor") {
+                Some(factor) if factor != 1.0 => Some(RopeScaling::Linear { factor }),
+                _ => None,
+            },
+            query_pre_attn_scalar: scalar,
+            attn_softcap: if two { g.opt_f64(file, "attn_logit_softcapping") } else { None },
+            final_softcap: if two { g.opt_f64(file, "final_logit_softcapping") } else { None },
+            windows,
+            attention_bias: false,
+            tie_word_embeddings: !file.tensors.contains_key("output.weight"),
+            norm_offset: 0.0,
         })
     }
 }
@@ -162,12 +213,12 @@ pub struct Gemma<B: Backend> {
 
 impl<B: Backend> Gemma<B> {
     /// Loads the weights named as in `Gemma2ForCausalLM` / `Gemma3ForCausalLM`, turning each
-    /// norm's stored `w` into its scale `1 + w`.
+    /// norm's stored weight into its scale (`norm_offset` + weight).
     pub fn load(config: GemmaConfig, w: &Loader<B>) -> Result<Self> {
         let c = &config;
         let (d, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
         let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
-        let norm = |name: String, width| w.rms_norm_offset(&name, width, eps, 1.0);
+        let norm = |name: String, width| w.rms_norm_offset(&name, width, eps, c.norm_offset);
         let three = c.version == GemmaVersion::Three;
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {

@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, activation::silu, backend::Backend};
 
 use super::attention::{AttentionShape, QkNorm, SelfAttention};
 use super::common::standard_block_sites;
-use crate::config::{HfConfig, WindowLayers};
+use crate::config::{GgufDims, HfConfig, WindowLayers};
 use crate::error::Result;
 use crate::hooks::{Hooks, hook};
 use crate::layers::{Embedding, Linear, RmsNorm, RopeScaling, Scores, rope_inv_freq};
@@ -268,52 +268,57 @@ impl<B: Backend> Transformer<B> for Llama<B> {
 }
 
 impl LlamaConfig {
-    /// From a llama-architecture GGUF file's `llama.*` metadata. A file without `output.weight`
-    /// has its head tied to the embeddings.
+    /// From a GGUF file's metadata: `llama` (q/k rows permuted by llama.cpp), `qwen2`, `qwen3`
+    /// or `phi3` (`rope.dimension_count` rotated dims, `attention.sliding_window` on every
+    /// layer). A file without `output.weight` has its head tied to the embeddings.
     pub fn from_gguf(file: &crate::weights::gguf::GgufFile) -> Result<Self> {
-        let arch = file.meta_str("general.architecture")?;
-        let key = |k: &str| format!("{arch}.{k}");
-        let hidden_size = file.meta_u64(&key("embedding_length"))? as usize;
-        let num_heads = file.meta_u64(&key("attention.head_count"))? as usize;
-        let num_kv_heads = file
-            .metadata
-            .get(&key("attention.head_count_kv"))
-            .and_then(|v| v.as_u64())
-            .map_or(num_heads, |v| v as usize);
-        let head_dim = file.metadata.get(&key("attention.key_length")).and_then(|v| v.as_u64()).map(|v| v as usize);
-        crate::config::check_heads(file.path(), hidden_size, num_heads, num_kv_heads, head_dim.is_some())?;
-        let vocab_size = match file.metadata.get(&key("vocab_size")).and_then(|v| v.as_u64()) {
-            Some(v) => v as usize,
-            None => file.meta_strings("tokenizer.ggml.tokens")?.len(),
-        };
+        let g = GgufDims::read(file)?;
+        let key = |k: &str| format!("{}.{k}", g.arch);
         let rope_scaling = match file.metadata.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
             None | Some("none") => None,
             Some("linear") => Some(RopeScaling::Linear { factor: file.meta_f64(&key("rope.scaling.factor"))? }),
             Some(other) => {
                 return Err(crate::error::ModelError::config(
                     file.path(),
-                    format!("{arch}.rope.scaling.type `{other}` is not supported (supported: none, linear)"),
+                    format!("{}.rope.scaling.type `{other}` is not supported (supported: none, linear)", g.arch),
                 ));
             }
         };
+        if file.tensors.contains_key("rope_factors_long.weight") {
+            return Err(crate::error::ModelError::config(
+                file.path(),
+                "Phi-3's long-context rotary factors (`rope_factors_long`) are not supported; use a 4k-context model",
+            ));
+        }
+        let arch = match g.arch.as_str() {
+            "qwen3" => "qwen3",
+            "phi3" => "phi3",
+            _ => "llama",
+        };
+        let rotary_dim = file
+            .metadata
+            .get(&key("rope.dimension_count"))
+            .and_then(|v| v.as_u64())
+            .map_or(g.head_dim, |v| v as usize)
+            .min(g.head_dim);
         Ok(LlamaConfig {
-            vocab_size,
-            hidden_size,
-            intermediate_size: file.meta_u64(&key("feed_forward_length"))? as usize,
-            num_layers: file.meta_u64(&key("block_count"))? as usize,
-            num_heads,
-            num_kv_heads,
-            head_dim: head_dim.unwrap_or(hidden_size / num_heads),
-            rms_norm_eps: file.meta_f64(&key("attention.layer_norm_rms_epsilon"))?,
-            rope_theta: file.metadata.get(&key("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            vocab_size: g.vocab_size,
+            hidden_size: g.hidden_size,
+            intermediate_size: g.intermediate_size,
+            num_layers: g.num_layers,
+            num_heads: g.num_heads,
+            num_kv_heads: g.num_kv_heads,
+            head_dim: g.head_dim,
+            rms_norm_eps: g.rms_norm_eps,
+            rope_theta: g.rope_theta,
             rope_scaling,
             tie_word_embeddings: !file.tensors.contains_key("output.weight"),
             qkv_bias: file.tensors.contains_key("blk.0.attn_q.bias"),
-            arch: "llama",
-            qk_norm: QkNorm::None,
-            windows: Vec::new(),
-            rotary_dim: head_dim.unwrap_or(hidden_size / num_heads),
-            fused_projections: false,
+            arch,
+            qk_norm: if arch == "qwen3" { QkNorm::PerHead } else { QkNorm::None },
+            windows: vec![g.sliding_window; g.num_layers],
+            rotary_dim,
+            fused_projections: arch == "phi3",
         })
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, activation::silu, backend::Backend};
 
 use super::attention::{AttentionShape, QkNorm, SelfAttention};
 use super::common::standard_block_sites;
-use crate::config::HfConfig;
+use crate::config::{GgufDims, HfConfig};
 use crate::error::Result;
 use crate::hooks::{Hooks, hook};
 use crate::layers::{Embedding, Linear, RmsNorm, RopeScaling, Scores, rope_inv_freq};
@@ -68,6 +68,28 @@ impl Olmo2Config {
             rope_scaling: c.rope_scaling()?,
             attention_bias: c.bool_or("attention_bias", false)?,
             tie_word_embeddings: c.bool_or("tie_word_embeddings", false)?,
+        })
+    }
+}
+
+impl Olmo2Config {
+    /// From an `olmo2` GGUF file's metadata. A file without `output.weight` has its head tied
+    /// to the embeddings.
+    pub fn from_gguf(file: &crate::weights::gguf::GgufFile) -> Result<Self> {
+        let g = GgufDims::read(file)?;
+        Ok(Olmo2Config {
+            vocab_size: g.vocab_size,
+            hidden_size: g.hidden_size,
+            intermediate_size: g.intermediate_size,
+            num_layers: g.num_layers,
+            num_heads: g.num_heads,
+            num_kv_heads: g.num_kv_heads,
+            head_dim: g.head_dim,
+            rms_norm_eps: g.rms_norm_eps,
+            rope_theta: g.rope_theta,
+            rope_scaling: None,
+            attention_bias: false,
+            tie_word_embeddings: !file.tensors.contains_key("output.weight"),
         })
     }
 }

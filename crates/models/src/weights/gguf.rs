@@ -310,21 +310,33 @@ impl GgufFile {
     }
 }
 
-/// A llama-architecture GGUF seen under Hugging Face's tensor names.
+/// A GGUF file seen under Hugging Face's tensor names, as llama.cpp's converter maps them for its
+/// architecture (`general.architecture`): only `llama` files have q/k rows permuted for the
+/// rotary map (the other architectures rotate halves, as Hugging Face does); Gemma's, OLMo 2's
+/// and Phi-3's names differ where their blocks do.
 pub struct GgufLlamaWeights {
     /// The file.
     pub file: GgufFile,
     heads: usize,
     kv_heads: usize,
+    arch: String,
 }
 
 impl GgufLlamaWeights {
-    /// Wraps a parsed file; `heads` and `kv_heads` are needed to undo the q/k permutation.
+    /// Wraps a llama-architecture file; `heads` and `kv_heads` are needed to undo the q/k
+    /// permutation.
     pub fn new(file: GgufFile, heads: usize, kv_heads: usize) -> Self {
-        GgufLlamaWeights { file, heads, kv_heads }
+        Self::for_arch(file, "llama", heads, kv_heads)
     }
 
-    /// The GGUF name of a Hugging Face tensor name, and the head count to un-permute by (q/k).
+    /// Wraps a file of architecture `arch` (llama.cpp's name: `llama`, `qwen2`, `qwen3`, `phi3`,
+    /// `gemma2`, `gemma3`, `olmo2`).
+    pub fn for_arch(file: GgufFile, arch: &str, heads: usize, kv_heads: usize) -> Self {
+        GgufLlamaWeights { file, heads, kv_heads, arch: arch.to_string() }
+    }
+
+    /// The GGUF name of a Hugging Face tensor name, and the head count to un-permute by (q/k of
+    /// `llama` files).
     fn gguf_name(&self, hf: &str) -> Option<(String, Option<usize>)> {
         match hf {
             "model.embed_tokens.weight" => return Some(("token_embd.weight".into(), None)),
@@ -332,21 +344,34 @@ impl GgufLlamaWeights {
             "lm_head.weight" => return Some(("output.weight".into(), None)),
             _ => {}
         }
+        let permuted = self.arch == "llama";
+        let (q_heads, kv_heads) = if permuted { (Some(self.heads), Some(self.kv_heads)) } else { (None, None) };
+        // Gemma and OLMo 2 norm the attention's output ("post_attention_norm"); in the other
+        // architectures Hugging Face's `post_attention_layernorm` is the MLP's input norm.
+        let post_attention = match self.arch.as_str() {
+            "gemma2" | "gemma3" | "olmo2" => "post_attention_norm.weight",
+            _ => "ffn_norm.weight",
+        };
         let rest = hf.strip_prefix("model.layers.")?;
         let (layer, tail) = rest.split_once('.')?;
         let (name, heads) = match tail {
-            "self_attn.q_proj.weight" => ("attn_q.weight", Some(self.heads)),
-            "self_attn.k_proj.weight" => ("attn_k.weight", Some(self.kv_heads)),
+            "self_attn.q_proj.weight" => ("attn_q.weight", q_heads),
+            "self_attn.k_proj.weight" => ("attn_k.weight", kv_heads),
             "self_attn.v_proj.weight" => ("attn_v.weight", None),
             "self_attn.o_proj.weight" => ("attn_output.weight", None),
-            "self_attn.q_proj.bias" => ("attn_q.bias", Some(self.heads)),
-            "self_attn.k_proj.bias" => ("attn_k.bias", Some(self.kv_heads)),
+            "self_attn.q_proj.bias" => ("attn_q.bias", q_heads),
+            "self_attn.k_proj.bias" => ("attn_k.bias", kv_heads),
             "self_attn.v_proj.bias" => ("attn_v.bias", None),
+            "self_attn.qkv_proj.weight" => ("attn_qkv.weight", None),
+            "self_attn.q_norm.weight" => ("attn_q_norm.weight", None),
+            "self_attn.k_norm.weight" => ("attn_k_norm.weight", None),
             "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
-            "mlp.up_proj.weight" => ("ffn_up.weight", None),
+            "mlp.up_proj.weight" | "mlp.gate_up_proj.weight" => ("ffn_up.weight", None),
             "mlp.down_proj.weight" => ("ffn_down.weight", None),
             "input_layernorm.weight" => ("attn_norm.weight", None),
-            "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
+            "post_attention_layernorm.weight" => (post_attention, None),
+            "pre_feedforward_layernorm.weight" => ("ffn_norm.weight", None),
+            "post_feedforward_layernorm.weight" => ("post_ffw_norm.weight", None),
             _ => return None,
         };
         Some((format!("blk.{layer}.{name}"), heads))
