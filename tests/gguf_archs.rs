@@ -40,12 +40,14 @@ fn gguf_name(arch: &str, hf: &str) -> String {
     format!("blk.{layer}.{name}.weight")
 }
 
-/// `tests/golden/tiny/<folder>` as a GGUF file of architecture `arch` with extra metadata.
-fn write(folder: &str, arch: &str, extra: Vec<(&str, Meta)>, path: &std::path::Path) {
+/// `tests/golden/tiny/<folder>` as a GGUF file of architecture `arch` with extra metadata, its
+/// Gemma norms shifted by 1 as llama.cpp stores them unless `unshifted`, and a byte-level BPE
+/// vocabulary unless `tokenizer` names another `tokenizer.ggml.model`.
+fn write(folder: &str, arch: &str, extra: Vec<(&str, Meta)>, path: &std::path::Path, unshifted: bool, tokenizer: &str) {
     let st = read_st(&golden(&format!("tiny/{folder}/model.safetensors")));
     let mut names: Vec<&String> = st.tensors.keys().collect();
     names.sort();
-    let gemma = arch.starts_with("gemma");
+    let gemma = arch.starts_with("gemma") && !unshifted;
     let tensors: Vec<(String, Vec<usize>, u32, Vec<u8>)> = names
         .into_iter()
         .map(|hf| {
@@ -70,7 +72,7 @@ fn write(folder: &str, arch: &str, extra: Vec<(&str, Meta)>, path: &std::path::P
         (k("attention.head_count_kv"), Meta::U32(2)),
         (k("attention.key_length"), Meta::U32(8)),
         (k("attention.value_length"), Meta::U32(8)),
-        ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
+        ("tokenizer.ggml.model", Meta::Str(tokenizer.into())),
         ("tokenizer.ggml.pre", Meta::Str("gpt2".into())),
         ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
         ("tokenizer.ggml.merges", Meta::Strs(vec![])),
@@ -83,7 +85,7 @@ fn write(folder: &str, arch: &str, extra: Vec<(&str, Meta)>, path: &std::path::P
 fn check(folder: &str, arch: &str, extra: Vec<(&str, Meta)>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(format!("{folder}.gguf"));
-    write(folder, arch, extra, &path);
+    write(folder, arch, extra, &path, false, "gpt2");
     let loaded = load_gguf::<B>(&path, &Default::default()).unwrap_or_else(|e| panic!("{arch}: {e}"));
     assert!(loaded.tokenizer.is_some(), "{arch}: the byte-level BPE vocabulary is rebuilt");
     let reference = read_st(&golden(&format!("tiny/{folder}/reference.safetensors")));
@@ -117,19 +119,20 @@ fn phi3_gguf_matches_transformers() {
     );
 }
 
+/// Gemma 2's `gemma2.*` keys beyond the dimensions, as the converter writes them.
+fn gemma2_metadata() -> Vec<(&'static str, Meta)> {
+    vec![
+        ("attention.layer_norm_rms_epsilon", Meta::F32(1e-6)),
+        ("rope.freq_base", Meta::F32(1e4)),
+        ("attention.sliding_window", Meta::U32(4)),
+        ("attn_logit_softcapping", Meta::F32(50.0)),
+        ("final_logit_softcapping", Meta::F32(30.0)),
+    ]
+}
+
 #[test]
 fn gemma2_gguf_matches_transformers() {
-    check(
-        "gemma2",
-        "gemma2",
-        vec![
-            ("attention.layer_norm_rms_epsilon", Meta::F32(1e-6)),
-            ("rope.freq_base", Meta::F32(1e4)),
-            ("attention.sliding_window", Meta::U32(4)),
-            ("attn_logit_softcapping", Meta::F32(50.0)),
-            ("final_logit_softcapping", Meta::F32(30.0)),
-        ],
-    );
+    check("gemma2", "gemma2", gemma2_metadata());
 }
 
 #[test]
@@ -162,31 +165,7 @@ fn olmo2_gguf_matches_transformers() {
 fn gemma_gguf_norms_are_not_shifted_twice() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gemma2.gguf");
-    let st = read_st(&golden("tiny/gemma2/model.safetensors"));
-    let tensors: Vec<(String, Vec<usize>, u32, Vec<u8>)> = st
-        .tensors
-        .iter()
-        .map(|(hf, (values, shape))| {
-            (gguf_name("gemma2", hf), shape.clone(), 0, values.iter().flat_map(|x| x.to_le_bytes()).collect())
-        })
-        .collect();
-    let tokens: Vec<String> = (0..97).map(|i| format!("t{i}")).collect();
-    let meta = vec![
-        ("general.architecture", Meta::Str("gemma2".into())),
-        ("gemma2.block_count", Meta::U32(3)),
-        ("gemma2.embedding_length", Meta::U32(32)),
-        ("gemma2.feed_forward_length", Meta::U32(64)),
-        ("gemma2.attention.head_count", Meta::U32(4)),
-        ("gemma2.attention.head_count_kv", Meta::U32(2)),
-        ("gemma2.attention.key_length", Meta::U32(8)),
-        ("gemma2.attention.layer_norm_rms_epsilon", Meta::F32(1e-6)),
-        ("gemma2.attention.sliding_window", Meta::U32(4)),
-        ("gemma2.attn_logit_softcapping", Meta::F32(50.0)),
-        ("gemma2.final_logit_softcapping", Meta::F32(30.0)),
-        ("tokenizer.ggml.model", Meta::Str("llama".into())),
-        ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
-    ];
-    write_gguf(&path, &meta, &tensors);
+    write("gemma2", "gemma2", gemma2_metadata(), &path, true, "llama");
     let loaded = load_gguf::<B>(&path, &Default::default()).unwrap();
     assert!(loaded.tokenizer.is_none(), "a SentencePiece vocabulary is not rebuilt");
     let reference = read_st(&golden("tiny/gemma2/reference.safetensors"));

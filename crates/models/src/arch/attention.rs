@@ -9,9 +9,11 @@ use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::common::{hook_attention_values, hook_qkv};
+use crate::error::Result;
 use crate::hooks::Hooks;
 use crate::layers::{Linear, RmsNorm, Scores, attend_scored, split_heads};
 use crate::model::Context;
+use crate::weights::Loader;
 
 /// Where a model normalises its queries and keys, before the rotary map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,29 @@ pub struct SelfAttention<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
+    /// Loads `{prefix}.{q,k,v,o}_proj` (q/k/v with biases where `bias`) for the residual width
+    /// `d`, with the query/key norms given.
+    pub fn load(
+        w: &Loader<B>,
+        prefix: &str,
+        d: usize,
+        bias: bool,
+        (q_norm, k_norm): (Option<RmsNorm<B>>, Option<RmsNorm<B>>),
+        shape: AttentionShape,
+    ) -> Result<Self> {
+        let (q_width, kv_width) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+        let linear = |name: &str, d_in, d_out, bias| w.linear(&format!("{prefix}.{name}"), d_in, d_out, bias);
+        Ok(SelfAttention {
+            q: linear("q_proj", d, q_width, bias)?,
+            k: linear("k_proj", d, kv_width, bias)?,
+            v: linear("v_proj", d, kv_width, bias)?,
+            o: linear("o_proj", q_width, d, false)?,
+            q_norm,
+            k_norm,
+            shape,
+        })
+    }
+
     /// The attention output `W_o · values` of layer `layer` for the normed residual `x`,
     /// hooking q/k/v (as projected, before any norm) and the values.
     pub fn forward(&self, layer: usize, x: Tensor<B, 3>, ctx: &Context<B>, hooks: &mut dyn Hooks<B>) -> Tensor<B, 3> {

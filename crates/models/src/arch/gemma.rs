@@ -217,7 +217,6 @@ impl<B: Backend> Gemma<B> {
     pub fn load(config: GemmaConfig, w: &Loader<B>) -> Result<Self> {
         let c = &config;
         let (d, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
-        let (q_width, kv_width) = (c.num_heads * hd, c.num_kv_heads * hd);
         let norm = |name: String, width| w.rms_norm_offset(&name, width, eps, c.norm_offset);
         let three = c.version == GemmaVersion::Three;
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -244,15 +243,7 @@ impl<B: Backend> Gemma<B> {
             };
             layers.push(GemmaBlock {
                 input_norm: norm(format!("{p}.input_layernorm.weight"), d)?,
-                attn: SelfAttention {
-                    q: linear("self_attn.q_proj", d, q_width, c.attention_bias)?,
-                    k: linear("self_attn.k_proj", d, kv_width, c.attention_bias)?,
-                    v: linear("self_attn.v_proj", d, kv_width, c.attention_bias)?,
-                    o: linear("self_attn.o_proj", q_width, d, false)?,
-                    q_norm,
-                    k_norm,
-                    shape,
-                },
+                attn: SelfAttention::load(w, &format!("{p}.self_attn"), d, c.attention_bias, (q_norm, k_norm), shape)?,
                 post_attention_norm: norm(format!("{p}.post_attention_layernorm.weight"), d)?,
                 pre_feedforward_norm: norm(format!("{p}.pre_feedforward_layernorm.weight"), d)?,
                 gate: linear("mlp.gate_proj", d, c.intermediate_size, false)?,
@@ -262,9 +253,7 @@ impl<B: Backend> Gemma<B> {
             });
         }
         let embed_tokens = w.embedding("model.embed_tokens.weight", c.vocab_size, d)?;
-        let head_name =
-            if c.tie_word_embeddings || !w.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
-        let lm_head = w.head(head_name, d, c.vocab_size)?;
+        let (lm_head, tied_head) = w.causal_lm_head(c.tie_word_embeddings, d, c.vocab_size)?;
         let inv_freq = rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref());
         let inv_freq_local = c.rope_local_theta.map(|theta| rope_inv_freq(hd, theta, None));
         Ok(Gemma {
@@ -272,7 +261,7 @@ impl<B: Backend> Gemma<B> {
             layers,
             norm: norm("model.norm.weight".into(), d)?,
             lm_head,
-            tied_head: head_name == "model.embed_tokens",
+            tied_head,
             config,
             inv_freq,
             inv_freq_local,

@@ -187,10 +187,7 @@ impl<B: Backend> Llama<B> {
         }
         let embed_tokens = w.embedding("model.embed_tokens.weight", c.vocab_size, d)?;
         // A checkpoint without `lm_head.weight` ties the head to the embeddings.
-        let head_name =
-            if c.tie_word_embeddings || !w.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
-        let lm_head = w.head(head_name, d, c.vocab_size)?;
-        let tied_head = head_name == "model.embed_tokens";
+        let (lm_head, tied_head) = w.causal_lm_head(c.tie_word_embeddings, d, c.vocab_size)?;
         let inv_freq = rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope_scaling.as_ref());
         Ok(Llama {
             embed_tokens,

@@ -130,6 +130,9 @@ impl<B: Backend> Olmo2<B> {
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
             let linear = |name: &str, d_in, d_out, bias| w.linear(&format!("{p}.{name}"), d_in, d_out, bias);
+            let q_norm = w.rms_norm(&format!("{p}.self_attn.q_norm.weight"), q_width, eps)?;
+            let k_norm = w.rms_norm(&format!("{p}.self_attn.k_norm.weight"), kv_width, eps)?;
+            let (q_norm, k_norm) = (Some(q_norm), Some(k_norm));
             let shape = AttentionShape {
                 heads: c.num_heads,
                 kv_heads: c.num_kv_heads,
@@ -140,15 +143,7 @@ impl<B: Backend> Olmo2<B> {
                 local_rotary: false,
             };
             layers.push(Olmo2Block {
-                attn: SelfAttention {
-                    q: linear("self_attn.q_proj", d, q_width, c.attention_bias)?,
-                    k: linear("self_attn.k_proj", d, kv_width, c.attention_bias)?,
-                    v: linear("self_attn.v_proj", d, kv_width, c.attention_bias)?,
-                    o: linear("self_attn.o_proj", q_width, d, false)?,
-                    q_norm: Some(w.rms_norm(&format!("{p}.self_attn.q_norm.weight"), q_width, eps)?),
-                    k_norm: Some(w.rms_norm(&format!("{p}.self_attn.k_norm.weight"), kv_width, eps)?),
-                    shape,
-                },
+                attn: SelfAttention::load(w, &format!("{p}.self_attn"), d, c.attention_bias, (q_norm, k_norm), shape)?,
                 post_attention_norm: w.rms_norm(&format!("{p}.post_attention_layernorm.weight"), d, eps)?,
                 gate: linear("mlp.gate_proj", d, c.intermediate_size, false)?,
                 up: linear("mlp.up_proj", d, c.intermediate_size, false)?,
@@ -157,15 +152,13 @@ impl<B: Backend> Olmo2<B> {
             });
         }
         let embed_tokens = w.embedding("model.embed_tokens.weight", c.vocab_size, d)?;
-        let head_name =
-            if c.tie_word_embeddings || !w.has("lm_head.weight") { "model.embed_tokens" } else { "lm_head" };
-        let lm_head = w.head(head_name, d, c.vocab_size)?;
+        let (lm_head, tied_head) = w.causal_lm_head(c.tie_word_embeddings, d, c.vocab_size)?;
         Ok(Olmo2 {
             embed_tokens,
             layers,
             norm: w.rms_norm("model.norm.weight", d, eps)?,
             lm_head,
-            tied_head: head_name == "model.embed_tokens",
+            tied_head,
             inv_freq: rope_inv_freq(hd, c.rope_theta, c.rope_scaling.as_ref()),
             config,
         })

@@ -119,6 +119,15 @@ impl<'a, B: Backend> Loader<'a, B> {
             .collect()
     }
 
+    /// The output head of a `…ForCausalLM` checkpoint whose embeddings are
+    /// `model.embed_tokens.weight`: `lm_head.weight`, or the embedding matrix when `tie` or when
+    /// the checkpoint has no `lm_head.weight`. Also says whether it is tied (shared parameters).
+    pub fn causal_lm_head(&self, tie: bool, d_in: usize, vocab: usize) -> Result<(Linear<B>, bool)> {
+        let tied = tie || !self.has("lm_head.weight");
+        let head = self.head(if tied { "model.embed_tokens" } else { "lm_head" }, d_in, vocab)?;
+        Ok((head, tied))
+    }
+
     /// A GPT-2 `Conv1D` (`{prefix}.weight` `[in, out]`, transposed to a `Linear`'s `[out, in]`;
     /// `{prefix}.bias`).
     pub fn conv1d(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
