@@ -55,7 +55,7 @@ fn main() -> Result<()> {
         intervention: &steering,
         site: model.site_info(site)?,
         positions: (0..prompt.len()).collect(),
-        source: None,
+        sources: Vec::new(),
         dims: Vec::new(),
         every_token: true,
     };

@@ -20,6 +20,9 @@ pub enum InterventionError {
     /// An export file is unreadable or damaged.
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The model refused a site (unknown, or outside it).
+    #[error(transparent)]
+    Model(#[from] ferrovene_models::ModelError),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

@@ -32,15 +32,20 @@ use crate::error::{InterventionError, Result};
 use crate::family::Parts;
 use crate::intervention::Intervention;
 use crate::placement::Composition;
+use crate::set::InterventionSet;
 
 /// The metadata key that holds the config.
 pub const METADATA_KEY: &str = "ferrovene";
 /// The export format version this code writes. Format 2 added torch's orthogonal
 /// parametrisation (`rotation.base`, `rotation.x`), which format-1 readers do not know.
 pub const FORMAT_VERSION: u32 = 2;
+/// The format of a set of interventions at several placements ([`crate::set`]): each member's
+/// tensors under its name (`2.block_output#0.R`), the members and slots in `set`. Single
+/// interventions are still written as format 2.
+pub const SET_FORMAT_VERSION: u32 = 3;
 /// The export format versions this code reads: format 1's rotations (`rotation.householder`,
 /// `rotation.exp_weight`) load and resume as they did.
-pub const FORMATS_READ: [u32; 2] = [1, 2];
+pub const FORMATS_READ: [u32; 3] = [1, 2, 3];
 
 pub use crate::family::Hyper;
 
@@ -94,6 +99,35 @@ pub struct ExportConfig {
     /// Free training summary (steps, seed, metrics, data hash …).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Format 3: the members of a set and where each goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetConfig>,
+}
+
+/// A set's members (each named; its tensors are `NAME.TENSOR`) and its slots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetConfig {
+    /// The members, in order.
+    pub members: Vec<MemberConfig>,
+    /// Where each member goes.
+    pub slots: Vec<crate::set::Slot>,
+    /// How the recipe tied parameters (`none`, `positions`, `all`), for people reading the file.
+    #[serde(default)]
+    pub share: crate::set::Share,
+}
+
+/// One member of a set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberConfig {
+    /// Its name, the prefix of its tensors.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Width of the vectors it acts on.
+    pub width: usize,
+    /// Kind-specific scalars.
+    #[serde(default)]
+    pub hyper: Hyper,
 }
 
 impl ModelConfig {
@@ -123,6 +157,7 @@ impl ExportConfig {
             placement,
             model,
             training,
+            set: None,
         }
     }
 }
@@ -154,7 +189,20 @@ impl ExportConfig {
                 .iter()
                 .find(|s| s.site == site)
                 .ok_or_else(|| mismatch(format!("the target model has no site `{name}`")))?;
-            if info.width != self.placement.site_width {
+            if let Some(set) = &self.set {
+                // Each slot's member acts on its own site's width (sites of one set may differ).
+                for slot in set.slots.iter().filter(|s| s.site == site) {
+                    let member = set.members.get(slot.member).ok_or_else(|| {
+                        mismatch(format!("slot {} names member {}, which the set lacks", slot.name(), slot.member))
+                    })?;
+                    if self.placement.dims.is_empty() && member.width != 0 && member.width != info.width {
+                        return Err(mismatch(format!(
+                            "site `{name}` is {} wide in the target; member `{}` placed there acts on {}",
+                            info.width, member.name, member.width
+                        )));
+                    }
+                }
+            } else if info.width != self.placement.site_width {
                 return Err(mismatch(format!(
                     "site `{name}` is {} wide in the target, {} in the export",
                     info.width, self.placement.site_width
@@ -189,7 +237,20 @@ impl PendingExport {
 /// `config.kind`, `config.width` and `config.hyper` are filled in from the intervention.
 pub fn prepare<B: Backend>(iv: &Intervention<B>, mut config: ExportConfig, path: &Path) -> Result<PendingExport> {
     let (tensors, hyper) = tensors_of(iv);
-    for (name, data) in &tensors {
+    config.format = FORMAT_VERSION;
+    config.kind = iv.kind().to_string();
+    config.hyper = hyper;
+    config.set = None;
+    if let Some(w) = iv.width() {
+        config.width = w;
+    }
+    write_pending(&tensors, &config, path)
+}
+
+/// The safetensors file of `tensors` with `config` in its metadata, written beside `path`;
+/// refused when a tensor has non-finite values.
+fn write_pending(tensors: &[(String, TensorData)], config: &ExportConfig, path: &Path) -> Result<PendingExport> {
+    for (name, data) in tensors {
         if let Some(reason) = non_finite(data.as_bytes()) {
             return Err(InterventionError::Corrupt {
                 path: path.to_path_buf(),
@@ -199,13 +260,7 @@ pub fn prepare<B: Backend>(iv: &Intervention<B>, mut config: ExportConfig, path:
             });
         }
     }
-    config.format = FORMAT_VERSION;
-    config.kind = iv.kind().to_string();
-    config.hyper = hyper;
-    if let Some(w) = iv.width() {
-        config.width = w;
-    }
-    let json = serde_json::to_string(&config).expect("the config serialises");
+    let json = serde_json::to_string(config).expect("the config serialises");
     let metadata: HashMap<String, String> = [(METADATA_KEY.to_string(), json)].into();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
@@ -229,8 +284,46 @@ pub fn save<B: Backend>(iv: &Intervention<B>, config: ExportConfig, path: &Path)
     prepare(iv, config, path)?.commit()
 }
 
-/// Reads an export: the intervention (parameters trainable again where they were) and its config.
-pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention<B>, ExportConfig)> {
+/// Writes a set to a temporary file beside `path`, ready to commit: one member at every position
+/// of its sites as format 2 (`placement.sites` set to them), anything else as format 3.
+pub fn prepare_set<B: Backend>(
+    set: &InterventionSet<B>,
+    mut config: ExportConfig,
+    path: &Path,
+) -> Result<PendingExport> {
+    config.placement.sites = set.sites().iter().map(ToString::to_string).collect();
+    if set.layout.is_plain() {
+        return prepare(set.first(), config, path);
+    }
+    let mut tensors = Vec::new();
+    let mut members = Vec::new();
+    for (iv, name) in set.members.iter().zip(&set.layout.members) {
+        let (t, hyper) = tensors_of(iv);
+        tensors.extend(t.into_iter().map(|(n, d)| (format!("{name}.{n}"), d)));
+        members.push(MemberConfig {
+            name: name.clone(),
+            kind: iv.kind().into(),
+            width: iv.width().unwrap_or(0),
+            hyper,
+        });
+    }
+    config.format = SET_FORMAT_VERSION;
+    config.kind = set.kind().to_string();
+    config.width = members[0].width;
+    config.hyper = Hyper::default();
+    let share = config.set.as_ref().map(|s| s.share).unwrap_or_default();
+    config.set = Some(SetConfig { members, slots: set.layout.slots.clone(), share });
+    write_pending(&tensors, &config, path)
+}
+
+/// Writes a set to `path` atomically; see [`prepare_set`].
+pub fn save_set<B: Backend>(set: &InterventionSet<B>, config: ExportConfig, path: &Path) -> Result<PathBuf> {
+    prepare_set(set, config, path)?.commit()
+}
+
+/// An export's bytes and config, checked: a safetensors file with a config of a format this
+/// build reads, every f32 tensor finite.
+fn open(path: &Path) -> Result<(Vec<u8>, ExportConfig)> {
     let corrupt = |reason: String| InterventionError::Corrupt { path: path.to_path_buf(), reason };
     let bytes = std::fs::read(path).map_err(|e| InterventionError::Io { path: path.to_path_buf(), source: e })?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -259,13 +352,87 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention
             )));
         }
     }
-    let iv =
-        Intervention::read(&config.kind, &Parts { path, st: &st, kind: &config.kind, hyper: &config.hyper, device })?;
-    if let Some(w) = iv.width()
-        && w != config.width
-    {
-        return Err(corrupt(format!("its tensors act on width {w} but its config says {}", config.width)));
+    if (config.format == SET_FORMAT_VERSION) != config.set.is_some() {
+        return Err(corrupt(format!(
+            "format {} with{} a `set` config: format 3 (and only it) lists a set's members",
+            config.format,
+            if config.set.is_some() { "" } else { "out" }
+        )));
     }
+    Ok((bytes, config))
+}
+
+/// One intervention read from `st`, its tensors named `PREFIX` + the stable names.
+fn read_one<B: Backend>(
+    path: &Path,
+    st: &safetensors::SafeTensors<'_>,
+    kind: &str,
+    hyper: &Hyper,
+    width: usize,
+    prefix: &str,
+    device: &B::Device,
+) -> Result<Intervention<B>> {
+    let iv = Intervention::read(kind, &Parts { path, st, kind, hyper, device, prefix })?;
+    if let Some(w) = iv.width()
+        && w != width
+    {
+        return Err(InterventionError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("{prefix}: its tensors act on width {w} but its config says {width}"),
+        });
+    }
+    Ok(iv)
+}
+
+/// Reads an export: the intervention (parameters trainable again where they were) and its config.
+pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<(Intervention<B>, ExportConfig)> {
+    let (bytes, config) = open(path)?;
+    if let Some(set) = &config.set {
+        return Err(InterventionError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "this export holds {} interventions at {} placements ({}): load it as a set (`export::load_set`), as `trainer eval` and `trainer apply` do",
+                set.members.len(),
+                set.slots.len(),
+                set.slots.iter().map(crate::set::Slot::name).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| InterventionError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("not a valid safetensors file: {e}"),
+    })?;
+    let iv = read_one(path, &st, &config.kind, &config.hyper, config.width, "", device)?;
+    Ok((iv, config))
+}
+
+/// Reads any export as a set: format 3's members and slots, or a single intervention at each of
+/// its `placement.sites` at every position (tied across them).
+pub fn load_set<B: Backend>(path: &Path, device: &B::Device) -> Result<(InterventionSet<B>, ExportConfig)> {
+    let (bytes, config) = open(path)?;
+    let corrupt = |reason: String| InterventionError::Corrupt { path: path.to_path_buf(), reason };
+    let Some(set) = &config.set else {
+        let (iv, config) = load(path, device)?;
+        let sites = config
+            .placement
+            .sites
+            .iter()
+            .map(|s| s.parse::<ferrovene_models::Site>().map_err(|e| corrupt(format!("placement.sites: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let layout = crate::set::Layout::new(&sites, 1, crate::set::Share::All)
+            .map_err(|e| corrupt(format!("placement.sites: {e}")))?;
+        return Ok((InterventionSet::new(vec![iv], layout)?, config));
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let members = set
+        .members
+        .iter()
+        .map(|m| read_one(path, &st, &m.kind, &m.hyper, m.width, &format!("{}.", m.name), device))
+        .collect::<Result<Vec<_>>>()?;
+    let layout =
+        crate::set::Layout { slots: set.slots.clone(), members: set.members.iter().map(|m| m.name.clone()).collect() };
+    let iv = InterventionSet::new(members, layout).map_err(|e| corrupt(format!("its `set` config: {e}")))?;
     Ok((iv, config))
 }
 

@@ -109,6 +109,9 @@ pub struct Parts<'a, B: Backend> {
     pub hyper: &'a Hyper,
     /// Where the tensors go.
     pub device: &'a B::Device,
+    /// Prefix of its tensors' names: empty for a single intervention, `MEMBER.` for a member of
+    /// a set ([`crate::set`]).
+    pub prefix: &'a str,
 }
 
 impl<B: Backend> Parts<'_, B> {
@@ -119,10 +122,11 @@ impl<B: Backend> Parts<'_, B> {
 
     /// Whether the export has tensor `name`.
     pub fn has(&self, name: &str) -> bool {
-        self.st.tensor(name).is_ok()
+        self.st.tensor(&format!("{}{name}", self.prefix)).is_ok()
     }
 
     fn data(&self, name: &str) -> Result<TensorData> {
+        let name = &format!("{}{name}", self.prefix);
         let view = self
             .st
             .tensor(name)

@@ -20,6 +20,7 @@ pub mod placement;
 pub mod probe;
 pub mod reft;
 pub mod sae;
+pub mod set;
 pub mod steering;
 pub mod subspace;
 
@@ -29,3 +30,4 @@ pub use ferrovene_models::rng::Rng;
 pub use intervention::Intervention;
 pub use orthogonal::Orthogonal;
 pub use placement::{Composition, Intervene, Placement, Skip};
+pub use set::{InterventionSet, Layout, Placed, Share, Slot, checkpoint_site};

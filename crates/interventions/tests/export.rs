@@ -43,6 +43,7 @@ fn config() -> ExportConfig {
         },
         model: ModelConfig { id: "tiny".into(), revision: None, arch: "llama".into(), hidden_size: D },
         training: serde_json::json!({"steps": 10, "seed": 7}),
+        set: None,
     }
 }
 
@@ -371,10 +372,20 @@ fn a_newer_format_is_refused_by_name() {
     let mut metadata = meta.metadata().clone().unwrap();
     let json = metadata.get_mut(export::METADATA_KEY).unwrap();
     assert!(json.contains(&format!("\"format\":{}", export::FORMAT_VERSION)), "{json}");
-    *json = json.replace(&format!("\"format\":{}", export::FORMAT_VERSION), "\"format\":3");
-    safetensors::serialize_to_file(st.tensors(), Some(metadata), &path).unwrap();
+    let newer = export::FORMATS_READ.iter().max().unwrap() + 1;
+    *json = json.replace(&format!("\"format\":{}", export::FORMAT_VERSION), &format!("\"format\":{newer}"));
+    safetensors::serialize_to_file(st.tensors(), Some(metadata.clone()), &path).unwrap();
     let err = export::load::<B>(&path, &dev()).unwrap_err().to_string();
-    assert!(err.contains("export format 3 is not supported") && err.contains("iv.safetensors"), "{err}");
+    assert!(
+        err.contains(&format!("export format {newer} is not supported")) && err.contains("iv.safetensors"),
+        "{err}"
+    );
+    // Format 3 (a set of interventions) without its `set` entry is damaged, not misread.
+    let json = metadata.get_mut(export::METADATA_KEY).unwrap();
+    *json = json.replace(&format!("\"format\":{newer}"), "\"format\":3");
+    safetensors::serialize_to_file(st.tensors(), Some(metadata), &path).unwrap();
+    let err = export::load_set::<B>(&path, &dev()).unwrap_err().to_string();
+    assert!(err.contains("format 3 (and only it) lists a set's members"), "{err}");
 }
 
 /// A diverged intervention (NaN or infinite parameters) is never written, and a file that has

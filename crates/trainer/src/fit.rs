@@ -22,9 +22,9 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
-use ferrovene_interventions::Intervention;
 use ferrovene_interventions::das::TemperatureSchedule;
 use ferrovene_interventions::orthogonal::orthogonality_error;
+use ferrovene_interventions::{Intervention, InterventionSet};
 use ferrovene_models::arch::mlp::Mlp;
 use ferrovene_models::layout::contiguous;
 use ferrovene_models::rng::Rng;
@@ -53,6 +53,19 @@ impl<B: AutodiffBackend> Trainable<B> for Intervention<B> {
 
     fn orthogonality_error(&self) -> Option<f32> {
         self.rotation().map(|r| orthogonality_error(r.matrix()))
+    }
+}
+
+impl<B: AutodiffBackend> Trainable<B> for InterventionSet<B> {
+    fn set_temperature(&mut self, tau: f64) {
+        for m in &mut self.members {
+            m.set_temperature(tau);
+        }
+    }
+
+    /// The largest error of the set's rotations.
+    fn orthogonality_error(&self) -> Option<f32> {
+        self.members.iter().filter_map(Trainable::<B>::orthogonality_error).reduce(f32::max)
     }
 }
 
@@ -272,7 +285,7 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 /// ```
 /// use burn::backend::Autodiff;
 /// use burn::tensor::Tensor;
-/// use ferrovene_interventions::Intervention;
+/// use ferrovene_interventions::{Intervention, InterventionSet};
 /// use ferrovene_interventions::steering::Steering;
 /// use ferrovene_models::Cpu;
 /// use ferrovene_trainer::fit::{FitConfig, FitIo, Objective, fit};

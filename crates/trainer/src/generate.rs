@@ -9,9 +9,9 @@
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
+use ferrovene_interventions::{Composition, Intervene, Placed};
 use ferrovene_models::rng::Rng;
-use ferrovene_models::{Input, KvCache, NoHooks, SiteInfo, Transformer, forward};
+use ferrovene_models::{Input, KvCache, NoHooks, Site, SiteInfo, Transformer, forward};
 
 use crate::batch::int2;
 
@@ -63,16 +63,16 @@ impl Decoding {
     }
 }
 
-/// An intervention as it acts during generation.
+/// An intervention (or a set of them at several sites) as it acts during generation.
 pub struct Steer<'a, B: Backend> {
-    /// The intervention.
-    pub intervention: &'a Intervention<B>,
-    /// The site it is placed at.
+    /// The intervention, or a set placed at its own sites.
+    pub intervention: &'a dyn Placed<B>,
+    /// The site a lone intervention is placed at (a set's slots name their own).
     pub site: SiteInfo,
     /// Prompt positions it acts on.
     pub positions: Vec<usize>,
-    /// `[1, positions, width]` source vectors, for kinds that read a source.
-    pub source: Option<Tensor<B, 3>>,
+    /// `[1, positions, width]` source vectors at each site, for kinds that read a source.
+    pub sources: Vec<(Site, Tensor<B, 3>)>,
     /// The subspace it acts on (all dims when empty).
     pub dims: Vec<usize>,
     /// Also act at every generated token.
@@ -94,10 +94,14 @@ pub fn next_logits<B: Backend, M: Transformer<B> + ?Sized>(
     }
     let hidden = match steer {
         Some((s, at)) if !at.is_empty() => {
-            // A source read at the prompt positions goes only with those positions.
-            let source = if at.len() == s.positions.len() { s.source.clone() } else { None };
-            let placement = Placement::new(s.site, s.intervention, int2::<B>(&[at], device), source, s.dims.clone())?;
-            forward(model, &input, &mut Intervene::new(vec![placement], Composition::Parallel))
+            // Sources read at the prompt positions go only with those positions.
+            let sources: &[(Site, Tensor<B, 3>)] = if at.len() == s.positions.len() { &s.sources } else { &[] };
+            let info = |site: Site| -> ferrovene_interventions::Result<SiteInfo> {
+                if site == s.site.site { Ok(s.site) } else { Ok(model.site_info(site)?) }
+            };
+            let placements =
+                s.intervention.placements(s.site.site, &info, &int2::<B>(&[at], device), sources, &s.dims)?;
+            forward(model, &input, &mut Intervene::new(placements, Composition::Parallel))
         }
         _ => forward(model, &input, &mut NoHooks),
     };
@@ -177,6 +181,11 @@ pub fn generate<B: Backend, M: Transformer<B> + ?Sized>(
             bail!(
                 "a {} intervention reads a source, so it cannot act at generated tokens (drop --every-token)",
                 s.intervention.kind()
+            );
+        }
+        if s.every_token && s.intervention.per_position() {
+            bail!(
+                "this set acts with separate parameters at each of its trained positions (share = \"none\"), so it has none for generated tokens (drop --every-token, or train it with share = \"positions\")"
             );
         }
     }

@@ -144,3 +144,47 @@ impl Layers {
         }
     }
 }
+
+/// Where a recipe's interventions go, as its keys say: `site = "…"` (one site) or
+/// `sites = ["…", …]` (several, trained jointly). Recipes keep the keys as their own fields
+/// (their tables refuse unknown keys, which serde's `flatten` would not) and read them here.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteKeys<'a> {
+    /// One site, `LAYER.COMPONENT`.
+    pub site: Option<ferrovene_models::Site>,
+    /// Several sites at once, in the order their parameters are drawn.
+    pub sites: Option<&'a [ferrovene_models::Site]>,
+}
+
+impl SiteKeys<'_> {
+    /// The sites, in order: exactly one of `site` and `sites`, each site once.
+    pub fn list(&self) -> Result<Vec<ferrovene_models::Site>> {
+        let sites = match (&self.site, &self.sites) {
+            (Some(s), None) => vec![*s],
+            (None, Some([])) => {
+                bail!("`sites` is empty: list at least one site, e.g. [\"6.block_output\"]")
+            }
+            (None, Some(v)) => v.to_vec(),
+            (Some(_), Some(_)) => bail!("give `site` (one) or `sites` (several), not both"),
+            (None, None) => bail!("the recipe needs `site = \"LAYER.COMPONENT\"` or `sites = [\"…\", …]`"),
+        };
+        if let Some((i, s)) = sites.iter().enumerate().find(|(i, s)| sites[..*i].contains(s)) {
+            bail!(
+                "`sites` lists {s} twice (entries {} and {i}): each site once",
+                sites[..i].iter().position(|x| x == s).unwrap_or(0)
+            );
+        }
+        Ok(sites)
+    }
+
+    /// The sites as the recipe wrote them, for messages: `site = "…"` or `sites = […]`.
+    pub fn describe(&self) -> String {
+        match (&self.site, &self.sites) {
+            (Some(s), _) => format!("`site = \"{s}\"`"),
+            (None, Some(v)) => {
+                format!("`sites = [{}]`", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "))
+            }
+            (None, None) => "no site".into(),
+        }
+    }
+}

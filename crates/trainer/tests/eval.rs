@@ -59,6 +59,7 @@ fn config(width: usize) -> ExportConfig {
         },
         model: ModelConfig { id: "smollm2-135m".into(), revision: None, arch: "llama".into(), hidden_size: width },
         training: serde_json::Value::Null,
+        set: None,
     }
 }
 

@@ -49,7 +49,7 @@ fn kv_cache_generation_equals_cache_free_generation() {
         intervention: &steering,
         site: info,
         positions: vec![last],
-        source: None,
+        sources: Vec::new(),
         dims: vec![],
         every_token: true,
     };
@@ -57,7 +57,7 @@ fn kv_cache_generation_equals_cache_free_generation() {
         intervention: &reft,
         site: info,
         positions: vec![0, last],
-        source: None,
+        sources: Vec::new(),
         dims: vec![],
         every_token: false,
     };

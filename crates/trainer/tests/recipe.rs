@@ -14,7 +14,7 @@ use common::{only_run, root, trainer};
 #[test]
 fn recipes_parse_and_refuse_unknown_keys() {
     let r = Recipe::from_file(&root().join("recipes/das-capitals.toml")).unwrap();
-    assert_eq!(das(&r).site.to_string(), "6.block_output");
+    assert_eq!(das(&r).site.unwrap().to_string(), "6.block_output");
     let text = std::fs::read_to_string(root().join("recipes/das-capitals.toml")).unwrap();
     let e = format!("{:#}", Recipe::from_toml(&format!("{text}\nlearning_rate = 0.1\n")).unwrap_err());
     assert!(e.contains("learning_rate"), "{e}");
@@ -23,7 +23,10 @@ fn recipes_parse_and_refuse_unknown_keys() {
     let o =
         r.with_overrides(&["lr=0.05".into(), "site=\"8.block_output\"".into(), "split_by=template".into()]).unwrap();
     let o = das(&o);
-    assert_eq!((o.lr, o.site.to_string().as_str(), o.split_by.as_deref()), (0.05, "8.block_output", Some("template")));
+    assert_eq!(
+        (o.lr, o.site.unwrap().to_string().as_str(), o.split_by.as_deref()),
+        (0.05, "8.block_output", Some("template"))
+    );
     let e = format!("{:#}", r.with_overrides(&["lrr=1".into()]).unwrap_err());
     assert!(e.contains("with --set lrr=1: unknown field `lrr`") && e.contains("`lr`"), "{e}");
     // A site that does not parse is refused when the recipe is read, naming it.

@@ -9,9 +9,9 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use ferrovene_data::positions::resolve as resolve_positions;
-use ferrovene_interventions::Intervention;
 use ferrovene_interventions::export::{self, ExportConfig};
 use ferrovene_interventions::probe::LinearProbe;
+use ferrovene_interventions::{Intervention, InterventionSet, Placed};
 use ferrovene_models::{Input, LoadedModel, Site, SiteInfo, Transformer, gather_positions, run_to};
 use serde_json::json;
 
@@ -51,7 +51,7 @@ pub struct Apply {
 
 /// The export, the model and the prompt, resolved.
 struct Prepared<B: Backend> {
-    iv: Intervention<B>,
+    iv: InterventionSet<B>,
     config: ExportConfig,
     loaded: LoadedModel<B>,
     spec: String,
@@ -70,11 +70,14 @@ impl Apply {
         if let Some(alpha) = self.scale.filter(|a| !a.is_finite()) {
             bail!("--scale must be a finite number, not {alpha}");
         }
-        let (mut iv, config) = export::load::<B>(&self.intervention, device)?;
-        match (&mut iv, self.scale) {
-            (Intervention::Steering(s), Some(alpha)) => s.alpha = alpha,
-            (_, Some(_)) => bail!("--scale applies to steering vectors, not to a {} intervention", iv.kind()),
-            _ => {}
+        let (mut iv, config) = export::load_set::<B>(&self.intervention, device)?;
+        if let Some(alpha) = self.scale {
+            for member in &mut iv.members {
+                match member {
+                    Intervention::Steering(s) => s.alpha = alpha,
+                    other => bail!("--scale applies to steering vectors, not to a {} intervention", other.kind()),
+                }
+            }
         }
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
         let loaded = load_model::<B>(&spec, device)
@@ -84,14 +87,8 @@ impl Apply {
             &self.intervention,
             &export::Target { arch: loaded.model.arch(), hidden_size: loaded.model.width(), sites: &sites },
         )?;
-        let [site_name] = config.placement.sites.as_slice() else {
-            bail!(
-                "{}: apply handles exports placed at one site (this one has {})",
-                self.intervention.display(),
-                config.placement.sites.len()
-            );
-        };
-        let info = loaded.model.site_info(site_name.parse::<Site>()?)?;
+        let site_name = iv.sites().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let info = loaded.model.site_info(iv.sites()[0])?;
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
         let text = if self.chat { ferrovene_models::tokenizer::chat_prompt(&self.prompt) } else { self.prompt.clone() };
         let ids = tok.encode(&text)?;
@@ -123,7 +120,15 @@ impl Apply {
                 }
             }
         };
-        let site_name = site_name.clone();
+        if iv.layout.positions_needed() > 0 && iv.layout.positions_needed() != positions.len() {
+            bail!(
+                "{} acts with its own parameters at each of {} positions per prompt (it was trained with share = \"none\"), but the positions given pick {}: give as many with --positions (e.g. the rule it was trained with, `{}`)",
+                self.intervention.display(),
+                iv.layout.positions_needed(),
+                positions.len(),
+                config.placement.positions
+            );
+        }
         Ok(Prepared { iv, config, loaded, spec, site_name, info, ids, specs, positions })
     }
 
@@ -144,8 +149,9 @@ impl Apply {
         Ok(())
     }
 
-    /// The source's vectors at its positions, for interventions that read one (computed once).
-    fn source<B: Backend>(&self, p: &Prepared<B>, device: &B::Device) -> Result<Option<Tensor<B, 3>>> {
+    /// The source's vectors at its positions at each site, for interventions that read one
+    /// (computed once).
+    fn source<B: Backend>(&self, p: &Prepared<B>, device: &B::Device) -> Result<Vec<(Site, Tensor<B, 3>)>> {
         let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
         let source = match (&self.source, p.iv.needs_source()) {
             (Some(text), true) => {
@@ -166,14 +172,20 @@ impl Apply {
                         p.positions.len()
                     );
                 }
-                let acts = run_to(&p.loaded.model, &Input::<B>::from_ids(&[sids], device), p.info.site)?.activation;
-                Some(gather_positions(acts, int2::<B>(&[sp], device)))
+                let input = Input::<B>::from_ids(&[sids], device);
+                p.iv.sites()
+                    .into_iter()
+                    .map(|site| {
+                        let acts = run_to(&p.loaded.model, &input, site)?.activation;
+                        Ok((site, gather_positions(acts, int2::<B>(std::slice::from_ref(&sp), device))))
+                    })
+                    .collect::<Result<Vec<_>>>()?
             }
             (None, true) => bail!("a {} intervention reads a source: give --source TEXT", p.iv.kind()),
             (Some(_), false) => bail!("a {} intervention reads no source; drop --source", p.iv.kind()),
-            (None, false) => None,
+            (None, false) => Vec::new(),
         };
-        if self.every_token && source.is_some() {
+        if self.every_token && !source.is_empty() {
             bail!("--every-token needs an intervention without a source (ReFT, steering)");
         }
         Ok(source)
@@ -272,15 +284,15 @@ impl OnBackend for Apply {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let p = self.prepare::<B>(&device)?;
-        if let Intervention::Probe(probe) = &p.iv {
+        if let [Intervention::Probe(probe)] = p.iv.members.as_slice() {
             return self.show_probe(&p, probe, &device);
         }
         let source = self.source(&p, &device)?;
         let steer = Steer {
-            intervention: &p.iv,
+            intervention: &p.iv as &dyn Placed<B>,
             site: p.info,
             positions: p.positions.clone(),
-            source,
+            sources: source,
             dims: p.config.placement.dims.clone(),
             every_token: self.every_token,
         };

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
 use ferrovene_data::{OnError, TokenizedExample, load_jsonl, tokenize};
-use ferrovene_interventions::{Intervention, export};
-use ferrovene_models::{Site, TextTokenizer, Transformer};
+use ferrovene_interventions::{Intervention, InterventionSet, Placed, export};
+use ferrovene_models::{TextTokenizer, Transformer};
 use serde_json::json;
 
 use crate::device::{OnBackend, load_model};
-use crate::objectives::das::{Metrics, evaluate, prepare};
+use crate::objectives::das::{Metrics, evaluate, prepare_at};
 
 /// What to evaluate, from the command line.
 pub struct Eval {
@@ -153,8 +153,7 @@ impl Eval {
         &self,
         model: &M,
         tok: &TextTokenizer,
-        site: Site,
-        iv: &Intervention<B>,
+        iv: &InterventionSet<B>,
         dims: &[usize],
         groups: &BTreeMap<String, Vec<TokenizedExample>>,
         device: &B::Device,
@@ -164,13 +163,14 @@ impl Eval {
         let bar = crate::events::progress(groups.values().map(Vec::len).sum(), "evaluating");
         for (group, examples) in groups {
             let refs: Vec<&TokenizedExample> = examples.iter().collect();
-            let mut batches = prepare(model, site, &refs, tok.pad_id, self.batch_size, device)?;
+            let mut batches = prepare_at(model, &iv.sites(), &refs, tok.pad_id, self.batch_size, device)?;
             for b in &mut batches {
                 b.dims = dims.to_vec();
             }
-            let with = evaluate(model, &batches, Some(iv))?;
+            let with = evaluate(model, &batches, Some(iv as &dyn Placed<B>))?;
             let without = evaluate(model, &batches, None)?;
-            let random = random_iv.as_ref().map(|r| evaluate(model, &batches, Some(r))).transpose()?;
+            let random =
+                random_iv.as_ref().map(|r| evaluate(model, &batches, Some(r as &dyn Placed<B>))).transpose()?;
             rows.push(Row { group: group.clone(), with, without, random });
             bar.inc(examples.len() as u64);
         }
@@ -191,8 +191,8 @@ impl OnBackend for Eval {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         // The export says which model and site; it is checked against that model once loaded.
-        let (iv, config) = export::load::<B>(&self.intervention, &device)?;
-        if matches!(iv, Intervention::Probe(_)) {
+        let (iv, config) = export::load_set::<B>(&self.intervention, &device)?;
+        if iv.members.iter().any(|m| matches!(m, Intervention::Probe(_))) {
             bail!(
                 "{}: a probe reads its site and changes nothing, so an interchange accuracy on pairs would measure no intervention at all (it would print 0); a probe's held-out accuracy is in its run's report.json, and `trainer apply` shows its prediction on a prompt",
                 self.intervention.display()
@@ -207,17 +207,10 @@ impl OnBackend for Eval {
             &self.intervention,
             &export::Target { arch: model.arch(), hidden_size: model.width(), sites: &sites },
         )?;
-        let [site_name] = config.placement.sites.as_slice() else {
-            bail!(
-                "{}: eval handles exports placed at one site (this one has {})",
-                self.intervention.display(),
-                config.placement.sites.len()
-            );
-        };
-        let site: Site = site_name.parse()?;
+        let site_name = &iv.sites().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
         let (groups, skipped) = self.groups(tok)?;
-        let (rows, overall) = self.rows(model, tok, site, &iv, &config.placement.dims, &groups, &device)?;
+        let (rows, overall) = self.rows(model, tok, &iv, &config.placement.dims, &groups, &device)?;
         if self.json {
             let out = json!({
                 "intervention": self.intervention, "kind": config.kind, "site": site_name, "model": spec,

@@ -14,10 +14,10 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use ferrovene_data::positions::resolve as resolve_positions;
 use ferrovene_data::{TokenizedExample, TokenizedInput};
-use ferrovene_interventions::Intervention;
 use ferrovene_interventions::activation::Activation;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
+use ferrovene_interventions::{Intervention, InterventionSet, Layout, Placed, Share};
 use ferrovene_models::rng::Rng;
 use ferrovene_models::tokenizer::chat_prompt;
 use ferrovene_models::{AnyModel, LoadedModel, Site, SiteInfo, TextTokenizer, Transformer};
@@ -30,6 +30,7 @@ use crate::fit::{FitConfig, FitIo, Fitted, Objective, fit};
 use crate::generate::{Decoding, Steer, generate};
 use crate::objectives::reft::{self, PromptBatch, RecallMetrics, ReftObjective};
 use crate::plot::{LinePlot, Series};
+use crate::recipe::SiteKeys;
 use crate::run_dir::RunDir;
 
 /// One prompt and the text it must be followed by.
@@ -86,8 +87,16 @@ pub struct ReftMemoriseRecipe {
     pub description: String,
     /// Model spec.
     pub model: String,
-    /// Site, `LAYER.COMPONENT`.
-    pub site: Site,
+    /// Site, `LAYER.COMPONENT` (or `sites`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+    /// Several sites, trained jointly (pyreft's LoReFT at several layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites: Option<Vec<Site>>,
+    /// Which placements share parameters: `none` (one set per site and position, the default),
+    /// `positions` (one per site, pyreft's `share_weights`), `all` (one everywhere).
+    #[serde(default)]
+    pub share: Share,
     /// ReFT family (`loreft` by default).
     #[serde(default = "loreft")]
     pub family: ReftFamily,
@@ -132,6 +141,7 @@ impl Experiment for ReftMemoriseRecipe {
         if self.rank == 0 || self.max_steps == 0 || self.check_every == 0 {
             bail!("`rank`, `max_steps` and `check_every` must be at least 1");
         }
+        SiteKeys { site: self.site, sites: self.sites.as_deref() }.list()?;
         if self.judge.is_some() && self.held_out.is_empty() {
             bail!("`judge` is set but `held_out` is empty: give held-out prompts to judge");
         }
@@ -161,14 +171,14 @@ fn prompt_input(r: &ReftMemoriseRecipe, tok: &TextTokenizer, prompt: &str) -> Re
 /// Stops training at the first validation with every example recalled exactly.
 struct UntilRecall<'a, B: Backend, M: Transformer<B>>(ReftObjective<'a, B, M>);
 
-impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for UntilRecall<'_, B, M> {
+impl<B: AutodiffBackend, M: Transformer<B>> Objective<B, InterventionSet<B>> for UntilRecall<'_, B, M> {
     fn batches(&self) -> usize {
-        self.0.batches()
+        Objective::<B, InterventionSet<B>>::batches(&self.0)
     }
-    fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<burn::tensor::Tensor<B, 1>> {
+    fn loss(&self, iv: &InterventionSet<B>, index: usize) -> Result<burn::tensor::Tensor<B, 1>> {
         self.0.loss(iv, index)
     }
-    fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>> {
+    fn validate(&self, iv: &InterventionSet<B>) -> Result<Option<(f32, f32)>> {
         self.0.validate(iv)
     }
     fn reached(&self, exact: f32) -> bool {
@@ -229,9 +239,9 @@ fn taught_inputs(
     Ok(taught)
 }
 
-/// The trained intervention with recall before and after.
+/// The trained interventions with recall before and after.
 struct Memorised<B: AutodiffBackend> {
-    fitted: Fitted<Intervention<B>>,
+    fitted: Fitted<InterventionSet<B>>,
     steps_to_recall: Option<usize>,
     before: RecallMetrics,
     after: RecallMetrics,
@@ -244,7 +254,7 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(
     r: &ReftMemoriseRecipe,
     model: &M,
     pad_id: u32,
-    width: usize,
+    sites: &[SiteInfo],
     taught: &[(TokenizedInput, Vec<u32>)],
     device: &B::Device,
 ) -> Result<Memorised<B>> {
@@ -253,23 +263,31 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(
         .map(|(prompt, target)| TokenizedExample::Prompt { prompt: prompt.clone(), target: target.clone() })
         .collect();
     let refs: Vec<&TokenizedExample> = examples.iter().collect();
-    let batches: Vec<PromptBatch<B>> = reft::prepare(model, r.site, &refs, pad_id, refs.len(), device)?;
+    let site_list: Vec<Site> = sites.iter().map(|s| s.site).collect();
+    let batches: Vec<PromptBatch<B>> = reft::prepare_at(model, &site_list, &refs, pad_id, refs.len(), device)?;
     let before = reft::evaluate(model, &batches, None)?;
-    let iv = Intervention::Reft(ReftIntervention::new(
-        r.family,
-        width,
-        r.rank,
-        Activation::Identity,
-        0.0,
-        &mut Rng::new(r.seed),
-        device,
-    ));
-    let trainable = iv.trainable_params();
+    // `taught_inputs` checked that every prompt gives as many positions.
+    let k = taught.first().map_or(1, |(p, _)| p.positions.len());
+    let layout = Layout::new(&site_list, k, r.share)?;
+    let mut rng = Rng::new(r.seed);
+    let iv = InterventionSet::init(layout, |site| -> Result<_> {
+        let width = sites.iter().find(|s| s.site == site).context("a slot's site is the recipe's")?.width;
+        Ok(Intervention::Reft(ReftIntervention::new(
+            r.family,
+            width,
+            r.rank,
+            Activation::Identity,
+            0.0,
+            &mut rng,
+            device,
+        )))
+    })?;
+    let trainable = iv.members.iter().map(Intervention::trainable_params).sum();
     let cfg = FitConfig { eval_every: r.check_every, ..FitConfig::constant(r.max_steps, r.lr, r.seed, true) };
     let objective = UntilRecall(ReftObjective { model, train: &batches, validation: &batches });
     let fitted = fit(&objective, iv, &cfg, FitIo { progress: ctx.progress, ..FitIo::default() })?;
     let steps_to_recall = (fitted.outcome == crate::fit::Outcome::Reached).then_some(fitted.state.step);
-    let after = reft::evaluate(model, &batches, Some(&fitted.module))?;
+    let after = reft::evaluate(model, &batches, Some(&fitted.module as &dyn Placed<B>))?;
     Ok(Memorised { fitted, steps_to_recall, before, after, trainable })
 }
 
@@ -280,7 +298,7 @@ fn generations<B: AutodiffBackend>(
     model: &AnyModel<B>,
     tok: &TextTokenizer,
     info: SiteInfo,
-    iv: &Intervention<B>,
+    iv: &InterventionSet<B>,
     taught: &[(TokenizedInput, Vec<u32>)],
     end_of_turn: Option<u32>,
     device: &B::Device,
@@ -291,7 +309,7 @@ fn generations<B: AutodiffBackend>(
             intervention: &iv,
             site: info,
             positions: prompt.positions.clone(),
-            source: None,
+            sources: Vec::new(),
             dims: vec![],
             every_token: false,
         };
@@ -362,7 +380,9 @@ impl<B: AutodiffBackend> Outcome<'_, B> {
             "{name}: {} rank {} at {} ({}), positions {}",
             r.family_name(),
             r.rank,
-            r.site,
+            SiteKeys { site: r.site, sites: r.sites.as_deref() }
+                .list()
+                .map_or_else(|_| "?".into(), |v| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
             r.model,
             r.positions
         );
@@ -422,18 +442,12 @@ fn write_outputs<B: AutodiffBackend>(
     width: usize,
 ) -> Result<PathBuf> {
     let (r, name, fitted) = (o.r, o.name, &o.m.fitted);
-    let placement = PlacementConfig {
-        sites: vec![r.site.to_string()],
-        positions: r.positions.clone(),
-        site_width: width,
-        ..Default::default()
-    };
+    let placement =
+        PlacementConfig { sites: Vec::new(), positions: r.positions.clone(), site_width: width, ..Default::default() };
     let training = json!({"recipe": name, "chat_template": r.chat_template, "prompts": r.examples.iter().map(|e| &e.prompt).collect::<Vec<_>>()});
-    let export_path = export::save(
-        &fitted.module,
-        ExportConfig::new(placement, ModelConfig::of(loaded), training),
-        &dir.join("intervention.safetensors"),
-    )?;
+    let mut config = ExportConfig::new(placement, ModelConfig::of(loaded), training);
+    config.set = crate::experiments::pairs::set_config(r.share);
+    let export_path = export::save_set(&fitted.module, config, &dir.join("intervention.safetensors"))?;
     LinePlot {
         title: &format!("{name}: language-model loss on the targets"),
         axes: ("optimizer step", "loss (nats per target token)"),
@@ -453,12 +467,21 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, dev
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) =
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
-    let info = model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?;
-    crate::divergence::check_rank(r.rank, info.width, &format_args!("site {}", r.site))?;
+    let keys = SiteKeys { site: r.site, sites: r.sites.as_deref() };
+    let infos = keys
+        .list()?
+        .into_iter()
+        .map(|s| {
+            let info = model.site_info(s).with_context(|| format!("the recipe's {}", keys.describe()))?;
+            crate::divergence::check_rank(r.rank, info.width, &format_args!("site {s}"))?;
+            Ok(info)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let info = infos[0];
     let end_of_turn = end_of_turn(r, tok)?;
     let taught = taught_inputs(r, tok, end_of_turn)?;
     let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
-    let m = memorise(ctx, r, model, tok.pad_id, info.width, &taught, device)?;
+    let m = memorise(ctx, r, model, tok.pad_id, &infos, &taught, device)?;
     let (recalled, held) = generations(r, model, tok, info, &m.fitted.module, &taught, end_of_turn, device)?;
     let target_tokens = taught.iter().map(|(_, t)| t.len()).collect();
     let outcome =

@@ -1,7 +1,8 @@
-//! DAS at one site on counterfactual pairs, with the frozen part computed once.
+//! DAS on counterfactual pairs at one site or several at once, with the frozen part computed once.
 //!
-//! Per batch, [`prepare`] runs the frozen model once on the sources up to the site (keeping only
-//! their vectors at the chosen positions) and once on the bases up to the site (a checkpoint);
+//! Per batch, [`prepare`] runs the frozen model once on the sources up to each site (keeping only
+//! their vectors at the chosen positions) and once on the bases up to the site (a checkpoint; with
+//! several sites, the one before them all, [`checkpoint_site`]);
 //! in a causal model the positions before the first intervened one are then cached as keys and
 //! values at every later block (`SharedBases::skipping_prefix`). Every step only intervenes on
 //! the cached activation, goes on from the site for the positions from the first intervened
@@ -9,28 +10,27 @@
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use ferrovene_data::batch::{PaddingSide, pad};
 use ferrovene_data::{LabelId, TokenizedExample, TokenizedInput};
-use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
+use ferrovene_interventions::{Composition, Intervene, Intervention, Placed, checkpoint_site};
 use ferrovene_models::head_loss::model_nll;
-use ferrovene_models::{
-    Checkpoint, Input, KvCache, NoHooks, Site, Transformer, forward, gather_positions, keys_values_after, resume,
-    run_to,
-};
+use ferrovene_models::{Checkpoint, Input, KvCache, Site, Transformer, forward, gather_positions, resume, run_to};
 
 use super::batches::BatchList;
+pub use super::das_shared::source_vectors;
+use super::das_shared::{SharedBases, SharedSources};
 use crate::batch::{input_of, int2, last_real};
 use crate::fit::Objective;
 
 /// One batch of pairs, with the frozen model's work done.
 pub struct PairBatch<B: Backend> {
-    /// The base run up to the site.
+    /// The base run up to the site (with several sites, the one before them all).
     pub checkpoint: Checkpoint<B>,
     /// `[batch, k]` intervention positions in the (padded) base.
     pub base_positions: Tensor<B, 2, Int>,
-    /// `[batch, k, width]` source vectors at their positions.
-    pub source_vectors: Tensor<B, 3>,
+    /// Per intervened site, `[batch, k, width]` source vectors at their positions.
+    pub sources: Vec<(Site, Tensor<B, 3>)>,
     /// `[batch, 1]` the position whose next-token prediction is scored (the last real token).
     pub label_positions: Tensor<B, 2, Int>,
     /// `[batch]` counterfactual label tokens.
@@ -66,7 +66,7 @@ impl<B: Backend> PairBatch<B> {
 }
 
 /// Fewest prompts per chunk of the shared base and source runs (see [`prepare`]).
-const SHARED_RUN_ROWS: usize = 64;
+pub(super) const SHARED_RUN_ROWS: usize = 64;
 
 /// One pair's parts, checked once: base, source, label, base label.
 type PairParts<'a> = (&'a TokenizedInput, &'a TokenizedInput, u32, Option<u32>);
@@ -97,6 +97,23 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Vec<PairBatch<B>>> {
+    prepare_at(model, &[site], pairs, pad_id, batch_size, device)
+}
+
+/// Prepares batches of pairs for interventions at every site of `sites` at once: the bases run
+/// to the site before them all, the sources to each site.
+pub fn prepare_at<B: Backend, M: Transformer<B>>(
+    model: &M,
+    sites: &[Site],
+    pairs: &[&TokenizedExample],
+    pad_id: u32,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<PairBatch<B>>> {
+    for &s in sites {
+        model.site_info(s)?;
+    }
+    let site = checkpoint_site(sites).context("DAS needs at least one site")?;
     model.site_info(site)?;
     let parts: Vec<PairParts<'_>> = pairs.iter().map(|ex| pair_parts(ex)).collect::<Result<_>>()?;
     if parts.is_empty() {
@@ -108,7 +125,10 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     // The shared runs go in chunks of at least `SHARED_RUN_ROWS` prompts: a matrix product of
     // more rows reads the frozen weights fewer times per prompt.
     let run_rows = bs.max(SHARED_RUN_ROWS);
-    let sources = SharedSources::compute(model, site, &all_sources, pad_id, run_rows, device)?;
+    let sources = sites
+        .iter()
+        .map(|&s| Ok((s, SharedSources::compute(model, s, &all_sources, pad_id, run_rows, device)?)))
+        .collect::<Result<Vec<_>>>()?;
     // Bases are shared the same way where the checkpoint is the activation alone (a site between
     // blocks); a site inside a block also keeps the block's input, so its batches run their own.
     let between_blocks = site.next_block().is_some();
@@ -137,7 +157,7 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         let batch = PairBatch {
             checkpoint,
             base_positions: int2::<B>(&b.positions, device),
-            source_vectors: sources.rows(range.clone()),
+            sources: sources.iter().map(|(s, shared)| (*s, shared.rows(range.clone()))).collect(),
             label_positions: int2::<B>(&last, device),
             labels,
             base_labels: chunk.iter().map(|p| p.3).collect(),
@@ -147,170 +167,17 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
         // The first position any intervention or label of the batch touches.
         let first_touched = b.positions.iter().chain(&last).flatten().copied().min();
         out.push(match (&shared_bases, first_touched) {
-            (Some(shared), Some(start)) => shared.skipping_prefix(batch, range, start),
+            (Some(shared), Some(start)) => {
+                let seq = b.ids[0].len();
+                match shared.keys_values_of(range, seq) {
+                    Some(kv) => batch.skipping_prefix(start, kv),
+                    None => batch,
+                }
+            }
             _ => batch,
         });
     }
     Ok(out)
-}
-
-/// The distinct inputs of a list (by `key`), and for each item the index of its distinct input:
-/// what a shared run computes once and every item then selects.
-struct Distinct<'a> {
-    inputs: Vec<&'a TokenizedInput>,
-    row_of_item: Vec<usize>,
-}
-
-impl<'a> Distinct<'a> {
-    fn of<K: std::hash::Hash + Eq>(items: &[&'a TokenizedInput], key: impl Fn(&'a TokenizedInput) -> K) -> Self {
-        let mut index: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
-        let mut inputs = Vec::new();
-        let row_of_item = items
-            .iter()
-            .map(|&item| {
-                *index.entry(key(item)).or_insert_with(|| {
-                    inputs.push(item);
-                    inputs.len() - 1
-                })
-            })
-            .collect();
-        Distinct { inputs, row_of_item }
-    }
-
-    /// `[items]`: the distinct rows of items `range`, as an index tensor for `select`.
-    fn rows<B: Backend>(&self, range: std::ops::Range<usize>, device: &B::Device) -> Tensor<B, 1, Int> {
-        let rows: Vec<i64> = self.row_of_item[range].iter().map(|&r| r as i64).collect();
-        Tensor::from_data(TensorData::new(rows.clone(), [rows.len()]), device)
-    }
-}
-
-/// The source vectors of every pair, each distinct source (ids and positions) run once: pair
-/// files usually draw their sources from a few prompts, each used by many pairs.
-struct SharedSources<'a, B: Backend> {
-    /// `[distinct sources, k, width]`.
-    vectors: Tensor<B, 3>,
-    distinct: Distinct<'a>,
-}
-
-impl<'a, B: Backend> SharedSources<'a, B> {
-    fn compute<M: Transformer<B>>(
-        model: &M,
-        site: Site,
-        sources: &[&'a TokenizedInput],
-        pad_id: u32,
-        batch_size: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let distinct = Distinct::of(sources, |s| (s.ids.as_slice(), s.positions.as_slice()));
-        let chunks = distinct
-            .inputs
-            .chunks(batch_size)
-            .map(|c| source_vectors(model, site, c, pad_id, model.causal(), device))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(SharedSources { vectors: Tensor::cat(chunks, 0), distinct })
-    }
-
-    /// `[pairs, k, width]`: the source vectors of pairs `range`.
-    fn rows(&self, range: std::ops::Range<usize>) -> Tensor<B, 3> {
-        self.vectors.clone().select(0, self.distinct.rows(range, &self.vectors.device()))
-    }
-}
-
-/// Every pair's base activation at the site, each distinct base (its ids) run once, stored
-/// padded on the model's side to the longest base, so that a batch's rows are one `select` and
-/// one `narrow` away (a batch pads on the same side, to its own longest row).
-struct SharedBases<'a, B: Backend> {
-    /// `[distinct bases, longest, width]`.
-    activations: Tensor<B, 3>,
-    /// Causal models: per layer, the distinct bases' keys and values (`[distinct, kv_heads,
-    /// longest, head_dim]`) at the blocks after the site, for the batches' prefixes.
-    keys_values: Option<LayerKeysValues<B>>,
-    distinct: Distinct<'a>,
-    side: PaddingSide,
-    longest: usize,
-}
-
-type LayerKeysValues<B> = Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>;
-
-/// `t` padded along `dim` to `len` on `side` (the padding's values are never read: attention
-/// masks padded positions out).
-fn pad_dim<B: Backend, const D: usize>(t: Tensor<B, D>, dim: usize, len: usize, side: PaddingSide) -> Tensor<B, D> {
-    let mut shape = t.dims();
-    if shape[dim] == len {
-        return t;
-    }
-    shape[dim] = len - shape[dim];
-    let zeros = Tensor::<B, D>::zeros(shape, &t.device());
-    if side == PaddingSide::Left { Tensor::cat(vec![zeros, t], dim) } else { Tensor::cat(vec![t, zeros], dim) }
-}
-
-impl<'a, B: Backend> SharedBases<'a, B> {
-    fn compute<M: Transformer<B>>(
-        model: &M,
-        site: Site,
-        bases: &[&'a TokenizedInput],
-        pad_id: u32,
-        batch_size: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let distinct = Distinct::of(bases, |b| b.ids.as_slice());
-        let side = PaddingSide::for_model(model.causal());
-        let longest = distinct.inputs.iter().map(|b| b.ids.len()).max().unwrap_or(0);
-        let (mut activations, mut per_chunk): (Vec<Tensor<B, 3>>, Vec<LayerKeysValues<B>>) = (Vec::new(), Vec::new());
-        for chunk in distinct.inputs.chunks(batch_size) {
-            let b = pad(chunk, pad_id, side);
-            let checkpoint = run_to(model, &input_of::<B>(&b.ids, &b.mask, device), site)
-                .context("running the bases to the site")?;
-            if model.causal() {
-                let cache = keys_values_after(model, &checkpoint);
-                per_chunk.push(
-                    (0..model.n_layers())
-                        .map(|l| {
-                            cache.layer(l).map(|(k, v)| (pad_dim(k, 2, longest, side), pad_dim(v, 2, longest, side)))
-                        })
-                        .collect(),
-                );
-            }
-            activations.push(pad_dim(checkpoint.activation, 1, longest, side));
-        }
-        let keys_values = model.causal().then(|| {
-            (0..model.n_layers())
-                .map(|l| {
-                    let chunks: Option<Vec<(Tensor<B, 4>, Tensor<B, 4>)>> =
-                        per_chunk.iter().map(|c| c[l].clone()).collect();
-                    chunks.map(|c| {
-                        let (ks, vs): (Vec<_>, Vec<_>) = c.into_iter().unzip();
-                        (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
-                    })
-                })
-                .collect()
-        });
-        Ok(SharedBases { activations: Tensor::cat(activations, 0), keys_values, distinct, side, longest })
-    }
-
-    /// The rows of pairs `range`, and where a batch padded to `seq` starts in the stored length.
-    fn rows(&self, range: std::ops::Range<usize>, seq: usize) -> (Tensor<B, 1, Int>, usize) {
-        let offset = if self.side == PaddingSide::Left { self.longest - seq } else { 0 };
-        (self.distinct.rows(range, &self.activations.device()), offset)
-    }
-
-    /// `[pairs, seq, width]`: the base activations of pairs `range`, as a batch padded to `seq`.
-    fn assemble(&self, range: std::ops::Range<usize>, seq: usize) -> Tensor<B, 3> {
-        let (rows, offset) = self.rows(range, seq);
-        self.activations.clone().select(0, rows).narrow(1, offset, seq)
-    }
-
-    /// `batch` (pairs `range`) going on from `start`, the first position it touches, the keys
-    /// and values of the positions before it taken from the distinct bases'. Unchanged without
-    /// a prefix or for an encoder.
-    fn skipping_prefix(&self, batch: PairBatch<B>, range: std::ops::Range<usize>, start: usize) -> PairBatch<B> {
-        let Some(keys_values) = &self.keys_values else { return batch };
-        let [_, seq] = batch.checkpoint.input.dims();
-        let (rows, offset) = self.rows(range, seq);
-        let take = |t: &Tensor<B, 4>| t.clone().select(0, rows.clone()).narrow(2, offset, seq);
-        batch
-            .skipping_prefix(start, keys_values.iter().map(|kv| kv.as_ref().map(|(k, v)| (take(k), take(v)))).collect())
-    }
 }
 
 impl<B: Backend> PairBatch<B> {
@@ -344,39 +211,12 @@ impl<B: Backend> PairBatch<B> {
     }
 }
 
-/// `[batch, k, width]`: each source's activations at its positions at `site`. With `trim` (for
-/// causal models) each source is cut after its last position first: later tokens cannot change
-/// what a causal model computes before them, so the vectors are the same and the run shorter.
-pub fn source_vectors<B: Backend, M: Transformer<B>>(
-    model: &M,
-    site: Site,
-    sources: &[&TokenizedInput],
-    pad_id: u32,
-    trim: bool,
-    device: &B::Device,
-) -> Result<Tensor<B, 3>> {
-    let trimmed: Vec<TokenizedInput> = sources
-        .iter()
-        .map(|s| match s.positions.iter().max() {
-            Some(&last) if trim => {
-                TokenizedInput { ids: s.ids[..(last + 1).min(s.ids.len())].to_vec(), positions: s.positions.clone() }
-            }
-            _ => (*s).clone(),
-        })
-        .collect();
-    let refs: Vec<&TokenizedInput> = trimmed.iter().collect();
-    let s = pad(&refs, pad_id, PaddingSide::for_model(model.causal()));
-    let input = input_of::<B>(&s.ids, &s.mask, device);
-    let acts = run_to(model, &input, site).context("running the sources to the site")?.activation;
-    Ok(gather_positions(acts, int2::<B>(&s.positions, device)))
-}
-
 /// Next-token logits at the label position (`[batch, vocab]`), from the cache: intervene on the
 /// cached activation, go on from the site, apply the head at the label position only.
 pub fn logits<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PairBatch<B>,
-    iv: Option<&Intervention<B>>,
+    iv: Option<&dyn Placed<B>>,
 ) -> Result<Tensor<B, 2>> {
     let hidden = label_hidden(model, batch, iv)?;
     let logits = model.head(hidden).context("DAS on next-token labels needs a language model")?;
@@ -384,28 +224,23 @@ pub fn logits<B: Backend, M: Transformer<B>>(
     Ok(logits.reshape([n, v]))
 }
 
-/// The final hidden state at the label position (`[batch, 1, width]`), from the cache.
+/// The final hidden state at the label position (`[batch, 1, width]`), from the cache: the
+/// placements at the checkpoint's site act on its activation, the others as hooks on the way on.
 fn label_hidden<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PairBatch<B>,
-    iv: Option<&Intervention<B>>,
+    iv: Option<&dyn Placed<B>>,
 ) -> Result<Tensor<B, 3>> {
     let site = batch.checkpoint.site;
-    let act = match iv {
-        None => batch.checkpoint.activation.clone(),
+    let placements = match iv {
+        None => Vec::new(),
         Some(iv) => {
-            let info = model.site_info(site)?;
-            let placement = Placement::new(
-                info,
-                iv,
-                batch.base_positions.clone(),
-                Some(batch.source_vectors.clone()),
-                batch.dims.clone(),
-            )?;
-            Intervene::new(vec![placement], Composition::Parallel).apply_at(site, batch.checkpoint.activation.clone())
+            iv.placements(site, &|s| Ok(model.site_info(s)?), &batch.base_positions, &batch.sources, &batch.dims)?
         }
     };
-    let hidden = resume(model, &batch.checkpoint, act, &mut NoHooks)?;
+    let mut hooks = Intervene::new(placements, Composition::Parallel);
+    let act = hooks.apply_at(site, batch.checkpoint.activation.clone());
+    let hidden = resume(model, &batch.checkpoint, act, &mut hooks)?;
     Ok(gather_positions(hidden, batch.label_positions.clone()))
 }
 
@@ -414,21 +249,21 @@ fn label_hidden<B: Backend, M: Transformer<B>>(
 pub fn logits_plain<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PairBatch<B>,
-    iv: &Intervention<B>,
+    iv: &dyn Placed<B>,
 ) -> Result<Tensor<B, 2>> {
     let site = batch.checkpoint.site;
     let (input, offset) = match &batch.prefix {
         Some(p) => (&p.input, p.start as i64),
         None => (&batch.checkpoint.input, 0),
     };
-    let placement = Placement::new(
-        model.site_info(site)?,
-        iv,
-        batch.base_positions.clone() + offset,
-        Some(batch.source_vectors.clone()),
-        batch.dims.clone(),
+    let placements = iv.placements(
+        site,
+        &|s| Ok(model.site_info(s)?),
+        &(batch.base_positions.clone() + offset),
+        &batch.sources,
+        &batch.dims,
     )?;
-    let mut hooks = Intervene::new(vec![placement], Composition::Parallel);
+    let mut hooks = Intervene::new(placements, Composition::Parallel);
     let all = model.head(forward(model, input, &mut hooks)).context("a language model")?;
     let at = gather_positions(all, batch.label_positions.clone() + offset);
     let [n, _, v] = at.dims();
@@ -440,7 +275,7 @@ pub fn logits_plain<B: Backend, M: Transformer<B>>(
 pub fn loss<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PairBatch<B>,
-    iv: &Intervention<B>,
+    iv: &dyn Placed<B>,
 ) -> Result<Tensor<B, 1>> {
     let hidden = label_hidden(model, batch, Some(iv))?;
     let [n, _, width] = hidden.dims();
@@ -479,21 +314,21 @@ impl<'a, B: Backend, M: Transformer<B>> DasObjective<'a, B, M> {
     /// The metrics of `iv` on the validation batches: the last validation's when it measured
     /// these very parameter values (the final validation of a run whose held-out examples also
     /// validate), else evaluated now.
-    pub fn validation_metrics(&self, iv: &Intervention<B>) -> Result<Metrics> {
+    pub fn validation_metrics<P: Placed<B> + burn::module::Module<B>>(&self, iv: &P) -> Result<Metrics> {
         let values = parameter_values(iv);
         if let Some((seen, m)) = &*self.last_validation.borrow()
             && *seen == values
         {
             return Ok(*m);
         }
-        let m = evaluate(self.model, self.validation, Some(iv))?;
+        let m = evaluate(self.model, self.validation, Some(iv as &dyn Placed<B>))?;
         *self.last_validation.borrow_mut() = Some((values, m));
         Ok(m)
     }
 }
 
 /// Every float parameter of `iv`, flattened, in visiting order.
-fn parameter_values<B: Backend>(iv: &Intervention<B>) -> Vec<Vec<f32>> {
+fn parameter_values<B: Backend, P: burn::module::Module<B>>(iv: &P) -> Vec<Vec<f32>> {
     struct Values(Vec<Vec<f32>>);
     impl<B: Backend> burn::module::ModuleVisitor<B> for Values {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
@@ -505,27 +340,35 @@ fn parameter_values<B: Backend>(iv: &Intervention<B>) -> Vec<Vec<f32>> {
     v.0
 }
 
-impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for DasObjective<'_, B, M> {
+impl<B, M, P> Objective<B, P> for DasObjective<'_, B, M>
+where
+    B: AutodiffBackend,
+    M: Transformer<B>,
+    P: Placed<B> + burn::module::Module<B>,
+{
     fn batches(&self) -> usize {
         self.train.count()
     }
 
-    fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<Tensor<B, 1>> {
+    fn loss(&self, iv: &P, index: usize) -> Result<Tensor<B, 1>> {
         let mut ce = None;
         self.train.visit(index, &mut |batch| {
             ce = Some(loss(self.model, batch, iv)?);
             Ok(())
         })?;
-        let ce = ce.context("a training batch")?;
-        Ok(match iv {
-            Intervention::Boundless(b) if self.boundary_penalty != 0.0 => {
-                ce + b.boundary.val().sum() * self.boundary_penalty
+        let mut total = ce.context("a training batch")?;
+        if self.boundary_penalty != 0.0 {
+            // Boundless DAS's penalty λ·β, on every boundary of the set.
+            for member in iv.members() {
+                if let Intervention::Boundless(b) = member {
+                    total = total + b.boundary.val().sum() * self.boundary_penalty;
+                }
             }
-            _ => ce,
-        })
+        }
+        Ok(total)
     }
 
-    fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>> {
+    fn validate(&self, iv: &P) -> Result<Option<(f32, f32)>> {
         if self.validation.count() == 0 {
             return Ok(None);
         }
@@ -557,7 +400,7 @@ pub struct Metrics {
 pub fn evaluate<B: Backend, M: Transformer<B>>(
     model: &M,
     batches: &dyn BatchList<PairBatch<B>>,
-    iv: Option<&Intervention<B>>,
+    iv: Option<&dyn Placed<B>>,
 ) -> Result<Metrics> {
     let (mut hits, mut beats, mut base_hits, mut n, mut with_base) = (0usize, 0usize, 0usize, 0usize, true);
     let (mut log_odds, mut nll) = (0f64, 0f64);

@@ -9,14 +9,14 @@ use ferrovene_data::{TokenizedExample, TokenizedInput};
 use ferrovene_models::{Component, Site, Transformer};
 
 use super::batches::BatchList;
-use super::das::{PairBatch, prepare};
+use super::das::{PairBatch, prepare_at};
 
-/// Batches prepared when used: the pairs and what [`prepare`] needs, no tensors kept.
+/// Batches prepared when used: the pairs and what [`prepare_at`] needs, no tensors kept.
 pub struct OnDemand<'a, B: Backend, M: Transformer<B>> {
     /// The frozen model.
     pub model: &'a M,
-    /// The intervened site.
-    pub site: Site,
+    /// The intervened sites.
+    pub sites: Vec<Site>,
     /// The pairs, in batch order.
     pub pairs: Vec<&'a TokenizedExample>,
     /// The tokenizer's padding id.
@@ -34,23 +34,24 @@ impl<B: Backend, M: Transformer<B>> BatchList<PairBatch<B>> for OnDemand<'_, B, 
     fn visit(&self, index: usize, f: &mut dyn FnMut(&PairBatch<B>) -> Result<()>) -> Result<()> {
         let bs = self.batch_size.max(1);
         let pairs = &self.pairs[index * bs..((index + 1) * bs).min(self.pairs.len())];
-        for batch in prepare(self.model, self.site, pairs, self.pad_id, bs, &self.device)? {
+        for batch in prepare_at(self.model, &self.sites, pairs, self.pad_id, bs, &self.device)? {
             f(&batch)?;
         }
         Ok(())
     }
 }
 
-/// About how many bytes [`prepare`] keeps for `pairs` in batches of `batch_size` (f32): per
-/// batch the base activations at the site (`seq × width` per pair), the source vectors and, in a
-/// causal model at a site between blocks, the keys and values of the positions before the first
-/// intervened one at every block after the site.
+/// About how many bytes [`prepare_at`] keeps for `pairs` in batches of `batch_size` (f32): per
+/// batch the base activations at the checkpoint's site (`seq × width` per pair), the source
+/// vectors at each site and, in a causal model at a site between blocks, the keys and values of
+/// the positions before the first intervened one at every block after the site.
 pub fn cache_bytes<B: Backend, M: Transformer<B>>(
     model: &M,
-    site: Site,
+    sites: &[Site],
     pairs: &[&TokenizedExample],
     batch_size: usize,
 ) -> u64 {
+    let Some(site) = ferrovene_interventions::checkpoint_site(sites) else { return 0 };
     let width = model.width() as u64;
     let between_blocks = site.next_block().is_some();
     let later_blocks = site.next_block().map_or(0, |b| model.n_layers().saturating_sub(b)) as u64;
@@ -83,7 +84,7 @@ pub fn cache_bytes<B: Backend, M: Transformer<B>>(
         let rows = parts.len() as u64;
         let sources: u64 = parts.iter().map(|(_, k)| *k as u64).sum();
         floats += rows * seq as u64 * width * if between_blocks { 1 } else { 2 }
-            + sources * width
+            + sources * width * sites.len() as u64
             + later_blocks * 2 * rows * prefix * kv_width;
     }
     floats * 4

@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod das;
 pub mod das_batches;
+mod das_shared;
 pub mod odds;
 pub mod probe;
 pub mod reft;

@@ -1,9 +1,10 @@
 //! ReFT training: an intervention at prompt positions, trained with the language-model loss on
 //! the target tokens that follow the prompt (pyreft's objective).
 //!
-//! Each batch runs the frozen model once on prompt + target up to the site; every step then
-//! intervenes on that cached activation, goes on from the site, and applies the output head only
-//! at the positions that predict a target token.
+//! Each batch runs the frozen model once on prompt + target up to the site (with several sites,
+//! the one before them all); every step then intervenes on that cached activation, goes on from
+//! the site (the later sites' placements acting as hooks), and applies the output head only at
+//! the positions that predict a target token.
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::activation::log_softmax;
@@ -11,8 +12,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use ferrovene_data::batch::{PaddingSide, pad};
 use ferrovene_data::{TokenizedExample, TokenizedInput};
-use ferrovene_interventions::{Composition, Intervene, Intervention, Placement};
-use ferrovene_models::{Checkpoint, NoHooks, Site, Transformer, gather_positions, resume, run_to};
+use ferrovene_interventions::{Composition, Intervene, Placed, checkpoint_site};
+use ferrovene_models::{Checkpoint, Site, Transformer, gather_positions, resume, run_to};
 
 use crate::batch::{input_of, int2};
 use crate::fit::Objective;
@@ -38,7 +39,23 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<Vec<PromptBatch<B>>> {
-    model.site_info(site)?;
+    prepare_at(model, &[site], examples, pad_id, batch_size, device)
+}
+
+/// Prepares batches of prompt/target examples for interventions at every site of `sites` at
+/// once: the frozen run stops at the site before them all.
+pub fn prepare_at<B: Backend, M: Transformer<B>>(
+    model: &M,
+    sites: &[Site],
+    examples: &[&TokenizedExample],
+    pad_id: u32,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<PromptBatch<B>>> {
+    for &s in sites {
+        model.site_info(s)?;
+    }
+    let site = checkpoint_site(sites).context("ReFT needs at least one site")?;
     let side = PaddingSide::for_model(model.causal());
     let mut out = Vec::new();
     for chunk in examples.chunks(batch_size.max(1)) {
@@ -99,17 +116,17 @@ pub fn prepare<B: Backend, M: Transformer<B>>(
 pub fn log_probs<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PromptBatch<B>,
-    iv: Option<&Intervention<B>>,
+    iv: Option<&dyn Placed<B>>,
 ) -> Result<Tensor<B, 3>> {
     let site = batch.checkpoint.site;
-    let act = match iv {
-        None => batch.checkpoint.activation.clone(),
-        Some(iv) => {
-            let placement = Placement::new(model.site_info(site)?, iv, batch.positions.clone(), None, vec![])?;
-            Intervene::new(vec![placement], Composition::Parallel).apply_at(site, batch.checkpoint.activation.clone())
-        }
+    let placements = match iv {
+        None => Vec::new(),
+        Some(iv) => iv.placements(site, &|s| Ok(model.site_info(s)?), &batch.positions, &[], &[])?,
     };
-    let hidden = resume(model, &batch.checkpoint, act, &mut NoHooks)?;
+    // The placements at the checkpoint's site act on its activation, the others as hooks.
+    let mut hooks = Intervene::new(placements, Composition::Parallel);
+    let act = hooks.apply_at(site, batch.checkpoint.activation.clone());
+    let hidden = resume(model, &batch.checkpoint, act, &mut hooks)?;
     let at = gather_positions(hidden, batch.target_positions.clone());
     Ok(log_softmax(model.head(at).context("ReFT's language-model loss needs a language model")?, 2))
 }
@@ -133,7 +150,7 @@ fn targets_and_weights<B: Backend>(batch: &PromptBatch<B>, device: &B::Device) -
 pub fn loss<B: Backend, M: Transformer<B>>(
     model: &M,
     batch: &PromptBatch<B>,
-    iv: Option<&Intervention<B>>,
+    iv: Option<&dyn Placed<B>>,
 ) -> Result<Tensor<B, 1>> {
     let lp = log_probs(model, batch, iv)?;
     let (ids, w) = targets_and_weights(batch, &lp.device());
@@ -160,7 +177,7 @@ pub struct RecallMetrics {
 pub fn evaluate<B: Backend, M: Transformer<B>>(
     model: &M,
     batches: &[PromptBatch<B>],
-    iv: Option<&Intervention<B>>,
+    iv: Option<&dyn Placed<B>>,
 ) -> Result<RecallMetrics> {
     let (mut hits, mut tokens, mut exact, mut n, mut nll) = (0usize, 0usize, 0usize, 0usize, 0f64);
     for batch in batches {
@@ -205,16 +222,16 @@ pub struct ReftObjective<'a, B: Backend, M: Transformer<B>> {
     pub validation: &'a [PromptBatch<B>],
 }
 
-impl<B: AutodiffBackend, M: Transformer<B>> Objective<B> for ReftObjective<'_, B, M> {
+impl<B: AutodiffBackend, M: Transformer<B>, P: Placed<B>> Objective<B, P> for ReftObjective<'_, B, M> {
     fn batches(&self) -> usize {
         self.train.len()
     }
 
-    fn loss(&self, iv: &Intervention<B>, index: usize) -> Result<Tensor<B, 1>> {
+    fn loss(&self, iv: &P, index: usize) -> Result<Tensor<B, 1>> {
         loss(self.model, &self.train[index], Some(iv))
     }
 
-    fn validate(&self, iv: &Intervention<B>) -> Result<Option<(f32, f32)>> {
+    fn validate(&self, iv: &P) -> Result<Option<(f32, f32)>> {
         if self.validation.is_empty() {
             return Ok(None);
         }

@@ -177,7 +177,10 @@ pub fn site_batches<B: Backend>(
                     input: c.input.clone(),
                 },
                 base_positions: int2::<B>(bp, device),
-                source_vectors: gather_positions(c.source[&layer].clone(), int2::<B>(sp, device)),
+                sources: vec![(
+                    Site::new(layer, Component::BlockOutput),
+                    gather_positions(c.source[&layer].clone(), int2::<B>(sp, device)),
+                )],
                 label_positions: int2::<B>(&c.last, device),
                 labels: c.labels.clone(),
                 base_labels: Some(c.base_labels.clone()),

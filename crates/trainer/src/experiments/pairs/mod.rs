@@ -60,9 +60,17 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<RunEnd> {
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let width = loaded.model.site_info(r.site).with_context(|| format!("the recipe's `site = \"{}\"`", r.site))?.width;
+    let sites = r.site_keys().list()?;
+    let widths = sites
+        .iter()
+        .map(|&s| {
+            Ok(loaded.model.site_info(s).with_context(|| format!("the recipe's {}", r.site_keys().describe()))?.width)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let width = widths[0];
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?;
     let examples = examples::read(r, method, tok)?;
+    let positions = train::positions_per_example(r, &examples)?;
     let dir = match ctx.resume {
         Some(d) => RunDir::reopen(d, ctx.name, ctx.as_run)?,
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
@@ -73,6 +81,9 @@ pub fn run<B: AutodiffBackend>(
         r,
         model: &loaded.model,
         pad_id: tok.pad_id,
+        sites,
+        widths,
+        positions,
         width,
         examples: &examples,
         dir: &dir,
@@ -125,14 +136,20 @@ fn write_outputs<B: AutodiffBackend>(
         "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
     });
     let placement = PlacementConfig {
-        sites: vec![r.site.to_string()],
+        sites: Vec::new(),
         positions: "from the example file".into(),
         site_width: t.width,
         ..Default::default()
     };
-    let config = ExportConfig::new(placement, ModelConfig::of(loaded), t.metrics.clone());
-    export::save(&t.fitted.module, config, &dir.join("intervention.safetensors"))?;
+    let mut config = ExportConfig::new(placement, ModelConfig::of(loaded), t.metrics.clone());
+    config.set = set_config(r.share);
+    export::save_set(&t.fitted.module, config, &dir.join("intervention.safetensors"))?;
     dir.write_report(report)?;
     dir.write("dev.jsonl", ex.dev_lines.join("\n") + "\n")?;
     Ok(())
+}
+
+/// The export's `set` entry before its members are filled in: only how the recipe shared them.
+pub(crate) fn set_config(share: ferrovene_interventions::Share) -> Option<export::SetConfig> {
+    Some(export::SetConfig { members: Vec::new(), slots: Vec::new(), share })
 }

@@ -4,12 +4,14 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use ferrovene_interventions::Share;
 use ferrovene_interventions::das::{Annealing, TemperatureSchedule};
 use ferrovene_interventions::reft::ReftFamily;
 use ferrovene_models::Site;
 use serde::{Deserialize, Serialize};
 
 use crate::fit::{EarlyStopping, FitConfig};
+use crate::recipe::SiteKeys;
 use crate::schedule::Decay;
 
 /// What a pair-file recipe trains.
@@ -85,8 +87,17 @@ pub struct PairRecipe {
     /// relative to the working directory.
     pub pairs: PathBuf,
     /// Site, `LAYER.COMPONENT` (parsed when the recipe is read; checked against the model before
-    /// the run folder is made).
-    pub site: Site,
+    /// the run folder is made). Give this or `sites`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Site>,
+    /// Several sites, trained jointly in one forward and exported as one file (DAS, Boundless
+    /// DAS, ReFT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites: Option<Vec<Site>>,
+    /// Which placements share parameters: `none` (one set per site and position, the default),
+    /// `positions` (one per site, pyreft's `share_weights`), `all` (one everywhere).
+    #[serde(default)]
+    pub share: Share,
     /// Rank of the DAS rotation or of the ReFT subspace (`das`, `reft`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<usize>,
@@ -161,9 +172,22 @@ pub struct PairRecipe {
 }
 
 impl PairRecipe {
+    /// Where the interventions go: `site` or `sites`.
+    pub fn site_keys(&self) -> SiteKeys<'_> {
+        SiteKeys { site: self.site, sites: self.sites.as_deref() }
+    }
+
     /// Checks the keys `method` needs and the ranges of the values.
     pub fn check(&self, method: Method) -> Result<()> {
         let kind = method.name();
+        let sites = self.site_keys().list()?;
+        if method == Method::Probe && sites.len() > 1 {
+            bail!(
+                "a probe reads one site, but {} lists {}: probe each site in its own recipe, or compare layers with the `probe-layers` kind",
+                self.site_keys().describe(),
+                sites.len()
+            );
+        }
         if matches!(method, Method::Das | Method::Reft) && self.rank.is_none() {
             bail!("kind `{kind}` needs `rank`");
         }

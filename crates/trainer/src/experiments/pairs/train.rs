@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::module::Param;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
@@ -11,9 +11,9 @@ use ferrovene_data::TokenizedExample;
 use ferrovene_interventions::das::{BoundlessDas, DasLowRank};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
-use ferrovene_interventions::{Activation, Intervention, Orthogonal};
-use ferrovene_models::Transformer;
+use ferrovene_interventions::{Activation, Intervention, InterventionSet, Layout, Orthogonal, Placed, Share};
 use ferrovene_models::rng::Rng;
+use ferrovene_models::{Site, Transformer};
 use serde_json::{Value, json};
 
 use super::examples::Examples;
@@ -31,15 +31,15 @@ use crate::run_dir::RunDir;
 /// Batches prepared per call of the preparing function (see `Stage::prepare`).
 const PREPARE_BATCHES_AT_ONCE: usize = 256;
 
-/// A trained intervention with its held-out metrics (as the report writes them).
+/// A trained intervention (or set of them) with its held-out metrics (as the report writes them).
 pub struct Trained<B: AutodiffBackend> {
     /// What the loop returned.
-    pub fitted: Fitted<Intervention<B>>,
+    pub fitted: Fitted<InterventionSet<B>>,
     /// `{"dev": …, "controls": …}`.
     pub metrics: Value,
     /// Seconds `(preparing, training)`.
     pub timings: (f64, f64),
-    /// Width of the site.
+    /// Width of the first site.
     pub width: usize,
 }
 
@@ -53,7 +53,13 @@ pub struct Stage<'a, B: AutodiffBackend, M: Transformer<B>> {
     pub model: &'a M,
     /// Its tokenizer's padding id.
     pub pad_id: u32,
-    /// Width of the site.
+    /// The sites, in the recipe's order.
+    pub sites: Vec<Site>,
+    /// Width of each site.
+    pub widths: Vec<usize>,
+    /// Intervened positions per example with separate parameters ([`positions_per_example`]).
+    pub positions: usize,
+    /// Width of the first site.
     pub width: usize,
     /// The examples, split.
     pub examples: &'a Examples,
@@ -111,11 +117,11 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     }
 
     /// Trains `iv` on `objective` with the recipe's loop settings, checkpoints and events.
-    fn fit(
+    fn fit<P: crate::fit::Trainable<B>>(
         &self,
-        objective: &dyn Objective<B, Intervention<B>>,
-        iv: Intervention<B>,
-    ) -> Result<(Fitted<Intervention<B>>, (f64, f64))> {
+        objective: &dyn Objective<B, P>,
+        iv: P,
+    ) -> Result<(Fitted<P>, (f64, f64))> {
         let t0 = self.started.elapsed().as_secs_f64();
         let mut events = Events::create(&self.dir.join("tensorboard"))?;
         let io = FitIo {
@@ -130,22 +136,32 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         Ok((fitted, (t0, self.started.elapsed().as_secs_f64() - t0)))
     }
 
-    /// The freshly initialised intervention (also the skeleton a checkpoint loads into), from the
-    /// recipe's seed.
-    fn initial(&self, classes: usize) -> Result<Intervention<B>> {
-        let (r, width, device) = (self.r, self.width, self.device);
-        let mut rng = Rng::new(r.seed);
+    /// The freshly initialised interventions (also the skeleton a checkpoint loads into), one per
+    /// member of the layout, drawn in order from the recipe's seed (one site at one position is
+    /// one draw, as a single intervention always was).
+    fn initial(&self) -> Result<InterventionSet<B>> {
+        let layout = Layout::new(&self.sites, self.positions, self.r.share)?;
+        let mut rng = Rng::new(self.r.seed);
+        InterventionSet::init(layout, |site| {
+            let at = self.sites.iter().position(|s| *s == site).context("a slot's site is the recipe's")?;
+            self.initial_member(site, self.widths[at], 0, &mut rng)
+        })
+    }
+
+    /// One freshly initialised intervention for a site of `width`.
+    fn initial_member(&self, site: Site, width: usize, classes: usize, rng: &mut Rng) -> Result<Intervention<B>> {
+        let (r, device) = (self.r, self.device);
         let rank = || -> Result<usize> {
             let k = r.rank.ok_or_else(|| anyhow!("kind `{}` needs `rank`", self.method.name()))?;
-            crate::divergence::check_rank(k, width, &format_args!("site {}", r.site))?;
+            crate::divergence::check_rank(k, width, &format_args!("site {site}"))?;
             Ok(k)
         };
         Ok(match self.method {
             Method::Das => {
-                Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(rank()?, width, &mut rng, device) })
+                Intervention::DasLowRank(DasLowRank { rotation: Orthogonal::random(rank()?, width, rng, device) })
             }
             Method::Boundless => Intervention::Boundless(BoundlessDas {
-                rotation: Orthogonal::random(width, width, &mut rng, device),
+                rotation: Orthogonal::random(width, width, rng, device),
                 boundary: Param::from_tensor(Tensor::from_floats([r.boundary_init.unwrap_or(0.1) as f32], device)),
                 temperature: r.temperature.map_or(1.0, |t| t.start),
             }),
@@ -155,10 +171,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
                 rank()?,
                 Activation::Identity,
                 0.0,
-                &mut rng,
+                rng,
                 device,
             )),
-            Method::Probe => Intervention::Probe(LinearProbe::init(width, classes, &mut rng, device)),
+            Method::Probe => Intervention::Probe(LinearProbe::init(width, classes, rng, device)),
         })
     }
 
@@ -168,19 +184,23 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let model = self.model;
         let validation = if val.count() == 0 { &dev } else { &val };
         let objective = das::DasObjective::new(model, &*train, &**validation, self.r.boundary_penalty.unwrap_or(1.0));
-        let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
+        let (fitted, timings) = self.fit(&objective, self.initial()?)?;
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
         let iv = &fitted.module;
+        let placed: &dyn Placed<B> = iv;
         // Without a validation split the held-out examples validate: the final validation, if it
         // saw these parameters, already measured them.
-        let with =
-            if val.count() == 0 { objective.validation_metrics(iv)? } else { das::evaluate(model, &*dev, Some(iv))? };
+        let with = if val.count() == 0 {
+            objective.validation_metrics(iv)?
+        } else {
+            das::evaluate(model, &*dev, Some(placed))?
+        };
         let none = das::evaluate(model, &*dev, None)?;
         let random_iv =
             iv.with_random_rotation(&mut Rng::new(self.r.seed ^ 1)).ok_or_else(|| anyhow!("DAS has a rotation"))?;
-        let random = das::evaluate(model, &*dev, Some(&random_iv))?;
+        let random = das::evaluate(model, &*dev, Some(&random_iv as &dyn Placed<B>))?;
         println!(
             "{}: held-out IIA {:.3} (no intervention {:.3}, random rotation {:.3}) on {} pairs; p(label) > p(base) {}",
             self.ctx.name,
@@ -191,7 +211,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             with.label_beats_base.map_or("-".into(), |v| format!("{v:.3}"))
         );
         let mut dev_metrics = json!(with);
-        if let Intervention::Boundless(b) = iv {
+        if let [Intervention::Boundless(b)] = iv.members.as_slice() {
             dev_metrics["boundary_dims"] = json!(b.boundary_dims(self.width));
         }
         let metrics = json!({"dev": dev_metrics, "controls": {"no_intervention": none, "random_rotation": random}});
@@ -201,9 +221,9 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     /// DAS's train, validation and held-out batches: prepared once and kept when the frozen cache
     /// fits the memory budget (its size is printed first), else prepared whenever used.
     fn das_batches(&self) -> Result<[Box<dyn BatchList<PairBatch<B>> + '_>; 3]> {
-        let (model, site) = (self.model, self.r.site);
+        let (model, sites) = (self.model, &self.sites);
         let splits = self.splits();
-        let bytes: u64 = splits.iter().map(|(pairs, _, bs)| das_batches::cache_bytes(model, site, pairs, *bs)).sum();
+        let bytes: u64 = splits.iter().map(|(pairs, _, bs)| das_batches::cache_bytes(model, sites, pairs, *bs)).sum();
         let budget = self.ctx.cache_budget;
         let pairs: usize = splits.iter().map(|(p, _, _)| p.len()).sum();
         if bytes <= budget {
@@ -213,7 +233,8 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
                 human(bytes),
                 human(budget)
             );
-            let [train, val, dev] = self.prepare(|c, bs| das::prepare(model, site, c, self.pad_id, bs, self.device))?;
+            let [train, val, dev] =
+                self.prepare(|c, bs| das::prepare_at(model, sites, c, self.pad_id, bs, self.device))?;
             return Ok([Box::new(train), Box::new(val), Box::new(dev)]);
         }
         eprintln!(
@@ -223,23 +244,32 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             human(budget)
         );
         Ok(splits.map(|(pairs, _, batch_size)| -> Box<dyn BatchList<PairBatch<B>> + '_> {
-            Box::new(OnDemand { model, site, pairs, pad_id: self.pad_id, batch_size, device: self.device.clone() })
+            Box::new(OnDemand {
+                model,
+                sites: sites.clone(),
+                pairs,
+                pad_id: self.pad_id,
+                batch_size,
+                device: self.device.clone(),
+            })
         }))
     }
 
     /// ReFT, evaluated beside no intervention and on its own training examples.
     fn reft(&self) -> Result<Trained<B>> {
-        let (model, site) = (self.model, self.r.site);
-        let [train, val, dev] = self.prepare(|c, bs| reft::prepare(model, site, c, self.pad_id, bs, self.device))?;
+        let (model, sites) = (self.model, &self.sites);
+        let [train, val, dev] =
+            self.prepare(|c, bs| reft::prepare_at(model, sites, c, self.pad_id, bs, self.device))?;
         let objective =
             reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
-        let (fitted, timings) = self.fit(&objective, self.initial(0)?)?;
+        let (fitted, timings) = self.fit(&objective, self.initial()?)?;
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
-        let with = reft::evaluate(model, &dev, Some(&fitted.module))?;
+        let placed: &dyn Placed<B> = &fitted.module;
+        let with = reft::evaluate(model, &dev, Some(placed))?;
         let none = reft::evaluate(model, &dev, None)?;
-        let on_train = reft::evaluate(model, &train, Some(&fitted.module))?;
+        let on_train = reft::evaluate(model, &train, Some(placed))?;
         println!(
             "{}: held-out target-token accuracy {:.3} (no intervention {:.3}), exact recall {:.3} (training examples: {:.3})",
             self.ctx.name, with.token_accuracy, none.token_accuracy, with.exact, on_train.exact
@@ -250,7 +280,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
 
     /// A linear probe, evaluated beside the majority class.
     fn probe(&self) -> Result<Trained<B>> {
-        let (model, site) = (self.model, self.r.site);
+        let (model, site) = (self.model, self.sites[0]);
         let classes = probe::class_count(&self.examples.tokenized.iter().collect::<Vec<_>>());
         if classes < 2 {
             bail!("{}: a probe needs at least two classes (found {classes})", self.r.pairs.display());
@@ -267,11 +297,17 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         }
         let [train, val, dev] = self.prepare(|c, bs| probe::features(model, site, c, self.pad_id, bs, self.device))?;
         let objective = probe::ProbeObjective { train: &train, validation: if val.is_empty() { &dev } else { &val } };
-        let (fitted, timings) = self.fit(&objective, self.initial(classes)?)?;
+        let probe = self.initial_member(site, self.width, classes, &mut Rng::new(self.r.seed))?;
+        let (fitted, timings) = self.fit(&objective, probe)?;
+        let fitted = Fitted {
+            module: InterventionSet::single(fitted.module, site),
+            state: fitted.state,
+            outcome: fitted.outcome,
+        };
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
-        let (acc, loss) = probe::evaluate(&fitted.module, &dev)?;
+        let (acc, loss) = probe::evaluate(fitted.module.first(), &dev)?;
         let majority = probe::majority_share(&dev);
         let n = self.examples.dev.len();
         println!(
@@ -281,4 +317,30 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let metrics = json!({"dev": {"accuracy": acc, "loss": loss, "n": n}, "controls": {"majority_class": majority}});
         Ok(Trained { fitted, metrics, timings, width: self.width })
     }
+}
+
+/// Positions per example, for the layout: the count every training example gives when
+/// parameters are per position (`share = "none"`), else 1 (every position shares them).
+pub fn positions_per_example(r: &PairRecipe, examples: &Examples) -> Result<usize> {
+    let counts: Vec<usize> = examples
+        .tokenized
+        .iter()
+        .map(|ex| match ex {
+            TokenizedExample::Pair { base, .. } => base.positions.len(),
+            TokenizedExample::Prompt { prompt, .. } => prompt.positions.len(),
+            TokenizedExample::Text { text, .. } => text.positions.len(),
+        })
+        .collect();
+    let k = counts.first().copied().unwrap_or(1);
+    if r.share != Share::None || counts.iter().all(|&c| c <= 1) {
+        return Ok(1);
+    }
+    if let Some((i, &c)) = counts.iter().enumerate().find(|(_, c)| **c != k) {
+        bail!(
+            "{}: `share = \"none\"` (the default) gives each intervened position its own parameters, so every example must give as many positions; the first gives {k} and example {} (counting from 1, `pairs` then `held_out`) gives {c}. Set `share = \"positions\"` to use one set of parameters at every position",
+            r.pairs.display(),
+            i + 1
+        );
+    }
+    Ok(k)
 }
