@@ -46,7 +46,7 @@ pub trait Family<B: Backend>: Sized {
 /// Kind-specific scalars (absent where they do not apply).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hyper {
-    /// Interchanged coordinates (das_full).
+    /// Interchanged coordinates (das_full); active latents (topk_sae).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<usize>,
     /// τ (das_boundless, sigmoid masks).
@@ -61,9 +61,19 @@ pub struct Hyper {
     /// Dropout (ReFT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
-    /// Interchanged latents (jumprelu_sae; empty = all).
+    /// Interchanged or clamped latents (SAEs; empty = all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latents: Option<Vec<usize>>,
+    /// SAEs: subtract `b_dec` from the input before encoding (SAELens `apply_b_dec_to_input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sae_input_bias: Option<bool>,
+    /// SAEs: run-time input normalisation, as SAELens' `normalize_activations` names it
+    /// (`constant_norm_rescale`, `layer_norm`; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sae_normalize: Option<String>,
+    /// SAEs: clamp the chosen latents to this value instead of reading a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamp: Option<f64>,
 }
 
 /// An intervention's tensors and scalars on their way into an export.

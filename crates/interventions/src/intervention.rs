@@ -14,7 +14,7 @@ use crate::fixed::Fixed;
 use crate::orthogonal::Orthogonal;
 use crate::probe::LinearProbe;
 use crate::reft::ReftIntervention;
-use crate::sae::JumpReluSae;
+use crate::sae::Sae;
 use crate::steering::Steering;
 
 /// Any intervention. Each acts on `[batch, k, width]` vectors (the activations at `k` selected
@@ -40,8 +40,8 @@ pub enum Intervention<B: Backend> {
     Probe(LinearProbe<B>),
     /// Steering vector.
     Steering(Steering<B>),
-    /// JumpReLU SAE interchange.
-    Sae(JumpReluSae<B>),
+    /// Sparse-autoencoder interchange or clamping (JumpReLU, ReLU, TopK).
+    Sae(Sae<B>),
 }
 
 /// Runs `$body` with `$f` bound to the [`Family`] value inside an intervention: the one place that
@@ -79,7 +79,7 @@ impl<B: Backend> Intervention<B> {
             ReftIntervention::<B>::kinds(),
             LinearProbe::<B>::kinds(),
             Steering::<B>::kinds(),
-            JumpReluSae::<B>::kinds(),
+            Sae::<B>::kinds(),
         ]
         .concat()
     }
@@ -105,8 +105,8 @@ impl<B: Backend> Intervention<B> {
             Intervention::Probe(LinearProbe::read(kind, parts)?)
         } else if ours::<B, Steering<B>>(kind) {
             Intervention::Steering(Steering::read(kind, parts)?)
-        } else if ours::<B, JumpReluSae<B>>(kind) {
-            Intervention::Sae(JumpReluSae::read(kind, parts)?)
+        } else if ours::<B, Sae<B>>(kind) {
+            Intervention::Sae(Sae::read(kind, parts)?)
         } else {
             return Err(
                 parts.corrupt(format!("unknown intervention kind `{kind}` (known: {})", Self::kinds().join(", ")))
@@ -181,7 +181,7 @@ impl<B: Backend> Intervention<B> {
             Intervention::Reft(i) => i.forward(base),
             Intervention::Probe(_) => base,
             Intervention::Steering(i) => i.forward(base),
-            Intervention::Sae(i) => i.forward(base, src()),
+            Intervention::Sae(i) => i.forward(base, source)?,
         })
     }
 }

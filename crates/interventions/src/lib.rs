@@ -20,6 +20,7 @@ pub mod placement;
 pub mod probe;
 pub mod reft;
 pub mod sae;
+pub mod sae_formats;
 pub mod set;
 pub mod steering;
 pub mod subspace;

@@ -8,7 +8,8 @@ use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, Placement
 use ferrovene_interventions::fixed::{Fixed, FixedOp};
 use ferrovene_interventions::probe::LinearProbe;
 use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
-use ferrovene_interventions::sae::JumpReluSae;
+use ferrovene_interventions::sae::{JumpReluSae, SaeActivation, SaeNorm};
+use ferrovene_interventions::sae_formats::load_sae;
 use ferrovene_interventions::steering::Steering;
 use ferrovene_interventions::{Activation, Intervention, Orthogonal, Rng};
 use ferrovene_models::{Component, Site, SiteInfo};
@@ -50,14 +51,19 @@ fn config() -> ExportConfig {
 fn sae(rng: &mut Rng) -> JumpReluSae<B> {
     let p2 = |rng: &mut Rng, s: [usize; 2]| Param::from_tensor(rng.normal_tensor::<B, 2>(s, &dev()));
     let p1 = |rng: &mut Rng, n: usize| Param::from_tensor(rng.normal_tensor::<B, 1>([n], &dev()));
-    JumpReluSae {
+    let sae = JumpReluSae {
         w_enc: p2(rng, [D, 12]),
         b_enc: p1(rng, 12),
         w_dec: p2(rng, [12, D]),
         b_dec: p1(rng, D),
-        threshold: p1(rng, 12),
-        latents: vec![1, 5],
-    }
+        threshold: Some(p1(rng, 12)),
+        activation: SaeActivation::JumpRelu,
+        input_bias: false,
+        normalize: SaeNorm::None,
+        latents: Vec::new(),
+        clamp: None,
+    };
+    sae.acting_on(vec![1, 5], None).unwrap()
 }
 
 fn every_kind() -> Vec<Intervention<B>> {
@@ -93,6 +99,17 @@ fn every_kind() -> Vec<Intervention<B>> {
         Intervention::Probe(LinearProbe::init(D, 3, rng, &dev())),
         Intervention::Steering(Steering { vector: Param::from_tensor(rng.normal_tensor([D], &dev())), alpha: 2.5 }),
         Intervention::Sae(sae(rng)),
+        Intervention::Sae({
+            let mut s = sae(rng);
+            (s.activation, s.threshold, s.input_bias, s.normalize) =
+                (SaeActivation::TopK(3), None, true, SaeNorm::LayerNorm);
+            s
+        }),
+        Intervention::Sae({
+            let mut s = sae(rng);
+            (s.activation, s.threshold, s.normalize) = (SaeActivation::Relu, None, SaeNorm::ConstantNormRescale);
+            s.acting_on(vec![3], Some(2.5)).unwrap()
+        }),
     ];
     for family in [
         ReftFamily::LoReft,
@@ -241,7 +258,9 @@ fn gemma_scope_style_sae_weights_load_and_interchange_latents() {
         .map(|(n, b, s)| (*n, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
-    let sae = JumpReluSae::<B>::from_file(&path, vec![2, 7], &dev()).unwrap();
+    let loaded = load_sae::<B>(&path, &dev()).unwrap();
+    assert_eq!(loaded.format, "safetensors");
+    let sae = loaded.sae.acting_on(vec![2, 7], None).unwrap();
 
     // Reference, by hand: z = relu(x W_enc + b_enc) · [pre > threshold]; out = z' W_dec + b_dec
     let base = vals(rng, d);
@@ -262,7 +281,7 @@ fn gemma_scope_style_sae_weights_load_and_interchange_latents() {
     for i in 0..d {
         assert!((got[i] - want[i]).abs() < 1e-4, "dim {i}: {} vs {}", got[i], want[i]);
     }
-    let e = JumpReluSae::<B>::from_file(&path, vec![12], &dev()).err().unwrap().to_string();
+    let e = load_sae::<B>(&path, &dev()).unwrap().sae.acting_on(vec![12], None).err().unwrap().to_string();
     assert!(e.contains("latent 12") && e.contains("12 latents"), "{e}");
 }
 

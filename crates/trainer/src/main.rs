@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ferrovene_trainer::commands::{self, apply, eval, predict, run, steer, sweep};
+use ferrovene_trainer::commands::{self, apply, eval, predict, run, sae, steer, sweep};
 use ferrovene_trainer::device::{Compute, dispatch};
 use ferrovene_trainer::generate::{Choice, Decoding};
 
@@ -223,6 +223,44 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        sae: sae::SaeOptions,
+        #[command(flatten)]
+        compute: Compute,
+    },
+    /// A published SAE on a prompt: its format, site and size, how much of each position's
+    /// activation it leaves unexplained, and with --features the most active latents there.
+    /// Reads SAELens folders (cfg.json + sae_weights.safetensors), Gemma Scope's params.npz, or a
+    /// safetensors file of W_enc, b_enc, W_dec, b_dec, threshold.
+    ///
+    /// Examples:
+    ///   trainer sae --sae gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82 --model google/gemma-2-2b
+    ///       --prompt "The Eiffel Tower is in" --features
+    ///   trainer sae --sae my-saelens-folder --model smollm2-135m --prompt "Hello" --features --top 10
+    /// Then interchange or clamp latents with: trainer apply --intervention SAE --latents 10,42 [--clamp 5]
+    #[command(verbatim_doc_comment)]
+    Sae {
+        /// The SAE: a SAELens folder, a Gemma Scope folder or params.npz, or a safetensors file.
+        #[arg(long)]
+        sae: std::path::PathBuf,
+        /// The model it reads (registry name, folder, .gguf, hub id).
+        #[arg(long, default_value = ferrovene_models::registry::DEFAULT_MODEL)]
+        model: String,
+        /// The text to encode.
+        #[arg(long)]
+        prompt: String,
+        /// The site it reads, when its file names none (e.g. 12.block_output).
+        #[arg(long)]
+        site: Option<ferrovene_models::Site>,
+        /// List each position's most active latents.
+        #[arg(long)]
+        features: bool,
+        /// How many latents per position.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
         compute: Compute,
     },
 }
@@ -290,6 +328,7 @@ fn command(cli: Cli) -> Result<()> {
             top,
             scale,
             json,
+            sae,
             compute,
         } => {
             let choice = match temperature {
@@ -314,8 +353,12 @@ fn command(cli: Cli) -> Result<()> {
                     top,
                     scale,
                     json,
+                    sae,
                 },
             )
+        }
+        Command::Sae { sae: path, model, prompt, site, features, top, json, compute } => {
+            dispatch(compute, sae::SaeCommand { sae: path, model, prompt, site, features, top, json })
         }
         Command::Steer { model, positive, negative, layer, scale, out, force, compute } => {
             dispatch(compute, steer::Steer { model, positive, negative, layer, scale, out, force })

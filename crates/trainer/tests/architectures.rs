@@ -19,24 +19,6 @@ use ferrovene_models::{
 
 const ARCHITECTURES: [&str; 6] = ["gemma2", "gemma3", "qwen3", "phi3", "olmo2", "mistral"];
 
-/// `tests/golden/tiny/<arch>` copied to `dir` with a tokenizer whose token `tN` is id N.
-fn tiny_with_tokenizer(arch: &str, dir: &Path) {
-    let golden = root().join("tests/golden/tiny").join(arch);
-    assert!(golden.exists(), "golden checkpoint {} is missing (copied from ../shared/golden)", golden.display());
-    std::fs::create_dir_all(dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(golden.join(f), dir.join(f)).unwrap();
-    }
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..97).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-}
-
 /// The intervened position: the last of 9.
 const POSITION: usize = 8;
 

@@ -330,22 +330,6 @@ fn a_set_exports_reads_back_and_resumes_to_the_uninterrupted_weights() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `tests/golden/tiny/llama` copied to `dir` with a tokenizer whose token `tN` is id N.
-fn tiny_with_tokenizer(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(tiny().join(f), dir.join(f)).unwrap();
-    }
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        (0..97).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-}
-
 fn text(ids: &[u32]) -> String {
     ids.iter().map(|t| format!("t{t}")).collect::<Vec<_>>().join(" ")
 }
@@ -354,7 +338,7 @@ fn text(ids: &[u32]) -> String {
 fn a_two_site_das_recipe_evaluates_the_same_in_a_fresh_process() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("llama");
-    tiny_with_tokenizer(&model);
+    tiny_with_tokenizer("llama", &model);
     let mut state = 3;
     let lines: Vec<String> = (0..40)
         .map(|i| {
@@ -438,7 +422,7 @@ fn a_two_site_das_recipe_evaluates_the_same_in_a_fresh_process() {
 fn a_two_site_reft_recipe_generates_the_same_through_apply_in_a_fresh_process() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("llama");
-    tiny_with_tokenizer(&model);
+    tiny_with_tokenizer("llama", &model);
     let mut state = 11;
     let examples: Vec<String> = (0..3)
         .map(|_| {

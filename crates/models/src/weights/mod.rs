@@ -185,6 +185,18 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 }
 
+/// A safetensors tensor's little-endian values as f32, from F32, F16 or BF16 (`None` for other
+/// types).
+pub fn f32_of(dtype: safetensors::Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    use safetensors::Dtype;
+    Some(match dtype {
+        Dtype::F32 => f32_from_le(bytes),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
 /// Little-endian f32 bytes (as safetensors and GGUF store them) to values.
 pub fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()

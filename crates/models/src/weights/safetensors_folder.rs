@@ -84,19 +84,12 @@ impl WeightSource for SafetensorsFolder {
             .map_err(|e| ModelError::corrupt(&shard.path, format!("not a valid safetensors file: {e}")))?;
         let view = st.tensor(name).map_err(|e| ModelError::corrupt(&shard.path, format!("tensor `{name}`: {e}")))?;
         let bytes = view.data();
-        let values = match dtype {
-            Dtype::F32 => super::f32_from_le(bytes),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => {
-                return Err(ModelError::UnsupportedDtype {
-                    path: shard.path.clone(),
-                    tensor: name.to_string(),
-                    dtype: format!("{other:?}"),
-                    supported: "F32, F16, BF16".into(),
-                });
-            }
-        };
+        let values = super::f32_of(*dtype, bytes).ok_or_else(|| ModelError::UnsupportedDtype {
+            path: shard.path.clone(),
+            tensor: name.to_string(),
+            dtype: format!("{dtype:?}"),
+            supported: "F32, F16, BF16".into(),
+        })?;
         Ok((values, shape.clone()))
     }
 }

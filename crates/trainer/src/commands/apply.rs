@@ -15,6 +15,7 @@ use ferrovene_interventions::{Intervention, InterventionSet, Placed};
 use ferrovene_models::{Input, LoadedModel, Site, SiteInfo, Transformer, gather_positions, run_to};
 use serde_json::json;
 
+use super::sae::{self, SaeOptions};
 use crate::batch::int2;
 use crate::device::{OnBackend, load_model};
 use crate::generate::{Decoding, Steer, generate, next_logits, top_k};
@@ -47,6 +48,8 @@ pub struct Apply {
     pub scale: Option<f64>,
     /// Print JSON.
     pub json: bool,
+    /// For SAE files: latents, clamping, site.
+    pub sae: SaeOptions,
 }
 
 /// The export, the model and the prompt, resolved.
@@ -64,21 +67,31 @@ struct Prepared<B: Backend> {
 }
 
 impl Apply {
-    /// Loads the export and its model, checks they fit, tokenises the prompt and resolves the
-    /// positions.
-    fn prepare<B: Backend>(&self, device: &B::Device) -> Result<Prepared<B>> {
-        if let Some(alpha) = self.scale.filter(|a| !a.is_finite()) {
-            bail!("--scale must be a finite number, not {alpha}");
+    /// The intervention (an export, or an SAE file as a one-member set), its config, and the
+    /// model it is applied to, checked to fit.
+    #[allow(clippy::type_complexity)]
+    fn load<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(InterventionSet<B>, ExportConfig, LoadedModel<B>, String)> {
+        if sae::is_sae(&self.intervention)? {
+            let spec = self.model.clone().ok_or_else(|| {
+                anyhow!(
+                    "{} is an SAE, whose file does not say which of our models it reads: give --model (and --site if its file names no site)",
+                    self.intervention.display()
+                )
+            })?;
+            let loaded = load_model::<B>(&spec, device).with_context(|| format!("loading model `{spec}`"))?;
+            let (iv, config) = sae::as_set(&self.intervention, &self.sae, &loaded, device)?;
+            return Ok((iv, config, loaded, spec));
         }
-        let (mut iv, config) = export::load_set::<B>(&self.intervention, device)?;
-        if let Some(alpha) = self.scale {
-            for member in &mut iv.members {
-                match member {
-                    Intervention::Steering(s) => s.alpha = alpha,
-                    other => bail!("--scale applies to steering vectors, not to a {} intervention", other.kind()),
-                }
-            }
+        if self.sae.any() {
+            bail!(
+                "--latents, --clamp and --site are for SAE files (a SAELens folder, Gemma Scope's params.npz, …); {} is a ferrovene export",
+                self.intervention.display()
+            );
         }
+        let (iv, config) = export::load_set::<B>(&self.intervention, device)?;
         let spec = self.model.clone().unwrap_or_else(|| config.model.id.clone());
         let loaded = load_model::<B>(&spec, device)
             .with_context(|| format!("loading model `{spec}` (the export's model; --model overrides)"))?;
@@ -87,6 +100,24 @@ impl Apply {
             &self.intervention,
             &export::Target { arch: loaded.model.arch(), hidden_size: loaded.model.width(), sites: &sites },
         )?;
+        Ok((iv, config, loaded, spec))
+    }
+
+    /// Loads the export and its model, checks they fit, tokenises the prompt and resolves the
+    /// positions.
+    fn prepare<B: Backend>(&self, device: &B::Device) -> Result<Prepared<B>> {
+        if let Some(alpha) = self.scale.filter(|a| !a.is_finite()) {
+            bail!("--scale must be a finite number, not {alpha}");
+        }
+        let (mut iv, config, loaded, spec) = self.load(device)?;
+        if let Some(alpha) = self.scale {
+            for member in &mut iv.members {
+                match member {
+                    Intervention::Steering(s) => s.alpha = alpha,
+                    other => bail!("--scale applies to steering vectors, not to a {} intervention", other.kind()),
+                }
+            }
+        }
         let site_name = iv.sites().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let info = loaded.model.site_info(iv.sites()[0])?;
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod eval;
 pub mod predict;
 pub mod run;
+pub mod sae;
 pub mod steer;
 pub mod sweep;
 

@@ -19,6 +19,25 @@ pub fn trainer() -> Command {
     c
 }
 
+/// `tests/golden/tiny/<arch>` copied to `dir` with a word-level tokenizer whose token `tN` is id
+/// N (the tiny checkpoints have 97 tokens and no tokenizer of their own).
+pub fn tiny_with_tokenizer(arch: &str, dir: &Path) {
+    let golden = root().join("tests/golden/tiny").join(arch);
+    assert!(golden.exists(), "golden checkpoint {} is missing (copied from ../shared/golden)", golden.display());
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(golden.join(f), dir.join(f)).unwrap();
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        (0..97).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+}
+
 /// The one run folder under `dir` (`<out>/<recipe>`); panics if there is not exactly one.
 pub fn only_run(dir: &Path) -> PathBuf {
     let runs: Vec<PathBuf> = std::fs::read_dir(dir)
