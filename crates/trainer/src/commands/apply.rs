@@ -69,7 +69,6 @@ struct Prepared<B: Backend> {
 impl Apply {
     /// The intervention (an export, or an SAE file as a one-member set), its config, and the
     /// model it is applied to, checked to fit.
-    #[allow(clippy::type_complexity)]
     fn load<B: Backend>(
         &self,
         device: &B::Device,

@@ -189,7 +189,7 @@ fn interchange_pairs(n: usize, seed: u64) -> Vec<TokenizedExample> {
             .collect();
         let refs: Vec<&TokenizedExample> = candidates.iter().collect();
         let batches = prepare(&model, Site::new(1, Component::BlockOutput), &refs, 0, 64, &dev).unwrap();
-        let argmaxes = |iv: Option<&Iv<Cpu>>| -> Vec<u32> { values(das_logits(&model, &batches[0], iv).unwrap()).chunks(97).map(ferrovene_trainer::generate::argmax).collect() };
+        let argmaxes = |iv: Option<&Iv<Cpu>>| -> Vec<u32> { values(das_logits(&model, &batches[0], iv.map(|i| i as &dyn ferrovene_interventions::Placed<Cpu>)).unwrap()).chunks(97).map(ferrovene_trainer::generate::argmax).collect() };
         let (plain, swapped) = (argmaxes(None), argmaxes(Some(&planted)));
         for ((ex, own), y) in candidates.into_iter().zip(plain).zip(swapped) {
             if let (TokenizedExample::Pair { base, sources, base_label, .. }, true) = (ex, own != y && kept.len() < n) {
