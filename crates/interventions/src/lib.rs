@@ -18,12 +18,16 @@ pub mod logistic;
 pub mod orthogonal;
 pub mod placement;
 pub mod probe;
+pub mod pyvene;
+pub mod pyvene_save;
 pub mod reft;
 pub mod sae;
 pub mod sae_formats;
 pub mod set;
 pub mod steering;
 pub mod subspace;
+pub mod torch_save;
+pub mod torch_strides;
 
 pub use activation::Activation;
 pub use error::{InterventionError, Result};

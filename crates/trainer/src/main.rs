@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ferrovene_trainer::commands::{self, apply, eval, predict, run, sae, steer, sweep};
+use ferrovene_trainer::commands::{self, apply, eval, export, import, predict, run, sae, steer, sweep};
 use ferrovene_trainer::device::{Compute, dispatch};
 use ferrovene_trainer::generate::{Choice, Decoding};
 
@@ -227,6 +227,49 @@ enum Command {
         #[command(flatten)]
         compute: Compute,
     },
+    /// Import a folder that pyvene (IntervenableModel.save) or pyreft (ReftModel.save) wrote, as a
+    /// ferrovene export that `trainer eval` and `trainer apply` take.
+    ///
+    /// Reads pyvene's LowRankRotatedSpace, RotatedSpace, BoundlessRotatedSpace and Vanilla
+    /// interventions and pyreft's LoReFT, NoReFT, ConsReFT, LoBiReFT, DiReFT and NoDiReFT, one or
+    /// several representations; pyvene's component names and layers are ours.
+    ///
+    /// Example: trainer import ./my_pyvene_das --model gpt2 --out das.safetensors
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// The folder (config.json and intkey_*.bin files).
+        folder: std::path::PathBuf,
+        /// The model the interventions were trained on (registry name, folder, .gguf, hub id).
+        #[arg(long)]
+        model: String,
+        /// Where to write the export.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Replace an existing file at --out.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        compute: Compute,
+    },
+    /// Write an export as the folder pyvene (IntervenableModel.save) or pyreft (ReftModel.save)
+    /// writes, for IntervenableModel.load(DIR, model) / ReftModel.load(DIR, model).
+    ///
+    /// Writes low-rank, full and Boundless DAS and interchange for pyvene, LoReFT for pyreft.
+    ///
+    /// Example: trainer export runs/das-capitals/…/intervention.safetensors --to pyvene das_folder
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// Our export (intervention.safetensors).
+        intervention: std::path::PathBuf,
+        /// Which library's folder: pyvene or pyreft.
+        #[arg(long, value_enum)]
+        to: export::Flavour,
+        /// The folder to write.
+        dir: std::path::PathBuf,
+        /// Write into a folder that already has files.
+        #[arg(long)]
+        force: bool,
+    },
     /// A published SAE on a prompt: its format, site and size, how much of each position's
     /// activation it leaves unexplained, and with --features the most active latents there.
     /// Reads SAELens folders (cfg.json + sae_weights.safetensors), Gemma Scope's params.npz, or a
@@ -356,6 +399,10 @@ fn command(cli: Cli) -> Result<()> {
                     sae,
                 },
             )
+        }
+        Command::Export { intervention, to, dir, force } => export::Export { intervention, to, dir, force }.run(),
+        Command::Import { folder, model, out, force, compute } => {
+            dispatch(compute, import::Import { folder, model, out, force })
         }
         Command::Sae { sae: path, model, prompt, site, features, top, json, compute } => {
             dispatch(compute, sae::SaeCommand { sae: path, model, prompt, site, features, top, json })

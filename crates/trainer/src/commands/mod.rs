@@ -4,6 +4,8 @@
 
 pub mod apply;
 pub mod eval;
+pub mod export;
+pub mod import;
 pub mod predict;
 pub mod run;
 pub mod sae;

@@ -160,6 +160,10 @@ pub struct PairRecipe {
     /// reason): a killed run loses at most this much work.
     #[serde(default = "default_checkpoint_minutes")]
     pub checkpoint_minutes: f64,
+    /// Start from the interventions of this export (ours, or one `trainer import` made from a
+    /// pyvene or pyreft folder) instead of a fresh draw: the same sites, kind and shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// Boundless DAS: temperature schedule (default 1 → 0.1, geometric, over the run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<Temperature>,

@@ -141,11 +141,51 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     /// one draw, as a single intervention always was).
     fn initial(&self) -> Result<InterventionSet<B>> {
         let layout = Layout::new(&self.sites, self.positions, self.r.share)?;
+        if let Some(path) = &self.r.init_from {
+            return self.loaded_start(path, layout);
+        }
         let mut rng = Rng::new(self.r.seed);
         InterventionSet::init(layout, |site| {
             let at = self.sites.iter().position(|s| *s == site).context("a slot's site is the recipe's")?;
             self.initial_member(site, self.widths[at], 0, &mut rng)
         })
+    }
+
+    /// The interventions of the export at `path` (ours, or one `trainer import` made from a
+    /// pyvene or pyreft folder) as the start of training: the same placements as the recipe's
+    /// and, member by member, the kind and shapes a fresh start would have.
+    fn loaded_start(&self, path: &std::path::Path, layout: Layout) -> Result<InterventionSet<B>> {
+        let why = || format!("the recipe's `init_from = \"{}\"`", path.display());
+        let (set, _) = ferrovene_interventions::export::load_set::<B>(path, self.device).with_context(why)?;
+        let places = |l: &Layout| l.slots.iter().map(|s| s.name()).collect::<Vec<_>>();
+        if places(&set.layout) != places(&layout) || set.members.len() != layout.members.len() {
+            bail!(
+                "{}: it is placed at {:?} ({} members), the recipe at {:?} ({} members with share = \"{}\"); they must agree",
+                why(),
+                places(&set.layout),
+                set.members.len(),
+                places(&layout),
+                layout.members.len(),
+                self.r.share.name()
+            );
+        }
+        let mut rng = Rng::new(self.r.seed);
+        for (m, member) in set.members.iter().enumerate() {
+            let slot = layout.slots.iter().find(|s| s.member == m).context("every member has a slot")?;
+            let at = self.sites.iter().position(|s| *s == slot.site).context("a slot's site is the recipe's")?;
+            let fresh = self.initial_member(slot.site, self.widths[at], 0, &mut rng)?;
+            let shape = |iv: &Intervention<B>| (iv.kind(), iv.width(), iv.rotation().map(|r| r.dims()));
+            if shape(member) != shape(&fresh) {
+                bail!(
+                    "{}: member {} is {:?} (kind, width, rotation), the recipe trains {:?}",
+                    why(),
+                    layout.members[m],
+                    shape(member),
+                    shape(&fresh)
+                );
+            }
+        }
+        Ok(InterventionSet::new(set.members, layout)?)
     }
 
     /// One freshly initialised intervention for a site of `width`.

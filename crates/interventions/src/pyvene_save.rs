@@ -1,0 +1,182 @@
+//! An [`InterventionSet`] written as the folder pyvene 0.1.8's `IntervenableModel.save` (or
+//! pyreft 0.1.0's `ReftModel.save`) writes, for `IntervenableModel.load(dir, model)` /
+//! `ReftModel.load(dir, model)`: `config.json` (pyvene's `IntervenableConfig`) and one
+//! `intkey_<key>.bin` per intervention ([`crate::torch_save`]), keyed as pyvene keys its
+//! interventions (`layer_1_comp_block_output_unit_pos_nunit_1#0`).
+//!
+//! | ours | class | state dict |
+//! | --- | --- | --- |
+//! | `das_low_rank` | `LowRankRotatedSpaceIntervention` | `embed_dim`, `interchange_dim`, `rotate_layer.parametrizations.weight.original` (`X`), `…weight.0.base` |
+//! | `das_full` | `RotatedSpaceIntervention` | the same, `interchange_dim = k` |
+//! | `das_boundless` | `BoundlessRotatedSpaceIntervention` | the same, `intervention_boundaries`, `temperature`, `intervention_population` |
+//! | `interchange` | `VanillaIntervention` | `embed_dim`, `interchange_dim` |
+//! | `loreft` | pyreft's `LoreftIntervention` | `weight`, `bias`, `rotate_layer` (`W`, materialised) |
+//!
+//! A rotation kept in torch's parametrisation is written as it is; any other (format 1's
+//! Householder or exponential, a fixed `R`) as `base` = an orthonormal completion of `W` and
+//! `X = −I`, torch's start, where its parametrisation gives `W = base[:, :k]` exactly.
+
+use std::path::Path;
+
+use burn::tensor::{Tensor, backend::Backend};
+use serde_json::{Value, json};
+
+use crate::error::{InterventionError, Result};
+use crate::fixed::FixedOp;
+use crate::intervention::Intervention;
+use crate::orthogonal::Orthogonal;
+use crate::pyvene::orthonormal_completion;
+use crate::reft::ReftFamily;
+use crate::set::InterventionSet;
+use crate::torch_save::{Entry, Values};
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap_or_default()
+}
+
+fn f32s<B: Backend, const D: usize>(key: &str, t: Tensor<B, D>) -> Entry {
+    let shape = t.dims().to_vec();
+    (key.into(), Values::F32(values(t)), shape)
+}
+
+fn scalar(key: &str, v: i64) -> Entry {
+    (key.into(), Values::I64(vec![v]), vec![])
+}
+
+/// torch's `base` (`d × d`) and `X` (`d × k`) for a rotation.
+fn parametrisation<B: Backend>(r: &Orthogonal<B>) -> (Vec<Entry>, usize, usize) {
+    let [k, d] = r.dims();
+    let (base, x) = match r {
+        Orthogonal::Torch(t) => (values(t.base.val()), values(t.x.val())),
+        other => {
+            // W = Rᵀ (d × k); base completes it, X = −I.
+            let rr = values(other.matrix());
+            let w: Vec<f32> = (0..d * k).map(|i| rr[(i % k) * d + i / k]).collect();
+            let x = (0..d * k).map(|i| if i / k == i % k { -1.0 } else { 0.0 }).collect();
+            (orthonormal_completion(&w, d, k), x)
+        }
+    };
+    let entries = vec![
+        ("rotate_layer.parametrizations.weight.original".into(), Values::F32(x), vec![d, k]),
+        ("rotate_layer.parametrizations.weight.0.base".into(), Values::F32(base), vec![d, d]),
+    ];
+    (entries, k, d)
+}
+
+/// pyvene's class of `iv`, its low-rank dimension, and its state dict.
+fn state<B: Backend>(iv: &Intervention<B>, width: usize) -> Result<(&'static str, Option<usize>, Vec<Entry>)> {
+    let d = width as i64;
+    Ok(match iv {
+        Intervention::DasLowRank(i) => {
+            let (mut e, k, _) = parametrisation(&i.rotation);
+            e.splice(0..0, [scalar("embed_dim", d), scalar("interchange_dim", d)]);
+            ("pyvene.models.interventions.LowRankRotatedSpaceIntervention", Some(k), e)
+        }
+        Intervention::DasFull(i) => {
+            let (mut e, _, _) = parametrisation(&i.rotation);
+            e.splice(0..0, [scalar("embed_dim", d), scalar("interchange_dim", i.k as i64)]);
+            ("pyvene.models.interventions.RotatedSpaceIntervention", None, e)
+        }
+        Intervention::Boundless(i) => {
+            let (rot, _, _) = parametrisation(&i.rotation);
+            let mut e = vec![
+                f32s("intervention_boundaries", i.boundary.val()),
+                ("temperature".into(), Values::F32(vec![i.temperature as f32]), vec![]),
+                ("intervention_population".into(), Values::I64((0..d).collect()), vec![width]),
+                scalar("embed_dim", d),
+                scalar("interchange_dim", d),
+            ];
+            e.extend(rot);
+            ("pyvene.models.interventions.BoundlessRotatedSpaceIntervention", None, e)
+        }
+        Intervention::Fixed(f) if f.op == FixedOp::Interchange => (
+            "pyvene.models.interventions.VanillaIntervention",
+            None,
+            vec![scalar("embed_dim", d), scalar("interchange_dim", d)],
+        ),
+        Intervention::Reft(r) if r.family == ReftFamily::LoReft => {
+            let (rot, src) = (r.rotation.as_ref(), r.learned_source.as_ref());
+            let (Some(rot), Some(src)) = (rot, src) else {
+                return Err(InterventionError::BadParameter {
+                    kind: "loreft".into(),
+                    parameter: "parameters".into(),
+                    reason: "a LoReFT without its rotation or learned source".into(),
+                });
+            };
+            let [k, dd] = rot.dims();
+            let rr = values(rot.matrix());
+            let w: Vec<f32> = (0..dd * k).map(|i| rr[(i % k) * dd + i / k]).collect();
+            let e = vec![
+                f32s("weight", src.weight.val()),
+                f32s("bias", src.bias.val()),
+                ("rotate_layer".into(), Values::F32(w), vec![dd, k]),
+            ];
+            ("pyreft.interventions.LoreftIntervention", Some(k), e)
+        }
+        other => {
+            return Err(InterventionError::BadParameter {
+                kind: other.kind().into(),
+                parameter: "kind".into(),
+                reason: "not written as a pyvene/pyreft folder yet (das_low_rank, das_full, das_boundless, interchange and loreft are)".into(),
+            });
+        }
+    })
+}
+
+/// Writes `set` (each member at one site, at every position) into `dir` as pyvene saves;
+/// `widths` gives each site's width. Returns the keys written.
+pub fn write_folder<B: Backend>(
+    set: &InterventionSet<B>,
+    widths: &dyn Fn(ferrovene_models::Site) -> usize,
+    dir: &Path,
+) -> Result<Vec<String>> {
+    let io = |e: std::io::Error| InterventionError::Io { path: dir.to_path_buf(), source: e };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let (mut reps, mut types, mut dims, mut constant, mut keys) = (vec![], vec![], vec![], vec![], vec![]);
+    for (m, iv) in set.members.iter().enumerate() {
+        let slots: Vec<_> = set.layout.slots.iter().filter(|s| s.member == m).collect();
+        let [slot] = slots.as_slice() else {
+            return Err(InterventionError::BadParameter {
+                kind: iv.kind().into(),
+                parameter: "placements".into(),
+                reason: format!(
+                    "member {} is placed {} times; pyvene folders hold one placement per intervention",
+                    set.layout.members[m],
+                    slots.len()
+                ),
+            });
+        };
+        if slot.position.is_some() {
+            return Err(InterventionError::BadParameter {
+                kind: iv.kind().into(),
+                parameter: "placements".into(),
+                reason: format!(
+                    "{} acts at one of several positions (share = \"none\"); pyvene applies an intervention where it is told, so export sets shared across positions",
+                    slot.name()
+                ),
+            });
+        }
+        let width = widths(slot.site);
+        let (class, rank, entries) = state(iv, width)?;
+        let base_key = format!("layer_{}_comp_{}_unit_pos_nunit_1", slot.site.layer, slot.site.component);
+        let n = keys.iter().filter(|k: &&String| k.starts_with(&format!("{base_key}#"))).count();
+        let key = format!("{base_key}#{n}");
+        crate::torch_save::write(&dir.join(format!("intkey_{key}.bin")), &format!("intkey_{key}"), &entries)
+            .map_err(io)?;
+        let mut rep =
+            vec![json!(slot.site.layer), json!(slot.site.component.name()), json!("pos"), json!(1), json!(rank)];
+        rep.extend(std::iter::repeat_n(Value::Null, 9));
+        reps.push(Value::Array(rep));
+        types.push(format!("<class '{class}'>"));
+        dims.push(width);
+        constant.push(!iv.needs_source());
+        keys.push(key);
+    }
+    let config = json!({
+        "intervention_constant_sources": constant, "intervention_dimensions": dims, "intervention_types": types,
+        "mode": "parallel", "representations": reps, "sorted_keys": keys, "transformers_version": "4.45.1",
+    });
+    let text = serde_json::to_string_pretty(&config).expect("the config serialises");
+    std::fs::write(dir.join("config.json"), text).map_err(io)?;
+    Ok(keys)
+}
