@@ -35,9 +35,10 @@ pub enum Fillers {
     ByClass(BTreeMap<String, Vec<String>>),
 }
 
-/// One task of a suite file.
+/// One task of a suite file. Besides the fields below, a task may carry descriptive strings of
+/// its own (CausalGym's `source`, a URL on every task of its `syntaxgym.json`): they are kept in
+/// [`Task::about`] and go into the report.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Task {
     /// Sentences with `{variable}` slots (names may contain dots).
     pub templates: Vec<String>,
@@ -53,6 +54,70 @@ pub struct Task {
     /// One line saying what the task tests (ours; CausalGym's files have none).
     #[serde(default)]
     pub description: Option<String>,
+    /// Descriptive string fields other than the above (CausalGym's `source`), by name.
+    #[serde(skip)]
+    pub about: BTreeMap<String, String>,
+}
+
+/// The fields a task has, with what each holds (for errors that name the field).
+const TASK_FIELDS: [(&str, &str); 6] = [
+    ("templates", "a list of template strings"),
+    ("label", "the name of the label variable"),
+    ("labels", "an object of class → list of continuations"),
+    ("variables", "an object of variable → list of fillers (or, for the label variable, class → list)"),
+    ("result_prepend_space", "true or false"),
+    ("description", "a string"),
+];
+
+/// Reads one task, naming the field at fault: its known fields each checked alone, any other
+/// field kept when it is a string (descriptive, as CausalGym's `source`) and refused otherwise.
+fn read_task(name: &str, value: Value) -> std::result::Result<Task, String> {
+    let Value::Object(fields) = value else { return Err(format!("task `{name}` is not an object of fields")) };
+    let mut known = Map::new();
+    let mut about = BTreeMap::new();
+    for (field, v) in fields {
+        if let Some((_, what)) = TASK_FIELDS.iter().find(|(f, _)| *f == field) {
+            if field == "label" && v.is_array() {
+                return Err(format!(
+                    "task `{name}`: label: a list of variables ({v}), which decide the label jointly in CausalGym, is not read yet; a task here has one label variable"
+                ));
+            }
+            // Each field alone, so that a wrong type names it.
+            let probe = Value::Object(Map::from_iter([(field.clone(), v.clone())]));
+            let check: std::result::Result<PartialTask, _> = serde_json::from_value(probe);
+            check.map_err(|e| format!("task `{name}`: {field}: {e} (expected {what})"))?;
+            known.insert(field, v);
+        } else if field == "label_prepend_space" {
+            // Older CausalGym files: how label fillers were counted in tokens; nothing to do here.
+        } else {
+            match v {
+                Value::String(text) => {
+                    about.insert(field, text);
+                }
+                other => {
+                    return Err(format!(
+                        "task `{name}`: unknown field `{field}` ({other}); a task has {}, and may carry descriptive strings (such as CausalGym's `source`)",
+                        TASK_FIELDS.iter().map(|(f, _)| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    let mut task: Task = serde_json::from_value(Value::Object(known)).map_err(|e| format!("task `{name}`: {e}"))?;
+    task.about = about;
+    Ok(task)
+}
+
+/// Every field of a task optional, each checked for its type alone.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct PartialTask {
+    templates: Option<Vec<String>>,
+    label: Option<String>,
+    labels: Option<BTreeMap<String, Vec<String>>>,
+    variables: Option<BTreeMap<String, Fillers>>,
+    result_prepend_space: Option<bool>,
+    description: Option<String>,
 }
 
 /// A suite file: tasks by name, in the file's order of names.
@@ -87,8 +152,13 @@ pub fn read_suite(path: &Path) -> Result<Suite> {
     let not_a_suite = |e: serde_json::Error| {
         file_err(format!("not a suite (a JSON object of tasks in CausalGym's template format): {e}"))
     };
-    let tasks: BTreeMap<String, Task> =
-        serde_json::from_value(crate::strict_json::parse(&text).map_err(not_a_suite)?).map_err(not_a_suite)?;
+    let Value::Object(raw) = crate::strict_json::parse(&text).map_err(not_a_suite)? else {
+        return Err(file_err("not a suite: a JSON object of tasks in CausalGym's template format".into()));
+    };
+    let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
+    for (name, value) in raw {
+        tasks.insert(name.clone(), read_task(&name, value).map_err(file_err)?);
+    }
     if tasks.is_empty() {
         return Err(file_err("the suite has no tasks".into()));
     }
@@ -199,7 +269,9 @@ impl Task {
                     "the label variable `{name}` has the empty filler {empty:?}: its slot would cover no token, so there would be nothing to intervene on; give it a word"
                 ));
             }
-            for l in &lists {
+            // Dotted variables of one head are picked together (CausalGym's `clause.verb` with
+            // `clause.np2`): a word may recur in one of them with different partners.
+            for l in lists.iter().filter(|_| !name.contains('.')) {
                 let mut seen = HashSet::new();
                 if let Some(twice) = l.iter().find(|w| !seen.insert(w.as_str())) {
                     return Err(format!(
@@ -208,6 +280,7 @@ impl Task {
                 }
             }
         }
+        self.check_dotted_heads()?;
         for template in &self.templates {
             let slots: Vec<String> = pieces(template)?
                 .into_iter()
@@ -220,6 +293,24 @@ impl Task {
                 return Err(format!(
                     "template `{template}` has no `{{{}}}` slot: its pairs would not differ",
                     self.label
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Dotted variables of one head (`clause.verb`, `clause.np2`) are picked with one index, so
+    /// their lists must be as long.
+    fn check_dotted_heads(&self) -> std::result::Result<(), String> {
+        for (name, fillers) in &self.variables {
+            let (Some((head, _)), Fillers::List(l)) = (name.split_once('.'), fillers) else { continue };
+            if let Some((other, Fillers::List(m))) = self.variables.iter().find(|(o, f)| {
+                o.split_once('.').is_some_and(|(h, _)| h == head) && matches!(f, Fillers::List(m) if m.len() != l.len())
+            }) {
+                return Err(format!(
+                    "variables: `{name}` and `{other}` share the head `{head}`, so one choice picks both (as CausalGym does); they need as many fillers ({} and {})",
+                    l.len(),
+                    m.len()
                 ));
             }
         }
@@ -305,7 +396,21 @@ fn combinations(name: &str, task: &Task, count: usize, seed: u64) -> std::result
     let classes = task.classes();
     let slots: Vec<Vec<(&String, usize)>> = task.templates.iter().map(|t| other_slots(task, t)).collect();
     let alternatives = task.labels.values().map(Vec::len).min().unwrap_or(1);
-    let per_template = |s: &Vec<(&String, usize)>| s.iter().map(|(_, n)| *n as f64).product::<f64>();
+    // Dotted variables of one head count once: one choice picks them all.
+    let per_template = |s: &Vec<(&String, usize)>| {
+        let mut heads: Vec<&str> = Vec::new();
+        s.iter()
+            .filter(|(n, _)| match n.split_once('.') {
+                Some((h, _)) if heads.contains(&h) => false,
+                Some((h, _)) => {
+                    heads.push(h);
+                    true
+                }
+                None => true,
+            })
+            .map(|(_, n)| *n as f64)
+            .product::<f64>()
+    };
     let total: f64 = slots.iter().map(per_template).sum::<f64>()
         * classes.iter().map(|c| by_class[*c].len() as f64).product::<f64>()
         * alternatives as f64;
@@ -330,7 +435,26 @@ fn combinations(name: &str, task: &Task, count: usize, seed: u64) -> std::result
         let template = pick(task.templates.len());
         let c = Combination {
             template,
-            words: slots[template].iter().map(|(n, len)| ((*n).clone(), pick(*len))).collect(),
+            words: {
+                let mut heads: Vec<(&str, usize)> = Vec::new();
+                slots[template]
+                    .iter()
+                    .map(|(n, len)| {
+                        let i = match n.split_once('.') {
+                            Some((h, _)) => match heads.iter().find(|(k, _)| *k == h) {
+                                Some((_, i)) => *i,
+                                None => {
+                                    let i = pick(*len);
+                                    heads.push((h, i));
+                                    i
+                                }
+                            },
+                            None => pick(*len),
+                        };
+                        ((*n).clone(), i)
+                    })
+                    .collect()
+            },
             label_words: [pick(by_class[classes[0]].len()), pick(by_class[classes[1]].len())],
             continuation: pick(alternatives),
         };

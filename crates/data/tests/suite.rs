@@ -193,3 +193,52 @@ fn bad_suites_say_which_task_and_what_is_wrong() {
     let e = split(&small, "nope", 4, 2, 0).err().expect("no such task").to_string();
     assert!(e.contains("no task `nope`") && e.contains("tasks: t"), "{e}");
 }
+
+/// The layout of CausalGym's own `syntaxgym.json` (in our own words): every task carries a
+/// `source` URL, which is kept and goes into the report; a wrong type names the task and the
+/// field; a label that is a list of variables (CausalGym's `gss_subord*` tasks) is refused naming
+/// the task and the field, as not read yet.
+#[test]
+fn causalgyms_layout_reads_with_its_source_and_errors_name_task_and_field() {
+    let body = r#""source": "https://example.org/suite/1", "templates": ["The {s} by the {o}"], "label": "s",
+        "result_prepend_space": true, "labels": {"one": ["is"], "many": ["are"]},
+        "variables": {"s": {"one": ["owl"], "many": ["owls"]}, "o": ["tree", "barn"]}"#;
+    let suite = read_suite(&write_suite("canonical", &format!(r#"{{"agr_like": {{{body}}}}}"#))).unwrap();
+    let task = &suite.tasks["agr_like"];
+    assert_eq!(task.about.get("source").map(String::as_str), Some("https://example.org/suite/1"));
+    let joint = r#"{"gss_like": {"source": "x", "templates": ["{sub}{det} {n} left"], "label": ["sub", "det"],
+        "result_prepend_space": false, "labels": {"yes": [" they"], "no": ["."]},
+        "variables": {"sub": {"yes": ["When"], "no": [""]}, "det": {"yes": [" the"], "no": ["The"]}, "n": ["cats"]}}}"#;
+    let e = read_suite(&write_suite("joint", joint)).unwrap_err().to_string();
+    assert!(e.contains("task `gss_like`: label: a list of variables") && e.contains("not read yet"), "{e}");
+    let wrong = format!(
+        r#"{{"agr_like": {{{}}}}}"#,
+        body.replace(r#""templates": ["The {s} by the {o}"]"#, r#""templates": "The {s} by the {o}""#)
+    );
+    let e = read_suite(&write_suite("wrong-type", &wrong)).unwrap_err().to_string();
+    assert!(e.contains("task `agr_like`: templates:") && e.contains("expected a list of template strings"), "{e}");
+}
+
+/// Dotted variables of one head are chosen together, as CausalGym chooses them: `clause.verb`
+/// and `clause.obj` come from the same index; lists of one head must be as long.
+#[test]
+fn dotted_variables_of_one_head_are_chosen_together() {
+    let json = r#"{"t": {"templates": ["The {s} {clause.verb} the {clause.obj}"], "label": "s",
+        "labels": {"one": ["is"], "many": ["are"]}, "result_prepend_space": true,
+        "variables": {"s": {"one": ["owl"], "many": ["owls"]},
+                      "clause.verb": ["ate", "read", "saw"], "clause.obj": ["seeds", "books", "stars"]}}}"#;
+    let suite = read_suite(&write_suite("dotted", json)).unwrap();
+    let pairs = split(&suite, "t", 4, 2, 0).unwrap();
+    for ex in pairs.train.iter().chain(&pairs.test) {
+        let (base, _, _, _, _) = parts(ex);
+        let (text, _) = text(base);
+        assert!(
+            ["ate the seeds", "read the books", "saw the stars"].iter().any(|p| text.contains(p)),
+            "the verb and its object come from one choice: {text}"
+        );
+    }
+    let e = read_suite(&write_suite("dotted-uneven", &json.replace(r#""stars"]"#, r#""stars", "moons"]"#)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("share the head `clause`") && (e.contains("(3 and 4)") || e.contains("(4 and 3)")), "{e}");
+}

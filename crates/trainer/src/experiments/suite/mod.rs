@@ -321,7 +321,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
             .with_context(|| format!("task `{name}`"))?;
         report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
         per_task.push(
-            json!({"task": name, "description": task.description, "regions": t.regions, "model_accuracy": t.accuracy}),
+            json!({"task": name, "description": task.description, "about": task.about, "regions": t.regions, "model_accuracy": t.accuracy}),
         );
         frozen_s += t.frozen_s;
         rows.extend(t.rows);
