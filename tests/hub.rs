@@ -65,7 +65,8 @@ fn start_server(files: HashMap<String, Vec<u8>>) -> (String, Arc<AtomicUsize>) {
                     return;
                 }
                 // /{org}/{name}/resolve/{rev}/{file}
-                let file = path.splitn(6, '/').nth(5).unwrap_or("").to_string();
+                // As real servers do, the path is percent-decoded (`%23` is `#`).
+                let file = percent_decode(path.splitn(6, '/').nth(5).unwrap_or(""));
                 let Some(data) = files.get(&file) else {
                     reply(&mut stream, "404 Not Found", vec!["X-Error-Code: EntryNotFound".into()], b"not found");
                     return;
@@ -325,4 +326,68 @@ fn mutated_hub_replies_never_panic() {
     }
     assert_eq!(answered, cases);
     assert!(listed > cases / 8, "only {listed} cases listed the repository: the file replies were barely exercised");
+}
+
+/// A folder pyvene saved, fetched by hub id (its `config.json`, then the `intkey_*.bin` files its
+/// `sorted_keys` name), reads as the golden folder reads; then again offline from the cache.
+#[test]
+fn a_pyvene_folder_comes_from_the_hub_and_then_from_the_cache() {
+    let dir = golden("pyvene_saves/two_sites");
+    let files: HashMap<String, Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "reference.safetensors")
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    let (endpoint, hits) = start_server(files);
+    let cache = temp_dir("hub-pyvene");
+    let mut cfg = HubConfig {
+        endpoint,
+        cache_dir: cache,
+        offline: false,
+        progress: false,
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let id = HubId::parse("someone/two-sites-das").unwrap();
+    let pyvene_files = ferrovene_trainer::commands::pyvene_files;
+    let fetched = ferrovene_models::hub::fetch_files(&id, &cfg, "config.json", pyvene_files).unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "config.json and both intkey files");
+    let read = |d: &std::path::Path| ferrovene_interventions::pyvene::read_folder::<B>(d, &Default::default()).unwrap();
+    let (ours, theirs) = (read(&fetched), read(&dir));
+    assert_eq!(ours.keys, theirs.keys);
+    for (a, b) in ours.set.members.iter().zip(&theirs.set.members) {
+        assert!(a.rotation().unwrap().matrix().into_data() == b.rotation().unwrap().matrix().into_data());
+    }
+    cfg.offline = true;
+    cfg.endpoint = "http://127.0.0.1:9".into();
+    let again = ferrovene_models::hub::fetch_files(&id, &cfg, "config.json", pyvene_files).unwrap();
+    assert_eq!(again, fetched, "offline, the same snapshot from the cache");
+    let e =
+        ferrovene_models::hub::fetch_files(&HubId::parse("someone/other").unwrap(), &cfg, "config.json", pyvene_files)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("HF_HUB_OFFLINE") && e.contains("config.json"), "{e}");
+}
+
+/// `%XX` escapes decoded.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()),
+        ) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -122,12 +122,23 @@ pub fn fetch(id: &HubId, cfg: &HubConfig) -> Result<PathBuf> {
         }
         return snapshot_dir(&config);
     }
+    let worker = (id.clone(), cfg.clone());
+    watched(id, cfg, move |life| fetch_online(&worker.0, &worker.1, life))
+}
+
+/// Runs `job` (hub requests) on a worker thread, giving up with an error naming the endpoint when
+/// the hub stays silent longer than the timeout: hf-hub's client has none of its own.
+fn watched<T: Send + 'static>(
+    id: &HubId,
+    cfg: &HubConfig,
+    job: impl FnOnce(&Life) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let life = Life::new();
-    let worker = (id.clone(), cfg.clone(), life.clone());
+    let worker_life = life.clone();
     std::thread::spawn(move || {
-        let (id, cfg, life) = worker;
-        let _ = done_tx.send(fetch_online(&id, &cfg, &life));
+        let _ = done_tx.send(job(&worker_life));
     });
     loop {
         match done_rx.recv_timeout(Duration::from_millis(200)) {
@@ -148,6 +159,71 @@ pub fn fetch(id: &HubId, cfg: &HubConfig) -> Result<PathBuf> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
+}
+
+/// Fetches (or finds in the cache) `first` of a hub repo, then every file `then` names from
+/// it (e.g. a pyvene folder's `config.json`, then the `intkey_<key>.bin` its `sorted_keys`
+/// name); returns the local snapshot folder. Offline, everything comes from the cache.
+pub fn fetch_files(
+    id: &HubId,
+    cfg: &HubConfig,
+    first: &str,
+    then: fn(&std::path::Path) -> std::result::Result<Vec<String>, String>,
+) -> Result<PathBuf> {
+    let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
+    if cfg.offline {
+        let cache = Cache::new(cfg.cache_dir.clone()).repo(id.hf_repo());
+        let missing = |file: &str| {
+            err(format!(
+                "HF_HUB_OFFLINE is set and `{file}` is not in the cache at {}; unset HF_HUB_OFFLINE to download it",
+                cfg.cache_dir.display()
+            ))
+        };
+        let head = cache.get(first).ok_or_else(|| missing(first))?;
+        for file in then(&head).map_err(&err)? {
+            cache.get(&file).ok_or_else(|| missing(&file))?;
+        }
+        return snapshot_dir(&head);
+    }
+    let (worker_id, worker_cfg, first) = (id.clone(), cfg.clone(), first.to_string());
+    watched(id, cfg, move |life| {
+        let (id, cfg) = (&worker_id, &worker_cfg);
+        let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
+        let api = ApiBuilder::new()
+            .with_endpoint(cfg.endpoint.clone())
+            .with_cache_dir(cfg.cache_dir.clone())
+            .with_progress(false)
+            .build()
+            .map_err(|e| err(format!("cannot start the hub client: {e}")))?;
+        let repo = api.repo(id.hf_repo());
+        let cache = Cache::new(cfg.cache_dir.clone()).repo(id.hf_repo());
+        let get = |file: &str| {
+            if let Some(path) = cache.get(file) {
+                return Ok(path);
+            }
+            // hf-hub puts the name into the URL as it is, where `#` (in every pyvene key) would
+            // start a fragment: it is asked for encoded, and the file is then given its own
+            // name beside the encoded one in the snapshot.
+            let asked = file.replace('%', "%25").replace('#', "%23");
+            let path = get_watched(&repo, &cache, &asked, cfg, life).map_err(|e| {
+                err(format!(
+                    "downloading `{file}` from {}: {e}; check the id, the file name and HF_ENDPOINT",
+                    cfg.endpoint
+                ))
+            })?;
+            if asked == file {
+                return Ok(path);
+            }
+            let named = path.with_file_name(file);
+            std::fs::copy(&path, &named).map_err(|e| err(format!("naming `{file}` in the cache: {e}")))?;
+            Ok(named)
+        };
+        let head = get(&first)?;
+        for file in then(&head).map_err(&err)? {
+            get(&file)?;
+        }
+        snapshot_dir(&head)
+    })
 }
 
 /// When the hub last showed a sign of life, shared between the worker and the watchdog.

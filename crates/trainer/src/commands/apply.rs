@@ -313,22 +313,24 @@ impl OnBackend for Apply {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        let p = self.prepare::<B>(&device)?;
+        // A hub id (`org/name[@rev][:file]`) is fetched into the cache first.
+        let this = Apply { intervention: super::intervention_path(&self.intervention)?, ..self };
+        let p = this.prepare::<B>(&device)?;
         if let [Intervention::Probe(probe)] = p.iv.members.as_slice() {
-            return self.show_probe(&p, probe, &device);
+            return this.show_probe(&p, probe, &device);
         }
-        let source = self.source(&p, &device)?;
+        let source = this.source(&p, &device)?;
         let steer = Steer {
             intervention: &p.iv as &dyn Placed<B>,
             site: p.info,
             positions: p.positions.clone(),
             sources: source,
             dims: p.config.placement.dims.clone(),
-            every_token: self.every_token,
+            every_token: this.every_token,
         };
-        match &self.generate {
-            Some(decoding) => self.show_generation(&p, &steer, decoding, &device),
-            None => self.show_next_tokens(&p, &steer, &device),
+        match &this.generate {
+            Some(decoding) => this.show_generation(&p, &steer, decoding, &device),
+            None => this.show_next_tokens(&p, &steer, &device),
         }
     }
 }

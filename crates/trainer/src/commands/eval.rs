@@ -190,6 +190,14 @@ impl OnBackend for Eval {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+        // A hub id (`org/name[@rev][:file]`) is fetched into the cache first.
+        Eval { intervention: super::intervention_path(&self.intervention)?, ..self }.evaluate::<B>(device)
+    }
+}
+
+impl Eval {
+    /// Evaluates the (local) export and prints the table or JSON.
+    fn evaluate<B: Backend>(self, device: B::Device) -> Result<()> {
         // The export says which model and site; it is checked against that model once loaded.
         let (iv, config) = export::load_set::<B>(&self.intervention, &device)?;
         if iv.members.iter().any(|m| matches!(m, Intervention::Probe(_))) {

@@ -32,7 +32,8 @@ impl OnBackend for Import {
         if self.out.exists() && !self.force {
             bail!("{} exists; choose another --out or pass --force to replace it", self.out.display());
         }
-        let folder = read_folder::<B>(&self.folder, &device)?;
+        let dir = super::pyvene_folder(&self.folder)?;
+        let folder = read_folder::<B>(&dir, &device)?;
         if folder.mode != "parallel" {
             eprintln!(
                 "note: pyvene ran these interventions in `{}` mode; ferrovene applies a set in parallel (each reads the unmodified activation)",
