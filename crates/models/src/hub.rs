@@ -189,14 +189,7 @@ pub fn fetch_files(
     watched(id, cfg, move |life| {
         let (id, cfg) = (&worker_id, &worker_cfg);
         let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
-        let api = ApiBuilder::new()
-            .with_endpoint(cfg.endpoint.clone())
-            .with_cache_dir(cfg.cache_dir.clone())
-            .with_progress(false)
-            .build()
-            .map_err(|e| err(format!("cannot start the hub client: {e}")))?;
-        let repo = api.repo(id.hf_repo());
-        let cache = Cache::new(cfg.cache_dir.clone()).repo(id.hf_repo());
+        let (repo, cache) = client(id, cfg)?;
         let get = |file: &str| {
             if let Some(path) = cache.get(file) {
                 return Ok(path);
@@ -290,17 +283,21 @@ fn get_watched(
     )
 }
 
-/// The online half of [`fetch`], on the worker thread.
-fn fetch_online(id: &HubId, cfg: &HubConfig, life: &Life) -> Result<PathBuf> {
-    let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
+/// hf-hub's client for `id` at the configured endpoint and cache, and the cache's view of it.
+fn client(id: &HubId, cfg: &HubConfig) -> Result<(ApiRepo, hf_hub::CacheRepo)> {
     let api = ApiBuilder::new()
         .with_endpoint(cfg.endpoint.clone())
         .with_cache_dir(cfg.cache_dir.clone())
         .with_progress(false)
         .build()
-        .map_err(|e| err(format!("cannot start the hub client: {e}")))?;
-    let repo = api.repo(id.hf_repo());
-    let cache = Cache::new(cfg.cache_dir.clone()).repo(id.hf_repo());
+        .map_err(|e| ModelError::Hub { repo: id.to_string(), reason: format!("cannot start the hub client: {e}") })?;
+    Ok((api.repo(id.hf_repo()), Cache::new(cfg.cache_dir.clone()).repo(id.hf_repo())))
+}
+
+/// The online half of [`fetch`], on the worker thread.
+fn fetch_online(id: &HubId, cfg: &HubConfig, life: &Life) -> Result<PathBuf> {
+    let err = |reason: String| ModelError::Hub { repo: id.to_string(), reason };
+    let (repo, cache) = client(id, cfg)?;
     life.touch();
     let info = repo.info().map_err(|e| {
         err(format!("cannot list the repository at {} ({e}); check the id and revision, HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache", cfg.endpoint))

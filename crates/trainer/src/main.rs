@@ -54,7 +54,7 @@ enum Command {
     ///
     /// Example: trainer eval --intervention runs/x/intervention.safetensors --pairs pairs.jsonl --by template
     Eval {
-        /// The export (intervention.safetensors), or org/name[@revision][:file] on the Hugging
+        /// The export (intervention.safetensors), or `org/name[@revision][:file]` on the Hugging
         /// Face hub; for `apply`, also an SAE (SAELens folder, Gemma Scope params.npz).
         #[arg(long)]
         intervention: std::path::PathBuf,
@@ -169,7 +169,7 @@ enum Command {
     ///       --temperature 0.8 --top-p 0.9 --seed 1
     #[command(verbatim_doc_comment)]
     Apply {
-        /// The export (intervention.safetensors), or org/name[@revision][:file] on the Hugging
+        /// The export (intervention.safetensors), or `org/name[@revision][:file]` on the Hugging
         /// Face hub; for `apply`, also an SAE (SAELens folder, Gemma Scope params.npz).
         #[arg(long)]
         intervention: std::path::PathBuf,
@@ -239,7 +239,7 @@ enum Command {
     /// Example: trainer import ./my_pyvene_das --model gpt2 --out das.safetensors
     #[command(verbatim_doc_comment)]
     Import {
-        /// The folder (config.json and intkey_*.bin files), or a hub id org/name[@revision].
+        /// The folder (config.json and intkey_*.bin files), or a hub id `org/name[@revision]`.
         folder: std::path::PathBuf,
         /// The model the interventions were trained on (registry name, folder, .gguf, hub id).
         #[arg(long)]
