@@ -32,7 +32,7 @@ use crate::error::{InterventionError, Result};
 use crate::family::Parts;
 use crate::intervention::Intervention;
 use crate::placement::Composition;
-use crate::set::InterventionSet;
+use crate::set::{InterventionSet, Placed};
 
 /// The metadata key that holds the config.
 pub const METADATA_KEY: &str = "ferrovene";

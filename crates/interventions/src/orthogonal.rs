@@ -51,8 +51,17 @@ impl<B: Backend> TorchOrthogonal<B> {
         let base = Tensor::<B, 1>::from_floats(haar(d, rng).as_slice(), device).reshape([d, d]);
         // Built from data, not as a view of `eye(d)`: a strided start would take other kernel
         // paths than the same values read back from an export, and differ from them by an ulp.
-        let minus_eye: Vec<f32> = (0..d * k).map(|i| if i / k == i % k { -1.0 } else { 0.0 }).collect();
-        TorchOrthogonal::new(base, Tensor::<B, 1>::from_floats(minus_eye.as_slice(), device).reshape([d, k]))
+        TorchOrthogonal::new(base, Tensor::<B, 1>::from_floats(start_x(d, k).as_slice(), device).reshape([d, k]))
+    }
+
+    /// torch's start on a `base` completing `w` (`d × k`, orthonormal columns, row-major): its
+    /// `W` is `w` exactly (pyreft's LoReFT keeps only `W`; a fixed or format-1 rotation written
+    /// for pyvene).
+    pub fn starting_at(w: &[f32], d: usize, k: usize, device: &B::Device) -> Self {
+        TorchOrthogonal::new(
+            Tensor::from_data(burn::tensor::TensorData::new(orthonormal_completion(w, d, k), [d, d]), device),
+            Tensor::from_data(burn::tensor::TensorData::new(start_x(d, k), [d, k]), device),
+        )
     }
 
     /// `W` (`d × k`).
@@ -65,6 +74,49 @@ impl<B: Backend> TorchOrthogonal<B> {
         let q = if k < d { householder_product_signed(x) } else { polar_refine(polar_refine(expm(skew_of_tril(x)))) };
         self.base.val().matmul(q)
     }
+}
+
+/// torch's starting `X` for `k` of `d` dims, `−I` (`d × k`, row-major), where its
+/// parametrisation gives `W = base[:, :k]`.
+pub fn start_x(d: usize, k: usize) -> Vec<f32> {
+    (0..d * k).map(|i| if i / k == i % k { -1.0 } else { 0.0 }).collect()
+}
+
+/// An orthonormal `d × d` matrix whose first `k` columns are `w` (`d × k`, orthonormal columns):
+/// `w`, then the unit vectors Gram–Schmidt leaves most of (twice, in f64), in order.
+pub fn orthonormal_completion(w: &[f32], d: usize, k: usize) -> Vec<f32> {
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut cols: Vec<Vec<f64>> = (0..k).map(|j| (0..d).map(|i| w[i * k + j] as f64).collect()).collect();
+    let mut candidates: Vec<usize> = (0..d).collect();
+    while cols.len() < d {
+        // The unit vector with the largest part outside the columns so far.
+        let residual = |e: usize| {
+            let mut v: Vec<f64> = (0..d).map(|i| if i == e { 1.0 } else { 0.0 }).collect();
+            for _ in 0..2 {
+                for c in &cols {
+                    let dot: f64 = c.iter().zip(&v).map(|(a, b)| a * b).sum();
+                    v.iter_mut().zip(c).for_each(|(x, a)| *x -= dot * a);
+                }
+            }
+            v
+        };
+        let (at, best) = candidates
+            .iter()
+            .enumerate()
+            .map(|(at, &e)| (at, residual(e)))
+            .max_by(|a, b| norm(&a.1).total_cmp(&norm(&b.1)))
+            .expect("fewer than d columns leave a candidate");
+        candidates.remove(at);
+        let n = norm(&best);
+        cols.push(best.into_iter().map(|x| x / n).collect());
+    }
+    let mut out = vec![0f32; d * d];
+    for (j, c) in cols.iter().enumerate() {
+        for i in 0..d {
+            out[i * d + j] = if j < k { w[i * k + j] } else { c[i] as f32 };
+        }
+    }
+    out
 }
 
 /// A `d × d` orthogonal matrix from the Haar measure, row-major: the `Q` of the QR

@@ -145,57 +145,6 @@ impl Pickle {
     }
 }
 
-/// An orthonormal `d × d` matrix whose first `k` columns are `w` (`d × k`, orthonormal columns):
-/// `w`, then the unit vectors Gram–Schmidt leaves most of (twice, in f64), in order.
-pub fn orthonormal_completion(w: &[f32], d: usize, k: usize) -> Vec<f32> {
-    let mut cols: Vec<Vec<f64>> = (0..k).map(|j| (0..d).map(|i| w[i * k + j] as f64).collect()).collect();
-    let mut candidates: Vec<usize> = (0..d).collect();
-    while cols.len() < d {
-        // The unit vector with the largest part outside the columns so far.
-        let residual = |e: usize| {
-            let mut v: Vec<f64> = (0..d).map(|i| if i == e { 1.0 } else { 0.0 }).collect();
-            for _ in 0..2 {
-                for c in &cols {
-                    let dot: f64 = c.iter().zip(&v).map(|(a, b)| a * b).sum();
-                    v.iter_mut().zip(c).for_each(|(x, a)| *x -= dot * a);
-                }
-            }
-            v
-        };
-        let (at, best) = candidates
-            .iter()
-            .enumerate()
-            .map(|(at, &e)| (at, residual(e)))
-            .max_by(|a, b| norm(&a.1).total_cmp(&norm(&b.1)))
-            .expect("fewer than d columns leave a candidate");
-        candidates.remove(at);
-        let n = norm(&best);
-        cols.push(best.into_iter().map(|x| x / n).collect());
-    }
-    let mut out = vec![0f32; d * d];
-    for (j, c) in cols.iter().enumerate() {
-        for i in 0..d {
-            out[i * d + j] = if j < k { w[i * k + j] } else { c[i] as f32 };
-        }
-    }
-    out
-}
-
-fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-/// A trainable rotation whose materialised `W` (`d × k`) is `w` exactly: torch's start `X = −I`
-/// on a `base` completing `w`.
-pub fn rotation_from_w<B: Backend>(w: &[f32], d: usize, k: usize, device: &B::Device) -> Orthogonal<B> {
-    let base = orthonormal_completion(w, d, k);
-    let x: Vec<f32> = (0..d * k).map(|i| if i / k == i % k { -1.0 } else { 0.0 }).collect();
-    Orthogonal::Torch(TorchOrthogonal::new(
-        Tensor::from_data(TensorData::new(base, [d, d]), device),
-        Tensor::from_data(TensorData::new(x, [d, k]), device),
-    ))
-}
-
 fn reft<B: Backend>(family: ReftFamily, rotation: Option<Orthogonal<B>>) -> ReftIntervention<B> {
     ReftIntervention {
         family,
@@ -228,7 +177,8 @@ fn intervention<B: Backend>(class: &str, p: &Pickle, device: &B::Device) -> Resu
             let (w, s) = p.need("rotate_layer", class)?;
             let [d, k] = <[usize; 2]>::try_from(s.as_slice())
                 .map_err(|_| p.corrupt(format!("`rotate_layer` has shape {s:?}, expected d × k")))?;
-            let mut iv = reft(ReftFamily::LoReft, Some(rotation_from_w(w, d, k, device)));
+            let mut iv =
+                reft(ReftFamily::LoReft, Some(Orthogonal::Torch(TorchOrthogonal::starting_at(w, d, k, device))));
             // pyreft writes learned_source's own state dict under `weight` and `bias`.
             let (weight, bias) = (p.t2::<B>("weight", class, device)?, p.t1::<B>("bias", class, device)?);
             iv.learned_source = Some(Projection { weight: Param::from_tensor(weight), bias: Param::from_tensor(bias) });

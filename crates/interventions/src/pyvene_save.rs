@@ -24,8 +24,7 @@ use serde_json::{Value, json};
 use crate::error::{InterventionError, Result};
 use crate::fixed::FixedOp;
 use crate::intervention::Intervention;
-use crate::orthogonal::Orthogonal;
-use crate::pyvene::orthonormal_completion;
+use crate::orthogonal::{Orthogonal, orthonormal_completion, start_x};
 use crate::reft::ReftFamily;
 use crate::set::InterventionSet;
 use crate::torch_save::{Entry, Values};
@@ -39,6 +38,13 @@ fn f32s<B: Backend, const D: usize>(key: &str, t: Tensor<B, D>) -> Entry {
     (key.into(), Values::F32(values(t)), shape)
 }
 
+/// `W = Rᵀ` (`d × k`, row-major) of a rotation `R` (`k × d`).
+fn w_of<B: Backend>(r: &Orthogonal<B>) -> Vec<f32> {
+    let [k, d] = r.dims();
+    let rr = values(r.matrix());
+    (0..d * k).map(|i| rr[(i % k) * d + i / k]).collect()
+}
+
 fn scalar(key: &str, v: i64) -> Entry {
     (key.into(), Values::I64(vec![v]), vec![])
 }
@@ -48,13 +54,8 @@ fn parametrisation<B: Backend>(r: &Orthogonal<B>) -> (Vec<Entry>, usize, usize) 
     let [k, d] = r.dims();
     let (base, x) = match r {
         Orthogonal::Torch(t) => (values(t.base.val()), values(t.x.val())),
-        other => {
-            // W = Rᵀ (d × k); base completes it, X = −I.
-            let rr = values(other.matrix());
-            let w: Vec<f32> = (0..d * k).map(|i| rr[(i % k) * d + i / k]).collect();
-            let x = (0..d * k).map(|i| if i / k == i % k { -1.0 } else { 0.0 }).collect();
-            (orthonormal_completion(&w, d, k), x)
-        }
+        // Torch's start on a base completing W, which gives W back exactly.
+        other => (orthonormal_completion(&w_of(other), d, k), start_x(d, k)),
     };
     let entries = vec![
         ("rotate_layer.parametrizations.weight.original".into(), Values::F32(x), vec![d, k]),
@@ -104,8 +105,7 @@ fn state<B: Backend>(iv: &Intervention<B>, width: usize) -> Result<(&'static str
                 });
             };
             let [k, dd] = rot.dims();
-            let rr = values(rot.matrix());
-            let w: Vec<f32> = (0..dd * k).map(|i| rr[(i % k) * dd + i / k]).collect();
+            let w = w_of(rot);
             let e = vec![
                 f32s("weight", src.weight.val()),
                 f32s("bias", src.bias.val()),

@@ -198,17 +198,6 @@ impl<B: Backend> InterventionSet<B> {
         &self.members[0]
     }
 
-    /// The kind of its members when they share one, else `mixed`.
-    pub fn kind(&self) -> &'static str {
-        let k = self.members[0].kind();
-        if self.members.iter().all(|m| m.kind() == k) { k } else { "mixed" }
-    }
-
-    /// Whether any member reads a source activation.
-    pub fn needs_source(&self) -> bool {
-        self.members.iter().any(Intervention::needs_source)
-    }
-
     /// The distinct sites, in slot order.
     pub fn sites(&self) -> Vec<Site> {
         self.layout.sites()
@@ -219,51 +208,6 @@ impl<B: Backend> InterventionSet<B> {
     pub fn with_random_rotation(&self, rng: &mut ferrovene_models::rng::Rng) -> Option<Self> {
         let members = self.members.iter().map(|m| m.with_random_rotation(rng)).collect::<Option<Vec<_>>>()?;
         Some(InterventionSet { members, layout: self.layout.clone() })
-    }
-
-    /// Its placements for one batch: `positions` `[batch, k]` in the base; `sources` the
-    /// `[batch, k, width]` source vectors at each site that has them; `dims` the subspace (all
-    /// when empty). `info` gives each site's shape.
-    pub fn placements<'a>(
-        &'a self,
-        info: &dyn Fn(Site) -> Result<SiteInfo>,
-        positions: &Tensor<B, 2, Int>,
-        sources: &[(Site, Tensor<B, 3>)],
-        dims: &[usize],
-    ) -> Result<Vec<Placement<'a, B>>> {
-        let k = positions.dims()[1];
-        let needed = self.layout.positions_needed();
-        if needed > 0 && k != needed {
-            return Err(InterventionError::BadParameter {
-                kind: self.kind().into(),
-                parameter: "positions".into(),
-                reason: format!(
-                    "this set has separate parameters for each of {needed} intervened positions per example (share = \"none\"), but the example gives {k}; give exactly {needed}"
-                ),
-            });
-        }
-        self.layout
-            .slots
-            .iter()
-            .map(|slot| {
-                let source = sources.iter().find(|(s, _)| *s == slot.site).map(|(_, t)| t.clone());
-                let (at, source) = match slot.position {
-                    None => (positions.clone(), source),
-                    Some(p) if p < k => (positions.clone().narrow(1, p, 1), source.map(|s| s.narrow(1, p, 1))),
-                    Some(p) => {
-                        return Err(InterventionError::BadParameter {
-                            kind: self.members[slot.member].kind().into(),
-                            parameter: "positions".into(),
-                            reason: format!(
-                                "placement {} acts at intervened position {p}, but the example gives {k}",
-                                slot.name()
-                            ),
-                        });
-                    }
-                };
-                Placement::new(info(slot.site)?, &self.members[slot.member], at, source, dims.to_vec())
-            })
-            .collect()
     }
 }
 
@@ -332,7 +276,39 @@ impl<B: Backend> Placed<B> for InterventionSet<B> {
         sources: &[(Site, Tensor<B, 3>)],
         dims: &[usize],
     ) -> Result<Vec<Placement<'a, B>>> {
-        InterventionSet::placements(self, info, positions, sources, dims)
+        let k = positions.dims()[1];
+        let needed = self.layout.positions_needed();
+        if needed > 0 && k != needed {
+            return Err(InterventionError::BadParameter {
+                kind: self.kind().into(),
+                parameter: "positions".into(),
+                reason: format!(
+                    "this set has separate parameters for each of {needed} intervened positions per example (share = \"none\"), but the example gives {k}; give exactly {needed}"
+                ),
+            });
+        }
+        self.layout
+            .slots
+            .iter()
+            .map(|slot| {
+                let source = sources.iter().find(|(s, _)| *s == slot.site).map(|(_, t)| t.clone());
+                let (at, source) = match slot.position {
+                    None => (positions.clone(), source),
+                    Some(p) if p < k => (positions.clone().narrow(1, p, 1), source.map(|s| s.narrow(1, p, 1))),
+                    Some(p) => {
+                        return Err(InterventionError::BadParameter {
+                            kind: self.members[slot.member].kind().into(),
+                            parameter: "positions".into(),
+                            reason: format!(
+                                "placement {} acts at intervened position {p}, but the example gives {k}",
+                                slot.name()
+                            ),
+                        });
+                    }
+                };
+                Placement::new(info(slot.site)?, &self.members[slot.member], at, source, dims.to_vec())
+            })
+            .collect()
     }
 
     fn members(&self) -> Vec<&Intervention<B>> {

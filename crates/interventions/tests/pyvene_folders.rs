@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
-use ferrovene_interventions::pyvene::{orthonormal_completion, read_folder};
+use ferrovene_interventions::orthogonal::orthonormal_completion;
+use ferrovene_interventions::pyvene::read_folder;
 use ferrovene_interventions::{Composition, Intervene, Placement};
 use ferrovene_models::{Capture, Input, Transformer, forward, gather_positions, load_folder};
 

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use ferrovene_interventions::export;
 use ferrovene_interventions::pyvene_save::write_folder;
+use ferrovene_interventions::{Placed, export};
 
 /// Which library's folder to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

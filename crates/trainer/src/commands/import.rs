@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
+use ferrovene_interventions::Placed;
 use ferrovene_interventions::export::{self, ExportConfig, ModelConfig, PlacementConfig};
 use ferrovene_interventions::pyvene::read_folder;
 use ferrovene_models::Transformer;
