@@ -52,7 +52,8 @@ fn pairs_are_balanced_and_differ_only_in_the_label_variable() {
     let suite = shipped();
     for (name, task) in &suite.tasks {
         let s = split(&suite, name, 400, 100, 7).unwrap();
-        let Some(Fillers::ByClass(by_class)) = task.variables.get(&task.label) else { panic!("{name}") };
+        let label_var = &task.label.names()[0];
+        let Some(Fillers::ByClass(by_class)) = task.variables.get(label_var) else { panic!("{name}") };
         for set in [&s.train, &s.test] {
             let mut per_class: BTreeMap<String, usize> = BTreeMap::new();
             for ex in set.iter() {
@@ -63,7 +64,7 @@ fn pairs_are_balanced_and_differ_only_in_the_label_variable() {
                 // Every slot's words: the label's from its class, the others equal on both sides.
                 for (slot, &span) in bs {
                     let (bw, sw) = (chars(bt, span), chars(st, ss[slot]));
-                    if slot == &task.label {
+                    if slot == label_var {
                         let other_class = by_class.keys().find(|c| **c != base_class).unwrap();
                         assert!(
                             by_class[&base_class].contains(&bw) && by_class[other_class].contains(&sw),
@@ -77,7 +78,7 @@ fn pairs_are_balanced_and_differ_only_in_the_label_variable() {
                     }
                 }
                 // Outside the label's span the sentences are the same text.
-                let (lb, ls) = (bs[&task.label], ss[&task.label]);
+                let (lb, ls) = (bs[label_var], ss[label_var]);
                 assert_eq!(chars(bt, (0, lb.0)), chars(st, (0, ls.0)), "{name}");
                 assert_eq!(
                     bt.chars().skip(lb.1).collect::<String>(),
@@ -169,7 +170,7 @@ fn bad_suites_say_which_task_and_what_is_wrong() {
     let base = r#""templates": ["The {s} near"], "label": "s", "labels": {"a": ["is"], "b": ["are"]}, "variables": {"s": {"a": ["dog"], "b": ["dogs"]}}"#;
     assert!(read_suite(&write_suite("ok", &task(base))).is_ok());
     let cases = [
-        ("no-slot", base.replace("The {s} near", "The dog near"), "has no `{s}` slot"),
+        ("no-slot", base.replace("The {s} near", "The dog near"), "has no slot of the label variable (`{s}`)"),
         ("unknown", base.replace("The {s} near", "The {s} near {x}"), "`{x}`, which is not in `variables`"),
         ("three", base.replace(r#""b": ["are"]}"#, r#""b": ["are"], "c": ["be"]}"#), "3 classes"),
         ("classes", base.replace(r#""b": ["dogs"]"#, r#""c": ["dogs"]"#), "has classes"),
@@ -196,27 +197,69 @@ fn bad_suites_say_which_task_and_what_is_wrong() {
 
 /// The layout of CausalGym's own `syntaxgym.json` (in our own words): every task carries a
 /// `source` URL, which is kept and goes into the report; a wrong type names the task and the
-/// field; a label that is a list of variables (CausalGym's `gss_subord*` tasks) is refused naming
-/// the task and the field, as not read yet.
+/// field; a filler listed twice is kept once, with a note.
 #[test]
 fn causalgyms_layout_reads_with_its_source_and_errors_name_task_and_field() {
     let body = r#""source": "https://example.org/suite/1", "templates": ["The {s} by the {o}"], "label": "s",
         "result_prepend_space": true, "labels": {"one": ["is"], "many": ["are"]},
-        "variables": {"s": {"one": ["owl"], "many": ["owls"]}, "o": ["tree", "barn"]}"#;
+        "variables": {"s": {"one": ["owl"], "many": ["owls"]}, "o": ["tree", "barn", "tree"]}"#;
     let suite = read_suite(&write_suite("canonical", &format!(r#"{{"agr_like": {{{body}}}}}"#))).unwrap();
     let task = &suite.tasks["agr_like"];
     assert_eq!(task.about.get("source").map(String::as_str), Some("https://example.org/suite/1"));
-    let joint = r#"{"gss_like": {"source": "x", "templates": ["{sub}{det} {n} left"], "label": ["sub", "det"],
-        "result_prepend_space": false, "labels": {"yes": [" they"], "no": ["."]},
-        "variables": {"sub": {"yes": ["When"], "no": [""]}, "det": {"yes": [" the"], "no": ["The"]}, "n": ["cats"]}}}"#;
-    let e = read_suite(&write_suite("joint", joint)).unwrap_err().to_string();
-    assert!(e.contains("task `gss_like`: label: a list of variables") && e.contains("not read yet"), "{e}");
+    assert_eq!(task.variables["o"], Fillers::List(vec!["tree".into(), "barn".into()]));
+    assert_eq!(task.notes, vec!["`variables.o` lists \"tree\" more than once: kept once".to_string()]);
     let wrong = format!(
         r#"{{"agr_like": {{{}}}}}"#,
         body.replace(r#""templates": ["The {s} by the {o}"]"#, r#""templates": "The {s} by the {o}""#)
     );
     let e = read_suite(&write_suite("wrong-type", &wrong)).unwrap_err().to_string();
     assert!(e.contains("task `agr_like`: templates:") && e.contains("expected a list of template strings"), "{e}");
+    let e = read_suite(&write_suite(
+        "wrong-label",
+        &format!(r#"{{"agr_like": {{{}}}}}"#, body.replace(r#""label": "s""#, r#""label": 3"#)),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("task `agr_like`: label:") && e.contains("or a list of variables"), "{e}");
+}
+
+/// A label that is a list of variables (CausalGym's `gss_subord*`: `{subordinator}{the}`) is
+/// decided by them jointly, as CausalGym's `Dataset.sample_pair` fills them: every label
+/// variable takes the base's class on the base side and the source's class on the source side,
+/// each word drawn alone from its class's list; a blank filler (`""`) is a word like any other.
+#[test]
+fn a_list_valued_label_sets_every_label_variable_from_the_sides_class() {
+    let json = r#"{"gss_like": {"source": "x", "templates": ["{sub}{det} {n} {v} the {o}"], "label": ["sub", "det"],
+        "result_prepend_space": false, "labels": {"yes": [","], "no": ["."]},
+        "variables": {"sub": {"yes": ["When", "After", "Since"], "no": [""]}, "det": {"yes": [" the"], "no": ["The"]},
+                      "n": ["cats", "owls", "dogs"], "v": ["saw", "ate"], "o": ["hall", "seeds", "moon"]}}}"#;
+    let suite = read_suite(&write_suite("joint", json)).unwrap();
+    let task = &suite.tasks["gss_like"];
+    assert_eq!(task.label.names(), ["sub", "det"]);
+    // 3 × 2 × 3 words of the other slots, times 3 × 1 subordinators and 1 × 1 determiners.
+    assert_eq!(task.combination_count(), 18.0 * 3.0);
+    assert_eq!(task.blank_slot("sub").as_deref(), Some("`sub` has a blank filler in class `no`"));
+    assert_eq!(task.blank_slot("det"), None);
+    let pairs = split(&suite, "gss_like", 40, 10, 3).unwrap();
+    let (mut seen_subs, mut n) = (std::collections::BTreeSet::new(), 0);
+    for ex in pairs.train.iter().chain(&pairs.test) {
+        let (base, source, base_label, label, base_class) = parts(ex);
+        let ((bt, bs), (st, ss)) = (text(base), text(source));
+        let (yes, no) = if base_class == "yes" { ((&bt, &bs), (&st, &ss)) } else { ((&st, &ss), (&bt, &bs)) };
+        // The `yes` side: a subordinator and " the"; the `no` side: no subordinator and "The".
+        let sub = &yes.0[yes.1["sub"].0..yes.1["sub"].1];
+        assert!(["When", "After", "Since"].contains(&sub), "{}", yes.0);
+        assert_eq!(&yes.0[yes.1["det"].0..yes.1["det"].1], " the", "{}", yes.0);
+        assert_eq!(no.1["sub"].0, no.1["sub"].1, "a blank subordinator covers nothing: {}", no.0);
+        assert!(no.0.starts_with("The "), "{}", no.0);
+        // The rest is the same words on both sides.
+        assert_eq!(&yes.0[yes.1["det"].1..], &no.0[no.1["det"].1..]);
+        assert_eq!((base_label.as_str(), label.as_str()), if base_class == "yes" { (",", ".") } else { (".", ",") });
+        seen_subs.insert(sub.to_string());
+        n += 1;
+    }
+    assert_eq!(n, 50);
+    assert_eq!(seen_subs.len(), 3, "each subordinator is drawn: {seen_subs:?}");
 }
 
 /// Dotted variables of one head are chosen together, as CausalGym chooses them: `clause.verb`

@@ -142,6 +142,11 @@ enum Command {
         /// Skip the generalisation experiments after the sweep.
         #[arg(long)]
         no_generalization: bool,
+        /// Suites: generate every task's pairs and print, per task, its pair counts, filler
+        /// combinations and swept regions (and the slots left out, with why), then stop: no model
+        /// is loaded and nothing is trained or written. Checks a template file before a long run.
+        #[arg(long, conflicts_with = "resume")]
+        dry_run: bool,
         /// Override any recipe key: --set train_pairs=200.
         #[arg(long = "set")]
         sets: Vec<String>,
@@ -331,6 +336,7 @@ fn command(cli: Cli) -> Result<()> {
             templates,
             full,
             no_generalization,
+            dry_run,
             sets,
             out,
             compute,
@@ -345,6 +351,7 @@ fn command(cli: Cli) -> Result<()> {
             templates,
             full,
             no_generalization,
+            dry_run,
             sets,
             out,
             compute,

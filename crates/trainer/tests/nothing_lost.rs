@@ -417,27 +417,17 @@ fn task_json(name: &str, template: &str, extra_var: &str) -> String {
 #[test]
 fn suite_names_are_data_never_paths_and_reserved_regions_are_refused() {
     let out = fresh("names");
-    let sweep = |suite: &Path| {
+    let sweep_regions = |suite: &Path, regions: &str| {
         trainer()
-            .args([
-                "sweep",
-                "syntax-suites",
-                "--layers",
-                "4",
-                "--methods",
-                "mean",
-                "--set",
-                "train_pairs=8",
-                "--set",
-                "test_pairs=4",
-                "--templates",
-            ])
+            .args(["sweep", "syntax-suites", "--layers", "4", "--methods", "mean", "--regions", regions])
+            .args(["--set", "train_pairs=8", "--set", "test_pairs=4", "--templates"])
             .arg(suite)
             .arg("--out")
             .arg(out.join("runs"))
             .output()
             .unwrap()
     };
+    let sweep = |suite: &Path| sweep_regions(suite, "label,last");
     // A task named to climb out of the run folder is refused when the suite is read.
     let suite = write_suite(&out, &task_json("../../../../escaped_task", "The {subject} near the {noun}", "noun"));
     let o = sweep(&suite);
@@ -460,50 +450,47 @@ fn suite_names_are_data_never_paths_and_reserved_regions_are_refused() {
             stderr(&o)
         );
     }
-    // Repeated fillers would put one sentence on both sides of the split.
+    // Repeated fillers would put one sentence on both sides of the split: kept once, and said.
+    let dry = |suite: &Path, regions: &str| {
+        trainer()
+            .args(["sweep", "syntax-suites", "--set", "train_pairs=4", "--set", "test_pairs=2", "--dry-run"])
+            .args(["--regions", regions, "--templates"])
+            .arg(suite)
+            .output()
+            .unwrap()
+    };
     let suite = write_suite(
         &out,
         &task_json("t", "The {subject} near the {noun}", "noun").replace("\"door\", \"table\"", "\"door\", \"door\""),
     );
-    let o = sweep(&suite);
-    assert!(stderr(&o).contains("`variables.noun` lists \"door\" twice"), "{}", stderr(&o));
-    // An empty label filler is caught when the suite is read, naming the task and variable.
+    let o = dry(&suite, "all");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && said.contains("note: `variables.noun` lists \"door\" more than once: kept once"),
+        "{said}"
+    );
+    // A blank label filler (CausalGym's `""`) is a word in the pairs, and its slot is not swept.
     let suite = write_suite(
         &out,
         &task_json("t", "The {subject} near the {noun}", "noun").replace("\"cat\", \"dog\"", "\"cat\", \"\""),
     );
-    let o = sweep(&suite);
-    assert!(stderr(&o).contains("task `t`: the label variable `subject` has the empty filler"), "{}", stderr(&o));
-    assert!(!out.join("runs").exists());
-    // An empty filler of another swept slot is found when the pairs are tokenised: the error
-    // names the task and the generated pair (not a line of the file, which has none per pair).
+    let o = dry(&suite, "all");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        said.contains("regions noun, last")
+            && said.contains("not swept: `subject` has a blank filler in class `singular`"),
+        "{said}"
+    );
+    // A blank filler of another slot: that slot is no region, and asking for it says so.
     let suite = write_suite(
         &out,
         &task_json("t", "The {subject} {noun} near", "noun").replace("\"door\", \"table\", \"wall\"", "\"\""),
     );
-    let o = trainer()
-        .args([
-            "sweep",
-            "syntax-suites",
-            "--layers",
-            "4",
-            "--methods",
-            "mean",
-            "--regions",
-            "noun",
-            "--set",
-            "train_pairs=4",
-            "--set",
-            "test_pairs=2",
-            "--templates",
-        ])
-        .arg(&suite)
-        .arg("--out")
-        .arg(out.join("runs"))
-        .output()
-        .unwrap();
+    let o = sweep_regions(&suite, "noun");
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("task `t`, generated pair") && stderr(&o).contains("(regions noun)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("region `noun` is in none of the tasks run"), "{}", stderr(&o));
+    assert!(!out.join("runs").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
 

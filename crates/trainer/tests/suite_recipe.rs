@@ -134,6 +134,10 @@ fn a_small_sweep_on_smollm2_scores_every_method_and_sharing_the_frozen_runs_chan
     std::fs::remove_dir_all(&out2).ok();
 }
 
+/// A suite of the user's own, with a task laid out as CausalGym's `gss_subord*` (a label of two
+/// variables, one with a blank filler): the dry run lists both tasks' pairs and regions and
+/// writes nothing; the sweep (with the whole-vector interchange and CausalGym's source index)
+/// runs both and reports the prefix and the slot it left out.
 #[test]
 fn templates_runs_a_suite_of_the_users_own() {
     let out = temp("templates");
@@ -146,31 +150,53 @@ fn templates_runs_a_suite_of_the_users_own() {
             "label": "person",
             "labels": {"female": ["she"], "male": ["he"]},
             "variables": {"person": {"female": ["queen", "aunt", "mother", "sister"], "male": ["king", "uncle", "father", "brother"]}},
-            "result_prepend_space": true}}"#,
+            "result_prepend_space": true},
+          "subordinate": {"source": "https://example.org/suite/2",
+            "templates": ["{sub}{det} {noun} {verb} the {object}"],
+            "label": ["sub", "det"], "result_prepend_space": false,
+            "labels": {"open": [","], "closed": ["."]},
+            "variables": {"sub": {"open": ["When", "Because", "After", "Before"], "closed": [""]},
+                          "det": {"open": [" the"], "closed": ["The"]},
+                          "noun": ["cats", "dogs", "owls"], "verb": ["saw", "ate"], "object": ["hall", "seeds", "moon"]}}}"#,
     )
     .unwrap();
+    let common = [
+        &["--templates", file.to_str().unwrap(), "--tasks", "all", "--layers", "20"][..],
+        &["--set", "train_pairs=8", "--set", "test_pairs=4"],
+    ]
+    .concat();
+    let o = run(&[&common[..], &["--regions", "all", "--dry-run"]].concat(), &out.join("runs"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("pronoun_gender: 8 train + 4 test pairs of 16 filler combinations"), "{stdout}");
+    assert!(stdout.contains("subordinate: 8 train + 4 test pairs of 72 filler combinations"), "{stdout}");
+    assert!(stdout.contains("label sub + det (closed vs open); regions det, noun, verb, object, last"), "{stdout}");
+    assert!(stdout.contains("not swept: `sub` has a blank filler in class `closed`"), "{stdout}");
+    assert!(stdout.contains("nothing trained (--dry-run)"), "{stdout}");
+    assert!(!out.join("runs").exists(), "a dry run writes nothing");
+    let o = trainer().args(["sweep", "das-filler-gap", "--dry-run"]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("`--dry-run` checks a template suite") && e.contains("filler-gap"),
+        "{e}"
+    );
+
     let o = run(
-        &[
-            "--templates",
-            file.to_str().unwrap(),
-            "--methods",
-            "mean",
-            "--layers",
-            "20",
-            "--regions",
-            "last",
-            "--set",
-            "train_pairs=8",
-            "--set",
-            "test_pairs=4",
-        ],
+        &[&common[..], &["--methods", "mean,vanilla", "--regions", "last", "--set", "source_index=\"base\""]].concat(),
         &out.join("runs"),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let run = only_run(&out.join("runs/syntax-suites"));
     let rows = rows(&run);
-    assert_eq!(rows.len(), 1);
-    assert!(rows[0].0.starts_with("pronoun_gender,mean,20,last"), "{rows:?}");
-    assert!(report(&run)["suite"].as_str().unwrap().ends_with("mine.json"));
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows[0].0.starts_with("pronoun_gender,vanilla,20,last"), "{rows:?}");
+    assert!(rows.iter().any(|r| r.0.starts_with("subordinate,mean,20,last")), "{rows:?}");
+    let r = report(&run);
+    assert!(r["suite"].as_str().unwrap().ends_with("mine.json"));
+    assert!(r["prefix"].as_str().unwrap().starts_with("<|endoftext|> (token 0)"), "{}", r["prefix"]);
+    assert_eq!(r["source_index"], "base");
+    let sub = r["tasks"].as_array().unwrap().iter().find(|t| t["task"] == "subordinate").unwrap();
+    assert_eq!(sub["not_swept"][0], "`sub` has a blank filler in class `closed`");
+    assert_eq!(sub["about"]["source"], "https://example.org/suite/2");
     std::fs::remove_dir_all(&out).ok();
 }

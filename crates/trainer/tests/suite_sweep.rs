@@ -52,6 +52,7 @@ impl TokenizedTwo {
             task: [10 + (i % 3) as u32, 20],
             control: [30, 40 + (i % 2) as u32],
             class: i % 2 == 1,
+            fit_positions: None,
         }
     }
 }
@@ -200,6 +201,7 @@ fn das_and_the_supervised_directions_recover_a_planted_causal_variable() {
             task: [source, base],
             control: [40 + (base == a) as u32, 40 + (base == b) as u32],
             class: base == b,
+            fit_positions: None,
         });
     }
     let train = cache(&model, 0, &pairs[..200], &[1], 64, &device).unwrap();
@@ -208,12 +210,13 @@ fn das_and_the_supervised_directions_recover_a_planted_causal_variable() {
     assert!(plain.iter().all(|p| p[1] > p[0]), "the planted model prefers the base's own last token");
     let methods = Methods {
         das: Some(DasSettings { batch_size: 4, epochs: 2, lr: 0.005, warmup: 0.1, seed: 1 }),
+        vanilla: true,
         fitted: vec![Method::Probe, Method::Mean, Method::Random],
         seed: 1,
     };
     let scores = score_layer(&model, &train, &test, 1, &[0], &methods, &device).unwrap();
     let by = |m: &str| scores.iter().find(|(_, s)| s.method == m).unwrap().1.clone();
-    for m in ["das", "probe", "mean"] {
+    for m in ["das", "vanilla", "probe", "mean"] {
         let s = by(m);
         assert!(s.task.iia >= 0.9, "{m} finds the planted variable: IIA {} (odds-ratio {})", s.task.iia, s.task.odds);
         assert!(s.task.odds > 1.0, "{m}: odds-ratio {}", s.task.odds);

@@ -30,6 +30,8 @@ pub struct SweepArgs {
     pub full: bool,
     /// Skip the follow-up experiments at the best site.
     pub no_generalization: bool,
+    /// Suites: print each task's pairs and regions, and stop before loading the model.
+    pub dry_run: bool,
     /// Other overrides (`key=value`).
     pub sets: Vec<String>,
     /// Where runs go.
@@ -51,6 +53,17 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
             (Recipe::from_table(table, &overrides)?, None)
         }
     };
+    if a.dry_run {
+        let Recipe::Suite(suite) = &recipe else {
+            return Err(anyhow!(
+                "`--dry-run` checks a template suite's pairs: `{}` is kind `{}`, not `suite`",
+                a.recipe,
+                recipe.kind()
+            ));
+        };
+        print!("{}", crate::experiments::suite::dry_run(suite)?);
+        return Ok(());
+    }
     crate::units::on_signal_keep_units()?;
     let run = RecipeRun {
         name: recipe::stem(&path),

@@ -19,7 +19,7 @@ use ferrovene_models::{
     Checkpoint, Component, Input, KvCache, Site, TextTokenizer, Transformer, block_outputs, gather_positions,
 };
 
-use super::recipe::LAST;
+use super::recipe::{CAUSALGYM_PREFIX, LAST, SourceIndex};
 use super::stack::{Stack, column, repeat};
 use crate::batch::{input_of, int2, last_real};
 
@@ -37,6 +37,10 @@ pub struct SuitePair {
     pub control: [u32; 2],
     /// Whether the base is of the task's second class.
     pub class: bool,
+    /// Where in the base the fitted directions read each region, when not at `base.positions`:
+    /// CausalGym's code collects the base's activation at the source's token index (its collect
+    /// intervention takes the source's locations), which `source_index = "base"` reproduces.
+    pub fit_positions: Option<Vec<usize>>,
 }
 
 /// Which labels a batch is scored and trained on.
@@ -48,9 +52,29 @@ pub enum Labels {
     Control,
 }
 
+/// The tokens a recipe's `prefix` puts before every sentence, and what they are in words (for
+/// the report): [`CAUSALGYM_PREFIX`] is `<|endoftext|>` where the vocabulary has it as one
+/// token, else nothing; `""` is nothing; any other text is its tokens.
+pub fn prefix_ids(prefix: &str, tok: &TextTokenizer) -> Result<(Vec<u32>, String)> {
+    const ENDOFTEXT: &str = "<|endoftext|>";
+    if prefix == CAUSALGYM_PREFIX {
+        return Ok(match tok.inner().token_to_id(ENDOFTEXT) {
+            Some(id) => (vec![id], format!("{ENDOFTEXT} (token {id}), as CausalGym's code prepends it")),
+            None => (vec![], format!("nothing: the vocabulary has no {ENDOFTEXT} (CausalGym's prefix)")),
+        });
+    }
+    if prefix.is_empty() {
+        return Ok((vec![], "nothing".into()));
+    }
+    let ids = tok.encode_plain(prefix).with_context(|| format!("`prefix` {prefix:?}"))?;
+    Ok((ids.clone(), format!("{prefix:?} (tokens {ids:?})")))
+}
+
 /// Tokenises a task's pairs (from `ferrovene_data::suite::split`) with a position for every
 /// region (`last`: the last token; else the slot's last token), the control words' first tokens
-/// for the control labels.
+/// for the control labels; `prefix` goes before every sentence ([`prefix_ids`]), and
+/// `source_index` says whose token index the source is read at.
+#[allow(clippy::too_many_arguments)]
 pub fn tokenize_pairs(
     suite: &Suite,
     task: &str,
@@ -58,6 +82,8 @@ pub fn tokenize_pairs(
     regions: &[String],
     control: [u32; 2],
     tok: &TextTokenizer,
+    prefix: &[u32],
+    source_index: SourceIndex,
 ) -> Result<Vec<SuitePair>> {
     let classes = suite.tasks[task].classes();
     let positions: Vec<Position> =
@@ -99,15 +125,27 @@ pub fn tokenize_pairs(
             };
             let class = meta.get("base_class").and_then(|c| c.as_str()) == Some(classes[1]);
             let k = class as usize;
-            Ok(SuitePair {
-                base,
-                source: sources.remove(0),
-                task: [ys, yb],
-                control: [control[1 - k], control[k]],
-                class,
-            })
+            let (base, mut source) = (prefixed(prefix, base), prefixed(prefix, sources.remove(0)));
+            let mut fit_positions = None;
+            if source_index == SourceIndex::Base {
+                let (base_end, source_end) = (base.ids.len() - 1, source.ids.len() - 1);
+                fit_positions = Some(source.positions.iter().map(|&p| p.min(base_end)).collect());
+                source.positions = base.positions.iter().map(|&p| p.min(source_end)).collect();
+            }
+            Ok(SuitePair { base, source, task: [ys, yb], control: [control[1 - k], control[k]], class, fit_positions })
         })
         .collect()
+}
+
+/// `input` with `prefix` before its tokens (its positions shifted past it).
+fn prefixed(prefix: &[u32], input: TokenizedInput) -> TokenizedInput {
+    if prefix.is_empty() {
+        return input;
+    }
+    TokenizedInput {
+        ids: prefix.iter().chain(&input.ids).copied().collect(),
+        positions: input.positions.iter().map(|p| p + prefix.len()).collect(),
+    }
 }
 
 /// Per block, its keys and values (`[n, kv_heads, seq, head_dim]`), where it has them.
@@ -126,6 +164,8 @@ pub struct Cached<B: Backend> {
     keys_values: Option<LayerKeysValues<B>>,
     /// Per row, the regions' positions in the padded base.
     base_positions: Vec<Vec<usize>>,
+    /// Per row, where in the padded base the fitted directions read each region.
+    fit_positions: Vec<Vec<usize>>,
     /// Per row, the last real token.
     last: Vec<Vec<usize>>,
     /// The pairs' labels and classes.
@@ -180,6 +220,15 @@ pub fn cache<B: Backend, M: Transformer<B>>(
             base,
             source,
             keys_values,
+            fit_positions: chunk
+                .iter()
+                .zip(&b.positions)
+                .map(|(p, at)| match &p.fit_positions {
+                    // The padding shifted the base's own positions by the same amount.
+                    Some(fit) => fit.iter().map(|&f| f + at[0] - p.base.positions[0]).collect(),
+                    None => at.clone(),
+                })
+                .collect(),
             base_positions: b.positions,
             last,
             pairs: chunk.to_vec(),
@@ -303,7 +352,7 @@ impl<B: Backend> Cached<B> {
     /// directions are fitted on.
     pub fn class_vectors(&self, layer: usize, region: usize, device: &B::Device) -> Result<(Vec<Vec<f32>>, Vec<bool>)> {
         let base = self.base.get(&layer).with_context(|| format!("layer {layer} was not cached"))?;
-        let positions: Vec<Vec<usize>> = self.base_positions.iter().map(|r| vec![r[region]]).collect();
+        let positions: Vec<Vec<usize>> = self.fit_positions.iter().map(|r| vec![r[region]]).collect();
         let rows = gather_positions(base.clone(), int2::<B>(&positions, device));
         let [n, _, d] = rows.dims();
         let flat: Vec<f32> =

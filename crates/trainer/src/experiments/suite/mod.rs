@@ -8,6 +8,7 @@
 //! and method, only to measure what that saves).
 
 pub mod cache;
+pub mod dry_run;
 pub mod recipe;
 pub mod report;
 pub mod site;
@@ -23,8 +24,11 @@ use ferrovene_models::{TextTokenizer, Transformer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub use cache::{Cached, Labels, SuitePair, cache, tokenize_pairs};
-pub use recipe::{LAST, METHODS, Names, SuiteRecipe, common_slots, task_regions};
+pub use cache::{Cached, Labels, SuitePair, cache, prefix_ids, tokenize_pairs};
+pub use dry_run::dry_run;
+pub use recipe::{
+    CAUSALGYM_PREFIX, LAST, METHODS, Names, SourceIndex, SuiteRecipe, common_slots, select_tasks, task_regions,
+};
 pub use report::{Row, Summary, summarize, table};
 pub use site::{DasSettings, MethodScore, Methods, Score, evaluate, score_layer, train_das};
 
@@ -53,34 +57,6 @@ impl Experiment for SuiteRecipe {
 
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
         run::<B>(ctx, self, device).map(RunEnd::Done)
-    }
-}
-
-/// The tasks `names` picks from the suite, in the suite's order; unknown names are errors that
-/// list the suite's tasks.
-pub fn select_tasks<'s>(suite: &'s Suite, names: &Names) -> Result<Vec<(&'s String, &'s Task)>> {
-    let Some(asked) = names.list("tasks")?.filter(|a| !a.iter().any(|x| x == "all")) else {
-        return Ok(suite.tasks.iter().collect());
-    };
-    if let Some(bad) = asked.iter().find(|a| !suite.tasks.contains_key(*a)) {
-        bail!("no task `{bad}` in {} ({})", suite.path.display(), close_names(bad, suite.tasks.keys()));
-    }
-    Ok(suite.tasks.iter().filter(|(n, _)| asked.contains(n)).collect())
-}
-
-/// At most 20 of `names`, those closest to `asked` first (sharing its longest prefix, then
-/// containing it), for an error about an unknown name; says how many there are in all.
-fn close_names<'a>(asked: &str, names: impl ExactSizeIterator<Item = &'a String>) -> String {
-    const SHOWN: usize = 20;
-    let total = names.len();
-    let shared = |n: &str| n.chars().zip(asked.chars()).take_while(|(a, b)| a == b).count();
-    let mut ranked: Vec<&String> = names.collect();
-    ranked.sort_by_key(|n| (std::cmp::Reverse((shared(n), n.contains(asked) || asked.contains(n.as_str()))), n.len()));
-    let shown: Vec<&str> = ranked.iter().take(SHOWN).map(|s| s.as_str()).collect();
-    if total <= SHOWN {
-        format!("tasks: {}", shown.join(", "))
-    } else {
-        format!("the closest of its {total} tasks: {}, …", shown.join(", "))
     }
 }
 
@@ -190,9 +166,11 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
         return Ok(TaskRun { regions, accuracy, rows: task_rows(log), frozen_s });
     }
     let split = suites::split(suite, name, r.train_pairs, r.test_pairs, r.seed)?;
-    let train = tokenize_pairs(suite, name, &split.train, &regions, control, tok)?;
-    let test = tokenize_pairs(suite, name, &split.test, &regions, control, tok)?;
+    let prefix = prefix_ids(&r.prefix, tok)?.0;
+    let tokenized = |pairs| tokenize_pairs(suite, name, pairs, &regions, control, tok, &prefix, r.source_index);
+    let (train, test) = (tokenized(&split.train)?, tokenized(&split.test)?);
     let methods = Methods {
+        vanilla: r.has_vanilla(),
         das: r.has_das().then_some(DasSettings {
             batch_size: r.batch_size,
             epochs: r.epochs,
@@ -259,9 +237,20 @@ fn separately<B: AutodiffBackend, M: Transformer<B>>(
     frozen: &dyn Fn(&[usize]) -> Result<TrainTest<B>>,
     device: &B::Device,
 ) -> Result<Vec<(usize, MethodScore)>> {
-    let mut one_each: Vec<Methods> =
-        methods.das.map(|d| Methods { das: Some(d), fitted: vec![], seed: methods.seed }).into_iter().collect();
-    one_each.extend(methods.fitted.iter().map(|&m| Methods { das: None, fitted: vec![m], seed: methods.seed }));
+    let mut one_each: Vec<Methods> = methods
+        .das
+        .map(|d| Methods { das: Some(d), vanilla: false, fitted: vec![], seed: methods.seed })
+        .into_iter()
+        .collect();
+    if methods.vanilla {
+        one_each.push(Methods { das: None, vanilla: true, fitted: vec![], seed: methods.seed });
+    }
+    one_each.extend(methods.fitted.iter().map(|&m| Methods {
+        das: None,
+        vanilla: false,
+        fitted: vec![m],
+        seed: methods.seed,
+    }));
     let mut out = Vec::new();
     for region in 0..regions {
         for m in &one_each {
@@ -282,6 +271,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
     let control = control_ids(tok, &r.control)?;
+    let (_, prefix) = prefix_ids(&r.prefix, tok)?;
     for (name, task) in &tasks {
         task.check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied()))
             .map_err(|e| anyhow!("{}: task `{name}` with the {} tokenizer: {e}", suite.path.display(), r.model))?;
@@ -311,6 +301,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     let write_report = |rows: &[Row], per_task: &[serde_json::Value], frozen_s: f64, complete: bool| {
         dir.write_report(json!({
             "recipe": ctx.name, "complete": complete, "suite": suite.path, "tasks": per_task, "skipped_tasks": skipped, "layers": layers, "methods": r.methods,
+            "prefix": prefix, "source_index": r.source_index,
             "summary": summarize(rows), "rows": rows,
             "timing": {"frozen_runs_s": frozen_s, "total_s": dir.elapsed(), "share_frozen": r.share_frozen},
             "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
@@ -321,7 +312,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
             .with_context(|| format!("task `{name}`"))?;
         report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
         per_task.push(
-            json!({"task": name, "description": task.description, "about": task.about, "regions": t.regions, "model_accuracy": t.accuracy}),
+            json!({"task": name, "description": task.description, "about": task.about, "notes": task.notes, "not_swept": recipe::blank_slots(task), "regions": t.regions, "model_accuracy": t.accuracy}),
         );
         frozen_s += t.frozen_s;
         rows.extend(t.rows);
@@ -342,6 +333,13 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
             100.0 * t["model_accuracy"].as_f64().unwrap_or(0.0)
         );
     }
+    println!(
+        "before every sentence: {prefix}; sources read at their {} token index",
+        match r.source_index {
+            SourceIndex::Own => "own",
+            SourceIndex::Base => "base's",
+        }
+    );
     print!("{}", table(ctx.name, &summary));
     println!(
         "{} tasks × {} layers × their regions = {sites} sites; run folder: {} ({:.0} s)",

@@ -2,14 +2,35 @@
 //! layers and regions a benchmark sweep covers, with CausalGym's training defaults.
 
 use anyhow::{Result, bail};
-use ferrovene_data::suite::Task;
+use ferrovene_data::suite::{Suite, Task};
 use ferrovene_interventions::directions;
 use serde::{Deserialize, Serialize};
 
 use crate::recipe::Layers;
 
-/// Every method name `methods` takes: DAS, then the fitted directions in CausalGym's order.
-pub const METHODS: [&str; 7] = ["das", "probe", "mean", "pca", "kmeans", "lda", "random"];
+/// Every method name `methods` takes: DAS, the whole vector interchanged (`vanilla`, pyvene's
+/// `VanillaIntervention`: an upper bound for any one direction), then the fitted directions in
+/// CausalGym's order.
+pub const METHODS: [&str; 8] = ["das", "vanilla", "probe", "mean", "pca", "kmeans", "lda", "random"];
+
+/// The `prefix` value that means CausalGym's own: `<|endoftext|>` where the vocabulary has it as
+/// one token (GPT-2, Pythia, SmolLM2, Qwen), else nothing beyond what the tokenizer adds.
+pub const CAUSALGYM_PREFIX: &str = "causalgym";
+
+/// Where a pair's source is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceIndex {
+    /// At the source's own token of the region (the default: the same word on both sides).
+    #[default]
+    Own,
+    /// At the base's token index, as CausalGym's code reads it (to reproduce its published
+    /// tables); where base and source tokenise differently this is another word of the source,
+    /// and where the base's index is past the source's end, the source's last token (CausalGym
+    /// reads a padding position there). The fitted directions then read the base at the source's
+    /// token index, as CausalGym's collection does.
+    Base,
+}
 
 /// The region of the last token (where the continuation is predicted).
 pub const LAST: &str = "last";
@@ -51,6 +72,15 @@ pub struct SuiteRecipe {
     pub control: [String; 2],
     /// Seed of the splits, the DAS initialisations, the random directions and the batch order.
     pub seed: u64,
+    /// What goes before every sentence: `"causalgym"` (the default: `<|endoftext|>` where the
+    /// vocabulary has it, as CausalGym's code prepends it; a label at the first word is otherwise
+    /// the model's attention sink), `""` for nothing, or any text (its tokens are prepended).
+    #[serde(default = "causalgym_prefix")]
+    pub prefix: String,
+    /// Where the source is read: `"own"` (its own token of the region, the default) or `"base"`
+    /// (the base's token index, CausalGym's reading).
+    #[serde(default)]
+    pub source_index: SourceIndex,
     /// Run the frozen model once per batch for every site, method and the control task (the
     /// default); `false` runs it again for every site and method, only to measure what sharing
     /// saves.
@@ -60,6 +90,10 @@ pub struct SuiteRecipe {
 
 fn yes() -> bool {
     true
+}
+
+fn causalgym_prefix() -> String {
+    CAUSALGYM_PREFIX.to_string()
 }
 
 /// A list of names, or `"all"`.
@@ -137,20 +171,61 @@ impl SuiteRecipe {
     pub fn has_das(&self) -> bool {
         self.methods.iter().any(|m| m == "das")
     }
+
+    /// Whether the whole-vector interchange is among the methods.
+    pub fn has_vanilla(&self) -> bool {
+        self.methods.iter().any(|m| m == "vanilla")
+    }
 }
 
-/// The slots every template of `task` has from the label variable's slot on, in first-seen
-/// order: the regions a pair always has and where base and source can differ (before the label
-/// variable a causal model reads the same words on both sides, so an interchange there changes
-/// nothing and the classes cannot be told apart).
+/// The slots every template of `task` has from the (first) label variable's slot on, in
+/// first-seen order, less those with a blank filler ([`Task::blank_slot`]): the regions a pair
+/// always has and where base and source can differ (before the label variable a causal model
+/// reads the same words on both sides, so an interchange there changes nothing and the classes
+/// cannot be told apart).
 pub fn common_slots(task: &Task) -> Vec<String> {
+    let first_label = |t: &str| task.label.names().iter().filter_map(|v| t.find(&format!("{{{v}}}"))).min();
     let from_label = |slot: &str| {
-        task.templates.iter().all(|t| match (t.find(&format!("{{{slot}}}")), t.find(&format!("{{{}}}", task.label))) {
+        task.templates.iter().all(|t| match (t.find(&format!("{{{slot}}}")), first_label(t)) {
             (Some(at), Some(label)) => at >= label,
             _ => false,
         })
     };
-    task.regions().into_iter().filter(|r| from_label(r)).collect()
+    task.regions().into_iter().filter(|r| from_label(r) && task.blank_slot(r).is_none()).collect()
+}
+
+/// The slots of `task` at or after its label variable that are not swept, each with why (a blank
+/// filler: some sentences have no token there), for the dry run and the report.
+pub fn blank_slots(task: &Task) -> Vec<String> {
+    task.regions().into_iter().filter_map(|r| task.blank_slot(&r)).collect()
+}
+
+/// The tasks `names` picks from the suite, in the suite's order; unknown names are errors that
+/// list the suite's tasks.
+pub fn select_tasks<'s>(suite: &'s Suite, names: &Names) -> Result<Vec<(&'s String, &'s Task)>> {
+    let Some(asked) = names.list("tasks")?.filter(|a| !a.iter().any(|x| x == "all")) else {
+        return Ok(suite.tasks.iter().collect());
+    };
+    if let Some(bad) = asked.iter().find(|a| !suite.tasks.contains_key(*a)) {
+        bail!("no task `{bad}` in {} ({})", suite.path.display(), close_names(bad, suite.tasks.keys()));
+    }
+    Ok(suite.tasks.iter().filter(|(n, _)| asked.contains(n)).collect())
+}
+
+/// At most 20 of `names`, those closest to `asked` first (sharing its longest prefix, then
+/// containing it), for an error about an unknown name; says how many there are in all.
+fn close_names<'a>(asked: &str, names: impl ExactSizeIterator<Item = &'a String>) -> String {
+    const SHOWN: usize = 20;
+    let total = names.len();
+    let shared = |n: &str| n.chars().zip(asked.chars()).take_while(|(a, b)| a == b).count();
+    let mut ranked: Vec<&String> = names.collect();
+    ranked.sort_by_key(|n| (std::cmp::Reverse((shared(n), n.contains(asked) || asked.contains(n.as_str()))), n.len()));
+    let shown: Vec<&str> = ranked.iter().take(SHOWN).map(|s| s.as_str()).collect();
+    if total <= SHOWN {
+        format!("tasks: {}", shown.join(", "))
+    } else {
+        format!("the closest of its {total} tasks: {}, …", shown.join(", "))
+    }
 }
 
 /// The regions of `task` that `regions` selects (`label` names the label variable's slot), in
@@ -159,7 +234,7 @@ pub fn task_regions(task: &Task, regions: &Names) -> Result<Vec<String>> {
     let mut every = common_slots(task);
     every.push(LAST.to_string());
     let Some(asked) = regions.list("regions")?.filter(|a| !a.iter().any(|x| x == "all")) else { return Ok(every) };
-    let wanted = |r: &String| asked.iter().any(|a| a == r || (a == "label" && *r == task.label));
+    let wanted = |r: &String| asked.iter().any(|a| a == r || (a == "label" && task.label.contains(r)));
     Ok(every.into_iter().filter(wanted).collect())
 }
 

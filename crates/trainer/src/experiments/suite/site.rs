@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use ferrovene_interventions::das::DasLowRank;
 use ferrovene_interventions::directions::{self, interchange_along};
+use ferrovene_interventions::fixed::{Fixed, FixedOp};
 use ferrovene_interventions::{Intervention, Orthogonal};
 use ferrovene_models::Transformer;
 use ferrovene_models::rng::Rng;
@@ -69,6 +70,8 @@ pub struct DasSettings {
 pub struct Methods {
     /// DAS, when asked, and how it trains.
     pub das: Option<DasSettings>,
+    /// The whole vector interchanged (`vanilla`).
+    pub vanilla: bool,
     /// The fitted directions, in order.
     pub fitted: Vec<directions::Method>,
     /// Seed of the random direction (and of k-means' start).
@@ -179,6 +182,10 @@ pub fn score_site<B: AutodiffBackend, M: Transformer<B>>(
                 .map(|iv| (r, iv)),
         );
         names.extend(["das", "das"]);
+    }
+    if methods.vanilla {
+        blocks.push((r, Intervention::Fixed(Fixed::new(FixedOp::Interchange))));
+        names.push("vanilla");
     }
     if !methods.fitted.is_empty() {
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
