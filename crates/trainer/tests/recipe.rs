@@ -9,7 +9,7 @@ use ferrovene_trainer::experiments::pairs::PairRecipe;
 
 mod common;
 
-use common::{only_run, root, trainer};
+use common::{only_run, root, tensors_by_name, trainer};
 
 #[test]
 fn recipes_parse_and_refuse_unknown_keys() {
@@ -129,14 +129,6 @@ fn small_recipe(dir: &Path) -> PathBuf {
     recipe
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    out.sort();
-    out
-}
-
 #[cfg(unix)]
 #[test]
 fn ctrl_c_and_sigterm_write_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_ends() {
@@ -197,8 +189,8 @@ fn ctrl_c_and_sigterm_write_a_checkpoint_and_resume_ends_where_an_uninterrupted_
         let out = trainer().arg(&recipe).arg("--resume").arg(&cut).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(
-            tensors(&cut.join("intervention.safetensors")),
-            tensors(&straight.join("intervention.safetensors")),
+            tensors_by_name(&cut.join("intervention.safetensors")),
+            tensors_by_name(&straight.join("intervention.safetensors")),
             "kill {signal}: the resumed run's weights differ from the uninterrupted run's"
         );
         let resumed = common::report(&cut);
@@ -446,8 +438,8 @@ fn over_the_cache_budget_batches_are_prepared_when_used_with_the_same_results() 
     assert_eq!(a["training"]["loss"], b["training"]["loss"], "first and last loss");
     assert_eq!(a["training"]["validations"], b["training"]["validations"]);
     assert_eq!(
-        tensors(&cached.join("intervention.safetensors")),
-        tensors(&on_demand.join("intervention.safetensors")),
+        tensors_by_name(&cached.join("intervention.safetensors")),
+        tensors_by_name(&on_demand.join("intervention.safetensors")),
         "the trained intervention"
     );
     let out = trainer().args(["das-capitals", "--cache-budget", "lots"]).output().unwrap();

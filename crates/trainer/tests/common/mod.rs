@@ -7,6 +7,16 @@ use std::process::Command;
 
 use protobuf::Message;
 
+/// Every tensor of a safetensors file as (name, raw bytes), sorted by name: for comparing two
+/// exports bit for bit.
+pub fn tensors_by_name(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    out.sort();
+    out
+}
+
 /// The repository root (recipes, datasets and `runs/` are relative to it).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

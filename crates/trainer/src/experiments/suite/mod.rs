@@ -144,7 +144,7 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
     model: &M,
     tok: &TextTokenizer,
     layers: &[usize],
-    control: [u32; 2],
+    (control, prefix): ([u32; 2], &[u32]),
     bar: &indicatif::ProgressBar,
     (dir, log): (&RunDir, &mut UnitLog<SuiteUnit>),
     device: &B::Device,
@@ -166,8 +166,7 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
         return Ok(TaskRun { regions, accuracy, rows: task_rows(log), frozen_s });
     }
     let split = suites::split(suite, name, r.train_pairs, r.test_pairs, r.seed)?;
-    let prefix = prefix_ids(&r.prefix, tok)?.0;
-    let tokenized = |pairs| tokenize_pairs(suite, name, pairs, &regions, control, tok, &prefix, r.source_index);
+    let tokenized = |pairs| tokenize_pairs(suite, name, pairs, &regions, control, tok, prefix, r.source_index);
     let (train, test) = (tokenized(&split.train)?, tokenized(&split.test)?);
     let methods = Methods {
         vanilla: r.has_vanilla(),
@@ -237,20 +236,13 @@ fn separately<B: AutodiffBackend, M: Transformer<B>>(
     frozen: &dyn Fn(&[usize]) -> Result<TrainTest<B>>,
     device: &B::Device,
 ) -> Result<Vec<(usize, MethodScore)>> {
-    let mut one_each: Vec<Methods> = methods
-        .das
-        .map(|d| Methods { das: Some(d), vanilla: false, fitted: vec![], seed: methods.seed })
-        .into_iter()
-        .collect();
+    let alone = Methods { das: None, vanilla: false, fitted: vec![], seed: methods.seed };
+    let mut one_each: Vec<Methods> =
+        methods.das.map(|d| Methods { das: Some(d), ..alone.clone() }).into_iter().collect();
     if methods.vanilla {
-        one_each.push(Methods { das: None, vanilla: true, fitted: vec![], seed: methods.seed });
+        one_each.push(Methods { vanilla: true, ..alone.clone() });
     }
-    one_each.extend(methods.fitted.iter().map(|&m| Methods {
-        das: None,
-        vanilla: false,
-        fitted: vec![m],
-        seed: methods.seed,
-    }));
+    one_each.extend(methods.fitted.iter().map(|&m| Methods { fitted: vec![m], ..alone.clone() }));
     let mut out = Vec::new();
     for region in 0..regions {
         for m in &one_each {
@@ -271,7 +263,9 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
     let control = control_ids(tok, &r.control)?;
-    let (_, prefix) = prefix_ids(&r.prefix, tok)?;
+    // The prefix's tokens, and what they are in words for the report.
+    let (prefix_tokens, prefix) = prefix_ids(&r.prefix, tok)?;
+    let words = (control, prefix_tokens.as_slice());
     for (name, task) in &tasks {
         task.check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied()))
             .map_err(|e| anyhow!("{}: task `{name}` with the {} tokenizer: {e}", suite.path.display(), r.model))?;
@@ -308,7 +302,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         }))
     };
     for (i, (name, task)) in tasks.iter().enumerate() {
-        let t = run_task(r, &suite, &tasks, name, model, tok, &layers, control, &bar, (&dir, &mut log), device)
+        let t = run_task(r, &suite, &tasks, name, model, tok, &layers, words, &bar, (&dir, &mut log), device)
             .with_context(|| format!("task `{name}`"))?;
         report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
         per_task.push(

@@ -194,8 +194,8 @@ pub fn common_slots(task: &Task) -> Vec<String> {
     task.regions().into_iter().filter(|r| from_label(r) && task.blank_slot(r).is_none()).collect()
 }
 
-/// The slots of `task` at or after its label variable that are not swept, each with why (a blank
-/// filler: some sentences have no token there), for the dry run and the report.
+/// Why each slot of `task` with a blank filler is never swept (some sentences have no token
+/// there; [`common_slots`] leaves them out), for the dry run and the report.
 pub fn blank_slots(task: &Task) -> Vec<String> {
     task.regions().into_iter().filter_map(|r| task.blank_slot(&r)).collect()
 }
