@@ -22,6 +22,19 @@ fn reference_logits(case: &str) -> Vec<f32> {
     ferrovene_models::weights::f32_from_le(st.tensor("logits").unwrap().data())
 }
 
+/// `trainer import` of the golden folder `case` for `model`, written to `out`.
+fn import(case: &str, model: impl AsRef<std::ffi::OsStr>, out: &std::path::Path) -> std::process::Output {
+    trainer()
+        .arg("import")
+        .arg(root().join("tests/golden/pyvene_saves").join(case))
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn imported_pyvene_and_pyreft_folders_apply_with_pyvenes_numbers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -36,15 +49,7 @@ fn imported_pyvene_and_pyreft_folders_apply_with_pyvenes_numbers() {
     ];
     for (case, extra) in cases {
         let out = tmp.path().join(format!("{case}.safetensors"));
-        let o = trainer()
-            .arg("import")
-            .arg(root().join("tests/golden/pyvene_saves").join(case))
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = import(case, &model, &out);
         assert!(o.status.success(), "{case}: {}", String::from_utf8_lossy(&o.stderr));
         let o = trainer()
             .args(["apply", "--json", "--top", "97", "--intervention"])
@@ -65,15 +70,7 @@ fn imported_pyvene_and_pyreft_folders_apply_with_pyvenes_numbers() {
     }
     // Two representations import as one file with a member per site.
     let out = tmp.path().join("two.safetensors");
-    let o = trainer()
-        .arg("import")
-        .arg(root().join("tests/golden/pyvene_saves/two_sites"))
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = import("two_sites", &model, &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (set, config) =
         ferrovene_interventions::export::load_set::<ferrovene_models::Cpu>(&out, &Default::default()).unwrap();
@@ -83,14 +80,7 @@ fn imported_pyvene_and_pyreft_folders_apply_with_pyvenes_numbers() {
     );
     // pyvene's folder does not say which model it was saved for: a model of another width is
     // refused, naming the site and both widths, and nothing is written.
-    let o = trainer()
-        .arg("import")
-        .arg(root().join("tests/golden/pyvene_saves/two_sites"))
-        .args(["--model", "smollm2-135m"])
-        .arg("--out")
-        .arg(tmp.path().join("refused.safetensors"))
-        .output()
-        .unwrap();
+    let o = import("two_sites", "smollm2-135m", &tmp.path().join("refused.safetensors"));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !tmp.path().join("refused.safetensors").exists(), "{stderr}");
     assert!(stderr.contains("acts on 32 dims, but that site of `smollm2-135m` is 576 wide"), "{stderr}");
@@ -102,15 +92,7 @@ fn a_recipe_starts_from_an_imported_folder_with_init_from() {
     let model = tmp.path().join("gpt2");
     tiny_with_tokenizer("gpt2", &model);
     let imported = tmp.path().join("das.safetensors");
-    let o = trainer()
-        .arg("import")
-        .arg(root().join("tests/golden/pyvene_saves/lowrank_das"))
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&imported)
-        .output()
-        .unwrap();
+    let o = import("lowrank_das", &model, &imported);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines: Vec<String> = (0..12)
         .map(|i| {
@@ -157,15 +139,7 @@ fn exports_are_written_as_pyvene_and_pyreft_folders() {
     let tmp = tempfile::tempdir().unwrap();
     for (case, flavour, wrong) in [("two_sites", "pyvene", "pyreft"), ("loreft", "pyreft", "pyvene")] {
         let ours = tmp.path().join(format!("{case}.safetensors"));
-        let o = trainer()
-            .arg("import")
-            .arg(root().join("tests/golden/pyvene_saves").join(case))
-            .arg("--model")
-            .arg(root().join("tests/golden/tiny/gpt2"))
-            .arg("--out")
-            .arg(&ours)
-            .output()
-            .unwrap();
+        let o = import(case, root().join("tests/golden/tiny/gpt2"), &ours);
         assert!(o.status.success(), "{case}: {}", String::from_utf8_lossy(&o.stderr));
         let dir = tmp.path().join(case);
         let o = trainer().arg("export").arg(&ours).args(["--to", flavour]).arg(&dir).output().unwrap();
