@@ -16,6 +16,8 @@
 //! | `NoreftIntervention`, `NodireftIntervention` | `proj_layer.weight` (`.bias` with `add_bias`), `learned_source.weight`, `.bias` | `noreft`, `nodireft` |
 //! | `DireftIntervention` | `rotate_layer.parametrizations…`, `learned_source.weight`, `.bias` | `direft` |
 //! | `ConsreftIntervention`, `LobireftIntervention` | `rotate_layer.parametrizations…`, `learned_source` (`[k]`) | `consreft`, `lobireft` |
+//! | `SigmoidMaskRotatedSpaceIntervention` | `rotate_layer.parametrizations…` (`d × d`), `masks`, `temperature` | `sigmoid_mask` with its rotation |
+//! | `SigmoidMaskIntervention` | `mask`, `temperature` | `sigmoid_mask` in the neuron basis |
 //!
 //! pyvene's component names are ours; its layers are ours. A representation on another unit than
 //! positions (`h.pos`), a class not above, or a key a class needs and lacks is refused, naming
@@ -31,7 +33,7 @@ use ferrovene_models::Site;
 use serde_json::Value;
 
 use crate::activation::Activation;
-use crate::das::{BoundlessDas, DasFull, DasLowRank};
+use crate::das::{BoundlessDas, DasFull, DasLowRank, SigmoidMask};
 use crate::error::{InterventionError, Result};
 use crate::fixed::{Fixed, FixedOp};
 use crate::intervention::Intervention;
@@ -173,6 +175,16 @@ fn intervention<B: Backend>(class: &str, p: &Pickle, device: &B::Device) -> Resu
             temperature: p.scalar("temperature", class)?,
         }),
         "VanillaIntervention" => Intervention::Fixed(Fixed::new(FixedOp::Interchange)),
+        "SigmoidMaskRotatedSpaceIntervention" => Intervention::SigmoidMask(SigmoidMask {
+            mask: Param::from_tensor(p.t1("masks", class, device)?),
+            rotation: Some(p.rotation(class, device)?),
+            temperature: p.scalar("temperature", class)?,
+        }),
+        "SigmoidMaskIntervention" => Intervention::SigmoidMask(SigmoidMask {
+            mask: Param::from_tensor(p.t1("mask", class, device)?),
+            rotation: None,
+            temperature: p.scalar("temperature", class)?,
+        }),
         "LoreftIntervention" => {
             let (w, s) = p.need("rotate_layer", class)?;
             let [d, k] = <[usize; 2]>::try_from(s.as_slice())
@@ -204,7 +216,7 @@ fn intervention<B: Backend>(class: &str, p: &Pickle, device: &B::Device) -> Resu
         }
         other => {
             return Err(p.corrupt(format!(
-                "class `{other}` is not read here (LowRankRotatedSpace, RotatedSpace, BoundlessRotatedSpace, Vanilla; pyreft's Loreft, Noreft, Consreft, Lobireft, Direft, Nodireft)"
+                "class `{other}` is not read here (LowRankRotatedSpace, RotatedSpace, BoundlessRotatedSpace, SigmoidMaskRotatedSpace, SigmoidMask, Vanilla; pyreft's Loreft, Noreft, Consreft, Lobireft, Direft, Nodireft)"
             )));
         }
     })

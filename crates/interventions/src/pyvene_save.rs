@@ -10,22 +10,34 @@
 //! | `das_full` | `RotatedSpaceIntervention` | the same, `interchange_dim = k` |
 //! | `das_boundless` | `BoundlessRotatedSpaceIntervention` | the same, `intervention_boundaries`, `temperature`, `intervention_population` |
 //! | `interchange` | `VanillaIntervention` | `embed_dim`, `interchange_dim` |
+//! | `sigmoid_mask` | `SigmoidMaskRotatedSpaceIntervention` (with a rotation), `SigmoidMaskIntervention` | `embed_dim`, `interchange_dim`, `masks` (`mask`), `temperature`, the rotation's two tensors |
 //! | `loreft` | pyreft's `LoreftIntervention` | `weight`, `bias`, `rotate_layer` (`W`, materialised) |
+//! | `direft` | pyreft's `DireftIntervention` | `embed_dim`, `interchange_dim`, the rotation's two tensors, `learned_source.weight`, `.bias` |
+//! | `consreft`, `lobireft` | pyreft's `ConsreftIntervention`, `LobireftIntervention` | `embed_dim`, `interchange_dim`, `learned_source` (`c`, `[k]`), the rotation's two tensors |
+//! | `noreft`, `nodireft` | pyreft's `NoreftIntervention`, `NodireftIntervention` | `embed_dim`, `interchange_dim`, `proj_layer.weight`, `.bias`, `learned_source.weight`, `.bias` |
 //!
 //! A rotation kept in torch's parametrisation is written as it is; any other (format 1's
 //! Householder or exponential, a fixed `R`) as `base` = an orthonormal completion of `W` and
 //! `X = −I`, torch's start, where its parametrisation gives `W = base[:, :k]` exactly.
+//!
+//! pyreft 0.1.0's own load cannot rebuild every family as saved: it builds `learned_source` and
+//! `proj_layer` in bfloat16 (no `dtype` reaches the constructor from `config.json`), and
+//! `NoreftIntervention`/`NodireftIntervention` need an `add_bias` argument that `config.json`
+//! cannot carry (`ReftModel.load` raises `KeyError: 'add_bias'`, on pyreft's own folders too).
+//! `docs/src/exports.md` says what to call instead; `benches/pyvene/export_check.py` does it.
 
 use std::path::Path;
 
 use burn::tensor::{Tensor, backend::Backend};
 use serde_json::{Value, json};
 
+use crate::activation::Activation;
 use crate::error::{InterventionError, Result};
+use crate::family::Family;
 use crate::fixed::FixedOp;
 use crate::intervention::Intervention;
 use crate::orthogonal::{Orthogonal, orthonormal_completion, start_x};
-use crate::reft::ReftFamily;
+use crate::reft::{Projection, ReftFamily, ReftIntervention};
 use crate::set::InterventionSet;
 use crate::torch_save::{Entry, Values};
 
@@ -95,32 +107,105 @@ fn state<B: Backend>(iv: &Intervention<B>, width: usize) -> Result<(&'static str
             None,
             vec![scalar("embed_dim", d), scalar("interchange_dim", d)],
         ),
-        Intervention::Reft(r) if r.family == ReftFamily::LoReft => {
-            let (rot, src) = (r.rotation.as_ref(), r.learned_source.as_ref());
-            let (Some(rot), Some(src)) = (rot, src) else {
-                return Err(InterventionError::BadParameter {
-                    kind: "loreft".into(),
-                    parameter: "parameters".into(),
-                    reason: "a LoReFT without its rotation or learned source".into(),
-                });
-            };
-            let [k, dd] = rot.dims();
-            let w = w_of(rot);
-            let e = vec![
-                f32s("weight", src.weight.val()),
-                f32s("bias", src.bias.val()),
-                ("rotate_layer".into(), Values::F32(w), vec![dd, k]),
-            ];
-            ("pyreft.interventions.LoreftIntervention", Some(k), e)
+        Intervention::SigmoidMask(m) => {
+            let mut e = vec![scalar("embed_dim", d), scalar("interchange_dim", d)];
+            let temperature = ("temperature".into(), Values::F32(vec![m.temperature as f32]), vec![]);
+            match &m.rotation {
+                Some(rot) => {
+                    e.extend([f32s("masks", m.mask.val()), temperature]);
+                    e.extend(parametrisation(rot).0);
+                    ("pyvene.models.interventions.SigmoidMaskRotatedSpaceIntervention", None, e)
+                }
+                None => {
+                    e.extend([f32s("mask", m.mask.val()), temperature]);
+                    ("pyvene.models.interventions.SigmoidMaskIntervention", None, e)
+                }
+            }
         }
+        Intervention::Reft(r) => reft_state(r, width)?,
         other => {
             return Err(InterventionError::BadParameter {
                 kind: other.kind().into(),
                 parameter: "kind".into(),
-                reason: "not written as a pyvene/pyreft folder yet (das_low_rank, das_full, das_boundless, interchange and loreft are)".into(),
+                reason: "not written as a pyvene/pyreft folder yet (das_low_rank, das_full, das_boundless, sigmoid_mask, interchange and the six ReFT families are)".into(),
             });
         }
     })
+}
+
+fn missing(kind: &str, part: &str) -> InterventionError {
+    InterventionError::BadParameter {
+        kind: kind.into(),
+        parameter: part.into(),
+        reason: format!("a {kind} without its {part}"),
+    }
+}
+
+/// pyreft's class, rank and state dict of a ReFT intervention. LoReFT writes its own compact
+/// state dict (`weight`, `bias`, the materialised `rotate_layer`); the other families keep
+/// torch's default one: pyvene's `embed_dim`/`interchange_dim` buffers, then their parameters.
+fn reft_state<B: Backend>(r: &ReftIntervention<B>, width: usize) -> Result<(&'static str, Option<usize>, Vec<Entry>)> {
+    let kind = r.kind();
+    if r.act != Activation::Identity {
+        return Err(InterventionError::BadParameter {
+            kind: kind.into(),
+            parameter: "act".into(),
+            reason: format!(
+                "pyvene's config.json cannot carry pyreft's `act_fn`, so pyreft would rebuild this {kind} without its {:?}; keep it as safetensors",
+                r.act
+            ),
+        });
+    }
+    let d = width as i64;
+    let projection = |name: &str, p: Option<&Projection<B>>| -> Result<Vec<Entry>> {
+        let p = p.ok_or_else(|| missing(kind, name))?;
+        Ok(vec![f32s(&format!("{name}.weight"), p.weight.val()), f32s(&format!("{name}.bias"), p.bias.val())])
+    };
+    let mut e = vec![scalar("embed_dim", d), scalar("interchange_dim", d)];
+    let (class, k) = match r.family {
+        ReftFamily::LoReft => {
+            let rot = r.rotation.as_ref().ok_or_else(|| missing(kind, "rotation"))?;
+            let [k, dd] = rot.dims();
+            let mut e = projection("learned_source", r.learned_source.as_ref())?;
+            for entry in &mut e {
+                entry.0 = entry.0.trim_start_matches("learned_source.").into();
+            }
+            e.push(("rotate_layer".into(), Values::F32(w_of(rot)), vec![dd, k]));
+            return Ok(("pyreft.interventions.LoreftIntervention", Some(k), e));
+        }
+        ReftFamily::DiReft => {
+            let rot = r.rotation.as_ref().ok_or_else(|| missing(kind, "rotation"))?;
+            let (entries, k, _) = parametrisation(rot);
+            e.extend(entries);
+            e.extend(projection("learned_source", r.learned_source.as_ref())?);
+            ("pyreft.interventions.DireftIntervention", k)
+        }
+        family @ (ReftFamily::ConsReft | ReftFamily::LoBiReft) => {
+            let rot = r.rotation.as_ref().ok_or_else(|| missing(kind, "rotation"))?;
+            let bias = r.learned_bias.as_ref().ok_or_else(|| missing(kind, "learned_bias"))?;
+            let (entries, k, _) = parametrisation(rot);
+            e.push(f32s("learned_source", bias.val()));
+            e.extend(entries);
+            let class = if family == ReftFamily::ConsReft {
+                "pyreft.interventions.ConsreftIntervention"
+            } else {
+                "pyreft.interventions.LobireftIntervention"
+            };
+            (class, k)
+        }
+        family @ (ReftFamily::NoReft | ReftFamily::NoDiReft) => {
+            e.extend(projection("proj_layer", r.proj_layer.as_ref())?);
+            e.extend(projection("learned_source", r.learned_source.as_ref())?);
+            let k = r.proj_layer.as_ref().map_or(0, |p| p.weight.dims()[0]);
+            let class = if family == ReftFamily::NoReft {
+                "pyreft.interventions.NoreftIntervention"
+            } else {
+                "pyreft.interventions.NodireftIntervention"
+            };
+            (class, k)
+        }
+    };
+    Ok((class, Some(k), e))
 }
 
 /// Writes `set` (each member at one site, at every position) into `dir` as pyvene saves;

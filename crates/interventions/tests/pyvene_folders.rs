@@ -142,9 +142,12 @@ fn bad_folders_are_refused_naming_the_file_and_key() {
         e.contains("config.json") && e.contains("representations[0] (component)") && e.contains("resid_mid"),
         "{e}"
     );
+    write(cfg.replace("LowRankRotatedSpaceIntervention", "NoiseIntervention"));
+    let e = read_folder::<B>(tmp.path(), &Default::default()).err().unwrap().to_string();
+    assert!(e.contains("class `NoiseIntervention` is not read here") && e.contains(".bin"), "{e}");
     write(cfg.replace("LowRankRotatedSpaceIntervention", "SigmoidMaskIntervention"));
     let e = read_folder::<B>(tmp.path(), &Default::default()).err().unwrap().to_string();
-    assert!(e.contains("class `SigmoidMaskIntervention` is not read here") && e.contains(".bin"), "{e}");
+    assert!(e.contains("SigmoidMaskIntervention needs `mask`"), "{e}");
     write(cfg.replace("LowRankRotatedSpaceIntervention", "LoreftIntervention"));
     let e = read_folder::<B>(tmp.path(), &Default::default()).err().unwrap().to_string();
     assert!(e.contains("LoreftIntervention needs `rotate_layer`"), "{e}");
@@ -227,4 +230,95 @@ fn a_rotation_outside_torchs_parametrisation_is_written_so_that_torchs_gives_it_
     let want: Vec<f32> = r.into_data().to_vec().unwrap();
     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(worst < 1e-6, "torch's parametrisation of the written base and X gives R within {worst}");
+}
+
+/// The keys of each pyreft / pyvene class's `state_dict()`, as pyreft 0.1.0's and pyvene 0.1.8's
+/// sources define them (pyvene's `Intervention` registers the `embed_dim` and `interchange_dim`
+/// buffers; torch's orthogonal parametrisation keeps `original` and `0.base`).
+const ROTATION: [&str; 2] =
+    ["rotate_layer.parametrizations.weight.0.base", "rotate_layer.parametrizations.weight.original"];
+
+#[test]
+fn every_reft_family_and_the_sigmoid_masks_are_written_with_their_classs_keys_and_read_back_the_same() {
+    use ferrovene_interventions::activation::Activation;
+    use ferrovene_interventions::das::SigmoidMask;
+    use ferrovene_interventions::reft::{ReftFamily, ReftIntervention};
+    use ferrovene_interventions::{Intervention, InterventionSet, Orthogonal};
+    let dev = Default::default();
+    let mut rng = ferrovene_models::rng::Rng::new(11);
+    let (d, k) = (32, 3);
+    let buffers = ["embed_dim", "interchange_dim"];
+    let projections = |names: &[&str]| -> Vec<String> {
+        names.iter().flat_map(|n| [format!("{n}.weight"), format!("{n}.bias")]).collect()
+    };
+    let reft = |family, rng: &mut ferrovene_models::rng::Rng| {
+        let mut r = ReftIntervention::<B>::new(family, d, k, Activation::Identity, 0.0, rng, &dev);
+        // A bias other than the zero it starts at, so that reading it back is a real check.
+        r.learned_bias = r.learned_bias.map(|_| burn::module::Param::from_tensor(rng.normal_tensor([k], &dev)));
+        Intervention::Reft(r)
+    };
+    let mut cases: Vec<(Intervention<B>, &str, Vec<String>)> = vec![];
+    for (family, class, mut keys) in [
+        (ReftFamily::LoReft, "LoreftIntervention", vec!["weight".into(), "bias".into(), "rotate_layer".into()]),
+        (ReftFamily::NoReft, "NoreftIntervention", projections(&["proj_layer", "learned_source"])),
+        (ReftFamily::NoDiReft, "NodireftIntervention", projections(&["proj_layer", "learned_source"])),
+        (
+            ReftFamily::DiReft,
+            "DireftIntervention",
+            [projections(&["learned_source"]), ROTATION.map(String::from).to_vec()].concat(),
+        ),
+        (
+            ReftFamily::ConsReft,
+            "ConsreftIntervention",
+            [vec!["learned_source".into()], ROTATION.map(String::from).to_vec()].concat(),
+        ),
+        (
+            ReftFamily::LoBiReft,
+            "LobireftIntervention",
+            [vec!["learned_source".into()], ROTATION.map(String::from).to_vec()].concat(),
+        ),
+    ] {
+        if family != ReftFamily::LoReft {
+            keys.extend(buffers.map(String::from));
+        }
+        cases.push((reft(family, &mut rng), class, keys));
+    }
+    let mask = |rotation, rng: &mut ferrovene_models::rng::Rng| {
+        let mask = burn::module::Param::from_tensor(rng.normal_tensor([d], &dev));
+        Intervention::SigmoidMask(SigmoidMask::<B> { mask, rotation, temperature: 0.7 })
+    };
+    let rotation = Some(Orthogonal::random(d, d, &mut rng, &dev));
+    let rotated_keys = [&buffers[..], &["masks", "temperature"], &ROTATION[..]].concat();
+    cases.push((
+        mask(rotation, &mut rng),
+        "SigmoidMaskRotatedSpaceIntervention",
+        rotated_keys.iter().map(|s| s.to_string()).collect(),
+    ));
+    cases.push((
+        mask(None, &mut rng),
+        "SigmoidMaskIntervention",
+        [&buffers[..], &["mask", "temperature"]].concat().iter().map(|s| s.to_string()).collect(),
+    ));
+
+    let base = rng.normal_tensor::<B, 3>([2, 4, d], &dev);
+    let source = rng.normal_tensor::<B, 3>([2, 4, d], &dev);
+    for (iv, class, mut keys) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = iv.needs_source().then(|| source.clone());
+        let want: Vec<f32> = iv.apply(base.clone(), source.clone()).unwrap().into_data().to_vec().unwrap();
+        let set = InterventionSet::single(iv, "1.block_output".parse().unwrap());
+        let written = ferrovene_interventions::pyvene_save::write_folder(&set, &|_| d, tmp.path()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap()).unwrap();
+        let types = config["intervention_types"][0].as_str().unwrap();
+        assert!(types.ends_with(&format!(".{class}'>")), "{class}: config.json names {types}");
+        let got_keys: Vec<String> =
+            structure(&tmp.path().join(format!("intkey_{}.bin", written[0]))).into_iter().map(|(k, _, _)| k).collect();
+        keys.sort();
+        assert_eq!(got_keys, keys, "{class}: the state dict's keys");
+        let back = read_folder::<B>(tmp.path(), &dev).unwrap();
+        let got: Vec<f32> = back.set.members[0].apply(base.clone(), source).unwrap().into_data().to_vec().unwrap();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{class}: read back, it computes within {worst} of what was written");
+    }
 }

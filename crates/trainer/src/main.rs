@@ -237,8 +237,8 @@ enum Command {
     /// Import a folder that pyvene (IntervenableModel.save) or pyreft (ReftModel.save) wrote, as a
     /// ferrovene export that `trainer eval` and `trainer apply` take.
     ///
-    /// Reads pyvene's LowRankRotatedSpace, RotatedSpace, BoundlessRotatedSpace and Vanilla
-    /// interventions and pyreft's LoReFT, NoReFT, ConsReFT, LoBiReFT, DiReFT and NoDiReFT, one or
+    /// Reads pyvene's LowRankRotatedSpace, RotatedSpace, BoundlessRotatedSpace, SigmoidMask,
+    /// SigmoidMaskRotatedSpace and Vanilla interventions and pyreft's LoReFT, NoReFT, ConsReFT, LoBiReFT, DiReFT and NoDiReFT, one or
     /// several representations; pyvene's component names and layers are ours.
     ///
     /// Example: trainer import ./my_pyvene_das --model gpt2 --out das.safetensors
@@ -261,7 +261,10 @@ enum Command {
     /// Write an export as the folder pyvene (IntervenableModel.save) or pyreft (ReftModel.save)
     /// writes, for IntervenableModel.load(DIR, model) / ReftModel.load(DIR, model).
     ///
-    /// Writes low-rank, full and Boundless DAS and interchange for pyvene, LoReFT for pyreft.
+    /// Writes low-rank, full and Boundless DAS, sigmoid masks and interchange for pyvene, and
+    /// the six ReFT families for pyreft. pyreft 0.1.0 rebuilds the learned projections in
+    /// bfloat16 and cannot rebuild NoReFT/NoDiReFT from config.json: the command prints the
+    /// lines that load the folder with our numbers.
     ///
     /// Example: trainer export runs/das-capitals/…/intervention.safetensors --to pyvene das_folder
     #[command(verbatim_doc_comment)]

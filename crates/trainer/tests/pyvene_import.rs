@@ -144,6 +144,10 @@ fn exports_are_written_as_pyvene_and_pyreft_folders() {
         let dir = tmp.path().join(case);
         let o = trainer().arg("export").arg(&ours).args(["--to", flavour]).arg(&dir).output().unwrap();
         assert!(o.status.success(), "{case}: {}", String::from_utf8_lossy(&o.stderr));
+        // pyreft rebuilds the projection in bfloat16: the command says how to load our numbers.
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let hint = if flavour == "pyreft" { "iv.float(); iv.load_state_dict(" } else { "IntervenableModel.load(" };
+        assert!(stdout.contains(hint), "{case}: {stdout}");
         // pyvene's own file names and config, as the golden folder has them.
         let names = |d: &std::path::Path| {
             let mut v: Vec<String> = std::fs::read_dir(d)

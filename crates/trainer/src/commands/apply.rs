@@ -261,7 +261,10 @@ impl Apply {
             );
         }
         let (pb, pa) = (softmax_of(&before), softmax_of(&after));
-        if pa.iter().copied().fold(0.0, f32::max) < 2.0 / pa.len().max(1) as f32 {
+        // Only when the intervention flattened it: a model whose own prediction is flat (a tiny
+        // random checkpoint) says nothing about the scale.
+        let flat = |p: &[f32]| p.iter().copied().fold(0.0, f32::max) < 2.0 / p.len().max(1) as f32;
+        if flat(&pa) && !flat(&pb) {
             eprintln!(
                 "warning: with this intervention{} the next-token distribution is about uniform: the added vector swamps the activations; try a smaller --scale",
                 self.scale.map_or(String::new(), |a| format!(" at --scale {a}"))

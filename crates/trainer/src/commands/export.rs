@@ -7,15 +7,38 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use ferrovene_interventions::pyvene_save::write_folder;
-use ferrovene_interventions::{Placed, export};
+use ferrovene_interventions::{Intervention, Placed, export};
 
 /// Which library's folder to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flavour {
     /// pyvene's `IntervenableModel.load`.
     Pyvene,
-    /// pyreft's `ReftModel.load` (LoReFT).
+    /// pyreft's `ReftModel.load` (the ReFT families).
     Pyreft,
+}
+
+/// How to load a pyreft folder so that it gives our numbers: pyreft 0.1.0 rebuilds
+/// `learned_source` and `proj_layer` in bfloat16, and cannot rebuild NoReFT or NoDiReFT from
+/// `config.json` at all (their constructor needs `add_bias`).
+fn pyreft_hint(dir: &std::path::Path, kind: &str) -> String {
+    let reload = format!(
+        "for key, iv in m.interventions.items(): iv.float(); iv.load_state_dict(torch.load(f\"{}/intkey_{{key}}.bin\", weights_only=True))",
+        dir.display()
+    );
+    match kind {
+        "noreft" | "nodireft" => {
+            let class = if kind == "noreft" { "NoreftIntervention" } else { "NodireftIntervention" };
+            format!(
+                "pyreft.ReftModel.load cannot rebuild {kind} (KeyError: 'add_bias', on pyreft's own folders too). Build it, then load the weights:\n  m = pyreft.get_reft_model(model, pyreft.ReftConfig(representations=[{{\"layer\": L, \"component\": C, \"low_rank_dimension\": k, \"intervention\": pyreft.{class}(embed_dim=d, low_rank_dimension=k, add_bias=True, dtype=torch.float32)}}]))\n  {reload}\n(L, C, k, d: as in {}/config.json)",
+                dir.display()
+            )
+        }
+        _ => format!(
+            "load it with: m = pyreft.ReftModel.load(\"{}\", model); pyreft rebuilds the learned projection in bfloat16, so for our numbers then:\n  {reload}",
+            dir.display()
+        ),
+    }
 }
 
 /// What to export, from the command line.
@@ -38,13 +61,13 @@ impl Export {
         }
         let device = Default::default();
         let (set, config) = export::load_set::<ferrovene_models::Cpu>(&self.intervention, &device)?;
-        let reft = set.members.iter().any(|m| m.kind() == "loreft");
+        let reft = set.members.iter().find(|m| matches!(m, Intervention::Reft(_))).map(|m| m.kind());
         match (self.to, reft) {
-            (Flavour::Pyvene, true) => bail!(
-                "{} holds LoReFT, which pyvene loads only through pyreft: use --to pyreft",
+            (Flavour::Pyvene, Some(kind)) => bail!(
+                "{} holds {kind}, which pyvene loads only through pyreft: use --to pyreft",
                 self.intervention.display()
             ),
-            (Flavour::Pyreft, false) => bail!(
+            (Flavour::Pyreft, None) => bail!(
                 "{} holds {} interventions, which pyreft does not define: use --to pyvene",
                 self.intervention.display(),
                 set.kind()
@@ -69,10 +92,7 @@ impl Export {
                 config.model.arch,
                 config.model.id
             ),
-            Flavour::Pyreft => println!(
-                "load it with: pyreft.ReftModel.load(\"{}\", model), then .to(torch.float32) on each intervention (pyreft rebuilds LoReFT in bfloat16)",
-                self.dir.display()
-            ),
+            Flavour::Pyreft => println!("{}", pyreft_hint(&self.dir, reft.unwrap_or_default())),
         }
         Ok(())
     }
