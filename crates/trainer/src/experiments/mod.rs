@@ -9,6 +9,7 @@ pub mod experiment;
 pub mod filler_gap;
 pub mod hierarchical;
 pub mod pairs;
+pub mod prefix;
 pub mod probe_layers;
 pub mod reft_memorise;
 pub mod steer_iti;

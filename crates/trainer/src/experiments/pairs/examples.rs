@@ -10,6 +10,7 @@ use ferrovene_data::format::{Loaded, parse_jsonl};
 use ferrovene_data::{OnError, TokenizedExample, tokenize};
 
 use super::recipe::{Method, PairRecipe};
+use crate::experiments::prefix::Prefix;
 use crate::run_dir::fnv1a;
 
 /// The examples of a run, tokenised and split.
@@ -26,6 +27,8 @@ pub struct Examples {
     pub dev: Vec<usize>,
     /// The held-out examples' lines as they were in their file (for `dev.jsonl`).
     pub dev_lines: Vec<String>,
+    /// What went before every input (the recipe's `prefix`), in words.
+    pub prefix: String,
 }
 
 impl Examples {
@@ -43,7 +46,13 @@ struct ExampleFile {
 }
 
 impl ExampleFile {
-    fn read(path: &Path, key: &str, method: Method, tok: &ferrovene_models::TextTokenizer) -> Result<Self> {
+    fn read(
+        path: &Path,
+        key: &str,
+        method: Method,
+        tok: &ferrovene_models::TextTokenizer,
+        prefix: &Prefix,
+    ) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading {} (the recipe's `{key}`)", path.display()))?;
         let text = ferrovene_data::format::utf8(path, &bytes)?.to_string();
@@ -64,7 +73,7 @@ impl ExampleFile {
         let tokenized = file
             .examples
             .iter()
-            .map(|(l, e)| tokenize(e, tok, &file.path, *l))
+            .map(|(l, e)| tokenize(e, tok, &file.path, *l).map(|t| prefix.apply_example(t)))
             .collect::<std::result::Result<_, _>>()?;
         Ok(ExampleFile { text, file, tokenized })
     }
@@ -89,15 +98,16 @@ impl ExampleFile {
     }
 }
 
-/// Reads, tokenises and splits the recipe's example file(s): held out from `pairs` by
-/// `dev_fraction`, or every example of `held_out`.
+/// Reads, tokenises (with the recipe's `prefix` before every input) and splits the recipe's
+/// example file(s): held out from `pairs` by `dev_fraction`, or every example of `held_out`.
 pub fn read(r: &PairRecipe, method: Method, tok: &ferrovene_models::TextTokenizer) -> Result<Examples> {
-    let pairs = ExampleFile::read(&r.pairs, "pairs", method, tok)?;
+    let prefix = Prefix::new(&r.prefix, tok)?;
+    let pairs = ExampleFile::read(&r.pairs, "pairs", method, tok, &prefix)?;
     let by = r.split_by.as_deref().unwrap_or_default();
     let groups = if r.split_by.is_some() { pairs.groups(by)? } else { vec![String::new(); pairs.tokenized.len()] };
     let (rest, dev, held_out) = match (&r.held_out, r.dev_fraction) {
         (Some(path), _) => {
-            let held = ExampleFile::read(path, "held_out", method, tok)?;
+            let held = ExampleFile::read(path, "held_out", method, tok, &prefix)?;
             let n = pairs.tokenized.len();
             ((0..n).collect(), (n..n + held.tokenized.len()).collect(), Some(held))
         }
@@ -130,5 +140,5 @@ pub fn read(r: &PairRecipe, method: Method, tok: &ferrovene_models::TextTokenize
         }
         None => (fnv1a(pairs.text.as_bytes()), pairs.lines(&dev), pairs.tokenized),
     };
-    Ok(Examples { hash, tokenized, train, validation, dev, dev_lines })
+    Ok(Examples { hash, tokenized, train, validation, dev, dev_lines, prefix: prefix.about })
 }

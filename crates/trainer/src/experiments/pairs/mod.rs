@@ -124,7 +124,7 @@ fn write_outputs<B: AutodiffBackend>(
     let state = &t.fitted.state;
     let report = json!({
         "recipe": ctx.name, "seed": r.seed,
-        "data": {"pairs": r.pairs, "held_out": r.held_out, "hash_fnv1a64": ex.hash, "train": ex.train.len(), "validation": ex.validation.len(), "dev": ex.dev.len()},
+        "data": {"pairs": r.pairs, "held_out": r.held_out, "prefix": ex.prefix, "hash_fnv1a64": ex.hash, "train": ex.train.len(), "validation": ex.validation.len(), "dev": ex.dev.len()},
         "metrics": t.metrics,
         "training": {
             "outcome": match t.fitted.outcome { Outcome::StoppedEarly => "stopped early", _ => "finished" },

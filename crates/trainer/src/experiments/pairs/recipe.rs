@@ -132,6 +132,11 @@ pub struct PairRecipe {
     pub grad_clip: Option<f64>,
     /// Seed of the initialisation, the split and the batch order.
     pub seed: u64,
+    /// What goes before every input of the example files, after the tokenizer's own BOS: `""`
+    /// (the default) for nothing, `"causalgym"` for `<|endoftext|>` where the vocabulary has it
+    /// (CausalGym's prefix), or any text (its tokens). Positions count from the text's start.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
     /// A separate file of held-out examples for the final evaluation (then every example of
     /// `pairs` trains, and `dev_fraction` is not used), relative to the working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]

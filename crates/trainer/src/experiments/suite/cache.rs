@@ -19,9 +19,10 @@ use ferrovene_models::{
     Checkpoint, Component, Input, KvCache, Site, TextTokenizer, Transformer, block_outputs, gather_positions,
 };
 
-use super::recipe::{CAUSALGYM_PREFIX, LAST, SourceIndex};
+use super::recipe::{LAST, SourceIndex};
 use super::stack::{Stack, column, repeat};
 use crate::batch::{input_of, int2, last_real};
+use crate::experiments::prefix::Prefix;
 
 /// One pair of a task, tokenised: base and source with one position per region (in the task's
 /// region order), the four scored continuations' first tokens, and the base's class.
@@ -52,27 +53,9 @@ pub enum Labels {
     Control,
 }
 
-/// The tokens a recipe's `prefix` puts before every sentence, and what they are in words (for
-/// the report): [`CAUSALGYM_PREFIX`] is `<|endoftext|>` where the vocabulary has it as one
-/// token, else nothing; `""` is nothing; any other text is its tokens.
-pub fn prefix_ids(prefix: &str, tok: &TextTokenizer) -> Result<(Vec<u32>, String)> {
-    const ENDOFTEXT: &str = "<|endoftext|>";
-    if prefix == CAUSALGYM_PREFIX {
-        return Ok(match tok.inner().token_to_id(ENDOFTEXT) {
-            Some(id) => (vec![id], format!("{ENDOFTEXT} (token {id}), as CausalGym's code prepends it")),
-            None => (vec![], format!("nothing: the vocabulary has no {ENDOFTEXT} (CausalGym's prefix)")),
-        });
-    }
-    if prefix.is_empty() {
-        return Ok((vec![], "nothing".into()));
-    }
-    let ids = tok.encode_plain(prefix).with_context(|| format!("`prefix` {prefix:?}"))?;
-    Ok((ids.clone(), format!("{prefix:?} (tokens {ids:?})")))
-}
-
 /// Tokenises a task's pairs (from `ferrovene_data::suite::split`) with a position for every
 /// region (`last`: the last token; else the slot's last token), the control words' first tokens
-/// for the control labels; `prefix` goes before every sentence ([`prefix_ids`]), and
+/// for the control labels; `prefix` goes before every sentence ([`Prefix::apply`]), and
 /// `source_index` says whose token index the source is read at.
 #[allow(clippy::too_many_arguments)]
 pub fn tokenize_pairs(
@@ -82,7 +65,7 @@ pub fn tokenize_pairs(
     regions: &[String],
     control: [u32; 2],
     tok: &TextTokenizer,
-    prefix: &[u32],
+    prefix: &Prefix,
     source_index: SourceIndex,
 ) -> Result<Vec<SuitePair>> {
     let classes = suite.tasks[task].classes();
@@ -125,7 +108,7 @@ pub fn tokenize_pairs(
             };
             let class = meta.get("base_class").and_then(|c| c.as_str()) == Some(classes[1]);
             let k = class as usize;
-            let (base, mut source) = (prefixed(prefix, base), prefixed(prefix, sources.remove(0)));
+            let (base, mut source) = (prefix.apply(base), prefix.apply(sources.remove(0)));
             let mut fit_positions = None;
             if source_index == SourceIndex::Base {
                 let (base_end, source_end) = (base.ids.len() - 1, source.ids.len() - 1);
@@ -135,17 +118,6 @@ pub fn tokenize_pairs(
             Ok(SuitePair { base, source, task: [ys, yb], control: [control[1 - k], control[k]], class, fit_positions })
         })
         .collect()
-}
-
-/// `input` with `prefix` before its tokens (its positions shifted past it).
-fn prefixed(prefix: &[u32], input: TokenizedInput) -> TokenizedInput {
-    if prefix.is_empty() {
-        return input;
-    }
-    TokenizedInput {
-        ids: prefix.iter().chain(&input.ids).copied().collect(),
-        positions: input.positions.iter().map(|p| p + prefix.len()).collect(),
-    }
 }
 
 /// Per block, its keys and values (`[n, kv_heads, seq, head_dim]`), where it has them.

@@ -24,7 +24,7 @@ use ferrovene_models::{TextTokenizer, Transformer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-pub use cache::{Cached, Labels, SuitePair, cache, prefix_ids, tokenize_pairs};
+pub use cache::{Cached, Labels, SuitePair, cache, tokenize_pairs};
 pub use dry_run::dry_run;
 pub use recipe::{
     CAUSALGYM_PREFIX, LAST, METHODS, Names, SourceIndex, SuiteRecipe, common_slots, select_tasks, task_regions,
@@ -35,6 +35,7 @@ pub use site::{DasSettings, MethodScore, Methods, Score, evaluate, score_layer, 
 use crate::device::load_model;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd, SweepAxes};
+use crate::experiments::prefix::Prefix;
 use crate::run_dir::RunDir;
 use crate::units::UnitLog;
 
@@ -144,7 +145,7 @@ fn run_task<B: AutodiffBackend, M: Transformer<B>>(
     model: &M,
     tok: &TextTokenizer,
     layers: &[usize],
-    (control, prefix): ([u32; 2], &[u32]),
+    (control, prefix): ([u32; 2], &Prefix),
     bar: &indicatif::ProgressBar,
     (dir, log): (&RunDir, &mut UnitLog<SuiteUnit>),
     device: &B::Device,
@@ -264,8 +265,8 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     let layers = r.layers.resolve(model.n_layers())?;
     let control = control_ids(tok, &r.control)?;
     // The prefix's tokens, and what they are in words for the report.
-    let (prefix_tokens, prefix) = prefix_ids(&r.prefix, tok)?;
-    let words = (control, prefix_tokens.as_slice());
+    let prefix = Prefix::new(&r.prefix, tok)?;
+    let words = (control, &prefix);
     for (name, task) in &tasks {
         task.check_continuations(|t| tok.encode_plain(t).ok().and_then(|i| i.first().copied()))
             .map_err(|e| anyhow!("{}: task `{name}` with the {} tokenizer: {e}", suite.path.display(), r.model))?;
@@ -295,7 +296,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     let write_report = |rows: &[Row], per_task: &[serde_json::Value], frozen_s: f64, complete: bool| {
         dir.write_report(json!({
             "recipe": ctx.name, "complete": complete, "suite": suite.path, "tasks": per_task, "skipped_tasks": skipped, "layers": layers, "methods": r.methods,
-            "prefix": prefix, "source_index": r.source_index,
+            "prefix": prefix.about, "source_index": r.source_index,
             "summary": summarize(rows), "rows": rows,
             "timing": {"frozen_runs_s": frozen_s, "total_s": dir.elapsed(), "share_frozen": r.share_frozen},
             "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
@@ -328,7 +329,8 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         );
     }
     println!(
-        "before every sentence: {prefix}; sources read at their {} token index",
+        "before every sentence: {}; sources read at their {} token index",
+        prefix.about,
         match r.source_index {
             SourceIndex::Own => "own",
             SourceIndex::Base => "base's",

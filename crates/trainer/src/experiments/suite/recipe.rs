@@ -13,9 +13,7 @@ use crate::recipe::Layers;
 /// CausalGym's order.
 pub const METHODS: [&str; 8] = ["das", "vanilla", "probe", "mean", "pca", "kmeans", "lda", "random"];
 
-/// The `prefix` value that means CausalGym's own: `<|endoftext|>` where the vocabulary has it as
-/// one token (GPT-2, Pythia, SmolLM2, Qwen), else nothing beyond what the tokenizer adds.
-pub const CAUSALGYM_PREFIX: &str = "causalgym";
+pub use crate::experiments::prefix::CAUSALGYM_PREFIX;
 
 /// Where a pair's source is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
