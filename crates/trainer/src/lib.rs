@@ -31,5 +31,6 @@ pub mod plot;
 pub mod recipe;
 pub mod run_dir;
 pub mod schedule;
+pub mod shard;
 pub mod threads;
 pub mod units;

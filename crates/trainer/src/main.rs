@@ -158,8 +158,32 @@ enum Command {
         /// Go on with an interrupted sweep: its run folder (runs/NAME/STAMP). The units it
         /// finished (in units.jsonl) are kept, the others run, and the final files are those of
         /// an uninterrupted run. The sweep's settings are the ones saved in the folder.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["layers", "positions", "regions", "tasks", "methods", "templates", "full", "no_generalization", "sets"])]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["layers", "positions", "regions", "tasks", "methods", "templates", "full", "no_generalization", "sets", "shard"])]
         resume: Option<std::path::PathBuf>,
+        /// Run shard I of N (0-based, `--shard 0/4`): a deterministic quarter of the sweep's
+        /// units (sites; a suite's task layers), balanced by estimated cost. Without the flag,
+        /// a Slurm array task (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) or a Kubernetes
+        /// indexed Job (JOB_COMPLETION_INDEX, with FERROVENE_SHARD_COUNT) sets it. Join the
+        /// shards' folders with `trainer merge`.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<ferrovene_trainer::shard::Shard>,
+    },
+    /// Join the run folders of a sweep's shards (`trainer sweep … --shard I/N`) into the folder
+    /// one run would have written: the numbers (CSV, JSON), heatmaps, summary, report.json and,
+    /// for filler-gap, the best site's export and the follow-up experiments (which need the
+    /// model, so they run here).
+    ///
+    /// Example: trainer merge runs/das-filler-gap/20261206-1* --out runs
+    #[command(verbatim_doc_comment)]
+    Merge {
+        /// Every shard's run folder, once each.
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+        /// Where the merged run goes (runs/NAME/STAMP under it).
+        #[arg(long, default_value = "runs")]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        compute: Compute,
     },
     /// Apply an exported intervention to a prompt: the next-token prediction before and after, or
     /// generated text without and with it.
@@ -324,6 +348,23 @@ fn main() -> Result<()> {
     ferrovene_trainer::threads::on_worker(move || command(cli))
 }
 
+/// `trainer apply`'s decoding of `max_new` generated tokens: greedy, or sampled at `temperature`.
+fn decoding(
+    max_new: Option<usize>,
+    temperature: Option<f64>,
+    top_p: f64,
+    seed: u64,
+    no_cache: bool,
+) -> Result<Option<Decoding>> {
+    let choice = match temperature {
+        Some(temperature) => Choice::Sample { temperature, top_p, seed },
+        None => Choice::Greedy,
+    };
+    let decoding = Decoding { max_new: 0, choice, cache: !no_cache };
+    decoding.check()?;
+    Ok(max_new.map(|max_new| Decoding { max_new, ..decoding }))
+}
+
 /// Runs the parsed command.
 fn command(cli: Cli) -> Result<()> {
     match cli.command {
@@ -344,6 +385,7 @@ fn command(cli: Cli) -> Result<()> {
             out,
             compute,
             resume,
+            shard,
         } => sweep::sweep(sweep::SweepArgs {
             recipe,
             layers,
@@ -359,7 +401,9 @@ fn command(cli: Cli) -> Result<()> {
             out,
             compute,
             resume,
+            shard,
         }),
+        Command::Merge { dirs, out, compute } => commands::merge::merge(dirs, out, compute),
         Command::Predict { model, prompt, top, json, compute } => {
             dispatch(compute, predict::Predict { model, prompt, top, json })
         }
@@ -386,13 +430,7 @@ fn command(cli: Cli) -> Result<()> {
             sae,
             compute,
         } => {
-            let choice = match temperature {
-                Some(temperature) => Choice::Sample { temperature, top_p, seed },
-                None => Choice::Greedy,
-            };
-            let decoding = Decoding { max_new: 0, choice, cache: !no_cache };
-            decoding.check()?;
-            let generate = generate.map(|max_new| Decoding { max_new, ..decoding });
+            let generate = decoding(generate, temperature, top_p, seed, no_cache)?;
             dispatch(
                 compute,
                 apply::Apply {

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod eval;
 pub mod export;
 pub mod import;
+pub mod merge;
 pub mod predict;
 pub mod run;
 pub mod sae;

@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 
 use crate::commands::run::RecipeRun;
 use crate::device::{Compute, dispatch};
 use crate::experiments::Recipe;
 use crate::recipe::{self, Override};
+use crate::shard::Shard;
 
 /// `trainer sweep`'s options.
 pub struct SweepArgs {
@@ -40,6 +41,8 @@ pub struct SweepArgs {
     pub compute: Compute,
     /// Go on with the sweep in this run folder: its finished units are kept, the rest run.
     pub resume: Option<PathBuf>,
+    /// Run only this shard of the sweep's units (else a job array's index, if any).
+    pub shard: Option<Shard>,
 }
 
 /// Runs the sweep (or goes on with the one in `--resume`'s folder).
@@ -145,6 +148,17 @@ fn overrides(a: &SweepArgs, path: &std::path::Path, table: &toml::Table) -> Resu
             )
         })?;
         overrides.push(Override::new(key, false).typed_as("--no-generalization"));
+    }
+    let shard = match (a.shard, a.dry_run) {
+        (Some(s), true) => bail!("--shard {s}: `--dry-run` prints every task's pairs; it takes no shard"),
+        (Some(s), false) => Some((s, format!("--shard {s}"))),
+        // A dry run inside a job array checks the whole file.
+        (None, true) => None,
+        (None, false) => Shard::from_env(|k| std::env::var(k).ok())?,
+    };
+    if let Some((s, from)) = shard {
+        eprintln!("shard {s} ({from})");
+        overrides.push(Override::new("shard", s.to_string()).typed_as(from));
     }
     for set in &a.sets {
         overrides.push(set.parse()?);

@@ -126,8 +126,12 @@ fn sweep_sites<B: AutodiffBackend, M: Transformer<B>>(
     log: &mut UnitLog<SiteResult>,
     device: &B::Device,
 ) -> Result<(Vec<SiteResult>, Best)> {
-    let sites: Vec<(usize, String)> =
+    let every: Vec<(usize, String)> =
         layers.iter().flat_map(|&l| r.positions.iter().map(move |p| (l, p.clone()))).collect();
+    // A shard's sites; a site's DAS steps run the blocks from its layer on.
+    let n_layers = model.n_layers();
+    let mine = crate::shard::pick(r.shard, &every, |(l, _)| (n_layers.saturating_sub(*l) + 1) as f64);
+    let sites: Vec<(usize, String)> = every.into_iter().zip(mine).filter(|(_, m)| *m).map(|(s, _)| s).collect();
     let bar = progress_if(ctx.progress, sites.len(), "sites");
     let mut best: Option<Best> = None;
     for (layer, position) in &sites {
@@ -259,14 +263,22 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device
     let mut rng = Rng::new(r.seed);
     let data = sweep_data(ctx, r, model, tok, &layers, &mut rng, device)?;
     let (results, best) = sweep_sites(ctx, r, &loaded, model, &data, &layers, &dir, &mut log, device)?;
+    if !dir.join("intervention.safetensors").exists() {
+        // Merged shards (each exported its own best): the best site again, to the same numbers.
+        let (iv, _) = train_site(model, r, &data.train, &data.test, best.layer, &best.position, device)?;
+        export_best(&dir, ctx.name, &loaded, &iv, best.layer, &best.position)?;
+    }
     write_sweep(&dir, ctx.name, &r.positions, &layers, &results, data.n_test)?;
-    let generalization = if r.generalization {
+    if let Some(shard) = r.shard {
+        println!("shard {shard}: {} of the sweep's sites; join the shards with `trainer merge DIR…`", results.len());
+    }
+    let generalization = if r.generalization && r.shard.is_none() {
         generalization::run(ctx, r, model, tok, &data.splits, &best, &mut rng, &dir, device)?
     } else {
         serde_json::Value::Null
     };
     dir.write_report(json!({
-        "recipe": ctx.name, "complete": true, "sweep": results,
+        "recipe": ctx.name, "complete": true, "shard": r.shard, "sweep": results,
         "best": {"layer": best.layer, "position": best.position},
         "generalization": generalization,
         "data": {"train_pairs": data.n_train, "test_pairs": data.n_test, "constructions": CONSTRUCTIONS},

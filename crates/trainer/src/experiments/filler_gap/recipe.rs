@@ -37,4 +37,8 @@ pub struct FillerGapRecipe {
     pub positions: Vec<String>,
     /// After the sweep, run the train × evaluate matrix and leave-one-out at the best site.
     pub generalization: bool,
+    /// Run only this shard's sites (`I/N`; `trainer sweep --shard`, or a job array's index);
+    /// `trainer merge` joins the shards. No follow-up experiments in a shard: merging runs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::Shard>,
 }

@@ -254,6 +254,38 @@ fn separately<B: AutodiffBackend, M: Transformer<B>>(
     Ok(out)
 }
 
+/// The layers of each task this run sweeps: all of them, or its shard's (units are a task's
+/// layers, each costing its regions times the blocks from the layer on).
+fn shard_layers(r: &SuiteRecipe, tasks: &[(&String, &Task)], layers: &[usize], n_layers: usize) -> Vec<Vec<usize>> {
+    let units: Vec<(usize, usize)> = (0..tasks.len()).flat_map(|t| layers.iter().map(move |&l| (t, l))).collect();
+    let regions: Vec<usize> = tasks.iter().map(|(_, t)| task_regions(t, &r.regions).map_or(0, |g| g.len())).collect();
+    let mine = crate::shard::pick(r.shard, &units, |&(t, l)| (regions[t] * (n_layers.saturating_sub(l) + 1)) as f64);
+    let mut of_task = vec![Vec::new(); tasks.len()];
+    for ((t, l), m) in units.into_iter().zip(mine) {
+        if m {
+            of_task[t].push(l);
+        }
+    }
+    of_task
+}
+
+/// What the numbers rest on: how often the model already prefers the base's continuation, the
+/// prefix, and where sources are read.
+fn print_conventions(r: &SuiteRecipe, per_task: &[serde_json::Value], prefix: &Prefix) {
+    for t in per_task {
+        println!(
+            "{}: the model prefers the base's continuation on {:.0}% of the test bases",
+            t["task"].as_str().unwrap_or(""),
+            100.0 * t["model_accuracy"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let index = match r.source_index {
+        SourceIndex::Own => "own",
+        SourceIndex::Base => "base's",
+    };
+    println!("before every sentence: {}; sources read at their {index} token index", prefix.about);
+}
+
 /// Runs the recipe: every task's sweep, its heatmaps, and the summary.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B::Device) -> Result<PathBuf> {
     let suite = suites::read_suite(Path::new(&r.suite))?;
@@ -289,13 +321,17 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
     };
     let mut log = UnitLog::open(&dir, format!("trainer sweep {} --resume {}", ctx.name, dir.path().display()))?;
-    let sites: usize =
-        tasks.iter().map(|(_, t)| task_regions(t, &r.regions).map_or(0, |g| g.len())).sum::<usize>() * layers.len();
+    let of_task = shard_layers(r, &tasks, &layers, model.n_layers());
+    let sites: usize = tasks
+        .iter()
+        .zip(&of_task)
+        .map(|((_, t), l)| task_regions(t, &r.regions).map_or(0, |g| g.len()) * l.len())
+        .sum();
     let bar = progress_if(ctx.progress, sites, "sites");
     let (mut rows, mut per_task, mut frozen_s) = (Vec::new(), Vec::new(), 0.0);
     let write_report = |rows: &[Row], per_task: &[serde_json::Value], frozen_s: f64, complete: bool| {
         dir.write_report(json!({
-            "recipe": ctx.name, "complete": complete, "suite": suite.path, "tasks": per_task, "skipped_tasks": skipped, "layers": layers, "methods": r.methods,
+            "recipe": ctx.name, "complete": complete, "shard": r.shard, "suite": suite.path, "tasks": per_task, "skipped_tasks": skipped, "layers": layers, "methods": r.methods,
             "prefix": prefix.about, "source_index": r.source_index,
             "summary": summarize(rows), "rows": rows,
             "timing": {"frozen_runs_s": frozen_s, "total_s": dir.elapsed(), "share_frozen": r.share_frozen},
@@ -303,9 +339,13 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         }))
     };
     for (i, (name, task)) in tasks.iter().enumerate() {
-        let t = run_task(r, &suite, &tasks, name, model, tok, &layers, words, &bar, (&dir, &mut log), device)
+        let task_layers = &of_task[i];
+        if task_layers.is_empty() {
+            continue;
+        }
+        let t = run_task(r, &suite, &tasks, name, model, tok, task_layers, words, &bar, (&dir, &mut log), device)
             .with_context(|| format!("task `{name}`"))?;
-        report::heatmaps(&dir, name, &layers, &t.regions, &t.rows)?;
+        report::heatmaps(&dir, name, task_layers, &t.regions, &t.rows)?;
         per_task.push(
             json!({"task": name, "description": task.description, "about": task.about, "notes": task.notes, "not_swept": recipe::blank_slots(task), "regions": t.regions, "model_accuracy": t.accuracy}),
         );
@@ -321,21 +361,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     dir.write("results.json", serde_json::to_string_pretty(&rows)?)?;
     let summary = summarize(&rows);
     write_report(&rows, &per_task, frozen_s, true)?;
-    for t in &per_task {
-        println!(
-            "{}: the model prefers the base's continuation on {:.0}% of the test bases",
-            t["task"].as_str().unwrap_or(""),
-            100.0 * t["model_accuracy"].as_f64().unwrap_or(0.0)
-        );
-    }
-    println!(
-        "before every sentence: {}; sources read at their {} token index",
-        prefix.about,
-        match r.source_index {
-            SourceIndex::Own => "own",
-            SourceIndex::Base => "base's",
-        }
-    );
+    print_conventions(r, &per_task, &prefix);
     print!("{}", table(ctx.name, &summary));
     println!(
         "{} tasks × {} layers × their regions = {sites} sites; run folder: {} ({:.0} s)",
@@ -344,5 +370,8 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
         dir.path().display(),
         dir.elapsed()
     );
+    if let Some(shard) = r.shard {
+        println!("shard {shard}: {sites} of the sweep's sites; join the shards with `trainer merge DIR…`");
+    }
     Ok(dir.path().to_path_buf())
 }

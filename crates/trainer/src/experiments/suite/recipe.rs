@@ -84,6 +84,10 @@ pub struct SuiteRecipe {
     /// saves.
     #[serde(default = "yes")]
     pub share_frozen: bool,
+    /// Run only this shard's task layers (`I/N`; `trainer sweep --shard`, or a job array's
+    /// index); `trainer merge` joins the shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::Shard>,
 }
 
 fn yes() -> bool {
