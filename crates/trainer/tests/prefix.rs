@@ -93,3 +93,24 @@ fn a_pair_recipe_with_a_prefix_trains_as_if_every_text_began_with_it() {
     }
     assert_eq!(exports[0], exports[1], "the prefix trains exactly as the words written into every text");
 }
+
+#[test]
+fn a_suite_run_from_before_prefix_existed_resumes_without_one() {
+    use ferrovene_trainer::experiments::Recipe;
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = common::root().join("recipes/syntax-suites.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let resumed = |saved: &str| {
+        let dir = tmp.path().join(format!("run{}", saved.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("recipe.toml"), format!("# run of recipe: syntax-suites\n{saved}")).unwrap();
+        match ferrovene_trainer::commands::run::resume_recipe(&dir, "syntax-suites", &recipe).unwrap() {
+            Recipe::Suite(s) => s.prefix,
+            other => panic!("{}", other.kind()),
+        }
+    };
+    // The saved recipe of an old run has no `prefix`: it ran with nothing before its sentences.
+    let old: String = text.lines().filter(|l| !l.starts_with("prefix")).map(|l| format!("{l}\n")).collect();
+    assert_eq!(resumed(&old), "");
+    assert_eq!(resumed(&format!("{old}prefix = \"causalgym\"\n")), CAUSALGYM_PREFIX);
+}

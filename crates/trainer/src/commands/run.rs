@@ -159,7 +159,13 @@ pub fn resume_recipe(dir: &std::path::Path, name: &str, path: &std::path::Path) 
     }
     crate::run_dir::check_recipe_name(dir, name)?;
     crate::run_dir::check_not_in_use(dir)?;
-    let r = Recipe::from_file(&saved)?;
+    let mut table = recipe::read_table(&saved)?;
+    // Suite runs from before `prefix` existed put nothing before their sentences; the default
+    // is now CausalGym's `<|endoftext|>`, which would change the layers still to run.
+    if table.get("kind").and_then(|k| k.as_str()) == Some("suite") && !table.contains_key("prefix") {
+        table.insert("prefix".into(), toml::Value::String(String::new()));
+    }
+    let r = Recipe::from_table(table, &[]).map_err(|e| e.context(format!("{}", saved.display())))?;
     let given = recipe::read_table(path)?.get("kind").and_then(|k| k.as_str()).map(str::to_string).unwrap_or_default();
     if given != r.kind() {
         bail!(
