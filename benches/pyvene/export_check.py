@@ -25,6 +25,14 @@ at all (their constructor needs `add_bias`, which config.json cannot carry): for
 shows `ReftModel.load`'s error, then builds the intervention with `pyreft.get_reft_model`, as
 `trainer export` tells users to, and loads the saved state dict with `strict=True`.
 
+Part 3, the classes no golden folder has: pyvene builds each of `RotatedSpaceIntervention`,
+`SigmoidMaskRotatedSpaceIntervention`, `SigmoidMaskIntervention` and `VanillaIntervention`, and
+pyreft each of its six families, with random parameters, on the same model; each computes its
+logits and saves its folder; ferrovene imports the folder and writes it back, and pyvene or
+pyreft (as above) loads ferrovene's folder: the logits must equal what pyvene or pyreft computed
+before saving, within 1e-5, and `trainer apply` of ferrovene's import must give their
+log-probabilities within 1e-5 (ferrovene computes each class as pyvene or pyreft does).
+
 Not in CI (torch is 3 GB): run `benches/pyvene/export_check.py TRAINER_BINARY` in the venv
 `benches/pyvene/run` makes; its last output is in the README.
 """
@@ -209,8 +217,80 @@ def rebuild(folder, model):
     return pyreft.get_reft_model(model, pyreft.ReftConfig(representations=reps), set_device=False)
 
 
+def made_by_them(tmp):
+    """Folders pyvene and pyreft save for the classes without a golden, through ferrovene and back."""
+    global worst_all
+    model_dir = os.path.join(tmp, "sharp_gpt2")
+    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    torch.manual_seed(0)
+    base = torch.tensor([[5, 17, 3, 44, 60, 9]])
+    source = torch.tensor([[71, 2, 38, 90, 11, 26]])
+    last = {"sources->base": ([[[5]]], [[[5]]])}
+    cases = [(c, "pyvene") for c in ["RotatedSpaceIntervention", "SigmoidMaskRotatedSpaceIntervention",
+                                     "SigmoidMaskIntervention", "VanillaIntervention"]]
+    cases += [(c, "pyreft") for c in ["LoreftIntervention", "NoreftIntervention", "ConsreftIntervention",
+                                      "LobireftIntervention", "DireftIntervention", "NodireftIntervention"]]
+    for cls, flavour in cases:
+        theirs_dir = os.path.join(tmp, "theirs", cls)
+        with torch.no_grad():
+            if flavour == "pyvene":
+                cfg = pv.IntervenableConfig(representations=[{"layer": 1, "component": "block_output"}],
+                                            intervention_types=getattr(pv, cls))
+                im = pv.IntervenableModel(cfg, model)
+                iv = list(im.interventions.values())[0]
+                if cls == "RotatedSpaceIntervention":
+                    iv.set_interchange_dim(8)
+                if "SigmoidMask" in cls:
+                    for name in ["masks", "mask"]:
+                        if hasattr(iv, name):
+                            getattr(iv, name).data = torch.randn(32) * 2
+                    iv.temperature.data = torch.tensor(0.7)
+                _, want = im({"input_ids": base}, [{"input_ids": source}], last)
+            else:
+                iv = getattr(pyreft, cls)(embed_dim=32, low_rank_dimension=2, add_bias=True, dtype=torch.float32)
+                for p in iv.parameters():
+                    p.data = p.data + torch.randn_like(p) * 0.5 if p.dim() == 1 else p.data
+                rep = {"layer": 1, "component": "block_output", "low_rank_dimension": 2, "intervention": iv}
+                im = pyreft.get_reft_model(model, pyreft.ReftConfig(representations=[rep]), set_device=False)
+                _, want = im({"input_ids": base}, unit_locations={"sources->base": (None, [[[5]]])})
+        im.save(theirs_dir)
+        ours = os.path.join(tmp, "theirs", cls + ".safetensors")
+        back = os.path.join(tmp, "back", cls)
+        run("import", theirs_dir, "--model", model_dir, "--out", ours)
+        run("export", ours, "--to", flavour, back)
+        note = ""
+        with torch.no_grad():
+            if flavour == "pyvene":
+                im2 = pv.IntervenableModel.load(back, model)
+                _, got = im2({"input_ids": base}, [{"input_ids": source}], last)
+            else:
+                try:
+                    im2 = pyreft.ReftModel.load(back, model)
+                except KeyError as e:
+                    note = f" (ReftModel.load: KeyError {e}; built with get_reft_model)"
+                    im2 = rebuild(back, model)
+                pyreft_reload(im2, back)
+                _, got = im2({"input_ids": base}, unit_locations={"sources->base": (None, [[[5]]])})
+        worst = (got.logits - want.logits).abs().max().item()
+        # ferrovene's own computation with the imported file: its log-probabilities at the last
+        # token against pyvene's / pyreft's.
+        args = ["apply", "--intervention", ours, "--model", model_dir, "--prompt", " ".join(f"t{i}" for i in base[0].tolist()),
+                "--positions", "5", "--top", "97", "--json"]
+        if flavour == "pyvene":
+            args += ["--source", " ".join(f"t{i}" for i in source[0].tolist())]
+        mine = torch.zeros(97, dtype=torch.float64)
+        for row in json.loads(run(*args))["after"]:
+            mine[row["id"]] = torch.tensor(row["p_after"], dtype=torch.float64).log()
+        applied = (mine - want.logits[0, -1].double().log_softmax(-1)).abs().max().item()
+        moved = (want.logits - model(input_ids=base).logits).abs().max().item()
+        worst_all = max(worst_all, worst, applied)
+        print(f"{flavour}'s {cls}: imported, written back and loaded{note}; logits within {worst:.2e} of {flavour}'s own; "
+              f"trainer apply of the import within {applied:.2e} (log-probabilities; the intervention moves the logits by up to {moved:.3f})")
+
+
 with tempfile.TemporaryDirectory() as tmp:
     golden_folders(tmp)
     trained(tmp)
+    made_by_them(tmp)
 print(f"worst: {worst_all:.2e} ({'PASS' if worst_all < TOL else 'FAIL'} at {TOL:.0e})")
 sys.exit(0 if worst_all < TOL else 1)
