@@ -145,6 +145,44 @@ pub trait OnBackend {
     type Output;
     /// Runs on backend `B` and its device.
     fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Result<Self::Output>;
+    /// Runs on backend `B` and several of its devices (`--devices`); by default on the first.
+    fn run_on_devices<B: burn::tensor::backend::Backend>(self, devices: Vec<B::Device>) -> Result<Self::Output>
+    where
+        Self: Sized,
+    {
+        let first = devices.into_iter().next().unwrap_or_default();
+        self.run::<B>(first)
+    }
+}
+
+/// `--devices`: several devices of one backend that share a run's training.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Devices {
+    /// Share the training between several devices of one kind, data-parallel: cuda:0,cuda:1
+    /// (or wgpu:0,wgpu:1; cpu,cpu runs two replicas on the one CPU, for tests). Every batch is
+    /// cut into one part per device, each device holds a copy of the frozen model, and the
+    /// result is the one-device run's within float rounding. The pair-file kinds (das,
+    /// boundless, reft, probe) take it.
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "device", value_name = "DEVICE,DEVICE,...")]
+    pub devices: Vec<DeviceSpec>,
+}
+
+impl Devices {
+    /// The devices asked for, checked: none (one `--device`), or at least two of one kind.
+    pub fn checked(&self) -> Result<&[DeviceSpec]> {
+        match self.devices.as_slice() {
+            [] => Ok(&[]),
+            [one] => bail!("--devices {one}: give two or more devices (one device is --device {one})"),
+            [first, rest @ ..] => {
+                if let Some(other) = rest.iter().find(|d| d.kind != first.kind) {
+                    bail!(
+                        "--devices: {first} and {other} are devices of two backends; every device of a run must be of one kind"
+                    );
+                }
+                Ok(&self.devices)
+            }
+        }
+    }
 }
 
 /// What this process computes on, as report.json records it (set once, by [`dispatch`]).
@@ -172,14 +210,15 @@ fn guarded<T>(spec: DeviceSpec, run: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-/// Runs `job` on backend `B` and `device`, with the frozen models loaded at `precision`, after
-/// recording what was chosen.
+/// Runs `job` on backend `B` and `device` (with `others`, when `--devices` gave several), with the
+/// frozen models loaded at `precision`, after recording what was chosen.
 fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(
     spec: DeviceSpec,
     precision: Option<Precision>,
     device: B::Device,
     adapter: Value,
     job: J,
+    others: Shared<B>,
 ) -> Result<J::Output> {
     let precision = resolve_precision::<B>(spec, precision, &device)?;
     ferrovene_models::precision::set_frozen_dtype(precision.dtype());
@@ -187,7 +226,7 @@ fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(
     let kernel_off = std::env::var("FERROVENE_BF16_KERNEL").is_ok_and(|v| matches!(v.as_str(), "off" | "0" | "false"));
     ferrovene_models::precision::set_bf16_kernel(!kernel_off);
     let cpu = ferrovene_models::cpu_features::CpuFeatures::detect();
-    let _ = CHOSEN.set(json!({
+    let mut chosen = json!({
         "device": spec.to_string(),
         "backend": B::name(&device),
         "adapter": adapter,
@@ -195,8 +234,29 @@ fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(
         "frozen_storage": ferrovene_models::precision::FrozenStorage::for_backend::<B>().describe(),
         "cpu": cpu,
         "cpu_f32_kernels": cpu.f32_kernels(),
-    }));
-    job.run::<B>(device)
+    });
+    if others.specs.len() > 1 {
+        // Data-parallel: every device the training was shared between.
+        chosen["devices"] = json!(others.specs.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+    }
+    let _ = CHOSEN.set(chosen);
+    if others.specs.len() < 2 {
+        return job.run::<B>(device);
+    }
+    job.run_on_devices::<B>(others.devices)
+}
+
+/// The devices of `--devices` on one backend: as asked for and as burn's devices.
+struct Shared<B: burn::tensor::backend::Backend> {
+    specs: Vec<DeviceSpec>,
+    devices: Vec<B::Device>,
+}
+
+impl<B: burn::tensor::backend::Backend> Shared<B> {
+    /// Each of `specs` as a device of `B`, made by `make`.
+    fn new(specs: &[DeviceSpec], make: impl Fn(DeviceSpec) -> B::Device) -> Self {
+        Shared { specs: specs.to_vec(), devices: specs.iter().map(|&s| make(s)).collect() }
+    }
 }
 
 /// The precision asked for, or the device's default; an error where the device lacks it.
@@ -236,20 +296,29 @@ fn wgpu_device(index: Option<usize>) -> (burn::backend::wgpu::WgpuDevice, Value)
 
 /// Runs `job` on the requested device, or explains which devices this build has.
 pub fn dispatch<J: OnBackend>(compute: Compute, job: J) -> Result<J::Output> {
-    let spec = compute.device;
+    dispatch_on(compute, &[], job)
+}
+
+/// Runs `job` on the devices of `--devices` when it gave several ([`Devices::checked`]), else
+/// on `--device`; or explains which devices this build has.
+pub fn dispatch_on<J: OnBackend>(compute: Compute, devices: &[DeviceSpec], job: J) -> Result<J::Output> {
+    let spec = devices.first().copied().unwrap_or(compute.device);
     match spec.kind {
         DeviceKind::Cpu => {
-            run_on::<ferrovene_models::Cpu, J>(spec, compute.dtype, Default::default(), Value::Null, job)
+            let shared = Shared::new(devices, |_| Default::default());
+            run_on::<ferrovene_models::Cpu, J>(spec, compute.dtype, Default::default(), Value::Null, job, shared)
         }
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => guarded(spec, || {
             let (device, adapter) = wgpu_device(spec.index);
-            run_on::<burn::backend::Wgpu, J>(spec, compute.dtype, device, adapter, job)
+            let shared = Shared::new(devices, |s| wgpu_device(s.index).0);
+            run_on::<burn::backend::Wgpu, J>(spec, compute.dtype, device, adapter, job, shared)
         }),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => guarded(spec, || {
             let device = burn::backend::cuda::CudaDevice::new(spec.index.unwrap_or(0));
-            run_on::<burn::backend::Cuda, J>(spec, compute.dtype, device, Value::Null, job)
+            let shared = Shared::new(devices, |s| burn::backend::cuda::CudaDevice::new(s.index.unwrap_or(0)));
+            run_on::<burn::backend::Cuda, J>(spec, compute.dtype, device, Value::Null, job, shared)
         }),
         #[allow(unreachable_patterns)]
         other => bail!(

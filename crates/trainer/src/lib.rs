@@ -29,6 +29,7 @@ pub mod objectives;
 pub mod parallel;
 pub mod plot;
 pub mod recipe;
+pub mod replicas;
 pub mod run_dir;
 pub mod schedule;
 pub mod shard;

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use burn::tensor::backend::Backend;
 use clap::Parser;
 
-use crate::device::{Compute, OnBackend, dispatch};
+use crate::device::{Compute, DeviceSpec, Devices, OnBackend, dispatch_on};
 use crate::experiments::{Recipe, RunEnd, RunOptions};
 use crate::recipe::{self, Override};
 
@@ -40,6 +40,9 @@ pub struct RecipeArgs {
     /// `--device` and `--dtype`.
     #[command(flatten)]
     pub compute: Compute,
+    /// `--devices`.
+    #[command(flatten)]
+    pub devices: Devices,
     /// Go on from the latest checkpoint of this run folder (written every `checkpoint_every`
     /// steps and on Ctrl-C); the recipe is the one saved in the folder.
     #[arg(long, conflicts_with_all = ["model", "seed", "epochs", "sets"])]
@@ -96,6 +99,10 @@ impl OnBackend for RecipeRun {
     type Output = RunEnd;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<RunEnd> {
+        self.run_on_devices::<B>(vec![device])
+    }
+
+    fn run_on_devices<B: Backend>(self, devices: Vec<B::Device>) -> Result<RunEnd> {
         let opts = RunOptions {
             name: &self.name,
             out_root: &self.out,
@@ -104,7 +111,7 @@ impl OnBackend for RecipeRun {
             progress: self.progress,
             cache_budget: self.cache_budget,
         };
-        self.recipe.run::<burn::backend::Autodiff<B>>(opts, &device)
+        self.recipe.run::<burn::backend::Autodiff<B>>(opts, &devices)
     }
 }
 
@@ -190,6 +197,10 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     let path = recipe::find(&a.recipe)?;
     let name = recipe::stem(&path);
     let r = recipe_of(&a, &path, &name)?;
+    let devices: Vec<DeviceSpec> = a.devices.checked()?.to_vec();
+    if !devices.is_empty() && !r.data_parallel() {
+        bail!("{}", crate::experiments::devices_refused(&r.kind()));
+    }
     // Resumable kinds checkpoint on Ctrl-C; the others stop at once, as any program does.
     if r.resumable() {
         // SIGTERM only raises the flags (all a signal handler may safely do); the loop says what
@@ -215,7 +226,7 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     let cache_budget = a.cache_budget.unwrap_or_else(crate::memory::default_cache_budget);
     let job =
         RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };
-    match dispatch(a.compute, job)? {
+    match dispatch_on(a.compute, &devices, job)? {
         RunEnd::Done(_) => Ok(()),
         RunEnd::Interrupted(_) => std::process::exit(if TERMINATED.load(Ordering::SeqCst) { 143 } else { 130 }),
     }

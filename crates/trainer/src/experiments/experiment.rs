@@ -65,4 +65,16 @@ pub trait Experiment {
     }
     /// Runs on backend `B`.
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd>;
+    /// Whether `--devices` can share this kind's training between several devices
+    /// ([`crate::replicas`]).
+    fn data_parallel(&self) -> bool {
+        false
+    }
+    /// Runs on backend `B` with the training shared between `devices` (the first holds the
+    /// trained module, the validation and the evaluation); kinds that are
+    /// [`Experiment::data_parallel`] override it.
+    fn run_shared<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, devices: &[B::Device]) -> Result<RunEnd> {
+        let device = devices.first().ok_or_else(|| anyhow::anyhow!("no device to run on"))?;
+        self.run::<B>(ctx, device)
+    }
 }

@@ -67,14 +67,35 @@ macro_rules! recipe_kinds {
                 match self { $( Recipe::$variant($r) => $experiment.sweep_axes(), )* }
             }
 
-            /// Runs the recipe on backend `B`.
-            pub fn run<B: AutodiffBackend>(&self, opts: RunOptions<'_>, device: &B::Device) -> Result<RunEnd> {
+            /// Whether `--devices` can share this recipe's training between devices.
+            pub fn data_parallel(&self) -> bool {
+                match self { $( Recipe::$variant($r) => $experiment.data_parallel(), )* }
+            }
+
+            /// Runs the recipe on backend `B`: on the first of `devices`, its training shared
+            /// between them all when there are several.
+            pub fn run<B: AutodiffBackend>(&self, opts: RunOptions<'_>, devices: &[B::Device]) -> Result<RunEnd> {
                 let as_run = toml::to_string(self)?;
                 let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run, cache_budget: opts.cache_budget };
-                match self { $( Recipe::$variant($r) => $experiment.run::<B>(&ctx, device), )* }
+                let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
+                if devices.len() > 1 && !self.data_parallel() {
+                    anyhow::bail!("{}", devices_refused(&self.kind()));
+                }
+                match self {
+                    $( Recipe::$variant($r) if devices.len() > 1 => $experiment.run_shared::<B>(&ctx, devices), )*
+                    $( Recipe::$variant($r) => $experiment.run::<B>(&ctx, device), )*
+                }
             }
         }
     };
+}
+
+/// Why `--devices` does not apply to recipes of `kind`, and what does.
+pub fn devices_refused(kind: &str) -> String {
+    format!(
+        "--devices: recipes of kind `{kind}` train on one device (data-parallel training covers the pair-file kinds \
+         das, boundless, reft and probe); give one --device"
+    )
 }
 
 recipe_kinds! {

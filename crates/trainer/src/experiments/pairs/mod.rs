@@ -48,18 +48,49 @@ impl Experiment for Pairs<'_> {
     }
 
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
-        run::<B>(self.method, self.recipe, ctx, device)
+        run::<B>(self.method, self.recipe, ctx, std::slice::from_ref(device))
+    }
+
+    fn data_parallel(&self) -> bool {
+        true
+    }
+
+    fn run_shared<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, devices: &[B::Device]) -> Result<RunEnd> {
+        run::<B>(self.method, self.recipe, ctx, devices)
     }
 }
 
-/// Runs a pair-file recipe on backend `B`.
+/// Runs a pair-file recipe on backend `B`, on the first of `devices`, its training shared between
+/// them all when there are several (each holds its own copy of the frozen model).
 pub fn run<B: AutodiffBackend>(
     method: Method,
     r: &PairRecipe,
     ctx: &RunContext<'_>,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<RunEnd> {
+    let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    // One more copy of the frozen model per other device (a device named twice shares one).
+    let mut copies: Vec<(usize, LoadedModel<B>)> = Vec::new();
+    for (d, other) in devices.iter().enumerate().skip(1) {
+        if other != device && !devices[1..d].contains(other) {
+            let copy = load_model::<B>(&r.model, other)
+                .with_context(|| format!("loading model `{}` on device {d}", r.model))?;
+            copies.push((d, copy));
+        }
+    }
+    let replicas: Vec<(B::Device, &ferrovene_models::AnyModel<B>)> = if devices.len() > 1 {
+        devices
+            .iter()
+            .map(|dev| {
+                let first = devices.iter().position(|x| x == dev).unwrap_or(0);
+                let model = copies.iter().find(|(d, _)| *d == first).map_or(&loaded.model, |(_, c)| &c.model);
+                (dev.clone(), model)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let sites = r.site_keys().list()?;
     let widths = sites
         .iter()
@@ -91,6 +122,7 @@ pub fn run<B: AutodiffBackend>(
         fingerprint,
         started: std::time::Instant::now(),
         device,
+        replicas: &replicas,
     };
     let trained = stage.train()?;
     if trained.fitted.outcome == Outcome::Interrupted {

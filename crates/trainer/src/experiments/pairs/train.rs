@@ -26,10 +26,21 @@ use crate::objectives::batches::BatchList;
 use crate::objectives::das::PairBatch;
 use crate::objectives::das_batches::{self, OnDemand};
 use crate::objectives::{das, probe, reft};
+use crate::replicas::{DataParallel, Replica, split_batches};
 use crate::run_dir::RunDir;
 
 /// Batches prepared per call of the preparing function (see `Stage::prepare`).
 const PREPARE_BATCHES_AT_ONCE: usize = 256;
+
+/// One device's parts of the training batches (`--devices`).
+struct Part<'e> {
+    /// Its examples, part after part, in batch order.
+    examples: Vec<&'e TokenizedExample>,
+    /// The size of its part of a full batch.
+    batch_size: usize,
+    /// The size of its part of each batch.
+    sizes: Vec<usize>,
+}
 
 /// A trained intervention (or set of them) with its held-out metrics (as the report writes them).
 pub struct Trained<B: AutodiffBackend> {
@@ -73,6 +84,9 @@ pub struct Stage<'a, B: AutodiffBackend, M: Transformer<B>> {
     pub started: Instant,
     /// Where to compute.
     pub device: &'a B::Device,
+    /// With `--devices`, one frozen model per device, the first being `device` and `model`
+    /// (training is shared between them, [`crate::replicas`]); empty on one device.
+    pub replicas: &'a [(B::Device, &'a M)],
 }
 
 impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
@@ -91,6 +105,9 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     fn prepare<T>(&self, f: impl Fn(&[&TokenizedExample], usize) -> Result<Vec<T>>) -> Result<[Vec<T>; 3]> {
         let mut out: [Vec<T>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for (k, (examples, what, bs)) in self.splits().into_iter().enumerate() {
+            if k == 0 && self.data_parallel() {
+                continue; // each device prepares its parts ([`Stage::prepare_parts`])
+            }
             let bar = progress_if(self.ctx.progress, examples.len(), what);
             // Many batches per call: `f` runs each distinct base and source once across what
             // it is given (DAS), which one call per batch would not share; parts keep the bar
@@ -102,6 +119,63 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             bar.finish_and_clear();
         }
         Ok(out)
+    }
+
+    /// Whether training is shared between several devices (`--devices`).
+    fn data_parallel(&self) -> bool {
+        self.replicas.len() > 1
+    }
+
+    /// Each device's parts of the training batches ([`split_batches`]).
+    fn parts(&self) -> Result<Vec<Part<'_>>> {
+        let [(train, _, batch_size), ..] = self.splits();
+        let split = split_batches(train.len(), batch_size, self.replicas.len())?;
+        Ok((0..self.replicas.len())
+            .map(|d| Part {
+                examples: split.parts[d].iter().map(|&i| train[i]).collect(),
+                batch_size: split.part_size[d],
+                sizes: split.sizes[d].clone(),
+            })
+            .collect())
+    }
+
+    /// Each device's parts of the training batches, prepared on that device by
+    /// `f(model, device, examples, batch_size)`, with the size of each part.
+    fn prepare_parts<T>(
+        &self,
+        f: impl Fn(&M, &B::Device, &[&TokenizedExample], usize) -> Result<Vec<T>>,
+    ) -> Result<Vec<(Vec<T>, Vec<usize>)>> {
+        let mut out = Vec::with_capacity(self.replicas.len());
+        for (d, (part, (device, model))) in self.parts()?.into_iter().zip(self.replicas).enumerate() {
+            let bar = progress_if(self.ctx.progress, part.examples.len(), &format!("train, device {d}"));
+            let mut prepared = Vec::new();
+            for chunk in part.examples.chunks(part.batch_size * PREPARE_BATCHES_AT_ONCE) {
+                prepared.extend(f(model, device, chunk, part.batch_size)?);
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+            out.push((prepared, part.sizes));
+        }
+        Ok(out)
+    }
+
+    /// The objective that shares `parts` (one per device, [`Stage::prepare_parts`]) and
+    /// validates with `whole`.
+    fn shared<'o, P: 'o>(
+        &self,
+        parts: &'o [(Box<dyn Objective<B, P> + 'o>, Vec<usize>)],
+        whole: &'o dyn Objective<B, P>,
+    ) -> Result<DataParallel<'o, B, P>> {
+        let replicas = parts
+            .iter()
+            .zip(self.replicas)
+            .map(|((objective, sizes), (device, _))| Replica {
+                device: device.clone(),
+                objective: &**objective,
+                sizes: sizes.clone(),
+            })
+            .collect();
+        DataParallel::new(replicas, whole)
     }
 
     /// The train, validation and held-out examples, each with its name and batch size (the
@@ -223,8 +297,24 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let [train, val, dev] = self.das_batches()?;
         let model = self.model;
         let validation = if val.count() == 0 { &dev } else { &val };
-        let objective = das::DasObjective::new(model, &*train, &**validation, self.r.boundary_penalty.unwrap_or(1.0));
-        let (fitted, timings) = self.fit(&objective, self.initial()?)?;
+        let penalty = self.r.boundary_penalty.unwrap_or(1.0);
+        let objective = das::DasObjective::new(model, &*train, &**validation, penalty);
+        let (fitted, timings) = if self.data_parallel() {
+            let none: Vec<PairBatch<B>> = Vec::new();
+            let lists = self.das_parts()?;
+            let parts: Vec<_> = lists
+                .iter()
+                .zip(self.replicas)
+                .map(|((list, sizes), (_, m))| {
+                    let o: Box<dyn Objective<B, InterventionSet<B>>> =
+                        Box::new(das::DasObjective::new(*m, &**list, &none, penalty));
+                    (o, sizes.clone())
+                })
+                .collect();
+            self.fit(&self.shared(&parts, &objective)?, self.initial()?)?
+        } else {
+            self.fit(&objective, self.initial()?)?
+        };
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
@@ -295,6 +385,39 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         }))
     }
 
+    /// Each device's DAS batches of its parts, as [`Stage::das_batches`] keeps them: prepared
+    /// once when the frozen cache fits the budget, else prepared whenever used.
+    #[allow(clippy::type_complexity)]
+    fn das_parts(&self) -> Result<Vec<(Box<dyn BatchList<PairBatch<B>> + '_>, Vec<usize>)>> {
+        let (model, sites) = (self.model, &self.sites);
+        let bytes: u64 =
+            self.splits().iter().map(|(pairs, _, bs)| das_batches::cache_bytes(model, sites, pairs, *bs)).sum();
+        if bytes <= self.ctx.cache_budget {
+            let prepared =
+                self.prepare_parts(|m, device, c, bs| das::prepare_at(m, sites, c, self.pad_id, bs, device))?;
+            return Ok(prepared
+                .into_iter()
+                .map(|(list, sizes)| (Box::new(list) as Box<dyn BatchList<PairBatch<B>>>, sizes))
+                .collect());
+        }
+        Ok(self
+            .parts()?
+            .into_iter()
+            .zip(self.replicas)
+            .map(|(part, (device, m))| {
+                let list: Box<dyn BatchList<PairBatch<B>> + '_> = Box::new(OnDemand {
+                    model: *m,
+                    sites: sites.clone(),
+                    pairs: part.examples,
+                    pad_id: self.pad_id,
+                    batch_size: part.batch_size,
+                    device: device.clone(),
+                });
+                (list, part.sizes)
+            })
+            .collect())
+    }
+
     /// ReFT, evaluated beside no intervention and on its own training examples.
     fn reft(&self) -> Result<Trained<B>> {
         let (model, sites) = (self.model, &self.sites);
@@ -302,7 +425,22 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             self.prepare(|c, bs| reft::prepare_at(model, sites, c, self.pad_id, bs, self.device))?;
         let objective =
             reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
-        let (fitted, timings) = self.fit(&objective, self.initial()?)?;
+        let (fitted, timings) = if self.data_parallel() {
+            let lists =
+                self.prepare_parts(|m, device, c, bs| reft::prepare_at(m, sites, c, self.pad_id, bs, device))?;
+            let parts: Vec<_> = lists
+                .iter()
+                .zip(self.replicas)
+                .map(|((list, sizes), (_, m))| {
+                    let o: Box<dyn Objective<B, InterventionSet<B>>> =
+                        Box::new(reft::ReftObjective { model: *m, train: list, validation: &[] });
+                    (o, sizes.clone())
+                })
+                .collect();
+            self.fit(&self.shared(&parts, &objective)?, self.initial()?)?
+        } else {
+            self.fit(&objective, self.initial()?)?
+        };
         if fitted.outcome == crate::fit::Outcome::Interrupted {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
@@ -338,7 +476,19 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let [train, val, dev] = self.prepare(|c, bs| probe::features(model, site, c, self.pad_id, bs, self.device))?;
         let objective = probe::ProbeObjective { train: &train, validation: if val.is_empty() { &dev } else { &val } };
         let probe = self.initial_member(site, self.width, classes, &mut Rng::new(self.r.seed))?;
-        let (fitted, timings) = self.fit(&objective, probe)?;
+        let (fitted, timings) = if self.data_parallel() {
+            let lists = self.prepare_parts(|m, device, c, bs| probe::features(m, site, c, self.pad_id, bs, device))?;
+            let parts: Vec<_> = lists
+                .iter()
+                .map(|(list, sizes)| {
+                    let o: Box<dyn Objective<B>> = Box::new(probe::ProbeObjective { train: list, validation: &[] });
+                    (o, sizes.clone())
+                })
+                .collect();
+            self.fit(&self.shared(&parts, &objective)?, probe)?
+        } else {
+            self.fit(&objective, probe)?
+        };
         let fitted = Fitted {
             module: InterventionSet::single(fitted.module, site),
             state: fitted.state,
