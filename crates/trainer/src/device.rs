@@ -253,9 +253,20 @@ struct Shared<B: burn::tensor::backend::Backend> {
 }
 
 impl<B: burn::tensor::backend::Backend> Shared<B> {
-    /// Each of `specs` as a device of `B`, made by `make`.
-    fn new(specs: &[DeviceSpec], make: impl Fn(DeviceSpec) -> B::Device) -> Self {
-        Shared { specs: specs.to_vec(), devices: specs.iter().map(|&s| make(s)).collect() }
+    /// Each of `specs` as a device of `B`: the first is `first` (already set up), the others
+    /// made by `make`, once per distinct spec (setting a wgpu device up twice is not allowed).
+    fn new(specs: &[DeviceSpec], first: &B::Device, make: impl Fn(DeviceSpec) -> B::Device) -> Self {
+        let mut made: Vec<(DeviceSpec, B::Device)> = Vec::new();
+        for (i, &spec) in specs.iter().enumerate() {
+            if !made.iter().any(|(s, _)| *s == spec) {
+                made.push((spec, if i == 0 { first.clone() } else { make(spec) }));
+            }
+        }
+        let devices = specs
+            .iter()
+            .map(|s| made.iter().find(|(m, _)| m == s).map(|(_, d)| d.clone()).unwrap_or_else(|| first.clone()))
+            .collect();
+        Shared { specs: specs.to_vec(), devices }
     }
 }
 
@@ -305,19 +316,20 @@ pub fn dispatch_on<J: OnBackend>(compute: Compute, devices: &[DeviceSpec], job: 
     let spec = devices.first().copied().unwrap_or(compute.device);
     match spec.kind {
         DeviceKind::Cpu => {
-            let shared = Shared::new(devices, |_| Default::default());
-            run_on::<ferrovene_models::Cpu, J>(spec, compute.dtype, Default::default(), Value::Null, job, shared)
+            let device = Default::default();
+            let shared = Shared::new(devices, &device, |_| Default::default());
+            run_on::<ferrovene_models::Cpu, J>(spec, compute.dtype, device, Value::Null, job, shared)
         }
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => guarded(spec, || {
             let (device, adapter) = wgpu_device(spec.index);
-            let shared = Shared::new(devices, |s| wgpu_device(s.index).0);
+            let shared = Shared::new(devices, &device, |s| wgpu_device(s.index).0);
             run_on::<burn::backend::Wgpu, J>(spec, compute.dtype, device, adapter, job, shared)
         }),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => guarded(spec, || {
             let device = burn::backend::cuda::CudaDevice::new(spec.index.unwrap_or(0));
-            let shared = Shared::new(devices, |s| burn::backend::cuda::CudaDevice::new(s.index.unwrap_or(0)));
+            let shared = Shared::new(devices, &device, |s| burn::backend::cuda::CudaDevice::new(s.index.unwrap_or(0)));
             run_on::<burn::backend::Cuda, J>(spec, compute.dtype, device, Value::Null, job, shared)
         }),
         #[allow(unreachable_patterns)]
