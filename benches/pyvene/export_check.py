@@ -184,12 +184,7 @@ def trained(tmp):
         note = ""
         with torch.no_grad():
             if kind == "reft":
-                try:
-                    im = pyreft.ReftModel.load(folder, model)
-                except KeyError as e:
-                    note = f" (ReftModel.load: KeyError {e}; built with get_reft_model)"
-                    im = rebuild(folder, model)
-                pyreft_reload(im, folder)
+                im, note = load_pyreft(folder, model)
                 loc = {"sources->base": (None, [[[base.shape[1] - 1]]])}
                 _, cf = im({"input_ids": base}, unit_locations=loc)
             else:
@@ -215,6 +210,19 @@ def rebuild(folder, model):
         iv = cls(embed_dim=dim, low_rank_dimension=rep[4], add_bias=True, dtype=torch.float32)
         reps.append({"layer": rep[0], "component": rep[1], "low_rank_dimension": rep[4], "intervention": iv})
     return pyreft.get_reft_model(model, pyreft.ReftConfig(representations=reps), set_device=False)
+
+
+def load_pyreft(folder, model):
+    """`ReftModel.load(folder)`, or `rebuild` where pyreft cannot (NoReFT, NoDiReFT: KeyError
+    'add_bias'), with the folder's weights loaded as `pyreft_reload` does; and a note saying which."""
+    note = ""
+    try:
+        im = pyreft.ReftModel.load(folder, model)
+    except KeyError as e:
+        note = f" (ReftModel.load: KeyError {e}; built with get_reft_model)"
+        im = rebuild(folder, model)
+    pyreft_reload(im, folder)
+    return im, note
 
 
 def made_by_them(tmp):
@@ -264,12 +272,7 @@ def made_by_them(tmp):
                 im2 = pv.IntervenableModel.load(back, model)
                 _, got = im2({"input_ids": base}, [{"input_ids": source}], last)
             else:
-                try:
-                    im2 = pyreft.ReftModel.load(back, model)
-                except KeyError as e:
-                    note = f" (ReftModel.load: KeyError {e}; built with get_reft_model)"
-                    im2 = rebuild(back, model)
-                pyreft_reload(im2, back)
+                im2, note = load_pyreft(back, model)
                 _, got = im2({"input_ids": base}, unit_locations={"sources->base": (None, [[[5]]])})
         worst = (got.logits - want.logits).abs().max().item()
         # ferrovene's own computation with the imported file: its log-probabilities at the last
