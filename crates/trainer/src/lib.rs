@@ -23,7 +23,9 @@ pub mod events;
 pub mod experiments;
 pub mod fit;
 pub mod generate;
+pub mod grad_sum;
 pub mod memory;
+pub mod nodes;
 pub mod objectives;
 #[cfg(feature = "collective")]
 pub mod parallel;

@@ -185,6 +185,21 @@ enum Command {
         #[command(flatten)]
         compute: Compute,
     },
+    /// Serve several-node runs (`trainer <recipe> --nodes N`): gather the nodes of a run (checking
+    /// that every one came, with the same recipe and data; a node that waits too long says which
+    /// ranks are missing), then sum each training step's gradients for them. Start it once, on a
+    /// machine every node reaches; it serves one run after another until Ctrl-C.
+    ///
+    /// Example, two nodes (hosts a and b; the orchestrator on a):
+    ///   a$ trainer orchestrator --port 3000
+    ///   a$ trainer das-capitals --nodes 2 --node-rank 0 --orchestrator a:3000
+    ///   b$ trainer das-capitals --nodes 2 --node-rank 1 --orchestrator a:3000
+    #[command(verbatim_doc_comment)]
+    Orchestrator {
+        /// The port to listen on (every interface).
+        #[arg(long)]
+        port: u16,
+    },
     /// Apply an exported intervention to a prompt: the next-token prediction before and after, or
     /// generated text without and with it.
     ///
@@ -404,6 +419,7 @@ fn command(cli: Cli) -> Result<()> {
             shard,
         }),
         Command::Merge { dirs, out, compute } => commands::merge::merge(dirs, out, compute),
+        Command::Orchestrator { port } => ferrovene_trainer::nodes::serve_orchestrator(port),
         Command::Predict { model, prompt, top, json, compute } => {
             dispatch(compute, predict::Predict { model, prompt, top, json })
         }

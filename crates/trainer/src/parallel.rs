@@ -5,9 +5,8 @@
 //! the single-device run on the whole batch (the mean of the shards' mean losses is the batch's
 //! mean loss), up to float rounding.
 //!
-//! Several machines: burn's collective takes the same calls with a global orchestrator
-//! (`CollectiveConfig::with_num_nodes`, `with_global_address`, `with_node_address`,
-//! `with_data_service_port`); the book (docs/src/devices.md) says what that would take and what is tested.
+//! Several machines do not go through burn's collective (its global all-reduce hangs on the second
+//! call in 0.21): `--nodes` sums each step through ferrovene's orchestrator ([`crate::nodes`]).
 
 use anyhow::{Result, anyhow, bail};
 use burn::collective::{

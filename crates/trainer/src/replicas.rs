@@ -82,13 +82,16 @@ pub struct DataParallel<'a, B: AutodiffBackend, M> {
     pub replicas: Vec<Replica<'a, B, M>>,
     /// Validates (on the whole validation set) and says when the goal is reached.
     pub whole: &'a dyn Objective<B, M>,
+    /// The size of each whole batch, over every device of every node: a part's loss is
+    /// weighted by its share of it.
+    pub totals: Vec<usize>,
 }
 
 impl<'a, B: AutodiffBackend, M> DataParallel<'a, B, M> {
-    /// The replicas of a split made by [`split_batches`]; checks that every replica has a
-    /// batch wherever its part is not empty.
-    pub fn new(replicas: Vec<Replica<'a, B, M>>, whole: &'a dyn Objective<B, M>) -> Result<Self> {
-        let batches = replicas.first().map_or(0, |r| r.sizes.len());
+    /// The replicas of a split made by [`split_batches`], with the sizes of the whole batches;
+    /// checks that every replica has a batch wherever its part is not empty.
+    pub fn new(replicas: Vec<Replica<'a, B, M>>, whole: &'a dyn Objective<B, M>, totals: Vec<usize>) -> Result<Self> {
+        let batches = totals.len();
         for (d, r) in replicas.iter().enumerate() {
             let filled = r.sizes.iter().filter(|&&s| s > 0).count();
             if r.sizes.len() != batches || r.objective.batches() != filled {
@@ -98,7 +101,7 @@ impl<'a, B: AutodiffBackend, M> DataParallel<'a, B, M> {
                 );
             }
         }
-        Ok(DataParallel { replicas, whole })
+        Ok(DataParallel { replicas, whole, totals })
     }
 }
 
@@ -108,12 +111,12 @@ where
     M: AutodiffModule<B> + Clone,
 {
     fn batches(&self) -> usize {
-        self.replicas.first().map_or(0, |r| r.sizes.len())
+        self.totals.len()
     }
 
     fn loss(&self, module: &M, index: usize) -> Result<Tensor<B, 1>> {
         let home = module.devices().first().cloned().unwrap_or_default();
-        let total: usize = self.replicas.iter().map(|r| r.sizes[index]).sum();
+        let total = self.totals[index];
         // Every part's forward pass first, then the sum: GPU backends queue each device's work
         // and compute the parts at once; a part moved home early would wait for its device.
         let mut parts = Vec::with_capacity(self.replicas.len());
@@ -126,11 +129,13 @@ where
             let loss = r.objective.loss(&copy, index).with_context(|| format!("device {d}, batch {index}"))?;
             parts.push((loss, size as f64 / total as f64));
         }
-        parts
+        // A node whose parts of a short last batch are all empty adds nothing to its sum: a zero
+        // that backward can start from and that gives no parameter a gradient.
+        Ok(parts
             .into_iter()
             .map(|(loss, weight)| loss.to_device(&home) * weight)
             .reduce(|a, b| a + b)
-            .context("a batch with no examples")
+            .unwrap_or_else(|| Tensor::zeros([1], &home).require_grad()))
     }
 
     fn validate(&self, module: &M) -> Result<Option<(f32, f32)>> {

@@ -6,101 +6,13 @@
 //! share evenly and a short last batch. Validation and the held-out metrics run on the whole sets.
 
 mod common;
+#[path = "common/shared_runs.rs"]
+mod shared_runs;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
 use common::*;
-use ferrovene_interventions::export;
-use ferrovene_models::Cpu;
-
-/// `n` random ids in 1..97 from a small generator.
-fn ids(state: &mut u64, n: usize) -> Vec<u32> {
-    (0..n)
-        .map(|_| {
-            *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            1 + (*state >> 33) as u32 % 96
-        })
-        .collect()
-}
-
-fn text(ids: &[u32]) -> String {
-    ids.iter().map(|i| format!("t{i}")).collect::<Vec<_>>().join(" ")
-}
-
-/// A recipe of `kind` on the tiny Llama in `dir`, with `body`'s keys and `lines` as its examples.
-fn recipe(dir: &Path, kind: &str, body: &str, lines: &[String]) -> PathBuf {
-    let model = dir.join("llama");
-    if !model.exists() {
-        tiny_with_tokenizer("llama", &model);
-    }
-    let pairs = dir.join(format!("{kind}.jsonl"));
-    std::fs::write(&pairs, lines.join("\n") + "\n").unwrap();
-    let path = dir.join(format!("{kind}-shared.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "description = \"{kind} on the tiny Llama\"\nkind = \"{kind}\"\nmodel = {:?}\npairs = {:?}\nseed = 5\n\
-             dev_fraction = 0.25\nsplit_by = \"pair\"\n{body}",
-            model.display().to_string(),
-            pairs.display().to_string()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// Runs `recipe` with `args`; the run folder.
-fn run(recipe: &Path, args: &[&str], out: &Path) -> PathBuf {
-    let o = trainer().arg(recipe).arg("--quiet").args(args).arg("--out").arg(out).output().unwrap();
-    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    only_run(&out.join(recipe.file_stem().unwrap()))
-}
-
-/// Every step's training loss, from the run's TensorBoard events.
-fn losses(run: &Path) -> Vec<f32> {
-    let mut l: Vec<(i64, f32)> = read_scalars(&run.join("tensorboard"))
-        .into_iter()
-        .filter(|(tag, _, _)| tag == "train/loss")
-        .map(|(_, step, v)| (step, v))
-        .collect();
-    l.sort_by_key(|&(s, _)| s);
-    l.into_iter().map(|(_, v)| v).collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn values<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().unwrap()
-}
-
-/// What training determined: for a rotation, its subspace (the projector `RᵀR`; DAS's loss does
-/// not change when `R` turns inside it); for the other parameters, their values.
-fn trained(run: &Path) -> Vec<f32> {
-    let (set, _) = export::load_set::<Cpu>(&run.join("intervention.safetensors"), &Default::default()).unwrap();
-    let iv = set.first();
-    if let Some(r) = iv.rotation() {
-        let r = r.matrix();
-        let mut v = values(r.clone().transpose().matmul(r));
-        if let ferrovene_interventions::Intervention::Boundless(b) = iv {
-            v.extend(values(b.boundary.val()));
-        }
-        return v;
-    }
-    struct All(Vec<f32>);
-    impl ModuleVisitor<Cpu> for All {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Cpu, D>>) {
-            self.0.extend(values(param.val()));
-        }
-    }
-    let mut all = All(Vec::new());
-    iv.visit(&mut all);
-    all.0
-}
+use shared_runs::*;
 
 /// Trains `recipe` on one device and on two, and compares them; returns the two run folders.
 fn one_and_two_devices(recipe: &Path, epochs: usize, dir: &Path, tolerance: f32) -> (PathBuf, PathBuf) {

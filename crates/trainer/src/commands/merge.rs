@@ -107,6 +107,7 @@ pub fn merge(dirs: Vec<PathBuf>, out: PathBuf, compute: Compute) -> Result<()> {
         resume: Some(merged),
         progress: true,
         cache_budget: crate::memory::default_cache_budget(),
+        nodes: None,
     };
     dispatch(compute, run).map(|_| ())
 }

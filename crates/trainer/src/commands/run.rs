@@ -11,6 +11,7 @@ use clap::Parser;
 
 use crate::device::{Compute, DeviceSpec, Devices, OnBackend, dispatch_on};
 use crate::experiments::{Recipe, RunEnd, RunOptions};
+use crate::nodes::{NodeArgs, NodePlan};
 use crate::recipe::{self, Override};
 
 /// Options of a recipe run.
@@ -43,6 +44,9 @@ pub struct RecipeArgs {
     /// `--devices`.
     #[command(flatten)]
     pub devices: Devices,
+    /// `--nodes` and the flags that go with it.
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     /// Go on from the latest checkpoint of this run folder (written every `checkpoint_every`
     /// steps and on Ctrl-C); the recipe is the one saved in the folder.
     #[arg(long, conflicts_with_all = ["model", "seed", "epochs", "sets"])]
@@ -93,6 +97,8 @@ pub struct RecipeRun {
     pub progress: bool,
     /// Most bytes the frozen cache may take.
     pub cache_budget: u64,
+    /// This node's part in a several-node run.
+    pub nodes: Option<NodePlan>,
 }
 
 impl OnBackend for RecipeRun {
@@ -110,6 +116,7 @@ impl OnBackend for RecipeRun {
             interrupt: Some(&**INTERRUPT),
             progress: self.progress,
             cache_budget: self.cache_budget,
+            nodes: self.nodes.as_ref(),
         };
         self.recipe.run::<burn::backend::Autodiff<B>>(opts, &devices)
     }
@@ -201,6 +208,14 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     if !devices.is_empty() && !r.data_parallel() {
         bail!("{}", crate::experiments::devices_refused(&r.kind()));
     }
+    if a.nodes.nodes.is_some() && !r.data_parallel() {
+        bail!(
+            "--nodes: recipes of kind `{}` train on one node (several-node training covers the pair-file kinds das, \
+             boundless, reft and probe); sweeps scale out with --shard",
+            r.kind()
+        );
+    }
+    let nodes = a.nodes.checked()?;
     // Resumable kinds checkpoint on Ctrl-C; the others stop at once, as any program does.
     if r.resumable() {
         // SIGTERM only raises the flags (all a signal handler may safely do); the loop says what
@@ -224,10 +239,19 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
         crate::units::on_signal_keep_units()?;
     }
     let cache_budget = a.cache_budget.unwrap_or_else(crate::memory::default_cache_budget);
-    let job =
-        RecipeRun { name, recipe: r, out: a.out.clone(), resume: a.resume.clone(), progress: !a.quiet, cache_budget };
+    let job = RecipeRun {
+        name,
+        recipe: r,
+        out: a.out.clone(),
+        resume: a.resume.clone(),
+        progress: !a.quiet,
+        cache_budget,
+        nodes,
+    };
     match dispatch_on(a.compute, &devices, job)? {
-        RunEnd::Done(_) => Ok(()),
-        RunEnd::Interrupted(_) => std::process::exit(if TERMINATED.load(Ordering::SeqCst) { 143 } else { 130 }),
+        RunEnd::Done(_) | RunEnd::NodeDone { interrupted: false } => Ok(()),
+        RunEnd::Interrupted(_) | RunEnd::NodeDone { interrupted: true } => {
+            std::process::exit(if TERMINATED.load(Ordering::SeqCst) { 143 } else { 130 })
+        }
     }
 }

@@ -75,6 +75,7 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         resume,
         progress: true,
         cache_budget: crate::memory::default_cache_budget(),
+        nodes: None,
     };
     dispatch(a.compute, run).map(|_| ())
 }

@@ -24,6 +24,9 @@ pub struct RunContext<'a> {
     pub as_run: &'a str,
     /// Most bytes the frozen cache may take before batches are prepared when used instead.
     pub cache_budget: u64,
+    /// This node's part in a several-node run (`--nodes`), for kinds that are
+    /// [`Experiment::data_parallel`].
+    pub nodes: Option<&'a crate::nodes::NodePlan>,
 }
 
 /// How a run ended.
@@ -33,6 +36,12 @@ pub enum RunEnd {
     Done(PathBuf),
     /// Stopped by Ctrl-C with a checkpoint in this folder.
     Interrupted(PathBuf),
+    /// A node other than rank 0 of a several-node run did its part (rank 0 wrote the run folder
+    /// and, when interrupted, the checkpoint).
+    NodeDone {
+        /// Whether the run was interrupted.
+        interrupted: bool,
+    },
 }
 
 /// The keys `trainer sweep` sets on a sweep recipe.

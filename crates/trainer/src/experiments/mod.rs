@@ -76,10 +76,13 @@ macro_rules! recipe_kinds {
             /// between them all when there are several.
             pub fn run<B: AutodiffBackend>(&self, opts: RunOptions<'_>, devices: &[B::Device]) -> Result<RunEnd> {
                 let as_run = toml::to_string(self)?;
-                let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run, cache_budget: opts.cache_budget };
+                let ctx = RunContext { name: opts.name, out_root: opts.out_root, resume: opts.resume, interrupt: opts.interrupt, progress: opts.progress, as_run: &as_run, cache_budget: opts.cache_budget, nodes: opts.nodes };
                 let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
                 if devices.len() > 1 && !self.data_parallel() {
                     anyhow::bail!("{}", devices_refused(&self.kind()));
+                }
+                if opts.nodes.is_some() && !self.data_parallel() {
+                    anyhow::bail!("{}", devices_refused(&self.kind()).replace("--devices", "--nodes").replace("give one --device", "run it on one node"));
                 }
                 match self {
                     $( Recipe::$variant($r) if devices.len() > 1 => $experiment.run_shared::<B>(&ctx, devices), )*
@@ -135,6 +138,8 @@ pub struct RunOptions<'a> {
     pub progress: bool,
     /// Most bytes the frozen cache may take (see `--cache-budget`).
     pub cache_budget: u64,
+    /// This node's part in a several-node run (`--nodes`).
+    pub nodes: Option<&'a crate::nodes::NodePlan>,
 }
 
 impl Recipe {

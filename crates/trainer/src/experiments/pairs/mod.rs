@@ -102,11 +102,14 @@ pub fn run<B: AutodiffBackend>(
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?;
     let examples = examples::read(r, method, tok)?;
     let positions = train::positions_per_example(r, &examples)?;
-    let dir = match ctx.resume {
-        Some(d) => RunDir::reopen(d, ctx.name, ctx.as_run)?,
-        None => RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?,
+    // In a several-node run only rank 0 writes a run folder.
+    let dir = match (ctx.resume, ctx.nodes) {
+        (_, Some(plan)) if !plan.writes() => None,
+        (Some(d), _) => Some(RunDir::reopen(d, ctx.name, ctx.as_run)?),
+        (None, _) => Some(RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?),
     };
     let fingerprint = fnv1a(format!("{}\n{}", ctx.as_run, examples.hash).as_bytes());
+    let joined = ctx.nodes.map(|plan| crate::nodes::join(plan, &fingerprint)).transpose()?;
     let stage = train::Stage {
         method,
         r,
@@ -117,17 +120,31 @@ pub fn run<B: AutodiffBackend>(
         positions,
         width,
         examples: &examples,
-        dir: &dir,
+        dir: dir.as_ref(),
         ctx,
         fingerprint,
         started: std::time::Instant::now(),
         device,
         replicas: &replicas,
+        node: joined.as_ref(),
     };
     let trained = stage.train()?;
+    let Some(dir) = dir else {
+        let interrupted = trained.fitted.outcome == Outcome::Interrupted;
+        println!(
+            "node {}: {} after step {}; node 0 writes the run folder",
+            ctx.nodes.map_or(0, |p| p.rank),
+            if interrupted { "interrupted" } else { "done" },
+            trained.fitted.state.step
+        );
+        return Ok(RunEnd::NodeDone { interrupted });
+    };
     if trained.fitted.outcome == Outcome::Interrupted {
+        // A several-node run cannot resume on several nodes (yet): the checkpoint is the same
+        // as one node's, and one node goes on from it.
+        let on_one = if ctx.nodes.is_some() { " (on one node; several nodes cannot resume)" } else { "" };
         eprintln!(
-            "interrupted at step {}; checkpoint written. Go on with: trainer {} --resume {}",
+            "interrupted at step {}; checkpoint written. Go on with: trainer {} --resume {}{on_one}",
             trained.fitted.state.step,
             ctx.name,
             dir.path().display()
@@ -167,6 +184,10 @@ fn write_outputs<B: AutodiffBackend>(
         "timings_s": {"prepare": t.timings.0, "train": t.timings.1},
         "model": {"spec": r.model, "path": loaded.path, "revision": loaded.revision},
     });
+    let mut report = report;
+    if let Some(plan) = ctx.nodes {
+        report["nodes"] = plan.report();
+    }
     let placement = PlacementConfig {
         sites: Vec::new(),
         positions: "from the example file".into(),

@@ -22,6 +22,7 @@ use crate::events::{Events, progress_if};
 use crate::experiments::experiment::RunContext;
 use crate::fit::{FitIo, Fitted, Objective, fit};
 use crate::memory::human;
+use crate::nodes::Joined;
 use crate::objectives::batches::BatchList;
 use crate::objectives::das::PairBatch;
 use crate::objectives::das_batches::{self, OnDemand};
@@ -74,8 +75,9 @@ pub struct Stage<'a, B: AutodiffBackend, M: Transformer<B>> {
     pub width: usize,
     /// The examples, split.
     pub examples: &'a Examples,
-    /// The run folder (checkpoints, TensorBoard).
-    pub dir: &'a RunDir,
+    /// The run folder (checkpoints, TensorBoard); none on the nodes of a several-node run that
+    /// do not write (rank ≠ 0).
+    pub dir: Option<&'a RunDir>,
     /// How the run was called.
     pub ctx: &'a RunContext<'a>,
     /// Identifies recipe and data in checkpoints.
@@ -87,6 +89,9 @@ pub struct Stage<'a, B: AutodiffBackend, M: Transformer<B>> {
     /// With `--devices`, one frozen model per device, the first being `device` and `model`
     /// (training is shared between them, [`crate::replicas`]); empty on one device.
     pub replicas: &'a [(B::Device, &'a M)],
+    /// This node's part in a several-node run (`--nodes`): it trains its part of every batch
+    /// and sums each step with the other nodes.
+    pub node: Option<&'a Joined>,
 }
 
 impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
@@ -121,22 +126,42 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         Ok(out)
     }
 
-    /// Whether training is shared between several devices (`--devices`).
+    /// Whether training is shared between several devices (`--devices`) or nodes (`--nodes`).
     fn data_parallel(&self) -> bool {
-        self.replicas.len() > 1
+        self.replicas.len() > 1 || self.node.is_some()
     }
 
-    /// Each device's parts of the training batches ([`split_batches`]).
-    fn parts(&self) -> Result<Vec<Part<'_>>> {
+    /// Whether this process writes the run's outputs (every run but the nodes of rank ≠ 0).
+    fn writes(&self) -> bool {
+        self.node.is_none_or(|j| j.plan.writes())
+    }
+
+    /// This process's devices, each with its frozen model.
+    fn local(&self) -> Vec<(B::Device, &M)> {
+        if self.replicas.is_empty() {
+            vec![(self.device.clone(), self.model)]
+        } else {
+            self.replicas.iter().map(|(d, m)| (d.clone(), *m)).collect()
+        }
+    }
+
+    /// This process's devices' parts of the training batches ([`split_batches`] over every
+    /// device of every node; node `r`'s are the parts after the first `r` nodes'), and the size
+    /// of each whole batch (what the parts' losses are weighted by).
+    fn parts(&self) -> Result<(Vec<Part<'_>>, Vec<usize>)> {
         let [(train, _, batch_size), ..] = self.splits();
-        let split = split_batches(train.len(), batch_size, self.replicas.len())?;
-        Ok((0..self.replicas.len())
+        let here = self.local().len();
+        let (nodes, rank) = self.node.map_or((1, 0), |j| (j.plan.count, j.plan.rank));
+        let split = split_batches(train.len(), batch_size, nodes * here)?;
+        let whole = (0..split.sizes[0].len()).map(|b| split.sizes.iter().map(|s| s[b]).sum()).collect();
+        let parts = (rank * here..(rank + 1) * here)
             .map(|d| Part {
                 examples: split.parts[d].iter().map(|&i| train[i]).collect(),
                 batch_size: split.part_size[d],
                 sizes: split.sizes[d].clone(),
             })
-            .collect())
+            .collect();
+        Ok((parts, whole))
     }
 
     /// Each device's parts of the training batches, prepared on that device by
@@ -145,12 +170,13 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         &self,
         f: impl Fn(&M, &B::Device, &[&TokenizedExample], usize) -> Result<Vec<T>>,
     ) -> Result<Vec<(Vec<T>, Vec<usize>)>> {
-        let mut out = Vec::with_capacity(self.replicas.len());
-        for (d, (part, (device, model))) in self.parts()?.into_iter().zip(self.replicas).enumerate() {
+        let local = self.local();
+        let mut out = Vec::with_capacity(local.len());
+        for (d, (part, (device, model))) in self.parts()?.0.into_iter().zip(local).enumerate() {
             let bar = progress_if(self.ctx.progress, part.examples.len(), &format!("train, device {d}"));
             let mut prepared = Vec::new();
             for chunk in part.examples.chunks(part.batch_size * PREPARE_BATCHES_AT_ONCE) {
-                prepared.extend(f(model, device, chunk, part.batch_size)?);
+                prepared.extend(f(model, &device, chunk, part.batch_size)?);
                 bar.inc(chunk.len() as u64);
             }
             bar.finish_and_clear();
@@ -168,14 +194,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     ) -> Result<DataParallel<'o, B, P>> {
         let replicas = parts
             .iter()
-            .zip(self.replicas)
-            .map(|((objective, sizes), (device, _))| Replica {
-                device: device.clone(),
-                objective: &**objective,
-                sizes: sizes.clone(),
-            })
+            .zip(self.local())
+            .map(|((objective, sizes), (device, _))| Replica { device, objective: &**objective, sizes: sizes.clone() })
             .collect();
-        DataParallel::new(replicas, whole)
+        DataParallel::new(replicas, whole, self.parts()?.1)
     }
 
     /// The train, validation and held-out examples, each with its name and batch size (the
@@ -197,14 +219,15 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         iv: P,
     ) -> Result<(Fitted<P>, (f64, f64))> {
         let t0 = self.started.elapsed().as_secs_f64();
-        let mut events = Events::create(&self.dir.join("tensorboard"))?;
+        let mut events = self.dir.map(|d| Events::create(&d.join("tensorboard"))).transpose()?;
         let io = FitIo {
-            run_dir: Some(self.dir.path()),
-            events: Some(&mut events),
+            run_dir: self.dir.map(RunDir::path),
+            events: events.as_mut(),
             interrupt: self.ctx.interrupt,
             resume: self.ctx.resume.is_some(),
             progress: self.ctx.progress,
             fingerprint: self.fingerprint.clone(),
+            nodes: self.node.map(|j| &*j.sum),
         };
         let fitted = fit(objective, iv, &self.r.fit_config(self.method), io)?;
         Ok((fitted, (t0, self.started.elapsed().as_secs_f64() - t0)))
@@ -304,10 +327,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             let lists = self.das_parts()?;
             let parts: Vec<_> = lists
                 .iter()
-                .zip(self.replicas)
+                .zip(self.local())
                 .map(|((list, sizes), (_, m))| {
                     let o: Box<dyn Objective<B, InterventionSet<B>>> =
-                        Box::new(das::DasObjective::new(*m, &**list, &none, penalty));
+                        Box::new(das::DasObjective::new(m, &**list, &none, penalty));
                     (o, sizes.clone())
                 })
                 .collect();
@@ -315,7 +338,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         } else {
             self.fit(&objective, self.initial()?)?
         };
-        if fitted.outcome == crate::fit::Outcome::Interrupted {
+        if fitted.outcome == crate::fit::Outcome::Interrupted || !self.writes() {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
         let iv = &fitted.module;
@@ -402,16 +425,17 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         }
         Ok(self
             .parts()?
+            .0
             .into_iter()
-            .zip(self.replicas)
+            .zip(self.local())
             .map(|(part, (device, m))| {
                 let list: Box<dyn BatchList<PairBatch<B>> + '_> = Box::new(OnDemand {
-                    model: *m,
+                    model: m,
                     sites: sites.clone(),
                     pairs: part.examples,
                     pad_id: self.pad_id,
                     batch_size: part.batch_size,
-                    device: device.clone(),
+                    device,
                 });
                 (list, part.sizes)
             })
@@ -430,10 +454,10 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
                 self.prepare_parts(|m, device, c, bs| reft::prepare_at(m, sites, c, self.pad_id, bs, device))?;
             let parts: Vec<_> = lists
                 .iter()
-                .zip(self.replicas)
+                .zip(self.local())
                 .map(|((list, sizes), (_, m))| {
                     let o: Box<dyn Objective<B, InterventionSet<B>>> =
-                        Box::new(reft::ReftObjective { model: *m, train: list, validation: &[] });
+                        Box::new(reft::ReftObjective { model: m, train: list, validation: &[] });
                     (o, sizes.clone())
                 })
                 .collect();
@@ -441,7 +465,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         } else {
             self.fit(&objective, self.initial()?)?
         };
-        if fitted.outcome == crate::fit::Outcome::Interrupted {
+        if fitted.outcome == crate::fit::Outcome::Interrupted || !self.writes() {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
         let placed: &dyn Placed<B> = &fitted.module;
@@ -494,7 +518,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             state: fitted.state,
             outcome: fitted.outcome,
         };
-        if fitted.outcome == crate::fit::Outcome::Interrupted {
+        if fitted.outcome == crate::fit::Outcome::Interrupted || !self.writes() {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
         let (acc, loss) = probe::evaluate(fitted.module.first(), &dev)?;

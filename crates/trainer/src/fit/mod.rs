@@ -15,11 +15,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::AdamW;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use ferrovene_interventions::das::TemperatureSchedule;
@@ -28,12 +27,16 @@ use ferrovene_interventions::{Intervention, InterventionSet};
 use ferrovene_models::arch::mlp::Mlp;
 use ferrovene_models::layout::contiguous;
 use ferrovene_models::rng::Rng;
-use serde::{Deserialize, Serialize};
+
+mod config;
+
+pub use config::{EarlyStopping, FitConfig, StopOn};
 
 use crate::checkpoint::{self, Evaluation, LoopState};
-use crate::divergence::{Diverged, check_non_negative, check_rate, first_non_finite};
+use crate::divergence::{Diverged, first_non_finite};
 use crate::events::{Events, progress_if};
-use crate::schedule::{Decay, LrSchedule};
+use crate::grad_sum::{AllSum, sum_step};
+use crate::schedule::LrSchedule;
 
 /// A module the loop can train: any burn autodiff module, with the hooks the loop calls on the
 /// ones that have them.
@@ -88,120 +91,6 @@ pub trait Objective<B: AutodiffBackend, M = Intervention<B>> {
     }
 }
 
-/// Which validation number early stopping watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StopOn {
-    /// Accuracy (IIA for DAS), higher is better.
-    #[default]
-    Accuracy,
-    /// Validation loss, lower is better.
-    Loss,
-}
-
-/// Stop when the validation number has not improved for `patience` validations, and keep the
-/// best intervention.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EarlyStopping {
-    /// What to watch.
-    #[serde(default)]
-    pub metric: StopOn,
-    /// How many validations without improvement end the run.
-    pub patience: usize,
-}
-
-/// Training settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FitConfig {
-    /// Passes over the batches.
-    pub epochs: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Share of the optimizer steps spent warming up.
-    pub warmup: f64,
-    /// Decay after the warmup.
-    pub decay: Decay,
-    /// AdamW weight decay.
-    pub weight_decay: f64,
-    /// Clip each parameter's gradient to this L2 norm (burn's norm clipping, per tensor).
-    pub grad_clip: Option<f64>,
-    /// Batches whose gradients are summed into one optimizer step.
-    pub accumulate: usize,
-    /// τ over the optimizer steps, for interventions with a temperature (Boundless DAS, sigmoid
-    /// masks); `steps = 0` means the whole run.
-    pub temperature: Option<TemperatureSchedule>,
-    /// Validate every this many optimizer steps; 0 = at the end of every epoch.
-    pub eval_every: usize,
-    /// Early stopping on the validation set.
-    pub early_stopping: Option<EarlyStopping>,
-    /// Write a checkpoint every this many optimizer steps (0: only on Ctrl-C and at the ends of
-    /// epochs). Runs with a run folder also write one at the end of every epoch.
-    pub checkpoint_every: usize,
-    /// Write a checkpoint when this many minutes have passed since the last one (0: never for
-    /// that reason), so that a kill loses at most that much work.
-    pub checkpoint_minutes: f64,
-    /// Seed of the batch order.
-    pub seed: u64,
-    /// Shuffle the batch order of each epoch (from `seed`); off, batches go in index order (for
-    /// objectives that order their batches themselves).
-    pub shuffle: bool,
-}
-
-impl FitConfig {
-    /// Adam at a constant rate: no warmup, decay, weight decay, clipping, accumulation,
-    /// validation schedule or checkpoints (torch's `Adam(lr)` step for step; see
-    /// [`FitConfig::optimizer`]). Callers change the fields they need.
-    pub fn constant(epochs: usize, lr: f64, seed: u64, shuffle: bool) -> Self {
-        FitConfig {
-            epochs,
-            lr,
-            warmup: 0.0,
-            decay: Decay::Constant,
-            weight_decay: 0.0,
-            grad_clip: None,
-            accumulate: 1,
-            temperature: None,
-            eval_every: 0,
-            early_stopping: None,
-            checkpoint_every: 0,
-            checkpoint_minutes: 0.0,
-            seed,
-            shuffle,
-        }
-    }
-
-    /// Refuses settings no run can train with: a learning rate that is not finite and
-    /// positive, negative or non-finite decay or clipping, no epochs or accumulation.
-    pub fn check(&self) -> Result<()> {
-        check_rate("lr", self.lr)?;
-        check_non_negative("weight_decay", self.weight_decay)?;
-        if let Some(c) = self.grad_clip {
-            check_non_negative("grad_clip", c)?;
-        }
-        if self.epochs == 0 || self.accumulate == 0 {
-            bail!("`epochs` and `accumulate` must be at least 1");
-        }
-        Ok(())
-    }
-
-    /// Optimizer steps in the whole run for `batches` batches per epoch.
-    pub fn total_steps(&self, batches: usize) -> usize {
-        (self.epochs * batches).div_ceil(self.accumulate.max(1)).max(1)
-    }
-
-    /// The optimizer, built the same way for a fresh run and a resumed one: AdamW with torch's
-    /// epsilon (1e-8; burn's default is 1e-5), so that with weight decay 0 it is torch's Adam
-    /// step for step (the training goldens run through it).
-    pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
-        AdamWConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(self.weight_decay as f32)
-            .with_grad_clipping(self.grad_clip.map(|c| GradientClippingConfig::Norm(c as f32)))
-            .init::<B, M>()
-    }
-}
-
 /// Where the loop writes and what may stop it.
 #[derive(Default)]
 pub struct FitIo<'a> {
@@ -217,6 +106,9 @@ pub struct FitIo<'a> {
     pub progress: bool,
     /// Identifies the recipe and data; stored in checkpoints, checked on resume.
     pub fingerprint: String,
+    /// In a several-node run (`--nodes`), sums every step's gradients, loss and Ctrl-C with the
+    /// other nodes' ([`crate::grad_sum`]); the objective's losses are this node's share.
+    pub nodes: Option<&'a dyn AllSum>,
 }
 
 /// How the loop ended.
@@ -370,6 +262,11 @@ struct Loop<'a, B: AutodiffBackend, M: Trainable<B>, O: ?Sized> {
     run_dir: Option<&'a Path>,
     events: Option<&'a mut Events>,
     interrupt: Option<&'a AtomicBool>,
+    /// The other nodes of a several-node run.
+    nodes: Option<&'a dyn AllSum>,
+    /// Whether a node was interrupted before the last step's sum (several nodes: all stop
+    /// after the same step).
+    nodes_interrupted: bool,
     /// When the last checkpoint was written (or the loop started).
     last_checkpoint: std::time::Instant,
 }
@@ -383,7 +280,7 @@ where
     /// A fresh loop and its module, or the ones a checkpoint left (with `io.resume`).
     fn start(objective: &'a O, module: M, cfg: &'a FitConfig, n: usize, io: FitIo<'a>) -> Result<(Self, M)> {
         let device = module.devices().first().cloned().unwrap_or_default();
-        let FitIo { run_dir, events, interrupt, resume, progress: _, fingerprint } = io;
+        let FitIo { run_dir, events, interrupt, resume, progress: _, fingerprint, nodes } = io;
         let total = cfg.total_steps(n);
         let (module, optimizer, best, state) = if resume {
             let dir = run_dir.ok_or_else(|| anyhow::anyhow!("--resume needs the run folder"))?;
@@ -416,6 +313,8 @@ where
             run_dir,
             events,
             interrupt,
+            nodes,
+            nodes_interrupted: false,
             last_checkpoint: std::time::Instant::now(),
         };
         Ok((run, module))
@@ -445,6 +344,15 @@ where
                 grads.accumulate(&module, GradientsParams::from_grads(loss.backward(), &module));
             }
             grads.grads()
+        };
+        let grads = match self.nodes {
+            Some(sum) => {
+                let here = self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+                let summed = sum_step(&module, grads, step_loss, here, sum)?;
+                (step_loss, self.nodes_interrupted) = (summed.loss, summed.interrupted);
+                summed.grads
+            }
+            None => grads,
         };
         if !step_loss.is_finite() {
             return Err(self.diverged(format!("the loss ({step_loss})")));
@@ -498,7 +406,11 @@ where
         if self.validation_due() {
             outcome = self.validate(module)?;
         }
-        let interrupted = self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst));
+        // Several nodes stop together, after the step whose sum saw a node interrupted.
+        let interrupted = match self.nodes {
+            Some(_) => self.nodes_interrupted,
+            None => self.interrupt.is_some_and(|f| f.load(Ordering::SeqCst)),
+        };
         let epoch_end = (self.state.step * self.cfg.accumulate.max(1)).is_multiple_of(self.n);
         let minutes = self.cfg.checkpoint_minutes > 0.0
             && self.last_checkpoint.elapsed().as_secs_f64() >= 60.0 * self.cfg.checkpoint_minutes;
