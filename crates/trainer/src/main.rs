@@ -167,6 +167,12 @@ enum Command {
         /// shards' folders with `trainer merge`.
         #[arg(long, value_name = "I/N")]
         shard: Option<ferrovene_trainer::shard::Shard>,
+        /// Share the sweep between several devices of one kind: cuda:0,cuda:1 (cpu,cpu for
+        /// tests). Each device runs one shard of the units at the same time (`--shard i/N` on
+        /// device i), and the shards are merged into the run folder one device writes, with its
+        /// numbers.
+        #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with_all = ["device", "shard", "resume", "dry_run"], value_name = "DEVICE,DEVICE,...")]
+        devices: Vec<ferrovene_trainer::device::DeviceSpec>,
     },
     /// Join the run folders of a sweep's shards (`trainer sweep … --shard I/N`) into the folder
     /// one run would have written: the numbers (CSV, JSON), heatmaps, summary, report.json and,
@@ -401,6 +407,7 @@ fn command(cli: Cli) -> Result<()> {
             compute,
             resume,
             shard,
+            devices,
         } => sweep::sweep(sweep::SweepArgs {
             recipe,
             layers,
@@ -417,6 +424,7 @@ fn command(cli: Cli) -> Result<()> {
             compute,
             resume,
             shard,
+            devices: ferrovene_trainer::device::Devices { devices },
         }),
         Command::Merge { dirs, out, compute } => commands::merge::merge(dirs, out, compute),
         Command::Orchestrator { port } => ferrovene_trainer::nodes::serve_orchestrator(port),

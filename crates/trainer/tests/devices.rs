@@ -119,8 +119,13 @@ fn devices_are_in_the_help_and_wrong_uses_are_refused_by_name() {
     assert!(e.contains("give two or more devices (one device is --device cpu)"), "{e}");
     let e = refused(&["das-capitals", "--devices", "cpu,cpu", "--device", "cpu"]);
     assert!(e.contains("--devices") && e.contains("--device"), "{e}");
-    let e = refused(&["das-filler-gap", "--devices", "cpu,cpu"]);
-    assert!(e.contains("recipes of kind `filler-gap` train on one device"), "{e}");
+    let e = refused(&["das-hierarchical-equality", "--devices", "cpu,cpu"]);
+    assert!(e.contains("recipes of kind `hierarchical-equality` train on one device"), "{e}");
+    let e = refused(&["das-filler-gap", "--devices", "cpu,cpu", "--set", "shard=\"0/2\""]);
+    assert!(e.contains("--devices splits the sweep between devices itself"), "{e}");
+    let out = trainer().args(["sweep", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--devices") && help.contains("one shard of the units"), "{help}");
     let e = refused(&["das-capitals", "--devices", "cpu,cpu", "--set", "batch_size=1"]);
     assert!(e.contains("batch_size = 1 cannot be shared by 2 devices"), "{e}");
 }

@@ -35,8 +35,9 @@ fn files(dir: &Path) -> Vec<String> {
 }
 
 /// Runs `args` as three shards (the last through Slurm's variables) and unsharded, merges the
-/// shards, and checks the merged folder against the unsharded one. Returns the shard folders.
-fn shards_merge_to_the_unsharded_run(tmp: &Path, args: &[&str], same: &[&str]) -> Vec<PathBuf> {
+/// shards, and checks the merged folder against the unsharded one. Returns the shard folders
+/// and the unsharded run.
+fn shards_merge_to_the_unsharded_run(tmp: &Path, args: &[&str], same: &[&str]) -> (Vec<PathBuf>, PathBuf) {
     let mut shard_dirs = vec![];
     for i in 0..3 {
         let out = tmp.join(format!("shard{i}"));
@@ -57,16 +58,22 @@ fn shards_merge_to_the_unsharded_run(tmp: &Path, args: &[&str], same: &[&str]) -
     let whole_out = tmp.join("whole");
     ok(trainer().args(args).arg("--out").arg(&whole_out).output().unwrap(), "unsharded");
     let (merged, whole) = (only_run(&only_run(&merged_out)), only_run(&only_run(&whole_out)));
-    assert_eq!(files(&merged), files(&whole), "the merged folder has the unsharded run's files");
-    for f in files(&whole).iter().filter(|f| same.iter().any(|s| f.ends_with(s))) {
-        let (a, b) = (std::fs::read(merged.join(f)).unwrap(), std::fs::read(whole.join(f)).unwrap());
-        assert!(a == b, "{f}: the merged file differs from the unsharded run's");
+    same_run(&merged, &whole, same);
+    (shard_dirs, whole)
+}
+
+/// Checks that run folder `a` has `b`'s files, the files ending in one of `same` with the same
+/// bytes, and the same numbers in report.json.
+fn same_run(a: &Path, b: &Path, same: &[&str]) {
+    assert_eq!(files(a), files(b), "{} has {}'s files", a.display(), b.display());
+    for f in files(b).iter().filter(|f| same.iter().any(|s| f.ends_with(s))) {
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        assert!(x == y, "{f}: {} differs from {}", a.display(), b.display());
     }
-    let (a, b) = (report(&merged), report(&whole));
+    let (x, y) = (report(a), report(b));
     for key in ["complete", "rows", "summary", "sweep", "best", "tasks"] {
-        assert_eq!(a[key], b[key], "report.json `{key}`");
+        assert_eq!(x[key], y[key], "report.json `{key}`");
     }
-    shard_dirs
 }
 
 #[test]
@@ -88,7 +95,18 @@ fn three_suite_shards_merged_give_the_unsharded_sweep_and_bad_sets_of_shards_are
         "--set",
         "test_pairs=20",
     ];
-    let shards = shards_merge_to_the_unsharded_run(tmp.path(), &args, &["results.csv", "results.json", ".png", ".svg"]);
+    let same = ["results.csv", "results.json", ".png", ".svg"];
+    let (shards, whole) = shards_merge_to_the_unsharded_run(tmp.path(), &args, &same);
+
+    // `--devices cpu,cpu`: a shard per device at once, merged into the one-device run's folder.
+    let out = tmp.path().join("devices");
+    let log = ok(trainer().args(args).args(["--devices", "cpu,cpu", "--out"]).arg(&out).output().unwrap(), "--devices");
+    assert!(
+        log.contains("on 2 devices, one shard each") && log.contains("2 shards of `syntax-suites` merged"),
+        "{log}"
+    );
+    same_run(&only_run(&only_run(&out)), &whole, &same);
+    assert!(!out.join(".shards").exists(), "the shards' folders are removed once merged");
 
     let merge = |dirs: &[&PathBuf]| {
         let o = trainer().arg("merge").args(dirs).arg("--out").arg(tmp.path().join("bad")).output().unwrap();
@@ -122,7 +140,7 @@ fn three_filler_gap_shards_merged_give_the_unsharded_sweep_and_its_best_export()
         "--set",
         "test_pairs=20",
     ];
-    shards_merge_to_the_unsharded_run(
+    let _ = shards_merge_to_the_unsharded_run(
         tmp.path(),
         &args,
         &["sweep.csv", "intervention.safetensors", "iia.png", "log_odds.svg"],

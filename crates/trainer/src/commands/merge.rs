@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::commands::run::RecipeRun;
+use crate::commands::recipe_run::RecipeRun;
 use crate::device::{Compute, dispatch};
 use crate::experiments::Recipe;
 use crate::run_dir::{RunDir, recipe_name};

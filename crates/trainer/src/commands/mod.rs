@@ -8,10 +8,12 @@ pub mod export;
 pub mod import;
 pub mod merge;
 pub mod predict;
+pub mod recipe_run;
 pub mod run;
 pub mod sae;
 pub mod steer;
 pub mod sweep;
+pub mod sweep_devices;
 
 use std::path::{Path, PathBuf};
 

@@ -2,16 +2,16 @@
 //! check it, and run it on the chosen device; Ctrl-C (or SIGTERM) checkpoints resumable kinds.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Result, bail};
-use burn::tensor::backend::Backend;
 use clap::Parser;
 
-use crate::device::{Compute, DeviceSpec, Devices, OnBackend, dispatch_on};
-use crate::experiments::{Recipe, RunEnd, RunOptions};
-use crate::nodes::{NodeArgs, NodePlan};
+use crate::commands::recipe_run::{INTERRUPT, RecipeRun, TERMINATED};
+use crate::device::{Compute, DeviceSpec, Devices, dispatch_on};
+use crate::experiments::{Recipe, RunEnd};
+use crate::nodes::NodeArgs;
 use crate::recipe::{self, Override};
 
 /// Options of a recipe run.
@@ -74,52 +74,6 @@ fn cache_budget_help() -> String {
          instead: slower, the same numbers. Bytes or K/M/G/T, e.g. 512M, 8G.\n[default: half the memory available when \
          the run starts; {now}]"
     )
-}
-
-/// Set by Ctrl-C and SIGTERM; the training loop checkpoints and stops after the current step.
-static INTERRUPT: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
-
-/// Set by SIGTERM (what `timeout`, `docker stop` and job schedulers send): the run exits with
-/// 143 instead of Ctrl-C's 130.
-static TERMINATED: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
-
-/// A recipe run on whatever backend `--device` picks (with autodiff on top).
-pub struct RecipeRun {
-    /// The recipe's name (runs go to `out/name/`).
-    pub name: String,
-    /// The recipe, checked.
-    pub recipe: Recipe,
-    /// Where runs go.
-    pub out: PathBuf,
-    /// The run folder to resume.
-    pub resume: Option<PathBuf>,
-    /// Progress bars.
-    pub progress: bool,
-    /// Most bytes the frozen cache may take.
-    pub cache_budget: u64,
-    /// This node's part in a several-node run.
-    pub nodes: Option<NodePlan>,
-}
-
-impl OnBackend for RecipeRun {
-    type Output = RunEnd;
-
-    fn run<B: Backend>(self, device: B::Device) -> Result<RunEnd> {
-        self.run_on_devices::<B>(vec![device])
-    }
-
-    fn run_on_devices<B: Backend>(self, devices: Vec<B::Device>) -> Result<RunEnd> {
-        let opts = RunOptions {
-            name: &self.name,
-            out_root: &self.out,
-            resume: self.resume.as_deref(),
-            interrupt: Some(&**INTERRUPT),
-            progress: self.progress,
-            cache_budget: self.cache_budget,
-            nodes: self.nodes.as_ref(),
-        };
-        self.recipe.run::<burn::backend::Autodiff<B>>(opts, &devices)
-    }
 }
 
 /// The overrides `--model`, `--seed`, `--epochs` and `--set` make, each on a key the recipe has.
@@ -205,6 +159,11 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     let name = recipe::stem(&path);
     let r = recipe_of(&a, &path, &name)?;
     let devices: Vec<DeviceSpec> = a.devices.checked()?.to_vec();
+    if !devices.is_empty() && r.sweep_axes().is_some() && a.resume.is_none() {
+        // A sweep's units are independent trainings: one shard of them per device.
+        crate::units::on_signal_keep_units()?;
+        return crate::commands::sweep_devices::on_devices(r, name, a.out.clone(), a.compute, &devices);
+    }
     if !devices.is_empty() && !r.data_parallel() {
         bail!("{}", crate::experiments::devices_refused(&r.kind()));
     }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::commands::run::RecipeRun;
-use crate::device::{Compute, dispatch};
+use crate::commands::recipe_run::RecipeRun;
+use crate::device::{Compute, Devices, dispatch};
 use crate::experiments::Recipe;
 use crate::recipe::{self, Override};
 use crate::shard::Shard;
@@ -43,6 +43,8 @@ pub struct SweepArgs {
     pub resume: Option<PathBuf>,
     /// Run only this shard of the sweep's units (else a job array's index, if any).
     pub shard: Option<Shard>,
+    /// Share the sweep's units between these devices (one shard each, then merged).
+    pub devices: Devices,
 }
 
 /// Runs the sweep (or goes on with the one in `--resume`'s folder).
@@ -68,6 +70,10 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         return Ok(());
     }
     crate::units::on_signal_keep_units()?;
+    let devices = a.devices.checked()?.to_vec();
+    if !devices.is_empty() {
+        return crate::commands::sweep_devices::on_devices(recipe, recipe::stem(&path), a.out, a.compute, &devices);
+    }
     let run = RecipeRun {
         name: recipe::stem(&path),
         recipe,

@@ -82,7 +82,7 @@ macro_rules! recipe_kinds {
                     anyhow::bail!("{}", devices_refused(&self.kind()));
                 }
                 if opts.nodes.is_some() && !self.data_parallel() {
-                    anyhow::bail!("{}", devices_refused(&self.kind()).replace("--devices", "--nodes").replace("give one --device", "run it on one node"));
+                    anyhow::bail!("--nodes: recipes of kind `{}` train on one node (several-node training covers the pair-file kinds das, boundless, reft and probe); sweeps scale out with --shard", self.kind());
                 }
                 match self {
                     $( Recipe::$variant($r) if devices.len() > 1 => $experiment.run_shared::<B>(&ctx, devices), )*
@@ -97,7 +97,7 @@ macro_rules! recipe_kinds {
 pub fn devices_refused(kind: &str) -> String {
     format!(
         "--devices: recipes of kind `{kind}` train on one device (data-parallel training covers the pair-file kinds \
-         das, boundless, reft and probe); give one --device"
+         das, boundless, reft and probe, and the sweeps, filler-gap and suite, run one shard per device); give one --device"
     )
 }
 
