@@ -162,7 +162,7 @@ pub struct Devices {
     /// (or wgpu:0,wgpu:1; cpu,cpu runs two replicas on the one CPU, for tests). Every batch is
     /// cut into one part per device, each device holds a copy of the frozen model, and the
     /// result is the one-device run's within float rounding. The pair-file kinds (das,
-    /// boundless, reft, probe) take it; sweeps (filler-gap, suite) run one shard of their units
+    /// boundless, reft, probe) and reft-memorise take it; sweeps (filler-gap, suite) run one shard of their units
     /// per device at once and merge them.
     #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "device", value_name = "DEVICE,DEVICE,...")]
     pub devices: Vec<DeviceSpec>,

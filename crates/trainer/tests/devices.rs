@@ -104,6 +104,50 @@ fn two_devices_train_what_one_device_trains_for_every_pair_kind() {
     one_and_two_devices(&probe, 3, &tmp.path().join("probe"), 1e-4);
 }
 
+/// reft-memorise's one batch of every example, cut between two devices: every validation's
+/// loss, the recall losses and the trained LoReFT as on one device.
+#[test]
+fn two_devices_memorise_what_one_device_memorises() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("llama");
+    tiny_with_tokenizer("llama", &model);
+    let mut state = 9;
+    let examples: Vec<String> = (0..5)
+        .map(|_| {
+            format!("{{ prompt = \"{}\", target = \" {}\" }}", text(&ids(&mut state, 4)), text(&ids(&mut state, 3)))
+        })
+        .collect();
+    let recipe = tmp.path().join("memorise-shared.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "description = \"ReFT memorisation on the tiny Llama\"\nkind = \"reft-memorise\"\nmodel = {:?}\n\
+             site = \"1.block_output\"\nrank = 2\npositions = \"last\"\nlr = 0.02\nmax_steps = 12\ncheck_every = 3\n\
+             seed = 4\ngenerate = 3\nexamples = [{}]\n",
+            model.display().to_string(),
+            examples.join(", ")
+        ),
+    )
+    .unwrap();
+    let one = run(&recipe, &["--device", "cpu"], &tmp.path().join("one"));
+    let two = run(&recipe, &["--devices", "cpu,cpu"], &tmp.path().join("two"));
+    let (a, b) = (report(&one), report(&two));
+    let losses = |r: &serde_json::Value| -> Vec<f32> {
+        let mut v: Vec<f32> =
+            r["history"].as_array().unwrap().iter().map(|e| e["loss"].as_f64().unwrap() as f32).collect();
+        v.push(r["recall"]["after"]["loss"].as_f64().unwrap() as f32);
+        v
+    };
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 5, "four validations and the final recall: {la:?}");
+    assert!(la[0] - la[3] > 1e-2, "it trains: {la:?}");
+    let (d_loss, d_trained) = (max_diff(&la, &lb), max_diff(&trained(&one), &trained(&two)));
+    eprintln!("reft-memorise: losses differ by {d_loss:.2e}, the LoReFT by {d_trained:.2e}");
+    assert!(d_loss < 1e-5, "{la:?} vs {lb:?}");
+    assert!(d_trained < 1e-4, "the trained LoReFTs differ by {d_trained}");
+    assert_eq!(b["compute"]["devices"], serde_json::json!(["cpu", "cpu"]));
+}
+
 #[test]
 fn devices_are_in_the_help_and_wrong_uses_are_refused_by_name() {
     let out = trainer().args(["das-capitals", "--help"]).output().unwrap();

@@ -167,7 +167,7 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
     if !devices.is_empty() && !r.data_parallel() {
         bail!("{}", crate::experiments::devices_refused(&r.kind()));
     }
-    if a.nodes.nodes.is_some() && !r.data_parallel() {
+    if a.nodes.nodes.is_some() && !r.several_nodes() {
         bail!(
             "--nodes: recipes of kind `{}` train on one node (several-node training covers the pair-file kinds das, \
              boundless, reft and probe); sweeps scale out with --shard",

@@ -79,6 +79,10 @@ pub trait Experiment {
     fn data_parallel(&self) -> bool {
         false
     }
+    /// Whether `--nodes` can share this kind's training between several nodes ([`crate::nodes`]).
+    fn several_nodes(&self) -> bool {
+        false
+    }
     /// Runs on backend `B` with the training shared between `devices` (the first holds the
     /// trained module, the validation and the evaluation); kinds that are
     /// [`Experiment::data_parallel`] override it.

@@ -67,6 +67,11 @@ macro_rules! recipe_kinds {
                 match self { $( Recipe::$variant($r) => $experiment.sweep_axes(), )* }
             }
 
+            /// Whether `--nodes` can share this recipe's training between nodes.
+            pub fn several_nodes(&self) -> bool {
+                match self { $( Recipe::$variant($r) => $experiment.several_nodes(), )* }
+            }
+
             /// Whether `--devices` can share this recipe's training between devices.
             pub fn data_parallel(&self) -> bool {
                 match self { $( Recipe::$variant($r) => $experiment.data_parallel(), )* }
@@ -81,7 +86,7 @@ macro_rules! recipe_kinds {
                 if devices.len() > 1 && !self.data_parallel() {
                     anyhow::bail!("{}", devices_refused(&self.kind()));
                 }
-                if opts.nodes.is_some() && !self.data_parallel() {
+                if opts.nodes.is_some() && !self.several_nodes() {
                     anyhow::bail!("--nodes: recipes of kind `{}` train on one node (several-node training covers the pair-file kinds das, boundless, reft and probe); sweeps scale out with --shard", self.kind());
                 }
                 match self {
@@ -97,7 +102,7 @@ macro_rules! recipe_kinds {
 pub fn devices_refused(kind: &str) -> String {
     format!(
         "--devices: recipes of kind `{kind}` train on one device (data-parallel training covers the pair-file kinds \
-         das, boundless, reft and probe, and the sweeps, filler-gap and suite, run one shard per device); give one --device"
+         das, boundless, reft and probe and ReFT memorisation, and the sweeps, filler-gap and suite, run one shard per device); give one --device"
     )
 }
 

@@ -31,6 +31,7 @@ use crate::generate::{Decoding, Steer, generate};
 use crate::objectives::reft::{self, PromptBatch, RecallMetrics, ReftObjective};
 use crate::plot::{LinePlot, Series};
 use crate::recipe::SiteKeys;
+use crate::replicas::{DataParallel, Replica, split_batches};
 use crate::run_dir::RunDir;
 
 /// One prompt and the text it must be followed by.
@@ -149,7 +150,15 @@ impl Experiment for ReftMemoriseRecipe {
     }
 
     fn run<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, device: &B::Device) -> Result<RunEnd> {
-        run::<B>(ctx, self, device).map(RunEnd::Done)
+        run::<B>(ctx, self, std::slice::from_ref(device)).map(RunEnd::Done)
+    }
+
+    fn data_parallel(&self) -> bool {
+        true
+    }
+
+    fn run_shared<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, devices: &[B::Device]) -> Result<RunEnd> {
+        run::<B>(ctx, self, devices).map(RunEnd::Done)
     }
 }
 
@@ -248,7 +257,10 @@ struct Memorised<B: AutodiffBackend> {
     trainable: usize,
 }
 
-/// Trains on every example at once until every target is recalled exactly (or `max_steps`).
+/// Trains on every example at once until every target is recalled exactly (or `max_steps`);
+/// with several `replicas` (`--devices`: each device with its copy of the model), each device
+/// takes its part of the batch ([`crate::replicas`]).
+#[allow(clippy::too_many_arguments)]
 fn memorise<B: AutodiffBackend, M: Transformer<B>>(
     ctx: &RunContext<'_>,
     r: &ReftMemoriseRecipe,
@@ -257,6 +269,7 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(
     sites: &[SiteInfo],
     taught: &[(TokenizedInput, Vec<u32>)],
     device: &B::Device,
+    replicas: &[(B::Device, &M)],
 ) -> Result<Memorised<B>> {
     let examples: Vec<TokenizedExample> = taught
         .iter()
@@ -285,7 +298,34 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(
     let trainable = iv.members.iter().map(Intervention::trainable_params).sum();
     let cfg = FitConfig { eval_every: r.check_every, ..FitConfig::constant(r.max_steps, r.lr, r.seed, true) };
     let objective = UntilRecall(ReftObjective { model, train: &batches, validation: &batches });
-    let fitted = fit(&objective, iv, &cfg, FitIo { progress: ctx.progress, ..FitIo::default() })?;
+    let io = FitIo { progress: ctx.progress, ..FitIo::default() };
+    let fitted = if replicas.len() > 1 {
+        // One batch of every example, cut into one part per device.
+        let split = split_batches(refs.len(), refs.len(), replicas.len())?;
+        let lists = split
+            .parts
+            .iter()
+            .zip(replicas)
+            .map(|(part, (d, m))| {
+                let ex: Vec<&TokenizedExample> = part.iter().map(|&i| refs[i]).collect();
+                reft::prepare_at(*m, &site_list, &ex, pad_id, ex.len(), d)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<ReftObjective<'_, B, M>> = lists
+            .iter()
+            .zip(replicas)
+            .map(|(l, (_, m))| ReftObjective { model: *m, train: l, validation: &[] })
+            .collect();
+        let shared = parts
+            .iter()
+            .zip(replicas)
+            .zip(&split.sizes)
+            .map(|((o, (d, _)), sizes)| Replica { device: d.clone(), objective: o, sizes: sizes.clone() })
+            .collect();
+        fit(&DataParallel::new(shared, &objective, vec![refs.len()])?, iv, &cfg, io)?
+    } else {
+        fit(&objective, iv, &cfg, io)?
+    };
     let steps_to_recall = (fitted.outcome == crate::fit::Outcome::Reached).then_some(fitted.state.step);
     let after = reft::evaluate(model, &batches, Some(&fitted.module as &dyn Placed<B>))?;
     Ok(Memorised { fitted, steps_to_recall, before, after, trainable })
@@ -463,8 +503,19 @@ fn write_outputs<B: AutodiffBackend>(
 
 /// Runs the recipe: trains to exact recall, checks recall by generation, judges held-out
 /// prompts, exports the intervention; returns the run folder.
-pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, device: &B::Device) -> Result<PathBuf> {
+pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, devices: &[B::Device]) -> Result<PathBuf> {
+    let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let copies = devices
+        .iter()
+        .skip(1)
+        .map(|d| load_model::<B>(&r.model, d).with_context(|| format!("loading model `{}` on {d:?}", r.model)))
+        .collect::<Result<Vec<_>>>()?;
+    let replicas: Vec<(B::Device, &AnyModel<B>)> = if devices.len() > 1 {
+        devices.iter().cloned().zip(std::iter::once(&loaded.model).chain(copies.iter().map(|c| &c.model))).collect()
+    } else {
+        Vec::new()
+    };
     let (model, tok) =
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let keys = SiteKeys { site: r.site, sites: r.sites.as_deref() };
@@ -481,7 +532,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, dev
     let end_of_turn = end_of_turn(r, tok)?;
     let taught = taught_inputs(r, tok, end_of_turn)?;
     let dir = RunDir::create(ctx.out_root, ctx.name, ctx.as_run)?;
-    let m = memorise(ctx, r, model, tok.pad_id, &infos, &taught, device)?;
+    let m = memorise(ctx, r, model, tok.pad_id, &infos, &taught, device, &replicas)?;
     let (recalled, held) = generations(r, model, tok, info, &m.fitted.module, &taught, end_of_turn, device)?;
     let target_tokens = taught.iter().map(|(_, t)| t.len()).collect();
     let outcome =

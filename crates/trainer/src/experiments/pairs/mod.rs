@@ -55,6 +55,10 @@ impl Experiment for Pairs<'_> {
         true
     }
 
+    fn several_nodes(&self) -> bool {
+        true
+    }
+
     fn run_shared<B: AutodiffBackend>(&self, ctx: &RunContext<'_>, devices: &[B::Device]) -> Result<RunEnd> {
         run::<B>(self.method, self.recipe, ctx, devices)
     }
