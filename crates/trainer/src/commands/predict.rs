@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use burn::tensor::{activation::softmax, backend::Backend};
-use ferrovene_models::{Input, NoHooks, Transformer, forward};
+use ferrovene_models::{Input, LoadedModel, NoHooks, Transformer, forward};
 use serde_json::json;
 
 use crate::device::{OnBackend, load_model};
@@ -20,11 +20,60 @@ pub struct Predict {
 }
 
 /// One candidate next token.
-struct Candidate {
-    id: usize,
-    token: String,
-    p: f32,
-    logit: f32,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Its id.
+    pub id: usize,
+    /// Its text.
+    pub token: String,
+    /// Its probability.
+    pub p: f32,
+    /// Its logit.
+    pub logit: f32,
+}
+
+/// A model's next-token distribution after a prompt: the prompt's ids and the most likely tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The prompt's token ids.
+    pub ids: Vec<u32>,
+    /// The `top` most likely next tokens, most likely first.
+    pub top: Vec<Candidate>,
+}
+
+/// The `top` most likely next tokens of `loaded` after `prompt` (what `trainer predict` shows,
+/// and the Python package's `Model.predict`).
+pub fn next_tokens<B: Backend>(
+    loaded: &LoadedModel<B>,
+    prompt: &str,
+    top: usize,
+    device: &B::Device,
+) -> Result<Prediction> {
+    let tok = loaded
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| anyhow!("model `{}` has no tokenizer (no tokenizer.json)", loaded.spec))?;
+    let ids = tok.encode(prompt)?;
+    if ids.is_empty() {
+        return Err(anyhow!("the prompt {prompt:?} tokenizes to nothing; give some text"));
+    }
+    let input = Input::<B>::from_ids(std::slice::from_ref(&ids), device);
+    let hidden = forward(&loaded.model, &input, &mut NoHooks);
+    let seq = ids.len();
+    let last = hidden.slice([0..1, seq - 1..seq]);
+    let logits = loaded.model.head(last).ok_or_else(|| {
+        anyhow!("model `{}` ({}) is an encoder: it has no next-token head", loaded.spec, loaded.model.arch())
+    })?;
+    let logits: Vec<f32> = logits.into_data().to_vec::<f32>().map_err(|e| anyhow!("reading logits: {e:?}"))?;
+    let probs: Vec<f32> = softmax(burn::tensor::Tensor::<B, 1>::from_floats(logits.as_slice(), device), 0)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow!("reading probabilities: {e:?}"))?;
+    let top = crate::generate::top_k(&logits, top)
+        .into_iter()
+        .map(|id| Ok(Candidate { id, token: tok.decode(&[id as u32])?, p: probs[id], logit: logits[id] }))
+        .collect::<Result<_>>()?;
+    Ok(Prediction { ids, top })
 }
 
 impl OnBackend for Predict {
@@ -33,31 +82,7 @@ impl OnBackend for Predict {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let loaded =
             load_model::<B>(&self.model, &device).with_context(|| format!("loading model `{}`", self.model))?;
-        let tok = loaded
-            .tokenizer
-            .as_ref()
-            .ok_or_else(|| anyhow!("model `{}` has no tokenizer (no tokenizer.json)", self.model))?;
-        let ids = tok.encode(&self.prompt)?;
-        if ids.is_empty() {
-            return Err(anyhow!("the prompt {:?} tokenizes to nothing; give some text", self.prompt));
-        }
-        let input = Input::<B>::from_ids(std::slice::from_ref(&ids), &device);
-        let hidden = forward(&loaded.model, &input, &mut NoHooks);
-        let seq = ids.len();
-        let last = hidden.slice([0..1, seq - 1..seq]);
-        let logits = loaded.model.head(last).ok_or_else(|| {
-            anyhow!("model `{}` ({}) is an encoder: it has no next-token head", self.model, loaded.model.arch())
-        })?;
-        let logits: Vec<f32> =
-            logits.clone().into_data().to_vec::<f32>().map_err(|e| anyhow!("reading logits: {e:?}"))?;
-        let probs: Vec<f32> = softmax(burn::tensor::Tensor::<B, 1>::from_floats(logits.as_slice(), &device), 0)
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| anyhow!("reading probabilities: {e:?}"))?;
-        let top: Vec<Candidate> = crate::generate::top_k(&logits, self.top)
-            .into_iter()
-            .map(|id| Ok(Candidate { id, token: tok.decode(&[id as u32])?, p: probs[id], logit: logits[id] }))
-            .collect::<Result<_>>()?;
+        let Prediction { ids, top } = next_tokens(&loaded, &self.prompt, self.top, &device)?;
         if self.json {
             let out = json!({
                 "model": loaded.spec,

@@ -183,6 +183,7 @@ fn write_outputs<B: AutodiffBackend>(
             "outcome": match t.fitted.outcome { Outcome::StoppedEarly => "stopped early", _ => "finished" },
             "steps": state.step, "resumed": ctx.resume.is_some(),
             "loss": {"first": state.losses.first(), "last": state.losses.last()},
+            "losses": state.losses,
             "validations": state.history, "best": state.best,
         },
         "timings_s": {"prepare": t.timings.0, "train": t.timings.1},

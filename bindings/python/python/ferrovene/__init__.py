@@ -1,0 +1,220 @@
+"""ferrovene from Python: train, evaluate and export learned interventions (DAS, Boundless DAS,
+ReFT, probes) on frozen models, with ferrovene's Rust core doing the work.
+
+    >>> import ferrovene
+    >>> model = ferrovene.load_model("smollm2-135m")
+    >>> model.predict("The capital of France is", top=3)
+    >>> pairs = ferrovene.Pairs.from_jsonl("datasets/capitals/capitals.jsonl")
+    >>> trained = ferrovene.train(model, pairs, kind="das", site="6.block_output", rank=32, seed=3)
+    >>> trained.metrics["dev"]["iia"], trained.losses[:5]
+
+Every call runs what the command line runs (`trainer <recipe>`): the same training loop, the same
+run folder, the same numbers for the same seed. Errors are `ValueError` (what was given is wrong;
+the message names the record, field or argument) or `RuntimeError` (running failed).
+Ctrl-C during training stops the run after its step, writes a checkpoint, and raises
+`KeyboardInterrupt` naming the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from . import _ferrovene
+from ._ferrovene import Intervention, Model, Report, __version__
+
+__all__ = [
+    "Intervention",
+    "Model",
+    "Pairs",
+    "Report",
+    "load_model",
+    "run_recipe",
+    "train",
+    "__version__",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def load_model(spec: str, device: str = "cpu", dtype: str = "f32") -> Model:
+    """Load a frozen model and its tokenizer.
+
+    Args:
+        spec: a registry name (``"smollm2-135m"``, ``"minilm-l6"``), a Hugging Face folder, a
+            ``.gguf`` file, or a hub id ``"org/name[@revision]"``.
+        device: where to compute; this build computes on ``"cpu"``.
+        dtype: precision of the weights; ``"f32"``.
+
+    Returns:
+        A :class:`Model` with ``.predict``, ``.tokenize``, ``.sites()``, ``.n_layers`` and
+        ``.width``.
+    """
+    return _ferrovene.load_model(spec, device=device, dtype=dtype)
+
+
+class Pairs:
+    """Examples in ferrovene's pair format, checked as ``trainer`` checks a pair file.
+
+    One kind per set: counterfactual pairs (``base``, ``sources``, ``positions``, ``label``) for
+    DAS, prompts with targets (``prompt``, ``target``) for ReFT, or texts with classes
+    (``text``, ``class``) for probes. See ``datasets/README.md`` for every field.
+    """
+
+    def __init__(self, native: "_ferrovene.Pairs"):
+        self._native = native
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "Pairs":
+        """Examples from dicts (one per example, the fields of a pair-file line).
+
+        Raises:
+            ValueError: naming the record's index (from 0) and what is wrong with it.
+            TypeError: when a record is not a dict.
+        """
+        lines = []
+        for i, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise TypeError(f"record {i}: a dict of pair-file fields, not {type(record).__name__}")
+            lines.append(json.dumps(dict(record), ensure_ascii=False))
+        if not lines:
+            raise ValueError("no records: give at least one example")
+        return cls(_ferrovene.Pairs._from_lines(lines))
+
+    @classmethod
+    def from_jsonl(cls, path: PathLike) -> "Pairs":
+        """Examples from a JSONL file (one JSON object per line).
+
+        Raises:
+            ValueError: naming the file and line at fault.
+        """
+        return cls(_ferrovene.Pairs.from_jsonl(os.fspath(path)))
+
+    @property
+    def kind(self) -> str:
+        """``"pair"``, ``"prompt"`` or ``"text"``."""
+        return self._native.kind
+
+    def records(self) -> list:
+        """The examples as dicts."""
+        return [json.loads(line) for line in self._native.lines()]
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def __repr__(self) -> str:
+        return repr(self._native)
+
+
+def run_recipe(
+    name_or_path: PathLike,
+    *,
+    out: PathLike = "runs",
+    device: str = "cpu",
+    dtype: Optional[str] = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> Report:
+    """Run a recipe as ``trainer <recipe>`` does, and return its report.
+
+    Args:
+        name_or_path: a recipe name in ``recipes/`` (or ``$FERROVENE_RECIPES``), or a ``.toml``
+            file.
+        out: where run folders go (``out/NAME/STAMP``).
+        device: where to compute; this build computes on ``"cpu"``.
+        dtype: precision of the frozen model (``"f32"``, ``"bf16"``, ``"f16"``); None for the
+            default.
+        progress: draw the command line's progress bars (on a terminal).
+        **overrides: recipe keys to change, as ``--set key=value`` does (``seed=1``,
+            ``epochs=2``, ``site="8.block_output"``); an unknown key raises ``ValueError``
+            naming it.
+
+    Returns:
+        A :class:`Report`: ``.metrics`` (held-out numbers), ``.losses`` (numpy, one per step),
+        ``.run_dir``, ``.report`` (all of report.json) and ``.intervention``.
+
+    Raises:
+        KeyboardInterrupt: after Ctrl-C, once the run has written a checkpoint.
+    """
+    return _ferrovene.run_recipe(
+        os.fspath(name_or_path), out=os.fspath(out), device=device, dtype=dtype, progress=progress, **overrides
+    )
+
+
+def train(
+    model: Model,
+    pairs: Pairs,
+    *,
+    kind: str = "das",
+    site: str = "0.block_output",
+    rank: Optional[int] = None,
+    lr: float = 0.01,
+    epochs: int = 4,
+    batch_size: int = 8,
+    seed: int = 0,
+    dev_fraction: Optional[float] = 0.25,
+    split_by: Optional[str] = None,
+    out: PathLike = "runs",
+    name: str = "python",
+    dtype: Optional[str] = None,
+    progress: bool = False,
+    **more: Any,
+) -> Report:
+    """Train an intervention on ``pairs`` at ``site`` of ``model``, and evaluate it on held-out
+    examples, as a pair-file recipe run by ``trainer`` would.
+
+    Args:
+        model: the frozen model (:func:`load_model`); the run loads its own copy from its spec.
+        pairs: the examples (:class:`Pairs`); pairs for ``das`` and ``boundless``, prompts for
+            ``reft``, texts for ``probe``.
+        kind: ``"das"`` (low-rank DAS), ``"boundless"`` (Boundless DAS), ``"reft"`` (ReFT; the
+            family with ``family="loreft"`` and kin) or ``"probe"`` (a linear probe).
+        site: where to intervene, ``"LAYER.COMPONENT"`` as ``model.sites()`` lists them.
+        rank: the subspace's dimension (DAS, ReFT); None where the kind has none.
+        lr: peak learning rate (AdamW).
+        epochs: passes over the training examples.
+        batch_size: examples per optimizer step.
+        seed: seeds the split, the initialisation and the batch order: the same seed gives the
+            command line's numbers.
+        dev_fraction: the share of ``pairs`` held out for evaluation (grouped by
+            ``split_by``, default the whole example); ignored when ``held_out=`` gives a file of
+            held-out examples.
+        split_by: the metadata field (``meta`` of each example) whose values never straddle
+            the split, e.g. ``"base"`` or ``"template"``; needed with ``dev_fraction``.
+        out: where the run folder goes (``out/NAME/STAMP``).
+        name: the run's name (its folder under ``out``).
+        dtype: precision of the frozen model; None for the default.
+        progress: draw the command line's progress bars (on a terminal).
+        **more: any other key of a pair-file recipe (``dev_fraction=0.25``,
+            ``split_by="base"``, ``warmup=0.1``, ``family="loreft"``; see recipes/README.md). An
+            unknown key raises ``ValueError`` naming it.
+
+    Returns:
+        A :class:`Report` with ``.metrics`` (held-out IIA for DAS, accuracy for probes, …),
+        ``.losses`` (numpy, one per step), ``.run_dir`` and ``.intervention``.
+
+    Raises:
+        ValueError: a wrong argument or example, named.
+        KeyboardInterrupt: after Ctrl-C, once the run has written a checkpoint.
+    """
+    if not isinstance(pairs, Pairs):
+        raise TypeError(f"pairs: a ferrovene.Pairs (Pairs.from_records or Pairs.from_jsonl), not {type(pairs).__name__}")
+    return _ferrovene.train(
+        model,
+        pairs._native,
+        kind=kind,
+        site=site,
+        rank=rank,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        dev_fraction=dev_fraction,
+        split_by=split_by,
+        out=os.fspath(out),
+        name=name,
+        dtype=dtype,
+        progress=progress,
+        **more,
+    )
