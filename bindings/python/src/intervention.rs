@@ -12,7 +12,20 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use ferrovene_trainer::commands::apply::Apply;
+use ferrovene_trainer::commands::eval::Eval;
+use ferrovene_trainer::commands::export::{Export, Flavour};
+use ferrovene_trainer::commands::sae::SaeOptions;
+use ferrovene_trainer::generate::Decoding;
+
 use crate::errors::{failed, invalid};
+use crate::model::Model;
+use crate::pairs::Pairs;
+
+/// A JSON value as the Python object `json.loads` makes of it.
+fn to_python<'py>(py: Python<'py>, value: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?.call_method1("loads", (value.to_string(),))
+}
 
 /// An exported intervention, loaded on the CPU.
 #[pyclass(module = "ferrovene._ferrovene")]
@@ -49,6 +62,40 @@ fn tensors(path: &Path) -> anyhow::Result<BTreeMap<String, (Vec<f32>, Vec<usize>
     Ok(out)
 }
 
+impl Intervention {
+    /// The `trainer apply` job for these arguments, on this export and `model`.
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        &self,
+        model: &Model,
+        prompt: String,
+        source: Option<String>,
+        positions: Option<Vec<String>>,
+        source_positions: Option<Vec<String>>,
+        generate: Option<Decoding>,
+        every_token: bool,
+        chat: bool,
+        scale: Option<f64>,
+        top: usize,
+    ) -> Apply {
+        Apply {
+            intervention: self.path.clone(),
+            prompt,
+            source,
+            positions,
+            chat,
+            source_positions,
+            model: Some(model.spec_name().to_string()),
+            generate,
+            every_token,
+            top,
+            scale,
+            json: true,
+            sae: SaeOptions::default(),
+        }
+    }
+}
+
 #[pymethods]
 impl Intervention {
     /// Loads an export (`intervention.safetensors` of a run, or one `trainer import` made from a
@@ -78,6 +125,95 @@ impl Intervention {
             out.set_item(name, PyArray1::from_vec(py, values).reshape(shape)?)?;
         }
         Ok(out)
+    }
+
+    /// `trainer apply --json` on `prompt`: the `top` next tokens before and after the
+    /// intervention (a probe: its class probabilities), reading `source` for interventions that
+    /// read one (DAS) at `positions` (rules as in the pair format: `"last"`, `"f3+l3"`, indices).
+    #[pyo3(signature = (model, prompt, *, source = None, positions = None, source_positions = None, top = 5, chat = false, scale = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn apply<'py>(
+        &self,
+        py: Python<'py>,
+        model: &Model,
+        prompt: String,
+        source: Option<String>,
+        positions: Option<Vec<String>>,
+        source_positions: Option<Vec<String>>,
+        top: usize,
+        chat: bool,
+        scale: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let job = self.job(model, prompt, source, positions, source_positions, None, false, chat, scale, top);
+        let shown = py.detach(|| job.show::<Cpu>(Default::default())).map_err(invalid)?;
+        to_python(py, &shown.json)
+    }
+
+    /// `trainer apply --generate N --json`: greedy text after `prompt` without and with the
+    /// intervention (`every_token`: also at each generated token, for steering and ReFT).
+    #[pyo3(signature = (model, prompt, *, max_tokens = 40, source = None, positions = None, source_positions = None, every_token = false, chat = false, scale = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        model: &Model,
+        prompt: String,
+        max_tokens: usize,
+        source: Option<String>,
+        positions: Option<Vec<String>>,
+        source_positions: Option<Vec<String>>,
+        every_token: bool,
+        chat: bool,
+        scale: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let decoding = Some(Decoding::greedy(max_tokens));
+        let job = self.job(model, prompt, source, positions, source_positions, decoding, every_token, chat, scale, 0);
+        let shown = py.detach(|| job.show::<Cpu>(Default::default())).map_err(invalid)?;
+        to_python(py, &shown.json)
+    }
+
+    /// `trainer eval --json`: IIA and p(label) > p(base label) on `pairs` beside no intervention
+    /// and a random rotation, overall and, with `by`, per value of that metadata field.
+    #[pyo3(signature = (model, pairs, *, by = None, batch_size = 32))]
+    fn evaluate<'py>(
+        &self,
+        py: Python<'py>,
+        model: &Model,
+        pairs: &Bound<'py, PyAny>,
+        by: Option<String>,
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let pairs = Pairs::of(pairs)?;
+        let dir = std::env::temp_dir().join("ferrovene-python");
+        let file = pairs.file_in(&dir).map_err(failed)?;
+        let job = Eval {
+            intervention: self.path.clone(),
+            pairs: file,
+            model: Some(model.spec_name().to_string()),
+            by,
+            batch_size,
+            skip_bad: false,
+            json: true,
+        };
+        let (report, _) = py.detach(|| job.evaluate::<Cpu>(Default::default())).map_err(invalid)?;
+        to_python(py, &report)
+    }
+
+    /// Writes the folder pyvene's `IntervenableModel.save` writes (`trainer export --to pyvene`),
+    /// for `IntervenableModel.load(dir, model)`; ReFT families go to pyreft's folder instead
+    /// ([`Intervention::to_pyreft`]). `force` writes into a folder that has files.
+    #[pyo3(signature = (dir, *, force = false))]
+    fn to_pyvene(&self, py: Python<'_>, dir: PathBuf, force: bool) -> PyResult<()> {
+        let job = Export { intervention: self.path.clone(), to: Flavour::Pyvene, dir, force };
+        py.detach(|| job.run()).map_err(invalid)
+    }
+
+    /// Writes the folder pyreft's `ReftModel.save` writes (`trainer export --to pyreft`), for
+    /// the ReFT families.
+    #[pyo3(signature = (dir, *, force = false))]
+    fn to_pyreft(&self, py: Python<'_>, dir: PathBuf, force: bool) -> PyResult<()> {
+        let job = Export { intervention: self.path.clone(), to: Flavour::Pyreft, dir, force };
+        py.detach(|| job.run()).map_err(invalid)
     }
 
     /// What it is: kind, sites and metrics as the export records them (its JSON config).

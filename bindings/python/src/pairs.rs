@@ -23,6 +23,21 @@ pub struct Pairs {
 }
 
 impl Pairs {
+    /// The examples of `obj`: a native `Pairs`, or the package's `ferrovene.Pairs` around one.
+    pub fn of(obj: &Bound<'_, PyAny>) -> PyResult<Pairs> {
+        if let Ok(p) = obj.extract::<PyRef<'_, Pairs>>() {
+            return Ok(p.clone());
+        }
+        let native = obj.getattr("_native").ok();
+        match native.as_ref().and_then(|n| n.extract::<PyRef<'_, Pairs>>().ok()) {
+            Some(p) => Ok(p.clone()),
+            None => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "pairs: a ferrovene.Pairs (Pairs.from_records or Pairs.from_jsonl), not {}",
+                obj.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
+            ))),
+        }
+    }
+
     /// A pair file for a recipe: the file they came from, or `dir/pairs-<hash>.jsonl` written now.
     pub fn file_in(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         if let Some(p) = &self.path {

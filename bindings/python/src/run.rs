@@ -102,9 +102,18 @@ fn toml_value(key: &str, v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
     )))
 }
 
-/// Runs `job` on a thread of its own; the calling thread waits with the GIL released and, on
-/// Ctrl-C, asks the run to stop after its step (it writes a checkpoint first).
-fn run_interruptibly(py: Python<'_>, job: RecipeRun, compute: Compute) -> PyResult<RunEnd> {
+/// Runs `job` on a thread of its own; the calling thread waits with the GIL released, shows the
+/// run's progress through `on_progress(label, position, total, message)` (and
+/// `on_progress(None, 0, None, "")` at the end) and, on Ctrl-C, asks the run to stop after its
+/// step (it writes a checkpoint first).
+fn run_interruptibly(
+    py: Python<'_>,
+    job: RecipeRun,
+    compute: Compute,
+    on_progress: Option<&Bound<'_, PyAny>>,
+) -> PyResult<RunEnd> {
+    let mut on_progress = on_progress.cloned();
+    let mut shown: Option<(String, u64, Option<u64>, String)> = None;
     INTERRUPT.store(false, Ordering::SeqCst);
     let (tx, rx) = mpsc::channel();
     let mut interrupted: Option<PyErr> = None;
@@ -123,6 +132,16 @@ fn run_interruptibly(py: Python<'_>, job: RecipeRun, compute: Compute) -> PyResu
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            if let (Some(cb), Some(now)) = (&on_progress, ferrovene_trainer::events::latest_progress())
+                && shown.as_ref() != Some(&now)
+            {
+                if let Err(e) = cb.call1((now.0.trim(), now.1, now.2, now.3.as_str())) {
+                    // A display that fails stops displaying; the run goes on.
+                    e.print(py);
+                    on_progress = None;
+                }
+                shown = Some(now);
+            }
             if let Err(e) = py.check_signals() {
                 // Ask once; the run checkpoints after its step and returns.
                 INTERRUPT.store(true, Ordering::SeqCst);
@@ -130,6 +149,9 @@ fn run_interruptibly(py: Python<'_>, job: RecipeRun, compute: Compute) -> PyResu
             }
         }
     });
+    if let Some(cb) = &on_progress {
+        let _ = cb.call1((py.None(), 0, py.None(), ""));
+    }
     let end = end.map_err(failed)?;
     match (end, interrupted) {
         (RunEnd::Interrupted(dir), Some(e)) if e.is_instance_of::<PyKeyboardInterrupt>(py) => {
@@ -168,7 +190,7 @@ fn run(
     name: String,
     mut table: toml::Table,
     overrides: Vec<Override>,
-    opts: RunArgs,
+    opts: RunArgs<'_, '_>,
 ) -> PyResult<Report> {
     let recipe = Recipe::from_table(std::mem::take(&mut table), &overrides)
         .map_err(|e| invalid(e.context(format!("recipe {}", path.display()))))?;
@@ -181,7 +203,7 @@ fn run(
         cache_budget: ferrovene_trainer::memory::default_cache_budget(),
         nodes: None,
     };
-    match run_interruptibly(py, job, opts.compute)? {
+    match run_interruptibly(py, job, opts.compute, opts.on_progress)? {
         RunEnd::Done(run_dir) => {
             let text = std::fs::read_to_string(run_dir.join("report.json"))
                 .map_err(|e| failed(anyhow::anyhow!("reading {}: {e}", run_dir.join("report.json").display())))?;
@@ -192,16 +214,18 @@ fn run(
 }
 
 /// Where and how a binding call runs.
-struct RunArgs {
+struct RunArgs<'a, 'py> {
     out: PathBuf,
     progress: bool,
     compute: Compute,
+    on_progress: Option<&'a Bound<'py, PyAny>>,
 }
 
 /// Runs a recipe as `trainer <recipe>` does: `name_or_path` is a recipe in recipes/ (or
 /// `$FERROVENE_RECIPES`) or a .toml file; keyword arguments override its keys as `--set` does.
 #[pyfunction]
-#[pyo3(signature = (name_or_path, *, out = PathBuf::from("runs"), device = "cpu", dtype = None, progress = false, **overrides))]
+#[pyo3(signature = (name_or_path, *, out = PathBuf::from("runs"), device = "cpu", dtype = None, progress = false, on_progress = None, **overrides))]
+#[allow(clippy::too_many_arguments)]
 pub fn run_recipe(
     py: Python<'_>,
     name_or_path: &str,
@@ -209,6 +233,7 @@ pub fn run_recipe(
     device: &str,
     dtype: Option<&str>,
     progress: bool,
+    on_progress: Option<&Bound<'_, PyAny>>,
     overrides: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Report> {
     let compute = compute(device, dtype)?;
@@ -219,13 +244,13 @@ pub fn run_recipe(
         let key: String = k.extract()?;
         sets.push(Override::new(&key, toml_value(&key, &v)?).typed_as(format!("{key}=…")));
     }
-    run(py, &path, recipe::stem(&path), table, sets, RunArgs { out, progress, compute })
+    run(py, &path, recipe::stem(&path), table, sets, RunArgs { out, progress, compute, on_progress })
 }
 
 /// Trains an intervention of `kind` on `pairs` at `site` of `model`: a pair-file recipe built
 /// from the arguments (and `**more` recipe keys), run as the command line runs it.
 #[pyfunction]
-#[pyo3(signature = (model, pairs, *, kind = "das", site = "0.block_output".to_string(), rank = None, lr = 0.01, epochs = 4, batch_size = 8, seed = 0, dev_fraction = Some(0.25), split_by = None, out = PathBuf::from("runs"), name = "python".to_string(), dtype = None, progress = false, **more))]
+#[pyo3(signature = (model, pairs, *, kind = "das", site = "0.block_output".to_string(), rank = None, lr = 0.01, epochs = 4, batch_size = 8, seed = 0, dev_fraction = Some(0.25), split_by = None, out = PathBuf::from("runs"), name = "python".to_string(), dtype = None, progress = false, on_progress = None, **more))]
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     py: Python<'_>,
@@ -244,6 +269,7 @@ pub fn train(
     name: String,
     dtype: Option<&str>,
     progress: bool,
+    on_progress: Option<&Bound<'_, PyAny>>,
     more: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Report> {
     let compute = compute(model.device_name(), dtype)?;
@@ -275,5 +301,5 @@ pub fn train(
         sets.push(Override::new(&key, toml_value(&key, &v)?).typed_as(format!("{key}=…")));
     }
     let path = PathBuf::from(format!("train(kind={kind:?})"));
-    run(py, &path, name, table, sets, RunArgs { out, progress, compute })
+    run(py, &path, name, table, sets, RunArgs { out, progress, compute, on_progress })
 }

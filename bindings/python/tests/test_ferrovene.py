@@ -70,6 +70,40 @@ def test_predict_gives_the_command_lines_numbers(model):
     assert "6.block_output" in model.sites() and model.n_layers == 30 and model.width == 576
 
 
+def golden_tensors(path):
+    """The float32 tensors of a safetensors file, by name (read with numpy alone)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = t["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + start : 8 + n + end], dtype=np.float32).reshape(t["shape"])
+    return out
+
+
+def test_activations_are_transformers_hidden_states(model):
+    golden = golden_tensors(ROOT / "tests" / "golden" / "smollm2" / "forward.safetensors")
+    prompts = json.loads((ROOT / "tests" / "golden" / "smollm2" / "forward.json").read_text())["prompts"]
+    # A text and a list of ids: the golden file's first two prompts, five tokens each.
+    inputs = [prompts[0]["prompt"], prompts[1]["ids"]]
+    acts = model.activations(inputs, ["7.block_output", "15.block_output"], positions=["all"])
+    for layer in (7, 15):
+        ours = acts[f"{layer}.block_output"]
+        assert ours.shape == (2, 5, 576) and ours.dtype == np.float32
+        for p in range(2):
+            ref = golden[f"p{p}.block_output.{layer}"]
+            rel = np.linalg.norm(ours[p] - ref) / np.linalg.norm(ref)
+            assert rel < 1e-3, f"prompt {p} layer {layer}: relative error {rel}"
+    last = model.activations([prompts[0]["prompt"]], "15.block_output")
+    assert last.shape == (1, 1, 576)
+    np.testing.assert_array_equal(last[0, 0], acts["15.block_output"][0, 4])
+    with pytest.raises(ValueError, match=r"inputs\[1\] gives 2 positions and inputs\[0\] 1"):
+        model.activations([[504], [504, 3575]], "3.block_output", positions=["all"])
+
+
 def capitals_subset(tmp_path, n=48):
     lines = CAPITALS.read_text().splitlines()[:n]
     path = tmp_path / "capitals-subset.jsonl"
@@ -103,6 +137,42 @@ def test_das_from_python_gives_the_command_lines_held_out_iia(model, tmp_path):
     assert len(trained.losses) == cli["training"]["steps"]
     np.testing.assert_allclose(trained.losses[-1], cli["training"]["loss"]["last"], rtol=0, atol=1e-6)
 
+    # The recipe itself through run_recipe, with the command line's overrides as keywords.
+    rerun = ferrovene.run_recipe("das-capitals", epochs=1, pairs=str(subset), out=tmp_path / "recipe")
+    assert rerun.metrics["dev"] == cli["metrics"]["dev"]
+    np.testing.assert_array_equal(rerun.losses, trained.losses)
+    with pytest.raises(ValueError, match=r"epoch"):
+        ferrovene.run_recipe("das-capitals", epoch=1, out=tmp_path / "recipe")
+
+    # Applying and evaluating it from Python gives `trainer apply` and `trainer eval`'s JSON.
+    export = str(trained.run_dir / "intervention.safetensors")
+    base, source = "The capital of France is", "The capital of Italy is"
+    applied = trained.intervention.apply(model, base, source=source, top=5)
+    cli_applied = json.loads(trainer("apply", "--intervention", export, "--prompt", base, "--source", source, "--json"))
+    assert [t["id"] for t in applied["after"]] == [t["id"] for t in cli_applied["after"]]
+    np.testing.assert_allclose(
+        [t["p_after"] for t in applied["after"]], [t["p_after"] for t in cli_applied["after"]], rtol=0, atol=1e-6
+    )
+    generated = trained.intervention.generate(model, base, source=source, max_tokens=4)
+    cli_generated = json.loads(
+        trainer("apply", "--intervention", export, "--prompt", base, "--source", source, "--generate", "4", "--json")
+    )
+    assert (generated["without"], generated["with"]) == (cli_generated["without"], cli_generated["with"])
+    evaluated = trained.intervention.evaluate(model, ferrovene.Pairs.from_jsonl(subset))
+    cli_evaluated = json.loads(trainer("eval", "--intervention", export, "--pairs", str(subset), "--json"))
+    assert evaluated["overall"]["n"] == cli_evaluated["overall"]["n"] == 48
+    np.testing.assert_allclose(evaluated["overall"]["iia"], cli_evaluated["overall"]["iia"], rtol=0, atol=1e-6)
+
+    # pyvene's folder, as `trainer export --to pyvene` writes it.
+    trained.intervention.to_pyvene(tmp_path / "pyvene")
+    trainer("export", export, "--to", "pyvene", str(tmp_path / "pyvene-cli"))
+    ours = sorted(p.name for p in (tmp_path / "pyvene").iterdir())
+    assert ours == sorted(p.name for p in (tmp_path / "pyvene-cli").iterdir()) and "config.json" in ours
+    for name in ours:
+        assert (tmp_path / "pyvene" / name).read_bytes() == (tmp_path / "pyvene-cli" / name).read_bytes(), name
+    with pytest.raises(ValueError, match=r"not empty"):
+        trained.intervention.to_pyvene(tmp_path / "pyvene")
+
     # The export round-trips through save and load with the same parameters.
     iv = trained.intervention
     params = iv.parameters()
@@ -128,6 +198,35 @@ def test_bad_records_and_arguments_are_named(model, tmp_path):
         ferrovene.train(model, pairs, kind="das", site="6.block_output", rank=4, split_by="x", bogus_key=1, out=tmp_path)
     with pytest.raises(ValueError, match=r"device=\"cuda\""):
         ferrovene.load_model("smollm2-135m", device="cuda")
+
+
+def test_progress_reaches_a_callable_and_the_text_fallback(model, tmp_path, capsys, monkeypatch):
+    subset = capitals_subset(tmp_path, n=24)
+    seen = []
+    ferrovene.train(
+        model,
+        ferrovene.Pairs.from_jsonl(subset),
+        site="6.block_output",
+        rank=4,
+        epochs=12,
+        seed=2,
+        split_by="base",
+        out=tmp_path / "p",
+        progress=lambda *update: seen.append(update),
+    )
+    training = [u for u in seen if u[0] == "training"]
+    assert training, f"no training progress among {sorted({u[0] for u in seen if u[0]})}"
+    steps = training[0][2]
+    assert steps > 0 and all(u[2] == steps and 0 <= u[1] <= steps for u in training)
+    assert [u[1] for u in training] == sorted(u[1] for u in training), "positions only go forward"
+    assert seen[-1] == (None, 0, None, ""), "the end is announced"
+    # Without tqdm, a line per tenth on stderr.
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    ferrovene.train(
+        model, ferrovene.Pairs.from_jsonl(subset), site="6.block_output", rank=4, epochs=12, seed=2,
+        split_by="base", out=tmp_path / "q", progress=True,
+    )
+    assert "training: " in capsys.readouterr().err
 
 
 def test_ctrl_c_during_training_leaves_a_checkpoint(model, tmp_path):

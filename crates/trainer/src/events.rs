@@ -59,12 +59,28 @@ impl Drop for Events {
 /// A progress bar over `len` units with an ETA; hidden when stderr is not a terminal.
 pub fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
+    if let Ok(mut latest) = LATEST.lock() {
+        *latest = Some(bar.downgrade());
+    }
     let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(what.to_string());
     bar
+}
+
+/// The bar [`progress`] made last, for a caller that shows progress its own way (the Python
+/// package's notebook bars) while the work runs on another thread.
+static LATEST: std::sync::Mutex<Option<indicatif::WeakProgressBar>> = std::sync::Mutex::new(None);
+
+/// Where the latest bar stands, while it is alive: its label, position, length and message.
+pub fn latest_progress() -> Option<(String, u64, Option<u64>, String)> {
+    let bar = LATEST.lock().ok()?.as_ref()?.upgrade()?;
+    if bar.is_finished() {
+        return None;
+    }
+    Some((bar.prefix(), bar.position(), bar.length(), bar.message()))
 }
 
 /// [`progress`], hidden unless `show` (for `--quiet` and tests).

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping, Optional, Union
+import sys
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from . import _ferrovene
 from ._ferrovene import Intervention, Model, Report, __version__
@@ -36,6 +37,55 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+Progress = Union[bool, Callable[[Optional[str], int, Optional[int], str], Any]]
+
+
+class _Bars:
+    """Shows a run's progress: a tqdm bar per stage (``tqdm.auto``: a widget in notebooks) when
+    tqdm is installed, else a line on stderr at each tenth. Called as
+    ``(label, position, total, message)``, and with ``label=None`` when the run ends."""
+
+    def __init__(self):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        self._tqdm = tqdm
+        self._bar = None
+        self._label = None
+        self._tenth = -1
+
+    def __call__(self, label, position, total, message):
+        if label != self._label:
+            self._close()
+            self._label = label
+            if label is not None and self._tqdm is not None:
+                self._bar = self._tqdm(total=total, desc=label, leave=False)
+        if label is None:
+            return
+        if self._bar is not None:
+            self._bar.n = position
+            if message:
+                self._bar.set_postfix_str(message, refresh=False)
+            self._bar.refresh()
+        elif total:
+            tenth = 10 * position // total
+            if tenth != self._tenth:
+                self._tenth = tenth
+                print(f"{label}: {position}/{total} {message}".rstrip(), file=sys.stderr, flush=True)
+
+    def _close(self):
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = None
+        self._tenth = -1
+
+
+def _display(progress: Progress):
+    """The native call's (terminal bars, callback) for ``progress``."""
+    if callable(progress):
+        return False, progress
+    return False, (_Bars() if progress else None)
 
 
 def load_model(spec: str, device: str = "cpu", dtype: str = "f32") -> Model:
@@ -113,7 +163,7 @@ def run_recipe(
     out: PathLike = "runs",
     device: str = "cpu",
     dtype: Optional[str] = None,
-    progress: bool = False,
+    progress: Progress = False,
     **overrides: Any,
 ) -> Report:
     """Run a recipe as ``trainer <recipe>`` does, and return its report.
@@ -125,7 +175,9 @@ def run_recipe(
         device: where to compute; this build computes on ``"cpu"``.
         dtype: precision of the frozen model (``"f32"``, ``"bf16"``, ``"f16"``); None for the
             default.
-        progress: draw the command line's progress bars (on a terminal).
+        progress: show progress: True draws a tqdm bar per stage when tqdm is installed (a
+            widget in notebooks), else a line on stderr at each tenth; a callable gets
+            ``(label, position, total, message)`` as the run goes, and ``label=None`` at the end.
         **overrides: recipe keys to change, as ``--set key=value`` does (``seed=1``,
             ``epochs=2``, ``site="8.block_output"``); an unknown key raises ``ValueError``
             naming it.
@@ -137,8 +189,15 @@ def run_recipe(
     Raises:
         KeyboardInterrupt: after Ctrl-C, once the run has written a checkpoint.
     """
+    terminal, on_progress = _display(progress)
     return _ferrovene.run_recipe(
-        os.fspath(name_or_path), out=os.fspath(out), device=device, dtype=dtype, progress=progress, **overrides
+        os.fspath(name_or_path),
+        out=os.fspath(out),
+        device=device,
+        dtype=dtype,
+        progress=terminal,
+        on_progress=on_progress,
+        **overrides,
     )
 
 
@@ -158,7 +217,7 @@ def train(
     out: PathLike = "runs",
     name: str = "python",
     dtype: Optional[str] = None,
-    progress: bool = False,
+    progress: Progress = False,
     **more: Any,
 ) -> Report:
     """Train an intervention on ``pairs`` at ``site`` of ``model``, and evaluate it on held-out
@@ -185,7 +244,9 @@ def train(
         out: where the run folder goes (``out/NAME/STAMP``).
         name: the run's name (its folder under ``out``).
         dtype: precision of the frozen model; None for the default.
-        progress: draw the command line's progress bars (on a terminal).
+        progress: show progress: True draws a tqdm bar per stage when tqdm is installed (a
+            widget in notebooks), else a line on stderr at each tenth; a callable gets
+            ``(label, position, total, message)`` as the run goes, and ``label=None`` at the end.
         **more: any other key of a pair-file recipe (``dev_fraction=0.25``,
             ``split_by="base"``, ``warmup=0.1``, ``family="loreft"``; see recipes/README.md). An
             unknown key raises ``ValueError`` naming it.
@@ -198,6 +259,7 @@ def train(
         ValueError: a wrong argument or example, named.
         KeyboardInterrupt: after Ctrl-C, once the run has written a checkpoint.
     """
+    terminal, on_progress = _display(progress)
     if not isinstance(pairs, Pairs):
         raise TypeError(f"pairs: a ferrovene.Pairs (Pairs.from_records or Pairs.from_jsonl), not {type(pairs).__name__}")
     return _ferrovene.train(
@@ -215,6 +277,7 @@ def train(
         out=os.fspath(out),
         name=name,
         dtype=dtype,
-        progress=progress,
+        progress=terminal,
+        on_progress=on_progress,
         **more,
     )

@@ -1,7 +1,8 @@
 """Type stubs of ferrovene's native module (the Rust core, built by maturin)."""
 
+import pathlib
 from os import PathLike
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +19,9 @@ class Model:
     def tokenize(self, text: str) -> list[int]: ...
     def predict(self, text: str, top: int = 5) -> list[dict[str, Any]]: ...
     def sites(self) -> list[str]: ...
+    def activations(
+        self, inputs: list[Union[str, list[int]]], sites: Union[str, list[str]], positions: list[str] = ["last"]
+    ) -> Union[npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]: ...
 
 class Pairs:
     kind: str
@@ -31,17 +35,45 @@ class Pairs:
 class Intervention:
     """An exported intervention, loaded on the CPU."""
 
-    path: str
+    path: pathlib.Path
     @staticmethod
     def load(path: Union[str, PathLike[str]]) -> "Intervention": ...
     def save(self, path: Union[str, PathLike[str]]) -> None: ...
     def parameters(self) -> dict[str, npt.NDArray[np.float32]]: ...
     def config(self) -> dict[str, Any]: ...
+    def apply(
+        self,
+        model: Model,
+        prompt: str,
+        *,
+        source: Optional[str] = None,
+        positions: Optional[list[str]] = None,
+        source_positions: Optional[list[str]] = None,
+        top: int = 5,
+        chat: bool = False,
+        scale: Optional[float] = None,
+    ) -> dict[str, Any]: ...
+    def generate(
+        self,
+        model: Model,
+        prompt: str,
+        *,
+        max_tokens: int = 40,
+        source: Optional[str] = None,
+        positions: Optional[list[str]] = None,
+        source_positions: Optional[list[str]] = None,
+        every_token: bool = False,
+        chat: bool = False,
+        scale: Optional[float] = None,
+    ) -> dict[str, Any]: ...
+    def evaluate(self, model: Model, pairs: Any, *, by: Optional[str] = None, batch_size: int = 32) -> dict[str, Any]: ...
+    def to_pyvene(self, dir: Union[str, PathLike[str]], *, force: bool = False) -> None: ...
+    def to_pyreft(self, dir: Union[str, PathLike[str]], *, force: bool = False) -> None: ...
 
 class Report:
     """A finished run: its folder, report.json, losses and intervention."""
 
-    run_dir: str
+    run_dir: pathlib.Path
     report: dict[str, Any]
     metrics: dict[str, Any]
     losses: npt.NDArray[np.float32]
@@ -55,6 +87,7 @@ def run_recipe(
     device: str = "cpu",
     dtype: Optional[str] = None,
     progress: bool = False,
+    on_progress: Optional[Callable[[Optional[str], int, Optional[int], str], Any]] = None,
     **overrides: Any,
 ) -> Report: ...
 def train(
@@ -74,5 +107,6 @@ def train(
     name: str = "python",
     dtype: Optional[str] = None,
     progress: bool = False,
+    on_progress: Optional[Callable[[Optional[str], int, Optional[int], str], Any]] = None,
     **more: Any,
 ) -> Report: ...

@@ -2,6 +2,7 @@
 //! before and after, or text generated (greedy or sampled, see [`crate::generate`]) without and
 //! with the intervention active.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -163,20 +164,25 @@ impl Apply {
     }
 
     /// A probe's class probabilities at each position.
-    fn show_probe<B: Backend>(&self, p: &Prepared<B>, probe: &LinearProbe<B>, device: &B::Device) -> Result<()> {
+    fn show_probe<B: Backend>(&self, p: &Prepared<B>, probe: &LinearProbe<B>, device: &B::Device) -> Result<Shown> {
         let acts = run_to(&p.loaded.model, &Input::<B>::from_ids(std::slice::from_ref(&p.ids), device), p.info.site)?
             .activation;
         let logits = probe.logits(gather_positions(acts, int2::<B>(std::slice::from_ref(&p.positions), device)));
         let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().map_err(|e| anyhow!("{e:?}"))?;
         let c = probe.weight.val().dims()[0];
+        let mut text = String::new();
+        let mut rows = Vec::new();
         for (j, pos) in p.positions.iter().enumerate() {
             let row = &probs[j * c..(j + 1) * c];
-            println!(
+            let _ = writeln!(
+                text,
                 "position {pos}: class probabilities {}",
                 row.iter().enumerate().map(|(k, p)| format!("{k}: {p:.3}")).collect::<Vec<_>>().join(", ")
             );
+            rows.push(row.to_vec());
         }
-        Ok(())
+        let json = json!({"prompt": self.prompt, "positions": p.positions, "kind": p.iv.kind(), "site": p.site_name, "class_probabilities": rows});
+        Ok(Shown { json, text })
     }
 
     /// The source's vectors at its positions at each site, for interventions that read one
@@ -228,29 +234,27 @@ impl Apply {
         steer: &Steer<'_, B>,
         decoding: &Decoding,
         device: &B::Device,
-    ) -> Result<()> {
+    ) -> Result<Shown> {
         let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
         let without = generate(&p.loaded.model, &p.ids, None, decoding, tok.eos_id, device)?;
         let with = generate(&p.loaded.model, &p.ids, Some(steer), decoding, tok.eos_id, device)?;
         let outputs = [tok.decode(&without)?, tok.decode(&with)?];
-        if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": p.iv.kind(), "site": p.site_name})
-                )?
-            );
-        } else {
-            println!("{} ({}) at {} · {}", self.intervention.display(), p.iv.kind(), p.site_name, p.spec);
-            println!("prompt:  {:?}", self.prompt);
-            println!("without: {:?}", outputs[0]);
-            println!("with:    {:?}", outputs[1]);
-        }
-        Ok(())
+        let json = json!({"prompt": self.prompt, "without": outputs[0], "with": outputs[1], "kind": p.iv.kind(), "site": p.site_name});
+        let text = format!(
+            "{} ({}) at {} · {}\nprompt:  {:?}\nwithout: {:?}\nwith:    {:?}\n",
+            self.intervention.display(),
+            p.iv.kind(),
+            p.site_name,
+            p.spec,
+            self.prompt,
+            outputs[0],
+            outputs[1]
+        );
+        Ok(Shown { json, text })
     }
 
     /// The top next tokens before and after, as JSON or a table.
-    fn show_next_tokens<B: Backend>(&self, p: &Prepared<B>, steer: &Steer<'_, B>, device: &B::Device) -> Result<()> {
+    fn show_next_tokens<B: Backend>(&self, p: &Prepared<B>, steer: &Steer<'_, B>, device: &B::Device) -> Result<Shown> {
         let tok = p.loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", p.spec))?;
         let before = next_logits(&p.loaded.model, &p.ids, None, None, device)?;
         let after = next_logits(&p.loaded.model, &p.ids, None, Some((steer, p.positions.clone())), device)?;
@@ -271,19 +275,17 @@ impl Apply {
             );
         }
         let (tb, ta) = (top_k(&pb, self.top), top_k(&pa, self.top));
-        if self.json {
-            let row = |id: usize| -> Result<serde_json::Value> {
-                Ok(json!({"id": id, "token": tok.decode(&[id as u32])?, "p_before": pb[id], "p_after": pa[id]}))
-            };
-            let out = json!({
-                "prompt": self.prompt, "source": self.source, "positions": p.positions, "kind": p.iv.kind(), "site": p.site_name,
-                "before": tb.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
-                "after": ta.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            return Ok(());
-        }
-        println!(
+        let row = |id: usize| -> Result<serde_json::Value> {
+            Ok(json!({"id": id, "token": tok.decode(&[id as u32])?, "p_before": pb[id], "p_after": pa[id]}))
+        };
+        let json = json!({
+            "prompt": self.prompt, "source": self.source, "positions": p.positions, "kind": p.iv.kind(), "site": p.site_name,
+            "before": tb.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
+            "after": ta.iter().map(|&i| row(i)).collect::<Result<Vec<_>>>()?,
+        });
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
             "{} ({}) at {}, positions {:?} · {}",
             self.intervention.display(),
             p.iv.kind(),
@@ -291,7 +293,7 @@ impl Apply {
             p.positions,
             p.spec
         );
-        println!("{:>4}  {:<20} {:>8}   {:<20} {:>8}", "rank", "before", "p", "after", "p");
+        let _ = writeln!(text, "{:>4}  {:<20} {:>8}   {:<20} {:>8}", "rank", "before", "p", "after", "p");
         let cell = |v: &[usize], probs: &[f32], r: usize| -> (String, String) {
             v.get(r).map_or((String::new(), String::new()), |&i| {
                 (format!("{:?}", tok.decode(&[i as u32]).unwrap_or_default()), format!("{:.4}", probs[i]))
@@ -299,10 +301,18 @@ impl Apply {
         };
         for r in 0..tb.len().max(ta.len()) {
             let ((bt, bp), (at, ap)) = (cell(&tb, &pb, r), cell(&ta, &pa, r));
-            println!("{:>4}  {bt:<20} {bp:>8}   {at:<20} {ap:>8}", r + 1);
+            let _ = writeln!(text, "{:>4}  {bt:<20} {bp:>8}   {at:<20} {ap:>8}", r + 1);
         }
-        Ok(())
+        Ok(Shown { json, text })
     }
+}
+
+/// What `trainer apply` shows: its `--json` output and its text.
+pub struct Shown {
+    /// What `--json` prints.
+    pub json: serde_json::Value,
+    /// What it prints otherwise.
+    pub text: String,
 }
 
 /// Probabilities from logits.
@@ -316,7 +326,22 @@ impl OnBackend for Apply {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        // A hub id (`org/name[@rev][:file]`) is fetched into the cache first.
+        let json = self.json;
+        let shown = self.show::<B>(device)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&shown.json)?);
+        } else {
+            print!("{}", shown.text);
+        }
+        Ok(())
+    }
+}
+
+impl Apply {
+    /// Applies the export (a hub id `org/name[@rev][:file]` is fetched into the cache first):
+    /// the next tokens before and after, the generations without and with, or a probe's class
+    /// probabilities.
+    pub fn show<B: Backend>(self, device: B::Device) -> Result<Shown> {
         let this = Apply { intervention: super::intervention_path(&self.intervention)?, ..self };
         let p = this.prepare::<B>(&device)?;
         if let [Intervention::Probe(probe)] = p.iv.members.as_slice() {

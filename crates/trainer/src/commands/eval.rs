@@ -75,11 +75,15 @@ fn row_json(r: &Row) -> serde_json::Value {
 }
 
 /// The rows as a table.
-fn print_table(rows: &[&Row]) {
-    println!(
+fn table(rows: &[&Row]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "controls: (none) = no intervention, (rand R) = the same intervention with a random rotation; base acc = the model's accuracy on the base labels"
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<20} {:>5}  {:>6} {:>7} {:>8}  {:>7} {:>7} {:>8}  {:>8} {:>7} {:>8}  {:>8}",
         "group",
         "n",
@@ -96,7 +100,8 @@ fn print_table(rows: &[&Row]) {
     );
     let f = |v: Option<f32>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
     for r in rows {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<20} {:>5}  {:>6.3} {:>7.3} {:>8}  {:>7} {:>7} {:>8}  {:>8} {:>7} {:>8}  {:>8}",
             r.group,
             r.with.n,
@@ -112,6 +117,7 @@ fn print_table(rows: &[&Row]) {
             f(r.without.base_label_accuracy)
         );
     }
+    out
 }
 
 impl Eval {
@@ -190,14 +196,27 @@ impl OnBackend for Eval {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        // A hub id (`org/name[@rev][:file]`) is fetched into the cache first.
-        Eval { intervention: super::intervention_path(&self.intervention)?, ..self }.evaluate::<B>(device)
+        let json = self.json;
+        let (report, table) = self.evaluate::<B>(device)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{table}");
+        }
+        Ok(())
     }
 }
 
 impl Eval {
-    /// Evaluates the (local) export and prints the table or JSON.
-    fn evaluate<B: Backend>(self, device: B::Device) -> Result<()> {
+    /// Evaluates the export (a hub id `org/name[@rev][:file]` is fetched into the cache first):
+    /// what `--json` prints, and the table printed otherwise.
+    pub fn evaluate<B: Backend>(self, device: B::Device) -> Result<(serde_json::Value, String)> {
+        let this = Eval { intervention: super::intervention_path(&self.intervention)?, ..self };
+        this.evaluate_local::<B>(device)
+    }
+
+    /// [`Eval::evaluate`] of a local export.
+    fn evaluate_local<B: Backend>(self, device: B::Device) -> Result<(serde_json::Value, String)> {
         // The export says which model and site; it is checked against that model once loaded.
         let (iv, config) = export::load_set::<B>(&self.intervention, &device)?;
         if iv.members.iter().any(|m| matches!(m, Intervention::Probe(_))) {
@@ -219,25 +238,20 @@ impl Eval {
         let tok = loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{spec}` has no tokenizer"))?;
         let (groups, skipped) = self.groups(tok)?;
         let (rows, overall) = self.rows(model, tok, &iv, &config.placement.dims, &groups, &device)?;
-        if self.json {
-            let out = json!({
-                "intervention": self.intervention, "kind": config.kind, "site": site_name, "model": spec,
-                "pairs": self.pairs, "skipped_lines": skipped,
-                "overall": row_json(&overall),
-                "by": self.by, "groups": if self.by.is_some() { rows.iter().map(row_json).collect::<Vec<_>>() } else { vec![] },
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        } else {
-            println!(
-                "{} ({}) at {site_name} on {} · model {spec}",
-                self.intervention.display(),
-                config.kind,
-                self.pairs.display()
-            );
-            let shown: Vec<&Row> =
-                if self.by.is_some() { rows.iter().chain(std::iter::once(&overall)).collect() } else { vec![&overall] };
-            print_table(&shown);
-        }
-        Ok(())
+        let report = json!({
+            "intervention": self.intervention, "kind": config.kind, "site": site_name, "model": spec,
+            "pairs": self.pairs, "skipped_lines": skipped,
+            "overall": row_json(&overall),
+            "by": self.by, "groups": if self.by.is_some() { rows.iter().map(row_json).collect::<Vec<_>>() } else { vec![] },
+        });
+        let shown: Vec<&Row> =
+            if self.by.is_some() { rows.iter().chain(std::iter::once(&overall)).collect() } else { vec![&overall] };
+        let header = format!(
+            "{} ({}) at {site_name} on {} · model {spec}\n",
+            self.intervention.display(),
+            config.kind,
+            self.pairs.display()
+        );
+        Ok((report, header + &table(&shown)))
     }
 }
