@@ -63,6 +63,12 @@ fn tensors(path: &Path) -> anyhow::Result<BTreeMap<String, (Vec<f32>, Vec<usize>
 }
 
 impl Intervention {
+    /// `trainer export --to <to> dir` of this export.
+    fn export(&self, py: Python<'_>, to: Flavour, dir: PathBuf, force: bool) -> PyResult<()> {
+        let job = Export { intervention: self.path.clone(), to, dir, force };
+        py.detach(|| job.run()).map_err(invalid)
+    }
+
     /// The `trainer apply` job for these arguments, on this export and `model`.
     #[allow(clippy::too_many_arguments)]
     fn job(
@@ -201,19 +207,17 @@ impl Intervention {
 
     /// Writes the folder pyvene's `IntervenableModel.save` writes (`trainer export --to pyvene`),
     /// for `IntervenableModel.load(dir, model)`; ReFT families go to pyreft's folder instead
-    /// ([`Intervention::to_pyreft`]). `force` writes into a folder that has files.
+    /// (`to_pyreft`). `force` writes into a folder that has files.
     #[pyo3(signature = (dir, *, force = false))]
     fn to_pyvene(&self, py: Python<'_>, dir: PathBuf, force: bool) -> PyResult<()> {
-        let job = Export { intervention: self.path.clone(), to: Flavour::Pyvene, dir, force };
-        py.detach(|| job.run()).map_err(invalid)
+        self.export(py, Flavour::Pyvene, dir, force)
     }
 
     /// Writes the folder pyreft's `ReftModel.save` writes (`trainer export --to pyreft`), for
     /// the ReFT families.
     #[pyo3(signature = (dir, *, force = false))]
     fn to_pyreft(&self, py: Python<'_>, dir: PathBuf, force: bool) -> PyResult<()> {
-        let job = Export { intervention: self.path.clone(), to: Flavour::Pyreft, dir, force };
-        py.detach(|| job.run()).map_err(invalid)
+        self.export(py, Flavour::Pyreft, dir, force)
     }
 
     /// What it is: kind, sites and metrics as the export records them (its JSON config).

@@ -43,15 +43,7 @@ fn two_devices_train_what_one_device_trains_for_every_pair_kind() {
     let tmp = tempfile::tempdir().unwrap();
     let mut state = 3;
     // 42 pairs: 31 train in batches of 5 (parts of 2 and 3) and a last batch of 1.
-    let pairs: Vec<String> = (0..42)
-        .map(|i| {
-            serde_json::json!({
-                "base": text(&ids(&mut state, 7)), "sources": [text(&ids(&mut state, 7))], "positions": [3],
-                "label": format!(" t{}", ids(&mut state, 1)[0]), "meta": {"pair": i.to_string()}
-            })
-            .to_string()
-        })
-        .collect();
+    let pairs = das_pairs(&mut state, 42);
     let das = recipe(
         tmp.path(),
         "das",

@@ -95,15 +95,7 @@ fn rotation(run: &Path) -> Vec<f32> {
 /// batch of one, whose part on node 0 is empty.
 fn das_recipe(dir: &Path, epochs: usize) -> PathBuf {
     let mut state = 11;
-    let pairs: Vec<String> = (0..42)
-        .map(|i| {
-            serde_json::json!({
-                "base": text(&ids(&mut state, 7)), "sources": [text(&ids(&mut state, 7))], "positions": [3],
-                "label": format!(" t{}", ids(&mut state, 1)[0]), "meta": {"pair": i.to_string()}
-            })
-            .to_string()
-        })
-        .collect();
+    let pairs = das_pairs(&mut state, 42);
     recipe(
         dir,
         "das",

@@ -26,6 +26,20 @@ pub fn text(ids: &[u32]) -> String {
     ids.iter().map(|i| format!("t{i}")).collect::<Vec<_>>().join(" ")
 }
 
+/// `n` DAS pairs of made-up token sequences (bases and sources of 7 tokens, the intervened
+/// position 3, a one-token label), drawn from `state`, as JSON lines.
+pub fn das_pairs(state: &mut u64, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "base": text(&ids(state, 7)), "sources": [text(&ids(state, 7))], "positions": [3],
+                "label": format!(" t{}", ids(state, 1)[0]), "meta": {"pair": i.to_string()}
+            })
+            .to_string()
+        })
+        .collect()
+}
+
 /// A recipe of `kind` on the tiny Llama in `dir`, with `body`'s keys and `lines` as its examples.
 pub fn recipe(dir: &Path, kind: &str, body: &str, lines: &[String]) -> PathBuf {
     let model = dir.join("llama");
