@@ -236,9 +236,8 @@ def train(
         batch_size: examples per optimizer step.
         seed: seeds the split, the initialisation and the batch order: the same seed gives the
             command line's numbers.
-        dev_fraction: the share of ``pairs`` held out for evaluation (grouped by
-            ``split_by``, default the whole example); ignored when ``held_out=`` gives a file of
-            held-out examples.
+        dev_fraction: the share of ``pairs`` held out for evaluation, whole ``split_by``
+            groups at a time; ignored when ``held_out=`` gives a file of held-out examples.
         split_by: the metadata field (``meta`` of each example) whose values never straddle
             the split, e.g. ``"base"`` or ``"template"``; needed with ``dev_fraction``.
         out: where the run folder goes (``out/NAME/STAMP``).
