@@ -102,6 +102,18 @@ fn toml_value(key: &str, v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
     )))
 }
 
+/// Keyword arguments as recipe overrides (`--set key=value`), each named by its key in errors.
+fn overrides_of(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<Override>> {
+    kwargs
+        .into_iter()
+        .flat_map(|d| d.iter())
+        .map(|(k, v)| {
+            let key: String = k.extract()?;
+            Ok(Override::new(&key, toml_value(&key, &v)?).typed_as(format!("{key}=…")))
+        })
+        .collect()
+}
+
 /// Runs `job` on a thread of its own; the calling thread waits with the GIL released, shows the
 /// run's progress through `on_progress(label, position, total, message)` (and
 /// `on_progress(None, 0, None, "")` at the end) and, on Ctrl-C, asks the run to stop after its
@@ -239,11 +251,7 @@ pub fn run_recipe(
     let compute = compute(device, dtype)?;
     let path = recipe::find(name_or_path).map_err(invalid)?;
     let table = recipe::read_table(&path).map_err(invalid)?;
-    let mut sets = Vec::new();
-    for (k, v) in overrides.into_iter().flat_map(|d| d.iter()) {
-        let key: String = k.extract()?;
-        sets.push(Override::new(&key, toml_value(&key, &v)?).typed_as(format!("{key}=…")));
-    }
+    let sets = overrides_of(overrides)?;
     run(py, &path, recipe::stem(&path), table, sets, RunArgs { out, progress, compute, on_progress })
 }
 
@@ -295,11 +303,7 @@ pub fn train(
     if let Some(field) = split_by {
         table.insert("split_by".into(), field.into());
     }
-    let mut sets = Vec::new();
-    for (k, v) in more.into_iter().flat_map(|d| d.iter()) {
-        let key: String = k.extract()?;
-        sets.push(Override::new(&key, toml_value(&key, &v)?).typed_as(format!("{key}=…")));
-    }
+    let sets = overrides_of(more)?;
     let path = PathBuf::from(format!("train(kind={kind:?})"));
     run(py, &path, name, table, sets, RunArgs { out, progress, compute, on_progress })
 }

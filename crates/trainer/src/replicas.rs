@@ -16,9 +16,45 @@
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use ferrovene_models::{AnyModel, LoadedModel};
 
+use crate::device::load_model;
 use crate::fit::Objective;
+
+/// The frozen model loaded once more for each other distinct device of `devices` (`--devices`;
+/// the first device holds the model loaded already, and a device named twice shares one copy):
+/// `(index of the device's first mention, its copy)`.
+pub fn model_copies<B: Backend>(spec: &str, devices: &[B::Device]) -> Result<Vec<(usize, LoadedModel<B>)>> {
+    let mut copies = Vec::new();
+    for (d, other) in devices.iter().enumerate().skip(1) {
+        if !devices[..d].contains(other) {
+            let copy = load_model::<B>(spec, other).with_context(|| format!("loading model `{spec}` on device {d}"))?;
+            copies.push((d, copy));
+        }
+    }
+    Ok(copies)
+}
+
+/// Each device of `devices` with its frozen model (`first` on the first device and on any
+/// device equal to it, else its copy from [`model_copies`]); empty for one device.
+pub fn replica_models<'m, B: Backend>(
+    devices: &[B::Device],
+    first: &'m AnyModel<B>,
+    copies: &'m [(usize, LoadedModel<B>)],
+) -> Vec<(B::Device, &'m AnyModel<B>)> {
+    if devices.len() < 2 {
+        return Vec::new();
+    }
+    devices
+        .iter()
+        .map(|dev| {
+            let at = devices.iter().position(|x| x == dev).unwrap_or(0);
+            let model = copies.iter().find(|(d, _)| *d == at).map_or(first, |(_, c)| &c.model);
+            (dev.clone(), model)
+        })
+        .collect()
+}
 
 /// How the batches of a split are shared between devices: part `d` of batch `b` is
 /// `examples[parts[d]]`'s next `sizes[d][b]` examples.
@@ -31,6 +67,12 @@ pub struct BatchSplit {
     pub sizes: Vec<Vec<usize>>,
     /// Per device, the size of its part of a full batch: the batch size it prepares with.
     pub part_size: Vec<usize>,
+}
+
+/// The sizes of the batches of `len` examples in batches of `batch_size`, the last one shorter:
+/// what a data-parallel run weights each part's loss by.
+pub fn batch_sizes(len: usize, batch_size: usize) -> Vec<usize> {
+    (0..len).step_by(batch_size.max(1)).map(|start| batch_size.min(len - start)).collect()
 }
 
 /// Cuts the batches of `len` examples in batches of `batch_size` (the single-device run's,
@@ -52,13 +94,14 @@ pub fn split_batches(len: usize, batch_size: usize, devices: usize) -> Result<Ba
         sizes: vec![Vec::new(); devices],
         part_size: (0..devices).map(|d| bounds(batch_size, d)).map(|(a, b)| b - a).collect(),
     };
-    for start in (0..len).step_by(batch_size) {
-        let m = batch_size.min(len - start);
+    let mut start = 0;
+    for m in batch_sizes(len, batch_size) {
         for d in 0..devices {
             let (a, b) = bounds(m, d);
             split.parts[d].extend(start + a..start + b);
             split.sizes[d].push(b - a);
         }
+        start += m;
     }
     Ok(split)
 }

@@ -168,11 +168,7 @@ pub fn run_recipe(args: Vec<String>) -> Result<()> {
         bail!("{}", crate::experiments::devices_refused(&r.kind()));
     }
     if a.nodes.nodes.is_some() && !r.several_nodes() {
-        bail!(
-            "--nodes: recipes of kind `{}` train on one node (several-node training covers the pair-file kinds das, \
-             boundless, reft and probe); sweeps scale out with --shard",
-            r.kind()
-        );
+        bail!("{}", crate::experiments::nodes_refused(&r.kind()));
     }
     let nodes = a.nodes.checked()?;
     // Resumable kinds checkpoint on Ctrl-C; the others stop at once, as any program does.

@@ -87,7 +87,7 @@ macro_rules! recipe_kinds {
                     anyhow::bail!("{}", devices_refused(&self.kind()));
                 }
                 if opts.nodes.is_some() && !self.several_nodes() {
-                    anyhow::bail!("--nodes: recipes of kind `{}` train on one node (several-node training covers the pair-file kinds das, boundless, reft and probe); sweeps scale out with --shard", self.kind());
+                    anyhow::bail!("{}", nodes_refused(&self.kind()));
                 }
                 match self {
                     $( Recipe::$variant($r) if devices.len() > 1 => $experiment.run_shared::<B>(&ctx, devices), )*
@@ -103,6 +103,14 @@ pub fn devices_refused(kind: &str) -> String {
     format!(
         "--devices: recipes of kind `{kind}` train on one device (data-parallel training covers the pair-file kinds \
          das, boundless, reft and probe and ReFT memorisation, and the sweeps, filler-gap and suite, run one shard per device); give one --device"
+    )
+}
+
+/// Why `--nodes` does not apply to recipes of `kind`, and what does.
+pub fn nodes_refused(kind: &str) -> String {
+    format!(
+        "--nodes: recipes of kind `{kind}` train on one node (several-node training covers the pair-file kinds das, \
+         boundless, reft and probe); sweeps scale out with --shard"
     )
 }
 

@@ -31,7 +31,7 @@ use crate::generate::{Decoding, Steer, generate};
 use crate::objectives::reft::{self, PromptBatch, RecallMetrics, ReftObjective};
 use crate::plot::{LinePlot, Series};
 use crate::recipe::SiteKeys;
-use crate::replicas::{DataParallel, Replica, split_batches};
+use crate::replicas::{DataParallel, Replica, batch_sizes, split_batches};
 use crate::run_dir::RunDir;
 
 /// One prompt and the text it must be followed by.
@@ -322,7 +322,7 @@ fn memorise<B: AutodiffBackend, M: Transformer<B>>(
             .zip(&split.sizes)
             .map(|((o, (d, _)), sizes)| Replica { device: d.clone(), objective: o, sizes: sizes.clone() })
             .collect();
-        fit(&DataParallel::new(shared, &objective, vec![refs.len()])?, iv, &cfg, io)?
+        fit(&DataParallel::new(shared, &objective, batch_sizes(refs.len(), refs.len()))?, iv, &cfg, io)?
     } else {
         fit(&objective, iv, &cfg, io)?
     };
@@ -506,16 +506,8 @@ fn write_outputs<B: AutodiffBackend>(
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, devices: &[B::Device]) -> Result<PathBuf> {
     let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    let copies = devices
-        .iter()
-        .skip(1)
-        .map(|d| load_model::<B>(&r.model, d).with_context(|| format!("loading model `{}` on {d:?}", r.model)))
-        .collect::<Result<Vec<_>>>()?;
-    let replicas: Vec<(B::Device, &AnyModel<B>)> = if devices.len() > 1 {
-        devices.iter().cloned().zip(std::iter::once(&loaded.model).chain(copies.iter().map(|c| &c.model))).collect()
-    } else {
-        Vec::new()
-    };
+    let copies = crate::replicas::model_copies::<B>(&r.model, devices)?;
+    let replicas = crate::replicas::replica_models(devices, &loaded.model, &copies);
     let (model, tok) =
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let keys = SiteKeys { site: r.site, sites: r.sites.as_deref() };

@@ -74,27 +74,8 @@ pub fn run<B: AutodiffBackend>(
 ) -> Result<RunEnd> {
     let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
     let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
-    // One more copy of the frozen model per other device (a device named twice shares one).
-    let mut copies: Vec<(usize, LoadedModel<B>)> = Vec::new();
-    for (d, other) in devices.iter().enumerate().skip(1) {
-        if other != device && !devices[1..d].contains(other) {
-            let copy = load_model::<B>(&r.model, other)
-                .with_context(|| format!("loading model `{}` on device {d}", r.model))?;
-            copies.push((d, copy));
-        }
-    }
-    let replicas: Vec<(B::Device, &ferrovene_models::AnyModel<B>)> = if devices.len() > 1 {
-        devices
-            .iter()
-            .map(|dev| {
-                let first = devices.iter().position(|x| x == dev).unwrap_or(0);
-                let model = copies.iter().find(|(d, _)| *d == first).map_or(&loaded.model, |(_, c)| &c.model);
-                (dev.clone(), model)
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let copies = crate::replicas::model_copies::<B>(&r.model, devices)?;
+    let replicas = crate::replicas::replica_models(devices, &loaded.model, &copies);
     let sites = r.site_keys().list()?;
     let widths = sites
         .iter()

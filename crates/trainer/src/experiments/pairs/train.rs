@@ -27,7 +27,7 @@ use crate::objectives::batches::BatchList;
 use crate::objectives::das::PairBatch;
 use crate::objectives::das_batches::{self, OnDemand};
 use crate::objectives::{das, probe, reft};
-use crate::replicas::{DataParallel, Replica, split_batches};
+use crate::replicas::{DataParallel, Replica, batch_sizes, split_batches};
 use crate::run_dir::RunDir;
 
 /// Batches prepared per call of the preparing function (see `Stage::prepare`).
@@ -146,22 +146,19 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     }
 
     /// This process's devices' parts of the training batches ([`split_batches`] over every
-    /// device of every node; node `r`'s are the parts after the first `r` nodes'), and the size
-    /// of each whole batch (what the parts' losses are weighted by).
-    fn parts(&self) -> Result<(Vec<Part<'_>>, Vec<usize>)> {
+    /// device of every node; node `r`'s are the parts after the first `r` nodes').
+    fn parts(&self) -> Result<Vec<Part<'_>>> {
         let [(train, _, batch_size), ..] = self.splits();
         let here = self.local().len();
         let (nodes, rank) = self.node.map_or((1, 0), |j| (j.plan.count, j.plan.rank));
         let split = split_batches(train.len(), batch_size, nodes * here)?;
-        let whole = (0..split.sizes[0].len()).map(|b| split.sizes.iter().map(|s| s[b]).sum()).collect();
-        let parts = (rank * here..(rank + 1) * here)
+        Ok((rank * here..(rank + 1) * here)
             .map(|d| Part {
                 examples: split.parts[d].iter().map(|&i| train[i]).collect(),
                 batch_size: split.part_size[d],
                 sizes: split.sizes[d].clone(),
             })
-            .collect();
-        Ok((parts, whole))
+            .collect())
     }
 
     /// Each device's parts of the training batches, prepared on that device by
@@ -172,7 +169,7 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
     ) -> Result<Vec<(Vec<T>, Vec<usize>)>> {
         let local = self.local();
         let mut out = Vec::with_capacity(local.len());
-        for (d, (part, (device, model))) in self.parts()?.0.into_iter().zip(local).enumerate() {
+        for (d, (part, (device, model))) in self.parts()?.into_iter().zip(local).enumerate() {
             let bar = progress_if(self.ctx.progress, part.examples.len(), &format!("train, device {d}"));
             let mut prepared = Vec::new();
             for chunk in part.examples.chunks(part.batch_size * PREPARE_BATCHES_AT_ONCE) {
@@ -197,7 +194,8 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             .zip(self.local())
             .map(|((objective, sizes), (device, _))| Replica { device, objective: &**objective, sizes: sizes.clone() })
             .collect();
-        DataParallel::new(replicas, whole, self.parts()?.1)
+        let [(train, _, batch_size), ..] = self.splits();
+        DataParallel::new(replicas, whole, batch_sizes(train.len(), batch_size))
     }
 
     /// The train, validation and held-out examples, each with its name and batch size (the
@@ -425,7 +423,6 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         }
         Ok(self
             .parts()?
-            .0
             .into_iter()
             .zip(self.local())
             .map(|(part, (device, m))| {
