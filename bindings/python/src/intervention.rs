@@ -12,10 +12,12 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use ferrovene_trainer::commands::apply::Apply;
+use burn::tensor::backend::Backend;
+use ferrovene_trainer::commands::apply::{Apply, Shown};
 use ferrovene_trainer::commands::eval::Eval;
 use ferrovene_trainer::commands::export::{Export, Flavour};
 use ferrovene_trainer::commands::sae::SaeOptions;
+use ferrovene_trainer::device::{OnBackend, dispatch};
 use ferrovene_trainer::generate::Decoding;
 
 use crate::errors::{failed, invalid};
@@ -27,7 +29,29 @@ fn to_python<'py>(py: Python<'py>, value: &serde_json::Value) -> PyResult<Bound<
     py.import("json")?.call_method1("loads", (value.to_string(),))
 }
 
-/// An exported intervention, loaded on the CPU.
+/// `Apply::show` on the model's backend.
+struct Show(Apply);
+
+impl OnBackend for Show {
+    type Output = Shown;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Shown> {
+        self.0.show::<B>(device)
+    }
+}
+
+/// `Eval::evaluate` on the model's backend.
+struct Evaluate(Eval);
+
+impl OnBackend for Evaluate {
+    type Output = (serde_json::Value, String);
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Self::Output> {
+        self.0.evaluate::<B>(device)
+    }
+}
+
+/// An exported intervention (its parameters held on the CPU; applied on the model's device).
 #[pyclass(module = "ferrovene._ferrovene")]
 pub struct Intervention {
     set: Mutex<InterventionSet<Cpu>>,
@@ -150,8 +174,9 @@ impl Intervention {
         chat: bool,
         scale: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let compute = model.compute_with(None)?;
         let job = self.job(model, prompt, source, positions, source_positions, None, false, chat, scale, top);
-        let shown = py.detach(|| job.show::<Cpu>(Default::default())).map_err(invalid)?;
+        let shown = py.detach(|| dispatch(compute, Show(job))).map_err(invalid)?;
         to_python(py, &shown.json)
     }
 
@@ -173,8 +198,9 @@ impl Intervention {
         scale: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let decoding = Some(Decoding::greedy(max_tokens));
+        let compute = model.compute_with(None)?;
         let job = self.job(model, prompt, source, positions, source_positions, decoding, every_token, chat, scale, 0);
-        let shown = py.detach(|| job.show::<Cpu>(Default::default())).map_err(invalid)?;
+        let shown = py.detach(|| dispatch(compute, Show(job))).map_err(invalid)?;
         to_python(py, &shown.json)
     }
 
@@ -201,7 +227,8 @@ impl Intervention {
             skip_bad: false,
             json: true,
         };
-        let (report, _) = py.detach(|| job.evaluate::<Cpu>(Default::default())).map_err(invalid)?;
+        let compute = model.compute_with(None)?;
+        let (report, _) = py.detach(|| dispatch(compute, Evaluate(job))).map_err(invalid)?;
         to_python(py, &report)
     }
 

@@ -1,13 +1,19 @@
-//! `load_model` and `Model`: a frozen model with its tokenizer, for predictions and the names of
-//! its sites (the trainings load their own copy from the model's spec).
+//! `load_model` and `Model`: a frozen model with its tokenizer on a device, kept in memory for
+//! as long as the `Model` lives, so that the trainings, applications and evaluations given it
+//! use this copy instead of loading their own ([`ferrovene_trainer::resident`]).
 
+use std::any::Any;
 use std::sync::Mutex;
 
+use burn::tensor::backend::Backend;
 use ferrovene_data::positions::resolve as resolve_positions;
-use ferrovene_models::{Cpu, Input, LoadedModel, Site, Transformer, gather_positions, run_to};
+use ferrovene_models::{Input, LoadedModel, Site, TextTokenizer, Transformer, gather_positions, run_to};
 use ferrovene_trainer::batch::int2;
-use ferrovene_trainer::commands::predict::next_tokens;
-use ferrovene_trainer::device::load_model as load_on;
+use ferrovene_trainer::commands::predict::{Prediction, next_tokens};
+use ferrovene_trainer::device::{
+    Compute, DeviceSpec, OnBackend, Precision, available, dispatch, load_model as load_on,
+};
+use ferrovene_trainer::resident::{Kept, keep};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -15,97 +21,251 @@ use pyo3::types::PyList;
 
 use crate::errors::{failed, invalid};
 
-/// A frozen model and its tokenizer, on the CPU.
+/// A frozen model and its tokenizer, on a device.
 #[pyclass(module = "ferrovene._ferrovene")]
 pub struct Model {
-    /// Behind a lock so that work on it can run with the GIL released.
-    loaded: Mutex<LoadedModel<Cpu>>,
+    /// The model on its backend (a [`Held`] of that backend), behind a lock so that work on it
+    /// can run with the GIL released.
+    held: Mutex<Box<dyn Any + Send>>,
+    /// Device and precision it was loaded with; every call on it dispatches to them.
+    compute: Compute,
+    /// Its tokenizer, if it has one.
+    tokenizer: Option<TextTokenizer>,
+    /// Every site's name.
+    site_names: Vec<String>,
+    /// Number of blocks.
+    #[pyo3(get)]
+    n_layers: usize,
+    /// Width of the residual stream.
+    #[pyo3(get)]
+    width: usize,
     /// What it was loaded from.
     #[pyo3(get)]
     spec: String,
-    /// The device it is on.
+    /// The device it is on (`"cpu"`, `"cuda:0"`, …).
     #[pyo3(get)]
     device: String,
+    /// The precision of its weights (`"f32"`, `"bf16"`, `"f16"`).
+    #[pyo3(get)]
+    dtype: String,
 }
 
-/// The device a binding call computes on; only the CPU in this build.
-pub fn cpu_only(device: &str) -> PyResult<()> {
-    if device.eq_ignore_ascii_case("cpu") {
-        Ok(())
-    } else {
-        Err(invalid(anyhow::anyhow!(
-            "device={device:?}: this build of the Python package computes on the CPU only; give device=\"cpu\" \
-             (GPU runs: the command line, built with --features cuda or wgpu)"
-        )))
+/// One backend's model, its device, and the handle that keeps it for the loads that follow.
+struct Held<B: Backend> {
+    loaded: LoadedModel<B>,
+    device: B::Device,
+    _kept: Kept,
+}
+
+/// The precision named by `dtype` (None: the device's default).
+pub fn precision(dtype: Option<&str>) -> PyResult<Option<Precision>> {
+    match dtype {
+        None => Ok(None),
+        Some("f32") => Ok(Some(Precision::F32)),
+        Some("bf16") => Ok(Some(Precision::Bf16)),
+        Some("f16") => Ok(Some(Precision::F16)),
+        Some(other) => Err(invalid(anyhow::anyhow!(
+            "dtype={other:?}: give \"f32\", \"bf16\" or \"f16\" (or None for the device's default: f32 on the CPU, \
+             f16 on a GPU that has it)"
+        ))),
+    }
+}
+
+/// The compute settings for `device` and `dtype`, checked against what this build has.
+pub fn compute(device: &str, dtype: Option<&str>) -> PyResult<Compute> {
+    let spec: DeviceSpec = device.parse().map_err(|e: String| invalid(anyhow::anyhow!("device={device:?}: {e}")))?;
+    let kind = spec.to_string();
+    let kind = kind.split(':').next().unwrap_or("cpu");
+    if !available().contains(&kind) {
+        return Err(invalid(anyhow::anyhow!(
+            "device={device:?}: this build of the Python package has no {kind} support (it has: {}); \
+             build it with MATURIN_PEP517_ARGS=\"--features {kind}\" pip install ./bindings/python",
+            available().join(", ")
+        )));
+    }
+    Ok(Compute { device: spec, dtype: precision(dtype)? })
+}
+
+/// Loading a model on the dispatched backend, kept there for the loads that follow.
+struct Load {
+    spec: String,
+}
+
+/// What [`Load`] gives: the model behind `Any`, and what Python reads of it without a backend.
+struct Loaded {
+    held: Box<dyn Any + Send>,
+    tokenizer: Option<TextTokenizer>,
+    site_names: Vec<String>,
+    n_layers: usize,
+    width: usize,
+    dtype: &'static str,
+}
+
+impl OnBackend for Load {
+    type Output = Loaded;
+
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Loaded> {
+        let loaded = load_on::<B>(&self.spec, &device)?;
+        let dtype = match ferrovene_models::precision::frozen_dtype() {
+            burn::tensor::FloatDType::BF16 => "bf16",
+            burn::tensor::FloatDType::F16 => "f16",
+            _ => "f32",
+        };
+        let kept = keep(&loaded, &device);
+        Ok(Loaded {
+            tokenizer: loaded.tokenizer.clone(),
+            site_names: loaded.model.sites().iter().map(|s| s.site.to_string()).collect(),
+            n_layers: loaded.model.n_layers(),
+            width: loaded.model.width(),
+            dtype,
+            held: Box::new(Held::<B> { loaded, device, _kept: kept }),
+        })
+    }
+}
+
+/// Work on a loaded model, written once for every backend.
+trait ModelWork: Send {
+    /// What it gives.
+    type Output: Send;
+    /// Does it with the model on backend `B`.
+    fn run<B: Backend>(self, loaded: &LoadedModel<B>, device: &B::Device) -> anyhow::Result<Self::Output>;
+}
+
+/// [`ModelWork`] on a `Model`'s held model, dispatched to the backend it was loaded on.
+struct OnHeld<'a, W> {
+    held: &'a Mutex<Box<dyn Any + Send>>,
+    work: W,
+}
+
+impl<W: ModelWork> OnBackend for OnHeld<'_, W> {
+    type Output = W::Output;
+
+    fn run<B: Backend>(self, _device: B::Device) -> anyhow::Result<W::Output> {
+        let held = self.held.lock().map_err(|_| anyhow::anyhow!("the model's lock is poisoned"))?;
+        let held = held
+            .downcast_ref::<Held<B>>()
+            .ok_or_else(|| anyhow::anyhow!("the model is not on the backend this call dispatched to"))?;
+        self.work.run(&held.loaded, &held.device)
     }
 }
 
 /// Loads a model: a registry name (`smollm2-135m`), a Hugging Face folder, a GGUF file or a hub
-/// id `org/name[@revision]`.
+/// id `org/name[@revision]`, on `device` in `dtype` (None: the device's default).
 #[pyfunction]
-#[pyo3(signature = (spec, device = "cpu", dtype = "f32"))]
-pub fn load_model(py: Python<'_>, spec: String, device: &str, dtype: &str) -> PyResult<Model> {
-    cpu_only(device)?;
-    if dtype != "f32" {
-        return Err(invalid(anyhow::anyhow!("dtype={dtype:?}: models load in f32 here; give dtype=\"f32\"")));
-    }
+#[pyo3(signature = (spec, device = "cpu", dtype = None))]
+pub fn load_model(py: Python<'_>, spec: String, device: &str, dtype: Option<&str>) -> PyResult<Model> {
+    let asked = compute(device, dtype)?;
+    let job = Load { spec: spec.clone() };
     let loaded = py
-        .detach(|| load_on::<Cpu>(&spec, &Default::default()))
-        .map_err(|e| invalid(e.context(format!("loading model `{spec}`"))))?;
-    Ok(Model { loaded: Mutex::new(loaded), spec, device: device.to_string() })
+        .detach(|| dispatch(asked, job))
+        .map_err(|e| invalid(e.context(format!("loading model `{spec}` on {device}"))))?;
+    let precision = precision(Some(loaded.dtype))?;
+    Ok(Model {
+        held: Mutex::new(loaded.held),
+        compute: Compute { device: asked.device, dtype: precision },
+        tokenizer: loaded.tokenizer,
+        site_names: loaded.site_names,
+        n_layers: loaded.n_layers,
+        width: loaded.width,
+        spec,
+        device: asked.device.to_string(),
+        dtype: loaded.dtype.to_string(),
+    })
 }
 
 impl Model {
-    /// What it was loaded from (a trainings loads its own copy from it).
+    /// What it was loaded from (the spec a training or an application loads, and finds kept).
     pub fn spec_name(&self) -> &str {
         &self.spec
     }
 
-    /// The device it is on.
-    pub fn device_name(&self) -> &str {
-        &self.device
+    /// The device and precision it was loaded with; `dtype` overrides the precision.
+    pub fn compute_with(&self, dtype: Option<&str>) -> PyResult<Compute> {
+        Ok(Compute { device: self.compute.device, dtype: precision(dtype)?.or(self.compute.dtype) })
     }
 
-    /// Runs `f` on the loaded model with the GIL released; its errors are `RuntimeError`s.
-    fn with<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&LoadedModel<Cpu>) -> anyhow::Result<T> + Send,
-    ) -> PyResult<T> {
-        self.with_errors(py, f, failed)
+    /// Runs `work` on the loaded model with the GIL released; its errors become `error`'s.
+    fn with<W: ModelWork>(&self, py: Python<'_>, work: W, error: fn(anyhow::Error) -> PyErr) -> PyResult<W::Output> {
+        let job = OnHeld { held: &self.held, work };
+        let compute = self.compute;
+        py.detach(|| dispatch(compute, job)).map_err(error)
     }
+}
 
-    /// Runs `f` on the loaded model with the GIL released; its errors become `error`'s.
-    fn with_errors<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&LoadedModel<Cpu>) -> anyhow::Result<T> + Send,
-        error: fn(anyhow::Error) -> PyErr,
-    ) -> PyResult<T> {
-        py.detach(|| {
-            let loaded = self.loaded.lock().map_err(|_| anyhow::anyhow!("the model's lock is poisoned"))?;
-            f(&loaded)
-        })
-        .map_err(error)
+/// `Model.predict`'s work.
+struct PredictWork {
+    text: String,
+    top: usize,
+}
+
+impl ModelWork for PredictWork {
+    type Output = Prediction;
+
+    fn run<B: Backend>(self, loaded: &LoadedModel<B>, device: &B::Device) -> anyhow::Result<Prediction> {
+        next_tokens(loaded, &self.text, self.top, device)
+    }
+}
+
+/// `Model.activations`' work: per site, every input's values at its positions, and `(k, width)`.
+struct ActivationsWork {
+    given: Vec<Result<String, Vec<u32>>>,
+    sites: Vec<Site>,
+    positions: Vec<String>,
+    spec: String,
+}
+
+impl ModelWork for ActivationsWork {
+    type Output = (Option<(usize, usize)>, Vec<Vec<f32>>);
+
+    fn run<B: Backend>(self, m: &LoadedModel<B>, device: &B::Device) -> anyhow::Result<Self::Output> {
+        let (spec, positions) = (&self.spec, &self.positions);
+        let tok = m.tokenizer.as_ref();
+        let mut per_site: Vec<Vec<f32>> = vec![Vec::new(); self.sites.len()];
+        let mut k_width = None;
+        for (i, g) in self.given.iter().enumerate() {
+            let ids = match g {
+                Ok(text) => tok
+                    .ok_or_else(|| anyhow::anyhow!("model `{spec}` has no tokenizer: give token ids"))?
+                    .encode(text)?,
+                Err(ids) => ids.clone(),
+            };
+            let at = resolve_positions(positions, ids.len(), &format!("inputs[{i}]"))?;
+            let input = Input::<B>::from_ids(std::slice::from_ref(&ids), device);
+            for (s, site) in self.sites.iter().enumerate() {
+                let acts = run_to(&m.model, &input, *site)?.activation;
+                let picked = gather_positions(acts, int2::<B>(std::slice::from_ref(&at), device));
+                let [_, k, width] = picked.dims();
+                match k_width {
+                    None => k_width = Some((k, width)),
+                    Some((k0, _)) if k0 != k => anyhow::bail!(
+                        "inputs[{i}] gives {k} positions and inputs[0] {k0}: every input must give as many (positions={positions:?})"
+                    ),
+                    Some(_) => {}
+                }
+                per_site[s]
+                    .extend(picked.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+            }
+        }
+        Ok((k_width, per_site))
     }
 }
 
 #[pymethods]
 impl Model {
     /// The token ids of `text` (as the trainings tokenise it).
-    fn tokenize(&self, py: Python<'_>, text: String) -> PyResult<Vec<u32>> {
-        let spec = self.spec.clone();
-        self.with(py, move |m| {
-            let tok = m.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("model `{spec}` has no tokenizer"))?;
-            Ok(tok.encode(&text)?)
-        })
+    fn tokenize(&self, text: String) -> PyResult<Vec<u32>> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| invalid(anyhow::anyhow!("model `{}` has no tokenizer", self.spec)))?;
+        tok.encode(&text).map_err(|e| failed(e.into()))
     }
 
     /// The `top` most likely next tokens after `text`: a list of dicts with `id`, `token`, `p`
     /// and `logit`, most likely first (what `trainer predict --json` lists under `top`).
     #[pyo3(signature = (text, top = 5))]
     fn predict<'py>(&self, py: Python<'py>, text: String, top: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let prediction = self.with(py, move |m| next_tokens(m, &text, top, &Default::default()))?;
+        let prediction = self.with(py, PredictWork { text, top }, failed)?;
         prediction
             .top
             .iter()
@@ -153,36 +313,9 @@ impl Model {
                     .map_err(|_| invalid(anyhow::anyhow!("inputs[{i}]: a text or a list of token ids")))?)),
             }
         }
-        let spec = self.spec.clone();
         // What fails here is what was asked for (texts, ids, sites, positions): ValueError.
-        let (shape, values) = self.with_errors(py, move |m| {
-            let device = Default::default();
-            let tok = m.tokenizer.as_ref();
-            let mut per_site: Vec<Vec<f32>> = vec![Vec::new(); parsed.len()];
-            let mut k_width = None;
-            for (i, g) in given.iter().enumerate() {
-                let ids = match g {
-                    Ok(text) => tok.ok_or_else(|| anyhow::anyhow!("model `{spec}` has no tokenizer: give token ids"))?.encode(text)?,
-                    Err(ids) => ids.clone(),
-                };
-                let at = resolve_positions(&positions, ids.len(), &format!("inputs[{i}]"))?;
-                let input = Input::<Cpu>::from_ids(std::slice::from_ref(&ids), &device);
-                for (s, site) in parsed.iter().enumerate() {
-                    let acts = run_to(&m.model, &input, *site)?.activation;
-                    let picked = gather_positions(acts, int2::<Cpu>(std::slice::from_ref(&at), &device));
-                    let [_, k, width] = picked.dims();
-                    match k_width {
-                        None => k_width = Some((k, width)),
-                        Some((k0, _)) if k0 != k => anyhow::bail!(
-                            "inputs[{i}] gives {k} positions and inputs[0] {k0}: every input must give as many (positions={positions:?})"
-                        ),
-                        Some(_) => {}
-                    }
-                    per_site[s].extend(picked.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
-                }
-            }
-            Ok((k_width, per_site))
-        }, invalid)?;
+        let work = ActivationsWork { given, sites: parsed, positions, spec: self.spec.clone() };
+        let (shape, values) = self.with(py, work, invalid)?;
         let (k, _) = shape.unwrap_or((0, 0));
         let arrays = values
             .into_iter()
@@ -202,23 +335,11 @@ impl Model {
     }
 
     /// Every site of the model (`"6.block_output"`, …), embeddings first, then layer by layer.
-    fn sites(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.with(py, |m| Ok(m.model.sites().iter().map(|s| s.site.to_string()).collect()))
-    }
-
-    /// Number of blocks.
-    #[getter]
-    fn n_layers(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |m| Ok(m.model.n_layers()))
-    }
-
-    /// Width of the residual stream.
-    #[getter]
-    fn width(&self, py: Python<'_>) -> PyResult<usize> {
-        self.with(py, |m| Ok(m.model.width()))
+    fn sites(&self) -> Vec<String> {
+        self.site_names.clone()
     }
 
     fn __repr__(&self) -> String {
-        format!("Model({:?}, device={:?})", self.spec, self.device)
+        format!("Model({:?}, device={:?}, dtype={:?})", self.spec, self.device, self.dtype)
     }
 }

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ferrovene_trainer::commands::recipe_run::{INTERRUPT, RecipeRun};
-use ferrovene_trainer::device::{Compute, DeviceSpec, Precision, dispatch};
+use ferrovene_trainer::device::{Compute, dispatch};
 use ferrovene_trainer::experiments::{Recipe, RunEnd};
 use ferrovene_trainer::recipe::{self, Override};
 use numpy::PyArray1;
@@ -19,7 +19,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::errors::{failed, invalid};
 use crate::intervention::Intervention;
-use crate::model::{Model, cpu_only};
+use crate::model::{Model, compute};
 use crate::pairs::Pairs;
 
 /// A finished run: its folder, its report and, where it trained one, its intervention.
@@ -178,23 +178,6 @@ fn run_interruptibly(
     }
 }
 
-/// The compute settings of a binding call.
-fn compute(device: &str, dtype: Option<&str>) -> PyResult<Compute> {
-    cpu_only(device)?;
-    let dtype = match dtype {
-        None => None,
-        Some("f32") => Some(Precision::F32),
-        Some("bf16") => Some(Precision::Bf16),
-        Some("f16") => Some(Precision::F16),
-        Some(other) => {
-            return Err(invalid(anyhow::anyhow!(
-                "dtype={other:?}: give \"f32\", \"bf16\" or \"f16\" (or None for the default)"
-            )));
-        }
-    };
-    Ok(Compute { device: DeviceSpec::CPU, dtype })
-}
-
 /// Runs `recipe` (a name in recipes/ or a .toml path) with `overrides` as `--set` would.
 fn run(
     py: Python<'_>,
@@ -280,7 +263,7 @@ pub fn train(
     on_progress: Option<&Bound<'_, PyAny>>,
     more: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Report> {
-    let compute = compute(model.device_name(), dtype)?;
+    let compute = model.compute_with(dtype)?;
     let file = pairs.file_in(&out.join(".pairs")).map_err(failed)?;
     let mut table = toml::Table::new();
     table.insert("description".into(), format!("{kind} at {site}, trained from Python").into());

@@ -196,8 +196,51 @@ def test_bad_records_and_arguments_are_named(model, tmp_path):
     assert len(pairs) == 8 and pairs.kind == "pair"
     with pytest.raises(ValueError, match=r"bogus_key"):
         ferrovene.train(model, pairs, kind="das", site="6.block_output", rank=4, split_by="x", bogus_key=1, out=tmp_path)
-    with pytest.raises(ValueError, match=r"device=\"cuda\""):
+    with pytest.raises(ValueError, match=r"device=\"cuda\": this build of the Python package has no cuda support.*--features cuda"):
         ferrovene.load_model("smollm2-135m", device="cuda")
+    with pytest.raises(ValueError, match=r"device=\"gpu\": `gpu` is not a device"):
+        ferrovene.load_model("smollm2-135m", device="gpu")
+    with pytest.raises(ValueError, match=r"dtype=\"f64\""):
+        ferrovene.load_model("smollm2-135m", dtype="f64")
+
+
+def loads_in(err, spec="smollm2-135m"):
+    """How the runs got their model, by the lines `model `spec`…: N parameters` on stderr:
+    (kept in memory, read from disk)."""
+    lines = [l for l in err.splitlines() if l.startswith(f"model `{spec}`")]
+    kept = sum("(kept in memory)" in l for l in lines)
+    return kept, len(lines) - kept
+
+
+def test_a_loaded_model_is_used_without_loading_it_again(model, tmp_path, capfd):
+    subset = ferrovene.Pairs.from_jsonl(capitals_subset(tmp_path, n=16))
+    capfd.readouterr()
+    trained = ferrovene.train(model, subset, site="6.block_output", rank=4, epochs=1, seed=1, split_by="base", out=tmp_path / "a")
+    trained.intervention.apply(model, "The capital of France is", source="The capital of Italy is")
+    trained.intervention.evaluate(model, subset)
+    assert loads_in(capfd.readouterr().err) == (3, 0), "training, apply and evaluate each took the kept model"
+
+    # In bf16: a model of its own, reported as bf16 by the run that uses it.
+    half = ferrovene.load_model("smollm2-135m", dtype="bf16")
+    assert (half.dtype, half.device, model.dtype) == ("bf16", "cpu", "f32")
+    assert loads_in(capfd.readouterr().err) == (0, 1), "bf16 is not the f32 model: read from disk"
+    assert half.predict("The capital of France is", top=1)[0]["id"] == model.predict("The capital of France is", top=1)[0]["id"]
+    run = ferrovene.train(half, subset, site="6.block_output", rank=4, epochs=1, seed=1, split_by="base", out=tmp_path / "b")
+    assert run.report["compute"]["dtype"] == "bf16"
+    assert loads_in(capfd.readouterr().err) == (1, 0)
+    # Asking a run for another precision than the model's loads that precision.
+    f32_run = ferrovene.train(half, subset, site="6.block_output", rank=4, epochs=1, seed=1, split_by="base", dtype="f32", out=tmp_path / "c")
+    assert f32_run.report["compute"]["dtype"] == "f32"
+    np.testing.assert_array_equal(f32_run.losses, trained.losses)
+    assert loads_in(capfd.readouterr().err) == (1, 0), "f32 is the fixture's model, kept"
+
+    # Once the bf16 model is gone, it is read from disk again.
+    del half, run
+    import gc
+
+    gc.collect()
+    ferrovene.load_model("smollm2-135m", dtype="bf16")
+    assert loads_in(capfd.readouterr().err) == (0, 1)
 
 
 def test_progress_reaches_a_callable_and_the_text_fallback(model, tmp_path, capsys, monkeypatch):

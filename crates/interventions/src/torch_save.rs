@@ -92,7 +92,11 @@ pub fn pickle(entries: &[Entry]) -> Vec<u8> {
 pub fn write(path: &Path, archive: &str, entries: &[Entry]) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;
     let mut zip = zip::ZipWriter::new(file);
-    let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    // A fixed time (the zip format's earliest, 1980-01-01) instead of now: the same
+    // intervention exports to the same bytes, whenever it is written.
+    let stored = zip::write::FileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default());
     let io = |e: zip::result::ZipError| std::io::Error::other(e.to_string());
     zip.start_file(format!("{archive}/data.pkl"), stored).map_err(io)?;
     zip.write_all(&pickle(entries))?;
@@ -109,4 +113,24 @@ pub fn write(path: &Path, archive: &str, entries: &[Entry]) -> std::io::Result<(
     zip.write_all(b"3\n")?;
     zip.finish().map_err(io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_member_carries_the_fixed_time_so_exports_are_reproducible() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        let entries: Vec<Entry> = vec![("w".into(), Values::F32(vec![1.0, 2.0]), vec![2])];
+        write(&path, "x", &entries).unwrap();
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(zip.len(), 4, "data.pkl, byteorder, data/0, version");
+        for i in 0..zip.len() {
+            let member = zip.by_index(i).unwrap();
+            let t = member.last_modified();
+            assert_eq!((t.year(), t.month(), t.day(), t.hour(), t.minute()), (1980, 1, 1, 0, 0), "{}", member.name());
+        }
+    }
 }

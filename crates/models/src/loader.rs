@@ -114,8 +114,8 @@ impl<B: Backend> AnyModel<B> {
     }
 }
 
-/// A loaded model with its tokenizer and where it came from.
-#[derive(Debug)]
+/// A loaded model with its tokenizer and where it came from. A clone shares the weights.
+#[derive(Debug, Clone)]
 pub struct LoadedModel<B: Backend> {
     /// The model, frozen (no parameter requires a gradient).
     pub model: AnyModel<B>,

@@ -3,7 +3,7 @@
 //! once, generic over the backend, and dispatched here; what was chosen goes into report.json.
 
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -186,12 +186,13 @@ impl Devices {
     }
 }
 
-/// What this process computes on, as report.json records it (set once, by [`dispatch`]).
-static CHOSEN: OnceLock<Value> = OnceLock::new();
+/// What this process computes on, as report.json records it (set by each [`dispatch`]: a
+/// process that runs several jobs, as Python's does, records each one's).
+static CHOSEN: Mutex<Option<Value>> = Mutex::new(None);
 
-/// The device, backend, adapter and precision chosen for this run, if [`dispatch`] ran.
+/// The device, backend, adapter and precision chosen for the last run, if [`dispatch`] ran.
 pub fn chosen() -> Option<Value> {
-    CHOSEN.get().cloned()
+    CHOSEN.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Runs a job on a GPU backend, turning the panic burn raises when no adapter or driver is
@@ -240,7 +241,7 @@ fn run_on<B: burn::tensor::backend::Backend, J: OnBackend>(
         // Data-parallel: every device the training was shared between.
         chosen["devices"] = json!(others.specs.iter().map(|d| d.to_string()).collect::<Vec<_>>());
     }
-    let _ = CHOSEN.set(chosen);
+    *CHOSEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(chosen);
     if others.specs.len() < 2 {
         return job.run::<B>(device);
     }
@@ -295,14 +296,25 @@ fn resolve_precision<B: burn::tensor::backend::Backend>(
     }
 }
 
-/// The wgpu device for `index`, set up now so that its adapter can be named.
+/// The wgpu devices set up so far in this process, with their adapters: a device is set up
+/// once (a second setup panics in cubecl), and later dispatches (Python's) reuse it.
+#[cfg(feature = "wgpu")]
+static WGPU_DEVICES: Mutex<Vec<(burn::backend::wgpu::WgpuDevice, Value)>> = Mutex::new(Vec::new());
+
+/// The wgpu device for `index`, set up now (or earlier in this process) so that its adapter can
+/// be named.
 #[cfg(feature = "wgpu")]
 fn wgpu_device(index: Option<usize>) -> (burn::backend::wgpu::WgpuDevice, Value) {
     use burn::backend::wgpu::{WgpuDevice, graphics::AutoGraphicsApi, init_setup};
     let device = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
+    let mut set_up = WGPU_DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(done) = set_up.iter().find(|(d, _)| *d == device) {
+        return done.clone();
+    }
     let setup = init_setup::<AutoGraphicsApi>(&device, Default::default());
     let info = setup.adapter.get_info();
     let adapter = json!({"name": info.name, "api": format!("{:?}", info.backend), "type": format!("{:?}", info.device_type), "driver": format!("{} {}", info.driver, info.driver_info).trim().to_string()});
+    set_up.push((device.clone(), adapter.clone()));
     (device, adapter)
 }
 
@@ -354,12 +366,34 @@ pub fn model_bytes() -> Option<u64> {
 
 /// Loads a model (registry name, folder, GGUF file or hub id) on `device`, in the precision
 /// chosen for frozen models, and says how much memory its weights take (on stderr, and in
-/// report.json as `compute.model_bytes`).
+/// report.json as `compute.model_bytes`). A model kept in memory ([`crate::resident`]) is
+/// taken from there instead.
 pub fn load_model<B: burn::tensor::backend::Backend>(
     spec: &str,
     device: &B::Device,
 ) -> Result<ferrovene_models::LoadedModel<B>> {
-    let loaded = ferrovene_models::load::<B>(spec, device)?;
+    announce_load(spec, device, crate::resident::find::<B>(spec, device))
+}
+
+/// [`load_model`] for training on an autodiff backend: a model kept on the inner backend (a
+/// notebook's, loaded for inference) is taken too ([`crate::resident::find_for_training`]).
+pub fn load_frozen<B: burn::tensor::backend::AutodiffBackend>(
+    spec: &str,
+    device: &B::Device,
+) -> Result<ferrovene_models::LoadedModel<B>> {
+    announce_load(spec, device, crate::resident::find_for_training::<B>(spec, device))
+}
+
+/// `kept`, or the model loaded from `spec`; its size recorded and said on stderr.
+fn announce_load<B: burn::tensor::backend::Backend>(
+    spec: &str,
+    device: &B::Device,
+    kept: Option<ferrovene_models::LoadedModel<B>>,
+) -> Result<ferrovene_models::LoadedModel<B>> {
+    let (loaded, kept) = match kept {
+        Some(kept) => (kept, " (kept in memory)"),
+        None => (ferrovene_models::load::<B>(spec, device)?, ""),
+    };
     // The packings for the bf16 kernel are not parameters: counted beside them.
     let packed = ferrovene_models::bf16_linear::packed_bytes() as u64;
     let bytes = ferrovene_models::precision::parameter_bytes(&loaded.model) + packed;
@@ -371,7 +405,7 @@ pub fn load_model<B: burn::tensor::backend::Backend>(
         String::new()
     };
     eprintln!(
-        "model `{spec}`: {} parameters, {:.1} MiB of weights{packed} in {} on {}",
+        "model `{spec}`{kept}: {} parameters, {:.1} MiB of weights{packed} in {} on {}",
         loaded.model.parameter_count(),
         bytes as f64 / (1 << 20) as f64,
         storage.describe(),

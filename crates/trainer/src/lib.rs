@@ -5,7 +5,7 @@
 //!   [`checkpoint`], [`schedule`] and [`events`]; [`run_dir`] (the run folder and its report);
 //!   [`recipe`] (recipe files and `--set`); [`batch`] (tensors from padded rows); [`generate`]
 //!   (decoding with interventions, KV cache); [`plot`] (heatmaps, line plots); [`device`]
-//!   (choosing the backend at run time);
+//!   (choosing the backend at run time); [`resident`] (models kept loaded between runs);
 //! - [`objectives`]: what DAS, ReFT and probes are trained on (batches with the frozen model's
 //!   work done once, the loss, the evaluation);
 //! - [`experiments`]: every recipe kind, as one closed [`experiments::Recipe`] type, each kind in
@@ -32,6 +32,7 @@ pub mod parallel;
 pub mod plot;
 pub mod recipe;
 pub mod replicas;
+pub mod resident;
 pub mod run_dir;
 pub mod schedule;
 pub mod shard;

@@ -88,18 +88,28 @@ def _display(progress: Progress):
     return False, (_Bars() if progress else None)
 
 
-def load_model(spec: str, device: str = "cpu", dtype: str = "f32") -> Model:
-    """Load a frozen model and its tokenizer.
+def load_model(spec: str, device: str = "cpu", dtype: Optional[str] = None) -> Model:
+    """Load a frozen model and its tokenizer, and keep it in memory while the :class:`Model`
+    lives: :func:`train`, ``Intervention.apply``, ``.generate`` and ``.evaluate`` given this
+    model use it instead of reading the weights again.
 
     Args:
         spec: a registry name (``"smollm2-135m"``, ``"minilm-l6"``), a Hugging Face folder, a
             ``.gguf`` file, or a hub id ``"org/name[@revision]"``.
-        device: where to compute; this build computes on ``"cpu"``.
-        dtype: precision of the weights; ``"f32"``.
+        device: where to compute: ``"cpu"``; ``"cuda"``, ``"cuda:N"``, ``"wgpu"`` or
+            ``"wgpu:N"`` when the package was built with that feature
+            (``MATURIN_PEP517_ARGS="--features cuda" pip install ./bindings/python``).
+        dtype: precision of the weights: ``"f32"``, ``"bf16"`` or ``"f16"``; None for the
+            device's default (f32 on the CPU, f16 on a GPU that has it). Activations,
+            interventions and their training stay f32.
 
     Returns:
-        A :class:`Model` with ``.predict``, ``.tokenize``, ``.sites()``, ``.n_layers`` and
-        ``.width``.
+        A :class:`Model` with ``.predict``, ``.tokenize``, ``.activations``, ``.sites()``,
+        ``.n_layers``, ``.width``, ``.device`` and ``.dtype``.
+
+    Raises:
+        ValueError: a device this build lacks or a dtype it cannot compute in (named), or a
+            model that cannot be found or read.
     """
     return _ferrovene.load_model(spec, device=device, dtype=dtype)
 
@@ -172,9 +182,10 @@ def run_recipe(
         name_or_path: a recipe name in ``recipes/`` (or ``$FERROVENE_RECIPES``), or a ``.toml``
             file.
         out: where run folders go (``out/NAME/STAMP``).
-        device: where to compute; this build computes on ``"cpu"``.
+        device: where to compute (``"cpu"``; ``"cuda[:N]"``, ``"wgpu[:N]"`` in a build with
+            that feature).
         dtype: precision of the frozen model (``"f32"``, ``"bf16"``, ``"f16"``); None for the
-            default.
+            device's default.
         progress: show progress: True draws a tqdm bar per stage when tqdm is installed (a
             widget in notebooks), else a line on stderr at each tenth; a callable gets
             ``(label, position, total, message)`` as the run goes, and ``label=None`` at the end.
@@ -224,7 +235,8 @@ def train(
     examples, as a pair-file recipe run by ``trainer`` would.
 
     Args:
-        model: the frozen model (:func:`load_model`); the run loads its own copy from its spec.
+        model: the frozen model (:func:`load_model`); the run uses it (its device and, unless
+            ``dtype`` says otherwise, its precision) without loading it again.
         pairs: the examples (:class:`Pairs`); pairs for ``das`` and ``boundless``, prompts for
             ``reft``, texts for ``probe``.
         kind: ``"das"`` (low-rank DAS), ``"boundless"`` (Boundless DAS), ``"reft"`` (ReFT; the
@@ -242,7 +254,8 @@ def train(
             the split, e.g. ``"base"`` or ``"template"``; needed with ``dev_fraction``.
         out: where the run folder goes (``out/NAME/STAMP``).
         name: the run's name (its folder under ``out``).
-        dtype: precision of the frozen model; None for the default.
+        dtype: precision of the frozen model; None for the model's own. Another precision
+            than the model's loads a second copy for the run.
         progress: show progress: True draws a tqdm bar per stage when tqdm is installed (a
             widget in notebooks), else a line on stderr at each tenth; a callable gets
             ``(label, position, total, message)`` as the run goes, and ``label=None`` at the end.

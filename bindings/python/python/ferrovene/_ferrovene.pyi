@@ -10,10 +10,11 @@ import numpy.typing as npt
 __version__: str
 
 class Model:
-    """A frozen model and its tokenizer, on the CPU."""
+    """A frozen model and its tokenizer, on a device, kept in memory while it lives."""
 
     spec: str
     device: str
+    dtype: str
     n_layers: int
     width: int
     def tokenize(self, text: str) -> list[int]: ...
@@ -33,7 +34,7 @@ class Pairs:
     def __len__(self) -> int: ...
 
 class Intervention:
-    """An exported intervention, loaded on the CPU."""
+    """An exported intervention (parameters on the CPU; applied on the model's device)."""
 
     path: pathlib.Path
     @staticmethod
@@ -79,7 +80,7 @@ class Report:
     losses: npt.NDArray[np.float32]
     intervention: Optional[Intervention]
 
-def load_model(spec: str, device: str = "cpu", dtype: str = "f32") -> Model: ...
+def load_model(spec: str, device: str = "cpu", dtype: Optional[str] = None) -> Model: ...
 def run_recipe(
     name_or_path: str,
     *,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::batch::{input_of, int2};
-use crate::device::load_model;
+use crate::device::load_frozen;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::{FitConfig, FitIo, fit};
@@ -287,7 +287,7 @@ fn write_layers(dir: &RunDir, name: &str, results: &[LayerResult], majority: f32
 /// Runs the recipe: a probe and a control probe per layer; table, plot, CSV/JSON, the most
 /// accurate layer's probe exported.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ProbeLayersRecipe, device: &B::Device) -> Result<PathBuf> {
-    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_frozen::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) =
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;

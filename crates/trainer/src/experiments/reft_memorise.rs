@@ -24,7 +24,7 @@ use ferrovene_models::{AnyModel, LoadedModel, Site, SiteInfo, TextTokenizer, Tra
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::device::load_model;
+use crate::device::load_frozen;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::{FitConfig, FitIo, Fitted, Objective, fit};
 use crate::generate::{Decoding, Steer, generate};
@@ -505,7 +505,7 @@ fn write_outputs<B: AutodiffBackend>(
 /// prompts, exports the intervention; returns the run folder.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &ReftMemoriseRecipe, devices: &[B::Device]) -> Result<PathBuf> {
     let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
-    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_frozen::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let copies = crate::replicas::model_copies::<B>(&r.model, devices)?;
     let replicas = crate::replicas::replica_models(devices, &loaded.model, &copies);
     let (model, tok) =

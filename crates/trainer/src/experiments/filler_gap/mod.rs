@@ -28,7 +28,7 @@ pub use cache::{Cached, Directed, Split, cache, draw, mean_difference, site_batc
 pub use recipe::{FillerGapRecipe, POSITIONS};
 pub use site::{Best, SiteResult, p_beats, train_das, train_site};
 
-use crate::device::load_model;
+use crate::device::load_frozen;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd, SweepAxes};
 use crate::plot::Heatmap;
@@ -248,7 +248,7 @@ fn export_best<B: AutodiffBackend>(
 /// Runs the recipe: the layer × position sweep on pairs pooled over the constructions, heatmaps,
 /// the best site's export, and (if asked) the generalisation experiments at the best site.
 pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &FillerGapRecipe, device: &B::Device) -> Result<PathBuf> {
-    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_frozen::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) =
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;

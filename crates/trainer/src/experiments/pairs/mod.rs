@@ -21,7 +21,7 @@ pub use examples::Examples;
 pub use recipe::{Method, PairRecipe, Temperature};
 pub use train::Trained;
 
-use crate::device::load_model;
+use crate::device::load_frozen;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd};
 use crate::fit::Outcome;
 use crate::run_dir::{RunDir, fnv1a};
@@ -73,7 +73,7 @@ pub fn run<B: AutodiffBackend>(
     devices: &[B::Device],
 ) -> Result<RunEnd> {
     let device = devices.first().ok_or_else(|| anyhow!("no device to run on"))?;
-    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_frozen::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let copies = crate::replicas::model_copies::<B>(&r.model, devices)?;
     let replicas = crate::replicas::replica_models(devices, &loaded.model, &copies);
     let sites = r.site_keys().list()?;

@@ -32,7 +32,7 @@ pub use recipe::{
 pub use report::{Row, Summary, summarize, table};
 pub use site::{DasSettings, MethodScore, Methods, Score, evaluate, score_layer, train_das};
 
-use crate::device::load_model;
+use crate::device::load_frozen;
 use crate::events::progress_if;
 use crate::experiments::experiment::{Experiment, RunContext, RunEnd, SweepAxes};
 use crate::experiments::prefix::Prefix;
@@ -291,7 +291,7 @@ pub fn run<B: AutodiffBackend>(ctx: &RunContext<'_>, r: &SuiteRecipe, device: &B
     let suite = suites::read_suite(Path::new(&r.suite))?;
     let tasks = select_tasks(&suite, &r.tasks)?;
     recipe::check_regions(&tasks, &r.regions)?;
-    let loaded = load_model::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
+    let loaded = load_frozen::<B>(&r.model, device).with_context(|| format!("loading model `{}`", r.model))?;
     let (model, tok) =
         (&loaded.model, loaded.tokenizer.as_ref().ok_or_else(|| anyhow!("model `{}` has no tokenizer", r.model))?);
     let layers = r.layers.resolve(model.n_layers())?;
