@@ -198,6 +198,25 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         DataParallel::new(replicas, whole, batch_sizes(train.len(), batch_size))
     }
 
+    /// Trains `start` on `objective`; data-parallel ([`Stage::data_parallel`]), on one objective
+    /// per device instead, `part(list, model)` of that device's prepared part of the training
+    /// batches (`lists`: one per device, with its parts' sizes), summed by [`DataParallel`] and
+    /// validated with `objective`.
+    fn fit_parts<'l, P: crate::fit::Trainable<B> + 'l, L>(
+        &'l self,
+        objective: &'l dyn Objective<B, P>,
+        start: P,
+        lists: &'l [(L, Vec<usize>)],
+        part: impl Fn(&'l L, &'l M) -> Box<dyn Objective<B, P> + 'l>,
+    ) -> Result<(Fitted<P>, (f64, f64))> {
+        if !self.data_parallel() {
+            return self.fit(objective, start);
+        }
+        let parts: Vec<_> =
+            lists.iter().zip(self.local()).map(|((list, sizes), (_, m))| (part(list, m), sizes.clone())).collect();
+        self.fit(&self.shared(&parts, objective)?, start)
+    }
+
     /// The train, validation and held-out examples, each with its name and batch size (the
     /// recipe's for training, [`PairRecipe::eval_batch_size`] for the two evaluated splits).
     fn splits(&self) -> [(Vec<&TokenizedExample>, &'static str, usize); 3] {
@@ -320,22 +339,11 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let validation = if val.count() == 0 { &dev } else { &val };
         let penalty = self.r.boundary_penalty.unwrap_or(1.0);
         let objective = das::DasObjective::new(model, &*train, &**validation, penalty);
-        let (fitted, timings) = if self.data_parallel() {
-            let none: Vec<PairBatch<B>> = Vec::new();
-            let lists = self.das_parts()?;
-            let parts: Vec<_> = lists
-                .iter()
-                .zip(self.local())
-                .map(|((list, sizes), (_, m))| {
-                    let o: Box<dyn Objective<B, InterventionSet<B>>> =
-                        Box::new(das::DasObjective::new(m, &**list, &none, penalty));
-                    (o, sizes.clone())
-                })
-                .collect();
-            self.fit(&self.shared(&parts, &objective)?, self.initial()?)?
-        } else {
-            self.fit(&objective, self.initial()?)?
-        };
+        let none: Vec<PairBatch<B>> = Vec::new();
+        let lists = if self.data_parallel() { self.das_parts()? } else { Vec::new() };
+        let (fitted, timings) = self.fit_parts(&objective, self.initial()?, &lists, |list, m| {
+            Box::new(das::DasObjective::new(m, &**list, &none, penalty))
+        })?;
         if fitted.outcome == crate::fit::Outcome::Interrupted || !self.writes() {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
@@ -446,22 +454,14 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
             self.prepare(|c, bs| reft::prepare_at(model, sites, c, self.pad_id, bs, self.device))?;
         let objective =
             reft::ReftObjective { model, train: &train, validation: if val.is_empty() { &dev } else { &val } };
-        let (fitted, timings) = if self.data_parallel() {
-            let lists =
-                self.prepare_parts(|m, device, c, bs| reft::prepare_at(m, sites, c, self.pad_id, bs, device))?;
-            let parts: Vec<_> = lists
-                .iter()
-                .zip(self.local())
-                .map(|((list, sizes), (_, m))| {
-                    let o: Box<dyn Objective<B, InterventionSet<B>>> =
-                        Box::new(reft::ReftObjective { model: m, train: list, validation: &[] });
-                    (o, sizes.clone())
-                })
-                .collect();
-            self.fit(&self.shared(&parts, &objective)?, self.initial()?)?
+        let lists = if self.data_parallel() {
+            self.prepare_parts(|m, device, c, bs| reft::prepare_at(m, sites, c, self.pad_id, bs, device))?
         } else {
-            self.fit(&objective, self.initial()?)?
+            Vec::new()
         };
+        let (fitted, timings) = self.fit_parts(&objective, self.initial()?, &lists, |list, m| {
+            Box::new(reft::ReftObjective { model: m, train: list, validation: &[] })
+        })?;
         if fitted.outcome == crate::fit::Outcome::Interrupted || !self.writes() {
             return Ok(Trained { fitted, metrics: Value::Null, timings, width: self.width });
         }
@@ -497,19 +497,14 @@ impl<B: AutodiffBackend, M: Transformer<B>> Stage<'_, B, M> {
         let [train, val, dev] = self.prepare(|c, bs| probe::features(model, site, c, self.pad_id, bs, self.device))?;
         let objective = probe::ProbeObjective { train: &train, validation: if val.is_empty() { &dev } else { &val } };
         let probe = self.initial_member(site, self.width, classes, &mut Rng::new(self.r.seed))?;
-        let (fitted, timings) = if self.data_parallel() {
-            let lists = self.prepare_parts(|m, device, c, bs| probe::features(m, site, c, self.pad_id, bs, device))?;
-            let parts: Vec<_> = lists
-                .iter()
-                .map(|(list, sizes)| {
-                    let o: Box<dyn Objective<B>> = Box::new(probe::ProbeObjective { train: list, validation: &[] });
-                    (o, sizes.clone())
-                })
-                .collect();
-            self.fit(&self.shared(&parts, &objective)?, probe)?
+        let lists = if self.data_parallel() {
+            self.prepare_parts(|m, device, c, bs| probe::features(m, site, c, self.pad_id, bs, device))?
         } else {
-            self.fit(&objective, probe)?
+            Vec::new()
         };
+        let (fitted, timings) = self.fit_parts(&objective, probe, &lists, |list, _| {
+            Box::new(probe::ProbeObjective { train: list, validation: &[] })
+        })?;
         let fitted = Fitted {
             module: InterventionSet::single(fitted.module, site),
             state: fitted.state,
