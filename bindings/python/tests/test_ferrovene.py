@@ -184,6 +184,33 @@ def test_das_from_python_gives_the_command_lines_held_out_iia(model, tmp_path):
         np.testing.assert_array_equal(params[name], again[name])
 
 
+def rerun_on_the_command_line(run_dir, out):
+    """The report of `trainer <the run's recipe.toml>` (the recipe a Python call wrote)."""
+    trainer(str(run_dir / "recipe.toml"), "--quiet", "--out", str(out))
+    return json.loads((only_run(only_run(out)) / "report.json").read_text())
+
+
+def test_every_pair_kind_from_python_is_the_command_lines_run(model, tmp_path):
+    records = [json.loads(line) for line in CAPITALS.read_text().splitlines()[:40]]
+    countries = sorted({r["meta"]["base"] for r in records} | {r["meta"]["source"] for r in records})
+    prompts = [{"prompt": f"The capital of {r['meta']['base']} is", "target": r["base_label"], "meta": {"c": r["meta"]["base"]}} for r in records[::4]]
+    texts = [{"text": f"The capital of {c} is", "class": i % 2, "meta": {"c": c}} for i, c in enumerate(countries * 2)]
+    kinds = {
+        "boundless": (ferrovene.Pairs.from_records(records), dict(site="6.block_output", lr=0.05, split_by="base")),
+        "reft": (ferrovene.Pairs.from_records(prompts), dict(site="6.block_output", rank=2, family="loreft", lr=0.01, split_by="c")),
+        "probe": (ferrovene.Pairs.from_records(texts), dict(site="6.block_output", lr=0.05, split_by="c")),
+    }
+    for kind, (pairs, settings) in kinds.items():
+        ours = ferrovene.train(model, pairs, kind=kind, epochs=2, batch_size=4, seed=5, out=tmp_path / kind, **settings)
+        cli = rerun_on_the_command_line(ours.run_dir, tmp_path / f"{kind}-cli")
+        assert f'kind = "{kind}"' in (ours.run_dir / "recipe.toml").read_text()
+        assert ours.metrics == cli["metrics"], kind
+        assert ours.metrics["dev"], f"{kind}: held-out metrics"
+        np.testing.assert_array_equal(ours.losses, np.asarray(cli["training"]["losses"], dtype=np.float32), err_msg=kind)
+        assert len(ours.losses) > 2, kind
+        assert set(ours.intervention.parameters()), kind
+
+
 def test_bad_records_and_arguments_are_named(model, tmp_path):
     good = {"base": "The capital of France is", "sources": ["The capital of Italy is"], "positions": [4], "label": " Rome"}
     with pytest.raises(ValueError, match=r"record 1: unknown field `bogus`"):
