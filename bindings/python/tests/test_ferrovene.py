@@ -211,6 +211,18 @@ def test_every_pair_kind_from_python_is_the_command_lines_run(model, tmp_path):
         assert set(ours.intervention.parameters()), kind
 
 
+def test_help_explains_every_argument():
+    import inspect
+
+    for fn in (ferrovene.train, ferrovene.run_recipe, ferrovene.load_model):
+        doc = inspect.getdoc(fn)
+        assert doc and "Args:" in doc, fn.__name__
+        args = doc.split("Args:")[1]
+        for name, param in inspect.signature(fn).parameters.items():
+            shown = f"**{name}" if param.kind is param.VAR_KEYWORD else name
+            assert f"    {shown}:" in f"    {args}", f"help({fn.__name__}) does not explain `{name}`"
+
+
 def test_bad_records_and_arguments_are_named(model, tmp_path):
     good = {"base": "The capital of France is", "sources": ["The capital of Italy is"], "positions": [4], "label": " Rome"}
     with pytest.raises(ValueError, match=r"record 1: unknown field `bogus`"):
