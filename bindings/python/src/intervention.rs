@@ -93,10 +93,12 @@ impl Intervention {
         py.detach(|| job.run()).map_err(invalid)
     }
 
-    /// The `trainer apply` job for these arguments, on this export and `model`.
+    /// `trainer apply --json` with these arguments, on this export and `model`, on the model's
+    /// device and in its precision.
     #[allow(clippy::too_many_arguments)]
-    fn job(
+    fn shown<'py>(
         &self,
+        py: Python<'py>,
         model: &Model,
         prompt: String,
         source: Option<String>,
@@ -107,8 +109,9 @@ impl Intervention {
         chat: bool,
         scale: Option<f64>,
         top: usize,
-    ) -> Apply {
-        Apply {
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let compute = model.compute_with(None)?;
+        let job = Apply {
             intervention: self.path.clone(),
             prompt,
             source,
@@ -122,7 +125,9 @@ impl Intervention {
             scale,
             json: true,
             sae: SaeOptions::default(),
-        }
+        };
+        let shown = py.detach(|| dispatch(compute, Show(job))).map_err(invalid)?;
+        to_python(py, &shown.json)
     }
 }
 
@@ -174,10 +179,7 @@ impl Intervention {
         chat: bool,
         scale: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let compute = model.compute_with(None)?;
-        let job = self.job(model, prompt, source, positions, source_positions, None, false, chat, scale, top);
-        let shown = py.detach(|| dispatch(compute, Show(job))).map_err(invalid)?;
-        to_python(py, &shown.json)
+        self.shown(py, model, prompt, source, positions, source_positions, None, false, chat, scale, top)
     }
 
     /// `trainer apply --generate N --json`: greedy text after `prompt` without and with the
@@ -198,10 +200,7 @@ impl Intervention {
         scale: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let decoding = Some(Decoding::greedy(max_tokens));
-        let compute = model.compute_with(None)?;
-        let job = self.job(model, prompt, source, positions, source_positions, decoding, every_token, chat, scale, 0);
-        let shown = py.detach(|| dispatch(compute, Show(job))).map_err(invalid)?;
-        to_python(py, &shown.json)
+        self.shown(py, model, prompt, source, positions, source_positions, decoding, every_token, chat, scale, 0)
     }
 
     /// `trainer eval --json`: IIA and p(label) > p(base label) on `pairs` beside no intervention

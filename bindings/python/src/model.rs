@@ -42,12 +42,6 @@ pub struct Model {
     /// What it was loaded from.
     #[pyo3(get)]
     spec: String,
-    /// The device it is on (`"cpu"`, `"cuda:0"`, …).
-    #[pyo3(get)]
-    device: String,
-    /// The precision of its weights (`"f32"`, `"bf16"`, `"f16"`).
-    #[pyo3(get)]
-    dtype: String,
 }
 
 /// One backend's model, its device, and the handle that keeps it for the loads that follow.
@@ -98,7 +92,7 @@ struct Loaded {
     site_names: Vec<String>,
     n_layers: usize,
     width: usize,
-    dtype: &'static str,
+    dtype: Precision,
 }
 
 impl OnBackend for Load {
@@ -107,9 +101,9 @@ impl OnBackend for Load {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<Loaded> {
         let loaded = load_on::<B>(&self.spec, &device)?;
         let dtype = match ferrovene_models::precision::frozen_dtype() {
-            burn::tensor::FloatDType::BF16 => "bf16",
-            burn::tensor::FloatDType::F16 => "f16",
-            _ => "f32",
+            burn::tensor::FloatDType::BF16 => Precision::Bf16,
+            burn::tensor::FloatDType::F16 => Precision::F16,
+            _ => Precision::F32,
         };
         let kept = keep(&loaded, &device);
         Ok(Loaded {
@@ -159,17 +153,14 @@ pub fn load_model(py: Python<'_>, spec: String, device: &str, dtype: Option<&str
     let loaded = py
         .detach(|| dispatch(asked, job))
         .map_err(|e| invalid(e.context(format!("loading model `{spec}` on {device}"))))?;
-    let precision = precision(Some(loaded.dtype))?;
     Ok(Model {
         held: Mutex::new(loaded.held),
-        compute: Compute { device: asked.device, dtype: precision },
+        compute: Compute { device: asked.device, dtype: Some(loaded.dtype) },
         tokenizer: loaded.tokenizer,
         site_names: loaded.site_names,
         n_layers: loaded.n_layers,
         width: loaded.width,
         spec,
-        device: asked.device.to_string(),
-        dtype: loaded.dtype.to_string(),
     })
 }
 
@@ -334,12 +325,24 @@ impl Model {
         Ok(out.into_any())
     }
 
+    /// The device it is on (`"cpu"`, `"cuda:0"`, …).
+    #[getter]
+    fn device(&self) -> String {
+        self.compute.device.to_string()
+    }
+
+    /// The precision of its weights (`"f32"`, `"bf16"`, `"f16"`).
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.compute.dtype.map_or("f32", Precision::name)
+    }
+
     /// Every site of the model (`"6.block_output"`, …), embeddings first, then layer by layer.
     fn sites(&self) -> Vec<String> {
         self.site_names.clone()
     }
 
     fn __repr__(&self) -> String {
-        format!("Model({:?}, device={:?}, dtype={:?})", self.spec, self.device, self.dtype)
+        format!("Model({:?}, device={:?}, dtype={:?})", self.spec, self.device(), self.dtype())
     }
 }
